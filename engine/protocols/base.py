@@ -1,0 +1,220 @@
+"""What every protocol module provides, and the mechanics they share.
+
+A protocol module is I/O-free (like h11): bytes and parsed headers in, bytes
+and decisions out.  The gateway driver calls two halves of it:
+
+* inbound  - Busbar acting as this vendor's *server*: find the client's key,
+  the requested model (a pool name), whether it wants a stream, and render
+  errors in this vendor's own error shape so the client SDK raises its usual
+  exception class.
+* outbound - Busbar acting as this vendor's *client*: build the upstream path
+  and auth headers, rewrite `model` for same-protocol passthrough, and
+  classify a vendor error into a fault class.
+
+Translation to and from the canonical IR (`engine.ir`) lives in the same
+module, next to these wire details.
+"""
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+import orjson
+
+from engine.faults import ClientError, Fault, FaultClass, parse_retry_after
+
+Headers = list[tuple[bytes, bytes]]
+
+JSON_CT = (b"content-type", b"application/json")
+
+
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """First value of a (lower-case) header name, or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def bearer_token(headers: Headers) -> str | None:
+    value = header(headers, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return token.strip().decode("latin-1")
+
+
+def query_param(query: bytes, name: str) -> str | None:
+    from urllib.parse import parse_qsl
+
+    for key, value in parse_qsl(query.decode("latin-1")):
+        if key == name:
+            return value
+    return None
+
+
+# A top-level-looking `"model": "..."` member.  Inside a JSON string a quote
+# is always escaped, so an unescaped `"model"` followed by `:` is a key.
+_MODEL_MEMBER = re.compile(rb'(?<!\\)"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def rewrite_json_model(body: bytes, obj: dict, model: str) -> bytes:
+    """Return `body` with its top-level `model` value replaced, other bytes kept.
+
+    Passthrough promises the vendor sees the client's bytes untouched except
+    for the model name.  When the key occurs once we splice it in place;
+    otherwise (nested "model" keys, no model) we fall back to re-serialising
+    the parsed object, which is equivalent JSON.
+    """
+    matches = list(_MODEL_MEMBER.finditer(body))
+    if len(matches) == 1:
+        m = matches[0]
+        return body[: m.start(1)] + orjson.dumps(model)[1:-1] + body[m.end(1):]
+    obj = dict(obj)
+    obj["model"] = model
+    return orjson.dumps(obj)
+
+
+# Error kinds used by ClientError, mapped to HTTP statuses for vendors that
+# only speak in statuses.
+KIND_STATUS = {
+    "invalid_request": 400,
+    "authentication": 401,
+    "permission": 403,
+    "not_found": 404,
+    "request_too_large": 413,
+    "rate_limit": 429,
+    "billing": 402,
+    "overloaded": 503,
+    "api_error": 500,
+    "upstream": 502,     # every member failed on its side: a bad gateway
+    "timeout": 504,
+}
+
+_CONTEXT_PATTERNS = re.compile(
+    r"context[_ ]length|maximum context length|prompt is too long|too many tokens|"
+    r"input is too long|exceeds the (?:maximum|context)|input token count.*exceeds|"
+    r"too long for the model|reduce the length",
+    re.IGNORECASE,
+)
+_BILLING_PATTERNS = re.compile(
+    r"insufficient_quota|exceeded your current quota|credit balance is too low|"
+    r"billing|payment required|purchase credits|quota exceeded for (?:this )?(?:billing|project)",
+    re.IGNORECASE,
+)
+
+
+def kind_from_fault(fault: Fault) -> str:
+    """The ClientError kind a fault is shown to the client as."""
+    return {
+        FaultClass.CLIENT: "invalid_request",
+        FaultClass.CONTEXT: "invalid_request",
+        FaultClass.RATE: "rate_limit",
+        FaultClass.BILLING: "rate_limit",
+        FaultClass.AUTH: "upstream",    # our key failed: not the client's fault
+        FaultClass.SERVER: "upstream",
+    }[fault.cls]
+
+
+def classify_generic(status: int, headers: Headers, message: str, code: str | None) -> Fault:
+    """Shared classification by status + body text; protocol modules call this
+    after extracting the vendor's message and error code.
+
+    Order matters: billing before rate (OpenAI's quota error is a 429), and a
+    5xx is never read as a context-length error.
+    """
+    retry_after = parse_retry_after(header(headers, b"retry-after"))
+    text = f"{code or ''} {message}"
+    if status >= 500 and status not in (529,):
+        return Fault(FaultClass.SERVER, status, message, retry_after, code)
+    if status == 402 or _BILLING_PATTERNS.search(text):
+        return Fault(FaultClass.BILLING, status, message, retry_after, code)
+    if status in (429, 529):
+        return Fault(FaultClass.RATE, status, message, retry_after, code)
+    if status in (401, 403):
+        return Fault(FaultClass.AUTH, status, message, retry_after, code)
+    if status in (400, 413, 422) and _CONTEXT_PATTERNS.search(text):
+        return Fault(FaultClass.CONTEXT, status, message, retry_after, code)
+    if 400 <= status < 500:
+        # 404 (unknown model on that vendor) and 408/409 are the member's problem,
+        # not the client's: everything else 4xx is the caller's request.
+        if status in (404, 408, 409):
+            return Fault(FaultClass.SERVER, status, message, retry_after, code)
+        return Fault(FaultClass.CLIENT, status, message, retry_after, code)
+    return Fault(FaultClass.SERVER, status, message or f"unexpected status {status}", retry_after, code)
+
+
+def load_json_object(body: bytes) -> dict:
+    """Parse a request body that must be a JSON object, or raise a ClientError
+    the client's protocol will render (bad UTF-8 and bad JSON included)."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ClientError(400, f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ClientError(400, "Request body must be a JSON object.")
+    return obj
+
+
+class Dialect:
+    """Base of the per-protocol wire layer; subclasses set the class vars and
+    override what differs.  Instances are stateless singletons."""
+
+    name: ClassVar[str]
+    # Client request headers forwarded verbatim on same-protocol passthrough
+    # (versions and beta flags the client chose).
+    forward_headers: ClassVar[tuple[bytes, ...]] = ()
+    # Client-facing error statuses: what status each kind is sent with.
+    kind_status: ClassVar[dict[str, int]] = KIND_STATUS
+
+    # ---- inbound ---------------------------------------------------------
+    def inbound_key(self, headers: Headers, query: bytes) -> str | None:
+        return bearer_token(headers)
+
+    def inbound_model(self, params: dict, obj: dict) -> str | None:
+        model = obj.get("model")
+        return model if isinstance(model, str) else None
+
+    def inbound_stream(self, params: dict, obj: dict) -> bool:
+        return obj.get("stream") is True
+
+    def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
+        raise NotImplementedError
+
+    def error_headers(self, err: ClientError) -> Headers:
+        headers = [JSON_CT]
+        if err.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, int(err.retry_after + 0.999))).encode()))
+        return headers
+
+    # ---- outbound --------------------------------------------------------
+    def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
+        raise NotImplementedError
+
+    def auth_headers(self, key: str | None) -> Headers:
+        return [(b"authorization", b"Bearer " + key.encode())] if key else []
+
+    def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes:
+        return rewrite_json_model(body, obj, model)
+
+    def error_message(self, obj) -> tuple[str, str | None]:
+        """(message, code) from a parsed vendor error body."""
+        return ("", None)
+
+    def classify(self, status: int, headers: Headers, body: bytes) -> Fault:
+        try:
+            obj = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            obj = None
+        message, code = self.error_message(obj) if obj is not None else ("", None)
+        if not message:
+            message = body[:300].decode("utf-8", "replace") if body else f"HTTP {status}"
+        return classify_generic(status, headers, message, code)
+
+    def fault_to_client_error(self, fault: Fault) -> ClientError:
+        kind = kind_from_fault(fault)
+        status = self.kind_status[kind]
+        return ClientError(status, fault.message or "upstream error", kind,
+                           retry_after=fault.retry_after, code=fault.code)
