@@ -1,0 +1,370 @@
+"""Request pipelines: YAML in, frozen plan objects out, built once at load.
+
+A pipeline is data that drives one request through its lifecycle
+(received -> translated -> dispatched -> streaming -> done, with a
+failing-over loop back to dispatched): which checks run on arrival, how a
+member is picked, the retry budget, the deadline and timeouts, what each fault
+class costs (`rules`) and the circuit-breaker parameters.
+
+Sources, merged deeply (maps key by key, lists and scalars replaced):
+
+1. `pipelines/default.yaml` shipped with Busbar: every knob, commented;
+2. `<pipelines_dir>/<name>.yaml` files: one pipeline per file, named by stem;
+3. the config's `pipelines:` map, `name -> overrides`.
+
+`default` is (1) + its overrides; every other named pipeline is the effective
+`default` + its own overrides.  The merged result is validated against
+`schemas/pipeline.schema.json`; any problem raises `PipelineError` carrying a
+dotted path such as `pipelines.default.rules.rate.action`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from engine.faults import FaultClass
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PIPELINES_DIR = ROOT / "pipelines"
+DEFAULT_FILE = DEFAULT_PIPELINES_DIR / "default.yaml"
+SCHEMA_FILE = ROOT / "schemas" / "pipeline.schema.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+# Values of the data, spelled once.
+ACTIONS = ("return", "failover", "retry_larger_context")
+PENALTIES = ("none", "cool_key", "disable_key", "breaker")
+STRATEGIES = ("weighted", "round_robin", "least_in_flight", "latency", "ordered")
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot be built; `path` says where (dotted YAML path)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+# ---------------------------------------------------------------------------
+# The frozen plan objects
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff: base * factor**(n-1), capped at max (n >= 1)."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    max: float = 300.0
+
+    def delay(self, n: int) -> float:
+        n = max(1, n)
+        # float overflow guard: past the cap, stop multiplying
+        delay = self.base
+        for _ in range(n - 1):
+            delay *= self.factor
+            if delay >= self.max:
+                return self.max
+        return min(delay, self.max)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What one fault class costs: where the request goes, who pays."""
+
+    action: str                     # return | failover | retry_larger_context
+    penalty: str                    # none | cool_key | disable_key | breaker
+    scope: str = "key_model"        # cool_key: key_model | key
+    honor_retry_after: bool = True  # cool_key: use the vendor's Retry-After
+    max_retry_after: float = 3600.0  # cool_key: cap on a vendor's Retry-After
+    backoff: Backoff = field(default_factory=Backoff)  # cool_key without Retry-After
+    duration: float = 3600.0        # disable_key
+    alert: bool = False             # carry an operator log line
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    client: Rule
+    context: Rule
+    rate: Rule
+    billing: Rule
+    auth: Rule
+    server: Rule
+
+    def __getitem__(self, cls: FaultClass | str) -> Rule:
+        return getattr(self, FaultClass(cls).value)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerParams:
+    failures: int = 5
+    window: float = 60.0
+    failure_rate: float = 0.5
+    min_requests: int = 10
+    open_for: float = 30.0
+    open_for_max: float = 300.0
+    ramp: float = 60.0
+    ramp_floor: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    checks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    strategy: str | None
+    explore: float
+    ewma_alpha: float
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    max_attempts: int
+    max_key_rotations: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float
+    first_byte: float
+    idle: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    name: str
+    received: Received
+    dispatch: Dispatch
+    retry: Retry
+    deadline: float
+    timeouts: Timeouts
+    rules: Rules
+    breaker: BreakerParams
+    description: str = ""
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retry.max_attempts
+
+    @property
+    def max_key_rotations(self) -> int:
+        return self.retry.max_key_rotations
+
+    def as_dict(self) -> dict:
+        """Plain data (for admin output and round trips through the schema)."""
+        data = asdict(self)
+        data.pop("name")
+        data["received"]["checks"] = list(data["received"]["checks"])
+        if not data["description"]:
+            data.pop("description")
+        return data
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+@cache
+def _validator():
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+@cache
+def _builtin_default() -> dict:
+    return _read_yaml(DEFAULT_FILE, "pipelines.default")
+
+
+def _read_yaml(path: Path, where: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PipelineError(where, f"cannot read {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PipelineError(where, f"{path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: Mapping, override: Mapping) -> dict:
+    """`override` on top of `base`: maps merge recursively, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_pipelines(config: Mapping | None = None, pipelines_dir: str | Path | None = None) -> dict[str, Pipeline]:
+    """Every pipeline the config can name, `default` always among them."""
+    overrides: dict[str, dict] = {}
+    directory = Path(pipelines_dir) if pipelines_dir is not None else DEFAULT_PIPELINES_DIR
+    if directory.is_dir():
+        for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+            name = path.stem
+            where = f"pipelines.{name}"
+            if not NAME_RE.match(name):
+                raise PipelineError(where, f"file name {path.name!r} is not a valid pipeline name")
+            overrides[name] = deep_merge(overrides.get(name, {}), _read_yaml(path, where))
+    for name, data in ((config or {}).get("pipelines") or {}).items():
+        where = f"pipelines.{name}"
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise PipelineError(where, "pipeline names use letters, digits and _ . : -")
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise PipelineError(where, f"must be a mapping, not {type(data).__name__}")
+        overrides[name] = deep_merge(overrides.get(name, {}), data)
+
+    default = deep_merge(_builtin_default(), overrides.pop("default", {}))
+    merged = {"default": default}
+    for name, data in overrides.items():
+        merged[name] = deep_merge(default, data)
+    return {name: build_pipeline(name, data) for name, data in merged.items()}
+
+
+def build_pipeline(name: str, data: Mapping) -> Pipeline:
+    """Validate one merged pipeline mapping and freeze it."""
+    where = f"pipelines.{name}"
+    errors = sorted(_validator().iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        path = [str(p) for p in err.absolute_path]
+        message = err.message
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if extra:
+                path.append(str(extra[0]))
+                message = f"unknown key {extra[0]!r}"
+        raise PipelineError(".".join([where, *path]), message)
+
+    def rule(cls: str) -> Rule:
+        raw = dict(data["rules"][cls])
+        if "backoff" in raw:
+            raw["backoff"] = Backoff(**{k: float(v) for k, v in raw["backoff"].items()})
+        for key in ("max_retry_after", "duration"):
+            if key in raw:
+                raw[key] = float(raw[key])
+        rule = Rule(**raw)
+        if rule.backoff.max < rule.backoff.base:
+            raise PipelineError(f"{where}.rules.{cls}.backoff.max", "must be at least backoff.base")
+        return rule
+
+    breaker = BreakerParams(**data["breaker"])
+    if breaker.open_for_max < breaker.open_for:
+        raise PipelineError(f"{where}.breaker.open_for_max", "must be at least breaker.open_for")
+    return Pipeline(
+        name=name,
+        received=Received(tuple(data["received"]["checks"])),
+        dispatch=Dispatch(**data["dispatch"]),
+        retry=Retry(**data["retry"]),
+        deadline=float(data["deadline"]),
+        timeouts=Timeouts(**{k: float(v) for k, v in data["timeouts"].items()}),
+        rules=Rules(**{cls.value: rule(cls.value) for cls in FaultClass}),
+        breaker=breaker,
+        description=data.get("description", ""),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Explaining
+# ---------------------------------------------------------------------------
+def _secs(value: float) -> str:
+    if value >= 3600 and value % 3600 == 0:
+        return f"{value / 3600:g}h"
+    if value >= 60 and value % 60 == 0:
+        return f"{value / 60:g}min"
+    return f"{value:g}s"
+
+
+def describe_rule(rule: Rule) -> str:
+    """One line: what a fault class governed by `rule` costs."""
+    action = {
+        "return": "return the error to the client, no retry",
+        "failover": "fail over",
+        "retry_larger_context": "retry on a member with a larger context window",
+    }[rule.action]
+    if rule.penalty == "none":
+        penalty = "no penalty"
+    elif rule.penalty == "breaker":
+        penalty = "count a failure toward the member's breaker"
+    elif rule.penalty == "cool_key":
+        what = "key for this model" if rule.scope == "key_model" else "key for every model"
+        b = rule.backoff
+        backoff = f"backoff {_secs(b.base)} x{b.factor:g} up to {_secs(b.max)}"
+        if rule.honor_retry_after:
+            penalty = f"cool the {what}: Retry-After (at most {_secs(rule.max_retry_after)}) else {backoff}"
+        else:
+            penalty = f"cool the {what}: {backoff}"
+    else:
+        penalty = f"disable the key for {_secs(rule.duration)}"
+    if rule.action == "failover" and rule.penalty in ("cool_key", "disable_key"):
+        action = "another key of the same member first, then fail over"
+    alert = "; alert operators" if rule.alert else ""
+    return f"{penalty}; {action}{alert}"
+
+
+def explain(pipeline: Pipeline) -> str:
+    """Human readable effective pipeline and the transitions it allows."""
+    p = pipeline
+    b = p.breaker
+    t = p.timeouts
+    lines = [f"pipeline {p.name}" + (f": {p.description}" if p.description else "")]
+    lines.append(f"  received     checks: {', '.join(p.received.checks) or 'none'}")
+    strategy = p.dispatch.strategy or "the pool's own strategy"
+    lines.append(f"  dispatch     strategy: {strategy} (latency: explore {p.dispatch.explore:g}, ewma alpha {p.dispatch.ewma_alpha:g})")
+    lines.append(
+        f"  budget       {p.max_attempts} member attempt(s) + {p.max_key_rotations} key rotation(s) "
+        f"= at most {p.max_attempts + p.max_key_rotations} upstream calls; deadline {_secs(p.deadline)}"
+    )
+    lines.append(f"  timeouts     connect {_secs(t.connect)}, first byte {_secs(t.first_byte)}, idle {_secs(t.idle)}")
+    lines.append(
+        f"  breaker      opens after {b.failures} consecutive failures or >= {b.failure_rate:.0%} of >= {b.min_requests} "
+        f"requests in {_secs(b.window)}; half-open after {_secs(b.open_for)} (doubling to {_secs(b.open_for_max)}) "
+        f"with one probe; recovered weight ramps from {b.ramp_floor:.0%} over {_secs(b.ramp)}"
+    )
+    lines.append("  faults")
+    for cls in FaultClass:
+        lines.append(f"    {cls.value:<8} {describe_rule(p.rules[cls])}")
+    lines.append("  states       received -> translated -> dispatched -> streaming -> done")
+    edges = [
+        ("received", "checks pass", "translated"),
+        ("received", "a check fails", "done (error to the client)"),
+        ("translated", "member + key picked", "dispatched"),
+        ("translated", "none available", "done (exhausted: pool on_exhausted: reject 429 | wait | fallback pool)"),
+        ("dispatched", "first content", "streaming"),
+    ]
+    for cls in FaultClass:
+        rule = p.rules[cls]
+        if rule.action == "return":
+            edges.append(("dispatched", f"{cls.value} fault", "done (error to the client)"))
+        elif rule.action == "retry_larger_context":
+            edges.append(("dispatched", f"{cls.value} fault", "failing_over (larger context only)"))
+        elif rule.penalty in ("cool_key", "disable_key"):
+            edges.append(("dispatched", f"{cls.value} fault", "failing_over (same member, other key first)"))
+        else:
+            edges.append(("dispatched", f"{cls.value} fault", "failing_over"))
+    edges += [
+        ("failing_over", "budget left", "dispatched"),
+        ("failing_over", "budget spent / deadline / none available", "done (exhausted)"),
+        ("streaming", "end of answer", "done"),
+        ("streaming", "fault after content was sent", "done (error event; the penalty still applies)"),
+    ]
+    lines.append("  transitions")
+    src_w = max(len(e[0]) for e in edges)
+    label_w = max(len(e[1]) for e in edges if len(e[1]) < 30) + 4
+    for src, label, dst in edges:
+        lines.append(f"    {src:<{src_w}} --{label}-->".ljust(4 + src_w + label_w + 6) + f" {dst}")
+    return "\n".join(lines)
