@@ -1,0 +1,249 @@
+"""`busbar` command line: serve, demo, validate, explain, diagram, mock."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from engine.config import PIPELINES_DIR, ConfigError, load_config
+
+log = logging.getLogger("busbar")
+
+DEMO_CONFIG = PIPELINES_DIR / "demo.yaml"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _error_renderer():
+    from engine.gateway import guess_protocol
+    from engine.faults import ClientError
+    from engine.protocols import get_dialect
+
+    kinds = {400: "invalid_request", 408: "timeout", 413: "request_too_large", 431: "request_too_large"}
+
+    def render(request, status, message):
+        protocol = guess_protocol(request.path) if request is not None else "openai"
+        return get_dialect(protocol).render_error(ClientError(status, message, kinds.get(status, "invalid_request")))
+
+    return render
+
+
+async def run_gateway(config, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED,
+                      drain_seconds: float = 30.0, handle_signals: bool = True) -> None:
+    """Serve `config` until SIGINT/SIGTERM; then stop accepting and let
+    in-flight requests finish for up to `drain_seconds`."""
+    from engine.gateway import Gateway
+    from engine.server import HttpServer
+
+    gateway = Gateway(config)
+    server_opts = config.server
+    server = HttpServer(gateway.handle, max_body_bytes=server_opts.get("max_body_bytes", 8 * 1024 * 1024),
+                        header_timeout=server_opts.get("header_timeout", 30.0),
+                        keepalive_timeout=server_opts.get("keepalive_timeout", 75.0),
+                        on_error=_error_renderer())
+    try:
+        async with trio.open_nursery() as nursery:
+            addrs = await nursery.start(server.serve, host, port)
+            task_status.started((gateway, server, addrs))
+            if not handle_signals:
+                return
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s: draining (up to %.0fs)", signal.Signals(signum).name, drain_seconds)
+                    server.stop_accepting()
+                    with trio.move_on_after(drain_seconds):
+                        while gateway.in_flight:
+                            await trio.sleep(0.05)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        await gateway.aclose()
+
+
+def cmd_serve(args) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"busbar: invalid config: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.server.get("host", "127.0.0.1")
+    port = args.port if args.port is not None else config.server.get("port", 8080)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            _, _, addrs = await nursery.start(run_gateway, config, host, port)
+            print(f"busbar: serving {config.source} on http://{host}:{addrs[0][1]}", file=sys.stderr, flush=True)
+
+    trio.run(main)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"busbar: invalid config: {exc}", file=sys.stderr)
+        return 1
+    pools = ", ".join(config.pools)
+    print(f"{args.config}: OK ({len(config.providers)} providers, {len(config.pools)} pools: {pools})")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"busbar: invalid config: {exc}", file=sys.stderr)
+        return 1
+    from engine.pipeline import explain, load_pipelines
+    pools = config.pools
+    names = [args.pool] if args.pool else list(pools)
+    pipelines = load_pipelines(config.raw)
+    for name in names:
+        if name not in pools:
+            print(f"busbar: no pool {name!r}; pools: {', '.join(pools)}", file=sys.stderr)
+            return 1
+        pool = pools[name]
+        pipeline_name = pool.get("pipeline", "default")
+        print(f"pool {name} (strategy {pool.get('strategy', 'weighted')}, pipeline {pipeline_name})")
+        for member in pool["members"]:
+            print("  member", ", ".join(f"{k}={v}" for k, v in member.items()))
+        print(explain(pipelines[pipeline_name]))
+    return 0
+
+
+def cmd_diagram(args) -> int:
+    from engine import lifecycle
+    text = lifecycle.mermaid()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+async def _start_mocks(nursery, specs):
+    from engine.mock import MockVendor
+    vendors = []
+    for name, port, kwargs in specs:
+        vendor = MockVendor(name=name, **kwargs)
+        await nursery.start(vendor.serve, "127.0.0.1", port)
+        vendors.append(vendor)
+    return vendors
+
+
+def cmd_mock(args) -> int:
+    async def main():
+        async with trio.open_nursery() as nursery:
+            vendors = await _start_mocks(nursery, [("mock", args.port, {"chunk_delay": args.chunk_delay,
+                                                                       "chunks": args.chunks})])
+            print(f"busbar mock: simulated vendors on {vendors[0].url} "
+                  f"(openai base_url {vendors[0].url}/v1, anthropic base_url {vendors[0].url})", flush=True)
+
+    trio.run(main)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    os.environ.setdefault("BUSBAR_DEMO_PORT_A", "9101")
+    os.environ.setdefault("BUSBAR_DEMO_PORT_B", "9102")
+    config = load_config(args.config or DEMO_CONFIG)
+    port = args.port if args.port is not None else 8080
+    a, b = int(os.environ["BUSBAR_DEMO_PORT_A"]), int(os.environ["BUSBAR_DEMO_PORT_B"])
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await _start_mocks(nursery, [("vendor-a", a, {"chunk_delay": 0.02}), ("vendor-b", b, {"chunk_delay": 0.02})])
+            await nursery.start(run_gateway, config, "127.0.0.1", port)
+            url = f"http://127.0.0.1:{port}"
+            print(DEMO_BANNER.format(url=url, a=a, b=b, config=config.source), flush=True)
+
+    trio.run(main)
+    return 0
+
+
+DEMO_BANNER = """
+Busbar demo is running ({config})
+  gateway:            {url}
+  simulated vendors:  http://127.0.0.1:{a}  and  http://127.0.0.1:{b}  (no API keys needed)
+
+Try it with the OpenAI SDK (pool `smart` spans an OpenAI- and an Anthropic-protocol vendor):
+
+    from openai import OpenAI
+    client = OpenAI(base_url="{url}/v1", api_key="demo")
+    print(client.chat.completions.create(model="smart",
+          messages=[{{"role": "user", "content": "hello busbar"}}]).choices[0].message.content)
+
+or the Anthropic SDK:
+
+    from anthropic import Anthropic
+    client = Anthropic(base_url="{url}", api_key="demo")
+    print(client.messages.create(model="claude-pool", max_tokens=100,
+          messages=[{{"role": "user", "content": "hello"}}]).content[0].text)
+
+Watch failover: make vendor A fail its next 3 requests, then call again:
+
+    curl -s -X POST http://127.0.0.1:{a}/_mock/script -d '{{"queue":[{{"status":500}},{{"status":500}},{{"status":500}}]}}'
+    curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
+         -d '{{"model":"smart","messages":[{{"role":"user","content":"still here?"}}]}}'
+
+Ctrl-C stops everything.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="busbar", description="A fast LLM API gateway: protocols, not providers.")
+    parser.add_argument("--log-level", default=os.environ.get("BUSBAR_LOG_LEVEL", "warning"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", required=True)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="run the gateway with simulated vendors and a ready config")
+    p.add_argument("--config")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("validate", help="check a config file")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("explain", help="print a pool's effective pipeline")
+    p.add_argument("--config", required=True)
+    p.add_argument("--pool")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("diagram", help="render the request state machine")
+    p.add_argument("--config")
+    p.add_argument("--pool")
+    p.add_argument("--format", default="mermaid", choices=["mermaid"])
+    p.add_argument("--output")
+    p.set_defaults(func=cmd_diagram)
+
+    p = sub.add_parser("mock", help="run simulated vendor APIs")
+    p.add_argument("--port", type=int, default=9001)
+    p.add_argument("--chunk-delay", type=float, default=0.0)
+    p.add_argument("--chunks", type=int)
+    p.set_defaults(func=cmd_mock)
+
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Simulated vendors: the vendor APIs on loopback, with fault injection.
+
+Used by `busbar demo`, the test suite and the benchmarks.  One `MockVendor`
+serves every protocol it knows on its own path (a vendor's base_url points
+at it); its behaviour is scriptable in-process (tests) or over HTTP
+(`POST /_mock/script`, `GET /_mock/requests`) for out-of-process use.
+
+Faults are dicts, consumed one per matching request from `queue`, or
+applied to every request from `always`:
+  {"status": 429, "retry_after": 2}            a vendor error with its real body
+  {"error": "rate"|"billing"|"context"|"auth"|"invalid"|"overloaded"|"server"}
+                                                the same, by fault class
+  {"reset": "before"}                           close the socket, no response
+  {"reset": "during", "after": 2}               close mid-stream after N chunks
+  {"stall": 5.0, "after": 0}                    stop sending for N seconds
+  {"malformed": true, "after": 1}               garbage bytes in the stream
+  {"error_event": "overloaded"|"context"}       200 stream whose first event is an error
+Optional "model": "x" / "key": "k" on a fault restricts which requests it hits.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import trio
+
+from engine.server import AbortConnection, HttpRequest, HttpServer, Responder
+from engine.mock import vendors
+
+
+@dataclass
+class MockVendor:
+    name: str = "mock"
+    reply: str | None = None          # fixed reply text; None echoes the last user text
+    latency: float = 0.0              # seconds before the response head
+    chunk_delay: float = 0.0          # seconds between stream chunks
+    chunks: int | None = None         # split the reply into this many chunks (default: per word)
+    keys: list[str] | None = None     # accepted keys; None accepts any
+    queue: list[dict] = field(default_factory=list)
+    always: dict | None = None
+    received: list[dict] = field(default_factory=list)
+    record: bool = True
+    max_records: int = 1000
+    port: int = 0
+
+    # ---- scripting -------------------------------------------------------
+    def fail_next(self, *faults: dict) -> None:
+        self.queue.extend(faults)
+
+    def reset_script(self) -> None:
+        self.queue.clear()
+        self.always = None
+        self.received.clear()
+
+    def _take_fault(self, model: str | None, key: str | None) -> dict | None:
+        for i, fault in enumerate(self.queue):
+            if fault.get("model") not in (None, model) or fault.get("key") not in (None, key):
+                continue
+            return self.queue.pop(i)
+        fault = self.always
+        if fault and fault.get("model") in (None, model) and fault.get("key") in (None, key):
+            return fault
+        return None
+
+    # ---- serving ---------------------------------------------------------
+    def server(self) -> HttpServer:
+        return HttpServer(self.handle, max_body_bytes=64 * 1024 * 1024)
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED):
+        server = self.server()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            await server.serve(host, port, task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            addrs = await nursery.start(run)
+            self.port = addrs[0][1]
+            task_status.started(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def handle(self, request: HttpRequest, responder: Responder) -> None:
+        path = request.path.decode("latin-1")
+        if path.startswith("/_mock/"):
+            return await self._control(path, request, responder)
+        endpoint = vendors.match(path)
+        if endpoint is None:
+            return await responder.send(404, [(b"content-type", b"application/json")],
+                                        orjson.dumps({"error": {"message": f"mock: no route {path}"}}))
+        protocol, params = endpoint
+        vendor = vendors.VENDORS[protocol]
+        try:
+            obj = orjson.loads(request.body) if request.body else {}
+        except orjson.JSONDecodeError:
+            status, headers, body = vendor.error("invalid", "Malformed JSON body")
+            return await responder.send(status, headers, body)
+        key = vendor.key(request)
+        model = params.get("model") or obj.get("model") or "unknown"
+        stream = vendor.is_stream(params, obj, request)
+        if self.record:
+            if len(self.received) >= self.max_records:
+                del self.received[: self.max_records // 2]
+            self.received.append({"protocol": protocol, "path": path, "query": request.query.decode("latin-1"),
+                                  "model": model, "key": key, "stream": stream, "body": obj,
+                                  "headers": {k.decode(): v.decode("latin-1") for k, v in request.headers},
+                                  "at": time.monotonic()})
+        if self.latency:
+            await trio.sleep(self.latency)
+        if self.keys is not None and key not in self.keys:
+            status, headers, body = vendor.error("auth", "Incorrect API key provided.")
+            return await responder.send(status, headers, body)
+        fault = self._take_fault(model, key)
+        if fault and fault.get("reset") == "before":
+            raise AbortConnection()
+        if fault and "stall" in fault and not fault.get("after"):
+            await trio.sleep(fault["stall"])
+        if fault and ("status" in fault or "error" in fault):
+            cls = fault.get("error") or vendors.class_for_status(fault["status"])
+            status, headers, body = vendor.error(cls, fault.get("message"), status=fault.get("status"))
+            if fault.get("retry_after") is not None:
+                headers = headers + [(b"retry-after", str(fault["retry_after"]).encode())]
+            return await responder.send(status, headers, body)
+        text = self.reply if self.reply is not None else vendors.last_user_text(protocol, obj) or "Hello from Busbar's mock."
+        usage_in = max(1, len(request.body) // 4)
+        if not stream:
+            status, headers, body = vendor.render_reply(model, text, usage_in, obj)
+            return await responder.send(status, headers, body)
+        pieces = _split(text, self.chunks)
+        frames = vendor.render_stream(model, pieces, usage_in, obj, fault)
+        headers = vendor.stream_headers()
+        await responder.start(200, headers)
+        after = fault.get("after", 0) if fault else None
+        for i, frame in enumerate(frames):
+            if i == after:
+                if fault.get("reset") == "during":
+                    raise AbortConnection()
+                if fault.get("malformed"):
+                    await responder.write(vendor.garbage())
+                    raise AbortConnection()
+                if "stall" in fault and after:
+                    await trio.sleep(fault["stall"])
+            await responder.write(frame)
+            if self.chunk_delay and i < len(frames) - 1:
+                await trio.sleep(self.chunk_delay)
+        await responder.end()
+
+    async def _control(self, path: str, request: HttpRequest, responder: Responder) -> None:
+        json = [(b"content-type", b"application/json")]
+        if path == "/_mock/script":
+            script = orjson.loads(request.body or b"{}")
+            if script.get("reset"):
+                self.reset_script()
+            self.queue.extend(script.get("queue", []))
+            if "always" in script:
+                self.always = script["always"]
+            for knob in ("reply", "latency", "chunk_delay", "chunks", "keys"):
+                if knob in script:
+                    setattr(self, knob, script[knob])
+            return await responder.send(200, json, b'{"ok":true}')
+        if path == "/_mock/requests":
+            return await responder.send(200, json, orjson.dumps(self.received))
+        return await responder.send(404, json, b'{"error":"unknown mock control path"}')
+
+
+def _split(text: str, chunks: int | None) -> list[str]:
+    if chunks is None:
+        words = text.split(" ")
+        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+    chunks = max(1, chunks)
+    size = max(1, -(-len(text) // chunks))
+    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    while len(pieces) < chunks:
+        pieces.append("")
+    return pieces

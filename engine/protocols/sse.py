@@ -1,0 +1,140 @@
+"""Server-sent events: an incremental splitter, shared by every SSE dialect.
+
+`SSESplitter.feed(bytes)` returns complete events as (event_name, data,
+raw_bytes); it keeps only the unfinished tail, so memory is bounded by the
+largest single event (capped).  Line endings \\n, \\r\\n and \\r are all
+accepted, per the SSE spec.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import orjson
+
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class SSEError(ValueError):
+    pass
+
+
+class SSEEvent(NamedTuple):
+    event: str | None
+    data: bytes
+    raw: bytes
+
+
+class SSESplitter:
+    __slots__ = ("_buf", "max_event_bytes")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES):
+        self._buf = b""
+        self.max_event_bytes = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._buf + chunk
+        if b"\r" in buf:
+            # normalise only when needed; raw keeps the original bytes for
+            # passthrough via the offsets of the normalised copy
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            raw = buf[start:end + 2]
+            start = end + 2
+            event = _parse_block(raw)
+            if event is not None:
+                events.append(event)
+        self._buf = buf[start:]
+        if len(self._buf) > self.max_event_bytes:
+            raise SSEError(f"server-sent event exceeds {self.max_event_bytes} bytes")
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        return self._buf
+
+
+def _parse_block(raw: bytes) -> SSEEvent | None:
+    name = None
+    data_lines = []
+    for line in raw.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        field, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            data_lines.append(value)
+        elif field == b"event":
+            name = value.decode("utf-8", "replace")
+    if name is None and not data_lines:
+        return None
+    return SSEEvent(name, b"\n".join(data_lines), raw)
+
+
+def encode_event(data: bytes, event: str | None = None) -> bytes:
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + data + b"\n\n"
+
+
+# ---------------------------------------------------------------------------
+# Before the first content byte reaches the client the gateway holds the
+# upstream's events and asks, per event: still preamble, content (commit the
+# response), or an error (fail over).  A probe returns "hold", "commit" or
+# "error".  These are protocol facts, kept here beside the SSE mechanics.
+
+def _json(data: bytes):
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def probe_openai(event: SSEEvent) -> str:
+    if event.data == b"[DONE]":
+        return "commit"
+    obj = _json(event.data)
+    if not isinstance(obj, dict):
+        return "error"
+    if "error" in obj:
+        return "error"
+    for choice in obj.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call") \
+                or delta.get("reasoning_content") or choice.get("finish_reason"):
+            return "commit"
+    return "hold"
+
+
+_ANTHROPIC_PREAMBLE = {"message_start", "ping", "content_block_start"}
+
+
+def probe_anthropic(event: SSEEvent) -> str:
+    if event.event == "error":
+        return "error"
+    if event.event in _ANTHROPIC_PREAMBLE:
+        return "hold"
+    obj = _json(event.data)
+    if not isinstance(obj, dict):
+        return "error"
+    if obj.get("type") == "error":
+        return "error"
+    return "commit"
+
+
+PROBES = {"openai": probe_openai, "anthropic": probe_anthropic}
+
+
+def stream_error_event(protocol: str, kind: str, message: str) -> bytes:
+    """The event that ends a stream that broke after content went out, in the
+    client's protocol, so its SDK raises instead of returning a truncated
+    answer as complete."""
+    if protocol == "anthropic":
+        etype = {"rate_limit": "rate_limit_error", "overloaded": "overloaded_error"}.get(kind, "api_error")
+        return encode_event(orjson.dumps({"type": "error", "error": {"type": etype, "message": message}}), "error")
+    # OpenAI-style: a data chunk carrying an `error` object (the SDK raises APIError)
+    return encode_event(orjson.dumps({"error": {"message": message, "type": "server_error", "code": kind}}))

@@ -1,0 +1,271 @@
+"""A lean HTTP/1.1 server: h11 state machines on trio sockets.
+
+One nursery owns the listeners; each connection is a task; each request is
+handled by an `async handler(request, responder)`.  Measured against
+hypercorn's trio worker, this is what lets the gateway reach its throughput
+target (see docs/adr/0002-http-stack.md).
+
+Contract for handlers:
+* `request.body` is fully read (bounded by `max_body_bytes`; larger bodies
+  never reach the handler: `on_too_large` renders the 413).
+* The handler answers exactly once: `responder.send(status, headers, body)`
+  for a buffered answer, or `responder.start(...)`, `responder.write(...)`*,
+  `responder.end()` for a stream.
+* A client that goes away while a stream is being written makes `write`
+  raise `ClientGone`; a handler that wants earlier notice (to cancel an
+  upstream call while it waits) runs inside `responder.watch_disconnect()`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import h11
+import trio
+
+log = logging.getLogger("busbar.server")
+
+Headers = list[tuple[bytes, bytes]]
+READ_SIZE = 65536
+SERVER_HEADER = (b"server", b"busbar")
+_REASONS = {s.value: s.phrase.encode() for s in __import__("http").HTTPStatus}
+_REASONS[529] = b"Overloaded"
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the response was complete."""
+
+
+class AbortConnection(Exception):
+    """Raised by a handler to drop the connection without (finishing) an answer
+    (the simulated vendors use it to inject resets)."""
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: bytes
+    path: bytes          # without the query string
+    query: bytes
+    headers: Headers     # lower-case names, as h11 normalises them
+    body: bytes
+    client: str = ""
+
+
+class Responder:
+    __slots__ = ("_conn", "_stream", "_started", "_finished", "_pending", "_gone")
+
+    def __init__(self, conn: h11.Connection, stream: trio.abc.Stream):
+        self._conn = conn
+        self._stream = stream
+        self._started = False
+        self._finished = False
+        self._pending = b""      # bytes a disconnect watcher read ahead (pipelining)
+        self._gone = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def _send(self, *events) -> None:
+        data = b"".join(self._conn.send(e) for e in events)
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._gone = True
+            raise ClientGone() from exc
+
+    async def send(self, status: int, headers: Headers, body: bytes) -> None:
+        """A complete buffered response."""
+        self._started = self._finished = True
+        headers = headers + [(b"content-length", str(len(body)).encode()), SERVER_HEADER]
+        await self._send(h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")), h11.Data(data=body), h11.EndOfMessage())
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """Begin a streamed (chunked) response."""
+        self._started = True
+        await self._send(h11.Response(status_code=status, headers=headers + [SERVER_HEADER],
+                                      reason=_REASONS.get(status, b"")))
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self._send(h11.Data(data=data))
+
+    async def end(self) -> None:
+        self._finished = True
+        await self._send(h11.EndOfMessage())
+
+    async def watch_disconnect(self, cancel_scope: trio.CancelScope) -> None:
+        """Read from the socket until EOF and then cancel `cancel_scope`.
+
+        Used while a long upstream call is in flight so a departed client
+        cancels it at once instead of at the next write.  Bytes of a pipelined
+        next request are kept for the connection loop.
+        """
+        try:
+            while True:
+                data = await self._stream.receive_some(READ_SIZE)
+                if not data:
+                    break
+                self._pending += data
+                if len(self._pending) > READ_SIZE:
+                    return   # a pipelining client is clearly alive; stop reading
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self._gone = True
+        cancel_scope.cancel()
+
+
+Handler = Callable[[HttpRequest, Responder], Awaitable[None]]
+
+
+class HttpServer:
+    def __init__(self, handler: Handler, *, max_body_bytes: int = 8 * 1024 * 1024,
+                 header_timeout: float = 30.0, keepalive_timeout: float = 75.0,
+                 on_error: Callable[[HttpRequest | None, int, str], tuple[int, Headers, bytes]] | None = None):
+        self.handler = handler
+        self.max_body_bytes = max_body_bytes
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        # renders a server-level error (malformed HTTP, too large, timeout)
+        # in the protocol the path implies; plain JSON when unknown
+        self.on_error = on_error or _plain_error
+        self.accepting = True
+        self.active_connections = 0
+        self.active_requests = 0
+        self._idle = trio.Event()
+
+    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
+        async with trio.open_nursery() as nursery:
+            self._listener_scope = nursery.cancel_scope
+            await nursery.start(trio.serve_listeners, self._connection, listeners)
+            task_status.started([l.socket.getsockname() for l in listeners])
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.active_connections += 1
+        try:
+            sock = stream.socket
+            try:
+                import socket as _s
+                sock.setsockopt(_s.IPPROTO_TCP, _s.TCP_NODELAY, 1)
+                peer = sock.getpeername()
+                client = f"{peer[0]}:{peer[1]}"
+            except OSError:
+                client = ""
+            await self._serve_connection(stream, client)
+        except Exception:  # never let one connection take the server down
+            log.exception("connection handler crashed")
+        finally:
+            self.active_connections -= 1
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await stream.aclose()
+
+    async def _serve_connection(self, stream: trio.SocketStream, client: str) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        pending = b""
+        while self.accepting or conn.our_state is not h11.IDLE:
+            request: HttpRequest | None = None
+            try:
+                timeout = self.keepalive_timeout if conn.their_state is h11.IDLE else self.header_timeout
+                with trio.fail_after(timeout):
+                    request, pending = await self._read_request(conn, stream, pending, client)
+            except trio.TooSlowError:
+                if conn.their_state is h11.IDLE and conn.our_state is h11.IDLE and not pending:
+                    return  # idle keep-alive connection: close quietly
+                await self._send_error(conn, stream, request, 408, "Timed out reading the request.")
+                return
+            except _BodyTooLarge as exc:
+                await self._send_error(conn, stream, exc.request, 413,
+                                       f"Request body exceeds the {self.max_body_bytes} byte limit.")
+                return
+            except h11.RemoteProtocolError as exc:
+                if conn.their_state is h11.IDLE and not pending and "EOF" in str(exc):
+                    return
+                await self._send_error(conn, stream, None, exc.error_status_hint, f"Malformed HTTP request: {exc}")
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if request is None:
+                return  # clean EOF between requests
+            responder = Responder(conn, stream)
+            self.active_requests += 1
+            try:
+                await self.handler(request, responder)
+            except (ClientGone, AbortConnection):
+                return
+            finally:
+                self.active_requests -= 1
+            if responder._gone or conn.our_state is not h11.DONE:
+                return
+            pending = responder._pending
+            if conn.their_state is not h11.DONE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+            if not self.accepting:
+                return
+
+    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream,
+                            pending: bytes, client: str) -> tuple[HttpRequest | None, bytes]:
+        if pending:
+            conn.receive_data(pending)
+        head = None
+        body_parts: list[bytes] = []
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(READ_SIZE)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                target = event.target
+                path, _, query = target.partition(b"?")
+                head = HttpRequest(event.method, path, query, event.headers, b"", client)
+                for name, value in event.headers:
+                    if name == b"content-length" and int(value) > self.max_body_bytes:
+                        raise _BodyTooLarge(head)
+                continue
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.max_body_bytes:
+                    raise _BodyTooLarge(head)
+                body_parts.append(event.data)
+                continue
+            if isinstance(event, h11.EndOfMessage):
+                head.body = b"".join(body_parts)
+                return head, b""
+            if isinstance(event, h11.ConnectionClosed):
+                return None, b""
+            if event is h11.PAUSED:
+                return None, b""
+
+    async def _send_error(self, conn, stream, request, status, message) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status, headers, body = self.on_error(request, status, message)
+        headers = headers + [(b"content-length", str(len(body)).encode()), (b"connection", b"close"), SERVER_HEADER]
+        try:
+            data = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))) + conn.send(h11.Data(data=body)) \
+                + conn.send(h11.EndOfMessage())
+            with trio.move_on_after(5):
+                await stream.send_all(data)
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, request):
+        self.request = request
+
+
+def _plain_error(request, status, message):
+    import orjson
+    return status, [(b"content-type", b"application/json")], orjson.dumps({"error": {"message": message}})

@@ -1,0 +1,64 @@
+"""Run simulated vendors and a gateway inside the test's trio nursery.
+
+    async with gateway_with(config, a=MockVendor(), b=MockVendor()) as gw:
+        ...gw.url, gw.vendors["a"], gw.gateway.router...
+
+Provider base_urls may say `{a}` to mean vendor a's URL.  The official SDKs
+are synchronous or asyncio-based, so tests call them in a worker thread with
+`await sdk(lambda: client.chat.completions.create(...))` while the gateway
+serves on the trio loop.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from engine.cli import run_gateway
+from engine.config import parse_config
+from engine.mock import MockVendor
+
+
+@dataclass
+class Running:
+    url: str
+    port: int
+    gateway: object
+    server: object
+    vendors: dict[str, MockVendor]
+
+
+def _fill(value, urls):
+    if isinstance(value, str):
+        for name, url in urls.items():
+            value = value.replace("{" + name + "}", url)
+        return value
+    if isinstance(value, dict):
+        return {k: _fill(v, urls) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, urls) for v in value]
+    return value
+
+
+@asynccontextmanager
+async def gateway_with(config: dict, **vendors: MockVendor):
+    async with trio.open_nursery() as nursery:
+        for vendor in vendors.values():
+            await nursery.start(vendor.serve, "127.0.0.1", 0)
+        urls = {name: vendor.url for name, vendor in vendors.items()}
+        parsed = parse_config(_fill(copy.deepcopy(config), urls), "test-config")
+        gateway, server, addrs = await nursery.start(
+            functools.partial(run_gateway, handle_signals=False), parsed, "127.0.0.1", 0)
+        port = addrs[0][1]
+        try:
+            yield Running(f"http://127.0.0.1:{port}", port, gateway, server, vendors)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def sdk(fn):
+    """Run a blocking SDK call in a thread; the gateway keeps serving."""
+    return await trio.to_thread.run_sync(fn)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from engine.config import ConfigError, load_config, parse_config
+
+GOOD = """
+providers:
+  oai:   {protocol: openai,    base_url: http://127.0.0.1:9001/v1, keys: [sk-1, sk-2]}
+  ant:   {protocol: anthropic, base_url: http://127.0.0.1:9002, key: ${ANTHROPIC_KEY}}
+pools:
+  smart:
+    members:
+      - {provider: oai, model: gpt-4o, weight: 3, context: 128000}
+      - {provider: ant, model: claude-sonnet, weight: 1, context: 200000}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "busbar.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_issue_example_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_KEY", "ak-from-env")
+    config = load_config(write(tmp_path, GOOD))
+    assert config.providers["ant"]["key"] == "ak-from-env"
+    assert list(config.pools) == ["smart"]
+
+
+def test_missing_env_var_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_KEY", raising=False)
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, GOOD))
+    assert "ANTHROPIC_KEY" in str(exc.value) and "providers.ant.key" in str(exc.value)
+
+
+@pytest.mark.parametrize("mutation,where,what", [
+    (("providers", "oai", "protocol", "grpc"), "providers.oai.protocol", "allowed: openai, responses"),
+    (("providers", "oai", "colour", "blue"), "providers.oai", "unknown key(s) 'colour'"),
+    (("pools", "smart", "strategy", "fastest"), "pools.smart.strategy", "allowed: weighted"),
+])
+def test_schema_errors_are_located(mutation, where, what):
+    import yaml
+    data = yaml.safe_load(GOOD.replace("${ANTHROPIC_KEY}", "k"))
+    *path, key, value = mutation
+    node = data
+    for part in path:
+        node = node[part]
+    node[key] = value
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, "f.yaml")
+    assert exc.value.where == f"f.yaml: {where}"
+    assert what in exc.value.message
+
+
+def test_unknown_provider_reference():
+    import yaml
+    data = yaml.safe_load(GOOD.replace("${ANTHROPIC_KEY}", "k"))
+    data["pools"]["smart"]["members"][0]["provider"] = "ghost"
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, "f.yaml")
+    assert "pools.smart.members[0]" in str(exc.value) and "ghost" in str(exc.value)
+
+
+def test_validate_cli_exit_codes(tmp_path):
+    good = write(tmp_path, GOOD.replace("${ANTHROPIC_KEY}", "k"))
+    ok = subprocess.run([sys.executable, "-m", "engine.cli", "validate", "--config", str(good)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("openai", "openaii").replace("${ANTHROPIC_KEY}", "k"))
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "validate", "--config", str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "providers.oai.protocol" in result.stderr and "allowed:" in result.stderr
+
+
+def test_demo_config_is_valid():
+    from engine.cli import DEMO_CONFIG
+    assert load_config(DEMO_CONFIG).pools

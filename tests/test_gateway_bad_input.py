@@ -1,0 +1,107 @@
+"""Bad input gets a clear error in the caller's own protocol and never
+crashes the gateway or penalises a backend."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+import trio
+
+from engine.mock import MockVendor
+from harness import gateway_with, sdk
+
+CONFIG = {
+    "server": {"max_body_bytes": 4096, "header_timeout": 0.5},
+    "providers": {"oai": {"protocol": "openai", "base_url": "{a}/v1", "key": "sk"},
+                  "ant": {"protocol": "anthropic", "base_url": "{a}", "key": "ak"}},
+    "pools": {"smart": {"members": [{"provider": "oai", "model": "gpt"}]},
+              "claude": {"members": [{"provider": "ant", "model": "c"}]}},
+}
+
+
+async def post(url, path, content, content_type="application/json"):
+    async with httpx.AsyncClient() as client:
+        return await client.post(url + path, content=content, headers={"content-type": content_type})
+
+
+@pytest.mark.parametrize("path,shape", [("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")])
+@pytest.mark.parametrize("body,status,ctype", [
+    (b"{not json", 400, "application/json"),
+    (b"\xff\xfe\x00bad utf8", 400, "application/json"),
+    (b"[1, 2, 3]", 400, "application/json"),
+    (b'{"messages": []}', 400, "application/json"),                  # no model
+    (b'{"model": "smart"}', 415, "text/plain"),
+    (b'{"model": "' + b"x" * 5000 + b'"}', 413, "application/json"),
+])
+async def test_bad_requests_answered_in_callers_shape(path, shape, body, status, ctype):
+    vendor = MockVendor()
+    async with gateway_with(CONFIG, a=vendor) as gw:
+        response = await post(gw.url, path, body, ctype)
+        assert response.status_code == status
+        error = response.json()
+        if shape == "openai":
+            assert isinstance(error["error"]["message"], str) and error["error"]["type"]
+        else:
+            assert error["type"] == "error" and error["error"]["type"]
+        # the gateway is still healthy, and no backend saw the bad request
+        ok = await post(gw.url, "/v1/chat/completions",
+                        b'{"model":"smart","messages":[{"role":"user","content":"x"}]}')
+        assert ok.status_code == 200
+    assert len(vendor.received) == 1
+
+
+async def test_sdk_sees_bad_request_error_for_oversized_body():
+    async with gateway_with(CONFIG, a=MockVendor()) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as exc:
+            await sdk(lambda: client.chat.completions.create(
+                model="smart", messages=[{"role": "user", "content": "y" * 10000}]))
+        assert exc.value.status_code == 413
+
+
+async def test_unknown_path_is_404_json():
+    async with gateway_with(CONFIG, a=MockVendor()) as gw:
+        response = await post(gw.url, "/v1/nothing", b"{}")
+        assert response.status_code == 404
+        assert "No route" in response.json()["error"]["message"]
+
+
+async def test_slow_client_gets_408_and_server_survives():
+    async with gateway_with(CONFIG, a=MockVendor()) as gw:
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+        await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(4096):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 408")
+        ok = await post(gw.url, "/v1/chat/completions", b'{"model":"smart","messages":[{"role":"user","content":"x"}]}')
+        assert ok.status_code == 200
+
+
+async def test_garbage_http_gets_400():
+    async with gateway_with(CONFIG, a=MockVendor()) as gw:
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+        await stream.send_all(b"HELLO THERE\r\n\r\n")
+        with trio.fail_after(5):
+            data = await stream.receive_some(4096)
+        assert data.startswith(b"HTTP/1.1 400")
+
+
+async def test_client_disconnect_cancels_upstream_call():
+    vendor = MockVendor(latency=10)
+    async with gateway_with(CONFIG, a=vendor) as gw:
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+        body = b'{"model":"smart","messages":[{"role":"user","content":"x"}]}'
+        await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                              b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        with trio.fail_after(5):
+            while not vendor.received:
+                await trio.sleep(0.01)
+        await stream.aclose()
+        with trio.fail_after(2):           # far sooner than the vendor's 10 s
+            while gw.gateway.in_flight:
+                await trio.sleep(0.01)
+        record = gw.gateway.recent[-1]
+        assert record["state"] == "failed"
+        assert record["attempts"][0]["outcome"] == "cancelled"

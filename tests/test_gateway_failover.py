@@ -1,0 +1,173 @@
+"""Failover and fault attribution over real sockets, with the SDKs as clients."""
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+
+from engine.mock import MockVendor
+from harness import gateway_with, sdk
+
+TWO_VENDORS = {
+    "providers": {
+        "first": {"protocol": "openai", "base_url": "{a}/v1", "key": "sk-a"},
+        "second": {"protocol": "openai", "base_url": "{b}/v1", "key": "sk-b"},
+    },
+    "pools": {"smart": {"strategy": "ordered", "members": [
+        {"provider": "first", "model": "m1", "priority": 0},
+        {"provider": "second", "model": "m2", "priority": 1}]}},
+}
+TWO_ANTHROPIC = {
+    "providers": {
+        "first": {"protocol": "anthropic", "base_url": "{a}", "key": "ak-a"},
+        "second": {"protocol": "anthropic", "base_url": "{b}", "key": "ak-b"},
+    },
+    "pools": {"claude": {"strategy": "ordered", "members": [
+        {"provider": "first", "model": "c1", "priority": 0},
+        {"provider": "second", "model": "c2", "priority": 1}]}},
+}
+
+
+def oai(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+
+
+def chat(client, **kw):
+    return client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}], **kw)
+
+
+@pytest.mark.parametrize("fault", [{"status": 500}, {"status": 503}, {"reset": "before"}, {"error": "rate"}])
+async def test_buffered_failover_to_second_member(fault):
+    a, b = MockVendor(reply="from a"), MockVendor(reply="from b")
+    a.fail_next(fault)
+    async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
+        result = await sdk(lambda: chat(oai(gw.url)))
+        record = gw.gateway.recent[-1]
+    assert result.choices[0].message.content == "from b"
+    assert [x["member"].split("/")[-1] for x in record["attempts"]] == ["m1", "m2"]
+    assert [s["state"] for s in record["path"]] == ["received", "translated", "dispatched", "failing_over",
+                                                     "dispatched", "streaming", "done"]
+
+
+async def test_client_error_is_returned_untouched_and_not_retried():
+    a, b = MockVendor(), MockVendor()
+    a.fail_next({"error": "invalid", "message": "messages.0.content: bad value"})
+    async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
+        with pytest.raises(openai.BadRequestError) as exc:
+            await sdk(lambda: chat(oai(gw.url)))
+        assert "messages.0.content: bad value" in str(exc.value)
+        assert b.received == []
+        assert gw.gateway.recent[-1]["state"] == "failed"
+
+
+async def test_flood_of_client_errors_never_opens_breaker():
+    a, b = MockVendor(reply="a ok"), MockVendor(reply="b ok")
+    a.always = {"error": "invalid"}
+    async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
+        client = oai(gw.url)
+        for _ in range(30):
+            with pytest.raises(openai.BadRequestError):
+                await sdk(lambda: chat(client))
+        a.always = None
+        result = await sdk(lambda: chat(client))
+    assert result.choices[0].message.content == "a ok"   # member 1 still in rotation
+    assert b.received == []
+
+
+async def test_context_length_error_lands_on_larger_member():
+    config = {
+        "providers": TWO_VENDORS["providers"],
+        "pools": {"smart": {"members": [{"provider": "first", "model": "small", "context": 8000},
+                                        {"provider": "second", "model": "large", "context": 200000}]}},
+    }
+    a, b = MockVendor(reply="small"), MockVendor(reply="large")
+    a.always = {"error": "context"}
+    async with gateway_with(config, a=a, b=b) as gw:
+        for _ in range(6):
+            result = await sdk(lambda: chat(oai(gw.url)))
+            assert result.choices[0].message.content == "large"
+        snapshot = gw.gateway.router.snapshot(0)
+    assert "open" not in str(snapshot).lower() or "closed" in str(snapshot).lower()
+
+
+async def test_stream_reset_before_content_fails_over_transparently():
+    a, b = MockVendor(reply="never seen"), MockVendor(reply="the full answer from b")
+    a.fail_next({"reset": "during", "after": 1})    # head + role chunk, then the socket dies
+    async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
+        chunks = await sdk(lambda: list(chat(oai(gw.url), stream=True)))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "the full answer from b"
+
+
+async def test_stream_error_event_first_fails_over():
+    a, b = MockVendor(), MockVendor(reply="b answers")
+    a.fail_next({"error_event": "overloaded"})
+    async with gateway_with(TWO_ANTHROPIC, a=a, b=b) as gw:
+        def run():
+            client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+            with client.messages.stream(model="claude", max_tokens=50,
+                                        messages=[{"role": "user", "content": "x"}]) as s:
+                return "".join(s.text_stream)
+        assert await sdk(run) == "b answers"
+
+
+async def test_stream_failure_after_content_raises_in_sdk():
+    a, b = MockVendor(reply="a b c d e f g h"), MockVendor()
+    a.fail_next({"reset": "during", "after": 4})
+    async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
+        def run():
+            parts = []
+            for chunk in chat(oai(gw.url), stream=True):
+                if chunk.choices:
+                    parts.append(chunk.choices[0].delta.content or "")
+            return parts
+        with pytest.raises(openai.APIError):
+            await sdk(run)
+        assert b.received == []                         # no retry after bytes went out
+        assert gw.gateway.recent[-1]["state"] == "failed"
+
+
+async def test_anthropic_stream_failure_after_content_raises():
+    a, b = MockVendor(reply="a b c d e f"), MockVendor()
+    a.fail_next({"malformed": True, "after": 5})
+    async with gateway_with(TWO_ANTHROPIC, a=a, b=b) as gw:
+        def run():
+            client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+            with client.messages.stream(model="claude", max_tokens=50,
+                                        messages=[{"role": "user", "content": "x"}]) as s:
+                return "".join(s.text_stream)
+        with pytest.raises(anthropic.APIError):
+            await sdk(run)
+
+
+async def test_stall_before_first_byte_fails_over():
+    config = {**TWO_VENDORS, "pipelines": {"default": {"timeouts": {"first_byte": 0.3}}}}
+    a, b = MockVendor(), MockVendor(reply="b was quick")
+    a.fail_next({"stall": 5})
+    async with gateway_with(config, a=a, b=b) as gw:
+        chunks = await sdk(lambda: list(chat(oai(gw.url), stream=True)))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "b was quick"
+
+
+async def test_all_members_failing_gives_error_in_client_protocol():
+    a, b = MockVendor(), MockVendor()
+    a.always = b.always = {"status": 500}
+    async with gateway_with(TWO_ANTHROPIC, a=a, b=b) as gw:
+        with pytest.raises(anthropic.InternalServerError) as exc:
+            await sdk(lambda: anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0).messages.create(
+                model="claude", max_tokens=5, messages=[{"role": "user", "content": "x"}]))
+    assert exc.value.status_code == 502
+    assert exc.value.body["type"] == "error"
+
+
+async def test_all_keys_rate_limited_gives_429_with_retry_after():
+    config = {"providers": {"only": {"protocol": "openai", "base_url": "{a}/v1", "keys": ["k1", "k2"]}},
+              "pools": {"smart": {"members": [{"provider": "only", "model": "m"}]}}}
+    a = MockVendor()
+    a.fail_next({"error": "rate", "retry_after": 7}, {"error": "rate", "retry_after": 9})
+    async with gateway_with(config, a=a) as gw:
+        with pytest.raises(openai.RateLimitError) as exc:
+            await sdk(lambda: chat(oai(gw.url)))
+    retry_after = float(exc.value.response.headers["retry-after"])
+    assert 6 <= retry_after <= 8            # the earliest recovery of the two keys
+    assert sorted(r["key"] for r in a.received) == ["k1", "k2"]

@@ -1,0 +1,130 @@
+"""End to end: the official openai and anthropic SDKs through the gateway to
+simulated vendors over real sockets (same-protocol passthrough)."""
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+
+from engine.mock import MockVendor
+from harness import gateway_with, sdk
+
+OPENAI_ONLY = {
+    "providers": {"oai": {"protocol": "openai", "base_url": "{a}/v1", "keys": ["sk-1", "sk-2"]}},
+    "pools": {"smart": {"members": [{"provider": "oai", "model": "gpt-4o"}]}},
+}
+ANTHROPIC_ONLY = {
+    "providers": {"ant": {"protocol": "anthropic", "base_url": "{a}", "key": "ak-1"}},
+    "pools": {"claude": {"members": [{"provider": "ant", "model": "claude-sonnet-4"}]}},
+}
+
+
+def oai(url, **kw):
+    return openai.OpenAI(base_url=url + "/v1", api_key="client-key", max_retries=0, **kw)
+
+
+def ant(url, **kw):
+    return anthropic.Anthropic(base_url=url, api_key="client-key", max_retries=0, **kw)
+
+
+async def test_openai_buffered_passthrough():
+    vendor = MockVendor(reply="Hello from upstream")
+    async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
+        result = await sdk(lambda: oai(gw.url).chat.completions.create(
+            model="smart", messages=[{"role": "user", "content": "hi"}], temperature=0.25))
+    assert result.choices[0].message.content == "Hello from upstream"
+    assert result.choices[0].finish_reason == "stop"
+    seen = vendor.received[-1]
+    assert seen["model"] == "gpt-4o"                      # pool name rewritten to the member's model
+    assert seen["body"]["temperature"] == 0.25            # everything else passed through
+    assert seen["key"] in ("sk-1", "sk-2")                # the provider's key, never the client's
+    assert seen["path"] == "/v1/chat/completions"
+
+
+async def test_openai_stream_passthrough():
+    vendor = MockVendor(reply="one two three four")
+    async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
+        def run():
+            stream = oai(gw.url).chat.completions.create(
+                model="smart", messages=[{"role": "user", "content": "hi"}], stream=True,
+                stream_options={"include_usage": True})
+            chunks = list(stream)
+            return chunks
+        chunks = await sdk(run)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three four"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+async def test_keys_rotate_round_robin():
+    vendor = MockVendor()
+    async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
+        client = oai(gw.url)
+        for _ in range(4):
+            await sdk(lambda: client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "x"}]))
+    assert sorted(r["key"] for r in vendor.received) == ["sk-1", "sk-1", "sk-2", "sk-2"]
+
+
+async def test_anthropic_buffered_and_stream():
+    vendor = MockVendor(reply="Bonjour tout le monde")
+    async with gateway_with(ANTHROPIC_ONLY, a=vendor) as gw:
+        client = ant(gw.url)
+        message = await sdk(lambda: client.messages.create(
+            model="claude", max_tokens=64, messages=[{"role": "user", "content": "salut"}]))
+        assert message.content[0].text == "Bonjour tout le monde"
+        assert message.stop_reason == "end_turn"
+
+        def run_stream():
+            with client.messages.stream(model="claude", max_tokens=64,
+                                        messages=[{"role": "user", "content": "salut"}]) as stream:
+                text = "".join(stream.text_stream)
+                return text, stream.get_final_message()
+        text, final = await sdk(run_stream)
+    assert text == "Bonjour tout le monde"
+    assert final.stop_reason == "end_turn"
+    assert vendor.received[-1]["key"] == "ak-1"
+    assert vendor.received[-1]["headers"]["anthropic-version"] == "2023-06-01"
+    assert vendor.received[-1]["model"] == "claude-sonnet-4"
+
+
+async def test_anthropic_x_api_key_and_bearer_both_accepted():
+    config = {**ANTHROPIC_ONLY, "auth": {"keys": ["gw-secret"]}}
+    vendor = MockVendor(reply="ok")
+    async with gateway_with(config, a=vendor) as gw:
+        by_key = await sdk(lambda: anthropic.Anthropic(base_url=gw.url, api_key="gw-secret", max_retries=0)
+                           .messages.create(model="claude", max_tokens=8, messages=[{"role": "user", "content": "a"}]))
+        by_token = await sdk(lambda: anthropic.Anthropic(base_url=gw.url, auth_token="gw-secret", max_retries=0)
+                             .messages.create(model="claude", max_tokens=8, messages=[{"role": "user", "content": "a"}]))
+        assert by_key.content[0].text == by_token.content[0].text == "ok"
+        with pytest.raises(anthropic.AuthenticationError):
+            await sdk(lambda: anthropic.Anthropic(base_url=gw.url, api_key="wrong", max_retries=0)
+                      .messages.create(model="claude", max_tokens=8, messages=[{"role": "user", "content": "a"}]))
+    assert all(r["key"] == "ak-1" for r in vendor.received)   # the gateway key never reaches the vendor
+
+
+async def test_unknown_pool_is_not_found_in_each_protocol():
+    async with gateway_with({**OPENAI_ONLY, "providers": {**OPENAI_ONLY["providers"],
+                                                          "ant": {"protocol": "anthropic", "base_url": "{a}"}}},
+                            a=MockVendor()) as gw:
+        with pytest.raises(openai.NotFoundError) as oe:
+            await sdk(lambda: oai(gw.url).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}]))
+        assert "nope" in str(oe.value)
+        with pytest.raises(anthropic.NotFoundError) as ae:
+            await sdk(lambda: ant(gw.url).messages.create(model="nope", max_tokens=5,
+                                                           messages=[{"role": "user", "content": "x"}]))
+        assert ae.value.body["error"]["type"] == "not_found_error"
+
+
+async def test_direct_provider_model_route():
+    vendor = MockVendor(reply="direct")
+    async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
+        result = await sdk(lambda: oai(gw.url).chat.completions.create(
+            model="oai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]))
+    assert result.choices[0].message.content == "direct"
+    assert vendor.received[-1]["model"] == "gpt-4o-mini"
+
+
+async def test_models_list_names_pools():
+    async with gateway_with(OPENAI_ONLY, a=MockVendor()) as gw:
+        models = await sdk(lambda: oai(gw.url).models.list())
+    assert [m.id for m in models.data] == ["smart"]

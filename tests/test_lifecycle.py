@@ -1,0 +1,64 @@
+"""The compiled lifecycle table agrees with the python-statemachine
+declaration on every event sequence."""
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+from statemachine.exceptions import TransitionNotAllowed
+
+from engine.lifecycle import EVENTS, FINAL, INITIAL, Lifecycle, LifecycleError, RequestChart, STATES, mermaid
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(EVENTS), max_size=12))
+def test_compiled_table_agrees_with_declaration(events):
+    declared = RequestChart()
+    compiled = Lifecycle()
+    for event in events:
+        try:
+            declared.send(event)
+            declared_ok = True
+        except TransitionNotAllowed:
+            declared_ok = False
+        try:
+            compiled.fire(event)
+            compiled_ok = True
+        except LifecycleError:
+            compiled_ok = False
+        assert declared_ok == compiled_ok, (event, compiled.state)
+        assert compiled.state == declared.current_state_value if hasattr(declared, "current_state_value") \
+            else declared.current_state.id
+        if compiled.finished:
+            break
+
+
+def test_shape():
+    assert INITIAL == "received"
+    assert FINAL == {"done", "failed"}
+    assert set(STATES) == {"received", "translated", "dispatched", "streaming", "failing_over", "done", "failed"}
+
+
+def test_path_is_recorded_with_times():
+    life = Lifecycle(now=1.0)
+    life.fire("parsed", now=1.001)
+    life.fire("dispatch", "pool/a", now=1.002)
+    life.fire("fault", "server", now=1.010)
+    life.fire("dispatch", "pool/b", now=1.011)
+    life.fire("first_byte", now=1.050)
+    life.fire("complete", now=1.060)
+    path = life.describe()
+    assert [p["state"] for p in path] == ["received", "translated", "dispatched", "failing_over", "dispatched",
+                                          "streaming", "done"]
+    assert path[-1]["ms"] == 60.0 and path[2]["note"] == "pool/a"
+
+
+def test_terminal_states_accept_nothing():
+    life = Lifecycle()
+    life.fire("rejected")
+    for event in EVENTS:
+        assert not life.can(event)
+
+
+def test_mermaid_mentions_every_transition():
+    text = mermaid(highlight=["received", "translated"])
+    assert "failing_over --> dispatched: dispatch" in text
+    assert "class translated visited" in text
