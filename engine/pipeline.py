@@ -9,7 +9,8 @@ class costs (`rules`) and the circuit-breaker parameters.
 Sources, merged deeply (maps key by key, lists and scalars replaced):
 
 1. `pipelines/default.yaml` shipped with Busbar: every knob, commented;
-2. `<pipelines_dir>/<name>.yaml` files: one pipeline per file, named by stem;
+2. `<pipelines_dir>/<name>.yaml`: one pipeline per file, named by its stem,
+   read when the config uses that name;
 3. the config's `pipelines:` map, `name -> overrides`.
 
 `default` is (1) + its overrides; every other named pipeline is the effective
@@ -208,27 +209,49 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
 
 
 def load_pipelines(config: Mapping | None = None, pipelines_dir: str | Path | None = None) -> dict[str, Pipeline]:
-    """Every pipeline the config can name, `default` always among them."""
-    overrides: dict[str, dict] = {}
+    """Every pipeline the config names, `default` always among them.
+
+    A name is looked up as `<pipelines_dir>/<name>.yaml` (or `.yml`) and in
+    the config's `pipelines:` map (which wins where both set a key).  Only
+    names the config uses (a pool's `pipeline`, a `pipelines:` key, or
+    `default`) are read, so other YAML files may live in that directory.
+    """
+    config = config or {}
     directory = Path(pipelines_dir) if pipelines_dir is not None else DEFAULT_PIPELINES_DIR
-    if directory.is_dir():
-        for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
-            name = path.stem
-            where = f"pipelines.{name}"
-            if not NAME_RE.match(name):
-                raise PipelineError(where, f"file name {path.name!r} is not a valid pipeline name")
-            overrides[name] = deep_merge(overrides.get(name, {}), _read_yaml(path, where))
-    for name, data in ((config or {}).get("pipelines") or {}).items():
+    inline = config.get("pipelines") or {}
+    if not isinstance(inline, Mapping):
+        raise PipelineError("pipelines", f"must be a mapping of name -> pipeline, not {type(inline).__name__}")
+    names = ["default", *inline]
+    for pool in (config.get("pools") or {}).values():
+        if isinstance(pool, Mapping) and isinstance(pool.get("pipeline"), str):
+            names.append(pool["pipeline"])
+
+    overrides: dict[str, dict] = {}
+    for name in dict.fromkeys(names):
         where = f"pipelines.{name}"
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise PipelineError(where, "pipeline names use letters, digits and _ . : -")
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise PipelineError(where, f"must be a mapping, not {type(data).__name__}")
-        overrides[name] = deep_merge(overrides.get(name, {}), data)
+        found = False
+        data: dict = {}
+        for suffix in (".yaml", ".yml"):
+            path = directory / f"{name}{suffix}"
+            if path.is_file() and path.resolve() != DEFAULT_FILE:
+                data = deep_merge(data, _read_yaml(path, where))
+                found = True
+        if name in inline:
+            extra = inline[name]
+            if extra is None:
+                extra = {}
+            if not isinstance(extra, Mapping):
+                raise PipelineError(where, f"must be a mapping, not {type(extra).__name__}")
+            data = deep_merge(data, extra)
+            found = True
+        if not found and name != "default":
+            raise PipelineError(where, f"no pipeline named {name!r}: neither {directory / (name + '.yaml')} "
+                                       "nor an entry under `pipelines:`")
+        overrides[name] = data
 
-    default = deep_merge(_builtin_default(), overrides.pop("default", {}))
+    default = deep_merge(_builtin_default(), overrides.pop("default"))
     merged = {"default": default}
     for name, data in overrides.items():
         merged[name] = deep_merge(default, data)

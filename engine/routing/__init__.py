@@ -1,0 +1,25 @@
+"""Routing: pool -> member -> key, with breakers, cool-downs and weights.
+
+Pure and I/O-free: time is passed in (`now`, monotonic seconds) and
+randomness comes from an injectable `random.Random`.  The gateway driver uses
+the façade in `router.py`:
+
+    router = Router.from_config(config)
+    plan = router.start(model, Needs(tokens=..., tools=...), now)
+    step = plan.next(now)                       # Attempt | Wait | Exhausted
+    decision = plan.report(step, fault, now, ttfb=...)   # Consequence
+
+Modules: `pools` (tables, strategies, nesting), `breaker` (per-target circuit
+breaker), `keys` (per-account state and rotation), `policy` (fault class ->
+consequence from the pipeline's rules), `router` (the façade and `Plan`).
+"""
+from engine.routing.breaker import Breaker, BreakerState
+from engine.routing.keys import Key, KeyRing, fingerprint
+from engine.routing.policy import Action, Consequence
+from engine.routing.pools import RouteConfigError
+from engine.routing.router import Attempt, Exhausted, Needs, Plan, PlanError, Router, Wait
+
+__all__ = [
+    "Action", "Attempt", "Breaker", "BreakerState", "Consequence", "Exhausted", "Key", "KeyRing",
+    "Needs", "Plan", "PlanError", "RouteConfigError", "Router", "Wait", "fingerprint",
+]

@@ -1,0 +1,525 @@
+"""The routing façade the gateway driver calls: route -> plan -> attempts.
+
+    router = Router.from_config(config)            # tables built once
+    plan = router.start("fast", Needs(tokens=1200, tools=True), now)
+    while True:
+        step = plan.next(now)
+        if isinstance(step, Wait):      sleep step.seconds, continue
+        if isinstance(step, Exhausted): answer from step (429 + Retry-After when
+                                        step.retry_after, else step.last_fault / 502 / 504)
+        ... send upstream with step.key_secret to step.provider / step.model ...
+        decision = plan.report(step, fault_or_None, now, ttfb=...)
+        if not decision.retry: success, or render decision.fault to the client
+
+A `Plan` is the routing side of one request: it owns the retry budget,
+remembers which members and keys failed, and applies each outcome's
+consequence (breaker, key benches, latency, in-flight counts) through the
+pipeline's rules.  It never does I/O and never reads a clock: every call
+takes `now` (monotonic seconds), and randomness comes from the router's
+`random.Random`.
+
+The retry budget has two counters (pipeline `retry:`):
+* member attempts (`max_attempts`): the first attempt and every attempt on
+  a member picked after a fail-over (failover / retry_larger_context);
+* key rotations (`max_key_rotations`): attempts on the SAME member with
+  another key after a fault that benched the previous key (cool_key or
+  disable_key penalty).  They never consume member attempts; when they run
+  out, the next key-benching fault fails over to another member instead.
+So a plan issues at most max_attempts + max_key_rotations attempts.
+A member that failed over is not picked again by the same plan.
+
+Terminal outcomes, exactly one per plan: success (report without fault),
+returned (a fault whose rule says `return`), exhausted (`next` answered
+`Exhausted`).  Calling `next` afterwards raises `PlanError`.
+"""
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Mapping
+
+from engine.faults import Fault
+from engine.pipeline import Pipeline, explain as explain_pipeline, load_pipelines
+from engine.routing.keys import Key, KeyRing
+from engine.routing.policy import Action, Consequence, alert_line, penalize
+from engine.routing.pools import (Member, OnExhausted, PoolNode, PoolRef, RouteConfigError, Target,
+                                  build_pools, choose, effective_weight)
+
+DIRECT_ROUTES_CACHED = 1024   # ad-hoc provider/model routes kept (LRU)
+
+
+class PlanError(RuntimeError):
+    """A plan used out of order: next() after it ended, an unknown attempt reported."""
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What a request requires of a member.  `tokens` is the gateway's
+    estimate of prompt plus requested output; a member whose `context` is
+    smaller is skipped.  Members that declare no capabilities take anything."""
+
+    tokens: int = 0
+    tools: bool = False
+    vision: bool = False
+    json: bool = False
+    reasoning: bool = False
+    documents: bool = False
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(name for name in ("tools", "vision", "json", "reasoning", "documents")
+                         if getattr(self, name))
+
+    def describe(self) -> str:
+        parts = [f"~{self.tokens} tokens"] if self.tokens else []
+        return ", ".join(parts + sorted(self.capabilities())) or "nothing special"
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    protocol: str
+    keys: KeyRing
+
+
+class Attempt:
+    """One upstream call to make.  The key's secret is only reachable through
+    `key_secret`; `repr` shows the key's safe id."""
+
+    __slots__ = ("number", "member", "key", "kind", "_probe")
+
+    def __init__(self, number: int, member: Member, key: Key, kind: str, probe: bool):
+        self.number = number      # 1-based, counts every attempt of the plan
+        self.member = member
+        self.key = key
+        self.kind = kind          # "member" | "key_rotation"
+        self._probe = probe       # the breaker's half-open probe
+
+    provider = property(lambda self: self.member.provider)
+    protocol = property(lambda self: self.member.protocol)
+    model = property(lambda self: self.member.model)          # the upstream model id
+    member_id = property(lambda self: self.member.id)
+    pool = property(lambda self: self.member.pool)
+    max_tokens = property(lambda self: self.member.max_tokens)
+    context = property(lambda self: self.member.context)
+    key_id = property(lambda self: self.key.id)
+    probe = property(lambda self: self._probe)
+
+    @property
+    def key_secret(self) -> str | None:
+        return self.key.secret
+
+    def __repr__(self) -> str:
+        return (f"Attempt(#{self.number} {self.kind} {self.member.id} -> "
+                f"{self.member.provider}/{self.member.model} key={self.key.id})")
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing is available now, but something recovers within the pool's
+    `on_exhausted: wait` allowance: sleep, then call `next` again."""
+
+    seconds: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """The plan is over without a success.
+
+    `kind`: unavailable (every capable member is benched, open or already
+    tried), incapable (no member can take this request: context, capabilities),
+    budget (retry budget spent), deadline (pipeline deadline passed).
+    `retry_after` (seconds) is set when every capable member is benched and
+    says when the first comes back: answer 429 with it.
+    """
+
+    retry_after: float | None
+    last_fault: Fault | None
+    reason: str
+    kind: str = "unavailable"
+
+
+class Plan:
+    """The routing state of one request.  See the module docstring."""
+
+    def __init__(self, router: "Router", node: PoolNode, needs: Needs, now: float):
+        self._router = router
+        self.route = node.name
+        self.pipeline: Pipeline = node.pipeline
+        self.needs = needs
+        self._caps = needs.capabilities()
+        self._min_context = needs.tokens
+        self.started = now
+        self.deadline_at = now + self.pipeline.deadline
+        self.member_attempts = 0
+        self.key_rotations = 0
+        self.number = 0
+        self.outcome: str | None = None   # success | returned | exhausted
+        self.last_fault: Fault | None = None
+        self.history: list[tuple[str, str, str]] = []   # (member id, key id, result)
+        self._pool = node
+        self._visited = [node]
+        self._tried: set[tuple[str, str]] = set()
+        self._failed_keys: dict[tuple[str, str], set[str]] = {}
+        self._rotate: Member | None = None
+        self._wait_limit: float | None = None
+        self._outstanding: dict[int, Attempt] = {}
+
+    def __repr__(self) -> str:
+        return (f"Plan({self.route!r}, attempts={self.member_attempts}+{self.key_rotations}, "
+                f"outcome={self.outcome})")
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    @property
+    def outstanding(self) -> list[Attempt]:
+        return list(self._outstanding.values())
+
+    @property
+    def _lease(self) -> float:
+        return self.pipeline.deadline
+
+    # ---- which members can go ------------------------------------------
+    def _capable(self, leaf: Member) -> bool:
+        return leaf.capable(self._caps, self._min_context)
+
+    def _usable(self, leaf: Member, now: float) -> bool:
+        t = leaf.target
+        if t.key in self._tried or not self._capable(leaf):
+            return False
+        if any(a.member.target is t for a in self._outstanding.values()):
+            return False   # a hedge goes elsewhere
+        if not t.breaker.allows(now, self._lease):
+            return False
+        ring = self._router.providers[leaf.provider].keys
+        return ring.available(leaf.model, now, self._failed_keys.get(t.key, ()))
+
+    def _recovery(self, leaf: Member, now: float, exclude=()) -> float | None:
+        ring = self._router.providers[leaf.provider].keys
+        keys = ring.recovery(leaf.model, now, exclude)
+        if keys is None:
+            return None
+        return max(keys, leaf.target.breaker.recovery(now, self._lease))
+
+    # ---- the steps -------------------------------------------------------
+    def next(self, now: float) -> Attempt | Wait | Exhausted:
+        """The next thing to do: an attempt, a wait, or the end."""
+        if self.outcome is not None:
+            raise PlanError(f"the plan already ended ({self.outcome}); start a new one")
+        if now >= self.deadline_at:
+            return self._exhaust(now, "deadline", f"deadline of {self.pipeline.deadline:g}s exceeded")
+        if self._rotate is not None:
+            member, self._rotate = self._rotate, None
+            t = member.target
+            if self.key_rotations < self.pipeline.max_key_rotations and t.breaker.allows(now, self._lease):
+                ring = self._router.providers[member.provider].keys
+                key = ring.pick(member.model, now, self._failed_keys.get(t.key, ()))
+                if key is not None:
+                    self.key_rotations += 1
+                    return self._issue(member, key, "key_rotation", now)
+            self._tried.add(t.key)
+        if self.member_attempts >= self.pipeline.max_attempts:
+            return self._exhaust(now, "budget",
+                                 f"retry budget spent: {self.member_attempts} member attempt(s), "
+                                 f"{self.key_rotations} key rotation(s)")
+        rng = self._router.rng
+        while True:
+            cache: dict[int, bool] = {}
+
+            def usable(leaf: Member) -> bool:
+                hit = cache.get(id(leaf))
+                if hit is None:
+                    hit = cache[id(leaf)] = self._usable(leaf, now)
+                return hit
+
+            member = choose(self._pool, usable, now, rng)
+            if member is not None:
+                ring = self._router.providers[member.provider].keys
+                key = ring.pick(member.model, now, self._failed_keys.get(member.target.key, ()))
+                self.member_attempts += 1
+                return self._issue(member, key, "member", now)
+            oe = self._pool.on_exhausted
+            if oe.action == "fallback":
+                self._pool = self._router.pools[oe.pool]
+                self._visited.append(self._pool)
+                continue
+            if oe.action == "wait":
+                soonest = self._soonest(now)
+                if soonest is not None:
+                    if self._wait_limit is None:
+                        self._wait_limit = now + oe.max_ms / 1000.0
+                    if soonest <= self._wait_limit and soonest < self.deadline_at:
+                        return Wait(soonest - now, f"pool {self._pool.name!r}: waiting for a member to recover")
+            return self._exhaust(now, None, "")
+
+    def _issue(self, member: Member, key: Key, kind: str, now: float) -> Attempt:
+        t = member.target
+        probe = t.breaker.acquire(now, self._lease)
+        t.in_flight += 1
+        key.in_flight += 1
+        key.uses += 1
+        self.number += 1
+        attempt = Attempt(self.number, member, key, kind, probe)
+        self._outstanding[attempt.number] = attempt
+        return attempt
+
+    def _soonest(self, now: float) -> float | None:
+        """When an untried capable member of the current pool comes back."""
+        times = []
+        for leaf in self._pool.leaves:
+            if leaf.target.key in self._tried or not self._capable(leaf):
+                continue
+            at = self._recovery(leaf, now, self._failed_keys.get(leaf.target.key, ()))
+            if at is not None and at > now:
+                times.append(at)
+        return min(times) if times else None
+
+    def _exhaust(self, now: float, kind: str | None, reason: str) -> Exhausted:
+        capable = [leaf for node in self._visited for leaf in node.leaves if self._capable(leaf)]
+        times = [self._recovery(leaf, now) for leaf in capable]
+        retry_after = None
+        if capable and all(t is not None and t > now for t in times):
+            retry_after = min(times) - now
+        if kind is None:
+            if not capable:
+                kind = "incapable"
+                larger = " (a larger context)" if self._min_context > self.needs.tokens else ""
+                reason = f"no member of pool {self.route!r} can take this request{larger}: {self.needs.describe()}"
+            else:
+                kind = "unavailable"
+                if retry_after is not None:
+                    reason = (f"every member of pool {self.route!r} is rate limited, disabled or circuit-open; "
+                              f"the first recovers in {retry_after:.1f}s")
+                else:
+                    reason = f"every member of pool {self.route!r} failed or is unavailable"
+        self.outcome = "exhausted"
+        return Exhausted(retry_after, self.last_fault, reason, kind)
+
+    def report(self, attempt: Attempt, fault: Fault | None, now: float,
+               ttfb: float | None = None) -> Consequence:
+        """The outcome of `attempt`: None for success, else its classified fault.
+
+        Applies the consequence (breaker, key bench, latency sample, in-flight
+        release) and says what the gateway does next (`Consequence.retry`).
+        Report when the upstream exchange is over (a stream at its end), with
+        the time to first byte measured on the way.
+        """
+        self._take(attempt)
+        member, key, t = attempt.member, attempt.key, attempt.member.target
+        params = self.pipeline.breaker
+        if fault is None:
+            t.breaker.success(now, params, attempt._probe)
+            key.succeeded(member.model, now)
+            if ttfb is not None:
+                t.observe_ttfb(ttfb, self.pipeline.dispatch.ewma_alpha)
+            self.history.append((member.id, key.id, "ok"))
+            if self.outcome is not None:
+                return Consequence(Action.LATE, breaker=t.breaker.state.value)
+            self.outcome = "success"
+            return Consequence(Action.SUCCESS, breaker=t.breaker.state.value)
+
+        rule = self.pipeline.rules[fault.cls]
+        penalty, until = penalize(rule, fault, key=key, model=member.model, breaker=t.breaker,
+                                  params=params, probe=attempt._probe, now=now)
+        alert = alert_line(rule, fault, key, member.provider, member.model, penalty, until, now)
+        self.history.append((member.id, key.id, fault.cls.value))
+        done = dict(fault=fault, penalty=penalty, until=until, breaker=t.breaker.state.value, alert=alert,
+                    key_id=key.id if penalty in ("cool_key", "disable_key") else None)
+        if self.outcome is not None:
+            return Consequence(Action.LATE, **done)
+        self.last_fault = fault
+        if rule.action == "return":
+            self.outcome = "returned"
+            return Consequence(Action.RETURN, **done)
+        if rule.action == "retry_larger_context":
+            self._tried.add(t.key)
+            if member.context is not None:
+                self._min_context = max(self._min_context, member.context + 1)
+            return Consequence(Action.LARGER_CONTEXT, **done)
+        failed = self._failed_keys.setdefault(t.key, set())
+        failed.add(key.id)
+        ring = self._router.providers[member.provider].keys
+        if (penalty in ("cool_key", "disable_key")
+                and self.key_rotations < self.pipeline.max_key_rotations
+                and ring.available(member.model, now, failed)
+                and t.breaker.allows(now, self._lease)):
+            self._rotate = member
+            return Consequence(Action.ROTATE_KEY, **done)
+        self._tried.add(t.key)
+        return Consequence(Action.FAILOVER, **done)
+
+    def release(self, attempt: Attempt, now: float) -> None:
+        """An attempt abandoned without an outcome (client gone, hedge lost,
+        cancelled): free its in-flight slot and breaker probe, blame nobody."""
+        self._take(attempt)
+        attempt.member.target.breaker.release(attempt._probe)
+        self.history.append((attempt.member.id, attempt.key.id, "released"))
+
+    def _take(self, attempt: Attempt) -> None:
+        if self._outstanding.get(attempt.number) is not attempt:
+            raise PlanError(f"{attempt!r} is not outstanding in this plan")
+        del self._outstanding[attempt.number]
+        attempt.member.target.in_flight -= 1
+        attempt.key.in_flight -= 1
+
+
+class Router:
+    """Immutable routing tables plus the shared runtime state they point at."""
+
+    def __init__(self, providers: Mapping[str, Provider], pools: Mapping[str, PoolNode],
+                 pipelines: Mapping[str, Pipeline], targets: Mapping[tuple[str, str], Target],
+                 rng: random.Random | None = None):
+        self.providers = dict(providers)
+        self.pools = dict(pools)
+        self.pipelines = dict(pipelines)
+        self.targets = dict(targets)
+        self.rng = rng if rng is not None else random.Random()
+        self._direct: OrderedDict[str, PoolNode] = OrderedDict()
+        self._members_by_target: dict[tuple[str, str], Member] = {}
+        for node in self.pools.values():
+            for leaf in node.leaves:
+                self._members_by_target.setdefault(leaf.target.key, leaf)
+
+    @classmethod
+    def from_config(cls, config: Mapping, *, rng: random.Random | None = None,
+                    pipelines: Mapping[str, Pipeline] | None = None,
+                    pipelines_dir=None) -> "Router":
+        """Build from a config dict already validated by config.schema.json;
+        checks what a schema cannot (references, nesting and fallback cycles).
+        Raises RouteConfigError or PipelineError."""
+        if pipelines is None:
+            pipelines = load_pipelines(config, pipelines_dir)
+        providers = {}
+        for name, raw in (config.get("providers") or {}).items():
+            if "key" in raw and "keys" in raw:
+                raise RouteConfigError(f"providers.{name}", "give `key` or `keys`, not both")
+            secrets = list(raw["keys"]) if "keys" in raw else [raw["key"]] if "key" in raw else [None]
+            rotation = raw.get("key_rotation", "round_robin")
+            try:
+                ring = KeyRing(name, secrets, rotation)
+            except ValueError as exc:
+                raise RouteConfigError(f"providers.{name}.key_rotation", str(exc)) from None
+            providers[name] = Provider(name, raw["protocol"], ring)
+        targets: dict[tuple[str, str], Target] = {}
+        pools = build_pools(config, pipelines, targets)
+        return cls(providers, pools, pipelines, targets, rng)
+
+    # ---- routes ------------------------------------------------------------
+    def pool_names(self) -> list[str]:
+        return list(self.pools)
+
+    def has_route(self, model: str) -> bool:
+        return self._node(model) is not None
+
+    def _node(self, model: str) -> PoolNode | None:
+        node = self.pools.get(model)
+        if node is not None:
+            return node
+        provider, sep, upstream = model.partition("/")
+        if not sep or not upstream or provider not in self.providers:
+            return None
+        node = self._direct.get(model)
+        if node is not None:
+            self._direct.move_to_end(model)
+            return node
+        # A direct route: a one-member pool.  It shares the Target (breaker,
+        # latency) with pools listing the same provider/model and inherits
+        # that member's context, max_tokens and capabilities.
+        known = self._members_by_target.get((provider, upstream))
+        target = known.target if known else Target(provider, upstream)
+        member = Member(
+            id=model, pool=model, provider=provider, protocol=self.providers[provider].protocol,
+            model=upstream, weight=1.0, priority=0,
+            context=known.context if known else None,
+            max_tokens=known.max_tokens if known else None,
+            capabilities=known.capabilities if known else None, target=target)
+        node = PoolNode(model, "weighted", self.pipelines["default"], OnExhausted(), (member,), (member,))
+        self._direct[model] = node
+        if len(self._direct) > DIRECT_ROUTES_CACHED:
+            self._direct.popitem(last=False)
+        return node
+
+    def start(self, model: str, needs: Needs | None = None, now: float = 0.0) -> Plan:
+        """A plan for one request to `model` (a pool name or provider/model).
+        Raises KeyError when there is no such route."""
+        node = self._node(model)
+        if node is None:
+            raise KeyError(model)
+        return Plan(self, node, needs or Needs(), now)
+
+    def pipeline_for(self, model: str) -> Pipeline:
+        node = self._node(model)
+        if node is None:
+            raise KeyError(model)
+        return node.pipeline
+
+    # ---- introspection -------------------------------------------------------
+    def snapshot(self, now: float) -> dict:
+        """State for the admin API and metrics.  Contains no secret."""
+        pools = {}
+        for name, node in self.pools.items():
+            members = []
+            for child in node.children:
+                if isinstance(child, PoolRef):
+                    members.append({"pool": child.pool, "weight": child.weight, "priority": child.priority})
+                    continue
+                t = child.target
+                members.append({
+                    "id": child.id, "provider": child.provider, "model": child.model,
+                    "weight": child.weight,
+                    "effective_weight": round(effective_weight(child, node, now), 6),
+                    "priority": child.priority, "context": child.context,
+                    "capabilities": sorted(child.capabilities) if child.capabilities is not None else None,
+                    "breaker": t.breaker.snapshot(now, node.pipeline.breaker),
+                    "in_flight": t.in_flight,
+                    "ewma_ttfb": round(t.ewma, 6) if t.ewma is not None else None,
+                    "ttfb_samples": t.samples,
+                })
+            pools[name] = {"strategy": node.strategy, "pipeline": node.pipeline.name,
+                           "on_exhausted": node.on_exhausted.as_dict(), "members": members}
+        providers = {name: {"protocol": p.protocol, "key_rotation": p.keys.rotation,
+                            "keys": [k.state(now) for k in p.keys.keys]}
+                     for name, p in self.providers.items()}
+        return {"pools": pools, "providers": providers, "direct_routes": list(self._direct)}
+
+    def explain(self, model: str) -> str:
+        """`busbar explain --pool X`: the route's members and effective pipeline."""
+        node = self._node(model)
+        if node is None:
+            raise KeyError(model)
+        lines = [f"pool {node.name}: strategy {node.strategy}, on_exhausted "
+                 + " ".join(f"{k}={v}" for k, v in node.on_exhausted.as_dict().items())]
+
+        def walk(n: PoolNode, depth: int) -> None:
+            for child in n.children:
+                pad = "  " * depth
+                if isinstance(child, PoolRef):
+                    lines.append(f"{pad}- pool {child.pool} weight {child.weight:g} priority {child.priority}"
+                                 f" (strategy {child.node.strategy})")
+                    walk(child.node, depth + 1)
+                else:
+                    extra = []
+                    if child.context:
+                        extra.append(f"context {child.context}")
+                    if child.capabilities is not None:
+                        extra.append("capabilities " + ",".join(sorted(child.capabilities)) if child.capabilities
+                                     else "no capabilities")
+                    keys = len(self.providers[child.provider].keys.keys)
+                    extra.append(f"{keys} key(s)")
+                    lines.append(f"{pad}- {child.id}: {child.provider}/{child.model} weight {child.weight:g} "
+                                 f"priority {child.priority}; " + ", ".join(extra))
+
+        walk(node, 1)
+        seen = {node.name}
+        cur = node
+        while cur.on_exhausted.action == "fallback" and cur.on_exhausted.pool not in seen:
+            lines.append(f"  then falls back to pool {cur.on_exhausted.pool}")
+            seen.add(cur.on_exhausted.pool)
+            cur = self.pools[cur.on_exhausted.pool]
+        lines.append(explain_pipeline(node.pipeline))
+        return "\n".join(lines)
