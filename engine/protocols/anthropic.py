@@ -1,12 +1,48 @@
 """Anthropic Messages (`POST {base}/v1/messages`)."""
 from __future__ import annotations
 
+import re
+import uuid
+
 import orjson
 
+from engine import ir
 from engine.faults import ClientError
+from engine.protocols import common as c
 from engine.protocols.base import KIND_STATUS, Dialect, Headers, bearer_token, header
 
 ANTHROPIC_VERSION = b"2023-06-01"
+P = "anthropic"
+SR = ir.StopReason
+DEFAULT_MAX_TOKENS = 4096
+
+_REQUEST_KEYS = frozenset({
+    "model", "messages", "max_tokens", "system", "tools", "tool_choice", "temperature",
+    "top_p", "top_k", "stop_sequences", "stream", "metadata", "thinking", "output_config"})
+_MSG_KEYS = frozenset({"role", "content"})
+_TEXT_KEYS = frozenset({"type", "text"})
+_SOURCE_KEYS = frozenset({"type", "source"})
+_DOC_KEYS = frozenset({"type", "source", "title"})
+_USE_KEYS = frozenset({"type", "id", "name", "input"})
+_RESULT_KEYS = frozenset({"type", "tool_use_id", "content", "is_error"})
+_THINK_KEYS = frozenset({"type", "thinking", "signature"})
+_TOOL_KEYS = frozenset({"name", "description", "input_schema", "strict"})
+_RESPONSE_KEYS = frozenset({"id", "type", "role", "model", "content", "stop_reason",
+                            "stop_sequence", "usage"})
+_USAGE_KEYS = frozenset({"input_tokens", "output_tokens", "cache_creation_input_tokens",
+                         "cache_read_input_tokens", "output_tokens_details"})
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+
+STOP_IN = {"end_turn": SR.END_TURN, "max_tokens": SR.MAX_TOKENS, "stop_sequence": SR.STOP_SEQUENCE,
+           "tool_use": SR.TOOL_USE, "pause_turn": SR.PAUSE, "refusal": SR.REFUSAL,
+           "model_context_window_exceeded": SR.CONTEXT_WINDOW}
+STOP_OUT = {SR.END_TURN: "end_turn", SR.MAX_TOKENS: "max_tokens", SR.STOP_SEQUENCE: "stop_sequence",
+            SR.TOOL_USE: "tool_use", SR.CONTENT_FILTER: "refusal", SR.REFUSAL: "refusal",
+            SR.PAUSE: "pause_turn", SR.CONTEXT_WINDOW: "model_context_window_exceeded",
+            SR.OTHER: "end_turn"}
+EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
+
+fit_id = c.id_fitter(64, re.compile(r"[^a-zA-Z0-9_-]"))
 
 
 class AnthropicDialect(Dialect):
@@ -54,6 +90,435 @@ class AnthropicDialect(Dialect):
         if isinstance(error, dict):
             return str(error.get("message") or ""), error.get("type")
         return "", None
+
+    # ---- translation -----------------------------------------------------
+    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
+        try:
+            return _parse_request(obj)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            if isinstance(exc, ClientError):
+                raise
+            raise ClientError(400, f"Malformed Messages request: {exc!r}") from None
+
+    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
+                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
+        ctx = c.RenderCtx(P, unsupported)
+        return orjson.dumps(_render_request(req, model, max_tokens_default, ctx)), ctx.warnings
+
+    def parse_response(self, obj: dict) -> ir.Response:
+        return _parse_response(obj)
+
+    def render_response(self, resp: ir.Response, model: str) -> bytes:
+        return orjson.dumps(_render_response(resp, model))
+
+
+# ---------------------------------------------------------------------------
+# parsing (requests and responses share the block parser)
+
+
+def _block(b: dict):
+    kind = b["type"]
+    if kind == "text":
+        return ir.Text(b["text"], c.extras_of(b, _TEXT_KEYS, P))
+    if kind == "tool_use":
+        return ir.ToolCall(b["id"], b["name"], b.get("input") or {}, None, c.extras_of(b, _USE_KEYS, P))
+    if kind == "tool_result":
+        content = b.get("content")
+        if content is None:
+            parts = []
+        elif isinstance(content, str):
+            parts = [ir.Text(content)]
+        else:
+            parts = [_block(x) for x in content]
+        return ir.ToolResult(b["tool_use_id"], parts, bool(b.get("is_error", False)), None,
+                             c.extras_of(b, _RESULT_KEYS, P))
+    if kind == "image":
+        src = b["source"]
+        st = src["type"]
+        if st == "base64":
+            return ir.Image(data=src["data"], media_type=src["media_type"], extras=c.extras_of(b, _SOURCE_KEYS, P))
+        if st == "url":
+            return ir.Image(url=src["url"], extras=c.extras_of(b, _SOURCE_KEYS, P))
+    elif kind == "document":
+        src = b["source"]
+        st = src["type"]
+        ext = c.extras_of(b, _DOC_KEYS, P)
+        if st == "base64":
+            return ir.Document(data=src["data"], media_type=src["media_type"], name=b.get("title"), extras=ext)
+        if st == "text":
+            return ir.Document(text=src["data"], media_type=src.get("media_type", "text/plain"),
+                               name=b.get("title"), extras=ext)
+        if st == "url":
+            return ir.Document(url=src["url"], name=b.get("title"), extras=ext)
+    elif kind == "thinking":
+        sig, origin = c.sig_in(b.get("signature"), P)
+        return ir.Reasoning(b["thinking"], sig, origin, c.extras_of(b, _THINK_KEYS, P))
+    elif kind == "redacted_thinking":
+        data, origin = c.sig_in(b["data"], P)
+        return ir.RedactedReasoning(data, origin)
+    return ir.Opaque(P, str(kind), b)
+
+
+def _content(content) -> list:
+    if isinstance(content, str):
+        return [ir.Text(content)]
+    if not isinstance(content, list):
+        raise c.bad("messages.content", "must be a string or an array of content blocks")
+    return [_block(b) for b in content]
+
+
+def _parse_request(obj: dict) -> ir.Request:
+    messages = []
+    for m in c.require_list(obj, "messages"):
+        role = m["role"]
+        if role not in ("user", "assistant", "system"):
+            raise c.bad("messages.role", f"unknown role {role!r}")
+        messages.append(ir.Message(role, _content(m["content"]), c.extras_of(m, _MSG_KEYS, P)))
+    req = ir.Request(messages)
+    system = obj.get("system")
+    if system is not None:
+        req.system = [ir.Text(system)] if isinstance(system, str) else [_block(b) for b in system]
+        if any(type(p) is not ir.Text for p in req.system):
+            raise c.bad("system", "only text blocks are allowed")
+    req.max_tokens = obj.get("max_tokens")
+    req.temperature = obj.get("temperature")
+    req.top_p = obj.get("top_p")
+    req.top_k = obj.get("top_k")
+    if obj.get("stop_sequences") is not None:
+        req.stop = list(obj["stop_sequences"])
+    req.stream = obj.get("stream") is True
+    notes: dict = {}
+    md = obj.get("metadata")
+    if md:
+        md = dict(md)
+        req.user = md.pop("user_id", None)
+        if md:
+            req.metadata = md
+    for t in obj.get("tools") or ():
+        if t.get("type") in (None, "custom"):
+            ext = c.extras_of(t, _TOOL_KEYS | {"type"}, P)
+            if "type" in t:
+                ext = c.with_note(ext, P, "$custom", True)
+            req.tools.append(ir.Tool(t["name"], t.get("input_schema"), t.get("description"),
+                                     t.get("strict"), ext))
+        else:
+            req.tools.append(ir.Opaque(P, str(t.get("type")), t))
+    tc = obj.get("tool_choice")
+    if tc is not None:
+        kind = tc["type"]
+        req.tool_choice = ir.ToolChoice({"any": "required"}.get(kind, kind), tc.get("name"))
+        if "disable_parallel_tool_use" in tc:
+            req.parallel_tool_calls = not tc["disable_parallel_tool_use"]
+    th = obj.get("thinking")
+    oc = obj.get("output_config") or {}
+    if th is not None or oc.get("effort") is not None:
+        cfg = ir.ReasoningConfig()
+        if th is not None:
+            kind = th["type"]
+            cfg.enabled = kind != "disabled"
+            cfg.budget_tokens = th.get("budget_tokens")
+            if kind == "adaptive":
+                notes["$adaptive"] = True
+            if th.get("display") is not None:
+                notes["$display"] = th["display"]
+        cfg.effort = oc.get("effort")
+        req.reasoning = cfg
+    fmt = oc.get("format")
+    if fmt is not None:
+        req.response_format = ir.ResponseFormat("json_schema", fmt.get("schema"))
+    extras = c.extras_of(obj, _REQUEST_KEYS, P, notes or None)
+    oc_rest = {k: v for k, v in oc.items() if k not in ("effort", "format")}
+    if oc_rest:
+        extras = c.with_note(extras, P, "$output_config", oc_rest)
+    req.extras = extras
+    return req
+
+
+def _parse_response(obj: dict) -> ir.Response:
+    content = [_block(b) for b in obj.get("content") or ()]
+    stop = STOP_IN.get(obj.get("stop_reason"), SR.END_TURN)
+    u = obj.get("usage") or {}
+    read = u.get("cache_read_input_tokens") or 0
+    write = u.get("cache_creation_input_tokens") or 0
+    details = u.get("output_tokens_details") or {}
+    usage = ir.Usage((u.get("input_tokens") or 0) + read + write, u.get("output_tokens") or 0,
+                     read, write, details.get("thinking_tokens") or 0)
+    extras = c.extras_of(obj, _RESPONSE_KEYS, P)
+    u_rest = {k: v for k, v in u.items() if k not in _USAGE_KEYS}
+    if u_rest:
+        extras = c.with_note(extras, P, "$usage", u_rest)
+    return ir.Response(obj.get("id") or "", obj.get("model") or "", content,
+                       c.infer_stop(content, stop), obj.get("stop_sequence"), usage, extras)
+
+
+# ---------------------------------------------------------------------------
+# rendering
+
+
+def _image(p: ir.Image, ctx: c.RenderCtx, where: str) -> dict | None:
+    ctx.foreign(p.extras, f"{where}.")
+    if p.detail is not None:
+        ctx.hint(f"{where}.detail", "Anthropic has no image detail setting")
+    if p.data is not None:
+        if p.media_type not in IMAGE_TYPES:
+            ctx.unsupported(f"{where}.media_type", f"Anthropic images must be one of {sorted(IMAGE_TYPES)}")
+            return None
+        src = {"type": "base64", "media_type": p.media_type, "data": p.data}
+    else:
+        src = {"type": "url", "url": p.url}
+    return c.splice({"type": "image", "source": src}, p.extras, P)
+
+
+def _document(p: ir.Document, ctx: c.RenderCtx, where: str) -> dict | None:
+    ctx.foreign(p.extras, f"{where}.")
+    if p.data is not None:
+        if p.media_type != "application/pdf":
+            ctx.unsupported(f"{where}.media_type", "Anthropic base64 documents must be application/pdf")
+            return None
+        src = {"type": "base64", "media_type": p.media_type, "data": p.data}
+    elif p.text is not None:
+        src = {"type": "text", "media_type": "text/plain", "data": p.text}
+    else:
+        src = {"type": "url", "url": p.url}
+    out = {"type": "document", "source": src}
+    if p.name is not None:
+        out["title"] = p.name
+    return c.splice(out, p.extras, P)
+
+
+def _text(p: ir.Text, ctx: c.RenderCtx, where: str) -> dict:
+    ctx.foreign(p.extras, f"{where}.")
+    return c.splice({"type": "text", "text": p.text}, p.extras, P)
+
+
+def _plain(parts: list) -> bool:
+    return len(parts) == 1 and type(parts[0]) is ir.Text and not c.own(parts[0].extras, P)
+
+
+def _blocks(parts: list, ctx: c.RenderCtx, where: str, role: str) -> list:
+    out = []
+    many = len(parts) > 1
+    for j, p in enumerate(parts):
+        t = type(p)
+        w = f"{where}[{j}]"
+        if t is ir.Text:
+            if many and not p.text and not p.extras:
+                continue    # Anthropic rejects empty text blocks; they carry nothing
+            out.append(_text(p, ctx, w))
+        elif t is ir.ToolCall:
+            ctx.foreign(p.extras, f"{w}.")
+            out.append(c.splice({"type": "tool_use", "id": fit_id(p.id), "name": p.name,
+                                 "input": c.args_object(p, ctx, f"{w}.")}, p.extras, P))
+        elif t is ir.ToolResult:
+            ctx.foreign(p.extras, f"{w}.")
+            b: dict = {"type": "tool_result", "tool_use_id": fit_id(p.id)}
+            if p.content:
+                if _plain(p.content):
+                    ctx.foreign(p.content[0].extras, f"{w}.content[0].")
+                    b["content"] = p.content[0].text
+                else:
+                    b["content"] = _blocks(p.content, ctx, f"{w}.content", "tool")
+            if p.is_error:
+                b["is_error"] = True
+            out.append(c.splice(b, p.extras, P))
+        elif t is ir.Image:
+            x = _image(p, ctx, w)
+            if x is not None:
+                out.append(x)
+        elif t is ir.Document:
+            x = _document(p, ctx, w)
+            if x is not None:
+                out.append(x)
+        elif t is ir.JsonData:
+            out.append({"type": "text", "text": c.json_text(p.value)})
+        elif t is ir.Refusal:
+            out.append({"type": "text", "text": p.text})
+        elif t is ir.Reasoning:
+            if c.foreign_reasoning(p, ctx, w):
+                continue
+            ctx.foreign(p.extras, f"{w}.")
+            out.append(c.splice({"type": "thinking", "thinking": p.text, "signature": p.signature or ""},
+                                p.extras, P))
+        elif t is ir.RedactedReasoning:
+            if c.foreign_reasoning(p, ctx, w):
+                continue
+            out.append({"type": "redacted_thinking", "data": p.data})
+        elif t is ir.Opaque:
+            raw = ctx.opaque(p, f"{w}.")
+            if raw is not None:
+                out.append(raw)
+    return out
+
+
+def _render_messages(req: ir.Request, ctx: c.RenderCtx) -> list:
+    """Messages with consecutive same-role turns merged (Anthropic requires
+    alternation) and tool_result blocks first in their user turn."""
+    out: list[dict] = []
+    for i, m in enumerate(req.messages):
+        if m.role == ir.SYSTEM:
+            continue    # hoisted into `system` by c.system_texts
+        where = f"messages[{i}]"
+        ctx.foreign(m.extras, f"{where}.")
+        if _plain(m.content):
+            ctx.foreign(m.content[0].extras, f"{where}.content[0].")
+            content = m.content[0].text
+        else:
+            content = _blocks(m.content, ctx, f"{where}.content", m.role)
+        if out and out[-1]["role"] == m.role:
+            prev = out[-1]
+            prev["content"] = _as_blocks(prev["content"]) + _as_blocks(content)
+        else:
+            out.append({"role": m.role, "content": content})
+        c.splice(out[-1], m.extras, P)
+    for msg in out:
+        blocks = msg["content"]
+        if msg["role"] == ir.USER and type(blocks) is list:
+            n = sum(1 for b in blocks if b.get("type") == "tool_result")
+            if n and any(b.get("type") != "tool_result" for b in blocks[:n]):
+                msg["content"] = ([b for b in blocks if b.get("type") == "tool_result"] +
+                                  [b for b in blocks if b.get("type") != "tool_result"])
+    return out
+
+
+def _as_blocks(content) -> list:
+    return [{"type": "text", "text": content}] if type(content) is str else content
+
+
+def _render_tool(t, ctx: c.RenderCtx, i: int):
+    if type(t) is ir.Opaque:
+        return ctx.opaque(t, f"tools[{i}].")
+    ctx.foreign(t.extras, f"tools[{i}].")
+    out: dict = {"name": t.name}
+    if c.note(t.extras, P, "$custom"):
+        out["type"] = "custom"
+    if t.description is not None:
+        out["description"] = t.description
+    out["input_schema"] = t.parameters if t.parameters is not None else {"type": "object", "properties": {}}
+    if t.strict is not None:
+        out["strict"] = t.strict
+    return c.splice(out, t.extras, P)
+
+
+def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.RenderCtx) -> dict:
+    body: dict = {"model": model}
+    system = c.system_texts(req, ctx)
+    body["messages"] = _render_messages(req, ctx)
+    if system:
+        if _plain(system):
+            ctx.foreign(system[0].extras, "system[0].")
+            body["system"] = system[0].text
+        else:
+            body["system"] = [_text(p, ctx, f"system[{j}]") for j, p in enumerate(system)]
+    cfg = req.reasoning
+    budget = None
+    output_config: dict = dict(c.note(req.extras, P, "$output_config") or {})
+    if cfg is not None:
+        thinking = None
+        if c.reasoning_off(cfg):
+            thinking = {"type": "disabled"}
+        elif cfg.budget_tokens is not None:
+            budget = cfg.budget_tokens
+            thinking = {"type": "enabled", "budget_tokens": budget}
+        elif cfg.enabled and (cfg.effort is None or c.note(req.extras, P, "$adaptive")):
+            thinking = {"type": "adaptive"}
+        if thinking is not None:
+            display = c.note(req.extras, P, "$display")
+            if display is not None and thinking["type"] != "disabled":
+                thinking["display"] = display
+            body["thinking"] = thinking
+        if cfg.effort is not None and cfg.effort != "none":
+            output_config["effort"] = cfg.effort if cfg.effort in EFFORTS else "low"
+    max_tokens = req.max_tokens
+    if max_tokens is None:
+        max_tokens = max_tokens_default or DEFAULT_MAX_TOKENS
+        if budget is not None and max_tokens <= budget:
+            max_tokens = budget + DEFAULT_MAX_TOKENS
+    body["max_tokens"] = max_tokens
+    if req.tools:
+        tools = [_render_tool(t, ctx, i) for i, t in enumerate(req.tools)]
+        body["tools"] = [t for t in tools if t is not None]
+    tc = req.tool_choice
+    if tc is not None or req.parallel_tool_calls is not None:
+        mode = tc.mode if tc is not None else "auto"
+        choice: dict = {"type": {"required": "any"}.get(mode, mode)}
+        if mode == "tool":
+            choice["name"] = tc.name
+        if req.parallel_tool_calls is not None:
+            if mode == "none":
+                ctx.hint("parallel_tool_calls", "meaningless with tool_choice none")
+            else:
+                choice["disable_parallel_tool_use"] = not req.parallel_tool_calls
+        body["tool_choice"] = choice
+    if req.temperature is not None:
+        if req.temperature > 1:
+            ctx.unsupported("temperature", "Anthropic accepts 0..1")
+        else:
+            body["temperature"] = req.temperature
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.top_k is not None:
+        body["top_k"] = req.top_k
+    if req.seed is not None:
+        ctx.unsupported("seed")
+    if req.frequency_penalty is not None:
+        ctx.unsupported("frequency_penalty")
+    if req.presence_penalty is not None:
+        ctx.unsupported("presence_penalty")
+    if req.stop is not None:
+        body["stop_sequences"] = req.stop
+    rf = req.response_format
+    if rf is not None:
+        if rf.type == "json_schema":
+            output_config["format"] = {"type": "json_schema", "schema": rf.schema or {}}
+        elif rf.type == "json_object":
+            ctx.unsupported("response_format", "Anthropic structured output needs a JSON schema")
+    if output_config:
+        body["output_config"] = output_config
+    if req.user is not None:
+        body["metadata"] = {"user_id": req.user}
+    if req.metadata:
+        ctx.hint("metadata", "Anthropic metadata holds only user_id")
+    if req.stream:
+        body["stream"] = True
+    ctx.foreign(req.extras, "")
+    return c.splice(body, req.extras, P)
+
+
+def render_usage(u: ir.Usage) -> dict:
+    out = {"input_tokens": max(0, u.input_tokens - u.cached_tokens - u.cache_creation_tokens),
+           "output_tokens": u.output_tokens,
+           "cache_creation_input_tokens": u.cache_creation_tokens,
+           "cache_read_input_tokens": u.cached_tokens}
+    if u.reasoning_tokens:
+        out["output_tokens_details"] = {"thinking_tokens": u.reasoning_tokens}
+    return out
+
+
+def _render_response(resp: ir.Response, model: str) -> dict:
+    blocks = []
+    for p in resp.content:
+        t = type(p)
+        if t is ir.Text or t is ir.Refusal:
+            blocks.append(c.splice({"type": "text", "text": p.text}, p.extras, P))
+        elif t is ir.ToolCall:
+            blocks.append(c.splice({"type": "tool_use", "id": p.id, "name": p.name,
+                                    "input": p.arguments}, p.extras, P))
+        elif t is ir.Reasoning:
+            blocks.append(c.splice({"type": "thinking", "thinking": p.text,
+                                    "signature": c.sig_out(p, P) or ""}, p.extras, P))
+        elif t is ir.RedactedReasoning:
+            blocks.append({"type": "redacted_thinking", "data": c.sig_out(p, P)})
+        elif t is ir.Opaque and p.protocol == P:
+            blocks.append(p.raw)
+        # images/documents in a response have no Messages block: dropped
+    usage = render_usage(resp.usage)
+    extra_usage = c.note(resp.extras, P, "$usage")
+    if extra_usage:
+        usage.update(extra_usage)
+    body = {"id": resp.id or f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
+            "model": model, "content": blocks, "stop_reason": STOP_OUT[resp.stop_reason],
+            "stop_sequence": resp.stop_sequence, "usage": usage}
+    return c.splice(body, resp.extras, P)
 
 
 dialect = AnthropicDialect()

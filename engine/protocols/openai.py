@@ -1,10 +1,41 @@
 """OpenAI Chat Completions (`POST {base}/chat/completions`)."""
 from __future__ import annotations
 
+import time
+import uuid
+
 import orjson
 
+from engine import ir
 from engine.faults import ClientError
+from engine.protocols import common as c
 from engine.protocols.base import Dialect, Headers
+
+P = "openai"
+SR = ir.StopReason
+
+_REQUEST_KEYS = frozenset({
+    "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "max_tokens",
+    "max_completion_tokens", "temperature", "top_p", "seed", "frequency_penalty",
+    "presence_penalty", "stop", "response_format", "reasoning_effort", "stream", "user",
+    "metadata", "n"})
+_MSG_KEYS = frozenset({"role", "content", "tool_calls", "refusal", "tool_call_id"})
+_TEXT_KEYS = frozenset({"type", "text"})
+_IMAGE_KEYS = frozenset({"type", "image_url"})
+_FUNC_KEYS = frozenset({"name", "parameters", "description", "strict"})
+_CALL_KEYS = frozenset({"id", "type", "function"})
+_RESPONSE_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+_RMSG_KEYS = frozenset({"role", "content", "refusal", "tool_calls"})
+
+FINISH_IN = {"stop": SR.END_TURN, "length": SR.MAX_TOKENS, "tool_calls": SR.TOOL_USE,
+             "function_call": SR.TOOL_USE, "content_filter": SR.CONTENT_FILTER}
+FINISH_OUT = {SR.END_TURN: "stop", SR.MAX_TOKENS: "length", SR.STOP_SEQUENCE: "stop",
+              SR.TOOL_USE: "tool_calls", SR.CONTENT_FILTER: "content_filter",
+              SR.REFUSAL: "content_filter", SR.PAUSE: "stop", SR.CONTEXT_WINDOW: "length",
+              SR.OTHER: "stop"}
+
+# OpenAI rejects tool-call ids longer than 40 characters.
+fit_id = c.id_fitter(40, None)
 
 
 class OpenAIDialect(Dialect):
@@ -45,6 +76,482 @@ class OpenAIDialect(Dialect):
             code = error.get("code") or error.get("type")
             return str(error.get("message") or ""), str(code) if code else None
         return "", None
+
+    # ---- translation: request -------------------------------------------
+    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
+        try:
+            return _parse_request(obj)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            if isinstance(exc, ClientError):
+                raise
+            raise ClientError(400, f"Malformed Chat Completions request: {exc!r}") from None
+
+    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
+                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
+        ctx = c.RenderCtx(P, unsupported)
+        return orjson.dumps(_render_request(req, model, max_tokens_default, ctx)), ctx.warnings
+
+    # ---- translation: response ------------------------------------------
+    def parse_response(self, obj: dict) -> ir.Response:
+        return _parse_response(obj)
+
+    def render_response(self, resp: ir.Response, model: str) -> bytes:
+        return orjson.dumps(_render_response(resp, model))
+
+
+# ---------------------------------------------------------------------------
+# request parsing
+
+
+def _texts(content, where: str) -> list[ir.Text]:
+    if isinstance(content, str):
+        return [ir.Text(content)]
+    if not isinstance(content, list):
+        raise c.bad(f"{where}.content", "must be a string or an array of text parts")
+    out = []
+    for p in content:
+        if p.get("type") != "text":
+            raise c.bad(f"{where}.content", "only text parts are allowed here")
+        out.append(ir.Text(p["text"], c.extras_of(p, _TEXT_KEYS, P)))
+    return out
+
+
+def _user_parts(content, where: str) -> list:
+    if isinstance(content, str):
+        return [ir.Text(content)]
+    if not isinstance(content, list):
+        raise c.bad(f"{where}.content", "must be a string or an array of content parts")
+    parts: list = []
+    for p in content:
+        kind = p.get("type")
+        if kind == "text":
+            parts.append(ir.Text(p["text"], c.extras_of(p, _TEXT_KEYS, P)))
+        elif kind == "image_url":
+            iu = p["image_url"]
+            url, data, media_type = c.image_parts_from_url(iu["url"])
+            parts.append(ir.Image(url, data, media_type, iu.get("detail"), c.extras_of(p, _IMAGE_KEYS, P)))
+        elif kind == "file" and isinstance(p.get("file"), dict) and "file_data" in p["file"]:
+            f = p["file"]
+            media_type, data = c.split_data_uri(f["file_data"])
+            if data is None:
+                parts.append(ir.Opaque(P, "file", p))
+            else:
+                parts.append(ir.Document(data=data, media_type=media_type, name=f.get("filename")))
+        elif kind == "refusal":
+            parts.append(ir.Refusal(p["refusal"]))
+        else:
+            parts.append(ir.Opaque(P, str(kind), p))
+    return parts
+
+
+def _parse_message(m: dict, where: str) -> ir.Message:
+    role = m["role"]
+    extras = c.extras_of(m, _MSG_KEYS, P)
+    if role == "user":
+        return ir.Message(ir.USER, _user_parts(m["content"], where), extras)
+    if role == "assistant":
+        parts: list = []
+        content = m.get("content")
+        if content is not None:
+            parts.extend(_user_parts(content, where))
+        if m.get("refusal") is not None:
+            parts.append(ir.Refusal(m["refusal"]))
+        for call in m.get("tool_calls") or ():
+            if call.get("type", "function") != "function":
+                parts.append(ir.Opaque(P, "tool_call", call))
+                continue
+            fn = call["function"]
+            args, raw = c.args_from_str(fn.get("arguments"))
+            ext = c.extras_of(call, _CALL_KEYS, P)
+            parts.append(ir.ToolCall(call["id"], fn["name"], args, raw, ext))
+        return ir.Message(ir.ASSISTANT, parts, extras)
+    if role in ("system", "developer"):
+        if role == "developer":
+            extras = c.with_note(extras, P, "$role", "developer")
+        return ir.Message(ir.SYSTEM, _texts(m["content"], where), extras)
+    raise c.bad(f"{where}.role", f"unknown role {role!r}")
+
+
+def _parse_request(obj: dict) -> ir.Request:
+    messages = c.require_list(obj, "messages")
+    system: list[ir.Text] = []
+    out: list[ir.Message] = []
+    notes: dict = {}
+    tool_turn: ir.Message | None = None    # user message collecting consecutive tool results
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if m.get("role") == "tool":
+            result = ir.ToolResult(m["tool_call_id"], _texts(m["content"], where),
+                                   extras=c.extras_of(m, _MSG_KEYS, P))
+            if tool_turn is None:
+                tool_turn = ir.Message(ir.USER, [])
+                out.append(tool_turn)
+            tool_turn.content.append(result)
+            continue
+        tool_turn = None
+        msg = _parse_message(m, where)
+        if msg.role == ir.SYSTEM and not out:
+            system.extend(msg.content)
+            if c.note(msg.extras, P, "$role") == "developer":
+                notes["$system_role"] = "developer"
+            continue
+        out.append(msg)
+
+    req = ir.Request(out, system)
+    if "max_completion_tokens" in obj:
+        req.max_tokens = obj["max_completion_tokens"]
+    elif "max_tokens" in obj:
+        req.max_tokens = obj["max_tokens"]
+        notes["$max_tokens_key"] = "max_tokens"
+    req.temperature = obj.get("temperature")
+    req.top_p = obj.get("top_p")
+    req.seed = obj.get("seed")
+    req.frequency_penalty = obj.get("frequency_penalty")
+    req.presence_penalty = obj.get("presence_penalty")
+    stop = obj.get("stop")
+    if stop is not None:
+        req.stop = [stop] if isinstance(stop, str) else list(stop)
+    req.stream = obj.get("stream") is True
+    req.user = obj.get("user")
+    req.metadata = obj.get("metadata")
+    req.parallel_tool_calls = obj.get("parallel_tool_calls")
+    if obj.get("reasoning_effort") is not None:
+        req.reasoning = ir.ReasoningConfig(effort=obj["reasoning_effort"])
+
+    for t in obj.get("tools") or ():
+        if t.get("type") == "function":
+            f = t["function"]
+            req.tools.append(ir.Tool(f["name"], f.get("parameters"), f.get("description"),
+                                     f.get("strict"), c.extras_of(f, _FUNC_KEYS, P)))
+        else:
+            req.tools.append(ir.Opaque(P, str(t.get("type")), t))
+
+    extras = c.extras_of(obj, _REQUEST_KEYS, P) or {}
+    tc = obj.get("tool_choice")
+    if tc is not None:
+        if tc in ("auto", "none", "required"):
+            req.tool_choice = ir.ToolChoice(tc)
+        elif isinstance(tc, dict) and tc.get("type") == "function":
+            req.tool_choice = ir.ToolChoice("tool", tc["function"]["name"])
+        else:
+            extras.setdefault(P, {})["tool_choice"] = tc
+
+    rf = obj.get("response_format")
+    if rf is not None:
+        kind = rf["type"]
+        if kind == "json_schema":
+            js = rf["json_schema"]
+            req.response_format = ir.ResponseFormat("json_schema", js.get("schema"), js.get("name"),
+                                                    js.get("strict"), js.get("description"))
+        else:
+            req.response_format = ir.ResponseFormat(kind)
+
+    n = obj.get("n")
+    if n is not None and n != 1:
+        extras.setdefault(P, {})["n"] = n
+    if notes:
+        extras.setdefault(P, {}).update(notes)
+    req.extras = extras or None
+    return req
+
+
+# ---------------------------------------------------------------------------
+# request rendering
+
+
+def _text_part(p: ir.Text, ctx: c.RenderCtx, where: str) -> dict:
+    ctx.foreign(p.extras, f"{where}.")
+    return c.splice({"type": "text", "text": p.text}, p.extras, P)
+
+
+def _plain(parts: list) -> bool:
+    return len(parts) == 1 and type(parts[0]) is ir.Text and not c.own(parts[0].extras, P)
+
+
+def _render_texts(parts: list, ctx: c.RenderCtx, where: str):
+    if _plain(parts):
+        ctx.foreign(parts[0].extras, f"{where}[0].")
+        return parts[0].text
+    out = []
+    for j, p in enumerate(parts):
+        t = type(p)
+        if t is ir.Text:
+            out.append(_text_part(p, ctx, f"{where}[{j}]"))
+        elif t is ir.JsonData:
+            out.append({"type": "text", "text": c.json_text(p.value)})
+        elif t is ir.Opaque:
+            raw = ctx.opaque(p, f"{where}[{j}].")
+            if raw is not None:
+                out.append(raw)
+        else:
+            ctx.unsupported(f"{where}[{j}]", f"{c.part_kind(p)} where only text is allowed")
+    return out
+
+
+def _render_user(parts: list, ctx: c.RenderCtx, where: str):
+    if _plain(parts):
+        ctx.foreign(parts[0].extras, f"{where}[0].")
+        return parts[0].text
+    out = []
+    for j, p in enumerate(parts):
+        t = type(p)
+        w = f"{where}[{j}]"
+        if t is ir.Text:
+            out.append(_text_part(p, ctx, w))
+        elif t is ir.Image:
+            ctx.foreign(p.extras, f"{w}.")
+            iu = {"url": c.image_url(p)}
+            if p.detail is not None:
+                iu["detail"] = p.detail
+            out.append(c.splice({"type": "image_url", "image_url": iu}, p.extras, P))
+        elif t is ir.Document:
+            if p.data is None:
+                ctx.unsupported(w, "documents must be base64 data (file_data) in Chat Completions")
+                continue
+            f = {"file_data": c.data_uri(p.media_type, p.data)}
+            if p.name is not None:
+                f["filename"] = p.name
+            out.append({"type": "file", "file": f})
+        elif t is ir.JsonData:
+            out.append({"type": "text", "text": c.json_text(p.value)})
+        elif t is ir.Opaque:
+            raw = ctx.opaque(p, f"{w}.")
+            if raw is not None:
+                out.append(raw)
+        elif t is ir.Reasoning or t is ir.RedactedReasoning:
+            ctx.hint(w, "Chat Completions carries no reasoning")
+        else:
+            ctx.unsupported(w, f"{c.part_kind(p)} in a user message")
+    return out
+
+
+def _render_assistant(m: ir.Message, ctx: c.RenderCtx, where: str) -> dict:
+    texts: list = []
+    calls: list = []
+    out: dict = {"role": "assistant"}
+    for j, p in enumerate(m.content):
+        t = type(p)
+        w = f"{where}.content[{j}]"
+        if t is ir.Text:
+            texts.append(p)
+        elif t is ir.ToolCall:
+            ctx.foreign(p.extras, f"{w}.")
+            calls.append(c.splice({"id": fit_id(p.id), "type": "function",
+                                   "function": {"name": p.name, "arguments": c.args_to_str(p)}},
+                                  p.extras, P))
+        elif t is ir.Refusal:
+            if "refusal" in out:
+                ctx.unsupported(w, "a second refusal")
+            out["refusal"] = p.text
+        elif t is ir.Reasoning or t is ir.RedactedReasoning:
+            ctx.hint(w, "Chat Completions carries no reasoning")
+        elif t is ir.Opaque:
+            raw = ctx.opaque(p, f"{w}.")
+            if raw is not None:
+                calls.append(raw) if p.kind == "tool_call" else texts.append(raw)
+        else:
+            ctx.unsupported(w, f"{c.part_kind(p)} in an assistant message")
+    if texts:
+        if len(texts) == 1 and type(texts[0]) is ir.Text and not c.own(texts[0].extras, P):
+            ctx.foreign(texts[0].extras, f"{where}.content[0].")
+            out["content"] = texts[0].text
+        else:
+            out["content"] = [x if type(x) is dict else _text_part(x, ctx, f"{where}.content")
+                              for x in texts]
+    else:
+        out["content"] = None
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+def _render_messages(req: ir.Request, ctx: c.RenderCtx) -> list:
+    msgs: list = []
+    if req.system:
+        role = c.note(req.extras, P, "$system_role", "system")
+        msgs.append({"role": role, "content": _render_texts(req.system, ctx, "system")})
+    for i, m in enumerate(req.messages):
+        where = f"messages[{i}]"
+        ctx.foreign(m.extras, f"{where}.")
+        if m.role == ir.ASSISTANT:
+            msgs.append(c.splice(_render_assistant(m, ctx, where), m.extras, P))
+        elif m.role == ir.SYSTEM:
+            role = c.note(m.extras, P, "$role", "system")
+            msgs.append(c.splice({"role": role, "content": _render_texts(m.content, ctx, f"{where}.content")},
+                                 m.extras, P))
+        else:
+            # Tool results become `tool` messages; other parts a user message,
+            # keeping their relative order.
+            pending: list = []
+            for j, p in enumerate(m.content):
+                if type(p) is ir.ToolResult:
+                    if pending:
+                        msgs.append(c.splice({"role": "user", "content": _render_user(pending, ctx, f"{where}.content")}, m.extras, P))
+                        pending = []
+                    w = f"{where}.content[{j}]"
+                    ctx.foreign(p.extras, f"{w}.")
+                    if p.is_error:
+                        ctx.hint(f"{w}.is_error", "Chat Completions tool messages have no error flag")
+                    tm = {"role": "tool", "tool_call_id": fit_id(p.id),
+                          "content": _render_texts(p.content, ctx, f"{w}.content") if p.content else ""}
+                    msgs.append(c.splice(tm, p.extras, P))
+                else:
+                    pending.append(p)
+            if pending or not m.content:
+                msgs.append(c.splice({"role": "user", "content": _render_user(pending, ctx, f"{where}.content")}, m.extras, P))
+    return msgs
+
+
+def render_tool(t, ctx: c.RenderCtx, i: int):
+    if type(t) is ir.Opaque:
+        return ctx.opaque(t, f"tools[{i}].")
+    ctx.foreign(t.extras, f"tools[{i}].")
+    f: dict = {"name": t.name}
+    if t.description is not None:
+        f["description"] = t.description
+    if t.parameters is not None:
+        f["parameters"] = t.parameters
+    if t.strict is not None:
+        f["strict"] = t.strict
+    return {"type": "function", "function": c.splice(f, t.extras, P)}
+
+
+def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.RenderCtx) -> dict:
+    body: dict = {"model": model, "messages": _render_messages(req, ctx)}
+    if req.tools:
+        tools = [render_tool(t, ctx, i) for i, t in enumerate(req.tools)]
+        body["tools"] = [t for t in tools if t is not None]
+    tc = req.tool_choice
+    if tc is not None:
+        body["tool_choice"] = ({"type": "function", "function": {"name": tc.name}}
+                               if tc.mode == "tool" else tc.mode)
+    if req.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = req.parallel_tool_calls
+    max_tokens = req.max_tokens if req.max_tokens is not None else max_tokens_default
+    if max_tokens is not None:
+        body[c.note(req.extras, P, "$max_tokens_key", "max_completion_tokens")] = max_tokens
+    if req.temperature is not None:
+        body["temperature"] = req.temperature
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.top_k is not None:
+        ctx.unsupported("top_k")
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.frequency_penalty is not None:
+        body["frequency_penalty"] = req.frequency_penalty
+    if req.presence_penalty is not None:
+        body["presence_penalty"] = req.presence_penalty
+    if req.stop is not None:
+        body["stop"] = req.stop
+    rf = req.response_format
+    if rf is not None:
+        if rf.type == "json_schema":
+            js: dict = {"name": rf.name or "response"}
+            if rf.schema is not None:
+                js["schema"] = rf.schema
+            if rf.strict is not None:
+                js["strict"] = rf.strict
+            if rf.description is not None:
+                js["description"] = rf.description
+            body["response_format"] = {"type": "json_schema", "json_schema": js}
+        else:
+            body["response_format"] = {"type": rf.type}
+    if req.reasoning is not None:
+        effort = "none" if c.reasoning_off(req.reasoning) else c.effort_for(req.reasoning)
+        if effort is not None:
+            body["reasoning_effort"] = effort
+        else:
+            ctx.hint("reasoning", "thinking enabled without a budget or effort")
+    if req.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if req.user is not None:
+        body["user"] = req.user
+    if req.metadata is not None:
+        body["metadata"] = req.metadata
+    ctx.foreign(req.extras, "")
+    return c.splice(body, req.extras, P)
+
+
+# ---------------------------------------------------------------------------
+# responses
+
+
+def _parse_response(obj: dict) -> ir.Response:
+    choices = obj.get("choices") or [{}]
+    choice = choices[0]
+    msg = choice.get("message") or {}
+    content: list = []
+    text = msg.get("content")
+    if isinstance(text, str):
+        content.append(ir.Text(text, {P: {"annotations": msg["annotations"]}} if msg.get("annotations") else None))
+    elif isinstance(text, list):
+        content.extend(_user_parts(text, "message"))
+    if msg.get("refusal") is not None:
+        content.append(ir.Refusal(msg["refusal"]))
+    for call in msg.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        args, raw = c.args_from_str(fn.get("arguments"))
+        content.append(ir.ToolCall(call.get("id", ""), fn.get("name", ""), args, raw,
+                                   c.extras_of(call, _CALL_KEYS, P)))
+    stop = FINISH_IN.get(choice.get("finish_reason"), SR.END_TURN)
+    if stop is SR.END_TURN and msg.get("refusal") is not None:
+        stop = SR.REFUSAL
+    stop = c.infer_stop(content, stop)
+    u = obj.get("usage") or {}
+    ptd = u.get("prompt_tokens_details") or {}
+    ctd = u.get("completion_tokens_details") or {}
+    usage = ir.Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0,
+                     ptd.get("cached_tokens") or 0, ptd.get("cache_write_tokens") or 0,
+                     ctd.get("reasoning_tokens") or 0, u.get("total_tokens"))
+    resp = ir.Response(obj.get("id") or "", obj.get("model") or "", content, stop, None, usage,
+                       c.extras_of(obj, _RESPONSE_KEYS, P))
+    return resp
+
+
+def render_usage(u: ir.Usage) -> dict:
+    ptd = {"cached_tokens": u.cached_tokens}
+    if u.cache_creation_tokens:
+        ptd["cache_write_tokens"] = u.cache_creation_tokens
+    return {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+            "total_tokens": u.total, "prompt_tokens_details": ptd,
+            "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}}
+
+
+def _render_response(resp: ir.Response, model: str) -> dict:
+    texts: list[str] = []
+    calls: list = []
+    refusal = None
+    annotations = None
+    for p in resp.content:
+        t = type(p)
+        if t is ir.Text:
+            texts.append(p.text)
+            ann = c.note(p.extras, P, "annotations")
+            if ann:
+                annotations = (annotations or []) + ann
+        elif t is ir.ToolCall:
+            calls.append(c.splice({"id": p.id, "type": "function",
+                                   "function": {"name": p.name, "arguments": c.args_to_str(p)}},
+                                  p.extras, P))
+        elif t is ir.Refusal:
+            refusal = p.text if refusal is None else refusal + p.text
+        # reasoning, images and foreign parts have no place in a chat completion
+    msg: dict = {"role": "assistant", "content": "".join(texts) if texts else None,
+                 "refusal": refusal}
+    if annotations:
+        msg["annotations"] = annotations
+    if calls:
+        msg["tool_calls"] = calls
+    finish = "stop" if resp.stop_reason is SR.REFUSAL and refusal is not None else FINISH_OUT[resp.stop_reason]
+    if calls and resp.stop_reason is SR.TOOL_USE:
+        finish = "tool_calls"
+    body = {"id": resp.id or f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": msg, "finish_reason": finish, "logprobs": None}],
+            "usage": render_usage(resp.usage)}
+    return c.splice(body, resp.extras, P)
 
 
 dialect = OpenAIDialect()

@@ -1,0 +1,329 @@
+"""The canonical intermediate representation every protocol maps to and from.
+
+Plain slotted dataclasses: cheap to build, compared field by field (the
+property tests rely on `==`), no validation on construction (the protocol
+parsers validate what they read).  Nothing here knows any vendor.
+
+Conventions
+-----------
+* A message is a role plus a list of typed *parts*.  Tool results are parts of
+  a **user** message (as in Anthropic, Gemini, Bedrock); protocols that put
+  them in a separate `tool` role or item split them out on render.
+* `Request.system` holds the leading system prompt.  A system/developer
+  message found later in a conversation stays in `messages` with role
+  `"system"`; targets with only a top-level system field hoist it.
+* Usage numbers are totals: `input_tokens` includes cached and cache-creation
+  tokens, `output_tokens` includes reasoning tokens (OpenAI's convention);
+  each protocol converts on the way in and out.
+* `extras` carries what has no IR meaning, keyed by protocol name:
+  ``{"anthropic": {"cache_control": {...}}}``.  A protocol splices its own
+  entry back into what it renders, so a same-protocol round trip loses
+  nothing; other protocols report foreign extras as unsupported (or drop the
+  ones listed as hints).  Keys starting with ``$`` are the protocol's private
+  notes (e.g. which of two equivalent wire spellings the client used) and are
+  never rendered or reported.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Extras = dict[str, dict[str, Any]]
+
+# ---------------------------------------------------------------------------
+# Content parts
+
+
+@dataclass(slots=True)
+class Text:
+    text: str
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class Refusal:
+    """A model's structured refusal (OpenAI `refusal`); plain text elsewhere."""
+    text: str
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class Image:
+    """Either `url` (http(s), s3://, gs://, a Files-API URI) or base64 `data`
+    with its `media_type`.  Data URIs are always split into data+media_type."""
+    url: str | None = None
+    data: str | None = None
+    media_type: str | None = None
+    detail: str | None = None          # OpenAI/Cohere/Responses "auto"|"low"|"high"
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class Document:
+    """A file given to the model: base64 `data`, a `url`, or plain `text`."""
+    url: str | None = None
+    data: str | None = None
+    text: str | None = None
+    media_type: str | None = None
+    name: str | None = None            # filename / title
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """The model asking for a tool.  `arguments` is always an object; when a
+    string-encoded dialect sent something that is not a JSON object, the
+    original string is kept in `raw_arguments` (and `arguments` is {})."""
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    raw_arguments: str | None = None
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class JsonData:
+    """A structured tool output (Bedrock `json`, a Gemini `response` object)."""
+    value: Any
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """The caller's answer to the tool call with the same `id`.
+    `name` is known only to some dialects (Gemini requires it; renderers look
+    it up from the matching ToolCall when absent)."""
+    id: str
+    content: list[Part]
+    is_error: bool = False
+    name: str | None = None
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class Reasoning:
+    """Visible reasoning ("thinking").  `signature` is vendor-bound, so
+    `origin` names the protocol that produced it; other vendors cannot verify
+    it and the part is dropped (with a warning) on the way to them."""
+    text: str
+    signature: str | None = None
+    origin: str | None = None
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class RedactedReasoning:
+    """Encrypted reasoning (Anthropic redacted_thinking, Bedrock redactedContent,
+    Responses encrypted_content without a summary)."""
+    data: str
+    origin: str | None = None
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class Opaque:
+    """A part (or tool, or content block) with no IR meaning, kept verbatim
+    for its own protocol: audio, file ids, server tools, citations blocks...
+    Other protocols treat it as an unsupported field."""
+    protocol: str
+    kind: str          # the vendor's type name, for messages
+    raw: Any
+
+
+Part = Union[Text, Refusal, Image, Document, ToolCall, ToolResult, JsonData,
+             Reasoning, RedactedReasoning, Opaque]
+
+USER = "user"
+ASSISTANT = "assistant"
+SYSTEM = "system"
+
+
+@dataclass(slots=True)
+class Message:
+    role: str                          # USER | ASSISTANT | SYSTEM (mid-conversation)
+    content: list[Part]
+    extras: Extras | None = None
+
+
+# ---------------------------------------------------------------------------
+# Request
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    parameters: dict[str, Any] | None  # JSON Schema of the arguments object (None: takes none)
+    description: str | None = None
+    strict: bool | None = None
+    extras: Extras | None = None
+
+
+@dataclass(slots=True)
+class ToolChoice:
+    mode: str                          # "auto" | "none" | "required" | "tool"
+    name: str | None = None            # with mode "tool"
+
+
+@dataclass(slots=True)
+class ResponseFormat:
+    type: str                          # "text" | "json_object" | "json_schema"
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+@dataclass(slots=True)
+class ReasoningConfig:
+    """How much the model should think.  Vendors speak either a token budget
+    or an effort level; renderers convert approximately (common.EFFORT_BUDGET)."""
+    enabled: bool | None = None
+    budget_tokens: int | None = None
+    effort: str | None = None          # none|minimal|low|medium|high|xhigh|max
+
+
+@dataclass(slots=True)
+class Request:
+    messages: list[Message]
+    system: list[Text] = field(default_factory=list)
+    tools: list[Tool | Opaque] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: list[str] | None = None
+    response_format: ResponseFormat | None = None
+    reasoning: ReasoningConfig | None = None
+    stream: bool = False
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    extras: Extras | None = None
+
+
+# ---------------------------------------------------------------------------
+# Response
+
+
+class StopReason(str, enum.Enum):
+    END_TURN = "end_turn"
+    MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
+    TOOL_USE = "tool_use"
+    CONTENT_FILTER = "content_filter"
+    REFUSAL = "refusal"
+    PAUSE = "pause"                    # Anthropic pause_turn: call again to continue
+    CONTEXT_WINDOW = "context_window"  # input + output hit the context limit
+    OTHER = "other"                    # errors, timeouts, malformed output
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0              # all input, cached and cache-creation included
+    output_tokens: int = 0             # all output, reasoning included
+    cached_tokens: int = 0             # cache reads (subset of input)
+    cache_creation_tokens: int = 0     # cache writes (subset of input)
+    reasoning_tokens: int = 0          # subset of output
+    total_tokens: int | None = None    # None: input + output
+
+    @property
+    def total(self) -> int:
+        return self.total_tokens if self.total_tokens is not None else self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class Response:
+    id: str
+    model: str
+    content: list[Part]
+    stop_reason: StopReason = StopReason.END_TURN
+    stop_sequence: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    extras: Extras | None = None
+
+
+# ---------------------------------------------------------------------------
+# Stream events (a sketch for the streaming codecs; not used by the buffered
+# translation).  A decoder turns a vendor stream into this sequence:
+#
+#   MessageStart (BlockStart (TextDelta|ToolArgsDelta|ReasoningDelta|
+#                 SignatureDelta)* BlockStop)* UsageEvent? MessageStop
+#
+# with ErrorEvent possible anywhere after MessageStart.  Block indexes are the
+# IR's own (0, 1, 2 ... in order of first appearance), not the vendor's.
+# Encoders synthesize what their vendor needs that the source lacked (block
+# starts for Bedrock text, block stops for OpenAI, one message_delta carrying
+# stop reason and usage together for Anthropic).
+
+
+@dataclass(slots=True)
+class MessageStart:
+    id: str
+    model: str
+    usage: Usage | None = None         # input-side usage when known up front
+
+
+@dataclass(slots=True)
+class BlockStart:
+    index: int
+    # The part with its fixed fields set and its growing field empty:
+    # Text(""), Reasoning(""), ToolCall(id, name, {}), RedactedReasoning(data),
+    # Refusal("").
+    part: Part
+
+
+@dataclass(slots=True)
+class TextDelta:
+    index: int
+    text: str
+
+
+@dataclass(slots=True)
+class ToolArgsDelta:
+    index: int
+    partial_json: str                  # concatenate; parse only at BlockStop
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    index: int
+    text: str
+
+
+@dataclass(slots=True)
+class SignatureDelta:
+    index: int
+    signature: str
+
+
+@dataclass(slots=True)
+class BlockStop:
+    index: int
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    usage: Usage                       # cumulative: replaces earlier values
+
+
+@dataclass(slots=True)
+class MessageStop:
+    stop_reason: StopReason
+    stop_sequence: str | None = None
+
+
+@dataclass(slots=True)
+class ErrorEvent:
+    """A failure after the stream started (the vendor's mid-stream error)."""
+    status: int
+    message: str
+    code: str | None = None
+
+
+Event = Union[MessageStart, BlockStart, TextDelta, ToolArgsDelta, ReasoningDelta,
+              SignatureDelta, BlockStop, UsageEvent, MessageStop, ErrorEvent]

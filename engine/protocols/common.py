@@ -1,0 +1,420 @@
+"""Translation mechanics shared by every protocol module (each mechanism once).
+
+* `RenderCtx` - one render call's policy for fields the target cannot express:
+  `unsupported="reject"` raises a 400 `ClientError` naming the field,
+  `"drop"` drops it and records a warning.  Hints (fields that steer cost or
+  bookkeeping but not what the model says, see `HINTS`) are dropped with a
+  warning under either policy.  Nothing is ever dropped silently.
+* ids: deterministic synthesis (Gemini has none) and fitting to a target's
+  id grammar (Anthropic `^[a-zA-Z0-9_-]+$`, OpenAI <= 40 chars ...).
+* tool arguments: JSON string <-> object.
+* data URIs, media types, role alternation, reasoning effort <-> budget.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import Any, Callable
+
+import orjson
+
+from engine import ir
+from engine.faults import ClientError
+
+# ---------------------------------------------------------------------------
+# Render policy
+
+
+class RenderCtx:
+    __slots__ = ("target", "reject", "warnings")
+
+    def __init__(self, target: str, unsupported: str = "reject"):
+        if unsupported not in ("reject", "drop"):
+            raise ValueError(f"unsupported must be 'reject' or 'drop', not {unsupported!r}")
+        self.target = target
+        self.reject = unsupported == "reject"
+        self.warnings: list[str] = []
+
+    def unsupported(self, field: str, why: str = "") -> None:
+        """A field the target cannot express: raise (reject) or warn (drop)."""
+        reason = why or f"not supported by the {self.target} protocol"
+        if self.reject:
+            raise ClientError(
+                400, f"Field '{field}' cannot be translated to the {self.target} protocol: {reason}.",
+                param=field)
+        self.warnings.append(f"dropped '{field}': {reason}")
+
+    def hint(self, field: str, why: str = "") -> None:
+        """A hint the target cannot express: always dropped, always reported."""
+        self.warnings.append(f"dropped hint '{field}': {why or f'no {self.target} equivalent'}")
+
+    def foreign(self, extras: ir.Extras | None, where: str) -> None:
+        """Report every vendor-only field of other protocols in `extras`."""
+        if not extras:
+            return
+        for proto, fields in extras.items():
+            if proto == self.target:
+                continue
+            hints = HINTS.get(proto, ())
+            for key in fields:
+                if key[0] == "$":
+                    continue
+                name = f"{where}{key}"
+                if key in hints:
+                    self.hint(name, f"{proto}-only hint")
+                else:
+                    self.unsupported(name, f"{proto}-only field, no {self.target} equivalent")
+
+    def opaque(self, part: ir.Opaque, where: str) -> Any:
+        """An opaque part: its raw form for its own protocol, else unsupported."""
+        if part.protocol == self.target:
+            return part.raw
+        self.unsupported(f"{where}{part.kind}", f"{part.protocol}-only content")
+        return None
+
+
+# Vendor-only fields that do not change what the model says (caching,
+# bookkeeping, transport, display detail).  Crossing protocols they are
+# dropped with a warning even under unsupported="reject".
+HINTS: dict[str, frozenset[str]] = {
+    "openai": frozenset({"stream_options", "store", "service_tier", "safety_identifier",
+                         "prompt_cache_key", "prompt_cache_retention", "name", "annotations"}),
+    "responses": frozenset({"stream_options", "store", "service_tier", "safety_identifier",
+                            "prompt_cache_key", "prompt_cache_retention", "include", "status",
+                            "id", "annotations", "logprobs", "phase", "background"}),
+    "anthropic": frozenset({"cache_control", "service_tier", "citations", "context",
+                            "inference_geo", "speed", "caller"}),
+    "gemini": frozenset({"thoughtSignature", "cachedContent", "labels", "videoMetadata",
+                         "mediaResolution", "displayName"}),
+    "bedrock": frozenset({"cachePoint", "requestMetadata", "performanceConfig", "serviceTier",
+                          "additionalModelResponseFieldPaths"}),
+    "cohere": frozenset({"priority", "citations"}),
+}
+
+# ---------------------------------------------------------------------------
+# Extras helpers
+
+
+def extras_of(obj: dict, known: frozenset[str] | set[str], proto: str,
+              notes: dict | None = None) -> ir.Extras | None:
+    """Fields of `obj` outside `known`, as an extras map for `proto`."""
+    rest = obj.keys() - known
+    if not rest and not notes:
+        return None
+    fields = {k: obj[k] for k in rest}
+    if notes:
+        fields.update(notes)
+    return {proto: fields}
+
+
+def own(extras: ir.Extras | None, proto: str) -> dict | None:
+    return extras.get(proto) if extras else None
+
+
+def splice(out: dict, extras: ir.Extras | None, proto: str) -> dict:
+    """Add back this protocol's own vendor-only fields (never its $ notes)."""
+    if extras:
+        fields = extras.get(proto)
+        if fields:
+            for key, value in fields.items():
+                if key[0] != "$" and key not in out:
+                    out[key] = value
+    return out
+
+
+def note(extras: ir.Extras | None, proto: str, key: str, default: Any = None) -> Any:
+    if extras:
+        fields = extras.get(proto)
+        if fields:
+            return fields.get(key, default)
+    return default
+
+
+def with_note(extras: ir.Extras | None, proto: str, key: str, value: Any) -> ir.Extras:
+    if extras is None:
+        return {proto: {key: value}}
+    extras.setdefault(proto, {})[key] = value
+    return extras
+
+
+# ---------------------------------------------------------------------------
+# ids
+
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SYNTH_PREFIX = "call_gx"   # marks ids Busbar invented (Gemini had none)
+
+
+def _digest(text: str, length: int) -> str:
+    n = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest(), "big")
+    out = []
+    for _ in range(length):
+        n, r = divmod(n, 62)
+        out.append(_B62[r])
+    return "".join(out)
+
+
+def synth_id(*seed: object) -> str:
+    """A deterministic tool-call id valid in every dialect (<= 40 chars,
+    [A-Za-z0-9_]) and recognisable as synthetic (`is_synth_id`)."""
+    return SYNTH_PREFIX + _digest("\x1f".join(map(str, seed)), 20)
+
+
+def is_synth_id(tool_id: str) -> bool:
+    return tool_id.startswith(SYNTH_PREFIX) and len(tool_id) == len(SYNTH_PREFIX) + 20
+
+
+def id_fitter(max_len: int, bad: re.Pattern | None) -> Callable[[str], str]:
+    """A function mapping any id to one of at most `max_len` chars containing
+    no match of `bad`; ids that already fit are unchanged, others map to a
+    stable hash, so a tool call and its result still match after fitting."""
+    def fit(tool_id: str) -> str:
+        if len(tool_id) <= max_len and tool_id and (bad is None or not bad.search(tool_id)):
+            return tool_id
+        return "call_" + _digest(tool_id, min(22, max_len - 5))
+    return fit
+
+
+# ---------------------------------------------------------------------------
+# tool arguments
+
+
+def args_from_str(text: str | None) -> tuple[dict, str | None]:
+    """(arguments object, raw string when it was not a JSON object)."""
+    if not text:
+        return {}, (None if text is None or text == "" else text)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}, text
+    if isinstance(value, dict):
+        return value, None
+    return {}, text
+
+
+def args_to_str(call: ir.ToolCall) -> str:
+    if call.raw_arguments is not None:
+        return call.raw_arguments
+    return orjson.dumps(call.arguments).decode()
+
+
+def args_object(call: ir.ToolCall, ctx: RenderCtx, where: str) -> dict:
+    """Arguments for an object-encoded dialect; a non-object string is unsupported."""
+    if call.raw_arguments is not None:
+        ctx.unsupported(f"{where}arguments", "tool-call arguments are not a JSON object")
+    return call.arguments
+
+
+def json_text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+# ---------------------------------------------------------------------------
+# data URIs and media types
+
+_DATA_URI = re.compile(r"data:([^;,]*)(?:;[^,]*)?;base64,(.*)", re.S)
+
+
+def split_data_uri(url: str) -> tuple[str | None, str | None]:
+    """(media_type, base64 data) of a base64 data URI, else (None, None)."""
+    if url.startswith("data:"):
+        m = _DATA_URI.fullmatch(url)
+        if m:
+            return m.group(1) or None, m.group(2)
+    return None, None
+
+
+def data_uri(media_type: str | None, data: str) -> str:
+    return f"data:{media_type or 'application/octet-stream'};base64,{data}"
+
+
+_EXT_TYPES = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+    "webp": "image/webp", "heic": "image/heic", "heif": "image/heif",
+    "pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown",
+    "csv": "text/csv", "html": "text/html", "htm": "text/html",
+}
+
+
+def guess_media_type(url: str) -> str | None:
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    _, dot, ext = path.rpartition(".")
+    return _EXT_TYPES.get(ext.lower()) if dot else None
+
+
+def image_parts_from_url(url: str) -> tuple[str | None, str | None, str | None]:
+    """(url, data, media_type) from an OpenAI-style image URL or data URI."""
+    media_type, data = split_data_uri(url)
+    if data is not None:
+        return None, data, media_type
+    return url, None, None
+
+
+def image_url(image: ir.Image) -> str:
+    return image.url if image.url is not None else data_uri(image.media_type, image.data or "")
+
+
+def b64_is_valid(data: str) -> bool:
+    try:
+        base64.b64decode(data, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# messages
+
+
+def merge_alternating(messages: list[tuple[str, list]]) -> list[tuple[str, list]]:
+    """Merge consecutive same-role (role, blocks) pairs, for vendors that
+    require user/assistant alternation.  Blocks lists are concatenated."""
+    out: list[tuple[str, list]] = []
+    for role, blocks in messages:
+        if out and out[-1][0] == role:
+            out[-1][1].extend(blocks)
+        else:
+            out.append((role, list(blocks)))
+    return out
+
+
+def tool_names(messages: list[ir.Message]) -> dict[str, str]:
+    """tool-call id -> tool name over a conversation (results need names in Gemini)."""
+    names: dict[str, str] = {}
+    for m in messages:
+        if m.role == ir.ASSISTANT:
+            for p in m.content:
+                if type(p) is ir.ToolCall:
+                    names[p.id] = p.name
+    return names
+
+
+def result_text(result: ir.ToolResult, ctx: RenderCtx, where: str) -> str:
+    """A tool result as a single string, for dialects whose tool results are text."""
+    chunks = []
+    for j, p in enumerate(result.content):
+        t = type(p)
+        if t is ir.Text:
+            chunks.append(p.text)
+        elif t is ir.JsonData:
+            chunks.append(json_text(p.value))
+        else:
+            ctx.unsupported(f"{where}content[{j}]", f"{_kind(p)} in a tool result")
+    return "\n".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def _kind(part: Any) -> str:
+    return part.kind if type(part) is ir.Opaque else type(part).__name__.lower()
+
+
+def part_kind(part: Any) -> str:
+    return _kind(part)
+
+
+def system_texts(req: ir.Request, ctx: RenderCtx) -> list[ir.Text]:
+    """Top-level system text for targets without in-conversation system
+    messages: the leading system prompt plus hoisted later system messages."""
+    texts = list(req.system)
+    for i, m in enumerate(req.messages):
+        if m.role == ir.SYSTEM:
+            ctx.hint(f"messages[{i}].role", "system message moved to the top-level system prompt")
+            for p in m.content:
+                if type(p) is ir.Text:
+                    texts.append(p)
+                else:
+                    ctx.unsupported(f"messages[{i}].content", f"{_kind(p)} in a system message")
+    return texts
+
+
+def foreign_reasoning(part: Any, ctx: RenderCtx, where: str) -> bool:
+    """True when a reasoning part must not be sent to ctx.target (it came
+    from another vendor, whose signature the target cannot verify)."""
+    if part.origin is not None and part.origin != ctx.target:
+        ctx.hint(where, f"{part.origin} reasoning cannot be replayed to {ctx.target}")
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# stop reasons and reasoning effort
+
+def infer_stop(content: list, stop: ir.StopReason) -> ir.StopReason:
+    """Tool use is signalled by tool calls, not by the finish reason (Gemini
+    says STOP, OpenAI sometimes says stop)."""
+    if stop is ir.StopReason.END_TURN:
+        for p in content:
+            if type(p) is ir.ToolCall:
+                return ir.StopReason.TOOL_USE
+    return stop
+
+
+# effort -> thinking budget tokens (LiteLLM's table, Anthropic's minimum 1024)
+EFFORT_BUDGET = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096,
+                 "xhigh": 8192, "max": 16384}
+
+
+def budget_for(cfg: ir.ReasoningConfig) -> int | None:
+    if cfg.budget_tokens is not None:
+        return cfg.budget_tokens
+    if cfg.effort is not None:
+        return EFFORT_BUDGET.get(cfg.effort)
+    return None
+
+
+def effort_for(cfg: ir.ReasoningConfig) -> str | None:
+    if cfg.effort is not None:
+        return cfg.effort
+    b = cfg.budget_tokens
+    if b is None:
+        return None
+    if b == 0:
+        return "none"
+    return "low" if b <= 1024 else "medium" if b <= 2048 else "high" if b <= 4096 else "xhigh" if b <= 8192 else "max"
+
+
+def reasoning_off(cfg: ir.ReasoningConfig) -> bool:
+    return cfg.enabled is False or cfg.effort == "none" or cfg.budget_tokens == 0
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def require_list(obj: dict, key: str, required: bool = True) -> list:
+    value = obj.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise ClientError(400, f"'{key}' must be an array.", param=key)
+    return value
+
+
+def bad(field: str, what: str) -> ClientError:
+    return ClientError(400, f"Invalid '{field}': {what}.", param=field)
+
+
+# ---------------------------------------------------------------------------
+# reasoning signatures across vendors
+#
+# A reasoning signature only means something to the vendor that made it.  When
+# a response shows another vendor's reasoning to a client, the signature is
+# tagged with its origin; if the client replays that turn, the parser
+# recovers the origin and the part goes back only to that vendor.
+
+_SIG_TAG = "busbar:"
+
+
+def sig_out(part: Any, target: str) -> str | None:
+    sig = part.signature if type(part) is ir.Reasoning else part.data
+    if part.origin is None or part.origin == target or sig is None:
+        return sig
+    return f"{_SIG_TAG}{part.origin}:{sig}"
+
+
+def sig_in(sig: str | None, proto: str) -> tuple[str | None, str]:
+    """(signature, origin) of a signature read from `proto`'s wire."""
+    if sig is not None and sig.startswith(_SIG_TAG):
+        origin, _, rest = sig[len(_SIG_TAG):].partition(":")
+        if origin:
+            return rest, origin
+    return sig, proto
