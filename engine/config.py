@@ -172,14 +172,36 @@ def parse_config(data: Any, source: str = "config") -> Config:
     return config
 
 
+_REF_TOKEN = re.compile(r"__busbar_env_ref_(\d+)__")
+
+
+def _restore_refs(value: Any, refs: list[str]) -> Any:
+    if isinstance(value, str):
+        return _REF_TOKEN.sub(lambda m: refs[int(m.group(1))], value) if "__busbar_env_ref_" in value else value
+    if isinstance(value, dict):
+        return {_restore_refs(k, refs): _restore_refs(v, refs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore_refs(v, refs) for v in value]
+    return value
+
+
 def load_config(path: str | os.PathLike) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    # `${VAR}` is not a valid plain scalar inside a YAML flow mapping
+    # (`{key: ${VAR}}`, the three-line provider form), so references are
+    # swapped for inert tokens while parsing and restored afterwards.
+    refs: list[str] = []
+
+    def hide(match: re.Match) -> str:
+        refs.append(match.group(0))
+        return f"__busbar_env_ref_{len(refs) - 1}__"
+
     try:
-        data = yaml.safe_load(text)
+        data = _restore_refs(yaml.safe_load(_ENV_REF.sub(hide, text)), refs)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

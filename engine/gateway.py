@@ -32,7 +32,8 @@ from engine.config import Config
 from engine.faults import ClientError, Fault, FaultClass
 from engine.protocols import get_dialect
 from engine.protocols.base import JSON_CT, Headers, header, load_json_object
-from engine.protocols.sse import PROBES, SSESplitter, SSEError, stream_error_event
+from engine.protocols.sse import (PROBES, SSEError, SSESplitter, stream_error_event, stream_error_status,
+                                  valid_json_event)
 from engine.routing import Attempt, Exhausted, Needs, Router, Wait
 from engine.server import ClientGone, HttpRequest, Responder
 from engine.upstream import Origin, UpstreamClient, UpstreamError
@@ -524,54 +525,51 @@ class _Exchange:
 
     async def _relay_stream(self, attempt, rec, provider, response, t0) -> bool:
         """Hold the upstream's events until the first content-bearing one,
-        then commit: send the head, the held bytes, and relay the rest as it
-        comes.  Failures before the commit fail over; after it, the client
-        stream ends with its protocol's error event."""
+        then commit: send the head, the held events, and relay the rest event
+        by event as it comes.  Failures before the commit fail over; after it,
+        the client stream ends with its protocol's error event."""
         up = provider.dialect
         if up is not self.client:
             raise ClientError(501, f"Streaming from a {up.name} member to a {self.client.name} client is not "
                                    "available yet; use stream=false or a same-protocol pool.", "invalid_request")
-        probe = PROBES.get(up.name)
+        probe = PROBES[up.name]
         timeouts = self.plan.pipeline.timeouts
         chunks = response.aiter_bytes()
-        held: list[bytes] = []
         splitter = SSESplitter()
-        committed = probe is None
-        held_size = 0
+        held: list[bytes] = []
+        committed = False
+        upstream_done = False
         while not committed:
             try:
                 with trio.fail_after(timeouts.first_byte):
                     chunk = await chunks.__anext__()
+                events = splitter.feed(chunk)
             except StopAsyncIteration:
+                upstream_done = True
                 break  # ended without content: relay what there was
             except trio.TooSlowError:
                 return self._fail_or_raise(attempt, rec, Fault(FaultClass.SERVER, 0, "no first byte before timeout"), t0)
-            except UpstreamError as exc:
-                return self._fail_or_raise(attempt, rec, Fault(FaultClass.SERVER, 0, str(exc)), t0)
-            held.append(chunk)
-            held_size += len(chunk)
-            try:
-                events = splitter.feed(chunk)
-            except SSEError as exc:
+            except (UpstreamError, SSEError) as exc:
                 return self._fail_or_raise(attempt, rec, Fault(FaultClass.SERVER, 0, str(exc)), t0)
             for event in events:
                 verdict = probe(event)
                 if verdict == "error":
-                    fault = up.classify(500 if event.event != "error" else 400, response.headers, event.data) \
-                        if event.data and event.data[:1] == b"{" else Fault(FaultClass.SERVER, 0, "malformed stream")
-                    if fault.cls is FaultClass.CLIENT and b'"error"' not in event.data:
+                    # an error event first (or an unreadable one): classify it
+                    # like the HTTP error it stands for
+                    if event.data[:1] == b"{" and valid_json_event(event):
+                        fault = up.classify(stream_error_status(up.name, event.data), response.headers, event.data)
+                    else:
                         fault = Fault(FaultClass.SERVER, 0, "malformed upstream stream event")
                     if self._fail(attempt, rec, fault, t0):
                         return False
                     self.lifecycle.fire("rejected", f"{attempt.member_id}: {fault.cls.value}")
-                    err = self.client.fault_to_client_error(fault)
-                    status, headers, body = self.client.render_error(err)
+                    status, headers, body = self.client.render_error(self.client.fault_to_client_error(fault))
                     self.record.status = status
                     await self.responder.send(status, headers, body)
                     return True
+                held.append(event.raw)
                 if verdict == "commit":
                     committed = True
-                    break
         # commit: from here the client sees bytes and there is no failover
         now = trio.current_time()
         rec.outcome = "ok"
@@ -583,27 +581,38 @@ class _Exchange:
         headers = [(k, v) for k, v in response.headers
                    if k in (b"content-type", b"cache-control")] or [(b"content-type", b"text/event-stream")]
         await self.responder.start(200, headers)
-        if held:
-            await self.responder.write(b"".join(held))
+        await self.responder.write(b"".join(held))
+        failure = None
         try:
-            while True:
+            while not upstream_done:
                 with trio.fail_after(timeouts.idle):
                     try:
                         chunk = await chunks.__anext__()
                     except StopAsyncIteration:
                         break
-                await self.responder.write(chunk)
-        except (trio.TooSlowError, UpstreamError) as exc:
-            reason = "upstream stream stalled" if isinstance(exc, trio.TooSlowError) else str(exc)
-            rec.message = reason
-            self.record.error = reason
-            self.lifecycle.fire("broken", reason)
+                events = splitter.feed(chunk)
+                if not splitter.pending and all(valid_json_event(e) for e in events):
+                    await self.responder.write(chunk)       # the common case: whole events, as received
+                    continue
+                for event in events:
+                    if not valid_json_event(event):
+                        raise SSEError("malformed event in upstream stream")
+                    await self.responder.write(event.raw)
+            if splitter.pending.strip():
+                raise SSEError("upstream stream ended inside an event")
+        except trio.TooSlowError:
+            failure = "upstream stream stalled"
+        except (UpstreamError, SSEError) as exc:
+            failure = str(exc)
+        rec.ms = (trio.current_time() - t0) * 1000
+        if failure is not None:
+            rec.message = failure
+            self.record.error = failure
+            self.lifecycle.fire("broken", failure)
             await self.end_stream_with_error(ClientError(502, f"Upstream stream failed after content was sent: "
-                                                              f"{reason}", "upstream"))
-            rec.ms = (trio.current_time() - t0) * 1000
+                                                              f"{failure}", "upstream"))
             return True
         await self.responder.end()
-        rec.ms = (trio.current_time() - t0) * 1000
         self.lifecycle.fire("complete")
         return True
 

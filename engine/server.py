@@ -171,9 +171,14 @@ class HttpServer:
         while self.accepting or conn.our_state is not h11.IDLE:
             request: HttpRequest | None = None
             try:
-                timeout = self.keepalive_timeout if conn.their_state is h11.IDLE else self.header_timeout
-                with trio.fail_after(timeout):
-                    request, pending = await self._read_request(conn, stream, pending, client)
+                # An idle keep-alive connection may wait `keepalive_timeout`
+                # for its next request; once a request's first bytes arrived,
+                # all of it (head and body) must arrive within `header_timeout`.
+                with trio.CancelScope() as scope:
+                    scope.deadline = trio.current_time() + (self.header_timeout if pending else self.keepalive_timeout)
+                    request, pending = await self._read_request(conn, stream, pending, client, scope)
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError
             except trio.TooSlowError:
                 if conn.their_state is h11.IDLE and conn.our_state is h11.IDLE and not pending:
                     return  # idle keep-alive connection: close quietly
@@ -212,8 +217,8 @@ class HttpServer:
             if not self.accepting:
                 return
 
-    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream,
-                            pending: bytes, client: str) -> tuple[HttpRequest | None, bytes]:
+    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream, pending: bytes, client: str,
+                            scope: trio.CancelScope) -> tuple[HttpRequest | None, bytes]:
         if pending:
             conn.receive_data(pending)
         head = None
@@ -223,6 +228,8 @@ class HttpServer:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 data = await stream.receive_some(READ_SIZE)
+                if data and head is None and not body_parts:
+                    scope.deadline = min(scope.deadline, trio.current_time() + self.header_timeout)
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Request):

@@ -62,3 +62,12 @@ async def gateway_with(config: dict, **vendors: MockVendor):
 async def sdk(fn):
     """Run a blocking SDK call in a thread; the gateway keeps serving."""
     return await trio.to_thread.run_sync(fn)
+
+
+async def last_record(running: Running) -> dict:
+    """The most recent finished request's record (waits for the gateway to
+    finish its bookkeeping, which happens just after the response is sent)."""
+    with trio.fail_after(5):
+        while running.gateway.in_flight or not running.gateway.recent:
+            await trio.sleep(0.005)
+    return running.gateway.recent[-1]

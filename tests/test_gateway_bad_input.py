@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from engine.mock import MockVendor
-from harness import gateway_with, sdk
+from harness import gateway_with, last_record, sdk
 
 CONFIG = {
     "server": {"max_body_bytes": 4096, "header_timeout": 0.5},
@@ -102,6 +102,6 @@ async def test_client_disconnect_cancels_upstream_call():
         with trio.fail_after(2):           # far sooner than the vendor's 10 s
             while gw.gateway.in_flight:
                 await trio.sleep(0.01)
-        record = gw.gateway.recent[-1]
+        record = (await last_record(gw))
         assert record["state"] == "failed"
         assert record["attempts"][0]["outcome"] == "cancelled"

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from engine.mock import MockVendor
-from harness import gateway_with, sdk
+from harness import gateway_with, last_record, sdk
 
 TWO_VENDORS = {
     "providers": {
@@ -42,7 +42,7 @@ async def test_buffered_failover_to_second_member(fault):
     a.fail_next(fault)
     async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
         result = await sdk(lambda: chat(oai(gw.url)))
-        record = gw.gateway.recent[-1]
+        record = (await last_record(gw))
     assert result.choices[0].message.content == "from b"
     assert [x["member"].split("/")[-1] for x in record["attempts"]] == ["m1", "m2"]
     assert [s["state"] for s in record["path"]] == ["received", "translated", "dispatched", "failing_over",
@@ -57,7 +57,7 @@ async def test_client_error_is_returned_untouched_and_not_retried():
             await sdk(lambda: chat(oai(gw.url)))
         assert "messages.0.content: bad value" in str(exc.value)
         assert b.received == []
-        assert gw.gateway.recent[-1]["state"] == "failed"
+        assert (await last_record(gw))["state"] == "failed"
 
 
 async def test_flood_of_client_errors_never_opens_breaker():
@@ -124,7 +124,7 @@ async def test_stream_failure_after_content_raises_in_sdk():
         with pytest.raises(openai.APIError):
             await sdk(run)
         assert b.received == []                         # no retry after bytes went out
-        assert gw.gateway.recent[-1]["state"] == "failed"
+        assert (await last_record(gw))["state"] == "failed"
 
 
 async def test_anthropic_stream_failure_after_content_raises():

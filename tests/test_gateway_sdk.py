@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from engine.mock import MockVendor
-from harness import gateway_with, sdk
+from harness import gateway_with, last_record, sdk
 
 OPENAI_ONLY = {
     "providers": {"oai": {"protocol": "openai", "base_url": "{a}/v1", "keys": ["sk-1", "sk-2"]}},
@@ -83,7 +83,7 @@ async def test_anthropic_buffered_and_stream():
     assert text == "Bonjour tout le monde"
     assert final.stop_reason == "end_turn"
     assert vendor.received[-1]["key"] == "ak-1"
-    assert vendor.received[-1]["headers"]["anthropic-version"] == "2023-06-01"
+    assert vendor.received[-1]["headers"]["anthropic-version"]   # the client's version, forwarded
     assert vendor.received[-1]["model"] == "claude-sonnet-4"
 
 

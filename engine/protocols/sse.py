@@ -4,9 +4,14 @@
 raw_bytes); it keeps only the unfinished tail, so memory is bounded by the
 largest single event (capped).  Line endings \\n, \\r\\n and \\r are all
 accepted, per the SSE spec.
+
+`valid_json_event` is the passthrough relay's garbage check: a same-protocol
+stream is relayed event by event, untouched, but an event whose data is not
+JSON ends the stream with a proper error event instead of reaching the SDK.
 """
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import orjson
@@ -24,7 +29,14 @@ class SSEEvent(NamedTuple):
     raw: bytes
 
 
+_BLANK_LINE = re.compile(rb"\r\n\r\n|\n\n|\r\r|\n\r\n|\r\n\n")
+
+
 class SSESplitter:
+    """Split a byte stream into events.  `feed` returns the complete events;
+    `raw` of each is the original bytes (line endings untouched), so a relay
+    can forward exactly what it received, one whole event at a time."""
+
     __slots__ = ("_buf", "max_event_bytes")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES):
@@ -32,19 +44,14 @@ class SSESplitter:
         self.max_event_bytes = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        buf = self._buf + chunk
-        if b"\r" in buf:
-            # normalise only when needed; raw keeps the original bytes for
-            # passthrough via the offsets of the normalised copy
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
         events = []
         start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            raw = buf[start:end + 2]
-            start = end + 2
+        for match in _BLANK_LINE.finditer(buf):
+            if match.start() < start:
+                continue
+            raw = buf[start:match.end()]
+            start = match.end()
             event = _parse_block(raw)
             if event is not None:
                 events.append(event)
@@ -61,7 +68,8 @@ class SSESplitter:
 def _parse_block(raw: bytes) -> SSEEvent | None:
     name = None
     data_lines = []
-    for line in raw.split(b"\n"):
+    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in raw else raw
+    for line in text.split(b"\n"):
         if not line or line.startswith(b":"):
             continue
         field, _, value = line.partition(b":")
@@ -74,6 +82,16 @@ def _parse_block(raw: bytes) -> SSEEvent | None:
     if name is None and not data_lines:
         return None
     return SSEEvent(name, b"\n".join(data_lines), raw)
+
+
+def valid_json_event(event: SSEEvent) -> bool:
+    if not event.data or event.data == b"[DONE]":
+        return True
+    try:
+        orjson.loads(event.data)
+        return True
+    except orjson.JSONDecodeError:
+        return False
 
 
 def encode_event(data: bytes, event: str | None = None) -> bytes:
@@ -127,6 +145,34 @@ def probe_anthropic(event: SSEEvent) -> str:
 
 
 PROBES = {"openai": probe_openai, "anthropic": probe_anthropic}
+
+# An error that arrives as a stream event has no HTTP status of its own; the
+# status its type implies lets the dialect's ordinary `classify` read it.
+_ANTHROPIC_ERROR_STATUS = {
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
+    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+    "timeout_error": 504, "overloaded_error": 529,
+}
+_OPENAI_ERROR_STATUS = {
+    "invalid_request_error": 400, "context_length_exceeded": 400, "invalid_api_key": 401,
+    "insufficient_quota": 429, "rate_limit_exceeded": 429, "tokens": 429, "requests": 429,
+    "server_error": 500,
+}
+
+
+def stream_error_status(protocol: str, data: bytes) -> int:
+    """The HTTP status equivalent of an in-stream error event (500 when the
+    event names nothing we know)."""
+    obj = _json(data)
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(error, dict):
+        return 500
+    if protocol == "anthropic":
+        return _ANTHROPIC_ERROR_STATUS.get(error.get("type"), 500)
+    for name in (error.get("code"), error.get("type")):
+        if name in _OPENAI_ERROR_STATUS:
+            return _OPENAI_ERROR_STATUS[name]
+    return 500
 
 
 def stream_error_event(protocol: str, kind: str, message: str) -> bytes:
