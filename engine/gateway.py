@@ -392,8 +392,9 @@ class _Exchange:
         headers.extend(provider.extra_headers)
         if provider.protocol == "bedrock" and provider.credentials is not None:
             from engine.aws.sigv4 import sign
-            headers.extend(sign("POST", provider.origin.host_header.decode(), path, "", headers, body,
-                                credentials=provider.credentials, region=provider.region))
+            headers.extend((k.lower().encode(), v.encode()) for k, v in sign(
+                "POST", path, "", headers, body, credentials=provider.credentials, region=provider.region,
+                host=provider.origin.host_header.decode()))
         return path.encode(), headers, body
 
     def _classify(self, provider: Provider, status: int, headers: Headers, body: bytes) -> Fault:
