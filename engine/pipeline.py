@@ -25,7 +25,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import yaml
 

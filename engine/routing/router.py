@@ -204,7 +204,11 @@ class Plan:
         keys = ring.recovery(leaf.model, now, exclude)
         if keys is None:
             return None
-        return max(keys, leaf.target.breaker.recovery(now, self._lease))
+        # A half-open breaker's probe is out: its answer is expected within
+        # connect + first_byte (the gateway reports at the first byte), so
+        # that is the hint, rather than the probe's full lease.
+        t = self.pipeline.timeouts
+        return max(keys, leaf.target.breaker.recovery(now, min(self._lease, t.connect + t.first_byte)))
 
     # ---- the steps -------------------------------------------------------
     def next(self, now: float) -> Attempt | Wait | Exhausted:
