@@ -28,6 +28,18 @@ The retry budget has two counters (pipeline `retry:`):
 So a plan issues at most max_attempts + max_key_rotations attempts.
 A member that failed over is not picked again by the same plan.
 
+When no member of the current pool can go (benched, circuit-open, already
+tried, or unable to take the request), the pool's `on_exhausted` decides:
+`reject` -> Exhausted; `wait` -> Wait until the soonest recovery of an untried
+member, as long as all waits of the plan end within max_ms of the first one;
+`fallback` -> continue in that pool (same plan: same pipeline, budget and
+tried members), whose own on_exhausted applies next.  Only the requested pool
+and its fallbacks' on_exhausted count; nested pools' are ignored.
+
+The request runs its route's pipeline throughout (rules, budget, breaker
+thresholds); the ramp and the latency exploration of a nested pool follow
+that pool's own pipeline.
+
 Terminal outcomes, exactly one per plan: success (report without fault),
 returned (a fault whose rule says `return`), exhausted (`next` answered
 `Exhausted`).  Calling `next` afterwards raises `PlanError`.
