@@ -257,7 +257,7 @@ def _parse_response(obj: dict) -> ir.Response:
 
 def _image(p: ir.Image, ctx: c.RenderCtx, where: str) -> dict | None:
     ctx.foreign(p.extras, f"{where}.")
-    if p.detail is not None:
+    if p.detail not in (None, "auto"):
         ctx.hint(f"{where}.detail", "Anthropic has no image detail setting")
     if p.data is not None:
         if p.media_type not in IMAGE_TYPES:

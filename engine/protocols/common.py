@@ -70,7 +70,10 @@ class RenderCtx:
         """An opaque part: its raw form for its own protocol, else unsupported."""
         if part.protocol == self.target:
             return part.raw
-        self.unsupported(f"{where}{part.kind}", f"{part.protocol}-only content")
+        if part.kind in HINTS.get(part.protocol, ()):
+            self.hint(f"{where}{part.kind}", f"{part.protocol}-only hint")
+        else:
+            self.unsupported(f"{where}{part.kind}", f"{part.protocol}-only content")
         return None
 
 

@@ -1,0 +1,625 @@
+"""AWS Bedrock Converse (`POST /model/{modelId}/converse`, `/converse-stream`).
+
+The model id and the stream flag live in the path (`params["model"]`,
+`params["action"]`).  Requests are signed with SigV4 by the gateway
+(`engine.aws.sigv4`), so this module adds no auth header and reads no key.
+Errors are restJson: the exception name travels in `x-amzn-ErrorType`
+(botocore picks the exception class from it) and the body is `{"message"}`.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import orjson
+
+from engine import ir
+from engine.faults import ClientError, Fault, FaultClass
+from engine.protocols import common as c
+from engine.protocols.base import KIND_STATUS, Dialect, Headers, classify_generic, header
+
+P = "bedrock"
+SR = ir.StopReason
+
+_REQUEST_KEYS = frozenset({"messages", "system", "inferenceConfig", "toolConfig",
+                           "additionalModelRequestFields", "outputConfig", "requestMetadata"})
+_RESPONSE_KEYS = frozenset({"output", "stopReason", "usage", "metrics", "additionalModelResponseFields"})
+_USAGE_KEYS = frozenset({"inputTokens", "outputTokens", "totalTokens", "cacheReadInputTokens",
+                         "cacheWriteInputTokens"})
+
+IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
+DOC_FORMATS = {"application/pdf": "pdf", "text/csv": "csv", "application/msword": "doc",
+               "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+               "application/vnd.ms-excel": "xls",
+               "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+               "text/html": "html", "text/plain": "txt", "text/markdown": "md"}
+DOC_TYPES = {v: k for k, v in DOC_FORMATS.items()}
+
+STOP_IN = {"end_turn": SR.END_TURN, "tool_use": SR.TOOL_USE, "max_tokens": SR.MAX_TOKENS,
+           "stop_sequence": SR.STOP_SEQUENCE, "guardrail_intervened": SR.CONTENT_FILTER,
+           "content_filtered": SR.CONTENT_FILTER, "malformed_model_output": SR.OTHER,
+           "malformed_tool_use": SR.OTHER, "model_context_window_exceeded": SR.CONTEXT_WINDOW}
+STOP_OUT = {SR.END_TURN: "end_turn", SR.TOOL_USE: "tool_use", SR.MAX_TOKENS: "max_tokens",
+            SR.STOP_SEQUENCE: "stop_sequence", SR.CONTENT_FILTER: "content_filtered",
+            SR.REFUSAL: "content_filtered", SR.CONTEXT_WINDOW: "model_context_window_exceeded",
+            SR.PAUSE: "end_turn", SR.OTHER: "malformed_model_output"}
+
+# kind -> exception name (botocore raises client.exceptions.<name>)
+ERROR_TYPES = {
+    "invalid_request": "ValidationException",
+    "authentication": "UnrecognizedClientException",
+    "permission": "AccessDeniedException",
+    "not_found": "ResourceNotFoundException",
+    "request_too_large": "ValidationException",
+    "rate_limit": "ThrottlingException",
+    "billing": "ThrottlingException",
+    "overloaded": "ServiceUnavailableException",
+    "api_error": "InternalServerException",
+    "upstream": "InternalServerException",
+    "timeout": "ModelTimeoutException",
+}
+_RATE = frozenset({"ThrottlingException", "ModelNotReadyException", "TooManyRequestsException",
+                   "ServiceQuotaExceededException"})
+_AUTH = frozenset({"UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException",
+                   "AccessDeniedException", "IncompleteSignatureException",
+                   "MissingAuthenticationTokenException", "InvalidClientTokenId"})
+_SERVER = frozenset({"ModelErrorException", "ModelTimeoutException", "InternalServerException",
+                     "ServiceUnavailableException", "ModelStreamErrorException",
+                     "ResourceNotFoundException", "InternalFailure"})
+
+fit_id = c.id_fitter(64, re.compile(r"[^a-zA-Z0-9_.:-]"))
+_BAD_NAME = re.compile(r"[^A-Za-z0-9\-()\[\] ]|(?<= ) ")
+
+
+class BedrockDialect(Dialect):
+    name = "bedrock"
+    kind_status = {**KIND_STATUS, "authentication": 403, "request_too_large": 400, "billing": 429,
+                   "timeout": 408}
+
+    # ---- inbound ---------------------------------------------------------
+    def inbound_key(self, headers: Headers, query: bytes) -> str | None:
+        return None    # SigV4: verified (if at all) by the gateway, not here
+
+    def inbound_model(self, params: dict, obj: dict) -> str | None:
+        model = params.get("model")
+        return model if isinstance(model, str) else None
+
+    def inbound_stream(self, params: dict, obj: dict) -> bool:
+        return params.get("action") == "converse-stream"
+
+    def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
+        name = ERROR_TYPES.get(err.kind, "ValidationException")
+        headers = self.error_headers(err)
+        headers.append((b"x-amzn-errortype", name.encode()))
+        return err.status, headers, orjson.dumps({"message": err.message})
+
+    # ---- outbound --------------------------------------------------------
+    def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
+        action = "converse-stream" if stream else "converse"
+        return f"{base_path.rstrip('/')}/model/{quote(model, safe='')}/{action}"
+
+    def auth_headers(self, key: str | None) -> Headers:
+        return []
+
+    def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes:
+        return body    # the model is in the path
+
+    def error_message(self, obj) -> tuple[str, str | None]:
+        if isinstance(obj, dict):
+            message = obj.get("message") or obj.get("Message") or ""
+            code = obj.get("__type") or obj.get("code") or obj.get("Code")
+            return str(message), _error_name(code) if isinstance(code, str) else None
+        return "", None
+
+    def classify(self, status: int, headers: Headers, body: bytes) -> Fault:
+        try:
+            obj = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            obj = None
+        message, code = self.error_message(obj) if obj is not None else ("", None)
+        raw = header(headers, b"x-amzn-errortype")
+        if raw:
+            code = _error_name(raw.decode("latin-1"))
+        if not message:
+            message = body[:300].decode("utf-8", "replace") if body else f"HTTP {status}"
+        fault = classify_generic(status, headers, message, code)
+        if code in _RATE:
+            return Fault(FaultClass.RATE, status, message, fault.retry_after, code)
+        if code in _AUTH:
+            return Fault(FaultClass.AUTH, status, message, fault.retry_after, code)
+        if code in _SERVER:
+            return Fault(FaultClass.SERVER, status, message, fault.retry_after, code)
+        return fault
+
+    # ---- translation -----------------------------------------------------
+    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
+        try:
+            return _parse_request(obj)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            if isinstance(exc, ClientError):
+                raise
+            raise ClientError(400, f"Malformed Converse request: {exc!r}") from None
+
+    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
+                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
+        ctx = c.RenderCtx(P, unsupported)
+        return orjson.dumps(_render_request(req, max_tokens_default, ctx)), ctx.warnings
+
+    def parse_response(self, obj: dict) -> ir.Response:
+        return _parse_response(obj)
+
+    def render_response(self, resp: ir.Response, model: str) -> bytes:
+        return orjson.dumps(_render_response(resp, model))
+
+
+def _error_name(code: str) -> str:
+    """botocore's rule: drop anything after ':' and before the last '#'."""
+    return code.split(":", 1)[0].rsplit("#", 1)[-1]
+
+
+# ---------------------------------------------------------------------------
+# parsing
+
+
+def _image(img: dict):
+    media_type = f"image/{img['format']}"
+    src = img["source"]
+    if "bytes" in src:
+        return ir.Image(data=src["bytes"], media_type=media_type)
+    if "s3Location" in src:
+        loc = src["s3Location"]
+        ext = {P: {"$bucketOwner": loc["bucketOwner"]}} if "bucketOwner" in loc else None
+        return ir.Image(url=loc["uri"], media_type=media_type, extras=ext)
+    return None
+
+
+def _document(doc: dict):
+    media_type = DOC_TYPES.get(doc.get("format", "txt"))
+    src = doc["source"]
+    ext = c.extras_of(doc, {"format", "name", "source"}, P)
+    if "bytes" in src:
+        return ir.Document(data=src["bytes"], media_type=media_type, name=doc.get("name"), extras=ext)
+    if "text" in src:
+        return ir.Document(text=src["text"], media_type=media_type, name=doc.get("name"), extras=ext)
+    if "s3Location" in src:
+        return ir.Document(url=src["s3Location"]["uri"], media_type=media_type, name=doc.get("name"), extras=ext)
+    return None
+
+
+def _block(b: dict):
+    if "text" in b:
+        return ir.Text(b["text"])
+    if "image" in b:
+        part = _image(b["image"])
+    elif "document" in b:
+        part = _document(b["document"])
+    elif "toolUse" in b:
+        tu = b["toolUse"]
+        return ir.ToolCall(tu["toolUseId"], tu["name"], tu.get("input") or {}, None,
+                           c.extras_of(tu, {"toolUseId", "name", "input"}, P))
+    elif "toolResult" in b:
+        tr = b["toolResult"]
+        parts = []
+        for x in tr.get("content") or ():
+            if "text" in x:
+                parts.append(ir.Text(x["text"]))
+            elif "json" in x:
+                parts.append(ir.JsonData(x["json"]))
+            else:
+                parts.append(_block(x))
+        return ir.ToolResult(tr["toolUseId"], parts, tr.get("status") == "error", None,
+                             c.extras_of(tr, {"toolUseId", "content", "status"}, P))
+    elif "reasoningContent" in b:
+        rc = b["reasoningContent"]
+        if "reasoningText" in rc:
+            rt = rc["reasoningText"]
+            sig, origin = c.sig_in(rt.get("signature"), P)
+            return ir.Reasoning(rt["text"], sig, origin)
+        if "redactedContent" in rc:
+            data, origin = c.sig_in(rc["redactedContent"], P)
+            return ir.RedactedReasoning(data, origin)
+        part = None
+    else:
+        part = None
+    if part is None:
+        return ir.Opaque(P, next(iter(b), "block"), b)
+    return part
+
+
+def _parse_request(obj: dict) -> ir.Request:
+    messages = []
+    for i, m in enumerate(c.require_list(obj, "messages")):
+        role = m["role"]
+        if role not in ("user", "assistant", "system"):
+            raise c.bad(f"messages[{i}].role", f"unknown role {role!r}")
+        messages.append(ir.Message(role, [_block(b) for b in m["content"]]))
+    req = ir.Request(messages)
+    extras = c.extras_of(obj, _REQUEST_KEYS, P) or {}
+    guard = []
+    for b in obj.get("system") or ():
+        if "text" in b:
+            req.system.append(ir.Text(b["text"]))
+        elif "cachePoint" in b and req.system:
+            req.system[-1].extras = {P: {"$cachePoint": b["cachePoint"]}}
+        else:
+            guard.append(b)
+    if guard:
+        extras.setdefault(P, {})["system"] = guard
+    ic = obj.get("inferenceConfig") or {}
+    req.max_tokens = ic.get("maxTokens")
+    req.temperature = ic.get("temperature")
+    req.top_p = ic.get("topP")
+    if ic.get("stopSequences") is not None:
+        req.stop = list(ic["stopSequences"])
+    tcfg = obj.get("toolConfig")
+    if tcfg is not None:
+        for t in tcfg.get("tools") or ():
+            spec = t.get("toolSpec")
+            if spec is not None:
+                schema = (spec.get("inputSchema") or {}).get("json")
+                req.tools.append(ir.Tool(spec["name"], schema, spec.get("description"), spec.get("strict"),
+                                         c.extras_of(spec, {"name", "inputSchema", "description", "strict"}, P)))
+            else:
+                req.tools.append(ir.Opaque(P, next(iter(t), "tool"), t))
+        choice = tcfg.get("toolChoice")
+        if choice is not None:
+            if "auto" in choice:
+                req.tool_choice = ir.ToolChoice("auto")
+            elif "any" in choice:
+                req.tool_choice = ir.ToolChoice("required")
+            elif "tool" in choice:
+                req.tool_choice = ir.ToolChoice("tool", choice["tool"]["name"])
+    amrf = obj.get("additionalModelRequestFields")
+    if amrf:
+        amrf = dict(amrf)
+        top_k = amrf.pop("top_k", None)
+        if top_k is not None:
+            req.top_k = top_k
+        th = amrf.pop("thinking", None)
+        if isinstance(th, dict):
+            req.reasoning = ir.ReasoningConfig(enabled=th.get("type") != "disabled",
+                                               budget_tokens=th.get("budget_tokens"))
+        elif th is not None:
+            amrf["thinking"] = th
+        if amrf:
+            extras.setdefault(P, {})["additionalModelRequestFields"] = amrf
+    oc = obj.get("outputConfig")
+    if oc:
+        tf = oc.get("textFormat")
+        if tf is not None:
+            js = tf["structure"]["jsonSchema"]
+            schema = js["schema"]
+            req.response_format = ir.ResponseFormat(
+                "json_schema", orjson.loads(schema) if isinstance(schema, str) else schema,
+                js.get("name"), None, js.get("description"))
+        if oc.get("effort") is not None:
+            if req.reasoning is None:
+                req.reasoning = ir.ReasoningConfig()
+            req.reasoning.effort = oc["effort"]
+    if obj.get("requestMetadata") is not None:
+        req.metadata = obj["requestMetadata"]
+    req.extras = extras or None
+    return req
+
+
+# ---------------------------------------------------------------------------
+# rendering
+
+
+def _image_block(p: ir.Image, ctx: c.RenderCtx, where: str) -> dict | None:
+    ctx.foreign(p.extras, f"{where}.")
+    if p.detail not in (None, "auto"):
+        ctx.hint(f"{where}.detail", "Bedrock has no image detail setting")
+    fmt = IMAGE_FORMATS.get(p.media_type or "") or (
+        IMAGE_FORMATS.get(c.guess_media_type(p.url) or "") if p.url else None)
+    if fmt is None:
+        ctx.unsupported(f"{where}.media_type", "Bedrock images must be png, jpeg, gif or webp")
+        return None
+    if p.data is not None:
+        src: dict = {"bytes": p.data}
+    elif p.url and p.url.startswith("s3://"):
+        loc = {"uri": p.url}
+        owner = c.note(p.extras, P, "$bucketOwner")
+        if owner is not None:
+            loc["bucketOwner"] = owner
+        src = {"s3Location": loc}
+    else:
+        ctx.unsupported(f"{where}.url", "Bedrock takes image bytes or S3 locations; Busbar does not fetch URLs")
+        return None
+    return {"image": {"format": fmt, "source": src}}
+
+
+def _document_block(p: ir.Document, ctx: c.RenderCtx, where: str) -> dict | None:
+    ctx.foreign(p.extras, f"{where}.")
+    fmt = DOC_FORMATS.get(p.media_type or "") or (
+        DOC_FORMATS.get(c.guess_media_type(p.url) or "") if p.url else None)
+    if p.text is not None:
+        src: dict = {"text": p.text}
+        fmt = fmt or "txt"
+    elif p.data is not None:
+        src = {"bytes": p.data}
+    elif p.url and p.url.startswith("s3://"):
+        src = {"s3Location": {"uri": p.url}}
+    else:
+        ctx.unsupported(f"{where}.url", "Bedrock takes document bytes, text or S3 locations; Busbar does not fetch URLs")
+        return None
+    if fmt is None:
+        ctx.unsupported(f"{where}.media_type", f"Bedrock document formats are {sorted(DOC_TYPES)}")
+        return None
+    name = _BAD_NAME.sub("-", p.name or "document") or "document"
+    return {"document": c.splice({"format": fmt, "name": name, "source": src}, p.extras, P)}
+
+
+def _blocks(parts: list, ctx: c.RenderCtx, where: str) -> list:
+    out = []
+    many = len(parts) > 1
+    for j, p in enumerate(parts):
+        t = type(p)
+        w = f"{where}[{j}]"
+        if t is ir.Text or t is ir.Refusal:
+            if many and not p.text:
+                continue      # Bedrock rejects blank text blocks
+            ctx.foreign(p.extras, f"{w}.")
+            out.append({"text": p.text})
+        elif t is ir.ToolCall:
+            ctx.foreign(p.extras, f"{w}.")
+            out.append({"toolUse": c.splice({"toolUseId": fit_id(p.id), "name": p.name,
+                                             "input": c.args_object(p, ctx, f"{w}.")}, p.extras, P)})
+        elif t is ir.ToolResult:
+            ctx.foreign(p.extras, f"{w}.")
+            content = []
+            for k, x in enumerate(p.content):
+                tx = type(x)
+                if tx is ir.Text:
+                    ctx.foreign(x.extras, f"{w}.content[{k}].")
+                    content.append({"text": x.text})
+                elif tx is ir.JsonData:
+                    content.append({"json": x.value})
+                elif tx is ir.Image:
+                    b = _image_block(x, ctx, f"{w}.content[{k}]")
+                    if b is not None:
+                        content.append(b)
+                elif tx is ir.Document:
+                    b = _document_block(x, ctx, f"{w}.content[{k}]")
+                    if b is not None:
+                        content.append(b)
+                else:
+                    ctx.unsupported(f"{w}.content[{k}]", f"{c.part_kind(x)} in a tool result")
+            tr: dict = {"toolUseId": fit_id(p.id), "content": content}
+            if p.is_error:
+                tr["status"] = "error"
+            out.append({"toolResult": c.splice(tr, p.extras, P)})
+        elif t is ir.Image:
+            b = _image_block(p, ctx, w)
+            if b is not None:
+                out.append(b)
+        elif t is ir.Document:
+            b = _document_block(p, ctx, w)
+            if b is not None:
+                out.append(b)
+        elif t is ir.JsonData:
+            out.append({"text": c.json_text(p.value)})
+        elif t is ir.Reasoning:
+            if c.foreign_reasoning(p, ctx, w):
+                continue
+            rt: dict = {"text": p.text}
+            if p.signature is not None:
+                rt["signature"] = p.signature
+            out.append({"reasoningContent": {"reasoningText": rt}})
+        elif t is ir.RedactedReasoning:
+            if c.foreign_reasoning(p, ctx, w):
+                continue
+            out.append({"reasoningContent": {"redactedContent": p.data}})
+        elif t is ir.Opaque:
+            raw = ctx.opaque(p, f"{w}.")
+            if raw is not None:
+                out.append(raw)
+    return out
+
+
+def _has_tool_blocks(req: ir.Request) -> bool:
+    for m in req.messages:
+        for p in m.content:
+            if type(p) is ir.ToolCall or type(p) is ir.ToolResult:
+                return True
+    return False
+
+
+def _render_request(req: ir.Request, max_tokens_default, ctx: c.RenderCtx) -> dict:
+    messages: list[dict] = []
+    for i, m in enumerate(req.messages):
+        if m.role == ir.SYSTEM:
+            continue
+        where = f"messages[{i}]"
+        ctx.foreign(m.extras, f"{where}.")
+        blocks = _blocks(m.content, ctx, f"{where}.content")
+        if messages and messages[-1]["role"] == m.role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": m.role, "content": blocks})
+    for msg in messages:
+        blocks = msg["content"]
+        if msg["role"] == ir.USER:
+            n = sum(1 for b in blocks if "toolResult" in b)
+            if n and any("toolResult" not in b for b in blocks[:n]):
+                msg["content"] = [b for b in blocks if "toolResult" in b] + [b for b in blocks if "toolResult" not in b]
+    body: dict = {"messages": messages}
+    system = []
+    for j, p in enumerate(c.system_texts(req, ctx)):
+        ctx.foreign(p.extras, f"system[{j}].")
+        system.append({"text": p.text})
+        cp = c.note(p.extras, P, "$cachePoint")
+        if cp is not None:
+            system.append({"cachePoint": cp})
+    guard = c.note(req.extras, P, "system")
+    if guard:
+        system.extend(guard)
+    if system:
+        body["system"] = system
+    ic: dict = {}
+    max_tokens = req.max_tokens if req.max_tokens is not None else max_tokens_default
+    if max_tokens is not None:
+        ic["maxTokens"] = max_tokens
+    if req.temperature is not None:
+        if req.temperature > 1:
+            ctx.unsupported("temperature", "Bedrock accepts 0..1")
+        else:
+            ic["temperature"] = req.temperature
+    if req.top_p is not None:
+        ic["topP"] = req.top_p
+    if req.stop is not None:
+        ic["stopSequences"] = req.stop
+    if ic:
+        body["inferenceConfig"] = ic
+    for name in ("seed", "frequency_penalty", "presence_penalty"):
+        if getattr(req, name) is not None:
+            ctx.unsupported(name)
+    tc = req.tool_choice
+    if req.tools and not (tc is not None and tc.mode == "none" and not _has_tool_blocks(req)):
+        tools = []
+        for i, t in enumerate(req.tools):
+            if type(t) is ir.Opaque:
+                raw = ctx.opaque(t, f"tools[{i}].")
+                if raw is not None:
+                    tools.append(raw)
+                continue
+            ctx.foreign(t.extras, f"tools[{i}].")
+            spec: dict = {"name": t.name}
+            if t.description:
+                spec["description"] = t.description
+            spec["inputSchema"] = {"json": t.parameters if t.parameters is not None
+                                   else {"type": "object", "properties": {}}}
+            if t.strict is not None:
+                spec["strict"] = t.strict
+            tools.append({"toolSpec": c.splice(spec, t.extras, P)})
+        tool_config: dict = {"tools": tools}
+        if tc is not None:
+            if tc.mode == "auto":
+                tool_config["toolChoice"] = {"auto": {}}
+            elif tc.mode == "required":
+                tool_config["toolChoice"] = {"any": {}}
+            elif tc.mode == "tool":
+                tool_config["toolChoice"] = {"tool": {"name": tc.name}}
+            else:
+                ctx.unsupported("tool_choice", "Bedrock has no tool choice 'none' once tools are in the conversation")
+        body["toolConfig"] = tool_config
+    if req.parallel_tool_calls is False:
+        ctx.unsupported("parallel_tool_calls", "Bedrock cannot disable parallel tool use")
+    amrf: dict = dict(c.note(req.extras, P, "additionalModelRequestFields") or {})
+    if req.top_k is not None:
+        amrf["top_k"] = req.top_k
+    oc: dict = {}
+    cfg = req.reasoning
+    if cfg is not None:
+        if cfg.budget_tokens is not None or cfg.enabled is not None:
+            if c.reasoning_off(cfg):
+                amrf["thinking"] = {"type": "disabled"}
+            elif cfg.budget_tokens is not None:
+                amrf["thinking"] = {"type": "enabled", "budget_tokens": cfg.budget_tokens}
+            elif cfg.effort is None:
+                ctx.hint("reasoning", "thinking enabled without a budget or effort")
+        if cfg.effort is not None and cfg.effort != "none":
+            oc["effort"] = cfg.effort
+    if amrf:
+        body["additionalModelRequestFields"] = amrf
+    rf = req.response_format
+    if rf is not None:
+        if rf.type == "json_schema":
+            js: dict = {"schema": orjson.dumps(rf.schema or {}).decode()}
+            if rf.name is not None:
+                js["name"] = rf.name
+            if rf.description is not None:
+                js["description"] = rf.description
+            oc["textFormat"] = {"type": "json_schema", "structure": {"jsonSchema": js}}
+        elif rf.type == "json_object":
+            ctx.unsupported("response_format", "Bedrock structured output needs a JSON schema")
+    if oc:
+        body["outputConfig"] = oc
+    if req.metadata:
+        if all(isinstance(v, str) for v in req.metadata.values()):
+            body["requestMetadata"] = req.metadata
+        else:
+            ctx.hint("metadata", "Bedrock request metadata values must be strings")
+    if req.user is not None:
+        ctx.hint("user", "Bedrock has no end-user field")
+    ctx.foreign(req.extras, "")
+    return c.splice(body, req.extras, P)
+
+
+# ---------------------------------------------------------------------------
+# responses
+
+
+def _parse_response(obj: dict) -> ir.Response:
+    msg = (obj.get("output") or {}).get("message") or {}
+    content = [_block(b) for b in msg.get("content") or ()]
+    raw = obj.get("stopReason")
+    stop = c.infer_stop(content, STOP_IN.get(raw, SR.END_TURN))
+    extras = c.extras_of(obj, _RESPONSE_KEYS, P)
+    if raw is not None and raw != STOP_OUT[stop]:
+        extras = c.with_note(extras, P, "$stop", raw)
+    amrf = obj.get("additionalModelResponseFields")
+    stop_seq = None
+    if isinstance(amrf, dict):
+        stop_seq = (amrf.get("delta") or {}).get("stop_sequence")
+        extras = c.with_note(extras, P, "$amrf", amrf)
+    if obj.get("metrics") is not None:
+        extras = c.with_note(extras, P, "$metrics", obj["metrics"])
+    u = obj.get("usage") or {}
+    read = u.get("cacheReadInputTokens") or 0
+    write = u.get("cacheWriteInputTokens") or 0
+    usage = ir.Usage((u.get("inputTokens") or 0) + read + write, u.get("outputTokens") or 0,
+                     read, write, 0, u.get("totalTokens"))
+    u_rest = {k: v for k, v in u.items() if k not in _USAGE_KEYS}
+    if u_rest:
+        extras = c.with_note(extras, P, "$usage", u_rest)
+    return ir.Response("", "", content, stop, stop_seq, usage, extras)
+
+
+def render_usage(u: ir.Usage) -> dict:
+    out = {"inputTokens": max(0, u.input_tokens - u.cached_tokens - u.cache_creation_tokens),
+           "outputTokens": u.output_tokens, "totalTokens": u.total}
+    if u.cached_tokens:
+        out["cacheReadInputTokens"] = u.cached_tokens
+    if u.cache_creation_tokens:
+        out["cacheWriteInputTokens"] = u.cache_creation_tokens
+    return out
+
+
+def _render_response(resp: ir.Response, model: str) -> dict:
+    blocks = []
+    for p in resp.content:
+        t = type(p)
+        if t is ir.Text or t is ir.Refusal:
+            blocks.append({"text": p.text})
+        elif t is ir.ToolCall:
+            blocks.append({"toolUse": c.splice({"toolUseId": p.id, "name": p.name, "input": p.arguments},
+                                               p.extras, P)})
+        elif t is ir.Reasoning:
+            rt: dict = {"text": p.text}
+            sig = c.sig_out(p, P)
+            if sig is not None:
+                rt["signature"] = sig
+            blocks.append({"reasoningContent": {"reasoningText": rt}})
+        elif t is ir.RedactedReasoning:
+            blocks.append({"reasoningContent": {"redactedContent": c.sig_out(p, P)}})
+        elif t is ir.Opaque and p.protocol == P:
+            blocks.append(p.raw)
+    stop = c.note(resp.extras, P, "$stop")
+    if stop is None or STOP_IN.get(stop) is not resp.stop_reason:
+        stop = STOP_OUT[resp.stop_reason]
+    usage = render_usage(resp.usage)
+    extra_usage = c.note(resp.extras, P, "$usage")
+    if extra_usage:
+        usage.update(extra_usage)
+    body: dict = {"output": {"message": {"role": "assistant", "content": blocks}}, "stopReason": stop,
+                  "usage": usage, "metrics": c.note(resp.extras, P, "$metrics") or {"latencyMs": 0}}
+    amrf = c.note(resp.extras, P, "$amrf")
+    if amrf is not None:
+        body["additionalModelResponseFields"] = amrf
+    elif resp.stop_sequence is not None:
+        body["additionalModelResponseFields"] = {"delta": {"stop_sequence": resp.stop_sequence}}
+    return c.splice(body, resp.extras, P)
+
+
+dialect = BedrockDialect()
