@@ -144,7 +144,8 @@ class Gateway:
         self.client_keys = frozenset(auth.get("keys", ())) or None
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
         self.pool_policies = {name: pool.get("unsupported", "reject") for name, pool in config.pools.items()}
-        self.recent: deque[dict] = deque(maxlen=recent)
+        # finished requests, newest last; turned into dicts only when asked
+        self.recent_records: deque[RequestRecord] = deque(maxlen=recent)
         self.in_flight = 0
         self.listeners: list = []     # callables(record) notified when a request finishes
         self._ids = itertools.count(1)
@@ -222,11 +223,14 @@ class Gateway:
             record.ms = (time.perf_counter() - t0) * 1000
             self._finish(record)
 
+    @property
+    def recent(self) -> list[dict]:
+        return [record.as_dict() for record in self.recent_records]
+
     def _finish(self, record: RequestRecord) -> None:
-        entry = record.as_dict()
-        self.recent.append(entry)
+        self.recent_records.append(record)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(orjson.dumps(entry).decode())
+            access_log.info(orjson.dumps(record.as_dict()).decode())
         for listener in self.listeners:
             try:
                 listener(record)

@@ -50,25 +50,43 @@ class HttpRequest:
     headers: Headers     # lower-case names, as h11 normalises them
     body: bytes
     client: str = ""
+    keep_alive: bool = True
+
+
+def response_head(status: int, headers: Headers, close: bool = False) -> bytes:
+    """Serialise a status line and headers.  Header values come from our own
+    code or from upstream headers that a parser already split on CRLF, so
+    they cannot smuggle a line break."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"server: busbar\r\n")
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class Responder:
-    __slots__ = ("_conn", "_stream", "_started", "_finished", "_pending", "_gone")
+    """Writes one response.  h11 parses requests; responses are serialised
+    here directly (a fixed, simple format: content-length or chunked), which
+    halves the per-request HTTP cost (docs/adr/0002-http-stack.md)."""
 
-    def __init__(self, conn: h11.Connection, stream: trio.abc.Stream):
-        self._conn = conn
+    __slots__ = ("_stream", "_started", "_finished", "_pending", "_gone", "_close")
+
+    def __init__(self, stream: trio.abc.Stream, close: bool = False):
         self._stream = stream
         self._started = False
         self._finished = False
         self._pending = b""      # bytes a disconnect watcher read ahead (pipelining)
         self._gone = False
+        self._close = close      # the client asked to close after this response
 
     @property
     def started(self) -> bool:
         return self._started
 
-    async def _send(self, *events) -> None:
-        data = b"".join(self._conn.send(e) for e in events)
+    async def _write(self, data: bytes) -> None:
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -78,22 +96,21 @@ class Responder:
     async def send(self, status: int, headers: Headers, body: bytes) -> None:
         """A complete buffered response."""
         self._started = self._finished = True
-        headers = headers + [(b"content-length", str(len(body)).encode()), SERVER_HEADER]
-        await self._send(h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")), h11.Data(data=body), h11.EndOfMessage())
+        head = response_head(status, headers + [(b"content-length", b"%d" % len(body))], self._close)
+        await self._write(head + body)
 
     async def start(self, status: int, headers: Headers) -> None:
         """Begin a streamed (chunked) response."""
         self._started = True
-        await self._send(h11.Response(status_code=status, headers=headers + [SERVER_HEADER],
-                                      reason=_REASONS.get(status, b"")))
+        await self._write(response_head(status, headers + [(b"transfer-encoding", b"chunked")], self._close))
 
     async def write(self, data: bytes) -> None:
         if data:
-            await self._send(h11.Data(data=data))
+            await self._write(b"%x\r\n" % len(data) + data + b"\r\n")
 
     async def end(self) -> None:
         self._finished = True
-        await self._send(h11.EndOfMessage())
+        await self._write(b"0\r\n\r\n")
 
     async def watch_disconnect(self, cancel_scope: trio.CancelScope) -> None:
         """Read from the socket until EOF and then cancel `cancel_scope`.
@@ -166,9 +183,11 @@ class HttpServer:
                 await stream.aclose()
 
     async def _serve_connection(self, stream: trio.SocketStream, client: str) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         pending = b""
-        while self.accepting or conn.our_state is not h11.IDLE:
+        while self.accepting:
+            # a fresh parser per request: responses bypass h11, so its
+            # server-side state never reaches DONE; leftover bytes carry over
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
             request: HttpRequest | None = None
             try:
                 # An idle keep-alive connection may wait `keepalive_timeout`
@@ -180,24 +199,25 @@ class HttpServer:
                 if scope.cancelled_caught:
                     raise trio.TooSlowError
             except trio.TooSlowError:
-                if conn.their_state is h11.IDLE and conn.our_state is h11.IDLE and not pending:
+                if conn.their_state is h11.IDLE and not pending and not conn.trailing_data[0]:
                     return  # idle keep-alive connection: close quietly
-                await self._send_error(conn, stream, request, 408, "Timed out reading the request.")
+                await self._send_error(stream, None, 408, "Timed out reading the request.")
                 return
             except _BodyTooLarge as exc:
-                await self._send_error(conn, stream, exc.request, 413,
+                await self._send_error(stream, exc.request, 413,
                                        f"Request body exceeds the {self.max_body_bytes} byte limit.")
                 return
             except h11.RemoteProtocolError as exc:
-                if conn.their_state is h11.IDLE and not pending and "EOF" in str(exc):
+                if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                     return
-                await self._send_error(conn, stream, None, exc.error_status_hint, f"Malformed HTTP request: {exc}")
+                await self._send_error(stream, None, exc.error_status_hint, f"Malformed HTTP request: {exc}")
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if request is None:
                 return  # clean EOF between requests
-            responder = Responder(conn, stream)
+            close = not request.keep_alive or not self.accepting
+            responder = Responder(stream, close)
             self.active_requests += 1
             try:
                 await self.handler(request, responder)
@@ -205,17 +225,9 @@ class HttpServer:
                 return
             finally:
                 self.active_requests -= 1
-            if responder._gone or conn.our_state is not h11.DONE:
+            if responder._gone or not responder._finished or close:
                 return
-            pending = responder._pending
-            if conn.their_state is not h11.DONE:
-                return
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
-            if not self.accepting:
-                return
+            pending = conn.trailing_data[0] + responder._pending
 
     async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream, pending: bytes, client: str,
                             scope: trio.CancelScope) -> tuple[HttpRequest | None, bytes]:
@@ -236,6 +248,7 @@ class HttpServer:
                 target = event.target
                 path, _, query = target.partition(b"?")
                 head = HttpRequest(event.method, path, query, event.headers, b"", client)
+                head.keep_alive = _keep_alive(event)
                 for name, value in event.headers:
                     if name == b"content-length" and int(value) > self.max_body_bytes:
                         raise _BodyTooLarge(head)
@@ -254,18 +267,24 @@ class HttpServer:
             if event is h11.PAUSED:
                 return None, b""
 
-    async def _send_error(self, conn, stream, request, status, message) -> None:
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
+    async def _send_error(self, stream, request, status, message) -> None:
         status, headers, body = self.on_error(request, status, message)
-        headers = headers + [(b"content-length", str(len(body)).encode()), (b"connection", b"close"), SERVER_HEADER]
+        data = response_head(status, headers + [(b"content-length", b"%d" % len(body))], close=True) + body
         try:
-            data = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))) + conn.send(h11.Data(data=body)) \
-                + conn.send(h11.EndOfMessage())
             with trio.move_on_after(5):
                 await stream.send_all(data)
-        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+def _keep_alive(event: h11.Request) -> bool:
+    connection = b""
+    for name, value in event.headers:
+        if name == b"connection":
+            connection += value.lower()
+    if event.http_version == b"1.0":
+        return b"keep-alive" in connection
+    return b"close" not in connection
 
 
 class _BodyTooLarge(Exception):

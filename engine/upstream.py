@@ -1,8 +1,9 @@
-"""Upstream HTTP client: pooled keep-alive h11 connections on trio.
+"""Upstream HTTP client: pooled keep-alive HTTP/1.1 connections on trio.
 
 Why not httpx's AsyncClient on the hot path: measured here, a minimal proxy
-caps at ~1,350 RPS through httpx/httpcore on trio and ~7,000 with h11 on
-both ends (docs/adr/0002-http-stack.md).  This module is that lean client:
+caps at ~1,350 RPS through httpx/httpcore on trio and ~6,000 with h11 on
+both ends (docs/adr/0002-http-stack.md).  This module is that lean client,
+framing HTTP/1.1 with the I/O-free `engine.http11`:
 one `ConnectionPool` per upstream origin, idle connections reused LIFO,
 responses streamed as they arrive, every task owned by the caller (no
 background reader tasks: bytes are read only when the caller asks).
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
-import h11
 import trio
+
+from engine.http11 import BodyDecoder, ProtocolError, parse_head, serialize_request
 
 Headers = list[tuple[bytes, bytes]]
 READ_SIZE = 65536
@@ -58,28 +60,30 @@ class Origin:
 
 
 class _Connection:
-    __slots__ = ("stream", "h11", "reused")
+    __slots__ = ("stream", "reused")
 
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT)
         self.reused = False
 
 
 class UpstreamResponse:
     """Status and headers of an upstream answer; the body is read on demand
     with `aiter_bytes()` / `read()`.  Always `aclose()` it (the gateway does so
-    in a finally): a fully read response returns its connection to the pool,
-    anything else closes it."""
+    in a finally): a fully read keep-alive response returns its connection to
+    the pool, anything else closes it."""
 
-    __slots__ = ("status", "headers", "_pool", "_conn", "_done")
+    __slots__ = ("status", "headers", "_pool", "_conn", "_body", "_keep_alive", "_first")
 
-    def __init__(self, status: int, headers: Headers, pool: "ConnectionPool", conn: _Connection):
+    def __init__(self, status: int, headers: Headers, pool: "ConnectionPool", conn: _Connection,
+                 body: BodyDecoder, keep_alive: bool, first: bytes):
         self.status = status
         self.headers = headers
         self._pool = pool
         self._conn = conn
-        self._done = False
+        self._body = body
+        self._keep_alive = keep_alive
+        self._first = first           # body bytes that arrived with the head
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -88,29 +92,24 @@ class UpstreamResponse:
         return None
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        if conn is None:
-            return
-        while True:
-            try:
-                event = conn.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise UpstreamError(f"malformed upstream response: {exc}", before_response=False) from None
-            if event is h11.NEED_DATA:
+        body = self._body
+        try:
+            if self._first:
+                first, self._first = self._first, b""
+                for piece in body.feed(first):
+                    yield piece
+            while not body.done:
                 try:
-                    data = await conn.stream.receive_some(READ_SIZE)
+                    data = await self._conn.stream.receive_some(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     raise UpstreamError(f"upstream connection lost: {exc}", before_response=False) from None
-                conn.h11.receive_data(data)
-                continue
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-                continue
-            if isinstance(event, h11.EndOfMessage):
-                self._done = True
-                return
-            if isinstance(event, h11.ConnectionClosed):
-                raise UpstreamError("upstream closed the connection mid-response", before_response=False)
+                if not data:
+                    body.eof()
+                    return
+                for piece in body.feed(data):
+                    yield piece
+        except ProtocolError as exc:
+            raise UpstreamError(f"malformed upstream response: {exc}", before_response=False) from None
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         parts = []
@@ -126,14 +125,10 @@ class UpstreamResponse:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._done and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-            try:
-                conn.h11.start_next_cycle()
-                self._pool._release(conn)
-                return
-            except h11.LocalProtocolError:
-                pass
-        await self._pool._discard(conn)
+        if self._body.done and self._keep_alive and not self._body.leftover and self._body.framing != "close":
+            self._pool._release(conn)
+        else:
+            await self._pool._discard(conn)
 
 
 class ConnectionPool:
@@ -209,33 +204,29 @@ class ConnectionPool:
             raise
 
     async def _exchange(self, conn: _Connection, method, target, headers, body, response_timeout) -> UpstreamResponse:
-        h = conn.h11
-        all_headers = [(b"host", self.origin.host_header), (b"content-length", str(len(body)).encode())]
-        all_headers.extend(headers)
-        data = h.send(h11.Request(method=method, target=target, headers=all_headers)) + h.send(h11.Data(data=body)) \
-            + h.send(h11.EndOfMessage())
-        received_any = False
+        data = serialize_request(method, target, self.origin.host_header, headers, body)
+        buf = b""
         try:
             await conn.stream.send_all(data)
             with trio.fail_after(response_timeout):
                 while True:
-                    event = h.next_event()
-                    if event is h11.NEED_DATA:
-                        chunk = await conn.stream.receive_some(READ_SIZE)
-                        if chunk:
-                            received_any = True
-                        h.receive_data(chunk)
+                    chunk = await conn.stream.receive_some(READ_SIZE)
+                    if not chunk:
+                        raise ProtocolError("connection closed before a response")
+                    buf += chunk
+                    parsed = parse_head(buf, method)
+                    if parsed is None:
                         continue
-                    if isinstance(event, h11.InformationalResponse):
+                    head, used = parsed
+                    if head.status < 200:        # 100 Continue and friends: skip
+                        buf = buf[used:]
                         continue
-                    if isinstance(event, h11.Response):
-                        return UpstreamResponse(event.status_code, event.headers, self, conn)
-                    if isinstance(event, h11.ConnectionClosed):
-                        raise h11.RemoteProtocolError("connection closed")
+                    return UpstreamResponse(head.status, head.headers, self, conn, BodyDecoder(head),
+                                            head.keep_alive, buf[used:])
         except trio.TooSlowError:
             raise UpstreamError("upstream did not answer in time", timeout=True) from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.RemoteProtocolError) as exc:
-            if conn.reused and not received_any:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as exc:
+            if conn.reused and not buf:
                 raise _StaleConnection() from None
             raise UpstreamError(f"upstream connection failed: {exc}") from None
 

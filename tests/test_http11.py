@@ -1,0 +1,104 @@
+"""The upstream HTTP/1.1 framing agrees with h11 on random responses split
+at random points, and rejects garbage."""
+from __future__ import annotations
+
+import h11
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from engine.http11 import BodyDecoder, ProtocolError, parse_head, serialize_request
+
+header_names = st.sampled_from([b"content-type", b"x-request-id", b"retry-after", b"cache-control", b"x-a"])
+header_values = st.binary(min_size=0, max_size=20).map(lambda b: bytes(c for c in b if 0x21 <= c <= 0x7e))
+
+
+@st.composite
+def responses(draw):
+    status = draw(st.sampled_from([200, 201, 400, 401, 404, 429, 500, 503, 529]))
+    headers = draw(st.lists(st.tuples(header_names, header_values), max_size=4))
+    body = draw(st.binary(max_size=300))
+    chunked = draw(st.booleans())
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+    conn.next_event(), conn.next_event()
+    framing = [(b"transfer-encoding", b"chunked")] if chunked else [(b"content-length", str(len(body)).encode())]
+    wire = conn.send(h11.Response(status_code=status, headers=headers + framing))
+    if chunked:
+        pieces = draw(st.lists(st.integers(1, 50), max_size=8))
+        pos = 0
+        for size in pieces:
+            if body[pos:pos + size]:
+                wire += conn.send(h11.Data(data=body[pos:pos + size]))
+            pos += size
+        if body[pos:]:
+            wire += conn.send(h11.Data(data=body[pos:]))
+    elif body:
+        wire += conn.send(h11.Data(data=body))
+    wire += conn.send(h11.EndOfMessage())
+    return status, [(k.lower(), v) for k, v in headers], body, wire
+
+
+@settings(max_examples=300, deadline=None)
+@given(responses(), st.data())
+def test_parser_agrees_with_h11_under_any_split(response, data):
+    status, headers, body, wire = response
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    pieces = [wire[a:b] for a, b in zip([0] + cuts, cuts + [len(wire)])]
+    buf = b""
+    head = decoder = None
+    out = b""
+    for piece in pieces:
+        if decoder is None:
+            buf += piece
+            parsed = parse_head(buf)
+            if parsed is None:
+                continue
+            head, used = parsed
+            decoder = BodyDecoder(head)
+            out += b"".join(decoder.feed(buf[used:]))
+        else:
+            out += b"".join(decoder.feed(piece))
+    assert head.status == status
+    assert [h for h in head.headers if h[0] not in (b"content-length", b"transfer-encoding")] == headers
+    assert decoder.done and out == body and decoder.leftover == b""
+
+
+@pytest.mark.parametrize("wire", [
+    b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+    b"HTTX/1.1 200 OK\r\n\r\n",
+    b"HTTP/1.1 20 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 12x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+])
+def test_garbage_heads_rejected(wire):
+    with pytest.raises(ProtocolError):
+        parse_head(wire)
+
+
+def test_bad_chunk_and_truncation():
+    head, used = parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    with pytest.raises(ProtocolError):
+        BodyDecoder(head).feed(b"zz\r\n")
+    decoder = BodyDecoder(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")[0])
+    decoder.feed(b"12345")
+    with pytest.raises(ProtocolError):
+        decoder.eof()
+
+
+def test_close_framing_and_keep_alive():
+    head, _ = parse_head(b"HTTP/1.0 200 OK\r\n\r\n")
+    assert head.framing == "close" and not head.keep_alive
+    head, _ = parse_head(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+    assert not head.keep_alive and head.framing == "length"
+
+
+def test_serialized_request_is_valid_http():
+    wire = serialize_request(b"POST", b"/v1/chat/completions", b"api.x:8080", [(b"content-type", b"application/json")],
+                             b'{"a":1}')
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(wire)
+    request = conn.next_event()
+    assert request.target == b"/v1/chat/completions" and (b"host", b"api.x:8080") in request.headers
+    assert conn.next_event().data == b'{"a":1}'
+    with pytest.raises(ValueError):
+        serialize_request(b"POST", b"/", b"h", [(b"x", b"a\r\nevil: 1")], b"")
