@@ -31,6 +31,7 @@ from engine import lifecycle
 from engine.config import Config
 from engine.faults import ClientError, Fault, FaultClass
 from engine.protocols import get_dialect
+from engine.protocols.routes import match_route
 from engine.protocols.base import JSON_CT, Headers, header, load_json_object
 from engine.protocols.sse import (PROBES, SSEError, SSESplitter, stream_error_event, stream_error_status,
                                   valid_json_event)
@@ -41,33 +42,8 @@ from engine.upstream import Origin, UpstreamClient, UpstreamError
 log = logging.getLogger("busbar.gateway")
 access_log = logging.getLogger("busbar.access")
 
-_EXACT_ROUTES = {
-    b"/v1/chat/completions": "openai",
-    b"/chat/completions": "openai",
-    b"/v1/responses": "responses",
-    b"/v1/messages": "anthropic",
-    b"/v2/chat": "cohere",
-}
-_GEMINI_ROUTE = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^/:]+(?:/[^/:]+)*):(?P<action>generateContent|streamGenerateContent)$")
-_BEDROCK_ROUTE = re.compile(r"^/model/(?P<model>.+)/(?P<action>converse|converse-stream)$")
 MAX_UPSTREAM_ERROR_BODY = 1024 * 1024
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
-
-
-def match_route(path: bytes) -> tuple[str, dict] | None:
-    protocol = _EXACT_ROUTES.get(path)
-    if protocol is not None:
-        return protocol, {}
-    text = path.decode("latin-1")
-    if text.startswith("/model/"):
-        m = _BEDROCK_ROUTE.match(text)
-        if m:
-            from urllib.parse import unquote
-            return "bedrock", {"model": unquote(m["model"]), "action": m["action"]}
-    m = _GEMINI_ROUTE.match(text)
-    if m:
-        return "gemini", {"model": m["model"], "action": m["action"]}
-    return None
 
 
 def guess_protocol(path: bytes) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import trio
 
+from engine.faults import ClientError
 from engine.server import AbortConnection, HttpRequest, HttpServer, Responder
 from engine.mock import vendors
 
@@ -44,6 +45,7 @@ class MockVendor:
     record: bool = True
     max_records: int = 1000
     port: int = 0
+    aws_credentials: dict[str, str] | None = None   # Bedrock: access key id -> secret; SigV4 is verified
 
     # ---- scripting -------------------------------------------------------
     def fail_next(self, *faults: dict) -> None:
@@ -87,7 +89,7 @@ class MockVendor:
         path = request.path.decode("latin-1")
         if path.startswith("/_mock/"):
             return await self._control(path, request, responder)
-        endpoint = vendors.match(path)
+        endpoint = vendors.match_route(request.path)
         if endpoint is None:
             return await responder.send(404, [(b"content-type", b"application/json")],
                                         orjson.dumps({"error": {"message": f"mock: no route {path}"}}))
@@ -99,6 +101,8 @@ class MockVendor:
             status, headers, body = vendor.error("invalid", "Malformed JSON body")
             return await responder.send(status, headers, body)
         key = vendor.key(request)
+        if protocol == "bedrock" and key is None:
+            key = _aws_access_key(request)
         model = params.get("model") or obj.get("model") or "unknown"
         stream = vendor.is_stream(params, obj, request)
         if self.record:
@@ -124,7 +128,11 @@ class MockVendor:
             if fault.get("retry_after") is not None:
                 headers = headers + [(b"retry-after", str(fault["retry_after"]).encode())]
             return await responder.send(status, headers, body)
-        text = self.reply if self.reply is not None else vendors.last_user_text(protocol, obj) or "Hello from Busbar's mock."
+        if protocol == "bedrock" and self.aws_credentials:
+            denied = self._check_signature(request, vendor)
+            if denied is not None:
+                return await responder.send(*denied)
+        text = self.reply if self.reply is not None else vendor.last_user_text(obj, params) or "Hello from Busbar's mock."
         usage_in = max(1, len(request.body) // 4)
         if not stream:
             status, headers, body = vendor.render_reply(model, text, usage_in, obj)
@@ -147,6 +155,17 @@ class MockVendor:
             if self.chunk_delay and i < len(frames) - 1:
                 await trio.sleep(self.chunk_delay)
         await responder.end()
+
+    def _check_signature(self, request: HttpRequest, vendor):
+        """Verify the SigV4 signature a Bedrock client (the gateway) sent, so a
+        signing bug fails the test instead of passing silently."""
+        from engine.aws.sigv4 import SignatureError, verify
+        try:
+            verify(request.method.decode(), request.path.decode("latin-1"), request.query.decode("latin-1"),
+                   request.headers, request.body, lookup_secret=self.aws_credentials.get)
+        except SignatureError as exc:
+            return vendor.dialect.render_error(ClientError(exc.status, exc.message, "permission", code=exc.code))
+        return None
 
     async def _control(self, path: str, request: HttpRequest, responder: Responder) -> None:
         json = [(b"content-type", b"application/json")]
@@ -176,3 +195,10 @@ def _split(text: str, chunks: int | None) -> list[str]:
     while len(pieces) < chunks:
         pieces.append("")
     return pieces
+
+
+def _aws_access_key(request: HttpRequest) -> str | None:
+    for name, value in request.headers:
+        if name == b"authorization" and b"Credential=" in value:
+            return value.split(b"Credential=", 1)[1].split(b"/", 1)[0].decode("latin-1")
+    return None

@@ -1,18 +1,18 @@
-"""Each simulated vendor's wire details: routes, auth, replies, streams and
-its real error bodies (strings from shared/reference/protocols.md)."""
+"""Each simulated vendor's wire: replies rendered by the protocol modules
+themselves (so the mock speaks exactly what the gateway's codecs define and
+the official SDKs accept), plus each vendor's real error bodies (statuses
+and strings from shared/reference/protocols.md)."""
 from __future__ import annotations
 
-import re
 import time
 import uuid
 
-import orjson
+from engine import ir
+from engine.faults import ClientError
+from engine.protocols import get_dialect
+from engine.protocols.routes import match_route  # noqa: F401  (re-exported for the mock server)
 
-JSON = [(b"content-type", b"application/json")]
 SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-
-_CLASS_STATUS = {"invalid": 400, "context": 400, "auth": 401, "billing": 429, "rate": 429,
-                 "overloaded": 529, "server": 500, "unavailable": 503}
 
 
 def class_for_status(status: int) -> str:
@@ -20,190 +20,148 @@ def class_for_status(status: int) -> str:
             503: "unavailable"}.get(status, "server" if status >= 500 else "invalid")
 
 
-def _header(request, name: bytes) -> str | None:
-    for key, value in request.headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+# fault class -> (status, ClientError kind, message, code) per vendor: what
+# that vendor really sends, so the gateway's classifiers are tested on it.
+_OPENAI_ERRORS = {
+    "invalid": (400, "invalid_request", "Invalid request.", None),
+    "context": (400, "invalid_request", "This model's maximum context length is 4097 tokens. However, your "
+                "messages resulted in 4294 tokens. Please reduce the length of the messages.", "context_length_exceeded"),
+    "auth": (401, "authentication", "Incorrect API key provided: sk-****. You can find your API key at "
+             "https://platform.openai.com/account/api-keys.", "invalid_api_key"),
+    "billing": (429, "billing", "You exceeded your current quota, please check your plan and billing details. For "
+                "more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                "insufficient_quota"),
+    "rate": (429, "rate_limit", "Rate limit reached for gpt-4o in organization org-mock on tokens per min (TPM): "
+             "Limit 30000, Used 14567, Requested 24754. Please try again in 18.642s.", "rate_limit_exceeded"),
+    "overloaded": (503, "overloaded", "The server is overloaded or not ready yet.", None),
+    "unavailable": (503, "overloaded", "The server is overloaded or not ready yet.", None),
+    "server": (500, "api_error", "The server had an error while processing your request. Sorry about that!", None),
+}
+VENDOR_ERRORS = {
+    "openai": _OPENAI_ERRORS,
+    "responses": _OPENAI_ERRORS,
+    "anthropic": {
+        "invalid": (400, "invalid_request", "messages: field required", None),
+        "context": (400, "invalid_request", "prompt is too long: 200251 tokens > 200000 maximum", None),
+        "auth": (401, "authentication", "invalid x-api-key", None),
+        "billing": (400, "invalid_request", "Your credit balance is too low to access the Anthropic API. Please go "
+                    "to Plans & Billing to upgrade or purchase credits.", None),
+        "rate": (429, "rate_limit", "This request would exceed the rate limit for your organization of 20,000 input "
+                 "tokens per minute.", None),
+        "overloaded": (529, "overloaded", "Overloaded", None),
+        "unavailable": (529, "overloaded", "Overloaded", None),
+        "server": (500, "api_error", "Internal server error", None),
+    },
+    "gemini": {
+        "invalid": (400, "invalid_request", "Invalid JSON payload received.", None),
+        "context": (400, "invalid_request", "The input token count (1200293) exceeds the maximum number of tokens "
+                    "allowed (1048576).", None),
+        "auth": (400, "invalid_request", "API key not valid. Please pass a valid API key.", "API_KEY_INVALID"),
+        "billing": (429, "rate_limit", "You exceeded your current quota, please check your plan and billing details. "
+                    "For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.", None),
+        "rate": (429, "rate_limit", "Resource has been exhausted (e.g. check quota).", None),
+        "overloaded": (503, "overloaded", "The model is overloaded. Please try again later.", None),
+        "unavailable": (503, "overloaded", "The model is overloaded. Please try again later.", None),
+        "server": (500, "api_error", "An internal error has occurred.", None),
+    },
+    "bedrock": {
+        "invalid": (400, "invalid_request", "Malformed input request, please reformat your input and try again.", None),
+        "context": (400, "invalid_request", "Input is too long for requested model.", None),
+        "auth": (403, "permission", "The security token included in the request is invalid.", "UnrecognizedClientException"),
+        "billing": (403, "permission", "You don't have access to the model with the specified model ID.", None),
+        "rate": (429, "rate_limit", "Too many tokens, please wait before trying again.", None),
+        "overloaded": (503, "overloaded", "The service is unavailable. Please try again later.", None),
+        "unavailable": (503, "overloaded", "The service is unavailable. Please try again later.", None),
+        "server": (500, "api_error", "The server encountered an internal error.", None),
+    },
+    "cohere": {
+        "invalid": (400, "invalid_request", "invalid request: message must not be empty", None),
+        "context": (400, "invalid_request", "too many tokens: total number of tokens (prompt and prediction) cannot "
+                    "exceed 2048 - received 6354. Try using a shorter prompt or a smaller max_tokens value.", None),
+        "auth": (401, "authentication", "invalid api token", None),
+        "billing": (402, "billing", "Your account has reached its billing limit.", None),
+        "rate": (429, "rate_limit", "You are using a Trial key, which is limited to 10 API calls / minute.", None),
+        "overloaded": (503, "overloaded", "service unavailable", None),
+        "unavailable": (503, "overloaded", "service unavailable", None),
+        "server": (500, "api_error", "internal server error", None),
+    },
+}
 
 
-def _bearer(request) -> str | None:
-    value = _header(request, b"authorization")
-    if value and value.lower().startswith("bearer "):
-        return value[7:]
-    return None
+class Vendor:
+    """One protocol as a simulated vendor serves it."""
 
+    def __init__(self, protocol: str):
+        self.protocol = protocol
+        self.dialect = get_dialect(protocol)
 
-def _text_of(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+    def key(self, request) -> str | None:
+        return self.dialect.inbound_key(request.headers, request.query)
 
+    def is_stream(self, params: dict, obj: dict, request) -> bool:
+        return self.dialect.inbound_stream(params, obj)
 
-class OpenAIVendor:
-    protocol = "openai"
-    _errors = {
-        "invalid": (400, "Invalid request.", "invalid_request_error", None, None),
-        "context": (400, "This model's maximum context length is 4097 tokens. However, your messages resulted in "
-                         "4294 tokens. Please reduce the length of the messages.",
-                    "invalid_request_error", "messages", "context_length_exceeded"),
-        "auth": (401, "Incorrect API key provided: sk-****. You can find your API key at "
-                      "https://platform.openai.com/account/api-keys.", "invalid_request_error", None, "invalid_api_key"),
-        "billing": (429, "You exceeded your current quota, please check your plan and billing details. For more "
-                         "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
-                    "insufficient_quota", None, "insufficient_quota"),
-        "rate": (429, "Rate limit reached for gpt-4o in organization org-mock on tokens per min (TPM): Limit 30000, "
-                      "Used 14567, Requested 24754. Please try again in 18.642s.", "tokens", None, "rate_limit_exceeded"),
-        "overloaded": (503, "The server is overloaded or not ready yet.", "server_error", None, None),
-        "unavailable": (503, "The server is overloaded or not ready yet.", "server_error", None, None),
-        "server": (500, "The server had an error while processing your request. Sorry about that!",
-                   "server_error", None, None),
-    }
+    def error(self, cls: str, message: str | None = None, status: int | None = None):
+        table = VENDOR_ERRORS[self.protocol]
+        default_status, kind, text, code = table.get(cls, table["invalid"])
+        status, headers, body = self.dialect.render_error(ClientError(status or default_status, message or text, kind,
+                                                                      code=code))
+        return status, headers, body
 
-    def key(self, request):
-        return _bearer(request)
+    def last_user_text(self, obj: dict, params: dict) -> str:
+        try:
+            request = self.dialect.parse_request(obj, params)
+        except Exception:
+            return ""
+        for message in reversed(request.messages):
+            if message.role == ir.USER:
+                text = "".join(p.text for p in message.content if isinstance(p, ir.Text))
+                if text:
+                    return text
+        return ""
 
-    def is_stream(self, params, obj, request):
-        return obj.get("stream") is True
+    def _response(self, model: str, text: str, usage_in: int) -> ir.Response:
+        return ir.Response(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, content=[ir.Text(text)],
+                           stop_reason=ir.StopReason.END_TURN,
+                           usage=ir.Usage(input_tokens=usage_in, output_tokens=max(1, len(text) // 4)))
 
-    def error(self, cls, message=None, status=None):
-        default_status, text, etype, param, code = self._errors.get(cls, self._errors["invalid"])
-        body = {"error": {"message": message or text, "type": etype, "param": param, "code": code}}
-        return status or default_status, JSON, orjson.dumps(body)
-
-    def render_reply(self, model, text, usage_in, obj):
-        out = max(1, len(text) // 4)
-        body = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": model, "system_fingerprint": "fp_mock",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                             "logprobs": None, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": usage_in, "completion_tokens": out, "total_tokens": usage_in + out}}
-        return 200, JSON, orjson.dumps(body)
-
-    def stream_headers(self):
-        return SSE
-
-    def render_stream(self, model, pieces, usage_in, obj, fault):
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-
-        def chunk(delta, finish=None, usage=None, choices=True):
-            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "system_fingerprint": "fp_mock",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []}
-            if usage is not None:
-                body["usage"] = usage
-            return b"data: " + orjson.dumps(body) + b"\n\n"
-
-        frames = []
-        if fault and fault.get("error_event"):
-            _, _, err = self.error(fault["error_event"])
-            return [b"data: " + err + b"\n\n"]
-        frames.append(chunk({"role": "assistant", "content": "", "refusal": None}))
-        for piece in pieces:
-            frames.append(chunk({"content": piece}))
-        frames.append(chunk({}, "stop"))
-        if (obj.get("stream_options") or {}).get("include_usage"):
-            out = max(1, sum(map(len, pieces)) // 4)
-            frames.append(chunk(None, usage={"prompt_tokens": usage_in, "completion_tokens": out,
-                                             "total_tokens": usage_in + out}, choices=False))
-        frames.append(b"data: [DONE]\n\n")
-        return frames
-
-    def garbage(self):
-        return b"data: {\"id\": \"chatcmpl-broken\", \"choices\": [{\"delta\": {\"content\": \n\n"
-
-
-class AnthropicVendor:
-    protocol = "anthropic"
-    _errors = {
-        "invalid": (400, "invalid_request_error", "messages: field required"),
-        "context": (400, "invalid_request_error", "prompt is too long: 200251 tokens > 200000 maximum"),
-        "auth": (401, "authentication_error", "invalid x-api-key"),
-        "billing": (400, "invalid_request_error", "Your credit balance is too low to access the Anthropic API. "
-                                                  "Please go to Plans & Billing to upgrade or purchase credits."),
-        "rate": (429, "rate_limit_error", "This request would exceed the rate limit for your organization of "
-                                          "20,000 input tokens per minute."),
-        "overloaded": (529, "overloaded_error", "Overloaded"),
-        "unavailable": (529, "overloaded_error", "Overloaded"),
-        "server": (500, "api_error", "Internal server error"),
-    }
-
-    def key(self, request):
-        return _header(request, b"x-api-key") or _bearer(request)
-
-    def is_stream(self, params, obj, request):
-        return obj.get("stream") is True
-
-    def error(self, cls, message=None, status=None):
-        default_status, etype, text = self._errors.get(cls, self._errors["invalid"])
-        body = {"type": "error", "error": {"type": etype, "message": message or text},
-                "request_id": f"req_{uuid.uuid4().hex[:24]}"}
-        return status or default_status, JSON, orjson.dumps(body)
-
-    def _usage(self, usage_in, out):
-        return {"input_tokens": usage_in, "output_tokens": out, "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0}
-
-    def render_reply(self, model, text, usage_in, obj):
-        out = max(1, len(text) // 4)
-        body = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": self._usage(usage_in, out)}
-        return 200, JSON, orjson.dumps(body)
+    def render_reply(self, model: str, text: str, usage_in: int, obj: dict):
+        body = self.dialect.render_response(self._response(model, text, usage_in), model)
+        return 200, [(b"content-type", b"application/json")], body
 
     def stream_headers(self):
-        return SSE
+        content_type = getattr(self.dialect, "stream_content_type", b"text/event-stream")
+        return [(b"content-type", content_type)]
 
-    def render_stream(self, model, pieces, usage_in, obj, fault):
-        def event(name, data):
-            return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    def stream_events(self, model: str, pieces: list[str], usage_in: int) -> list:
+        usage = ir.Usage(input_tokens=usage_in, output_tokens=max(1, sum(map(len, pieces)) // 4))
+        events = [ir.MessageStart(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, usage=ir.Usage(input_tokens=usage_in)),
+                  ir.BlockStart(0, ir.Text(""))]
+        events += [ir.TextDelta(0, piece) for piece in pieces if piece]
+        events += [ir.BlockStop(0), ir.UsageEvent(usage), ir.MessageStop(ir.StopReason.END_TURN)]
+        return events
 
+    def render_stream(self, model: str, pieces: list[str], usage_in: int, obj: dict, fault: dict | None) -> list[bytes]:
+        if not hasattr(self.dialect, "stream_encoder"):
+            from engine.mock._legacy_streams import STREAMS
+            error = self.error(fault["error_event"])[2] if fault and fault.get("error_event") else None
+            return STREAMS[self.protocol](model, pieces, usage_in, obj, error)
+        encoder = self.dialect.stream_encoder(model)
         if fault and fault.get("error_event"):
-            _, _, err = self.error(fault["error_event"])
-            return [event("error", orjson.loads(err))]
-        out = max(1, sum(map(len, pieces)) // 4)
-        frames = [event("message_start", {"type": "message_start", "message": {
-            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": None, "stop_sequence": None, "usage": self._usage(usage_in, 1)}}),
-            event("content_block_start", {"type": "content_block_start", "index": 0,
-                                          "content_block": {"type": "text", "text": ""}}),
-            event("ping", {"type": "ping"})]
-        for piece in pieces:
-            frames.append(event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                        "delta": {"type": "text_delta", "text": piece}}))
-        frames.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        frames.append(event("message_delta", {"type": "message_delta",
-                                              "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                              "usage": {"output_tokens": out}}))
-        frames.append(event("message_stop", {"type": "message_stop"}))
-        return frames
+            cls = fault["error_event"]
+            _, kind, text, _ = VENDOR_ERRORS[self.protocol].get(cls, VENDOR_ERRORS[self.protocol]["server"])
+            first = encoder.encode(self.stream_events(model, pieces, usage_in)[0]) if self.protocol in ("anthropic", "responses", "cohere") else b""
+            return [first + encoder.error(kind, text)] if first else [encoder.error(kind, text)]
+        frames = [encoder.encode(event) for event in self.stream_events(model, pieces, usage_in)]
+        tail = encoder.finish()
+        if tail:
+            frames.append(tail)
+        return [f for f in frames if f]
 
-    def garbage(self):
-        return b"event: content_block_delta\ndata: {\"type\": \"content_block_del\n\n"
+    def garbage(self) -> bytes:
+        if self.protocol == "bedrock":
+            return b"\x00\x00\x00\x30\x00\x00\x00\x10garbage-not-a-valid-eventstream-frame"
+        return b'data: {"choices": [{"delta": {"content": \n\n'
 
 
-VENDORS = {"openai": OpenAIVendor(), "anthropic": AnthropicVendor()}
-
-_ROUTES = [
-    (re.compile(r"^(?:/v1)?/chat/completions$"), "openai"),
-    (re.compile(r"^/v1/messages$"), "anthropic"),
-]
-
-
-def match(path: str) -> tuple[str, dict] | None:
-    for pattern, protocol in _ROUTES:
-        m = pattern.match(path)
-        if m and protocol in VENDORS:
-            return protocol, m.groupdict()
-    return None
-
-
-def last_user_text(protocol: str, obj: dict) -> str:
-    messages = obj.get("messages") or []
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return _text_of(message.get("content"))
-    return ""
+VENDORS = {name: Vendor(name) for name in ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")}

@@ -88,7 +88,11 @@ class BedrockDialect(Dialect):
         return params.get("action") == "converse-stream"
 
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
-        name = ERROR_TYPES.get(err.kind, "ValidationException")
+        # an AWS exception name given explicitly (e.g. by the SigV4 verifier) wins
+        if err.code and err.code.endswith("Exception"):
+            name = err.code
+        else:
+            name = ERROR_TYPES.get(err.kind, "ValidationException")
         headers = self.error_headers(err)
         headers.append((b"x-amzn-errortype", name.encode()))
         return err.status, headers, orjson.dumps({"message": err.message})
@@ -447,7 +451,8 @@ def _render_request(req: ir.Request, max_tokens_default, ctx: c.RenderCtx) -> di
     system = []
     for j, p in enumerate(c.system_texts(req, ctx)):
         ctx.foreign(p.extras, f"system[{j}].")
-        system.append({"text": p.text})
+        if p.text:      # Bedrock rejects blank system text
+            system.append({"text": p.text})
         cp = c.note(p.extras, P, "$cachePoint")
         if cp is not None:
             system.append({"cachePoint": cp})

@@ -1,0 +1,38 @@
+"""Which protocol a request path speaks: each vendor's own paths.
+
+Shared by the gateway (client-facing routes) and the simulated vendors
+(which serve the same paths a vendor's base_url leads to)."""
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+EXACT_ROUTES = {
+    b"/v1/chat/completions": "openai",
+    b"/chat/completions": "openai",
+    b"/v1/responses": "responses",
+    b"/responses": "responses",
+    b"/v1/messages": "anthropic",
+    b"/v2/chat": "cohere",
+}
+_GEMINI = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^/:]+(?:/[^/:]+)*):(?P<action>generateContent|streamGenerateContent)$")
+_BEDROCK = re.compile(r"^/model/(?P<model>.+)/(?P<action>converse|converse-stream)$")
+
+
+def match_route(path: bytes) -> tuple[str, dict] | None:
+    """(protocol, params) for a POST path, or None.  Gemini and Bedrock carry
+    the model (and whether to stream) in the path: params has `model` and
+    `action`."""
+    protocol = EXACT_ROUTES.get(path)
+    if protocol is not None:
+        return protocol, {}
+    text = path.decode("latin-1")
+    if text.startswith("/model/"):
+        m = _BEDROCK.match(text)
+        if m:
+            return "bedrock", {"model": unquote(m["model"]), "action": m["action"]}
+        return None
+    m = _GEMINI.match(text)
+    if m:
+        return "gemini", {"model": m["model"], "action": m["action"]}
+    return None
