@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -22,50 +23,7 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-def _error_renderer():
-    from engine.gateway import guess_protocol
-    from engine.faults import ClientError
-    from engine.protocols import get_dialect
-
-    kinds = {400: "invalid_request", 408: "timeout", 413: "request_too_large", 431: "request_too_large"}
-
-    def render(request, status, message):
-        protocol = guess_protocol(request.path) if request is not None else "openai"
-        return get_dialect(protocol).render_error(ClientError(status, message, kinds.get(status, "invalid_request")))
-
-    return render
-
-
-async def run_gateway(config, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED,
-                      drain_seconds: float = 30.0, handle_signals: bool = True) -> None:
-    """Serve `config` until SIGINT/SIGTERM; then stop accepting and let
-    in-flight requests finish for up to `drain_seconds`."""
-    from engine.gateway import Gateway
-    from engine.server import HttpServer
-
-    gateway = Gateway(config)
-    server_opts = config.server
-    server = HttpServer(gateway.handle, max_body_bytes=server_opts.get("max_body_bytes", 8 * 1024 * 1024),
-                        header_timeout=server_opts.get("header_timeout", 30.0),
-                        keepalive_timeout=server_opts.get("keepalive_timeout", 75.0),
-                        on_error=_error_renderer())
-    try:
-        async with trio.open_nursery() as nursery:
-            addrs = await nursery.start(server.serve, host, port)
-            task_status.started((gateway, server, addrs))
-            if not handle_signals:
-                return
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("received %s: draining (up to %.0fs)", signal.Signals(signum).name, drain_seconds)
-                    server.stop_accepting()
-                    with trio.move_on_after(drain_seconds):
-                        while gateway.in_flight:
-                            await trio.sleep(0.05)
-                    nursery.cancel_scope.cancel()
-                    break
-    finally:
-        await gateway.aclose()
+from engine.app import run_gateway  # noqa: E402  (re-exported: tests and tools start gateways with it)
 
 
 def cmd_serve(args) -> int:
@@ -79,7 +37,8 @@ def cmd_serve(args) -> int:
 
     async def main():
         async with trio.open_nursery() as nursery:
-            _, _, addrs = await nursery.start(run_gateway, config, host, port)
+            _, _, addrs, _ = await nursery.start(functools.partial(run_gateway, config_path=args.config),
+                                                 config, host, port)
             print(f"busbar: serving {config.source} on http://{host}:{addrs[0][1]}", file=sys.stderr, flush=True)
 
     trio.run(main)

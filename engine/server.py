@@ -17,6 +17,7 @@ Contract for handlers:
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -148,19 +149,27 @@ class HttpServer:
         # in the protocol the path implies; plain JSON when unknown
         self.on_error = on_error or _plain_error
         self.accepting = True
+        self._accept_scope: trio.CancelScope | None = None
         self.active_connections = 0
         self.active_requests = 0
-        self._idle = trio.Event()
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Accept and serve until cancelled.  `stop_accepting()` closes the
+        listening sockets while connections already open keep being served."""
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
-        async with trio.open_nursery() as nursery:
-            self._listener_scope = nursery.cancel_scope
-            await nursery.start(trio.serve_listeners, self._connection, listeners)
-            task_status.started([l.socket.getsockname() for l in listeners])
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                self._accept_scope = accepting.cancel_scope
+                await accepting.start(functools.partial(trio.serve_listeners, self._connection, listeners,
+                                                        handler_nursery=connections))
+                task_status.started([l.socket.getsockname() for l in listeners])
+            for listener in listeners:
+                await listener.aclose()
 
     def stop_accepting(self) -> None:
         self.accepting = False
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.active_connections += 1

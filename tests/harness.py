@@ -26,9 +26,14 @@ from engine.mock import MockVendor
 class Running:
     url: str
     port: int
-    gateway: object
+    app: object
     server: object
     vendors: dict[str, MockVendor]
+
+    @property
+    def gateway(self):
+        """The gateway currently serving (a reload swaps it)."""
+        return self.app.gateway
 
 
 def _fill(value, urls):
@@ -50,11 +55,11 @@ async def gateway_with(config: dict, **vendors: MockVendor):
             await nursery.start(vendor.serve, "127.0.0.1", 0)
         urls = {name: vendor.url for name, vendor in vendors.items()}
         parsed = parse_config(_fill(copy.deepcopy(config), urls), "test-config")
-        gateway, server, addrs = await nursery.start(
+        gateway, server, addrs, app = await nursery.start(
             functools.partial(run_gateway, handle_signals=False), parsed, "127.0.0.1", 0)
         port = addrs[0][1]
         try:
-            yield Running(f"http://127.0.0.1:{port}", port, gateway, server, vendors)
+            yield Running(f"http://127.0.0.1:{port}", port, app, server, vendors)
         finally:
             nursery.cancel_scope.cancel()
 

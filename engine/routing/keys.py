@@ -55,6 +55,12 @@ class Key:
     def __reduce__(self):
         raise TypeError("keys are not serialisable")
 
+    def adopt(self, old: "Key") -> None:
+        """Carry cool-downs and disables over a config reload (same provider,
+        index and secret)."""
+        self.disabled_until, self.disabled_reason = old.disabled_until, old.disabled_reason
+        self.cooling_until, self.streak, self.models, self.uses = old.cooling_until, old.streak, old.models, old.uses
+
     # ---- queries ---------------------------------------------------------
     def recovery(self, model: str) -> float:
         """When this key is usable for `model` (a past time: usable now)."""

@@ -45,7 +45,7 @@ class RouteConfigError(ValueError):
 class Target:
     """Runtime state of one upstream provider + model."""
 
-    __slots__ = ("provider", "model", "breaker", "in_flight", "ewma", "samples")
+    __slots__ = ("provider", "model", "breaker", "in_flight", "ewma", "samples", "drained")
 
     def __init__(self, provider: str, model: str):
         self.provider = provider
@@ -54,6 +54,12 @@ class Target:
         self.in_flight = 0
         self.ewma: float | None = None   # seconds to first byte
         self.samples = 0
+        self.drained = False             # operator drain: no new requests, in-flight ones finish
+
+    def adopt(self, old: "Target") -> None:
+        """Carry runtime state over a config reload (in-flight counts stay
+        with the old tables, whose requests decrement them)."""
+        self.breaker, self.ewma, self.samples, self.drained = old.breaker, old.ewma, old.samples, old.drained
 
     @property
     def key(self) -> tuple[str, str]:

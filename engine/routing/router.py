@@ -202,7 +202,7 @@ class Plan:
 
     def _usable(self, leaf: Member, now: float) -> bool:
         t = leaf.target
-        if t.key in self._tried or not self._capable(leaf):
+        if t.key in self._tried or t.drained or not self._capable(leaf):
             return False
         if any(a.member.target is t for a in self._outstanding.values()):
             return False   # a hedge goes elsewhere
@@ -425,6 +425,36 @@ class Router:
         pools = build_pools(config, pipelines, targets)
         return cls(providers, pools, pipelines, targets, rng)
 
+    # ---- operations --------------------------------------------------------
+    def adopt_state(self, old: "Router") -> None:
+        """After a config reload: keep breakers, latency, drains, cool-downs
+        and disabled keys of every upstream and key the new config still has."""
+        for key, target in self.targets.items():
+            if key in old.targets:
+                target.adopt(old.targets[key])
+        for name, provider in self.providers.items():
+            previous = old.providers.get(name)
+            if previous is None:
+                continue
+            old_keys = {k.id: k for k in previous.keys.keys}
+            for k in provider.keys.keys:
+                if k.id in old_keys:
+                    k.adopt(old_keys[k.id])
+
+    def set_drained(self, member_id: str, drained: bool) -> list[str]:
+        """Drain (or undrain) the upstream behind a member id (as listed by
+        `snapshot`), or `provider/model`.  Returns the member ids affected;
+        raises KeyError for an unknown id."""
+        targets = [leaf.target for node in self.pools.values() for leaf in node.leaves if leaf.id == member_id]
+        if not targets and member_id.partition("/")[::2] in self.targets:
+            provider, _, model = member_id.partition("/")
+            targets = [self.targets[(provider, model)]]
+        if not targets:
+            raise KeyError(member_id)
+        for target in targets:
+            target.drained = drained
+        return sorted({leaf.id for node in self.pools.values() for leaf in node.leaves if leaf.target in targets})
+
     # ---- routes ------------------------------------------------------------
     def pool_names(self) -> list[str]:
         return list(self.pools)
@@ -493,6 +523,7 @@ class Router:
                     "capabilities": sorted(child.capabilities) if child.capabilities is not None else None,
                     "breaker": t.breaker.snapshot(now, node.pipeline.breaker),
                     "in_flight": t.in_flight,
+                    "drained": t.drained,
                     "ewma_ttfb": round(t.ewma, 6) if t.ewma is not None else None,
                     "ttfb_samples": t.samples,
                 })

@@ -1,0 +1,115 @@
+"""The running gateway: the HTTP server, the current `Gateway`, and the
+operations around it — hot reload, member drain, graceful shutdown.
+
+A reload builds a new `Gateway` from the new config (validated first: a bad
+one is rejected and the old one keeps serving), hands it the routing state
+of the old one (breakers, cool-downs, disabled keys, drains) and the same
+upstream connection pools, and swaps it in.  Requests already in flight keep
+the `Gateway` they started with, so they finish on their own config.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from engine.config import Config, ConfigError, load_config, parse_config
+from engine.gateway import Gateway, guess_protocol
+from engine.server import HttpServer
+from engine.upstream import UpstreamClient
+
+log = logging.getLogger("busbar")
+
+
+class App:
+    def __init__(self, config: Config, *, config_path: str | None = None):
+        self.config_path = config_path
+        self.upstream = UpstreamClient()
+        self.gateway = Gateway(config, upstream=self.upstream)
+        self.gateway.app = self
+        opts = config.server
+        self.server = HttpServer(self.handle, max_body_bytes=opts.get("max_body_bytes", 8 * 1024 * 1024),
+                                 header_timeout=opts.get("header_timeout", 30.0),
+                                 keepalive_timeout=opts.get("keepalive_timeout", 75.0),
+                                 on_error=_render_server_error)
+        self.reloads = 0
+
+    async def handle(self, request, responder) -> None:
+        # read once: a reload mid-request must not switch this request's gateway
+        await self.gateway.handle(request, responder)
+
+    @property
+    def in_flight(self) -> int:
+        return self.server.active_requests
+
+    def reload(self, config: Config | dict | None = None) -> str:
+        """Swap in a new config (the file again when None).  Raises
+        ConfigError, leaving the current config serving."""
+        if config is None:
+            if not self.config_path:
+                raise ConfigError("reload", "this gateway was not started from a config file")
+            config = load_config(self.config_path)
+        elif isinstance(config, dict):
+            config = parse_config(config, "reload")
+        old = self.gateway
+        new = Gateway(config, upstream=self.upstream)
+        new.app = self
+        new.router.adopt_state(old.router)
+        new.listeners.extend(old.listeners)
+        self.gateway = new
+        self.reloads += 1
+        log.warning("config reloaded from %s (%d providers, %d pools)", config.source, len(config.providers),
+                    len(config.pools))
+        return f"reloaded {config.source}: {len(config.providers)} providers, {len(config.pools)} pools"
+
+    def drain(self, member_id: str, drained: bool = True) -> list[str]:
+        return self.gateway.router.set_drained(member_id, drained)
+
+    async def shutdown(self, deadline: float) -> None:
+        """Stop accepting, then wait up to `deadline` seconds for in-flight
+        requests (streams included) to finish."""
+        self.server.stop_accepting()
+        with trio.move_on_after(deadline):
+            while self.server.active_requests:
+                await trio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+def _render_server_error(request, status, message):
+    from engine.faults import ClientError
+    from engine.protocols import get_dialect
+    kinds = {400: "invalid_request", 408: "timeout", 413: "request_too_large", 431: "request_too_large"}
+    protocol = guess_protocol(request.path) if request is not None else "openai"
+    return get_dialect(protocol).render_error(ClientError(status, message, kinds.get(status, "invalid_request")))
+
+
+async def run_gateway(config: Config, host: str, port: int, *, config_path: str | None = None,
+                      drain_seconds: float = 30.0, handle_signals: bool = True,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGINT/SIGTERM (graceful: stop accepting, let in-flight
+    requests finish for up to `drain_seconds`, exit); SIGHUP reloads the
+    config file."""
+    app = App(config, config_path=config_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            addrs = await nursery.start(app.server.serve, host, port)
+            task_status.started((app.gateway, app.server, addrs, app))
+            if not handle_signals:
+                return
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        try:
+                            app.reload()
+                        except ConfigError as exc:
+                            log.error("reload rejected, keeping the current config: %s", exc)
+                        continue
+                    log.warning("received %s: draining (up to %.0fs)", signal.Signals(signum).name, drain_seconds)
+                    await app.shutdown(drain_seconds)
+                    nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await app.aclose()

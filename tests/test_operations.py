@@ -1,0 +1,158 @@
+"""Operating the gateway: hot reload, drain, graceful shutdown."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import trio
+
+from clients import openai_chat
+from engine.config import ConfigError
+from engine.mock import MockVendor
+from harness import gateway_with, last_record, sdk
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def two_vendor_config(first="{a}", second="{b}"):
+    return {"providers": {"pa": {"protocol": "openai", "base_url": first + "/v1", "key": "ka"},
+                          "pb": {"protocol": "openai", "base_url": second + "/v1", "key": "kb"}},
+            "pools": {"smart": {"members": [{"provider": "pa", "model": "ma"}]}}}
+
+
+async def test_reload_swaps_config_and_inflight_requests_finish_on_old_one():
+    a, b = MockVendor(reply="from a", latency=0.4), MockVendor(reply="from b")
+    async with gateway_with(two_vendor_config(), a=a, b=b) as gw:
+        async with trio.open_nursery() as nursery:
+            results = []
+
+            async def slow_call():
+                results.append(await sdk(lambda: openai_chat(gw.url, "smart", "x")))
+
+            nursery.start_soon(slow_call)
+            with trio.fail_after(5):
+                while not a.received:
+                    await trio.sleep(0.01)
+            new = two_vendor_config(a.url, b.url)
+            new["pools"]["smart"]["members"] = [{"provider": "pb", "model": "mb"}]
+            gw.app.reload(new)
+            assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "from b"
+        assert results == ["from a"]           # started before the reload, finished on the old config
+
+
+async def test_bad_reload_is_rejected_and_old_config_keeps_serving():
+    a, b = MockVendor(reply="still a"), MockVendor()
+    async with gateway_with(two_vendor_config(), a=a, b=b) as gw:
+        broken = two_vendor_config(a.url, b.url)
+        broken["pools"]["smart"]["members"] = [{"provider": "ghost", "model": "x"}]
+        with pytest.raises(ConfigError):
+            gw.app.reload(broken)
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "still a"
+
+
+async def test_reload_keeps_breaker_and_key_state():
+    a, b = MockVendor(), MockVendor(reply="b")
+    a.always = {"status": 500}
+    config = two_vendor_config()
+    config["pools"]["smart"]["members"].append({"provider": "pb", "model": "mb"})
+    config["pools"]["smart"]["strategy"] = "ordered"
+    config["pools"]["smart"]["members"][1]["priority"] = 1
+    async with gateway_with(config, a=a, b=b) as gw:
+        for _ in range(6):
+            await sdk(lambda: openai_chat(gw.url, "smart", "x"))
+        member = gw.gateway.router.snapshot(trio.current_time())["pools"]["smart"]["members"][0]
+        assert member["breaker"]["state"] == "open"
+        reloaded = two_vendor_config(a.url, b.url)
+        reloaded["pools"] = config["pools"]
+        gw.app.reload(reloaded)
+        member = gw.gateway.router.snapshot(trio.current_time())["pools"]["smart"]["members"][0]
+        assert member["breaker"]["state"] == "open"
+
+
+async def test_drain_stops_new_requests_and_undrain_restores():
+    a, b = MockVendor(reply="a"), MockVendor(reply="b")
+    config = two_vendor_config()
+    config["pools"]["smart"]["members"].append({"provider": "pb", "model": "mb"})
+    config["pools"]["smart"]["strategy"] = "ordered"
+    config["pools"]["smart"]["members"][1]["priority"] = 1
+    async with gateway_with(config, a=a, b=b) as gw:
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "a"
+        assert gw.app.drain("smart/pa/ma") == ["smart/pa/ma"]
+        assert [await sdk(lambda: openai_chat(gw.url, "smart", "x")) for _ in range(3)] == ["b", "b", "b"]
+        gw.app.drain("smart/pa/ma", False)
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "a"
+
+
+async def test_drain_lets_inflight_stream_finish():
+    a, b = MockVendor(reply="one two three four five", chunk_delay=0.05), MockVendor(reply="b")
+    config = two_vendor_config()
+    config["pools"]["smart"]["members"].append({"provider": "pb", "model": "mb", "priority": 1})
+    config["pools"]["smart"]["strategy"] = "ordered"
+    async with gateway_with(config, a=a, b=b) as gw:
+        async with trio.open_nursery() as nursery:
+            out = []
+
+            async def stream():
+                out.append(await sdk(lambda: openai_chat(gw.url, "smart", "x", stream=True)))
+            nursery.start_soon(stream)
+            with trio.fail_after(5):
+                while not a.received:
+                    await trio.sleep(0.01)
+            gw.app.drain("smart/pa/ma")
+        assert out == ["one two three four five"]
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "b"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("port never opened")
+
+
+def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
+    mock_port, gw_port = _free_port(), _free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"providers:\n  m: {{protocol: openai, base_url: 'http://127.0.0.1:{mock_port}/v1', key: k}}\n"
+                      f"pools:\n  smart:\n    members:\n      - {{provider: m, model: x}}\n")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    mock = subprocess.Popen([sys.executable, "-m", "engine.cli", "mock", "--port", str(mock_port),
+                             "--chunk-delay", "0.1", "--chunks", "10"], env=env, stdout=subprocess.DEVNULL)
+    gateway = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--config", str(config),
+                                "--port", str(gw_port)], env=env, stderr=subprocess.PIPE)
+    try:
+        _wait_port(mock_port)
+        _wait_port(gw_port)
+        with httpx.Client(timeout=10) as client:
+            with client.stream("POST", f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                               json={"model": "smart", "stream": True,
+                                     "messages": [{"role": "user", "content": "abcdefghij"}]}) as response:
+                chunks = response.iter_bytes()
+                first = next(chunks)
+                gateway.send_signal(signal.SIGTERM)
+                time.sleep(0.2)
+                with pytest.raises(OSError):       # no longer accepting
+                    socket.create_connection(("127.0.0.1", gw_port), 0.5).close()
+                rest = b"".join(chunks)
+        assert (first + rest).rstrip().endswith(b"data: [DONE]")
+        assert gateway.wait(10) == 0
+    finally:
+        for proc in (gateway, mock):
+            if proc.poll() is None:
+                proc.kill()
