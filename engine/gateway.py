@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 import orjson
 import trio
 
-from engine import lifecycle
+from engine import ir, lifecycle
 from engine.config import Config
 from engine.faults import ClientError, Fault, FaultClass
 from engine.protocols import get_dialect
 from engine.protocols.routes import match_route
 from engine.protocols.base import JSON_CT, Headers, header, load_json_object
-from engine.protocols.sse import (PROBES, SSEError, SSESplitter, stream_error_event, stream_error_status,
-                                  valid_json_event)
+from engine.protocols.base import StreamError
+from engine.protocols.sse import SSESplitter
 from engine.routing import Attempt, Exhausted, Needs, Router, Wait
 from engine.server import ClientGone, HttpRequest, Responder
 from engine.upstream import Origin, UpstreamClient, UpstreamError
@@ -94,6 +94,7 @@ class RequestRecord:
     ms: float = 0.0
     ttfb_ms: float | None = None
     error: str = ""
+    usage: object = None          # ir.Usage when the response told us
 
     def as_dict(self) -> dict:
         return {"id": self.id, "client_protocol": self.client_protocol, "pool": self.pool, "stream": self.stream,
@@ -104,7 +105,15 @@ class RequestRecord:
                              for a in self.attempts],
                 "final_member": next((a.member for a in reversed(self.attempts) if a.outcome == "ok"), None),
                 "path": self.lifecycle.describe(), "state": self.lifecycle.state,
+                "usage": _usage_dict(self.usage),
                 **({"error": self.error} if self.error else {})}
+
+
+def _usage_dict(usage) -> dict | None:
+    if usage is None:
+        return None
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens}
 
 
 class Gateway:
@@ -333,6 +342,11 @@ class _Exchange:
 
     def _exhausted_error(self, step: Exhausted) -> ClientError:
         fault = step.last_fault
+        if step.kind == "incapable" and fault is None:
+            # no member is large (or able) enough: the request's problem, not a backend's
+            return ClientError(400, step.reason[:1].upper() + step.reason[1:] + ".", "invalid_request", param="messages",
+                               code="context_length_exceeded" if "context" in step.reason or "token" in step.reason
+                               else None)
         if fault is not None and fault.cls in (FaultClass.CLIENT, FaultClass.CONTEXT):
             err = self.client.fault_to_client_error(fault)
         elif step.retry_after is not None:
@@ -482,9 +496,15 @@ class _Exchange:
         if up is self.client:
             out = data
             content_type = response.header(b"content-type") or b"application/json"
+            if self.gw.listeners:       # usage accounting is on: worth a parse
+                try:
+                    self.record.usage = up.parse_response(orjson.loads(data)).usage
+                except Exception:
+                    pass
         else:
             try:
                 resp_ir = up.parse_response(orjson.loads(data))
+                self.record.usage = resp_ir.usage
                 out = self.client.render_response(resp_ir, self.model)
             except ClientError:
                 raise
@@ -506,63 +526,75 @@ class _Exchange:
 
     async def _relay_stream(self, attempt, rec, provider, response, t0) -> bool:
         """Hold the upstream's events until the first content-bearing one,
-        then commit: send the head, the held events, and relay the rest event
-        by event as it comes.  Failures before the commit fail over; after it,
-        the client stream ends with its protocol's error event."""
-        up = provider.dialect
-        if up is not self.client:
-            raise ClientError(501, f"Streaming from a {up.name} member to a {self.client.name} client is not "
-                                   "available yet; use stream=false or a same-protocol pool.", "invalid_request")
-        probe = PROBES[up.name]
+        then commit: send the head and what was held, and relay the rest as it
+        comes.  Failures before the commit fail over; after it, the client
+        stream ends with its protocol's error event.
+
+        The upstream stream is always decoded (constant memory) to find the
+        commit point, errors, garbage and usage.  Same protocol: the client
+        gets the upstream's own bytes, whole events at a time.  Otherwise the
+        decoded events are re-encoded in the client's protocol."""
+        up, client = provider.dialect, self.client
+        same = up is client
         timeouts = self.plan.pipeline.timeouts
         chunks = response.aiter_bytes()
-        splitter = SSESplitter()
-        held: list[bytes] = []
-        committed = False
+        decoder = up.stream_decoder()
+        encoder = client.stream_encoder(self.model, **self._encoder_options())
+        relay = _PassthroughRelay(up.stream_content_type) if same else None
+        held: list = []          # raw bytes (same protocol) or IR events, until the commit
         upstream_done = False
+        committed = False
         while not committed:
             try:
                 with trio.fail_after(timeouts.first_byte):
                     chunk = await chunks.__anext__()
-                events = splitter.feed(chunk)
+                events = decoder.feed(chunk)
             except StopAsyncIteration:
+                try:
+                    events = decoder.close()
+                except StreamError as exc:
+                    return self._fail_or_raise(attempt, rec, Fault(FaultClass.SERVER, 0, f"upstream stream: {exc}"), t0)
                 upstream_done = True
-                break  # ended without content: relay what there was
+                chunk = b""
             except trio.TooSlowError:
                 return self._fail_or_raise(attempt, rec, Fault(FaultClass.SERVER, 0, "no first byte before timeout"), t0)
-            except (UpstreamError, SSEError) as exc:
+            except UpstreamError as exc:
                 return self._fail_or_raise(attempt, rec, Fault(FaultClass.SERVER, 0, str(exc)), t0)
+            except StreamError as exc:
+                return self._fail_or_raise(attempt, rec, Fault(FaultClass.SERVER, 0, f"malformed upstream stream: {exc}"), t0)
             for event in events:
-                verdict = probe(event)
-                if verdict == "error":
-                    # an error event first (or an unreadable one): classify it
-                    # like the HTTP error it stands for
-                    if event.data[:1] == b"{" and valid_json_event(event):
-                        fault = up.classify(stream_error_status(up.name, event.data), response.headers, event.data)
-                    else:
-                        fault = Fault(FaultClass.SERVER, 0, "malformed upstream stream event")
+                if type(event) is ir.ErrorEvent:
+                    # an error before any content: classify it like the HTTP
+                    # error it stands for, then fail over or return it
+                    fault = up.classify(event.status, response.headers,
+                                        event.raw or orjson.dumps({"message": event.message}))
                     if self._fail(attempt, rec, fault, t0):
                         return False
                     self.lifecycle.fire("rejected", f"{attempt.member_id}: {fault.cls.value}")
-                    status, headers, body = self.client.render_error(self.client.fault_to_client_error(fault))
+                    status, headers, body = client.render_error(client.fault_to_client_error(fault))
                     self.record.status = status
                     await self.responder.send(status, headers, body)
                     return True
-                held.append(event.raw)
-                if verdict == "commit":
+                if ir.is_content(event):
                     committed = True
+                if type(event) is ir.UsageEvent:
+                    self.record.usage = event.usage
+            if same:
+                held.append(relay.take(chunk))
+            else:
+                held.extend(events)
+            if upstream_done:
+                break
         # commit: from here the client sees bytes and there is no failover
         now = trio.current_time()
+        ttfb = now - t0
         rec.outcome = "ok"
         rec.status = response.status
-        self.record.ttfb_ms = (now - t0) * 1000
-        self.plan.report(attempt, None, now, ttfb=now - t0)
+        self.record.ttfb_ms = ttfb * 1000
         self.lifecycle.fire("first_byte", attempt.member_id)
         self.record.status = 200
-        headers = [(k, v) for k, v in response.headers
-                   if k in (b"content-type", b"cache-control")] or [(b"content-type", b"text/event-stream")]
-        await self.responder.start(200, headers)
-        await self.responder.write(b"".join(held))
+        await self.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")])
+        await self.responder.write(b"".join(held) if same else b"".join(encoder.encode(e) for e in held))
         failure = None
         try:
             while not upstream_done:
@@ -571,35 +603,81 @@ class _Exchange:
                         chunk = await chunks.__anext__()
                     except StopAsyncIteration:
                         break
-                events = splitter.feed(chunk)
-                if not splitter.pending and all(valid_json_event(e) for e in events):
-                    await self.responder.write(chunk)       # the common case: whole events, as received
-                    continue
+                events = decoder.feed(chunk)
+                broken = None
                 for event in events:
-                    if not valid_json_event(event):
-                        raise SSEError("malformed event in upstream stream")
-                    await self.responder.write(event.raw)
-            if splitter.pending.strip():
-                raise SSEError("upstream stream ended inside an event")
+                    kind = type(event)
+                    if kind is ir.UsageEvent:
+                        self.record.usage = event.usage
+                    elif kind is ir.ErrorEvent:
+                        broken = event
+                if same:
+                    await self.responder.write(relay.take(chunk))
+                else:
+                    await self.responder.write(b"".join(encoder.encode(e) for e in events))
+                if broken is not None:
+                    raise StreamError(f"upstream error mid-stream: {broken.message}")
+            if not upstream_done:
+                tail = decoder.close()
+                if not same:
+                    await self.responder.write(b"".join(encoder.encode(e) for e in tail))
+            if not same:
+                await self.responder.write(encoder.finish())
         except trio.TooSlowError:
             failure = "upstream stream stalled"
-        except (UpstreamError, SSEError) as exc:
+        except (UpstreamError, StreamError) as exc:
             failure = str(exc)
-        rec.ms = (trio.current_time() - t0) * 1000
+        now = trio.current_time()
+        rec.ms = (now - t0) * 1000
         if failure is not None:
             rec.message = failure
             self.record.error = failure
             self.lifecycle.fire("broken", failure)
-            await self.end_stream_with_error(ClientError(502, f"Upstream stream failed after content was sent: "
-                                                              f"{failure}", "upstream"))
+            self.plan.report(attempt, Fault(FaultClass.SERVER, 0, failure), now)
+            err = ClientError(502, f"Upstream stream failed after content was sent: {failure}", "upstream")
+            await self.end_stream_with_error(err, encoder, relay)
             return True
+        # reported at the end so in-flight counts cover the whole stream
+        self.plan.report(attempt, None, now, ttfb=ttfb)
         await self.responder.end()
         self.lifecycle.fire("complete")
         return True
 
-    async def end_stream_with_error(self, err: ClientError) -> None:
+    def _encoder_options(self) -> dict:
+        return {}
+
+    async def end_stream_with_error(self, err: ClientError, encoder=None, relay=None) -> None:
+        """End a committed stream with the client protocol's error event, so
+        its SDK raises instead of taking a truncated answer as complete."""
+        if encoder is None:
+            encoder = self.client.stream_encoder(self.model)
         try:
-            await self.responder.write(stream_error_event(self.client.name, err.kind, err.message))
+            lead = relay.terminator() if relay is not None else b""
+            await self.responder.write(lead + encoder.error(err.kind, err.message))
             await self.responder.end()
         except ClientGone:
             pass
+
+
+class _PassthroughRelay:
+    """Same-protocol stream relay: forwards the upstream's bytes untouched,
+    whole SSE events at a time (an incomplete event waits for its end, so an
+    error event we append can never land inside one).  Binary framings
+    (Bedrock's eventstream) are forwarded as they come."""
+
+    __slots__ = ("splitter",)
+
+    def __init__(self, content_type: bytes):
+        self.splitter = SSESplitter() if content_type == b"text/event-stream" else None
+
+    def take(self, chunk: bytes) -> bytes:
+        if self.splitter is None or not chunk:
+            return chunk
+        aligned = not self.splitter.pending
+        events = self.splitter.feed(chunk)
+        if aligned and not self.splitter.pending:
+            return chunk                      # the common case: whole events, as received
+        return b"".join(event.raw for event in events)
+
+    def terminator(self) -> bytes:
+        return b""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import anthropic
 import openai
 import pytest
+import trio
 
 from engine.mock import MockVendor
 from harness import gateway_with, last_record, sdk
@@ -171,3 +172,30 @@ async def test_all_keys_rate_limited_gives_429_with_retry_after():
     retry_after = float(exc.value.response.headers["retry-after"])
     assert 6 <= retry_after <= 8            # the earliest recovery of the two keys
     assert sorted(r["key"] for r in a.received) == ["k1", "k2"]
+
+
+async def test_request_too_large_for_every_member_is_a_client_error():
+    config = {"providers": TWO_VENDORS["providers"],
+              "pools": {"smart": {"members": [{"provider": "first", "model": "small", "context": 50},
+                                              {"provider": "second", "model": "large", "context": 100}]}}}
+    a, b = MockVendor(), MockVendor()
+    async with gateway_with(config, a=a, b=b) as gw:
+        with pytest.raises(openai.BadRequestError) as exc:
+            await sdk(lambda: oai(gw.url).chat.completions.create(
+                model="smart", messages=[{"role": "user", "content": "word " * 400}]))
+        assert exc.value.code == "context_length_exceeded"
+    assert a.received == [] and b.received == []
+
+
+async def test_context_error_on_every_member_returns_the_vendor_message():
+    config = {"providers": TWO_VENDORS["providers"],
+              "pools": {"smart": {"members": [{"provider": "first", "model": "small", "context": 8000},
+                                              {"provider": "second", "model": "large", "context": 16000}]}}}
+    a, b = MockVendor(), MockVendor()
+    a.always = b.always = {"error": "context"}
+    async with gateway_with(config, a=a, b=b) as gw:
+        with pytest.raises(openai.BadRequestError) as exc:
+            await sdk(lambda: chat(oai(gw.url)))
+        assert "maximum context length" in str(exc.value)
+        snapshot = gw.gateway.router.snapshot(trio.current_time())
+    assert all(m["breaker"]["state"] == "closed" for m in snapshot["pools"]["smart"]["members"])
