@@ -1,6 +1,7 @@
 """Anthropic Messages (`POST {base}/v1/messages`)."""
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 
@@ -271,7 +272,14 @@ def _image(p: ir.Image, ctx: c.RenderCtx, where: str) -> dict | None:
 
 def _document(p: ir.Document, ctx: c.RenderCtx, where: str) -> dict | None:
     ctx.foreign(p.extras, f"{where}.")
-    if p.data is not None:
+    if p.data is not None and p.media_type == "text/plain":
+        try:
+            text = base64.b64decode(p.data, validate=True).decode()
+        except ValueError:
+            ctx.unsupported(f"{where}.data", "text/plain document data is not base64 UTF-8")
+            return None
+        src = {"type": "text", "media_type": "text/plain", "data": text}
+    elif p.data is not None:
         if p.media_type != "application/pdf":
             ctx.unsupported(f"{where}.media_type", "Anthropic base64 documents must be application/pdf")
             return None
@@ -522,3 +530,231 @@ def _render_response(resp: ir.Response, model: str) -> dict:
 
 
 dialect = AnthropicDialect()
+
+
+# ---------------------------------------------------------------------------
+# streaming: Messages SSE <-> IR events (engine.protocols.streaming)
+
+from engine.protocols import streaming as s  # noqa: E402
+from engine.protocols.base import StreamError  # noqa: E402
+from engine.protocols.sse import stream_error_status  # noqa: E402
+
+
+def _usage_in(u: dict, base: ir.Usage | None = None) -> ir.Usage:
+    """IR usage from a message_start / message_delta usage; message_delta
+    may omit the input side, which message_start (`base`) then supplies."""
+    if base is not None and u.get("input_tokens") is None:
+        read, write, plain = base.cached_tokens, base.cache_creation_tokens, None
+    else:
+        read = u.get("cache_read_input_tokens") or 0
+        write = u.get("cache_creation_input_tokens") or 0
+        plain = u.get("input_tokens") or 0
+    details = u.get("output_tokens_details") or {}
+    return ir.Usage(base.input_tokens if plain is None else plain + read + write,
+                    u.get("output_tokens") or 0, read, write, details.get("thinking_tokens") or 0)
+
+
+class StreamDecoder(s.SSEDecoder):
+    """Messages events -> IR.  The stop reason comes with message_delta; the
+    MessageStop goes out at message_stop (or at the end of the body)."""
+
+    __slots__ = ("_blocks", "_next", "_start_usage", "_stop", "_seq", "_tools", "_done")
+    protocol = P
+
+    def __init__(self):
+        super().__init__()
+        self._blocks: dict[int, int] = {}     # open blocks: wire index -> IR index
+        self._next = 0
+        self._start_usage: ir.Usage | None = None
+        self._stop: SR | None = None
+        self._seq: str | None = None
+        self._tools = False
+        self._done = False
+
+    def _event(self, name, data: bytes, out: list) -> None:
+        if self._done or name == "ping":
+            return
+        obj = s.loads(data)
+        kind = obj["type"]
+        if kind == "content_block_delta":
+            i = self._blocks.get(obj["index"])
+            if i is None:
+                return
+            d = obj["delta"]
+            dt = d["type"]
+            if dt == "text_delta":
+                out.append(ir.TextDelta(i, d["text"]))
+            elif dt == "input_json_delta":
+                if d["partial_json"]:
+                    out.append(ir.ToolArgsDelta(i, d["partial_json"]))
+            elif dt == "thinking_delta":
+                out.append(ir.ReasoningDelta(i, d["thinking"]))
+            elif dt == "signature_delta":
+                out.append(ir.SignatureDelta(i, d["signature"]))
+            # citations_delta: no IR form
+        elif kind == "content_block_start":
+            b = obj["content_block"]
+            bt = b["type"]
+            if bt == "text":
+                part = ir.Text("")
+            elif bt == "tool_use":
+                part = ir.ToolCall(b["id"], b["name"], {})
+                self._tools = True
+            elif bt == "thinking":
+                part = ir.Reasoning("", None, P)
+            elif bt == "redacted_thinking":
+                part = ir.RedactedReasoning(b["data"], P)
+            else:
+                return          # server tools, their results...: no IR form
+            i = self._blocks[obj["index"]] = self._next
+            self._next += 1
+            out.append(ir.BlockStart(i, part))
+            if bt == "text" and b.get("text"):
+                out.append(ir.TextDelta(i, b["text"]))
+            elif bt == "thinking":
+                if b.get("thinking"):
+                    out.append(ir.ReasoningDelta(i, b["thinking"]))
+                if b.get("signature"):
+                    out.append(ir.SignatureDelta(i, b["signature"]))
+        elif kind == "content_block_stop":
+            i = self._blocks.pop(obj["index"], None)
+            if i is not None:
+                out.append(ir.BlockStop(i))
+        elif kind == "message_delta":
+            d = obj.get("delta") or {}
+            stop = STOP_IN.get(d.get("stop_reason"), SR.END_TURN)
+            self._stop = SR.TOOL_USE if stop is SR.END_TURN and self._tools else stop
+            self._seq = d.get("stop_sequence")
+            u = obj.get("usage")
+            if u:
+                out.append(ir.UsageEvent(_usage_in(u, self._start_usage)))
+        elif kind == "message_start":
+            m = obj["message"]
+            u = m.get("usage")
+            self._start_usage = _usage_in(u) if u else None
+            out.append(ir.MessageStart(m.get("id") or "", m.get("model") or "", self._start_usage))
+        elif kind == "message_stop":
+            self._end(out)
+        elif kind == "error":
+            self._done = True
+            err = obj.get("error") or {}
+            out.append(ir.ErrorEvent(stream_error_status(P, data), str(err.get("message") or "upstream stream error"),
+                                     err.get("type"), data))
+        # ping and unknown events: nothing
+
+    def _end(self, out: list) -> None:
+        if self._done:
+            return
+        if self._stop is None:
+            raise StreamError("Messages stream ended before message_delta (truncated)")
+        for i in self._blocks.values():
+            out.append(ir.BlockStop(i))
+        self._blocks.clear()
+        self._done = True
+        out.append(ir.MessageStop(self._stop, self._seq))
+
+
+_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_TEXT_DELTA = b',"delta":{"type":"text_delta","text":'
+_JSON_DELTA = b',"delta":{"type":"input_json_delta","partial_json":'
+_THINK_DELTA = b',"delta":{"type":"thinking_delta","thinking":'
+_SIG_DELTA = b',"delta":{"type":"signature_delta","signature":'
+_B_TEXT, _B_TOOL, _B_THINK, _B_OTHER = 1, 2, 3, 4
+
+
+@s.handlers
+class StreamEncoder(s.Encoder):
+    """IR -> Messages events.  Block indexes are renumbered 0, 1 ... in order
+    (the SDK's accumulator indexes its content list with them); deltas are
+    spliced into byte templates; message_delta carries the stop reason with
+    the last usage."""
+
+    __slots__ = ("_model", "_started", "_blocks", "_next", "_usage")
+
+    def __init__(self, model: str):
+        self._model = model
+        self._started = False
+        self._blocks: dict[int, tuple] = {}   # IR index -> (wire index bytes, kind, origin)
+        self._next = 0
+        self._usage: ir.Usage | None = None
+
+    def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:
+        self._started = True
+        if ev.usage is not None:
+            self._usage = ev.usage
+        msg = {"id": ev.id or f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
+               "model": self._model, "content": [], "stop_reason": None, "stop_sequence": None,
+               "usage": render_usage(ev.usage or ir.Usage())}
+        return b"event: message_start\ndata: " + s.dumps({"type": "message_start", "message": msg}) + b"\n\n"
+
+    def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
+        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        part = ev.part
+        t = type(part)
+        origin = None
+        if t is ir.Text or t is ir.Refusal:
+            kind, block = _B_TEXT, {"type": "text", "text": ""}
+        elif t is ir.ToolCall:
+            kind, block = _B_TOOL, {"type": "tool_use", "id": fit_id(part.id), "name": part.name, "input": {}}
+        elif t is ir.Reasoning:
+            kind, block, origin = _B_THINK, {"type": "thinking", "thinking": "", "signature": ""}, part.origin
+        elif t is ir.RedactedReasoning:
+            kind, block = _B_OTHER, {"type": "redacted_thinking", "data": c.sig_out(part, P)}
+        else:
+            return out
+        k = self._next
+        self._next += 1
+        wire = str(k).encode()
+        self._blocks[ev.index] = (wire, kind, origin)
+        return out + (b'event: content_block_start\ndata: {"type":"content_block_start","index":' + wire
+                      + b',"content_block":' + s.dumps(block) + b"}\n\n")
+
+    def _on_TextDelta(self, ev: ir.TextDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[1] != _B_TEXT or not ev.text:
+            return b""
+        return _DELTA + b[0] + _TEXT_DELTA + s.dumps(ev.text) + b"}}\n\n"
+
+    def _on_ToolArgsDelta(self, ev: ir.ToolArgsDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[1] != _B_TOOL or not ev.partial_json:
+            return b""
+        return _DELTA + b[0] + _JSON_DELTA + s.dumps(ev.partial_json) + b"}}\n\n"
+
+    def _on_ReasoningDelta(self, ev: ir.ReasoningDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[1] != _B_THINK or not ev.text:
+            return b""
+        return _DELTA + b[0] + _THINK_DELTA + s.dumps(ev.text) + b"}}\n\n"
+
+    def _on_SignatureDelta(self, ev: ir.SignatureDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[1] != _B_THINK:
+            return b""
+        sig = c.sig_out(ir.Reasoning("", ev.signature, b[2]), P)
+        return _DELTA + b[0] + _SIG_DELTA + s.dumps(sig) + b"}}\n\n"
+
+    def _on_BlockStop(self, ev: ir.BlockStop) -> bytes:
+        b = self._blocks.pop(ev.index, None)
+        if b is None:
+            return b""
+        return (b'event: content_block_stop\ndata: {"type":"content_block_stop","index":' + b[0]
+                + b"}\n\n")
+
+    def _on_UsageEvent(self, ev: ir.UsageEvent) -> bytes:
+        self._usage = ev.usage
+        return b""
+
+    def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
+        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        for i in list(self._blocks):
+            out += self._on_BlockStop(ir.BlockStop(i))
+        delta = {"type": "message_delta",
+                 "delta": {"stop_reason": STOP_OUT[ev.stop_reason], "stop_sequence": ev.stop_sequence},
+                 "usage": render_usage(self._usage or ir.Usage())}
+        return (out + b"event: message_delta\ndata: " + s.dumps(delta)
+                + b'\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+    def error(self, kind: str, message: str) -> bytes:
+        etype = AnthropicDialect._error_types.get(kind, "api_error")
+        return b"event: error\ndata: " + s.dumps({"type": "error", "error": {"type": etype, "message": message}}) + b"\n\n"

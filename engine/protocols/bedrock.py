@@ -508,6 +508,8 @@ def _render_request(req: ir.Request, max_tokens_default, ctx: c.RenderCtx) -> di
             else:
                 ctx.unsupported("tool_choice", "Bedrock has no tool choice 'none' once tools are in the conversation")
         body["toolConfig"] = tool_config
+    elif tc is not None and not req.tools:
+        ctx.hint("tool_choice", "Bedrock takes a tool choice only together with tools")
     if req.parallel_tool_calls is False:
         ctx.unsupported("parallel_tool_calls", "Bedrock cannot disable parallel tool use")
     amrf: dict = dict(c.note(req.extras, P, "additionalModelRequestFields") or {})

@@ -405,13 +405,14 @@ def _tool_response(p: ir.ToolResult, ctx: c.RenderCtx, where: str) -> tuple[dict
     texts: list[str] = []
     data = None
     media: list = []
+    n_media = sum(1 for x in p.content if type(x) is ir.Image or type(x) is ir.Document)
     for j, x in enumerate(p.content):
         t = type(x)
         if t is ir.Text:
             ctx.foreign(x.extras, f"{where}.content[{j}].")
             texts.append(x.text)
         elif t is ir.JsonData:
-            if data is None and not texts and len(p.content) - len(media) == 1:
+            if len(p.content) - n_media == 1:
                 data = x.value
             else:
                 texts.append(c.json_text(x.value))

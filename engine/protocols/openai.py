@@ -246,11 +246,17 @@ def _parse_request(obj: dict) -> ir.Request:
         else:
             req.response_format = ir.ResponseFormat(kind)
 
+    so = obj.get("stream_options")
+    if so is not None and so == {"include_usage": True} and extras:
+        # what every translated stream asks for anyway (see _render_request)
+        del extras[P]["stream_options"]
     n = obj.get("n")
     if n is not None and n != 1:
         extras.setdefault(P, {})["n"] = n
     if notes:
         extras.setdefault(P, {}).update(notes)
+    if extras and not extras.get(P):
+        extras.pop(P, None)
     req.extras = extras or None
     return req
 
@@ -465,7 +471,10 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
             ctx.hint("reasoning", "thinking enabled without a budget or effort")
     if req.stream:
         body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+        # usage arrives only when asked for; the gateway always needs it
+        so = dict(c.note(req.extras, P, "stream_options") or {})
+        so["include_usage"] = True
+        body["stream_options"] = so
     if req.user is not None:
         body["user"] = req.user
     if req.metadata is not None:
@@ -555,3 +564,248 @@ def _render_response(resp: ir.Response, model: str) -> dict:
 
 
 dialect = OpenAIDialect()
+
+
+# ---------------------------------------------------------------------------
+# streaming: chat.completion.chunk SSE <-> IR events (engine.protocols.streaming)
+
+from engine.protocols import streaming as s  # noqa: E402
+from engine.protocols.base import StreamError  # noqa: E402
+from engine.protocols.sse import stream_error_status  # noqa: E402
+
+_TEXT, _REFUSAL, _REASONING, _TOOL = 1, 2, 3, 4
+
+
+def usage_in(u: dict) -> ir.Usage:
+    ptd = u.get("prompt_tokens_details") or {}
+    ctd = u.get("completion_tokens_details") or {}
+    return ir.Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0,
+                    ptd.get("cached_tokens") or 0, ptd.get("cache_write_tokens") or 0,
+                    ctd.get("reasoning_tokens") or 0, u.get("total_tokens"))
+
+
+class StreamDecoder(s.SSEDecoder):
+    """Chat chunks -> IR.  Chat has no block events: a block starts with the
+    first delta of its kind (content, refusal, a new tool-call index, or the
+    `reasoning_content` some compatible servers send) and stops when another
+    starts or at `finish_reason`.  The stop is held until the usage chunk
+    (`stream_options.include_usage`) or `[DONE]`, so usage precedes it."""
+
+    __slots__ = ("_started", "_id", "_next", "_cur", "_kind", "_tool", "_seen_tools", "_stop", "_done")
+    protocol = P
+
+    def __init__(self):
+        super().__init__()
+        self._started = False
+        self._id = ""
+        self._next = 0          # next IR block index
+        self._cur = -1          # the open IR block, or -1
+        self._kind = 0          # its kind (_TEXT ...), 0 when none is open
+        self._tool = -1         # Chat tool-call index of the open tool block
+        self._seen_tools: set[int] = set()
+        self._stop: SR | None = None
+        self._done = False      # MessageStop or ErrorEvent emitted
+
+    def _open(self, out: list, kind: int, part) -> int:
+        if self._kind:
+            out.append(ir.BlockStop(self._cur))
+        self._cur = i = self._next
+        self._next += 1
+        self._kind = kind
+        out.append(ir.BlockStart(i, part))
+        return i
+
+    def _close(self, out: list) -> None:
+        if self._kind:
+            out.append(ir.BlockStop(self._cur))
+            self._kind = 0
+
+    def _event(self, name, data: bytes, out: list) -> None:
+        if self._done:
+            return          # [DONE] after the usage chunk, or anything after an error
+        if data == b"[DONE]":
+            if self._stop is None:      # lenient: [DONE] without a finish_reason
+                self._close(out)
+                self._stop = SR.TOOL_USE if self._seen_tools else SR.END_TURN
+            self._done = True
+            out.append(ir.MessageStop(self._stop))
+            return
+        obj = s.loads(data)
+        if obj.get("error"):
+            self._done = True
+            out.append(_error_event(obj, data))
+            return
+        if not self._started:
+            self._started = True
+            self._id = obj.get("id") or ""
+            out.append(ir.MessageStart(self._id, obj.get("model") or ""))
+        choices = obj.get("choices")
+        if choices:
+            ch = choices[0]
+            delta = ch.get("delta")
+            if delta:
+                text = delta.get("reasoning_content")
+                if text:
+                    i = self._cur if self._kind == _REASONING else self._open(out, _REASONING, ir.Reasoning("", None, P))
+                    out.append(ir.ReasoningDelta(i, text))
+                text = delta.get("content")
+                if text:
+                    i = self._cur if self._kind == _TEXT else self._open(out, _TEXT, ir.Text(""))
+                    out.append(ir.TextDelta(i, text))
+                text = delta.get("refusal")
+                if text:
+                    i = self._cur if self._kind == _REFUSAL else self._open(out, _REFUSAL, ir.Refusal(""))
+                    out.append(ir.TextDelta(i, text))
+                calls = delta.get("tool_calls")
+                if calls:
+                    self._tool_calls(calls, out)
+            finish = ch.get("finish_reason")
+            if finish:
+                self._close(out)
+                stop = FINISH_IN.get(finish, SR.OTHER)
+                if stop is SR.END_TURN and self._seen_tools:
+                    stop = SR.TOOL_USE
+                self._stop = stop
+        usage = obj.get("usage")
+        if usage:
+            out.append(ir.UsageEvent(usage_in(usage)))
+            if self._stop is not None and not choices:    # the include_usage chunk: the end
+                self._done = True
+                out.append(ir.MessageStop(self._stop))
+
+    def _tool_calls(self, calls: list, out: list) -> None:
+        for tc in calls:
+            idx = tc.get("index", 0)
+            fn = tc.get("function") or {}
+            if self._kind != _TOOL or idx != self._tool:
+                if idx in self._seen_tools:
+                    raise StreamError("interleaved tool-call deltas (a closed call continued) are not supported")
+                name = fn.get("name") or ""
+                tid = tc.get("id") or c.synth_id(self._id, idx, name)
+                self._open(out, _TOOL, ir.ToolCall(tid, name, {}))
+                self._tool = idx
+                self._seen_tools.add(idx)
+            args = fn.get("arguments")
+            if args:
+                out.append(ir.ToolArgsDelta(self._cur, args))
+
+    def _end(self, out: list) -> None:
+        if self._done:
+            return
+        if self._stop is None:
+            raise StreamError("Chat Completions stream ended before its finish_reason (truncated)")
+        self._done = True
+        out.append(ir.MessageStop(self._stop))
+
+
+def _error_event(obj: dict, data: bytes) -> ir.ErrorEvent:
+    err = obj.get("error")
+    if isinstance(err, dict):
+        code = err.get("code") or err.get("type")
+        message = str(err.get("message") or "upstream stream error")
+    else:
+        code, message = None, str(err)
+        data = orjson.dumps({"error": {"message": message}})
+    return ir.ErrorEvent(stream_error_status(P, data), message, str(code) if code else None, data)
+
+
+_CHUNK_TAIL = b',"finish_reason":null}]}\n\n'
+
+
+@s.handlers
+class StreamEncoder(s.Encoder):
+    """IR -> Chat chunks.  Text, refusal and tool-call deltas are spliced into
+    a per-stream byte template; reasoning has no Chat form and is dropped;
+    the finish chunk is followed by the usage chunk (`include_usage`)."""
+
+    __slots__ = ("_model", "_base", "_head", "_text", "_tools", "_ntools", "_usage", "_refused",
+                 "_include_usage", "_ended")
+
+    def __init__(self, model: str, *, include_usage: bool = True):
+        self._model = model
+        self._base = b""
+        self._head = b""        # b'data: {"id":...,"choices":[{"index":0,"delta":'
+        self._text: dict[int, bytes] = {}     # IR index -> delta prefix (content / refusal)
+        self._tools: dict[int, bytes] = {}    # IR index -> tool-call arguments delta prefix
+        self._ntools = 0
+        self._usage: ir.Usage | None = None
+        self._refused = False
+        self._include_usage = include_usage
+        self._ended = False
+
+    def _start(self, cid: str) -> None:
+        self._base = (b'{"id":' + s.dumps(cid or f"chatcmpl-{uuid.uuid4().hex}")
+                      + b',"object":"chat.completion.chunk","created":' + str(int(time.time())).encode()
+                      + b',"model":' + s.dumps(self._model) + b',')
+        self._head = b"data: " + self._base + b'"choices":[{"index":0,"delta":'
+
+    def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:
+        self._start(ev.id)
+        if ev.usage is not None:
+            self._usage = ev.usage
+        return self._head + b'{"role":"assistant","content":""}' + _CHUNK_TAIL
+
+    def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
+        out = b""
+        if not self._head:
+            out = self._on_MessageStart(ir.MessageStart("", ""))
+        t = type(ev.part)
+        if t is ir.Text:
+            self._text[ev.index] = b'{"content":'
+        elif t is ir.Refusal:
+            self._text[ev.index] = b'{"refusal":'
+            self._refused = True
+        elif t is ir.ToolCall:
+            k = self._ntools
+            self._ntools += 1
+            self._tools[ev.index] = b'{"tool_calls":[{"index":' + str(k).encode() + b',"function":{"arguments":'
+            call = {"index": k, "id": fit_id(ev.part.id), "type": "function",
+                    "function": {"name": ev.part.name, "arguments": ""}}
+            out += self._head + b'{"tool_calls":[' + s.dumps(call) + b"]}" + _CHUNK_TAIL
+        return out     # reasoning: no Chat form
+
+    def _on_TextDelta(self, ev: ir.TextDelta) -> bytes:
+        pre = self._text.get(ev.index)
+        if pre is None or not ev.text:
+            return b""
+        return self._head + pre + s.dumps(ev.text) + b"}" + _CHUNK_TAIL
+
+    def _on_ToolArgsDelta(self, ev: ir.ToolArgsDelta) -> bytes:
+        pre = self._tools.get(ev.index)
+        if pre is None or not ev.partial_json:
+            return b""
+        return self._head + pre + s.dumps(ev.partial_json) + b"}}]}" + _CHUNK_TAIL
+
+    def _on_ReasoningDelta(self, ev) -> bytes:
+        return b""
+
+    _on_SignatureDelta = _on_ReasoningDelta
+
+    def _on_BlockStop(self, ev: ir.BlockStop) -> bytes:
+        self._text.pop(ev.index, None)
+        self._tools.pop(ev.index, None)
+        return b""
+
+    def _on_UsageEvent(self, ev: ir.UsageEvent) -> bytes:
+        self._usage = ev.usage
+        return b""
+
+    def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
+        out = b"" if self._head else self._on_MessageStart(ir.MessageStart("", ""))
+        stop = ev.stop_reason
+        finish = "stop" if stop is SR.REFUSAL and self._refused else FINISH_OUT[stop]
+        out += self._head + b'{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
+        if self._include_usage and self._usage is not None:
+            out += (b"data: " + self._base + b'"choices":[],"usage":'
+                    + s.dumps(render_usage(self._usage)) + b"}\n\n")
+        self._ended = True
+        return out
+
+    def finish(self) -> bytes:
+        return b"data: [DONE]\n\n" if self._ended else b""
+
+    def error(self, kind: str, message: str) -> bytes:
+        etype, code = OpenAIDialect._error_types.get(kind, ("server_error", None))
+        self._ended = False
+        return b"data: " + s.dumps({"error": {"message": message, "type": etype, "param": None,
+                                              "code": code}}) + b"\n\n"
