@@ -87,12 +87,13 @@ def _render_server_error(request, status, message):
 
 
 async def run_gateway(config: Config, host: str, port: int, *, config_path: str | None = None,
-                      drain_seconds: float = 30.0, handle_signals: bool = True,
+                      drain_seconds: float = 30.0, handle_signals: bool = True, reuse_port: bool = False,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGINT/SIGTERM (graceful: stop accepting, let in-flight
     requests finish for up to `drain_seconds`, exit); SIGHUP reloads the
     config file."""
     app = App(config, config_path=config_path)
+    app.server.reuse_port = reuse_port
     try:
         async with trio.open_nursery() as nursery:
             addrs = await nursery.start(app.server.serve, host, port)

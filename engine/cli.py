@@ -34,15 +34,36 @@ def cmd_serve(args) -> int:
         return 2
     host = args.host or config.server.get("host", "127.0.0.1")
     port = args.port if args.port is not None else config.server.get("port", 8080)
+    if args.workers > 1:
+        return _serve_workers(args, host, port)
 
     async def main():
         async with trio.open_nursery() as nursery:
-            _, _, addrs, _ = await nursery.start(functools.partial(run_gateway, config_path=args.config),
-                                                 config, host, port)
+            _, _, addrs, _ = await nursery.start(functools.partial(
+                run_gateway, config_path=args.config, reuse_port=args.reuse_port), config, host, port)
             print(f"busbar: serving {config.source} on http://{host}:{addrs[0][1]}", file=sys.stderr, flush=True)
 
     trio.run(main)
     return 0
+
+
+def _serve_workers(args, host: str, port: int) -> int:
+    """N single-process gateways sharing the port (SO_REUSEPORT; the kernel
+    spreads connections).  Each worker keeps its own routing state; signals
+    are forwarded so SIGTERM drains all of them and SIGHUP reloads all."""
+    import subprocess
+    command = [sys.executable, "-m", "engine.cli", "--log-level", args.log_level, "serve", "--config", args.config,
+               "--host", host, "--port", str(port), "--reuse-port"]
+    workers = [subprocess.Popen(command) for _ in range(args.workers)]
+
+    def forward(signum, _frame):
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    return max(worker.wait() for worker in workers)
 
 
 def cmd_validate(args) -> int:
@@ -167,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="run the gateway with simulated vendors and a ready config")

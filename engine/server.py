@@ -149,6 +149,7 @@ class HttpServer:
         # in the protocol the path implies; plain JSON when unknown
         self.on_error = on_error or _plain_error
         self.accepting = True
+        self.reuse_port = False      # several worker processes share the port (busbar serve --workers N)
         self._accept_scope: trio.CancelScope | None = None
         self.active_connections = 0
         self.active_requests = 0
@@ -156,7 +157,10 @@ class HttpServer:
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until cancelled.  `stop_accepting()` closes the
         listening sockets while connections already open keep being served."""
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
+        if self.reuse_port:
+            listeners = [await _reuse_port_listener(host, port)]
+        else:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
                 self._accept_scope = accepting.cancel_scope
@@ -294,6 +298,16 @@ def _keep_alive(event: h11.Request) -> bool:
     if event.http_version == b"1.0":
         return b"keep-alive" in connection
     return b"close" not in connection
+
+
+async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
+    import socket as stdlib_socket
+    sock = trio.socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
+    sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+    sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
+    await sock.bind((host, port))
+    sock.listen(1024)
+    return trio.SocketListener(sock)
 
 
 class _BodyTooLarge(Exception):
