@@ -323,7 +323,23 @@ class ErrorEvent:
     status: int
     message: str
     code: str | None = None
+    raw: bytes | None = None           # the vendor's error JSON, shaped for its dialect's classify()
 
 
 Event = Union[MessageStart, BlockStart, TextDelta, ToolArgsDelta, ReasoningDelta,
               SignatureDelta, BlockStop, UsageEvent, MessageStop, ErrorEvent]
+
+
+def is_content(event: Event) -> bool:
+    """True for events that put content in front of the client (the gateway
+    commits to an upstream on the first one); False for preamble (MessageStart,
+    an empty block start, usage) and for errors."""
+    t = type(event)
+    if t is TextDelta or t is ReasoningDelta:
+        return bool(event.text)
+    if t is ToolArgsDelta or t is MessageStop:
+        return True
+    if t is BlockStart:
+        pt = type(event.part)
+        return pt is ToolCall or pt is RedactedReasoning
+    return False

@@ -17,6 +17,7 @@ module, next to these wire details.
 from __future__ import annotations
 
 import re
+import sys
 from typing import ClassVar
 
 import orjson
@@ -146,6 +147,11 @@ def classify_generic(status: int, headers: Headers, message: str, code: str | No
     return Fault(FaultClass.SERVER, status, message or f"unexpected status {status}", retry_after, code)
 
 
+class StreamError(ValueError):
+    """An upstream stream that cannot be decoded: garbage, a malformed frame,
+    or a stream that ended mid-event or before its terminal event."""
+
+
 def load_json_object(body: bytes) -> dict:
     """Parse a request body that must be a JSON object, or raise a ClientError
     the client's protocol will render (bad UTF-8 and bad JSON included)."""
@@ -212,6 +218,19 @@ class Dialect:
         if not message:
             message = body[:300].decode("utf-8", "replace") if body else f"HTTP {status}"
         return classify_generic(status, headers, message, code)
+
+    # ---- streaming -------------------------------------------------------
+    # Each protocol module defines `StreamDecoder` and `StreamEncoder` classes
+    # (incremental, I/O-free; see `engine.protocols.streaming`).
+    stream_content_type: ClassVar[bytes] = b"text/event-stream"
+
+    def stream_decoder(self):
+        """A new decoder for one upstream stream of this protocol."""
+        return sys.modules[type(self).__module__].StreamDecoder()
+
+    def stream_encoder(self, model: str, **options):
+        """A new encoder for one client stream; `model` is the name the client asked for."""
+        return sys.modules[type(self).__module__].StreamEncoder(model, **options)
 
     def fault_to_client_error(self, fault: Fault) -> ClientError:
         kind = kind_from_fault(fault)
