@@ -1,0 +1,331 @@
+"""The admin HTTP routes: page, JSON API, live events, usage, metrics.
+
+Everything here reads state the gateway already keeps (router snapshot,
+finished-request records, the Admin's counters); nothing here is on a
+client request's path.  Output never holds a secret: keys appear by id,
+clients by hash, and the admin key is never echoed.
+"""
+from __future__ import annotations
+
+import hmac
+import time
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import parse_qs, unquote
+
+import orjson
+import trio
+
+from engine import diagram
+from engine.protocols.base import header
+from engine.server import ClientGone
+
+PAGE_FILE = Path(__file__).with_name("page.html")
+RECENT_IN_STATE = 50
+SSE_TICK = 0.25            # how often a stream checks for finished requests
+SSE_EVERY = 1.0            # a snapshot at least this often
+DIAGRAM_CACHE = 32
+
+JSON = (b"content-type", b"application/json")
+NO_STORE = (b"cache-control", b"no-store")
+PAGE_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"), NO_STORE,
+    (b"content-security-policy", b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                  b"img-src data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+                                  b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+]
+_page: bytes | None = None
+
+
+def page() -> bytes:
+    global _page
+    if _page is None:
+        _page = PAGE_FILE.read_bytes()
+    return _page
+
+
+# ---------------------------------------------------------------------------
+# Dispatch
+# ---------------------------------------------------------------------------
+async def handle(admin, request, responder) -> None:
+    query = {k: v[-1] for k, v in parse_qs(request.query.decode("latin-1")).items()}
+    if not _authorized(admin, request, query):
+        if request.path == b"/admin":
+            return await responder.send(401, PAGE_HEADERS[:1] + [NO_STORE], LOGIN_PAGE)
+        return await _json(responder, 401, {"error": "admin key required: send `Authorization: Bearer <key>` "
+                                                     "or add ?key=<key>"},
+                           [(b"www-authenticate", b'Bearer realm="busbar admin"')])
+    if request.method != b"GET":
+        return await _json(responder, 405, {"error": f"{request.method.decode()} not allowed; the admin API is "
+                                                     "read-only (GET)"}, [(b"allow", b"GET")])
+    path = request.path.decode("latin-1")
+    if path == "/metrics":
+        from engine.admin.metrics import CONTENT_TYPE
+        return await responder.send(200, [(b"content-type", CONTENT_TYPE.encode()), NO_STORE],
+                                    admin.metrics.render())
+    if path in ("/admin", "/admin/"):
+        return await responder.send(200, PAGE_HEADERS, page())
+    if path == "/admin/api/state":
+        return await _json(responder, 200, state(admin))
+    if path == "/admin/api/requests":
+        return await _json(responder, 200, {"requests": requests(admin, query)})
+    if path.startswith("/admin/api/requests/"):
+        return await request_detail(admin, responder, unquote(path[len("/admin/api/requests/"):]), query)
+    if path == "/admin/api/diagram":
+        return await diagram_route(admin, responder, query)
+    if path == "/admin/events":
+        return await events(admin, responder)
+    if path == "/admin/usage":
+        return await usage(admin, responder, query)
+    return await _json(responder, 404, {"error": f"no admin route {path}", "routes": ROUTES})
+
+
+ROUTES = ["/admin", "/admin/api/state", "/admin/api/requests", "/admin/api/requests/{id}",
+          "/admin/api/diagram?pool=&request=&format=svg|mermaid|dot|png", "/admin/events",
+          "/admin/usage?since=&until=&group_by=", "/metrics"]
+
+
+def _authorized(admin, request, query: dict) -> bool:
+    if admin.key is None:
+        return True
+    auth = header(request.headers, b"authorization")
+    if auth is not None and auth[:7].lower() == b"bearer " and hmac.compare_digest(auth[7:].strip(), admin.key):
+        return True
+    given = query.get("key")
+    return given is not None and hmac.compare_digest(given.encode("latin-1"), admin.key)
+
+
+async def _json(responder, status: int, data, extra=()) -> None:
+    await responder.send(status, [JSON, NO_STORE, *extra], orjson.dumps(data))
+
+
+# ---------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------
+def _now() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+def _wall_clock(obj, wall_now: float):
+    """Monotonic deadlines (`until`) mean nothing outside the process: give
+    each a wall-clock `until_epoch` instead, from its `remaining_s`."""
+    if isinstance(obj, dict):
+        if "remaining_s" in obj:
+            obj.pop("until", None)
+            obj["until_epoch"] = round(wall_now + obj["remaining_s"], 3)
+        for value in obj.values():
+            if isinstance(value, (dict, list)):
+                _wall_clock(value, wall_now)
+    elif isinstance(obj, list):
+        for value in obj:
+            if isinstance(value, (dict, list)):
+                _wall_clock(value, wall_now)
+    return obj
+
+
+def _records(gw) -> list:
+    """Finished records, newest first."""
+    return list(reversed(gw.recent_records))
+
+
+def _active(gw) -> list:
+    """In-flight records, when the gateway keeps them (`gateway.active`)."""
+    active = getattr(gw, "active", None)
+    if not active:
+        return []
+    return list(active.values()) if isinstance(active, dict) else list(active)
+
+
+def state(admin) -> dict:
+    gw = admin.gateway
+    metrics = admin.metrics
+    wall = time.time()
+    snap = _wall_clock(gw.router.snapshot(_now()), wall)
+    for pool in snap["pools"].values():
+        for member in pool["members"]:
+            if "id" in member:
+                member.update(metrics.latency(member["id"]))
+    ok = failed = 0
+    for (_, _, _, _, status, _), n in list(metrics.requests.items()):
+        if 0 < status < 400:
+            ok += n
+        else:
+            failed += n
+    app = getattr(gw, "app", None)
+    return {
+        "now": round(wall, 3),
+        "uptime_s": round(wall - metrics.started, 1),
+        "in_flight": gw.in_flight,
+        "totals": {"requests": metrics.total, "ok": ok, "failed": failed},
+        "reloads": getattr(app, "reloads", 0),
+        "config": getattr(gw.config, "source", ""),
+        "graphviz": diagram.have_graphviz(),
+        "pools": snap["pools"],
+        "providers": snap["providers"],
+        "direct_routes": snap.get("direct_routes", []),
+        "active": [r.as_dict() for r in _active(gw)],
+        "recent": [r.as_dict() for r in _records(gw)[:RECENT_IN_STATE]],
+    }
+
+
+def requests(admin, query: dict) -> list[dict]:
+    try:
+        limit = max(1, min(int(query.get("limit", 100)), 10000))
+    except ValueError:
+        limit = 100
+    pool, status = query.get("pool"), query.get("status")
+    out = []
+    for record in _records(admin.gateway):
+        if pool and record.pool != pool:
+            continue
+        if status and str(record.status) != status and not (status == "failed" and record.status >= 400) \
+                and not (status == "ok" and 0 < record.status < 400):
+            continue
+        out.append(record.as_dict())
+        if len(out) >= limit:
+            break
+    return out
+
+
+def find_record(admin, request_id: str):
+    gw = admin.gateway
+    for record in _active(gw):
+        if record.id == request_id:
+            return record, True
+    for record in _records(gw):
+        if record.id == request_id:
+            return record, False
+    return None, False
+
+
+def _pipeline_for(gw, pool: str | None):
+    router = gw.router
+    if pool:
+        try:
+            return router.pipeline_for(pool)
+        except KeyError:
+            pass
+    return router.pipelines["default"]
+
+
+async def _svg(dot_text: str) -> str | None:
+    if not diagram.have_graphviz():
+        return None
+    try:
+        return diagram.svg_inline(await trio.to_thread.run_sync(diagram.dot_to, "svg", dot_text))
+    except Exception:
+        return None
+
+
+async def request_detail(admin, responder, request_id: str, query: dict) -> None:
+    record, in_flight = find_record(admin, request_id)
+    if record is None:
+        return await _json(responder, 404, {"error": f"no request {request_id!r} among the "
+                                                     f"{len(admin.gateway.recent_records)} most recent or in flight"})
+    data = record.as_dict()
+    pipeline = _pipeline_for(admin.gateway, record.pool)
+    title = f"request {record.id} · pool {record.pool or '-'} · pipeline {pipeline.name}"
+    dot_text = diagram.to_dot(pipeline, data, title=title)
+    await _json(responder, 200, {"record": data, "in_flight": in_flight, "pipeline": pipeline.name,
+                                 "diagram": {"mermaid": diagram.to_mermaid(pipeline, data, title=title),
+                                             "dot": dot_text, "svg": await _svg(dot_text)}})
+
+
+async def diagram_route(admin, responder, query: dict) -> None:
+    """The lifecycle of a pool's pipeline, edges weighted by the recent
+    requests of that pool, one request's path (default: the latest) on top."""
+    gw = admin.gateway
+    fmt = query.get("format") or ("svg" if diagram.have_graphviz() else "mermaid")
+    if fmt not in diagram.FORMATS:
+        return await _json(responder, 400, {"error": f"format: choose one of {', '.join(diagram.FORMATS)}"})
+    pool = query.get("pool") or None
+    records = [r for r in _records(gw) if pool is None or r.pool == pool]
+    record = None
+    if query.get("request"):
+        record, _ = find_record(admin, query["request"])
+        if record is None:
+            return await _json(responder, 404, {"error": f"no request {query['request']!r}"})
+    elif records and query.get("latest", "1") != "0":
+        record = records[0]
+    pipeline = _pipeline_for(gw, pool or (record.pool if record is not None else None))
+    data = record.as_dict() if record is not None else None
+    counts = diagram.path_counts(r.as_dict() for r in records[:200])
+    title = (f"pool {pool} · " if pool else "all pools · ") + f"pipeline {pipeline.name} · {len(records[:200])} " \
+            "recent request(s)" + (f" · highlighted: {record.id}" if record is not None else "")
+    key = (fmt, pipeline.name, pool, data and data["id"], tuple(sorted(counts.items())))
+    body = admin.diagrams.get(key)
+    if body is None:
+        if fmt == "mermaid":
+            body = diagram.to_mermaid(pipeline, data, title=title).encode()
+        else:
+            dot_text = diagram.to_dot(pipeline, data, title=title, counts=counts)
+            if fmt == "dot":
+                body = dot_text.encode()
+            else:
+                try:
+                    body = await trio.to_thread.run_sync(diagram.dot_to, fmt, dot_text)
+                except diagram.GraphvizMissing as exc:
+                    return await _json(responder, 501, {"error": str(exc)})
+        cache = admin.diagrams
+        cache[key] = body
+        while len(cache) > DIAGRAM_CACHE:
+            cache.pop(next(iter(cache)))
+    ctype = {"svg": b"image/svg+xml", "png": b"image/png", "dot": b"text/vnd.graphviz; charset=utf-8",
+             "mermaid": b"text/plain; charset=utf-8"}[fmt]
+    await responder.send(200, [(b"content-type", ctype), NO_STORE], body)
+
+
+# ---------------------------------------------------------------------------
+# Live events
+# ---------------------------------------------------------------------------
+async def events(admin, responder) -> None:
+    """Server-sent events: `state` (the /admin/api/state document) every
+    second, and within SSE_TICK after requests finish."""
+    await responder.start(200, [(b"content-type", b"text/event-stream"), NO_STORE, (b"x-accel-buffering", b"no")])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder.watch_disconnect, nursery.cancel_scope)
+        await responder.write(b"retry: 2000\n\n")
+        seen = -1
+        pushed = float("-inf")
+        while not admin.closing:
+            now = trio.current_time()
+            total = admin.metrics.total
+            if total != seen or now - pushed >= SSE_EVERY:
+                await responder.write(b"event: state\ndata: " + orjson.dumps(state(admin)) + b"\n\n")
+                seen, pushed = total, now
+            await trio.sleep(SSE_TICK)
+        nursery.cancel_scope.cancel()
+    if not responder._gone:
+        try:
+            await responder.end()
+        except ClientGone:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# Usage
+# ---------------------------------------------------------------------------
+async def usage(admin, responder, query: dict) -> None:
+    from engine.admin.usage import UsageError, parse_group_by, parse_since
+    if admin.usage is None:
+        return await _json(responder, 404, {"error": "usage accounting is off (admin.usage_db / BUSBAR_USAGE_DB)"})
+    try:
+        since = parse_since(query.get("since"))
+        until = parse_since(query.get("until"))
+        group_by = parse_group_by(query.get("group_by"))
+    except UsageError as exc:
+        return await _json(responder, 400, {"error": str(exc)})
+    rows = await admin.usage.query(since, until, group_by)
+    await _json(responder, 200, {"since": since, "until": until, "group_by": list(group_by), "rows": rows})
+
+
+LOGIN_PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>Busbar admin</title>
+<link rel="icon" href="data:,"><style>body{font:15px system-ui,sans-serif;margin:15vh auto;max-width:28em;color:#263238}
+input{font:inherit;padding:.4em;width:100%;box-sizing:border-box}button{font:inherit;margin-top:.6em;padding:.4em 1em}</style>
+</head><body><h1>Busbar admin</h1><p>This gateway's admin page needs its key (<code>admin.key</code> in the config).</p>
+<form method="get" action="/admin"><input type="password" name="key" autofocus placeholder="admin key">
+<button>Open</button></form></body></html>"""

@@ -1,0 +1,235 @@
+"""`/metrics`: the gateway's counters in the Prometheus text format.
+
+The per-request cost has to stay at a few microseconds (the listener runs
+in the request's own task, after the response went out), so `observe` only
+bumps plain dicts keyed by label tuples and one histogram bucket per
+latency; prometheus-client turns them into metric families when scraped
+(`Collector.collect`), on its own `CollectorRegistry` per Gateway so several
+gateways can live in one process.  Breaker and key states are read from the
+router at scrape time, never tracked per request.
+
+Every name starts with `busbar_`; labels never carry a secret (keys are
+named by their id: provider, index and a hash prefix).
+"""
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import deque
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# seconds; generous at the top: LLM answers take minutes
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_BOUNDS_MS = tuple(b * 1000 for b in BUCKETS)
+LATENCY_SAMPLES = 256           # per member, for the admin page's p50/p95
+BREAKER_STATES = ("closed", "open", "half_open")
+KEY_STATES = ("active", "cooling", "disabled")
+FAULT_OUTCOMES = frozenset(("client", "context", "rate", "billing", "auth", "server"))
+
+
+def _hist() -> list:
+    # bucket counts (one per bound, plus +Inf), then the sum in seconds
+    return [0] * (len(BUCKETS) + 1) + [0.0]
+
+
+class Metrics:
+    """Counters fed by `observe(record)`, exposed by `render()`."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.started = time.time()
+        self.total = 0
+        # (pool, member, client_protocol, upstream_protocol, status, fault) -> count
+        self.requests: dict[tuple, int] = {}
+        self.attempts: dict[tuple, int] = {}       # (pool, member, outcome)
+        self.failovers: dict[tuple, int] = {}      # (pool, member, fault): left this member for another
+        self.tokens: dict[tuple, int] = {}         # (pool, member, kind)
+        self.duration: dict[str, list] = {}        # pool -> histogram
+        self.ttfb: dict[tuple, list] = {}          # (pool, member) -> histogram
+        self.samples: dict[str, deque] = {}        # member -> recent TTFB ms
+        self._protocols: dict[str, str] = {}
+        self._router = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        try:   # process CPU, memory, fds (Linux only; harmless elsewhere)
+            from prometheus_client import ProcessCollector
+            ProcessCollector(namespace="busbar", registry=self.registry)
+        except Exception:  # pragma: no cover
+            pass
+
+    def adopt(self, old: "Metrics") -> None:
+        """Carry the counters over a config reload."""
+        for name in ("started", "total", "requests", "attempts", "failovers", "tokens", "duration", "ttfb",
+                     "samples"):
+            setattr(self, name, getattr(old, name))
+
+    # ---- hot path ------------------------------------------------------------
+    def upstream_protocol(self, member: str) -> str:
+        router = self.gateway.router
+        if router is not self._router:
+            self._router = router
+            self._protocols = {leaf.id: leaf.protocol for node in router.pools.values() for leaf in node.leaves}
+        proto = self._protocols.get(member)
+        if proto is None:   # a direct provider/model route
+            provider = router.providers.get(member.partition("/")[0])
+            proto = provider.protocol if provider is not None else "unknown"
+            if len(self._protocols) < 10000:
+                self._protocols[member] = proto
+        return proto
+
+    def observe(self, record) -> None:
+        """Count one finished request (a gateway RequestRecord)."""
+        self.total += 1
+        pool = record.pool or "-"
+        attempts = record.attempts
+        if attempts:
+            counts = self.attempts
+            for a in attempts:
+                k = (pool, a.member, a.outcome)
+                counts[k] = counts.get(k, 0) + 1
+            if len(attempts) > 1:
+                fo = self.failovers
+                for a in attempts[:-1]:
+                    if a.outcome in FAULT_OUTCOMES:
+                        k = (pool, a.member, a.outcome)
+                        fo[k] = fo.get(k, 0) + 1
+            last = attempts[-1]
+            member = last.member
+            fault = last.outcome if last.outcome in FAULT_OUTCOMES else "none"
+            upstream = self.upstream_protocol(member)
+        else:
+            member = upstream = "-"
+            fault = "none"
+        k = (pool, member, record.client_protocol, upstream, record.status, fault)
+        self.requests[k] = self.requests.get(k, 0) + 1
+        h = self.duration.get(pool)
+        if h is None:
+            h = self.duration[pool] = _hist()
+        h[bisect_left(_BOUNDS_MS, record.ms)] += 1
+        h[-1] += record.ms / 1000.0
+        ttfb = record.ttfb_ms
+        if ttfb is not None:
+            k = (pool, member)
+            h = self.ttfb.get(k)
+            if h is None:
+                h = self.ttfb[k] = _hist()
+            h[bisect_left(_BOUNDS_MS, ttfb)] += 1
+            h[-1] += ttfb / 1000.0
+            s = self.samples.get(member)
+            if s is None:
+                s = self.samples[member] = deque(maxlen=LATENCY_SAMPLES)
+            s.append(ttfb)
+        usage = record.usage
+        if usage is not None:
+            t = self.tokens
+            for kind, value in (("input", usage.input_tokens), ("output", usage.output_tokens),
+                                ("cached", usage.cached_tokens), ("reasoning", usage.reasoning_tokens)):
+                if value:
+                    k = (pool, member, kind)
+                    t[k] = t.get(k, 0) + value
+
+    # ---- reading ---------------------------------------------------------------
+    def latency(self, member: str) -> dict:
+        """p50/p95 of the member's recent times to first byte (ms)."""
+        s = self.samples.get(member)
+        if not s:
+            return {"p50_ms": None, "p95_ms": None, "samples": 0}
+        ordered = sorted(s)
+        n = len(ordered)
+        return {"p50_ms": round(ordered[(n - 1) // 2], 3), "p95_ms": round(ordered[min(n - 1, int(n * 0.95))], 3),
+                "samples": n}
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    """Turns the Metrics dicts and the router's state into metric families."""
+
+    def __init__(self, metrics: Metrics):
+        self.m = metrics
+
+    def collect(self):
+        m = self.m
+        gw = m.gateway
+        fam = CounterMetricFamily("busbar_requests", "Finished client requests.",
+                                  labels=["pool", "member", "client_protocol", "upstream_protocol", "status",
+                                          "fault"])
+        for (pool, member, cp, up, status, fault), n in list(m.requests.items()):
+            fam.add_metric([pool, member, cp, up, str(status), fault], n)
+        yield fam
+        fam = CounterMetricFamily("busbar_attempts", "Upstream attempts by outcome (ok, a fault class, cancelled).",
+                                  labels=["pool", "member", "outcome"])
+        for (pool, member, outcome), n in list(m.attempts.items()):
+            fam.add_metric([pool, member, outcome], n)
+        yield fam
+        fam = CounterMetricFamily("busbar_failovers", "Attempts that failed and were retried elsewhere.",
+                                  labels=["pool", "member", "fault"])
+        for (pool, member, fault), n in list(m.failovers.items()):
+            fam.add_metric([pool, member, fault], n)
+        yield fam
+        fam = CounterMetricFamily("busbar_tokens", "Tokens reported by upstreams (input includes cached, "
+                                  "output includes reasoning).", labels=["pool", "member", "kind"])
+        for (pool, member, kind), n in list(m.tokens.items()):
+            fam.add_metric([pool, member, kind], n)
+        yield fam
+        fam = HistogramMetricFamily("busbar_request_duration_seconds", "Whole request, received to last byte.",
+                                    labels=["pool"])
+        for pool, h in list(m.duration.items()):
+            fam.add_metric([pool], _buckets(h), h[-1])
+        yield fam
+        fam = HistogramMetricFamily("busbar_ttfb_seconds", "Time to first byte of the answering attempt.",
+                                    labels=["pool", "member"])
+        for (pool, member), h in list(m.ttfb.items()):
+            fam.add_metric([pool, member], _buckets(h), h[-1])
+        yield fam
+        yield GaugeMetricFamily("busbar_in_flight_requests", "Client requests in progress.",
+                                value=getattr(gw, "in_flight", 0))
+        router = gw.router
+        import trio
+        try:
+            now = trio.current_time()
+        except RuntimeError:
+            now = time.monotonic()
+        state = GaugeMetricFamily("busbar_breaker_state", "1 for the breaker's current state of each upstream "
+                                  "target (provider + model).", labels=["provider", "model", "state"])
+        opens = CounterMetricFamily("busbar_breaker_opens", "Times the breaker opened.", labels=["provider", "model"])
+        inflight = GaugeMetricFamily("busbar_upstream_in_flight", "Attempts in progress per upstream target.",
+                                     labels=["provider", "model"])
+        for (provider, model), target in list(router.targets.items()):
+            current = target.breaker.state.value
+            for s in BREAKER_STATES:
+                state.add_metric([provider, model, s], 1.0 if s == current else 0.0)
+            opens.add_metric([provider, model], target.breaker.opens)
+            inflight.add_metric([provider, model], target.in_flight)
+        yield state
+        yield opens
+        yield inflight
+        keys = GaugeMetricFamily("busbar_key_state", "1 for each key's current state (disabled carries the reason).",
+                                 labels=["provider", "key", "state", "reason"])
+        key_uses = CounterMetricFamily("busbar_key_uses", "Attempts sent with each key.", labels=["provider", "key"])
+        for name, provider in list(router.providers.items()):
+            for key in provider.keys.keys:
+                snap = key.state(now)
+                current = snap["state"]
+                reason = (snap.get("reason") or "").split(" ")[0] if current == "disabled" else ""
+                for s in KEY_STATES:
+                    keys.add_metric([name, key.id, s, reason if s == current else ""], 1.0 if s == current else 0.0)
+                key_uses.add_metric([name, key.id], key.uses)
+        yield keys
+        yield key_uses
+
+
+def _buckets(h: list) -> list[tuple[str, float]]:
+    out = []
+    running = 0
+    for bound, n in zip(BUCKETS, h):
+        running += n
+        out.append((repr(float(bound)), running))
+    running += h[len(BUCKETS)]
+    out.append(("+Inf", running))
+    return out
