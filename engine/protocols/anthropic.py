@@ -672,6 +672,7 @@ class StreamEncoder(s.Encoder):
     __slots__ = ("_model", "_started", "_blocks", "_next", "_usage")
 
     def __init__(self, model: str):
+        super().__init__()
         self._model = model
         self._started = False
         self._blocks: dict[int, tuple] = {}   # IR index -> (wire index bytes, kind, origin)
@@ -755,6 +756,6 @@ class StreamEncoder(s.Encoder):
         return (out + b"event: message_delta\ndata: " + s.dumps(delta)
                 + b'\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
 
-    def error(self, kind: str, message: str) -> bytes:
+    def _error(self, kind: str, message: str) -> bytes:
         etype = AnthropicDialect._error_types.get(kind, "api_error")
         return b"event: error\ndata: " + s.dumps({"type": "error", "error": {"type": etype, "message": message}}) + b"\n\n"

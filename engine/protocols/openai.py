@@ -640,7 +640,7 @@ class StreamDecoder(s.SSEDecoder):
             self._id = obj.get("id") or ""
             out.append(ir.MessageStart(self._id, obj.get("model") or ""))
         choices = obj.get("choices")
-        if choices:
+        if choices and not choices[0].get("index"):      # n > 1: the first choice only
             ch = choices[0]
             delta = ch.get("delta")
             if delta:
@@ -722,6 +722,7 @@ class StreamEncoder(s.Encoder):
                  "_include_usage", "_ended")
 
     def __init__(self, model: str, *, include_usage: bool = True):
+        super().__init__()
         self._model = model
         self._base = b""
         self._head = b""        # b'data: {"id":...,"choices":[{"index":0,"delta":'
@@ -802,10 +803,9 @@ class StreamEncoder(s.Encoder):
         return out
 
     def finish(self) -> bytes:
-        return b"data: [DONE]\n\n" if self._ended else b""
+        return b"data: [DONE]\n\n" if self._ended and not self._errored else b""
 
-    def error(self, kind: str, message: str) -> bytes:
+    def _error(self, kind: str, message: str) -> bytes:
         etype, code = OpenAIDialect._error_types.get(kind, ("server_error", None))
-        self._ended = False
         return b"data: " + s.dumps({"error": {"message": message, "type": etype, "param": None,
                                               "code": code}}) + b"\n\n"

@@ -545,3 +545,404 @@ def _render_response(resp: ir.Response, model: str) -> dict:
 
 
 dialect = ResponsesDialect()
+
+
+# ---------------------------------------------------------------------------
+# streaming: Responses SSE <-> IR events (engine.protocols.streaming)
+
+from engine.protocols import streaming as s  # noqa: E402
+from engine.protocols.base import StreamError  # noqa: E402
+from engine.protocols.sse import stream_error_status  # noqa: E402
+
+# response.error.code -> HTTP status equivalent (unknown image_* / invalid_* codes: 400)
+_ERROR_STATUS = {"server_error": 500, "rate_limit_exceeded": 429, "insufficient_quota": 429,
+                 "invalid_prompt": 400, "context_length_exceeded": 400, "vector_store_timeout": 504,
+                 "bio_policy": 400, "data_residency_mismatch": 400}
+
+
+def _error_event(code, message, data: bytes | None = None) -> ir.ErrorEvent:
+    message = str(message or "upstream stream error")
+    raw = orjson.dumps({"error": {"message": message, "type": code, "code": code}})
+    if code in _ERROR_STATUS:
+        status = _ERROR_STATUS[code]
+    elif isinstance(code, str) and (code.startswith("image") or code.startswith("invalid")):
+        status = 400
+    else:
+        status = stream_error_status(P, raw)
+    return ir.ErrorEvent(status, message, code, raw)
+
+
+def _usage_in(u: dict) -> ir.Usage:
+    itd = u.get("input_tokens_details") or {}
+    otd = u.get("output_tokens_details") or {}
+    return ir.Usage(u.get("input_tokens") or 0, u.get("output_tokens") or 0,
+                    itd.get("cached_tokens") or 0, itd.get("cache_write_tokens") or 0,
+                    otd.get("reasoning_tokens") or 0, u.get("total_tokens"))
+
+
+class StreamDecoder(s.SSEDecoder):
+    """Responses events -> IR.  A text block is one content part of a message
+    item; a tool call or reasoning block is one item.  Deltas carry the
+    content; a `*.done` event supplies it only when no delta did."""
+
+    __slots__ = ("_blocks", "_next", "_tools", "_done")
+    protocol = P
+
+    def __init__(self):
+        super().__init__()
+        # open blocks: (output_index, content_index or -1 for item blocks) -> [IR index, got a delta]
+        self._blocks: dict[tuple, list] = {}
+        self._next = 0
+        self._tools = False
+        self._done = False
+
+    def _open(self, key: tuple, part, out: list) -> list:
+        b = self._blocks[key] = [self._next, False]
+        self._next += 1
+        out.append(ir.BlockStart(b[0], part))
+        return b
+
+    def _delta(self, key: tuple, cls, text, out: list) -> None:
+        b = self._blocks.get(key)
+        if b is not None and text:
+            b[1] = True
+            out.append(cls(b[0], text))
+
+    def _done_text(self, key: tuple, cls, text, out: list) -> None:
+        b = self._blocks.get(key)
+        if b is not None and not b[1] and text:
+            b[1] = True
+            out.append(cls(b[0], text))
+
+    def _stop(self, key: tuple, out: list) -> None:
+        b = self._blocks.pop(key, None)
+        if b is not None:
+            out.append(ir.BlockStop(b[0]))
+
+    def _event(self, name, data: bytes, out: list) -> None:
+        if self._done:
+            return
+        obj = s.loads(data)
+        kind = obj["type"]
+        if kind == "response.output_text.delta":
+            self._delta((obj["output_index"], obj["content_index"]), ir.TextDelta, obj["delta"], out)
+        elif kind == "response.function_call_arguments.delta":
+            self._delta((obj["output_index"], -1), ir.ToolArgsDelta, obj["delta"], out)
+        elif kind == "response.reasoning_summary_text.delta" or kind == "response.reasoning_text.delta":
+            self._delta((obj["output_index"], -1), ir.ReasoningDelta, obj["delta"], out)
+        elif kind == "response.refusal.delta":
+            self._delta((obj["output_index"], obj["content_index"]), ir.TextDelta, obj["delta"], out)
+        elif kind == "response.content_part.added":
+            part = obj.get("part") or {}
+            pt = part.get("type")
+            if pt == "output_text" or pt == "refusal":
+                key = (obj["output_index"], obj["content_index"])
+                self._open(key, ir.Text("") if pt == "output_text" else ir.Refusal(""), out)
+                self._delta(key, ir.TextDelta, part.get("text") or part.get("refusal"), out)
+        elif kind == "response.output_text.done":
+            self._done_text((obj["output_index"], obj["content_index"]), ir.TextDelta, obj.get("text"), out)
+        elif kind == "response.refusal.done":
+            self._done_text((obj["output_index"], obj["content_index"]), ir.TextDelta, obj.get("refusal"), out)
+        elif kind == "response.content_part.done":
+            self._stop((obj["output_index"], obj["content_index"]), out)
+        elif kind == "response.function_call_arguments.done":
+            self._done_text((obj["output_index"], -1), ir.ToolArgsDelta, obj.get("arguments"), out)
+        elif kind == "response.reasoning_summary_text.done":
+            self._done_text((obj["output_index"], -1), ir.ReasoningDelta, obj.get("text"), out)
+        elif kind == "response.reasoning_summary_part.added":
+            b = self._blocks.get((obj["output_index"], -1))
+            if b is not None and obj.get("summary_index") and b[1]:
+                out.append(ir.ReasoningDelta(b[0], "\n\n"))    # summaries join like the buffered parse
+        elif kind == "response.output_item.added":
+            self._item_added(obj["output_index"], obj.get("item") or {}, out)
+        elif kind == "response.output_item.done":
+            self._item_done(obj["output_index"], obj.get("item") or {}, out)
+        elif kind == "response.created":
+            r = obj.get("response") or {}
+            out.append(ir.MessageStart(r.get("id") or "", r.get("model") or ""))
+        elif kind == "response.completed" or kind == "response.incomplete":
+            r = obj.get("response") or {}
+            self._close_all(out)
+            u = r.get("usage")
+            if u:
+                out.append(ir.UsageEvent(_usage_in(u)))
+            if kind == "response.incomplete":
+                reason = (r.get("incomplete_details") or {}).get("reason")
+                stop = SR.CONTENT_FILTER if reason == "content_filter" else SR.MAX_TOKENS
+            else:
+                stop = SR.TOOL_USE if self._tools else SR.END_TURN
+            self._done = True
+            out.append(ir.MessageStop(stop))
+        elif kind == "response.failed":
+            err = (obj.get("response") or {}).get("error") or {}
+            self._done = True
+            out.append(_error_event(err.get("code"), err.get("message"), data))
+        elif kind == "error":
+            err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
+            self._done = True
+            out.append(_error_event(err.get("code") or err.get("type"), err.get("message"), data))
+        # lifecycle (in_progress, queued), hosted tools, annotations...: nothing
+
+    def _item_added(self, oi: int, item: dict, out: list) -> None:
+        it = item.get("type")
+        if it == "function_call":
+            self._tools = True
+            self._open((oi, -1), ir.ToolCall(item.get("call_id") or item.get("id") or "", item.get("name") or "", {}),
+                       out)
+            self._delta((oi, -1), ir.ToolArgsDelta, item.get("arguments"), out)
+        elif it == "reasoning":
+            self._open((oi, -1), ir.Reasoning("", None, P), out)
+
+    def _item_done(self, oi: int, item: dict, out: list) -> None:
+        it = item.get("type")
+        key = (oi, -1)
+        if it == "message":
+            for k in [k for k in self._blocks if k[0] == oi]:
+                self._stop(k, out)
+            return
+        if it not in ("function_call", "reasoning"):
+            return
+        if key not in self._blocks:          # an item sent only whole
+            self._item_added(oi, item, out)
+        if it == "function_call":
+            self._done_text(key, ir.ToolArgsDelta, item.get("arguments"), out)
+        else:
+            b = self._blocks[key]
+            if not b[1]:
+                text = "\n\n".join(x.get("text", "") for x in item.get("summary") or ())
+                self._done_text(key, ir.ReasoningDelta, text, out)
+            if item.get("encrypted_content"):
+                out.append(ir.SignatureDelta(b[0], item["encrypted_content"]))
+        self._stop(key, out)
+
+    def _close_all(self, out: list) -> None:
+        for b in self._blocks.values():
+            out.append(ir.BlockStop(b[0]))
+        self._blocks.clear()
+
+    def _end(self, out: list) -> None:
+        if not self._done:
+            raise StreamError("Responses stream ended before response.completed (truncated)")
+
+
+_EV = b"event: "
+_DATA = b"\ndata: "
+_B_TEXT, _B_REFUSAL, _B_TOOL, _B_REASONING, _B_REDACTED = 1, 2, 3, 4, 5
+
+
+class _Block:
+    __slots__ = ("kind", "oi", "ci", "item_id", "chunks", "mid", "item")
+
+    def __init__(self, kind: int, oi: int, ci: int, item_id: str, mid: bytes, item: dict | None = None):
+        self.kind = kind
+        self.oi = oi
+        self.ci = ci
+        self.item_id = item_id
+        self.chunks: list[str] = []
+        self.mid = mid      # the constant middle of this block's delta events
+        self.item = item    # the output item (tool call, reasoning)
+
+
+@s.handlers
+class StreamEncoder(s.Encoder):
+    """IR -> Responses events: response.created / in_progress, then per block
+    its item and part events with deltas, then response.completed carrying
+    the full output and usage.  Consecutive text blocks share one message
+    item.  The protocol's done events repeat each item's full text, so the
+    encoder keeps the output it has sent (the only non-constant state)."""
+
+    __slots__ = ("_model", "_rid", "_created", "_seq", "_noi", "_output", "_msg", "_blocks", "_usage")
+
+    def __init__(self, model: str):
+        super().__init__()
+        self._model = model
+        self._rid = ""
+        self._created = 0
+        self._seq = 0
+        self._noi = 0                    # next output index
+        self._output: list[tuple[int, dict]] = []    # finished (output index, item), for response.completed
+        self._msg: dict | None = None    # the open message item
+        self._blocks: dict[int, _Block] = {}
+        self._usage: ir.Usage | None = None
+
+    def _ev(self, kind: str, body: dict) -> bytes:
+        body = {"type": kind, "sequence_number": self._seq, **body}
+        self._seq += 1
+        return _EV + kind.encode() + _DATA + s.dumps(body) + b"\n\n"
+
+    def _response(self, status: str, output: list, usage=None, error=None, incomplete=None) -> dict:
+        return {"id": self._rid, "object": "response", "created_at": self._created, "status": status,
+                "error": error, "incomplete_details": incomplete, "model": self._model,
+                "output": [item for _, item in output],
+                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                "usage": render_usage(usage) if usage is not None else None}
+
+    def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:
+        self._rid = ev.id if ev.id.startswith("resp_") else f"resp_{uuid.uuid4().hex}"
+        self._created = int(time.time())
+        if ev.usage is not None:
+            self._usage = ev.usage
+        r = self._response("in_progress", [])
+        return self._ev("response.created", {"response": r}) + self._ev("response.in_progress", {"response": r})
+
+    def _close_msg(self) -> bytes:
+        msg = self._msg
+        if msg is None:
+            return b""
+        self._msg = None
+        msg["status"] = "completed"
+        oi = msg.pop("_oi")
+        self._output.append((oi, msg))
+        return self._ev("response.output_item.done", {"output_index": oi, "item": msg})
+
+    def _add_item(self, item: dict) -> tuple[int, bytes]:
+        oi = self._noi
+        self._noi += 1
+        return oi, self._ev("response.output_item.added", {"output_index": oi, "item": item})
+
+    def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
+        out = b"" if self._rid else self._on_MessageStart(ir.MessageStart("", ""))
+        part = ev.part
+        t = type(part)
+        if t is ir.Text or t is ir.Refusal:
+            msg = self._msg
+            if msg is None:
+                item = {"id": f"msg_{self._rid[5:]}_{self._noi}", "type": "message", "role": "assistant",
+                        "status": "in_progress", "content": []}
+                oi, added = self._add_item(dict(item))
+                out += added
+                item["_oi"] = oi
+                msg = self._msg = item
+            oi, ci = msg["_oi"], len(msg["content"])
+            kind = _B_TEXT if t is ir.Text else _B_REFUSAL
+            wire = {"type": "output_text", "text": "", "annotations": []} if kind == _B_TEXT else \
+                {"type": "refusal", "refusal": ""}
+            mid = (b',"item_id":' + s.dumps(msg["id"]) + b',"output_index":' + str(oi).encode()
+                   + b',"content_index":' + str(ci).encode() + b',"delta":')
+            self._blocks[ev.index] = _Block(kind, oi, ci, msg["id"], mid)
+            msg["content"].append(None)      # placeholder until the part is done
+            return out + self._ev("response.content_part.added",
+                                  {"item_id": msg["id"], "output_index": oi, "content_index": ci, "part": wire})
+        out += self._close_msg()
+        if t is ir.ToolCall:
+            call_id = fit_id(part.id)
+            item = {"id": f"fc_{call_id}", "type": "function_call", "call_id": call_id, "name": part.name,
+                    "arguments": "", "status": "in_progress"}
+            oi, added = self._add_item(dict(item))
+            mid = b',"item_id":' + s.dumps(item["id"]) + b',"output_index":' + str(oi).encode() + b',"delta":'
+            self._blocks[ev.index] = _Block(_B_TOOL, oi, -1, item["id"], mid, item)
+            return out + added
+        if t is ir.Reasoning or t is ir.RedactedReasoning:
+            item = {"id": f"rs_{self._rid[5:]}_{self._noi}", "type": "reasoning", "summary": []}
+            if t is ir.RedactedReasoning:
+                item["encrypted_content"] = c.sig_out(part, P)
+            oi, added = self._add_item(dict(item))
+            if t is ir.RedactedReasoning:
+                self._blocks[ev.index] = _Block(_B_REDACTED, oi, -1, item["id"], b"", item)
+                return out + added
+            mid = (b',"item_id":' + s.dumps(item["id"]) + b',"output_index":' + str(oi).encode()
+                   + b',"summary_index":0,"delta":')
+            self._blocks[ev.index] = _Block(_B_REASONING, oi, -1, item["id"], mid, item)
+            item["_origin"] = part.origin      # for the signature's tag; dropped when done
+            return out + added + self._ev("response.reasoning_summary_part.added", {
+                "item_id": item["id"], "output_index": oi, "summary_index": 0,
+                "part": {"type": "summary_text", "text": ""}})
+        return out
+
+    def _delta(self, b: _Block | None, kind: int, name: bytes, text: str, tail: bytes) -> bytes:
+        if b is None or b.kind != kind or not text:
+            return b""
+        b.chunks.append(text)
+        seq = self._seq
+        self._seq += 1
+        return (_EV + name + _DATA + b'{"type":"' + name + b'","sequence_number":' + str(seq).encode()
+                + b.mid + s.dumps(text) + tail)
+
+    def _on_TextDelta(self, ev: ir.TextDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is not None and b.kind == _B_REFUSAL:
+            return self._delta(b, _B_REFUSAL, b"response.refusal.delta", ev.text, b"}\n\n")
+        return self._delta(b, _B_TEXT, b"response.output_text.delta", ev.text, b',"logprobs":[]}\n\n')
+
+    def _on_ToolArgsDelta(self, ev: ir.ToolArgsDelta) -> bytes:
+        return self._delta(self._blocks.get(ev.index), _B_TOOL, b"response.function_call_arguments.delta",
+                           ev.partial_json, b"}\n\n")
+
+    def _on_ReasoningDelta(self, ev: ir.ReasoningDelta) -> bytes:
+        return self._delta(self._blocks.get(ev.index), _B_REASONING, b"response.reasoning_summary_text.delta",
+                           ev.text, b"}\n\n")
+
+    def _on_SignatureDelta(self, ev: ir.SignatureDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is not None and b.kind == _B_REASONING:
+            b.item["encrypted_content"] = c.sig_out(ir.Reasoning("", ev.signature, b.item.get("_origin")), P)
+        return b""
+
+    def _on_BlockStop(self, ev: ir.BlockStop) -> bytes:
+        b = self._blocks.pop(ev.index, None)
+        if b is None:
+            return b""
+        kind = b.kind
+        text = "".join(b.chunks)
+        if kind == _B_TEXT or kind == _B_REFUSAL:
+            where = {"item_id": b.item_id, "output_index": b.oi, "content_index": b.ci}
+            if kind == _B_TEXT:
+                part = {"type": "output_text", "text": text, "annotations": []}
+                out = self._ev("response.output_text.done", {**where, "text": text, "logprobs": []})
+            else:
+                part = {"type": "refusal", "refusal": text}
+                out = self._ev("response.refusal.done", {**where, "refusal": text})
+            if self._msg is not None and self._msg["id"] == b.item_id:
+                self._msg["content"][b.ci] = part
+            return out + self._ev("response.content_part.done", {**where, "part": part})
+        item = b.item
+        where = {"item_id": b.item_id, "output_index": b.oi}
+        out = b""
+        if kind == _B_TOOL:
+            item["arguments"] = text
+            item["status"] = "completed"
+            out = self._ev("response.function_call_arguments.done", {**where, "name": item["name"], "arguments": text})
+        elif kind == _B_REASONING:
+            item.pop("_origin", None)
+            part = {"type": "summary_text", "text": text}
+            item["summary"] = [part] if text else []
+            out = (self._ev("response.reasoning_summary_text.done", {**where, "summary_index": 0, "text": text})
+                   + self._ev("response.reasoning_summary_part.done", {**where, "summary_index": 0, "part": part}))
+        self._output.append((b.oi, item))
+        return out + self._ev("response.output_item.done", {"output_index": b.oi, "item": item})
+
+    def _on_UsageEvent(self, ev: ir.UsageEvent) -> bytes:
+        self._usage = ev.usage
+        return b""
+
+    def _finish_items(self) -> bytes:
+        out = b""
+        for i in list(self._blocks):
+            out += self._on_BlockStop(ir.BlockStop(i))
+        out += self._close_msg()
+        self._output.sort(key=lambda pair: pair[0])
+        return out
+
+    def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
+        out = b"" if self._rid else self._on_MessageStart(ir.MessageStart("", ""))
+        out += self._finish_items()
+        stop = ev.stop_reason
+        usage = self._usage or ir.Usage()
+        if stop is SR.MAX_TOKENS or stop is SR.CONTEXT_WINDOW:
+            r = self._response("incomplete", self._output, usage, incomplete={"reason": "max_output_tokens"})
+            return out + self._ev("response.incomplete", {"response": r})
+        if stop is SR.CONTENT_FILTER:
+            r = self._response("incomplete", self._output, usage, incomplete={"reason": "content_filter"})
+            return out + self._ev("response.incomplete", {"response": r})
+        return out + self._ev("response.completed", {"response": self._response("completed", self._output, usage)})
+
+    def _error(self, kind: str, message: str) -> bytes:
+        code = {"rate_limit": "rate_limit_exceeded", "billing": "insufficient_quota",
+                "invalid_request": "invalid_prompt"}.get(kind, "server_error")
+        if not self._rid:
+            self._rid = f"resp_{uuid.uuid4().hex}"
+            self._created = int(time.time())
+        error = {"code": code, "message": message}
+        out = self._ev("error", {"code": code, "message": message, "param": None})
+        r = self._response("failed", self._output, self._usage, error=error)
+        return out + self._ev("response.failed", {"response": r})

@@ -111,8 +111,11 @@ class Encoder:
     """Base of every encoder: `encode` dispatches on the event's type to the
     class's `_on` table (built by `handlers`)."""
 
-    __slots__ = ()
+    __slots__ = ("_errored",)
     _on: dict = {}
+
+    def __init__(self):
+        self._errored = False
 
     def encode(self, event: ir.Event) -> bytes:
         return self._on[type(event)](self, event)
@@ -121,6 +124,14 @@ class Encoder:
         return b""
 
     def error(self, kind: str, message: str) -> bytes:
+        """The protocol's error event ending the stream; only the first call
+        (or encoded ErrorEvent) produces bytes, so a stream ends once."""
+        if self._errored:
+            return b""
+        self._errored = True
+        return self._error(kind, message)
+
+    def _error(self, kind: str, message: str) -> bytes:
         raise NotImplementedError
 
     def _error_event(self, ev: ir.ErrorEvent) -> bytes:
