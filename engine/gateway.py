@@ -95,6 +95,7 @@ class RequestRecord:
     ttfb_ms: float | None = None
     error: str = ""
     usage: object = None          # ir.Usage when the response told us
+    client_key_id: str | None = None   # routing.fingerprint of the gateway client key (usage accounting)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "client_protocol": self.client_protocol, "pool": self.pool, "stream": self.stream,
@@ -136,6 +137,10 @@ class Gateway:
         self._ids = itertools.count(1)
         self._id_prefix = f"{int(time.time()) & 0xFFFFFF:06x}"
         self._models_body = self._render_models()
+        from engine.admin import Admin   # /admin, /metrics, usage accounting: inert unless admin.enabled
+        self.admin = Admin(self)
+        if self.admin.enabled:
+            self.listeners.append(self.admin.on_finish)
 
     # ---- construction ----------------------------------------------------
     @staticmethod
@@ -223,6 +228,8 @@ class Gateway:
                 log.exception("request listener failed")
 
     async def _handle_other(self, request: HttpRequest, responder: Responder) -> None:
+        if request.path.startswith((b"/admin", b"/metrics")) and await self.admin.handle(request, responder):
+            return
         if request.path in (b"/v1/models", b"/models") and request.method == b"GET":
             return await responder.send(200, [JSON_CT], self._models_body)
         if request.path in (b"/healthz", b"/health"):
