@@ -433,3 +433,238 @@ def _render_response(resp: ir.Response, model: str) -> dict:
 
 
 dialect = CohereDialect()
+
+
+# ---------------------------------------------------------------------------
+# streaming: v2 chat SSE <-> IR events (engine.protocols.streaming)
+
+from engine.protocols import streaming as s  # noqa: E402
+from engine.protocols.base import StreamError  # noqa: E402
+
+
+def _usage_in(u: dict) -> ir.Usage:
+    tokens = u.get("tokens") or u.get("billed_units") or {}
+    return ir.Usage(int(tokens.get("input_tokens") or 0), int(tokens.get("output_tokens") or 0),
+                    int(u.get("cached_tokens") or 0))
+
+
+class StreamDecoder(s.SSEDecoder):
+    """v2 chat events -> IR.  content-* and tool-call-* map one to one (their
+    indexes are separate namespaces); tool-plan-delta text is a Text block
+    marked as the tool plan (like the buffered parse), closed when the first
+    tool call starts; message-end carries usage and the finish reason, or an
+    error."""
+
+    __slots__ = ("_content", "_calls", "_plan", "_next", "_tools", "_done")
+    protocol = P
+
+    def __init__(self):
+        super().__init__()
+        self._content: dict[int, list] = {}   # open content blocks: index -> [IR index, is thinking]
+        self._calls: dict[int, int] = {}      # open tool calls: index -> IR index
+        self._plan = -1                       # the open tool-plan block
+        self._next = 0
+        self._tools = False
+        self._done = False
+
+    def _start(self, part, out: list) -> int:
+        i = self._next
+        self._next += 1
+        out.append(ir.BlockStart(i, part))
+        return i
+
+    def _end_plan(self, out: list) -> None:
+        if self._plan >= 0:
+            out.append(ir.BlockStop(self._plan))
+            self._plan = -1
+
+    def _event(self, name, data: bytes, out: list) -> None:
+        if self._done or data == b"[DONE]":
+            return
+        obj = s.loads(data)
+        kind = obj["type"]
+        if kind == "content-delta":
+            b = self._content.get(obj["index"])
+            if b is not None:
+                content = obj["delta"]["message"]["content"]
+                if b[1]:
+                    text = content.get("thinking")
+                    if text:
+                        out.append(ir.ReasoningDelta(b[0], text))
+                else:
+                    text = content.get("text")
+                    if text:
+                        out.append(ir.TextDelta(b[0], text))
+        elif kind == "tool-call-delta":
+            i = self._calls.get(obj["index"])
+            if i is not None:
+                args = ((obj["delta"]["message"].get("tool_calls") or {}).get("function") or {}).get("arguments")
+                if args:
+                    out.append(ir.ToolArgsDelta(i, args))
+        elif kind == "tool-plan-delta":
+            text = obj["delta"]["message"].get("tool_plan")
+            if text:
+                if self._plan < 0:
+                    self._plan = self._start(ir.Text("", {P: {"$tool_plan": True}}), out)
+                out.append(ir.TextDelta(self._plan, text))
+        elif kind == "content-start":
+            self._end_plan(out)
+            content = ((obj.get("delta") or {}).get("message") or {}).get("content") or {}
+            thinking = content.get("type") == "thinking"
+            i = self._start(ir.Reasoning("", None, P) if thinking else ir.Text(""), out)
+            self._content[obj["index"]] = [i, thinking]
+            text = content.get("thinking" if thinking else "text")
+            if text:
+                out.append((ir.ReasoningDelta if thinking else ir.TextDelta)(i, text))
+        elif kind == "content-end":
+            b = self._content.pop(obj["index"], None)
+            if b is not None:
+                out.append(ir.BlockStop(b[0]))
+        elif kind == "tool-call-start":
+            self._end_plan(out)
+            call = obj["delta"]["message"]["tool_calls"]
+            fn = call.get("function") or {}
+            self._tools = True
+            i = self._calls[obj["index"]] = self._start(ir.ToolCall(call.get("id") or "", fn.get("name") or "", {}), out)
+            if fn.get("arguments"):
+                out.append(ir.ToolArgsDelta(i, fn["arguments"]))
+        elif kind == "tool-call-end":
+            i = self._calls.pop(obj["index"], None)
+            if i is not None:
+                out.append(ir.BlockStop(i))
+        elif kind == "message-start":
+            out.append(ir.MessageStart(obj.get("id") or "", ""))
+        elif kind == "message-end":
+            d = obj.get("delta") or {}
+            self._close_all(out)
+            self._done = True
+            if d.get("error"):
+                message = str(d["error"])
+                out.append(ir.ErrorEvent(500, message, d.get("finish_reason"), orjson.dumps({"message": message})))
+                return
+            if d.get("usage"):
+                out.append(ir.UsageEvent(_usage_in(d["usage"])))
+            stop = FINISH_IN.get(d.get("finish_reason"), SR.END_TURN)
+            out.append(ir.MessageStop(SR.TOOL_USE if stop is SR.END_TURN and self._tools else stop))
+        # citation-start/end, debug: no IR form
+
+    def _close_all(self, out: list) -> None:
+        self._end_plan(out)
+        for b in self._content.values():
+            out.append(ir.BlockStop(b[0]))
+        for i in self._calls.values():
+            out.append(ir.BlockStop(i))
+        self._content.clear()
+        self._calls.clear()
+
+    def _end(self, out: list) -> None:
+        if not self._done:
+            raise StreamError("Cohere stream ended before message-end (truncated)")
+
+
+_B_TEXT, _B_THINK, _B_PLAN, _B_TOOL = 1, 2, 3, 4
+
+
+@s.handlers
+class StreamEncoder(s.Encoder):
+    """IR -> v2 chat events.  Text and thinking blocks are content-start /
+    content-delta / content-end (one content index each); a Text block marked
+    as the tool plan becomes tool-plan-delta events; tool calls are
+    tool-call-start / delta / end with their own index; message-end carries
+    the finish reason and usage."""
+
+    __slots__ = ("_id", "_blocks", "_ncontent", "_ncalls", "_usage", "_started")
+
+    def __init__(self, model: str):
+        super().__init__()
+        self._id = ""
+        self._started = False
+        self._blocks: dict[int, tuple] = {}    # IR index -> (kind, index bytes)
+        self._ncontent = 0
+        self._ncalls = 0
+        self._usage: ir.Usage | None = None
+
+    def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:
+        self._started = True
+        self._id = ev.id or str(uuid.uuid4())
+        if ev.usage is not None:
+            self._usage = ev.usage
+        return b"data: " + s.dumps({"type": "message-start", "id": self._id, "delta": {"message": {
+            "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}) + b"\n\n"
+
+    def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
+        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        part = ev.part
+        t = type(part)
+        if t is ir.Text and c.note(part.extras, P, "$tool_plan"):
+            self._blocks[ev.index] = (_B_PLAN, b"")
+            return out
+        if t is ir.Text or t is ir.Refusal or t is ir.Reasoning:
+            k = str(self._ncontent).encode()
+            self._ncontent += 1
+            kind = _B_THINK if t is ir.Reasoning else _B_TEXT
+            self._blocks[ev.index] = (kind, k)
+            content = b'{"type":"thinking","thinking":""}' if kind == _B_THINK else b'{"type":"text","text":""}'
+            return out + b'data: {"type":"content-start","index":' + k + b',"delta":{"message":{"content":' + content + b"}}}\n\n"
+        if t is ir.ToolCall:
+            k = str(self._ncalls).encode()
+            self._ncalls += 1
+            self._blocks[ev.index] = (_B_TOOL, k)
+            call = {"id": part.id, "type": "function", "function": {"name": part.name, "arguments": ""}}
+            return (out + b'data: {"type":"tool-call-start","index":' + k + b',"delta":{"message":{"tool_calls":'
+                    + s.dumps(call) + b"}}}\n\n")
+        return out     # redacted reasoning: no Cohere form
+
+    def _on_TextDelta(self, ev: ir.TextDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or not ev.text:
+            return b""
+        if b[0] == _B_TEXT:
+            return (b'data: {"type":"content-delta","index":' + b[1] + b',"delta":{"message":{"content":{"text":'
+                    + s.dumps(ev.text) + b"}}}}\n\n")
+        if b[0] == _B_PLAN:
+            return b'data: {"type":"tool-plan-delta","delta":{"message":{"tool_plan":' + s.dumps(ev.text) + b"}}}\n\n"
+        return b""
+
+    def _on_ReasoningDelta(self, ev: ir.ReasoningDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _B_THINK or not ev.text:
+            return b""
+        return (b'data: {"type":"content-delta","index":' + b[1] + b',"delta":{"message":{"content":{"thinking":'
+                + s.dumps(ev.text) + b"}}}}\n\n")
+
+    def _on_SignatureDelta(self, ev) -> bytes:
+        return b""
+
+    def _on_ToolArgsDelta(self, ev: ir.ToolArgsDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _B_TOOL or not ev.partial_json:
+            return b""
+        return (b'data: {"type":"tool-call-delta","index":' + b[1]
+                + b',"delta":{"message":{"tool_calls":{"function":{"arguments":' + s.dumps(ev.partial_json)
+                + b"}}}}}\n\n")
+
+    def _on_BlockStop(self, ev: ir.BlockStop) -> bytes:
+        b = self._blocks.pop(ev.index, None)
+        if b is None or b[0] == _B_PLAN:
+            return b""
+        if b[0] == _B_TOOL:
+            return b'data: {"type":"tool-call-end","index":' + b[1] + b"}\n\n"
+        return b'data: {"type":"content-end","index":' + b[1] + b"}\n\n"
+
+    def _on_UsageEvent(self, ev: ir.UsageEvent) -> bytes:
+        self._usage = ev.usage
+        return b""
+
+    def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
+        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        for i in list(self._blocks):
+            out += self._on_BlockStop(ir.BlockStop(i))
+        delta: dict = {"finish_reason": FINISH_OUT[ev.stop_reason]}
+        if self._usage is not None:
+            delta["usage"] = render_usage(self._usage, None)
+        return out + b"data: " + s.dumps({"type": "message-end", "id": self._id, "delta": delta}) + b"\n\n"
+
+    def _error(self, kind: str, message: str) -> bytes:
+        return b"data: " + s.dumps({"type": "message-end", "id": self._id or None,
+                                    "delta": {"finish_reason": "ERROR", "error": message}}) + b"\n\n"
