@@ -222,7 +222,10 @@ class Dialect:
     # ---- streaming -------------------------------------------------------
     # Each protocol module defines `StreamDecoder` and `StreamEncoder` classes
     # (incremental, I/O-free; see `engine.protocols.streaming`).
-    stream_content_type: ClassVar[bytes] = b"text/event-stream"
+    @property
+    def stream_content_type(self) -> bytes:
+        """The media type of this protocol's streams (its encoder's `content_type`)."""
+        return sys.modules[type(self).__module__].StreamEncoder.content_type
 
     def stream_decoder(self):
         """A new decoder for one upstream stream of this protocol."""

@@ -113,6 +113,7 @@ class Encoder:
 
     __slots__ = ("_errored",)
     _on: dict = {}
+    content_type = b"text/event-stream"
 
     def __init__(self):
         self._errored = False
