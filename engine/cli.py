@@ -101,13 +101,13 @@ def cmd_explain(args) -> int:
 
 
 def cmd_diagram(args) -> int:
-    from engine import lifecycle
-    text = lifecycle.mermaid()
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    from engine import diagram
+    return diagram.main(args)
+
+
+def cmd_usage(args) -> int:
+    from engine.admin import usage
+    return usage.main(args)
 
 
 async def _start_mocks(nursery, specs):
@@ -206,12 +206,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("diagram", help="render the request state machine")
-    p.add_argument("--config")
-    p.add_argument("--pool")
-    p.add_argument("--format", default="mermaid", choices=["mermaid"])
-    p.add_argument("--output")
+    p = sub.add_parser("diagram", help="render the request state machine (as a pool's pipeline configures it, "
+                                       "optionally with one request's path highlighted)")
+    p.add_argument("--config", help="config file: the pool's pipeline names the edges (default: the default pipeline)")
+    p.add_argument("--pool", help="the pool whose pipeline to draw (needs --config)")
+    p.add_argument("--request", metavar="FILE",
+                   help="highlight a request's path: its access-log line or `GET /admin/api/requests/{id}` answer "
+                        "(- reads stdin)")
+    p.add_argument("--format", default="mermaid", choices=["mermaid", "dot", "svg", "png"],
+                   help="svg and png need Graphviz's `dot`")
+    p.add_argument("--output", help="write here instead of stdout")
     p.set_defaults(func=cmd_diagram)
+
+    p = sub.add_parser("usage", help="token usage per pool, member, key and client from the usage database")
+    p.add_argument("--db", default="busbar-usage.sqlite", help="the gateway's usage database")
+    p.add_argument("--since", help="unix seconds, a duration back from now (24h, 7d) or an ISO date")
+    p.add_argument("--until", help="same forms as --since")
+    p.add_argument("--group-by", default="pool,member,key",
+                   help="comma-separated: pool, member, key, client, minute, hour, day")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_usage)
 
     p = sub.add_parser("mock", help="run simulated vendor APIs")
     p.add_argument("--port", type=int, default=9001)

@@ -193,8 +193,9 @@ def _q(text: str) -> str:
 
 
 def to_dot(pipeline=None, path=None, *, title: str | None = None,
-           counts: dict[tuple[str, str], int] | None = None) -> str:
-    """The chart as Graphviz DOT.  `path` highlights one request; `counts`
+           counts: dict[tuple[str, str], int] | None = None, notes: bool = True) -> str:
+    """The chart as Graphviz DOT.  `path` highlights one request (with a note
+    listing its steps and attempts unless `notes` is false); `counts`
     ((source, target) -> how many recent requests took it) thickens edges."""
     trace = trace_of(path)
     taken = trace.edge_steps() if trace else {}
@@ -238,7 +239,7 @@ def to_dot(pipeline=None, path=None, *, title: str | None = None,
             attrs["constraint"] = "false"   # the retry loop goes back left
         out.append(f"  {_q(edge.source)} -> {_q(edge.target)} [" +
                    ", ".join(f"{k}={_q(v)}" for k, v in attrs.items()) + "];")
-    if trace:
+    if trace and notes:
         head = f"request {trace.id}  pool {trace.pool}  status {trace.status}".strip()
         lines = [head, ""] + [f"{i}. {state}  {_ms(ms)}" + (f"  ({note})" if note else "")
                               for i, (state, ms, note) in enumerate(trace.steps)]

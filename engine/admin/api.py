@@ -262,7 +262,7 @@ async def diagram_route(admin, responder, query: dict) -> None:
         if fmt == "mermaid":
             body = diagram.to_mermaid(pipeline, data, title=title).encode()
         else:
-            dot_text = diagram.to_dot(pipeline, data, title=title, counts=counts)
+            dot_text = diagram.to_dot(pipeline, data, title=title, counts=counts, notes=False)
             if fmt == "dot":
                 body = dot_text.encode()
             else:

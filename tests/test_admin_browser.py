@@ -1,0 +1,107 @@
+"""The admin page in headless Chromium: loads without console errors, shows a
+breaker opening live, and leaves a screenshot in tests/artifacts/admin.png.
+
+Needs Debian's `chromium` and the `playwright` Python package (no
+`playwright install`: the system browser is used); skipped without them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from engine.mock import MockVendor
+from harness import gateway_with
+from test_admin_api import ADMIN_KEY, CONFIG, chat
+
+CHROMIUM = os.environ.get("BUSBAR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _requirements() -> str | None:
+    if not os.path.exists(CHROMIUM):
+        return "chromium is not installed (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install playwright)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def no_usage_db(monkeypatch):
+    monkeypatch.setenv("BUSBAR_USAGE_DB", "off")
+
+
+async def test_admin_page_shows_a_breaker_opening(tmp_path):
+    missing = _requirements()
+    if missing:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    config = dict(CONFIG, pipelines={"default": {"breaker": {"failures": 3, "open_for": 60}}})
+    a, b = MockVendor(), MockVendor(reply="from b")
+    a.always = {"status": 500}
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "admin.png"
+    page_ready = trio.Event()
+    seen: dict = {}
+
+    async with gateway_with(config, a=a, b=b) as gw:
+        url = f"{gw.url}/admin?key={ADMIN_KEY}"
+
+        def browse() -> None:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+                try:
+                    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+                    errors: list[str] = []
+                    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                    page.on("pageerror", lambda e: errors.append(str(e)))
+                    page.goto(url)
+                    page.wait_for_selector("text=breaker closed", timeout=10_000)
+                    seen["before"] = page.inner_text("#pools")
+                    trio.from_thread.run_sync(page_ready.set)
+                    page.wait_for_selector("text=breaker open", timeout=15_000)
+                    page.wait_for_selector("#diagram svg, #diagram pre", timeout=10_000)
+                    page.wait_for_timeout(1600)      # let the throttled diagram catch the latest request
+                    page.wait_for_selector("#diagram svg, #diagram pre", timeout=10_000)
+                    seen["pools"] = page.inner_text("#pools")
+                    seen["recent"] = page.inner_text("#recent")
+                    seen["live"] = page.get_attribute("#live", "class")
+                    page.locator("#recent tr.req", has_text="failing_over").first.click()   # one that failed over
+                    page.wait_for_selector("#detail table", timeout=10_000)
+                    page.wait_for_function("document.getElementById('d-which').textContent.startsWith('showing')")
+                    seen["detail"] = page.inner_text("#detail")
+                    page.screenshot(path=str(shot), full_page=True)
+                    seen["errors"] = errors
+                finally:
+                    browser.close()
+
+        async with trio.open_nursery() as nursery:
+            async def run_browser():
+                await trio.to_thread.run_sync(browse)
+
+            nursery.start_soon(run_browser)
+            with trio.fail_after(30):
+                await page_ready.wait()
+            async with httpx.AsyncClient() as client:
+                for _ in range(4):
+                    r = await chat(client, gw.url)
+                    assert r.status_code == 200 and "from b" in r.text   # failed over every time
+            assert gw.gateway.router.targets[("first", "m1")].breaker.state.value == "open"
+
+    assert "breaker open" not in seen["before"]
+    assert "breaker open until" in seen["pools"]
+    assert "smart/first/m1" in seen["pools"] and "smart/second/m2" in seen["pools"]
+    assert "failing_over" in seen["recent"]
+    assert seen["live"] == "on"
+    assert "server" in seen["detail"] and "first#0:" in seen["detail"]   # why the first member failed, by key id
+    assert seen["errors"] == []
+    assert shot.stat().st_size > 10_000

@@ -1,0 +1,116 @@
+"""Lifecycle diagrams: the chart as a pipeline names it, a request's path on top."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from engine import diagram, lifecycle
+from engine.cli import main as cli
+from engine.pipeline import load_pipelines
+
+DEFAULT = load_pipelines({})["default"]
+STRICT = load_pipelines({"pipelines": {"strict": {"rules": {"rate": {"action": "return", "penalty": "none"},
+                                                            "context": {"action": "return"}}}},
+                         "pools": {}})["strict"]
+RECORD = {
+    "id": "abc-1", "pool": "smart", "status": 200,
+    "path": [{"state": "received", "ms": 0.0}, {"state": "translated", "ms": 0.1, "note": "smart"},
+             {"state": "dispatched", "ms": 0.2, "note": "smart/first/m1"},
+             {"state": "failing_over", "ms": 5.0, "note": "smart/first/m1: server"},
+             {"state": "dispatched", "ms": 5.1, "note": "smart/second/m2"},
+             {"state": "streaming", "ms": 9.0, "note": "smart/second/m2"}, {"state": "done", "ms": 12.0}],
+    "attempts": [{"member": "smart/first/m1", "key": "first#0:1a2b3c4d", "outcome": "server", "status": 500,
+                  "ms": 4.8, "message": 'upstream said "boom"'},
+                 {"member": "smart/second/m2", "key": "second#0:99aa", "outcome": "ok", "status": 200, "ms": 3.9}],
+}
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+
+
+def test_every_transition_of_the_compiled_table_is_drawn():
+    drawn = {(e.source, event, e.target) for e in diagram.edges(DEFAULT) for event in e.events}
+    assert drawn == {(s, ev, t) for (s, ev), t in lifecycle.TRANSITIONS.items()}
+
+
+def test_fault_and_rejected_edges_name_the_pipelines_fault_classes():
+    text = diagram.to_mermaid(DEFAULT)
+    assert "dispatched --> failing_over: fault: context, rate, billing, auth, server\n" in text
+    assert "dispatched --> failed: rejected: client / cancelled\n" in text
+    strict = diagram.to_mermaid(STRICT)
+    assert "dispatched --> failing_over: fault: billing, auth, server\n" in strict
+    assert "dispatched --> failed: rejected: client, context, rate / cancelled\n" in strict
+    assert "[*] --> received" in text and "done --> [*]" in text and "failed --> [*]" in text
+
+
+def test_without_a_pipeline_edges_are_the_bare_events():
+    text = diagram.to_mermaid(None)
+    assert "dispatched --> failing_over: fault\n" in text
+
+
+def test_mermaid_highlights_a_requests_path_with_steps_and_attempts():
+    text = diagram.to_mermaid(DEFAULT, RECORD, title="pool smart")
+    assert text.startswith("---\ntitle: pool smart\n---\nstateDiagram-v2\n")
+    assert "failing_over --> dispatched: dispatch [step 4]" in text
+    assert "dispatched --> failing_over: fault: context, rate, billing, auth, server [step 3]" in text
+    assert "class failing_over visited" in text and "class failed" not in text
+    assert "attempt 1: smart/first/m1 key first#0:1a2b3c4d → server 500 (4.8 ms): upstream said 'boom'" in text
+    assert "3. failing_over at 5.0 ms (smart/first/m1: server)" in text
+
+
+def test_dot_highlights_visited_states_and_traversed_edges():
+    text = diagram.to_dot(DEFAULT, RECORD, title="pool smart")
+    assert text.startswith("digraph busbar {")
+    assert '"failing_over" [label="failing_over\\n5.0 ms", fillcolor="#ffe082"' in text
+    assert '"dispatched" -> "failing_over" [label="fault: context, rate, billing, auth, server\\nstep 3"' in text
+    assert '"failed" [label="failed", peripheries="2"]' in text          # not visited: plain
+    assert 'upstream said \\"boom\\"' in text                            # quotes escaped
+    counts = diagram.to_dot(DEFAULT, counts={("received", "translated"): 7})
+    assert "×7" in counts
+
+
+def test_a_request_record_object_and_a_state_list_are_paths_too():
+    life = lifecycle.Lifecycle()
+    for event in ("parsed", "dispatch", "rejected"):
+        life.fire(event)
+    assert "class failed failedend" in diagram.to_mermaid(DEFAULT, [s.state for s in life.path])
+
+
+@needs_dot
+@pytest.mark.parametrize("fmt,magic", [("svg", b"<svg"), ("png", b"\x89PNG")])
+def test_svg_and_png_render_with_graphviz(fmt, magic):
+    data = diagram.render(fmt, DEFAULT, RECORD, title="pool smart")
+    assert magic in data[:400]
+    if fmt == "svg":
+        assert b"failing_over" in data and diagram.svg_inline(data).startswith("<svg")
+
+
+def test_missing_graphviz_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(diagram.shutil, "which", lambda name: None)
+    with pytest.raises(diagram.GraphvizMissing, match="apt-get install graphviz"):
+        diagram.render("svg", DEFAULT)
+    assert diagram.render("dot", DEFAULT).startswith(b"digraph")
+
+
+def test_cli_diagram_for_a_pool_with_a_request(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("providers:\n  p: {protocol: openai, base_url: 'http://x/v1', key: k}\n"
+                      "pipelines:\n  strict: {rules: {rate: {action: return, penalty: none}}}\n"
+                      "pools:\n  smart: {pipeline: strict, members: [{provider: p, model: m}]}\n")
+    log_line = tmp_path / "access.log"
+    log_line.write_text("2024-06-01 12:00:00 INFO busbar.access " + json.dumps(RECORD) + "\n")
+    assert cli(["diagram", "--config", str(config), "--request", str(log_line)]) == 0
+    out = capsys.readouterr().out
+    assert "title: pool smart · pipeline strict" in out          # the pool came from the record
+    assert "fault: context, billing, auth, server [step 3]" in out
+    assert cli(["diagram", "--config", str(config), "--pool", "nope"]) == 1
+    assert "no pool 'nope'" in capsys.readouterr().err
+    assert cli(["diagram", "--pool", "smart"]) == 1
+    out_file = tmp_path / "d.dot"
+    assert cli(["diagram", "--format", "dot", "--output", str(out_file)]) == 0
+    assert out_file.read_text().startswith("digraph busbar")
+    if shutil.which("dot"):
+        png = tmp_path / "d.png"
+        assert cli(["diagram", "--config", str(config), "--pool", "smart", "--format", "png",
+                    "--output", str(png)]) == 0
+        assert png.read_bytes()[:4] == b"\x89PNG"
