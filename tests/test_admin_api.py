@@ -205,3 +205,31 @@ async def test_admin_task_flushes_usage_every_second_and_on_exit(usage_db):
             nursery.cancel_scope.cancel()
     total = sqlite3.connect(usage_db).execute("SELECT SUM(requests) FROM usage").fetchone()[0]
     assert total == 2
+
+
+async def test_closing_the_admin_ends_event_streams():
+    """A graceful shutdown waits for open requests: an admin page left open must not hold it."""
+    async with gateway_with(CONFIG, a=MockVendor(), b=MockVendor()) as gw:
+        async with httpx.AsyncClient() as client:
+            async with client.stream("GET", gw.url + "/admin/events", headers=AUTH) as stream:
+                with trio.fail_after(3):
+                    async for line in stream.aiter_lines():
+                        if line.startswith("data: "):
+                            await gw.gateway.admin.aclose()
+                    # the loop ended: the server finished the chunked response
+
+
+async def test_in_flight_requests_are_shown_when_the_gateway_tracks_them():
+    from engine.gateway import AttemptRecord, RequestRecord
+    async with gateway_with(CONFIG, a=MockVendor(), b=MockVendor()) as gw:
+        rec = RequestRecord("live-1", "openai", pool="smart")
+        rec.lifecycle.fire("parsed", "smart")
+        rec.lifecycle.fire("dispatch", "smart/first/m1")
+        rec.attempts.append(AttemptRecord("smart/first/m1", "first#0:abcd"))
+        gw.gateway.active = {rec.id: rec}            # the gateway's registry of requests in progress
+        async with httpx.AsyncClient() as client:
+            detail = (await client.get(gw.url + "/admin/api/requests/live-1", headers=AUTH)).json()
+            state = (await client.get(gw.url + "/admin/api/state", headers=AUTH)).json()
+    assert detail["in_flight"] is True and detail["record"]["state"] == "dispatched"
+    assert "class dispatched visited" in detail["diagram"]["mermaid"]
+    assert [r["id"] for r in state["active"]] == ["live-1"]
