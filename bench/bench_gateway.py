@@ -1,11 +1,14 @@
-"""Gateway benchmark: RPS and added latency vs calling the vendor directly.
+"""Busbar benchmark suite: one command, everything on loopback.
 
-Runs on loopback: a simulated OpenAI vendor answering instantly
-(`busbar mock`), the gateway (`busbar serve`, one process) and wrk as the load
-generator (Debian package `wrk`).  Prints a table and writes JSON to
-bench/results/.  Each figure is the median of --runs runs, with its spread.
+Processes: simulated vendors (`busbar mock`: one answering instantly, one
+streaming 64 chunks paced 20 ms apart, one slow stream for the memory probe),
+the gateway (`busbar serve`, one process, and `--workers 2`), and the load
+generators (wrk for HTTP load, a trio raw-socket client for stream timing).
+Prints a table; writes JSON to bench/results/.  Every figure is the median of
+--runs runs with its spread (max - min).
 
-    python bench/bench_gateway.py [--runs 3] [--duration 5] [--quick]
+    python bench/bench_gateway.py            # full run (a few minutes)
+    python bench/bench_gateway.py --quick    # smoke: seconds, used by CI
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
                    "max_tokens": 32})
 LUA = """
@@ -31,15 +37,40 @@ wrk.body = [[%s]]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench"
 """
+# one minimal request per client protocol: (path, body, stream path, stream body)
+PROTOCOL_REQUESTS = {
+    "openai": ("/v1/chat/completions", {"model": "{pool}", "messages": [{"role": "user", "content": "hi"}]}),
+    "anthropic": ("/v1/messages", {"model": "{pool}", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
+    "responses": ("/v1/responses", {"model": "{pool}", "input": "hi"}),
+    "gemini": ("/v1beta/models/{pool}:generateContent", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+    "cohere": ("/v2/chat", {"model": "{pool}", "messages": [{"role": "user", "content": "hi"}]}),
+    "bedrock": ("/model/{pool}/converse", {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}),
+}
+PROTOCOLS = list(PROTOCOL_REQUESTS)
 
 
+def request_for(protocol: str, pool: str, stream: bool) -> tuple[str, dict]:
+    path, body = PROTOCOL_REQUESTS[protocol]
+    path = path.replace("{pool}", pool)
+    body = json.loads(json.dumps(body).replace("{pool}", pool))
+    if stream:
+        if protocol == "gemini":
+            path = path.replace(":generateContent", ":streamGenerateContent?alt=sse")
+        elif protocol == "bedrock":
+            path = path.replace("/converse", "/converse-stream")
+        else:
+            body["stream"] = True
+    return path, body
+
+
+# ---------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 15) -> None:
+def wait_port(port: int, timeout: float = 20) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -52,8 +83,7 @@ def wait_port(port: int, timeout: float = 15) -> None:
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -69,12 +99,9 @@ def parse_ms(text: str) -> float:
 
 
 def wrk(url: str, connections: int, duration: float, script: str) -> dict:
-    out = subprocess.run(["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
-                          "--latency", "-s", script, url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    out = subprocess.run(["wrk", "-t", str(min(2, connections)), "-c", str(connections),
+                          "-d", f"{max(1, round(duration))}s", "--latency", "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
     errors = 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
@@ -82,85 +109,255 @@ def wrk(url: str, connections: int, duration: float, script: str) -> dict:
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(map(int, m.groups()))
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "requests": requests, "errors": errors}
+    if "50%" not in out:
+        raise RuntimeError(f"wrk against {url} produced no latency figures:\n{out}")
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": parse_ms(re.search(r"50%\s+(\S+)", out).group(1)),
+            "p99_ms": parse_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)), "errors": errors}
 
 
-def med(values):
-    return statistics.median(values), (max(values) - min(values)) if len(values) > 1 else 0.0
+def lua_for(tmp: Path, name: str, body: dict | str) -> str:
+    path = tmp / f"{name}.lua"
+    path.write_text(LUA % (body if isinstance(body, str) else json.dumps(body)))
+    return str(path)
 
 
+def med(values: list[float]) -> list[float]:
+    values = [v for v in values if v == v]
+    if not values:
+        return [float("nan"), 0.0]
+    return [statistics.median(values), max(values) - min(values)]
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def probe_timing(port: int, path: str, body: dict, n: int) -> dict:
+    out = subprocess.run([PY, str(ROOT / "bench" / "streaming_probe.py"), "timing", str(port), path, str(n),
+                          json.dumps(body)], capture_output=True, text=True, check=True, env=ENV).stdout
+    return json.loads(out)
+
+
+LOGS = Path(tempfile.gettempdir()) / "busbar-bench-logs"
+
+
+def check_alive(procs: list, where: str) -> None:
+    dead = [" ".join(p.args[3:6]) for p in procs if p.poll() is not None]
+    if dead:
+        raise RuntimeError(f"before {where}: these processes died: {dead} (logs in {LOGS})")
+
+
+def start(args: list[str], **kw) -> subprocess.Popen:
+    """A busbar process; its stderr goes to a log file named after its role."""
+    LOGS.mkdir(exist_ok=True)
+    log = open(LOGS / f"{args[0]}-{args[args.index('--port') + 1]}.log", "w")
+    return subprocess.Popen([PY, "-m", "engine.cli", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=log, **kw)
+
+
+# ---------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5)
-    parser.add_argument("--connections", type=int, nargs="*", default=[1, 8, 32, 128])
-    parser.add_argument("--quick", action="store_true", help="one short run (CI smoke)")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent open streams for the memory probe")
+    parser.add_argument("--soak", type=int, default=100_000, help="requests for the memory-growth probe")
+    parser.add_argument("--quick", action="store_true", help="a few seconds: checks the bench still works")
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.duration, args.connections = 1, 1, [1, 8]
+        args.runs, args.duration, args.streams, args.soak = 1, 1, 50, 2000
     if not shutil.which("wrk"):
         print("bench: wrk not found (apt-get install wrk)", file=sys.stderr)
         return 2
-    mock_port, gw_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="busbar-bench-"))
-    (tmp / "post.lua").write_text(LUA % BODY)
-    (tmp / "bench.yaml").write_text(
-        f"providers:\n  mock: {{protocol: openai, base_url: 'http://127.0.0.1:{mock_port}/v1', key: sk-bench}}\n"
-        f"pools:\n  bench:\n    members:\n      - {{provider: mock, model: gpt-bench}}\n")
-    python = sys.executable
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    mock = subprocess.Popen([python, "-m", "engine.cli", "mock", "--port", str(mock_port)], env=env,
-                            stdout=subprocess.DEVNULL)
-    gateway = subprocess.Popen([python, "-m", "engine.cli", "serve", "--config", str(tmp / "bench.yaml"),
-                                "--port", str(gw_port)], env=env, stderr=subprocess.DEVNULL)
+    fast, paced, slow = free_port(), free_port(), free_port()
+    gw1, gw2 = free_port(), free_port()
+    providers = {"fast": fast, "paced": paced, "slow": slow}
+    lines = ["providers:"]
+    for name, port in providers.items():
+        for proto in PROTOCOLS:
+            base = f"http://127.0.0.1:{port}" + ("/v1" if proto in ("openai", "responses") else "")
+            extra = ", region: us-east-1, access_key_id: AKIDBENCH, secret_access_key: bench" if proto == "bedrock" \
+                else ", key: sk-bench"
+            lines.append(f"  {name}-{proto}: {{protocol: {proto}, base_url: '{base}'{extra}}}")
+    lines.append("pools:")
+    lines.append("  bench: {members: [{provider: fast-openai, model: m}]}")
+    for name in providers:
+        for proto in PROTOCOLS:
+            lines.append(f"  {name}-to-{proto}: {{members: [{{provider: {name}-{proto}, model: m, max_tokens: 256}}]}}")
+    (tmp / "bench.yaml").write_text("\n".join(lines) + "\n")
+    procs = [start(["mock", "--port", str(fast)]),
+             start(["mock", "--port", str(paced), "--chunk-delay", "0.02", "--chunks", "64"]),
+             start(["mock", "--port", str(slow), "--chunk-delay", "0.1", "--chunks", "64"])]
+    gateway = start(["serve", "--config", str(tmp / "bench.yaml"), "--port", str(gw1)])
+    gateway2 = start(["serve", "--config", str(tmp / "bench.yaml"), "--port", str(gw2), "--workers", "2"])
+    procs += [gateway, gateway2]
     results: dict = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": args.runs, "duration": args.duration,
-                     "figures": {}}
+                     "machine": {"cores": os.cpu_count()}}
     try:
-        wait_port(mock_port)
-        wait_port(gw_port)
-        script = str(tmp / "post.lua")
-        direct = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-        via = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-        wrk(via, 8, 1, script)  # warm up
+        for port in (fast, paced, slow, gw1, gw2):
+            wait_port(port)
+        time.sleep(1.0)   # --workers: every worker up, not just the first
+        script = lua_for(tmp, "chat", BODY)
+        direct = f"http://127.0.0.1:{fast}/v1/chat/completions"
+        via = f"http://127.0.0.1:{gw1}/v1/chat/completions"
+        via2 = f"http://127.0.0.1:{gw2}/v1/chat/completions"
+        wrk(via, 8, 1, script)
+        wrk(via2, 8, 1, script)
+        time.sleep(0.5)
         results["idle_rss_mib"] = rss_mib(gateway.pid)
-        rows = []
-        for c in args.connections:
-            d_runs, g_runs, cpu_runs = [], [], []
-            for _ in range(args.runs):
-                d_runs.append(wrk(direct, c, args.duration, script))
-                cpu0 = cpu_seconds(gateway.pid)
-                g = wrk(via, c, args.duration, script)
-                cpu_runs.append((cpu_seconds(gateway.pid) - cpu0) / max(1, g["requests"]) * 1e6)
-                g_runs.append(g)
-            fig = {
-                "direct_rps": med([r["rps"] for r in d_runs]),
-                "gateway_rps": med([r["rps"] for r in g_runs]),
-                "gateway_errors": sum(r["errors"] for r in g_runs),
-                "added_p50_ms": med([g["p50_ms"] - d["p50_ms"] for g, d in zip(g_runs, d_runs)]),
-                "added_p99_ms": med([g["p99_ms"] - d["p99_ms"] for g, d in zip(g_runs, d_runs)]),
-                "cpu_us_per_request": med(cpu_runs),
-            }
-            results["figures"][f"c{c}"] = fig
-            rows.append((c, fig))
-        results["rss_after_mib"] = rss_mib(gateway.pid)
+
+        # 1. added latency at concurrency 1
+        d_runs, g_runs = [], []
+        for _ in range(args.runs):
+            d_runs.append(wrk(direct, 1, args.duration, script))
+            g_runs.append(wrk(via, 1, args.duration, script))
+        results["latency_c1"] = {
+            "direct_p50_ms": med([r["p50_ms"] for r in d_runs]),
+            "added_p50_ms": med([g["p50_ms"] - d["p50_ms"] for g, d in zip(g_runs, d_runs)]),
+            "added_p99_ms": med([g["p99_ms"] - d["p99_ms"] for g, d in zip(g_runs, d_runs)])}
+
+        check_alive(procs, "2 + 3. throughput")
+        # 2 + 3. throughput and CPU per request
+        results["throughput"] = {}
+        for c in (8, 32, 128):
+            row = {}
+            for label, url in (("direct", direct), ("gateway", via), ("gateway_workers2", via2)):
+                runs, cpu = [], []
+                for _ in range(args.runs):
+                    cpu0 = cpu_seconds(gateway.pid) if label == "gateway" else 0.0
+                    r = wrk(url, c, args.duration, script)
+                    if label == "gateway":
+                        cpu.append((cpu_seconds(gateway.pid) - cpu0) / max(1, r["requests"]) * 1e6)
+                    runs.append(r)
+                row[label] = {"rps": med([r["rps"] for r in runs]), "errors": sum(r["errors"] for r in runs)}
+                if cpu:
+                    row[label]["cpu_us_per_request"] = med(cpu)
+            results["throughput"][f"c{c}"] = row
+
+        check_alive(procs, "4. streaming")
+        # 4. streaming on the paced vendor: added TTFB and inter-chunk latency
+        n = max(3, args.runs * 3)
+        path, body = request_for("openai", "paced-to-openai", True)
+        direct_t = probe_timing(paced, "/v1/chat/completions", {**body, "model": "m"}, n)
+        gw_t = probe_timing(gw1, path, body, n)
+        results["streaming"] = {
+            "added_ttfb_ms": statistics.median(gw_t["ttfb"]) - statistics.median(direct_t["ttfb"]),
+            "gap_p50_ms": [pct(direct_t["gaps"], 0.5), pct(gw_t["gaps"], 0.5)],
+            "gap_p99_ms": [pct(direct_t["gaps"], 0.99), pct(gw_t["gaps"], 0.99)]}
+        results["streaming"]["added_gap_p50_ms"] = results["streaming"]["gap_p50_ms"][1] - results["streaming"]["gap_p50_ms"][0]
+        results["streaming"]["added_gap_p99_ms"] = results["streaming"]["gap_p99_ms"][1] - results["streaming"]["gap_p99_ms"][0]
+
+        check_alive(procs, "5. cross-protocol")
+        # 5. cross-protocol cost
+        results["cross_protocol"] = {}
+        for label, client, vendor in (("openai->openai", "openai", "openai"), ("openai->anthropic", "openai", "anthropic"),
+                                      ("anthropic->gemini", "anthropic", "gemini")):
+            path, body = request_for(client, f"fast-to-{vendor}", False)
+            s = lua_for(tmp, label.replace(">", ""), body)
+            url = f"http://127.0.0.1:{gw1}{path}"
+            c1 = [wrk(url, 1, args.duration, s) for _ in range(args.runs)]
+            c32 = [wrk(url, 32, args.duration, s) for _ in range(args.runs)]
+            spath, sbody = request_for(client, f"paced-to-{vendor}", True)
+            st = probe_timing(gw1, spath, sbody, n)
+            results["cross_protocol"][label] = {
+                "p50_ms_c1": med([r["p50_ms"] for r in c1]), "rps_c32": med([r["rps"] for r in c32]),
+                "errors": sum(r["errors"] for r in c1 + c32),
+                "stream_ttfb_ms": statistics.median(st["ttfb"]), "stream_gap_p99_ms": pct(st["gaps"], 0.99)}
+        base = results["cross_protocol"]["openai->openai"]["p50_ms_c1"][0]
+        for label, row in results["cross_protocol"].items():
+            row["added_vs_passthrough_p50_ms"] = row["p50_ms_c1"][0] - base
+
+        check_alive(procs, "the 6x6 matrix")
+        # the 6x6 matrix: which pairs work, buffered and streamed
+        matrix, errors = {}, {}
+        import httpx
+        with httpx.Client(timeout=10) as http:
+            for client in PROTOCOLS:
+                for vendor in PROTOCOLS:
+                    cell = []
+                    for stream in (False, True):
+                        path, body = request_for(client, f"fast-to-{vendor}", stream)
+                        try:
+                            r = http.post(f"http://127.0.0.1:{gw1}{path}", json=body)
+                            cell.append("ok" if r.status_code == 200 else str(r.status_code))
+                            if r.status_code != 200:
+                                errors[f"{client}->{vendor}{' stream' if stream else ''}"] = r.text[:300]
+                        except httpx.HTTPError as exc:
+                            cell.append(type(exc).__name__)
+                            errors[f"{client}->{vendor}{' stream' if stream else ''}"] = repr(exc)[:300]
+                    matrix[f"{client}->{vendor}"] = cell
+        results["matrix"] = matrix
+        results["matrix_errors"] = errors
+
+        check_alive(procs, "6. memory")
+        # 6. memory: concurrent open streams, then growth over many requests
+        holder = subprocess.Popen([PY, str(ROOT / "bench" / "streaming_probe.py"), "hold", str(gw1),
+                                   "/v1/chat/completions", str(args.streams), "8", "slow-to-openai"], env=ENV,
+                                  stdout=subprocess.PIPE, text=True)
+        line = holder.stdout.readline()
+        results["streams_rss_mib"] = rss_mib(gateway.pid)
+        results["streams_open"] = json.loads(line)["opened"] if line else 0
+        holder.wait(60)
+        before = rss_mib(gateway.pid)
+        rps = results["throughput"]["c32"]["gateway"]["rps"][0] or 1000
+        soak = wrk(via, 32, args.soak / rps + 1, script)
+        results["soak"] = {"requests": soak["requests"], "errors": soak["errors"], "rss_before_mib": before,
+                           "rss_after_mib": rss_mib(gateway.pid)}
     finally:
-        gateway.terminate()
-        mock.terminate()
-        gateway.wait(10)
-        mock.wait(10)
-    print(f"\nBusbar gateway bench (median of {args.runs} x {args.duration:g}s; ± = spread)")
-    print(f"{'conns':>5} | {'direct RPS':>16} | {'gateway RPS':>16} | {'errors':>6} | {'added p50 ms':>14} | "
-          f"{'added p99 ms':>14} | {'CPU µs/req':>12}")
-    for c, f in rows:
-        print(f"{c:>5} | {f['direct_rps'][0]:>9.0f} ±{f['direct_rps'][1]:<6.0f}| {f['gateway_rps'][0]:>9.0f} "
-              f"±{f['gateway_rps'][1]:<6.0f}| {f['gateway_errors']:>6} | {f['added_p50_ms'][0]:>7.3f} ±{f['added_p50_ms'][1]:<5.3f}"
-              f"| {f['added_p99_ms'][0]:>7.3f} ±{f['added_p99_ms'][1]:<5.3f}| {f['cpu_us_per_request'][0]:>7.0f} "
-              f"±{f['cpu_us_per_request'][1]:<4.0f}")
-    print(f"RSS idle {results['idle_rss_mib']:.1f} MiB, after run {results['rss_after_mib']:.1f} MiB")
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    report(results)
     out = ROOT / "bench" / "results" / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"\nwrote {out.relative_to(ROOT)}")
     return 0
+
+
+def fmt(pair) -> str:
+    return f"{pair[0]:.3f} ±{pair[1]:.3f}"
+
+
+def report(r: dict) -> None:
+    print(f"\nBusbar benchmark — median of {r['runs']} runs × {r['duration']:g}s (± = spread), "
+          f"{r['machine']['cores']} cores shared by load generator, vendor and gateway")
+    lat = r["latency_c1"]
+    print("\n1. Added latency, concurrency 1, buffered, same protocol (gateway minus direct)")
+    print(f"   direct p50 {fmt(lat['direct_p50_ms'])} ms | added p50 {fmt(lat['added_p50_ms'])} ms | "
+          f"added p99 {fmt(lat['added_p99_ms'])} ms")
+    print("\n2-3. Throughput (RPS, zero errors wanted) and gateway CPU per request")
+    print(f"   {'conns':>5} | {'direct':>14} | {'gateway':>14} | {'errors':>6} | {'--workers 2':>14} | {'CPU µs/req':>12}")
+    for c, row in r["throughput"].items():
+        g = row["gateway"]
+        print(f"   {c[1:]:>5} | {row['direct']['rps'][0]:>8.0f} ±{row['direct']['rps'][1]:<4.0f} | "
+              f"{g['rps'][0]:>8.0f} ±{g['rps'][1]:<4.0f} | {g['errors'] + row['gateway_workers2']['errors']:>6} | "
+              f"{row['gateway_workers2']['rps'][0]:>8.0f} ±{row['gateway_workers2']['rps'][1]:<4.0f} | "
+              f"{g['cpu_us_per_request'][0]:>6.0f} ±{g['cpu_us_per_request'][1]:<4.0f}")
+    s = r["streaming"]
+    print("\n4. Streaming, 64 chunks paced 20 ms (same protocol)")
+    print(f"   added TTFB {s['added_ttfb_ms']:.3f} ms | inter-chunk p50 direct/gateway "
+          f"{s['gap_p50_ms'][0]:.3f}/{s['gap_p50_ms'][1]:.3f} ms | p99 {s['gap_p99_ms'][0]:.3f}/{s['gap_p99_ms'][1]:.3f} ms "
+          f"(added p99 {s['added_gap_p99_ms']:.3f} ms)")
+    print("\n5. Cross-protocol cost (buffered p50 at c=1 and RPS at c=32; streamed TTFB / chunk-gap p99 on the paced vendor)")
+    for label, row in r["cross_protocol"].items():
+        print(f"   {label:<18} p50 {fmt(row['p50_ms_c1'])} ms (+{row['added_vs_passthrough_p50_ms']:.3f} vs passthrough) | "
+              f"{row['rps_c32'][0]:.0f} RPS | errors {row['errors']} | stream TTFB {row['stream_ttfb_ms']:.2f} ms, "
+              f"gap p99 {row['stream_gap_p99_ms']:.2f} ms")
+    print("\n   6x6 matrix (client -> vendor: buffered/streamed)")
+    print("   " + " " * 10 + "".join(f"{v:>14}" for v in PROTOCOLS))
+    for client in PROTOCOLS:
+        print(f"   {client:<10}" + "".join(f"{'/'.join(r['matrix'][f'{client}->{v}']):>14}" for v in PROTOCOLS))
+    print("\n6. Memory")
+    print(f"   idle RSS {r['idle_rss_mib']:.1f} MiB | {r['streams_open']} concurrent open streams: "
+          f"{r['streams_rss_mib']:.1f} MiB | after {r['soak']['requests']} requests: "
+          f"{r['soak']['rss_before_mib']:.1f} -> {r['soak']['rss_after_mib']:.1f} MiB (errors {r['soak']['errors']})")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def openai_responses(url, model, text, stream=False, **kw):
         for event in client.responses.create(model=model, input=text, stream=True):
             if event.type == "response.output_text.delta":
                 parts.append(event.delta)
+            elif event.type in ("response.failed", "error"):   # how a Responses stream reports failure
+                raise RuntimeError(f"stream failed: {event}")
         return "".join(parts)
     return client.responses.create(model=model, input=text).output_text
 
@@ -53,6 +55,8 @@ def cohere_chat(url, model, text, stream=False, **kw):
         for event in client.chat_stream(model=model, messages=[{"role": "user", "content": text}]):
             if event.type == "content-delta":
                 parts.append(event.delta.message.content.text)
+            elif event.type == "message-end" and event.delta and event.delta.finish_reason == "ERROR":
+                raise RuntimeError(f"stream failed: {event.delta}")   # how a Cohere stream reports failure
         return "".join(parts)
     response = client.chat(model=model, messages=[{"role": "user", "content": text}])
     return "".join(c.text for c in response.message.content if c.type == "text")

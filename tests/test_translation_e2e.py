@@ -54,3 +54,59 @@ async def test_bedrock_client_signature_is_verified():
             await sdk(lambda: CLIENTS["bedrock"](gw.url, "smart", "hi", access_key_id="AKIDUNKNOWN"))
         assert exc.value.response["Error"]["Code"] == "UnrecognizedClientException"
     assert len(mock.received) == 1
+
+
+@pytest.mark.parametrize("vendor", PROTOCOLS)
+@pytest.mark.parametrize("client", PROTOCOLS)
+async def test_streamed_any_to_any(client, vendor):
+    mock = MockVendor(reply="The quick brown fox jumps over the lazy dog.",
+                      aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(config_for(vendor), a=mock) as gw:
+        text = await sdk(lambda: CLIENTS[client](gw.url, "smart", "hello there", stream=True))
+        record = await last_record(gw)
+    assert text == "The quick brown fox jumps over the lazy dog."
+    assert record["state"] == "done", record
+    assert mock.received[-1]["stream"] is True
+
+
+def failover_config(first: str, second: str) -> dict:
+    providers = {}
+    for name, protocol in (("first", first), ("second", second)):
+        url = "{a}" if name == "first" else "{b}"
+        base = url + "/v1" if protocol in ("openai", "responses") else url
+        providers[name] = {"protocol": protocol, "base_url": base}
+        if protocol == "bedrock":
+            providers[name].update(region="us-east-1", access_key_id="AKIDVENDOR", secret_access_key="vendor-secret")
+        else:
+            providers[name]["key"] = "k"
+    return {"providers": providers, "pools": {"smart": {"strategy": "ordered", "members": [
+        {"provider": "first", "model": "m1", "priority": 0}, {"provider": "second", "model": "m2", "priority": 1}]}}}
+
+
+@pytest.mark.parametrize("client,first,second", [
+    ("openai", "anthropic", "gemini"), ("anthropic", "openai", "bedrock"), ("gemini", "cohere", "openai"),
+    ("bedrock", "responses", "anthropic"), ("cohere", "bedrock", "openai"), ("responses", "cohere", "gemini"),
+])
+async def test_stream_failover_before_first_byte_across_protocols(client, first, second):
+    a = MockVendor(aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    b = MockVendor(reply="answer from the second member", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    a.fail_next({"reset": "during", "after": 1})    # the first frame (no content yet), then the socket dies
+    async with gateway_with(failover_config(first, second), a=a, b=b) as gw:
+        text = await sdk(lambda: CLIENTS[client](gw.url, "smart", "x", stream=True))
+        record = await last_record(gw)
+    assert text == "answer from the second member"
+    assert [s["state"] for s in record["path"]][-3:] == ["dispatched", "streaming", "done"]
+    assert "failing_over" in [s["state"] for s in record["path"]]
+
+
+@pytest.mark.parametrize("client,vendor", [("openai", "gemini"), ("anthropic", "cohere"), ("gemini", "anthropic"),
+                                           ("bedrock", "openai"), ("cohere", "bedrock"), ("responses", "anthropic")])
+async def test_stream_failure_after_content_raises_in_every_sdk(client, vendor):
+    a = MockVendor(reply="a b c d e f g h i j", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    a.fail_next({"reset": "during", "after": 5})
+    async with gateway_with(config_for(vendor), a=a) as gw:
+        with pytest.raises(Exception) as exc:
+            await sdk(lambda: CLIENTS[client](gw.url, "smart", "x", stream=True))
+        record = await last_record(gw)
+    assert record["state"] == "failed"
+    assert "AssertionError" not in type(exc.value).__name__
