@@ -39,20 +39,21 @@ wrk.headers["Authorization"] = "Bearer bench"
 """
 # one minimal request per client protocol: (path, body, stream path, stream body)
 PROTOCOL_REQUESTS = {
-    "openai": ("/v1/chat/completions", {"model": "{pool}", "messages": [{"role": "user", "content": "hi"}]}),
-    "anthropic": ("/v1/messages", {"model": "{pool}", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
-    "responses": ("/v1/responses", {"model": "{pool}", "input": "hi"}),
-    "gemini": ("/v1beta/models/{pool}:generateContent", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
-    "cohere": ("/v2/chat", {"model": "{pool}", "messages": [{"role": "user", "content": "hi"}]}),
-    "bedrock": ("/model/{pool}/converse", {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}),
+    "openai": ("/v1/chat/completions", {"model": "{pool}", "messages": [{"role": "user", "content": "{text}"}]}),
+    "anthropic": ("/v1/messages", {"model": "{pool}", "max_tokens": 64, "messages": [{"role": "user", "content": "{text}"}]}),
+    "responses": ("/v1/responses", {"model": "{pool}", "input": "{text}"}),
+    "gemini": ("/v1beta/models/{pool}:generateContent", {"contents": [{"role": "user", "parts": [{"text": "{text}"}]}]}),
+    "cohere": ("/v2/chat", {"model": "{pool}", "messages": [{"role": "user", "content": "{text}"}]}),
+    "bedrock": ("/model/{pool}/converse", {"messages": [{"role": "user", "content": [{"text": "{text}"}]}]}),
 }
 PROTOCOLS = list(PROTOCOL_REQUESTS)
+WORDS = " ".join(f"w{i:02d}" for i in range(64))   # echoed back by the paced vendor as 64 chunks
 
 
-def request_for(protocol: str, pool: str, stream: bool) -> tuple[str, dict]:
+def request_for(protocol: str, pool: str, stream: bool, text: str = "hi") -> tuple[str, dict]:
     path, body = PROTOCOL_REQUESTS[protocol]
     path = path.replace("{pool}", pool)
-    body = json.loads(json.dumps(body).replace("{pool}", pool))
+    body = json.loads(json.dumps(body).replace("{pool}", pool).replace("{text}", text))
     if stream:
         if protocol == "gemini":
             path = path.replace(":generateContent", ":streamGenerateContent?alt=sse")
@@ -94,8 +95,11 @@ def rss_mib(pid: int) -> float:
 
 
 def parse_ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if m is None:
+        return float("nan")
+    value, unit = m.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
 def wrk(url: str, connections: int, duration: float, script: str) -> dict:
@@ -188,9 +192,9 @@ def main() -> int:
         for proto in PROTOCOLS:
             lines.append(f"  {name}-to-{proto}: {{members: [{{provider: {name}-{proto}, model: m, max_tokens: 256}}]}}")
     (tmp / "bench.yaml").write_text("\n".join(lines) + "\n")
-    procs = [start(["mock", "--port", str(fast)]),
-             start(["mock", "--port", str(paced), "--chunk-delay", "0.02", "--chunks", "64"]),
-             start(["mock", "--port", str(slow), "--chunk-delay", "0.1", "--chunks", "64"])]
+    procs = [start(["mock", "--port", str(fast), "--reply", "Hello! How can I help you today?", "--no-record"]),
+             start(["mock", "--port", str(paced), "--chunk-delay", "0.02", "--no-record"]),
+             start(["mock", "--port", str(slow), "--chunk-delay", "0.1", "--no-record"])]
     gateway = start(["serve", "--config", str(tmp / "bench.yaml"), "--port", str(gw1)])
     gateway2 = start(["serve", "--config", str(tmp / "bench.yaml"), "--port", str(gw2), "--workers", "2"])
     procs += [gateway, gateway2]
@@ -240,7 +244,7 @@ def main() -> int:
         check_alive(procs, "4. streaming")
         # 4. streaming on the paced vendor: added TTFB and inter-chunk latency
         n = max(3, args.runs * 3)
-        path, body = request_for("openai", "paced-to-openai", True)
+        path, body = request_for("openai", "paced-to-openai", True, WORDS)
         direct_t = probe_timing(paced, "/v1/chat/completions", {**body, "model": "m"}, n)
         gw_t = probe_timing(gw1, path, body, n)
         results["streaming"] = {
@@ -260,7 +264,7 @@ def main() -> int:
             url = f"http://127.0.0.1:{gw1}{path}"
             c1 = [wrk(url, 1, args.duration, s) for _ in range(args.runs)]
             c32 = [wrk(url, 32, args.duration, s) for _ in range(args.runs)]
-            spath, sbody = request_for(client, f"paced-to-{vendor}", True)
+            spath, sbody = request_for(client, f"paced-to-{vendor}", True, WORDS)
             st = probe_timing(gw1, spath, sbody, n)
             results["cross_protocol"][label] = {
                 "p50_ms_c1": med([r["p50_ms"] for r in c1]), "rps_c32": med([r["rps"] for r in c32]),

@@ -8,7 +8,10 @@ import time
 
 import trio
 
-BODY = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+# 64 words: the paced vendor echoes them back as 64 chunks, one word each
+WORDS = " ".join(f"w{i:02d}" for i in range(64))
+BODY = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": WORDS}]}
+FIRST_CONTENT = b"w00"
 
 
 def request_bytes(path: str, body: dict, extra: str = "") -> bytes:
@@ -18,13 +21,16 @@ def request_bytes(path: str, body: dict, extra: str = "") -> bytes:
 
 
 async def timed_stream(port: int, path: str, body: dict, extra: str = "") -> tuple[float, list[float]]:
-    """(time to first body byte, gaps between chunk arrivals) in ms."""
+    """(time to first content — the first word of the answer, not the
+    preamble a vendor sends before it — and gaps between chunk arrivals
+    after it) in ms."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     t0 = time.perf_counter()
     await stream.send_all(request_bytes(path, body, extra))
     arrivals = []
     buf = b""
     head_done = False
+    seen_content = False
     while True:
         data = await stream.receive_some(65536)
         now = time.perf_counter()
@@ -38,10 +44,13 @@ async def timed_stream(port: int, path: str, body: dict, extra: str = "") -> tup
             buf = buf.split(b"\r\n\r\n", 1)[1]
             if not buf:
                 continue
-        arrivals.append(now)
+        if not seen_content:
+            seen_content = FIRST_CONTENT in buf
+        if seen_content:
+            arrivals.append(now)
         if buf.endswith(b"0\r\n\r\n"):
             break
-        buf = buf[-5:]
+        buf = buf[-5:] if seen_content else buf
     await stream.aclose()
     ttfb = (arrivals[0] - t0) * 1000 if arrivals else float("nan")
     gaps = [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:])]

@@ -124,7 +124,8 @@ def cmd_mock(args) -> int:
     async def main():
         async with trio.open_nursery() as nursery:
             vendors = await _start_mocks(nursery, [("mock", args.port, {"chunk_delay": args.chunk_delay,
-                                                                       "chunks": args.chunks})])
+                                                                       "chunks": args.chunks, "reply": args.reply,
+                                                                       "record": not args.no_record})])
             print(f"busbar mock: simulated vendors on {vendors[0].url} "
                   f"(openai base_url {vendors[0].url}/v1, anthropic base_url {vendors[0].url})", flush=True)
 
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=9001)
     p.add_argument("--chunk-delay", type=float, default=0.0)
     p.add_argument("--chunks", type=int)
+    p.add_argument("--reply", help="fixed reply text (default: echo the last user message)")
+    p.add_argument("--no-record", action="store_true", help="do not keep received requests (benchmarks)")
     p.set_defaults(func=cmd_mock)
 
     args = parser.parse_args(argv)

@@ -46,6 +46,7 @@ class MockVendor:
     max_records: int = 1000
     port: int = 0
     aws_credentials: dict[str, str] | None = None   # Bedrock: access key id -> secret; SigV4 is verified
+    _replies: dict = field(default_factory=dict, repr=False)   # rendered buffered replies (benchmarks hit one)
 
     # ---- scripting -------------------------------------------------------
     def fail_next(self, *faults: dict) -> None:
@@ -135,7 +136,13 @@ class MockVendor:
         text = self.reply if self.reply is not None else vendor.last_user_text(obj, params) or "Hello from Busbar's mock."
         usage_in = max(1, len(request.body) // 4)
         if not stream:
-            status, headers, body = vendor.render_reply(model, text, usage_in, obj)
+            key_ = (protocol, model, text, usage_in)
+            cached = self._replies.get(key_)
+            if cached is None:
+                if len(self._replies) > 256:
+                    self._replies.clear()
+                cached = self._replies[key_] = vendor.render_reply(model, text, usage_in, obj)
+            status, headers, body = cached
             return await responder.send(status, headers, body)
         pieces = _split(text, self.chunks)
         frames = vendor.render_stream(model, pieces, usage_in, obj, fault)

@@ -142,20 +142,20 @@ class Vendor:
         return events
 
     def render_stream(self, model: str, pieces: list[str], usage_in: int, obj: dict, fault: dict | None) -> list[bytes]:
-        if not hasattr(self.dialect, "stream_encoder"):
-            from engine.mock._legacy_streams import STREAMS
-            error = self.error(fault["error_event"])[2] if fault and fault.get("error_event") else None
-            return STREAMS[self.protocol](model, pieces, usage_in, obj, error)
         encoder = self.dialect.stream_encoder(model)
         if fault and fault.get("error_event"):
             cls = fault["error_event"]
             _, kind, text, _ = VENDOR_ERRORS[self.protocol].get(cls, VENDOR_ERRORS[self.protocol]["server"])
             first = encoder.encode(self.stream_events(model, pieces, usage_in)[0]) if self.protocol in ("anthropic", "responses", "cohere") else b""
             return [first + encoder.error(kind, text)] if first else [encoder.error(kind, text)]
-        frames = [encoder.encode(event) for event in self.stream_events(model, pieces, usage_in)]
-        tail = encoder.finish()
-        if tail:
-            frames.append(tail)
+        # one write per content delta; the preamble and the ending go out
+        # whole, as vendors send them, so pacing applies to content only
+        events = self.stream_events(model, pieces, usage_in)
+        deltas = [i for i, e in enumerate(events) if type(e) is ir.TextDelta]
+        first, last = (deltas[0], deltas[-1]) if deltas else (len(events), len(events) - 1)
+        frames = [b"".join(encoder.encode(e) for e in events[:first])]
+        frames += [encoder.encode(events[i]) for i in range(first, last + 1)]
+        frames.append(b"".join(encoder.encode(e) for e in events[last + 1:]) + encoder.finish())
         return [f for f in frames if f]
 
     def garbage(self) -> bytes:

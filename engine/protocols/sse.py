@@ -4,10 +4,6 @@
 raw_bytes); it keeps only the unfinished tail, so memory is bounded by the
 largest single event (capped).  Line endings \\n, \\r\\n and \\r are all
 accepted, per the SSE spec.
-
-`valid_json_event` is the passthrough relay's garbage check: a same-protocol
-stream is relayed event by event, untouched, but an event whose data is not
-JSON ends the stream with a proper error event instead of reaching the SDK.
 """
 from __future__ import annotations
 
@@ -84,26 +80,10 @@ def _parse_block(raw: bytes) -> SSEEvent | None:
     return SSEEvent(name, b"\n".join(data_lines), raw)
 
 
-def valid_json_event(event: SSEEvent) -> bool:
-    if not event.data or event.data == b"[DONE]":
-        return True
-    try:
-        orjson.loads(event.data)
-        return True
-    except orjson.JSONDecodeError:
-        return False
-
-
 def encode_event(data: bytes, event: str | None = None) -> bytes:
     head = b"event: " + event.encode() + b"\n" if event else b""
     return head + b"data: " + data + b"\n\n"
 
-
-# ---------------------------------------------------------------------------
-# Before the first content byte reaches the client the gateway holds the
-# upstream's events and asks, per event: still preamble, content (commit the
-# response), or an error (fail over).  A probe returns "hold", "commit" or
-# "error".  These are protocol facts, kept here beside the SSE mechanics.
 
 def _json(data: bytes):
     try:
@@ -111,40 +91,6 @@ def _json(data: bytes):
     except orjson.JSONDecodeError:
         return None
 
-
-def probe_openai(event: SSEEvent) -> str:
-    if event.data == b"[DONE]":
-        return "commit"
-    obj = _json(event.data)
-    if not isinstance(obj, dict):
-        return "error"
-    if "error" in obj:
-        return "error"
-    for choice in obj.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call") \
-                or delta.get("reasoning_content") or choice.get("finish_reason"):
-            return "commit"
-    return "hold"
-
-
-_ANTHROPIC_PREAMBLE = {"message_start", "ping", "content_block_start"}
-
-
-def probe_anthropic(event: SSEEvent) -> str:
-    if event.event == "error":
-        return "error"
-    if event.event in _ANTHROPIC_PREAMBLE:
-        return "hold"
-    obj = _json(event.data)
-    if not isinstance(obj, dict):
-        return "error"
-    if obj.get("type") == "error":
-        return "error"
-    return "commit"
-
-
-PROBES = {"openai": probe_openai, "anthropic": probe_anthropic}
 
 # An error that arrives as a stream event has no HTTP status of its own; the
 # status its type implies lets the dialect's ordinary `classify` read it.
@@ -173,14 +119,3 @@ def stream_error_status(protocol: str, data: bytes) -> int:
         if name in _OPENAI_ERROR_STATUS:
             return _OPENAI_ERROR_STATUS[name]
     return 500
-
-
-def stream_error_event(protocol: str, kind: str, message: str) -> bytes:
-    """The event that ends a stream that broke after content went out, in the
-    client's protocol, so its SDK raises instead of returning a truncated
-    answer as complete."""
-    if protocol == "anthropic":
-        etype = {"rate_limit": "rate_limit_error", "overloaded": "overloaded_error"}.get(kind, "api_error")
-        return encode_event(orjson.dumps({"type": "error", "error": {"type": etype, "message": message}}), "error")
-    # OpenAI-style: a data chunk carrying an `error` object (the SDK raises APIError)
-    return encode_event(orjson.dumps({"error": {"message": message, "type": "server_error", "code": kind}}))
