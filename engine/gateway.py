@@ -35,7 +35,7 @@ from engine.protocols.routes import match_route
 from engine.protocols.base import JSON_CT, Headers, header, load_json_object
 from engine.protocols.base import StreamError
 from engine.protocols.sse import SSESplitter
-from engine.routing import Attempt, Exhausted, Needs, Router, Wait
+from engine.routing import Attempt, Exhausted, Needs, Router, Wait, fingerprint
 from engine.server import ClientGone, HttpRequest, Responder
 from engine.upstream import Origin, UpstreamClient, UpstreamError
 
@@ -268,9 +268,17 @@ class Gateway:
         if content_type is not None and b"json" not in content_type.lower():
             raise ClientError(415, f"Content-Type must be application/json, got {content_type.decode('latin-1')!r}.",
                               "invalid_request")
-        self._authenticate(request, dialect, params)
         obj = load_json_object(request.body)
         model = dialect.inbound_model(params, obj)
+        # the pool's pipeline says which checks run on `received`
+        try:
+            checks = self.router.pipeline_for(model).received.checks if model else ("auth",)
+        except KeyError:
+            checks = ("auth",)
+        if "auth" in checks:
+            key = self._authenticate(request, dialect, params)
+            if key is not None:
+                record.client_key_id = fingerprint(key)
         if not model:
             raise ClientError(400, "Missing `model`: name a Busbar pool (or provider/model).", "invalid_request",
                               param="model")

@@ -128,3 +128,22 @@ async def test_models_list_names_pools():
     async with gateway_with(OPENAI_ONLY, a=MockVendor()) as gw:
         models = await sdk(lambda: oai(gw.url).models.list())
     assert [m.id for m in models.data] == ["smart"]
+
+
+async def test_pipeline_received_checks_decide_auth_per_pool():
+    config = {"auth": {"keys": ["gw-key"]},
+              "providers": OPENAI_ONLY["providers"],
+              "pipelines": {"public": {"received": {"checks": ["max_body"]}}},
+              "pools": {"open": {"pipeline": "public", "members": [{"provider": "oai", "model": "m"}]},
+                        "closed": {"members": [{"provider": "oai", "model": "m"}]}}}
+    async with gateway_with(config, a=MockVendor(reply="hi")) as gw:
+        anonymous = openai.OpenAI(base_url=gw.url + "/v1", api_key="not-a-gateway-key", max_retries=0)
+        result = await sdk(lambda: anonymous.chat.completions.create(
+            model="open", messages=[{"role": "user", "content": "x"}]))
+        assert result.choices[0].message.content == "hi"
+        with pytest.raises(openai.AuthenticationError):
+            await sdk(lambda: anonymous.chat.completions.create(model="closed", messages=[{"role": "user", "content": "x"}]))
+        member = openai.OpenAI(base_url=gw.url + "/v1", api_key="gw-key", max_retries=0)
+        await sdk(lambda: member.chat.completions.create(model="closed", messages=[{"role": "user", "content": "x"}]))
+        record = await last_record(gw)
+    assert record["state"] == "done"

@@ -110,3 +110,19 @@ async def test_stream_failure_after_content_raises_in_every_sdk(client, vendor):
         record = await last_record(gw)
     assert record["state"] == "failed"
     assert "AssertionError" not in type(exc.value).__name__
+
+
+@pytest.mark.parametrize("vendor", PROTOCOLS)
+@pytest.mark.parametrize("error", ["rate", "overloaded"])
+async def test_error_event_before_content_fails_over_for_every_vendor(vendor, error):
+    """A 200 stream whose first event is the vendor's own error (Anthropic
+    `event: error`, Bedrock throttlingException frame, ...) is classified and
+    failed over like the HTTP error it stands for."""
+    a = MockVendor(aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    b = MockVendor(reply="second member", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    a.fail_next({"error_event": error})
+    async with gateway_with(failover_config(vendor, "openai"), a=a, b=b) as gw:
+        text = await sdk(lambda: CLIENTS["openai"](gw.url, "smart", "x", stream=True))
+        record = await last_record(gw)
+    assert text == "second member"
+    assert record["attempts"][0]["outcome"] in ("rate", "server"), record["attempts"]
