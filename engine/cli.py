@@ -143,7 +143,12 @@ def cmd_demo(args) -> int:
     async def main():
         async with trio.open_nursery() as nursery:
             await _start_mocks(nursery, [("vendor-a", a, {"chunk_delay": 0.02}), ("vendor-b", b, {"chunk_delay": 0.02})])
-            await nursery.start(run_gateway, config, "127.0.0.1", port)
+
+            async def gateway(task_status=trio.TASK_STATUS_IGNORED):
+                await run_gateway(config, "127.0.0.1", port, task_status=task_status)
+                nursery.cancel_scope.cancel()   # SIGINT/SIGTERM ended the gateway: stop the vendors too
+
+            await nursery.start(gateway)
             url = f"http://127.0.0.1:{port}"
             print(DEMO_BANNER.format(url=url, a=a, b=b, config=config.source), flush=True)
 

@@ -185,24 +185,24 @@ class Gateway:
         t0 = time.perf_counter()
         self.in_flight += 1
         try:
-            async with trio.open_nursery() as nursery:
-                # the request's own scope: a departed client cancels it all
-                nursery.start_soon(responder.watch_disconnect, nursery.cancel_scope)
-                try:
-                    await self._serve(request, responder, dialect, params, record)
-                except ClientError as err:
-                    if record.lifecycle.can("rejected"):
-                        record.lifecycle.fire("rejected", err.message[:120])
-                    record.status = err.status
-                    record.error = err.message
-                    if not responder.started:
-                        status, headers, body = dialect.render_error(err)
-                        await responder.send(status, headers, body)
-                nursery.cancel_scope.cancel()
+            # The server runs this in a cancel scope that a departed client
+            # cancels: everything the request started goes with it.
+            try:
+                await self._serve(request, responder, dialect, params, record)
+            except ClientError as err:
+                if record.lifecycle.can("rejected"):
+                    record.lifecycle.fire("rejected", err.message[:120])
+                record.status = err.status
+                record.error = err.message
+                if not responder.started:
+                    status, headers, body = dialect.render_error(err)
+                    await responder.send(status, headers, body)
+        except trio.Cancelled:
             if not record.lifecycle.finished:
                 record.lifecycle.fire("cancelled", "client disconnected")
                 record.error = record.error or "client disconnected"
                 record.status = record.status or 499
+            raise
         except ClientGone:
             if not record.lifecycle.finished:
                 record.lifecycle.fire("cancelled", "client disconnected")

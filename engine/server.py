@@ -11,9 +11,9 @@ Contract for handlers:
 * The handler answers exactly once: `responder.send(status, headers, body)`
   for a buffered answer, or `responder.start(...)`, `responder.write(...)`*,
   `responder.end()` for a stream.
-* A client that goes away while a stream is being written makes `write`
-  raise `ClientGone`; a handler that wants earlier notice (to cancel an
-  upstream call while it waits) runs inside `responder.watch_disconnect()`.
+* A client that goes away cancels the handler (each connection has one
+  reader task that notices EOF at once); a write after that raises
+  `ClientGone`.
 """
 from __future__ import annotations
 
@@ -73,13 +73,12 @@ class Responder:
     here directly (a fixed, simple format: content-length or chunked), which
     halves the per-request HTTP cost (docs/adr/0002-http-stack.md)."""
 
-    __slots__ = ("_stream", "_started", "_finished", "_pending", "_gone", "_close")
+    __slots__ = ("_stream", "_started", "_finished", "_gone", "_close")
 
     def __init__(self, stream: trio.abc.Stream, close: bool = False):
         self._stream = stream
         self._started = False
         self._finished = False
-        self._pending = b""      # bytes a disconnect watcher read ahead (pipelining)
         self._gone = False
         self._close = close      # the client asked to close after this response
 
@@ -112,26 +111,6 @@ class Responder:
     async def end(self) -> None:
         self._finished = True
         await self._write(b"0\r\n\r\n")
-
-    async def watch_disconnect(self, cancel_scope: trio.CancelScope) -> None:
-        """Read from the socket until EOF and then cancel `cancel_scope`.
-
-        Used while a long upstream call is in flight so a departed client
-        cancels it at once instead of at the next write.  Bytes of a pipelined
-        next request are kept for the connection loop.
-        """
-        try:
-            while True:
-                data = await self._stream.receive_some(READ_SIZE)
-                if not data:
-                    break
-                self._pending += data
-                if len(self._pending) > READ_SIZE:
-                    return   # a pipelining client is clearly alive; stop reading
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        self._gone = True
-        cancel_scope.cancel()
 
 
 Handler = Callable[[HttpRequest, Responder], Awaitable[None]]
@@ -186,7 +165,11 @@ class HttpServer:
                 client = f"{peer[0]}:{peer[1]}"
             except OSError:
                 client = ""
-            await self._serve_connection(stream, client)
+            async with trio.open_nursery() as nursery:
+                reader = _Reader(stream, READ_AHEAD_LIMIT + self.max_body_bytes)
+                nursery.start_soon(reader.run)
+                await self._serve_connection(stream, reader, client)
+                nursery.cancel_scope.cancel()
         except Exception:  # never let one connection take the server down
             log.exception("connection handler crashed")
         finally:
@@ -195,8 +178,7 @@ class HttpServer:
                 scope.shield = True
                 await stream.aclose()
 
-    async def _serve_connection(self, stream: trio.SocketStream, client: str) -> None:
-        pending = b""
+    async def _serve_connection(self, stream: trio.SocketStream, reader: "_Reader", client: str) -> None:
         while self.accepting:
             # a fresh parser per request: responses bypass h11, so its
             # server-side state never reaches DONE; leftover bytes carry over
@@ -207,12 +189,13 @@ class HttpServer:
                 # for its next request; once a request's first bytes arrived,
                 # all of it (head and body) must arrive within `header_timeout`.
                 with trio.CancelScope() as scope:
-                    scope.deadline = trio.current_time() + (self.header_timeout if pending else self.keepalive_timeout)
-                    request, pending = await self._read_request(conn, stream, pending, client, scope)
+                    scope.deadline = trio.current_time() + (
+                        self.header_timeout if reader.buffered else self.keepalive_timeout)
+                    request = await self._read_request(conn, reader, client, scope)
                 if scope.cancelled_caught:
                     raise trio.TooSlowError
             except trio.TooSlowError:
-                if conn.their_state is h11.IDLE and not pending and not conn.trailing_data[0]:
+                if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                     return  # idle keep-alive connection: close quietly
                 await self._send_error(stream, None, 408, "Timed out reading the request.")
                 return
@@ -225,34 +208,35 @@ class HttpServer:
                     return
                 await self._send_error(stream, None, exc.error_status_hint, f"Malformed HTTP request: {exc}")
                 return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
             if request is None:
                 return  # clean EOF between requests
+            reader.unread(conn.trailing_data[0])
             close = not request.keep_alive or not self.accepting
             responder = Responder(stream, close)
             self.active_requests += 1
             try:
-                await self.handler(request, responder)
+                # The reader cancels this scope if the client goes away, which
+                # cancels everything the handler started (its upstream call).
+                with trio.CancelScope() as request_scope:
+                    reader.request_scope = request_scope
+                    await self.handler(request, responder)
             except (ClientGone, AbortConnection):
                 return
             finally:
+                reader.request_scope = None
                 self.active_requests -= 1
-            if responder._gone or not responder._finished or close:
+            if request_scope.cancelled_caught or responder._gone or not responder._finished or close:
                 return
-            pending = conn.trailing_data[0] + responder._pending
 
-    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream, pending: bytes, client: str,
-                            scope: trio.CancelScope) -> tuple[HttpRequest | None, bytes]:
-        if pending:
-            conn.receive_data(pending)
+    async def _read_request(self, conn: h11.Connection, reader: "_Reader", client: str,
+                            scope: trio.CancelScope) -> HttpRequest | None:
         head = None
         body_parts: list[bytes] = []
         size = 0
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await stream.receive_some(READ_SIZE)
+                data = await reader.read()
                 if data and head is None and not body_parts:
                     scope.deadline = min(scope.deadline, trio.current_time() + self.header_timeout)
                 conn.receive_data(data)
@@ -274,11 +258,9 @@ class HttpServer:
                 continue
             if isinstance(event, h11.EndOfMessage):
                 head.body = b"".join(body_parts)
-                return head, b""
-            if isinstance(event, h11.ConnectionClosed):
-                return None, b""
-            if event is h11.PAUSED:
-                return None, b""
+                return head
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
 
     async def _send_error(self, stream, request, status, message) -> None:
         status, headers, body = self.on_error(request, status, message)
@@ -308,6 +290,70 @@ async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
     await sock.bind((host, port))
     sock.listen(1024)
     return trio.SocketListener(sock)
+
+
+READ_AHEAD_LIMIT = 1024 * 1024
+
+
+class _Reader:
+    """The one task that reads a connection's socket, for its whole life.
+
+    The connection loop takes bytes from it to parse requests; while a
+    request is being handled, the reader keeps listening, so a client that
+    goes away is noticed at once and the request's scope cancelled (its
+    upstream call with it).  One long-lived task per connection costs far
+    less than a watcher task per request.  Read-ahead (a pipelining client)
+    is bounded: past the limit the reader waits until the loop catches up.
+    """
+
+    __slots__ = ("stream", "limit", "buffer", "eof", "request_scope", "_data", "_room")
+
+    def __init__(self, stream: trio.abc.Stream, limit: int):
+        self.stream = stream
+        self.limit = limit
+        self.buffer = bytearray()
+        self.eof = False
+        self.request_scope: trio.CancelScope | None = None
+        self._data = trio.Event()
+        self._room = trio.Event()
+
+    @property
+    def buffered(self) -> bool:
+        return bool(self.buffer)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if len(self.buffer) >= self.limit:
+                    self._room = trio.Event()
+                    await self._room.wait()
+                data = await self.stream.receive_some(READ_SIZE)
+                if not data:
+                    break
+                self.buffer += data
+                self._data.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        self.eof = True
+        self._data.set()
+        if self.request_scope is not None:
+            self.request_scope.cancel()
+
+    async def read(self) -> bytes:
+        """Buffered bytes, waiting for some; b"" once the client closed."""
+        while not self.buffer and not self.eof:
+            self._data = trio.Event()
+            await self._data.wait()
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        self._room.set()
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes the parser received but did not use (the start of
+        a pipelined next request)."""
+        if data:
+            self.buffer[:0] = data
 
 
 class _BodyTooLarge(Exception):

@@ -286,19 +286,17 @@ async def events(admin, responder) -> None:
     """Server-sent events: `state` (the /admin/api/state document) every
     second, and within SSE_TICK after requests finish."""
     await responder.start(200, [(b"content-type", b"text/event-stream"), NO_STORE, (b"x-accel-buffering", b"no")])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(responder.watch_disconnect, nursery.cancel_scope)
-        await responder.write(b"retry: 2000\n\n")
-        seen = -1
-        pushed = float("-inf")
-        while not admin.closing:
-            now = trio.current_time()
-            total = admin.metrics.total
-            if total != seen or now - pushed >= SSE_EVERY:
-                await responder.write(b"event: state\ndata: " + orjson.dumps(state(admin)) + b"\n\n")
-                seen, pushed = total, now
-            await trio.sleep(SSE_TICK)
-        nursery.cancel_scope.cancel()
+    # a client that goes away cancels this loop (the server's connection reader sees it)
+    await responder.write(b"retry: 2000\n\n")
+    seen = -1
+    pushed = float("-inf")
+    while not admin.closing:
+        now = trio.current_time()
+        total = admin.metrics.total
+        if total != seen or now - pushed >= SSE_EVERY:
+            await responder.write(b"event: state\ndata: " + orjson.dumps(state(admin)) + b"\n\n")
+            seen, pushed = total, now
+        await trio.sleep(SSE_TICK)
     if not responder._gone:
         try:
             await responder.end()
