@@ -18,7 +18,6 @@ import trio
 
 from engine import diagram
 from engine.protocols.base import header
-from engine.server import ClientGone
 
 PAGE_FILE = Path(__file__).with_name("page.html")
 RECENT_IN_STATE = 50
@@ -284,9 +283,10 @@ async def diagram_route(admin, responder, query: dict) -> None:
 # ---------------------------------------------------------------------------
 async def events(admin, responder) -> None:
     """Server-sent events: `state` (the /admin/api/state document) every
-    second, and within SSE_TICK after requests finish."""
+    second, and within SSE_TICK after requests finish.  Ends when the Admin
+    closes (shutdown); a client that goes away cancels it (the server's
+    reader notices)."""
     await responder.start(200, [(b"content-type", b"text/event-stream"), NO_STORE, (b"x-accel-buffering", b"no")])
-    # a client that goes away cancels this loop (the server's connection reader sees it)
     await responder.write(b"retry: 2000\n\n")
     seen = -1
     pushed = float("-inf")
@@ -297,11 +297,7 @@ async def events(admin, responder) -> None:
             await responder.write(b"event: state\ndata: " + orjson.dumps(state(admin)) + b"\n\n")
             seen, pushed = total, now
         await trio.sleep(SSE_TICK)
-    if not responder._gone:
-        try:
-            await responder.end()
-        except ClientGone:
-            pass
+    await responder.end()
 
 
 # ---------------------------------------------------------------------------
