@@ -16,6 +16,7 @@ ANTHROPIC_VERSION = b"2023-06-01"
 P = "anthropic"
 SR = ir.StopReason
 DEFAULT_MAX_TOKENS = 4096
+MIN_BUDGET = 1024
 
 _REQUEST_KEYS = frozenset({
     "model", "messages", "max_tokens", "system", "tools", "tool_choice", "temperature",
@@ -152,7 +153,7 @@ def _block(b: dict):
         if st == "url":
             return ir.Document(url=src["url"], name=b.get("title"), extras=ext)
     elif kind == "thinking":
-        sig, origin = c.sig_in(b.get("signature"), P)
+        sig, origin = c.sig_in(b.get("signature") or None, P)
         return ir.Reasoning(b["thinking"], sig, origin, c.extras_of(b, _THINK_KEYS, P))
     elif kind == "redacted_thinking":
         data, origin = c.sig_in(b["data"], P)
@@ -372,6 +373,8 @@ def _render_messages(req: ir.Request, ctx: c.RenderCtx) -> list:
             content = m.content[0].text
         else:
             content = _blocks(m.content, ctx, f"{where}.content", m.role)
+            if not content and m.content:
+                continue    # everything in it was dropped
         if out and out[-1]["role"] == m.role:
             prev = out[-1]
             prev["content"] = _as_blocks(prev["content"]) + _as_blocks(content)
@@ -425,7 +428,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
         if c.reasoning_off(cfg):
             thinking = {"type": "disabled"}
         elif cfg.budget_tokens is not None:
-            budget = cfg.budget_tokens
+            budget = max(MIN_BUDGET, cfg.budget_tokens)     # Anthropic's minimum
             thinking = {"type": "enabled", "budget_tokens": budget}
         elif cfg.enabled and (cfg.effort is None or c.note(req.extras, P, "$adaptive")):
             thinking = {"type": "adaptive"}

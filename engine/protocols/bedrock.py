@@ -437,6 +437,8 @@ def _render_request(req: ir.Request, max_tokens_default, ctx: c.RenderCtx) -> di
         where = f"messages[{i}]"
         ctx.foreign(m.extras, f"{where}.")
         blocks = _blocks(m.content, ctx, f"{where}.content")
+        if not blocks and m.content:
+            continue    # everything in it was dropped
         if messages and messages[-1]["role"] == m.role:
             messages[-1]["content"].extend(blocks)
         else:
@@ -518,13 +520,14 @@ def _render_request(req: ir.Request, max_tokens_default, ctx: c.RenderCtx) -> di
     oc: dict = {}
     cfg = req.reasoning
     if cfg is not None:
-        if cfg.budget_tokens is not None or cfg.enabled is not None:
-            if c.reasoning_off(cfg):
-                amrf["thinking"] = {"type": "disabled"}
-            elif cfg.budget_tokens is not None:
-                amrf["thinking"] = {"type": "enabled", "budget_tokens": cfg.budget_tokens}
-            elif cfg.effort is None:
-                ctx.hint("reasoning", "thinking enabled without a budget or effort")
+        # Claude-family `thinking` rides in additionalModelRequestFields;
+        # effort is Converse's own outputConfig.effort.
+        if c.reasoning_off(cfg):
+            amrf["thinking"] = {"type": "disabled"}
+        elif cfg.budget_tokens is not None:
+            amrf["thinking"] = {"type": "enabled", "budget_tokens": cfg.budget_tokens}
+        elif cfg.effort is None:
+            ctx.hint("reasoning", "thinking enabled without a budget or effort")
         if cfg.effort is not None and cfg.effort != "none":
             oc["effort"] = cfg.effort
     if amrf:
@@ -630,3 +633,277 @@ def _render_response(resp: ir.Response, model: str) -> dict:
 
 
 dialect = BedrockDialect()
+
+
+# ---------------------------------------------------------------------------
+# streaming: ConverseStream eventstream frames <-> IR events (engine.protocols.streaming)
+
+import time  # noqa: E402
+
+from engine.aws import eventstream as es  # noqa: E402
+from engine.protocols import streaming as s  # noqa: E402
+from engine.protocols.base import StreamError  # noqa: E402
+
+# exception frame (:exception-type) -> HTTP status equivalent
+EXCEPTION_STATUS = {"throttlingException": 429, "modelNotReadyException": 429, "validationException": 400,
+                    "serviceQuotaExceededException": 400, "accessDeniedException": 403,
+                    "resourceNotFoundException": 404, "modelTimeoutException": 408,
+                    "serviceUnavailableException": 503, "internalServerException": 500,
+                    "modelStreamErrorException": 500, "modelErrorException": 500}
+# client error kind -> the exception frame that ends a ConverseStream
+_KIND_EXCEPTION = {"rate_limit": "throttlingException", "billing": "throttlingException",
+                   "overloaded": "serviceUnavailableException", "invalid_request": "validationException",
+                   "request_too_large": "validationException", "api_error": "internalServerException",
+                   "upstream": "modelStreamErrorException", "timeout": "modelStreamErrorException"}
+
+
+def _usage_in(u: dict) -> ir.Usage:
+    read = u.get("cacheReadInputTokens") or 0
+    write = u.get("cacheWriteInputTokens") or 0
+    return ir.Usage((u.get("inputTokens") or 0) + read + write, u.get("outputTokens") or 0, read, write, 0,
+                    u.get("totalTokens"))
+
+
+_TEXT, _TOOL, _REASONING, _REDACTED = 1, 2, 3, 4
+
+
+class StreamDecoder:
+    """ConverseStream frames -> IR.  Text and reasoning blocks start with
+    their first delta (Bedrock has no text contentBlockStart); the stop
+    reason (messageStop) is held until the usage (metadata) that follows it.
+    Exception and error frames become an ErrorEvent whose `raw` names the
+    exception the way `BedrockDialect.classify` reads it; the `p` padding of
+    real payloads is ignored."""
+
+    __slots__ = ("_frames", "_blocks", "_next", "_stop", "_seq", "_tools", "_done", "_failed")
+
+    def __init__(self):
+        self._frames = es.Decoder()
+        self._blocks: dict[int, list] = {}    # open blocks: contentBlockIndex -> [IR index, kind]
+        self._next = 0
+        self._stop: SR | None = None
+        self._seq: str | None = None
+        self._tools = False
+        self._done = False
+        self._failed = False
+
+    def feed(self, data: bytes) -> list[ir.Event]:
+        if self._failed:
+            raise StreamError("decoder already failed")
+        out: list = []
+        try:
+            for m in self._frames.feed(data):
+                self._message(m, out)
+        except StreamError:
+            self._failed = True
+            raise
+        except es.EventStreamError as exc:
+            self._failed = True
+            raise StreamError(f"malformed eventstream frame: {exc}") from None
+        except s.MALFORMED as exc:
+            self._failed = True
+            raise StreamError(f"malformed ConverseStream event: {exc!r}"[:300]) from None
+        return out
+
+    def close(self) -> list[ir.Event]:
+        try:
+            self._frames.close()
+        except es.EventStreamError as exc:
+            self._failed = True
+            raise StreamError(str(exc)) from None
+        out: list = []
+        if not self._done:
+            if self._stop is None:
+                self._failed = True
+                raise StreamError("ConverseStream ended before messageStop (truncated)")
+            self._done = True
+            out.append(ir.MessageStop(self._stop, self._seq))
+        return out
+
+    def _open(self, wire: int, kind: int, part, out: list) -> int:
+        i = self._next
+        self._next += 1
+        self._blocks[wire] = [i, kind]
+        out.append(ir.BlockStart(i, part))
+        return i
+
+    def _message(self, m: es.Message, out: list) -> None:
+        if self._done:
+            return
+        h = m.headers
+        mt = h.get(":message-type")
+        if mt != "event":
+            self._error(mt, h, m.payload, out)
+            return
+        et = h[":event-type"]
+        obj = s.loads(m.payload) if m.payload else {}
+        if et == "contentBlockDelta":
+            wire = obj["contentBlockIndex"]
+            d = obj["delta"]
+            b = self._blocks.get(wire)
+            if "text" in d:
+                i = b[0] if b is not None else self._open(wire, _TEXT, ir.Text(""), out)
+                if d["text"]:
+                    out.append(ir.TextDelta(i, d["text"]))
+            elif "toolUse" in d:
+                i = b[0] if b is not None else self._open(wire, _TOOL, ir.ToolCall("", "", {}), out)
+                if d["toolUse"].get("input"):
+                    out.append(ir.ToolArgsDelta(i, d["toolUse"]["input"]))
+            elif "reasoningContent" in d:
+                rc = d["reasoningContent"]
+                if "redactedContent" in rc:
+                    if b is None:
+                        self._open(wire, _REDACTED, ir.RedactedReasoning(rc["redactedContent"], P), out)
+                    return
+                i = b[0] if b is not None else self._open(wire, _REASONING, ir.Reasoning("", None, P), out)
+                if rc.get("text"):
+                    out.append(ir.ReasoningDelta(i, rc["text"]))
+                if rc.get("signature"):
+                    out.append(ir.SignatureDelta(i, rc["signature"]))
+            # citations, images, tool results: no IR stream form
+        elif et == "contentBlockStart":
+            tu = (obj.get("start") or {}).get("toolUse")
+            if tu is not None:
+                self._tools = True
+                self._open(obj["contentBlockIndex"], _TOOL, ir.ToolCall(tu.get("toolUseId") or "", tu.get("name") or "", {}),
+                           out)
+        elif et == "contentBlockStop":
+            b = self._blocks.pop(obj["contentBlockIndex"], None)
+            if b is not None:
+                out.append(ir.BlockStop(b[0]))
+        elif et == "messageStart":
+            out.append(ir.MessageStart("", ""))
+        elif et == "messageStop":
+            for b in self._blocks.values():
+                out.append(ir.BlockStop(b[0]))
+            self._blocks.clear()
+            stop = STOP_IN.get(obj.get("stopReason"), SR.END_TURN)
+            self._stop = SR.TOOL_USE if stop is SR.END_TURN and self._tools else stop
+            amrf = obj.get("additionalModelResponseFields")
+            if isinstance(amrf, dict):
+                self._seq = (amrf.get("delta") or {}).get("stop_sequence")
+        elif et == "metadata":
+            if obj.get("usage"):
+                out.append(ir.UsageEvent(_usage_in(obj["usage"])))
+            if self._stop is not None:
+                self._done = True
+                out.append(ir.MessageStop(self._stop, self._seq))
+
+    def _error(self, mt, h: dict, payload: bytes, out: list) -> None:
+        if mt == "exception":
+            et = h.get(":exception-type") or "internalServerException"
+            obj = s.loads(payload) if payload else {}
+            message = str(obj.get("message") or obj.get("Message") or et) if isinstance(obj, dict) else et
+            status = EXCEPTION_STATUS.get(et, 500)
+        elif mt == "error":
+            et = str(h.get(":error-code") or "InternalFailure")
+            message = str(h.get(":error-message") or et)
+            status = 500
+        else:
+            raise StreamError(f"eventstream frame with :message-type {mt!r}")
+        name = et[:1].upper() + et[1:]          # the exception's name as x-amzn-ErrorType spells it
+        self._done = True
+        out.append(ir.ErrorEvent(status, message, name, orjson.dumps({"message": message, "__type": name})))
+
+
+def _frame(event_type: str, payload: bytes) -> bytes:
+    return es.encode(es.event_message(event_type, payload))
+
+
+@s.handlers
+class StreamEncoder(s.Encoder):
+    """IR -> ConverseStream frames: messageStart, contentBlockStart (tool use
+    only), contentBlockDelta, contentBlockStop (every block, text included),
+    messageStop, then metadata with the usage.  Errors are exception frames,
+    which botocore raises as EventStreamError."""
+
+    content_type = b"application/vnd.amazon.eventstream"
+    __slots__ = ("_started", "_blocks", "_next", "_usage", "_t0")
+
+    def __init__(self, model: str):
+        super().__init__()
+        self._started = False
+        self._blocks: dict[int, tuple] = {}    # IR index -> (kind, delta payload prefix, origin)
+        self._next = 0
+        self._usage: ir.Usage | None = None
+        self._t0 = time.monotonic()
+
+    def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:
+        self._started = True
+        if ev.usage is not None:
+            self._usage = ev.usage
+        return _frame("messageStart", b'{"role":"assistant"}')
+
+    def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
+        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        part = ev.part
+        t = type(part)
+        k = str(self._next).encode()
+        pre = b'{"contentBlockIndex":' + k + b',"delta":'
+        if t is ir.Text or t is ir.Refusal:
+            self._blocks[ev.index] = (_TEXT, pre, None)
+        elif t is ir.ToolCall:
+            self._blocks[ev.index] = (_TOOL, pre, None)
+            start = {"contentBlockIndex": self._next,
+                     "start": {"toolUse": {"toolUseId": fit_id(part.id or "tooluse"), "name": part.name}}}
+            out += _frame("contentBlockStart", s.dumps(start))
+        elif t is ir.Reasoning:
+            self._blocks[ev.index] = (_REASONING, pre, part.origin)
+        elif t is ir.RedactedReasoning:
+            self._blocks[ev.index] = (_REDACTED, pre, None)
+            out += _frame("contentBlockDelta", pre + s.dumps(
+                {"reasoningContent": {"redactedContent": c.sig_out(part, P)}}) + b"}")
+        else:
+            return out
+        self._next += 1
+        return out
+
+    def _on_TextDelta(self, ev: ir.TextDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _TEXT or not ev.text:
+            return b""
+        return _frame("contentBlockDelta", b[1] + b'{"text":' + s.dumps(ev.text) + b"}}")
+
+    def _on_ToolArgsDelta(self, ev: ir.ToolArgsDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _TOOL or not ev.partial_json:
+            return b""
+        return _frame("contentBlockDelta", b[1] + b'{"toolUse":{"input":' + s.dumps(ev.partial_json) + b"}}}")
+
+    def _on_ReasoningDelta(self, ev: ir.ReasoningDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _REASONING or not ev.text:
+            return b""
+        return _frame("contentBlockDelta", b[1] + b'{"reasoningContent":{"text":' + s.dumps(ev.text) + b"}}}")
+
+    def _on_SignatureDelta(self, ev: ir.SignatureDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _REASONING:
+            return b""
+        sig = c.sig_out(ir.Reasoning("", ev.signature, b[2]), P)
+        return _frame("contentBlockDelta", b[1] + b'{"reasoningContent":{"signature":' + s.dumps(sig) + b"}}}")
+
+    def _on_BlockStop(self, ev: ir.BlockStop) -> bytes:
+        b = self._blocks.pop(ev.index, None)
+        if b is None:
+            return b""
+        return _frame("contentBlockStop", b[1][:-9] + b"}")    # {"contentBlockIndex":k}
+
+    def _on_UsageEvent(self, ev: ir.UsageEvent) -> bytes:
+        self._usage = ev.usage
+        return b""
+
+    def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
+        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        for i in list(self._blocks):
+            out += self._on_BlockStop(ir.BlockStop(i))
+        stop: dict = {"stopReason": STOP_OUT[ev.stop_reason]}
+        if ev.stop_sequence is not None:
+            stop["additionalModelResponseFields"] = {"delta": {"stop_sequence": ev.stop_sequence}}
+        meta = {"usage": render_usage(self._usage or ir.Usage()),
+                "metrics": {"latencyMs": int((time.monotonic() - self._t0) * 1000)}}
+        return out + _frame("messageStop", s.dumps(stop)) + _frame("metadata", s.dumps(meta))
+
+    def _error(self, kind: str, message: str) -> bytes:
+        name = _KIND_EXCEPTION.get(kind, "internalServerException")
+        return es.encode(es.exception_message(name, s.dumps({"message": message})))

@@ -268,7 +268,9 @@ def _render_messages(req: ir.Request, ctx: c.RenderCtx) -> list:
         where = f"messages[{i}]"
         ctx.foreign(m.extras, f"{where}.")
         if m.role == ir.ASSISTANT:
-            msgs.append(c.splice(_render_assistant(m, ctx, where), m.extras, P))
+            msg = _render_assistant(m, ctx, where)
+            if len(msg) > 1 or not m.content:
+                msgs.append(c.splice(msg, m.extras, P))
         elif m.role == ir.SYSTEM:
             msgs.append(c.splice({"role": "system", "content": _content(m.content, ctx, f"{where}.content", "system")},
                                  m.extras, P))
@@ -312,10 +314,12 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
             tools.append({"type": "function", "function": c.splice(f, t.extras, P)})
             stricts.add(t.strict)
         body["tools"] = tools
-        if len(stricts) == 1 and (strict := stricts.pop()) is not None:
-            body["strict_tools"] = strict
+        if stricts == {True}:
+            body["strict_tools"] = True
         elif True in stricts:
             ctx.hint("tools.strict", "Cohere's strict_tools applies to all tools or none")
+        elif False in stricts:
+            body["strict_tools"] = False
     tc = req.tool_choice
     if tc is not None:
         if tc.mode == "required":

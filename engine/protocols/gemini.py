@@ -226,8 +226,9 @@ def _media(blob: dict, url: bool):
 
 def _tool_content(response: dict) -> tuple[list, bool]:
     if len(response) == 1:
-        if isinstance(response.get("output"), str):
-            return [ir.Text(response["output"])], False
+        if "output" in response:
+            out = response["output"]
+            return [ir.Text(out) if isinstance(out, str) else ir.JsonData(out)], False
         if "error" in response:
             err = response["error"]
             return [ir.Text(err) if isinstance(err, str) else ir.JsonData(err)], True
@@ -498,6 +499,8 @@ def _render_request(req: ir.Request, max_tokens_default, ctx: c.RenderCtx) -> di
         ctx.foreign(m.extras, f"{where}.")
         role = "model" if m.role == ir.ASSISTANT else "user"
         parts = _parts(m, ctx, f"{where}.content", names)
+        if not parts and m.content:
+            continue    # everything in it was dropped
         if contents and contents[-1]["role"] == role:
             contents[-1]["parts"].extend(parts)
         else:
@@ -689,3 +692,249 @@ def _render_response(resp: ir.Response, model: str) -> dict:
 
 
 dialect = GeminiDialect()
+
+
+# ---------------------------------------------------------------------------
+# streaming: streamGenerateContent?alt=sse <-> IR events (engine.protocols.streaming)
+
+from engine.protocols import streaming as s  # noqa: E402
+from engine.protocols.base import StreamError  # noqa: E402
+
+
+def _usage_in(u: dict) -> ir.Usage:
+    thoughts = u.get("thoughtsTokenCount") or 0
+    return ir.Usage(u.get("promptTokenCount") or 0, (u.get("candidatesTokenCount") or 0) + thoughts,
+                    u.get("cachedContentTokenCount") or 0, 0, thoughts, u.get("totalTokenCount"))
+
+
+_TEXT, _THOUGHT = 1, 2
+
+
+class StreamDecoder(s.SSEDecoder):
+    """GenerateContentResponse chunks -> IR.  Gemini has no block events and
+    sends each function call whole: consecutive text (or thought) parts form
+    one block; a function call is a block of its own (start, all arguments,
+    stop) with the id the buffered parse gives it (`_Ids`).  usageMetadata is
+    cumulative on every chunk; the last one is sent before the MessageStop,
+    which waits for the end of the body (Gemini has no end event)."""
+
+    __slots__ = ("_started", "_ids", "_next", "_cur", "_kind", "_stop", "_usage", "_tools", "_done")
+    protocol = P
+
+    def __init__(self):
+        super().__init__()
+        self._started = False
+        self._ids: _Ids | None = None
+        self._next = 0
+        self._cur = -1
+        self._kind = 0
+        self._stop: SR | None = None
+        self._usage: dict | None = None
+        self._tools = False
+        self._done = False
+
+    def _open(self, out: list, kind: int, part) -> int:
+        if self._kind:
+            out.append(ir.BlockStop(self._cur))
+        self._cur = i = self._next
+        self._next += 1
+        self._kind = kind
+        out.append(ir.BlockStart(i, part))
+        return i
+
+    def _close(self, out: list) -> None:
+        if self._kind:
+            out.append(ir.BlockStop(self._cur))
+            self._kind = 0
+
+    def _event(self, name, data: bytes, out: list) -> None:
+        if self._done:
+            return
+        obj = s.loads(data)
+        if isinstance(obj, list):        # a JSON-array framing slipped in: take its chunks
+            for item in obj:
+                self._event(name, s.dumps(item), out)
+            return
+        err = obj.get("error")
+        if err:
+            self._done = True
+            if not isinstance(err, dict):
+                err = {"message": str(err)}
+            code = err.get("code")
+            out.append(ir.ErrorEvent(code if isinstance(code, int) and 400 <= code < 600 else 500,
+                                     str(err.get("message") or "upstream stream error"), err.get("status"), data))
+            return
+        u = obj.get("usageMetadata")
+        if not self._started:
+            self._started = True
+            rid = obj.get("responseId") or ""
+            self._ids = _Ids(rid)
+            out.append(ir.MessageStart(rid, obj.get("modelVersion") or "",
+                                       ir.Usage(u.get("promptTokenCount") or 0) if u else None))
+        if u:
+            self._usage = u
+        cands = obj.get("candidates")
+        if not cands:
+            if (obj.get("promptFeedback") or {}).get("blockReason"):
+                self._close(out)
+                self._stop = SR.CONTENT_FILTER
+            return
+        cand = cands[0]
+        content = cand.get("content")
+        if content:
+            for p in content.get("parts") or ():
+                self._part(p, out)
+        finish = cand.get("finishReason")
+        if finish:
+            self._close(out)
+            stop = FINISH_IN.get(finish, SR.OTHER)
+            self._stop = SR.TOOL_USE if stop is SR.END_TURN and self._tools else stop
+
+    def _part(self, p: dict, out: list) -> None:
+        text = p.get("text")
+        if text is not None:
+            if p.get("thought"):
+                i = self._cur if self._kind == _THOUGHT else self._open(out, _THOUGHT, ir.Reasoning("", None, P))
+                if text:
+                    out.append(ir.ReasoningDelta(i, text))
+                if p.get("thoughtSignature"):
+                    out.append(ir.SignatureDelta(i, p["thoughtSignature"]))
+            elif text:
+                i = self._cur if self._kind == _TEXT else self._open(out, _TEXT, ir.Text(""))
+                out.append(ir.TextDelta(i, text))
+            return
+        fc = p.get("functionCall")
+        if fc is not None:
+            self._close(out)
+            self._tools = True
+            extras = {P: {"thoughtSignature": p["thoughtSignature"]}} if p.get("thoughtSignature") else None
+            i = self._next
+            self._next += 1
+            out.append(ir.BlockStart(i, ir.ToolCall(self._ids.call(fc), fc.get("name") or "", {}, None, extras)))
+            out.append(ir.ToolArgsDelta(i, orjson.dumps(fc.get("args") or {}).decode()))
+            out.append(ir.BlockStop(i))
+        # inline data, executable code...: no IR stream form
+
+    def _end(self, out: list) -> None:
+        if self._done:
+            return
+        if self._stop is None:
+            raise StreamError("Gemini stream ended before a finishReason (truncated)")
+        self._close(out)
+        if self._usage:
+            out.append(ir.UsageEvent(_usage_in(self._usage)))
+        self._done = True
+        out.append(ir.MessageStop(self._stop))
+
+
+_B_TEXT, _B_THOUGHT, _B_CALL = 1, 2, 3
+
+
+@s.handlers
+class StreamEncoder(s.Encoder):
+    """IR -> GenerateContentResponse chunks.  Each text or thought delta is a
+    chunk of its own; a function call is buffered until its block stops (the
+    Gemini API sends calls whole); the last chunk carries the finishReason
+    and usageMetadata."""
+
+    __slots__ = ("_model", "_tail", "_blocks", "_usage", "_rid")
+
+    def __init__(self, model: str):
+        super().__init__()
+        self._model = model
+        self._rid = ""
+        self._tail = b""     # b'],"role":"model"},"index":0}],"modelVersion":..,"responseId":..}\r\n\r\n'
+        self._blocks: dict[int, list] = {}    # IR index -> [kind, origin or ToolCall, argument chunks]
+        self._usage: ir.Usage | None = None
+
+    def _start(self, rid: str) -> None:
+        self._rid = rid or uuid.uuid4().hex
+        self._tail = (b'],"role":"model"},"index":0}],"modelVersion":' + s.dumps(self._model)
+                      + b',"responseId":' + s.dumps(self._rid) + b"}\r\n\r\n")
+
+    def _chunk(self, part: bytes) -> bytes:
+        return b'data: {"candidates":[{"content":{"parts":[' + part + self._tail
+
+    def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:
+        self._start(ev.id)
+        if ev.usage is not None:
+            self._usage = ev.usage
+        return b""
+
+    def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
+        if not self._tail:
+            self._start("")
+        part = ev.part
+        t = type(part)
+        if t is ir.Text or t is ir.Refusal:
+            self._blocks[ev.index] = [_B_TEXT, None, None]
+        elif t is ir.Reasoning:
+            self._blocks[ev.index] = [_B_THOUGHT, part.origin, None]
+        elif t is ir.ToolCall:
+            self._blocks[ev.index] = [_B_CALL, part, []]
+        return b""       # redacted reasoning: no Gemini form
+
+    def _on_TextDelta(self, ev: ir.TextDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _B_TEXT or not ev.text:
+            return b""
+        return self._chunk(b'{"text":' + s.dumps(ev.text) + b"}")
+
+    def _on_ReasoningDelta(self, ev: ir.ReasoningDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _B_THOUGHT or not ev.text:
+            return b""
+        return self._chunk(b'{"text":' + s.dumps(ev.text) + b',"thought":true}')
+
+    def _on_SignatureDelta(self, ev: ir.SignatureDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is None or b[0] != _B_THOUGHT:
+            return b""
+        sig = _sig_out(ir.Reasoning("", ev.signature, b[1]))
+        return self._chunk(s.dumps({"text": "", "thought": True, "thoughtSignature": sig}))
+
+    def _on_ToolArgsDelta(self, ev: ir.ToolArgsDelta) -> bytes:
+        b = self._blocks.get(ev.index)
+        if b is not None and b[0] == _B_CALL:
+            b[2].append(ev.partial_json)
+        return b""
+
+    def _on_BlockStop(self, ev: ir.BlockStop) -> bytes:
+        b = self._blocks.pop(ev.index, None)
+        if b is None or b[0] != _B_CALL:
+            return b""
+        call = b[1]
+        args, raw = c.args_from_str("".join(b[2]))   # not a JSON object: Gemini can only say {}
+        fc: dict = {"name": call.name, "args": args}
+        if call.id and not c.is_synth_id(call.id):
+            fc["id"] = call.id
+        part: dict = {"functionCall": fc}
+        sig = c.note(call.extras, P, "thoughtSignature")
+        if sig is not None:
+            part["thoughtSignature"] = sig
+        return self._chunk(s.dumps(part))
+
+    def _on_UsageEvent(self, ev: ir.UsageEvent) -> bytes:
+        self._usage = ev.usage
+        return b""
+
+    def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
+        if not self._tail:
+            self._start("")
+        out = b""
+        for i in list(self._blocks):
+            out += self._on_BlockStop(ir.BlockStop(i))
+        cand = {"content": {"parts": [{"text": ""}], "role": "model"}, "finishReason": FINISH_OUT[ev.stop_reason],
+                "index": 0}
+        body: dict = {"candidates": [cand]}
+        if self._usage is not None:
+            body["usageMetadata"] = render_usage(self._usage)
+        body["modelVersion"] = self._model
+        body["responseId"] = self._rid
+        return out + b"data: " + s.dumps(body) + b"\r\n\r\n"
+
+    def _error(self, kind: str, message: str) -> bytes:
+        status = GeminiDialect.kind_status.get(kind, 500)
+        error = {"code": status, "message": message,
+                 "status": _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")}
+        return b"data: " + s.dumps({"error": error}) + b"\r\n\r\n"

@@ -380,7 +380,9 @@ def _render_messages(req: ir.Request, ctx: c.RenderCtx) -> list:
         where = f"messages[{i}]"
         ctx.foreign(m.extras, f"{where}.")
         if m.role == ir.ASSISTANT:
-            msgs.append(c.splice(_render_assistant(m, ctx, where), m.extras, P))
+            msg = _render_assistant(m, ctx, where)
+            if msg["content"] is not None or "tool_calls" in msg or "refusal" in msg or not m.content:
+                msgs.append(c.splice(msg, m.extras, P))   # else: everything in it was dropped
         elif m.role == ir.SYSTEM:
             role = c.note(m.extras, P, "$role", "system")
             msgs.append(c.splice({"role": role, "content": _render_texts(m.content, ctx, f"{where}.content")},
@@ -710,6 +712,7 @@ def _error_event(obj: dict, data: bytes) -> ir.ErrorEvent:
 
 
 _CHUNK_TAIL = b',"finish_reason":null}]}\n\n'
+_REFUSAL_PRE = b'{"refusal":'
 
 
 @s.handlers
@@ -754,8 +757,7 @@ class StreamEncoder(s.Encoder):
         if t is ir.Text:
             self._text[ev.index] = b'{"content":'
         elif t is ir.Refusal:
-            self._text[ev.index] = b'{"refusal":'
-            self._refused = True
+            self._text[ev.index] = _REFUSAL_PRE
         elif t is ir.ToolCall:
             k = self._ntools
             self._ntools += 1
@@ -769,6 +771,8 @@ class StreamEncoder(s.Encoder):
         pre = self._text.get(ev.index)
         if pre is None or not ev.text:
             return b""
+        if pre is _REFUSAL_PRE:
+            self._refused = True
         return self._head + pre + s.dumps(ev.text) + b"}" + _CHUNK_TAIL
 
     def _on_ToolArgsDelta(self, ev: ir.ToolArgsDelta) -> bytes:
