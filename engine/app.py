@@ -34,6 +34,16 @@ class App:
                                  keepalive_timeout=opts.get("keepalive_timeout", 75.0),
                                  on_error=_render_server_error)
         self.reloads = 0
+        self._admin_scope: trio.CancelScope | None = None
+
+    async def run_admin(self) -> None:
+        """Run the current gateway's Admin task (usage flushing); after a
+        reload, the new one's."""
+        while True:
+            admin = self.gateway.admin
+            with trio.CancelScope() as self._admin_scope:
+                await admin.run()
+                await trio.sleep_forever()      # an Admin with nothing to flush returns at once
 
     async def handle(self, request, responder) -> None:
         # read once: a reload mid-request must not switch this request's gateway
@@ -57,7 +67,10 @@ class App:
         new.app = self
         new.router.adopt_state(old.router)
         new.listeners.extend(old.listeners)
+        new.admin.adopt(old.admin)
         self.gateway = new
+        if self._admin_scope is not None:
+            self._admin_scope.cancel()     # run_admin moves on to the new gateway's Admin
         self.reloads += 1
         log.warning("config reloaded from %s (%d providers, %d pools)", config.source, len(config.providers),
                     len(config.pools))
@@ -70,6 +83,7 @@ class App:
         """Stop accepting, then wait up to `deadline` seconds for in-flight
         requests (streams included) to finish."""
         self.server.stop_accepting()
+        await self.gateway.admin.aclose()       # ends live admin event streams, writes the usage batch
         with trio.move_on_after(deadline):
             while self.server.active_requests:
                 await trio.sleep(0.05)
@@ -97,6 +111,7 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
     try:
         async with trio.open_nursery() as nursery:
             addrs = await nursery.start(app.server.serve, host, port)
+            nursery.start_soon(app.run_admin)
             task_status.started((app.gateway, app.server, addrs, app))
             if not handle_signals:
                 return

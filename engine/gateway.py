@@ -117,6 +117,22 @@ def _usage_dict(usage) -> dict | None:
             "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens}
 
 
+def _secret_pattern(config: dict) -> re.Pattern | None:
+    """One regex matching every credential in the config (provider keys and
+    AWS secrets, gateway client keys), longest first."""
+    secrets = set()
+    for provider in config.get("providers", {}).values():
+        secrets.update(provider.get("keys", ()))
+        for name in ("key", "secret_access_key", "session_token"):
+            if provider.get(name):
+                secrets.add(provider[name])
+    auth = config.get("auth", {})
+    secrets.update(auth.get("keys", ()))
+    secrets.update(c["secret_access_key"] for c in auth.get("aws_credentials", ()))
+    secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, secrets))) if secrets else None
+
+
 class Gateway:
     """Everything built from one config: routes, providers, router, pools of
     upstream connections.  `handle` is the HTTP handler."""
@@ -133,6 +149,8 @@ class Gateway:
         # finished requests, newest last; turned into dicts only when asked
         self.recent_records: deque[RequestRecord] = deque(maxlen=recent)
         self.in_flight = 0
+        self.active: dict[str, RequestRecord] = {}   # in-flight requests by id (admin: live paths)
+        self._secrets = _secret_pattern(config.raw)
         self.listeners: list = []     # callables(record) notified when a request finishes
         self._ids = itertools.count(1)
         self._id_prefix = f"{int(time.time()) & 0xFFFFFF:06x}"
@@ -163,6 +181,16 @@ class Gateway:
         return Provider(name, spec["protocol"], get_dialect(spec["protocol"]), Origin.from_url(spec["base_url"]),
                         headers, rules, region, credentials)
 
+    def scrub(self, text: str) -> str:
+        """Remove any configured secret a vendor echoed back in an error."""
+        return self._secrets.sub("[redacted]", text) if self._secrets is not None else text
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        if self._secrets is None:
+            return data
+        return self.scrub(data.decode("utf-8", "replace")).encode() if self._secrets.search(
+            data.decode("utf-8", "replace")) else data
+
     def _render_models(self) -> bytes:
         created = int(time.time())
         data = [{"id": name, "object": "model", "created": created, "owned_by": "busbar",
@@ -184,6 +212,7 @@ class Gateway:
         record = RequestRecord(f"{self._id_prefix}-{next(self._ids):x}", protocol)
         t0 = time.perf_counter()
         self.in_flight += 1
+        self.active[record.id] = record
         try:
             # The server runs this in a cancel scope that a departed client
             # cancels: everything the request started goes with it.
@@ -210,6 +239,7 @@ class Gateway:
             raise
         finally:
             self.in_flight -= 1
+            del self.active[record.id]
             record.ms = (time.perf_counter() - t0) * 1000
             self._finish(record)
 
@@ -409,6 +439,12 @@ class _Exchange:
         return path.encode(), headers, body
 
     def _classify(self, provider: Provider, status: int, headers: Headers, body: bytes) -> Fault:
+        fault = self._classify_raw(provider, status, headers, body)
+        if self.gw._secrets is not None and self.gw._secrets.search(fault.message):
+            fault = Fault(fault.cls, fault.status, self.gw.scrub(fault.message), fault.retry_after, fault.code)
+        return fault
+
+    def _classify_raw(self, provider: Provider, status: int, headers: Headers, body: bytes) -> Fault:
         if provider.error_rules:
             text = body.decode("utf-8", "replace")
             for pattern, rule_status, cls in provider.error_rules:
@@ -496,7 +532,7 @@ class _Exchange:
         self.record.error = fault.message
         if provider.dialect is self.client:
             headers = [(k, v) for k, v in response.headers if k in (b"content-type", b"retry-after")]
-            await self.responder.send(response.status, headers or [JSON_CT], error_body)
+            await self.responder.send(response.status, headers or [JSON_CT], self.gw.scrub_bytes(error_body))
         else:
             status, headers, body = self.client.render_error(self.client.fault_to_client_error(fault))
             await self.responder.send(status, headers, body)

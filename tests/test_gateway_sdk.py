@@ -147,3 +147,24 @@ async def test_pipeline_received_checks_decide_auth_per_pool():
         await sdk(lambda: member.chat.completions.create(model="closed", messages=[{"role": "user", "content": "x"}]))
         record = await last_record(gw)
     assert record["state"] == "done"
+
+
+@pytest.mark.parametrize("client_protocol", ["openai", "anthropic"])
+async def test_vendor_echoing_our_key_never_reaches_the_client(client_protocol):
+    secret = "sk-live-very-secret-key-123"
+    config = {"providers": {"oai": {"protocol": "openai", "base_url": "{a}/v1", "key": secret}},
+              "pools": {"smart": {"members": [{"provider": "oai", "model": "m"}]}}}
+    vendor = MockVendor()
+    vendor.always = {"error": "invalid", "message": f"Incorrect API key provided: {secret}."}
+    async with gateway_with(config, a=vendor) as gw:
+        if client_protocol == "openai":
+            with pytest.raises(openai.BadRequestError) as exc:
+                await sdk(lambda: oai(gw.url).chat.completions.create(
+                    model="smart", messages=[{"role": "user", "content": "x"}]))
+        else:
+            with pytest.raises(anthropic.BadRequestError) as exc:
+                await sdk(lambda: ant(gw.url).messages.create(
+                    model="smart", max_tokens=5, messages=[{"role": "user", "content": "x"}]))
+        record = await last_record(gw)
+    assert secret not in str(exc.value.body) and "[redacted]" in str(exc.value.body)
+    assert secret not in str(record)
