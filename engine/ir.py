@@ -248,8 +248,9 @@ class Response:
 
 
 # ---------------------------------------------------------------------------
-# Stream events (a sketch for the streaming codecs; not used by the buffered
-# translation).  A decoder turns a vendor stream into this sequence:
+# Stream events: what the stream codecs (engine.protocols.streaming and each
+# protocol's StreamDecoder / StreamEncoder) speak.  A decoder turns a vendor
+# stream into this sequence:
 #
 #   MessageStart (BlockStart (TextDelta|ToolArgsDelta|ReasoningDelta|
 #                 SignatureDelta)* BlockStop)* UsageEvent? MessageStop
@@ -258,7 +259,9 @@ class Response:
 # IR's own (0, 1, 2 ... in order of first appearance), not the vendor's.
 # Encoders synthesize what their vendor needs that the source lacked (block
 # starts for Bedrock text, block stops for OpenAI, one message_delta carrying
-# stop reason and usage together for Anthropic).
+# stop reason and usage together for Anthropic).  Decoders send usage before
+# the stop (holding the stop when the vendor reports usage after it), and a
+# SignatureDelta carries a whole signature (the last one wins).
 
 
 @dataclass(slots=True)

@@ -543,18 +543,15 @@ from engine.protocols.base import StreamError  # noqa: E402
 from engine.protocols.sse import stream_error_status  # noqa: E402
 
 
-def _usage_in(u: dict, base: ir.Usage | None = None) -> ir.Usage:
-    """IR usage from a message_start / message_delta usage; message_delta
-    may omit the input side, which message_start (`base`) then supplies."""
-    if base is not None and u.get("input_tokens") is None:
-        read, write, plain = base.cached_tokens, base.cache_creation_tokens, None
-    else:
-        read = u.get("cache_read_input_tokens") or 0
-        write = u.get("cache_creation_input_tokens") or 0
-        plain = u.get("input_tokens") or 0
+_INPUT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _usage_in(u: dict) -> ir.Usage:
+    read = u.get("cache_read_input_tokens") or 0
+    write = u.get("cache_creation_input_tokens") or 0
     details = u.get("output_tokens_details") or {}
-    return ir.Usage(base.input_tokens if plain is None else plain + read + write,
-                    u.get("output_tokens") or 0, read, write, details.get("thinking_tokens") or 0)
+    return ir.Usage((u.get("input_tokens") or 0) + read + write, u.get("output_tokens") or 0, read, write,
+                    details.get("thinking_tokens") or 0)
 
 
 class StreamDecoder(s.SSEDecoder):
@@ -568,7 +565,7 @@ class StreamDecoder(s.SSEDecoder):
         super().__init__()
         self._blocks: dict[int, int] = {}     # open blocks: wire index -> IR index
         self._next = 0
-        self._start_usage: ir.Usage | None = None
+        self._start_usage: dict = {}          # message_start's usage, as sent
         self._stop: SR | None = None
         self._seq: str | None = None
         self._tools = False
@@ -630,12 +627,17 @@ class StreamDecoder(s.SSEDecoder):
             self._seq = d.get("stop_sequence")
             u = obj.get("usage")
             if u:
-                out.append(ir.UsageEvent(_usage_in(u, self._start_usage)))
+                # cumulative; input-side fields it omits keep their message_start values
+                merged = dict(u)
+                for key in _INPUT_USAGE:
+                    if merged.get(key) is None and key in self._start_usage:
+                        merged[key] = self._start_usage[key]
+                out.append(ir.UsageEvent(_usage_in(merged)))
         elif kind == "message_start":
             m = obj["message"]
             u = m.get("usage")
-            self._start_usage = _usage_in(u) if u else None
-            out.append(ir.MessageStart(m.get("id") or "", m.get("model") or "", self._start_usage))
+            self._start_usage = u or {}
+            out.append(ir.MessageStart(m.get("id") or "", m.get("model") or "", _usage_in(u) if u else None))
         elif kind == "message_stop":
             self._end(out)
         elif kind == "error":

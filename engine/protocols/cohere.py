@@ -489,16 +489,18 @@ class StreamDecoder(s.SSEDecoder):
         kind = obj["type"]
         if kind == "content-delta":
             b = self._content.get(obj["index"])
-            if b is not None:
-                content = obj["delta"]["message"]["content"]
-                if b[1]:
-                    text = content.get("thinking")
-                    if text:
-                        out.append(ir.ReasoningDelta(b[0], text))
-                else:
-                    text = content.get("text")
-                    if text:
-                        out.append(ir.TextDelta(b[0], text))
+            if b is None:      # lenient: content never announced by content-start
+                self._end_plan(out)
+                b = self._content[obj["index"]] = [self._start(ir.Text(""), out), False]
+            content = obj["delta"]["message"]["content"]
+            if b[1]:
+                text = content.get("thinking")
+                if text:
+                    out.append(ir.ReasoningDelta(b[0], text))
+            else:
+                text = content.get("text")
+                if text:
+                    out.append(ir.TextDelta(b[0], text))
         elif kind == "tool-call-delta":
             i = self._calls.get(obj["index"])
             if i is not None:

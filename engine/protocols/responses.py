@@ -625,7 +625,10 @@ class StreamDecoder(s.SSEDecoder):
         obj = s.loads(data)
         kind = obj["type"]
         if kind == "response.output_text.delta":
-            self._delta((obj["output_index"], obj["content_index"]), ir.TextDelta, obj["delta"], out)
+            key = (obj["output_index"], obj["content_index"])
+            if key not in self._blocks:         # lenient: a part never announced
+                self._open(key, ir.Text(""), out)
+            self._delta(key, ir.TextDelta, obj["delta"], out)
         elif kind == "response.function_call_arguments.delta":
             self._delta((obj["output_index"], -1), ir.ToolArgsDelta, obj["delta"], out)
         elif kind == "response.reasoning_summary_text.delta" or kind == "response.reasoning_text.delta":
