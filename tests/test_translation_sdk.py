@@ -3,6 +3,8 @@ response came from: a response drawn for protocol A is parsed, rendered for
 client protocol B, and loaded with B's own SDK response type."""
 from __future__ import annotations
 
+import functools
+
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -46,13 +48,18 @@ def _load(proto: str, body: bytes):
     raise AssertionError(proto)
 
 
-def _boto_converse(body: bytes):
-    """Let botocore itself parse the body as a ConverseResponse."""
+@functools.cache
+def _converse_parser():
     import botocore.session
     from botocore.parsers import create_parser
     model = botocore.session.get_session().get_service_model("bedrock-runtime")
-    shape = model.operation_model("Converse").output_shape
-    parsed = create_parser("rest-json").parse({"status_code": 200, "headers": {}, "body": body}, shape)
+    return create_parser("rest-json"), model.operation_model("Converse").output_shape
+
+
+def _boto_converse(body: bytes):
+    """Let botocore itself parse the body as a ConverseResponse."""
+    parser, shape = _converse_parser()
+    parsed = parser.parse({"status_code": 200, "headers": {}, "body": body}, shape)
     assert "Error" not in parsed, parsed
     blocks = parsed["output"]["message"]["content"]
     assert parsed["stopReason"] and parsed["usage"]["totalTokens"] >= 0

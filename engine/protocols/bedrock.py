@@ -220,7 +220,7 @@ def _block(b: dict):
             sig, origin = c.sig_in(rt.get("signature"), P)
             return ir.Reasoning(rt["text"], sig, origin)
         if "redactedContent" in rc:
-            data, origin = c.sig_in(rc["redactedContent"], P)
+            data, origin = c.sig_in_b64(rc["redactedContent"], P)     # a blob: base64
             return ir.RedactedReasoning(data, origin)
         part = None
     else:
@@ -612,7 +612,7 @@ def _render_response(resp: ir.Response, model: str) -> dict:
                 rt["signature"] = sig
             blocks.append({"reasoningContent": {"reasoningText": rt}})
         elif t is ir.RedactedReasoning:
-            blocks.append({"reasoningContent": {"redactedContent": c.sig_out(p, P)}})
+            blocks.append({"reasoningContent": {"redactedContent": c.sig_out_b64(p, P)}})
         elif t is ir.Opaque and p.protocol == P:
             blocks.append(p.raw)
     stop = c.note(resp.extras, P, "$stop")

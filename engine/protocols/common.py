@@ -421,3 +421,25 @@ def sig_in(sig: str | None, proto: str) -> tuple[str | None, str]:
         if origin:
             return rest, origin
     return sig, proto
+
+
+_SIG_TAG_B64 = "YnVzYmFy"   # base64 of "busbar": how a tagged signature starts in a bytes field
+
+
+def sig_out_b64(part: Any, target: str) -> str | None:
+    """`sig_out` for wire fields typed as bytes (base64 in JSON): a tagged
+    foreign signature is base64-encoded as a whole so the field stays valid."""
+    if part.origin is None or part.origin == target:
+        return part.signature if type(part) is ir.Reasoning else part.data
+    sig = sig_out(part, target)
+    return None if sig is None else base64.b64encode(sig.encode()).decode()
+
+
+def sig_in_b64(sig: str | None, proto: str) -> tuple[str | None, str]:
+    """`sig_in` for bytes fields (see `sig_out_b64`)."""
+    if sig is not None and sig.startswith(_SIG_TAG_B64):
+        try:
+            return sig_in(base64.b64decode(sig, validate=True).decode(), proto)
+        except ValueError:
+            pass
+    return sig, proto
