@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from engine.protocols import get_dialect
 from tests import strategies as S
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PARAMS = {"model": "pool-model"}
 
 

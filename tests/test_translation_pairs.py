@@ -24,7 +24,7 @@ from engine.protocols import common as c
 from engine.protocols import get_dialect
 from tests import strategies as S
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=18, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PAIRS = [(a, b) for a in S.PROTOCOLS for b in S.PROTOCOLS]
 
 # what each protocol carries (for the projection; generation uses S.CAPS)
