@@ -50,7 +50,7 @@ def _fragments(draw, text: str) -> list[str]:
 
 
 @st.composite
-def ir_streams(draw, kinds=("text", "tool", "reasoning", "refusal"), max_blocks: int = 4) -> list:
+def ir_streams(draw, kinds=("text", "tool", "reasoning", "refusal", "redacted"), max_blocks: int = 4) -> list:
     """MessageStart (BlockStart delta* BlockStop)* UsageEvent MessageStop."""
     events: list = [ir.MessageStart(draw(st.from_regex(r"[a-z0-9_]{0,12}", fullmatch=True)), "m",
                                      draw(st.none() | usages()))]
@@ -63,6 +63,8 @@ def ir_streams(draw, kinds=("text", "tool", "reasoning", "refusal"), max_blocks:
             events.append(ir.BlockStart(i, ir.ToolCall(draw(tool_ids), draw(names), {})))
             args = orjson.dumps(draw(json_objects)).decode()
             events += [ir.ToolArgsDelta(i, f) for f in draw(_fragments(args))]
+        elif kind == "redacted":
+            events.append(ir.BlockStart(i, ir.RedactedReasoning(draw(signatures))))
         else:
             events.append(ir.BlockStart(i, ir.Reasoning("", None, None)))
             events += [ir.ReasoningDelta(i, t) for t in draw(st.lists(texts, max_size=3))]
@@ -177,6 +179,16 @@ def canonical(proto: str, events: list) -> list:
         kind = b.kind
         if kind in (ir.Reasoning, ir.RedactedReasoning) and proto in NO_REASONING:
             continue
+        if kind is ir.RedactedReasoning:
+            if proto in ("gemini", "cohere"):
+                continue        # no redacted form
+            if proto == "responses":      # a reasoning item with only encrypted_content
+                nb = Block(ir.Reasoning, ir.Reasoning("", None, None))
+                nb.deltas = [(ir.SignatureDelta, b.part.data)]
+                out_blocks.append(nb)
+                continue
+            out_blocks.append(Block(kind, ir.RedactedReasoning(b.part.data)))
+            continue
         if kind is ir.Refusal and proto in NO_REFUSAL:
             kind = ir.Text
         deltas = b.deltas
@@ -227,6 +239,8 @@ def decoded_canonical(proto: str, events: list) -> list:
             out.append(ir.MessageStart("", "", None))
         elif t is ir.BlockStart and type(e.part) is ir.Reasoning:
             out.append(ir.BlockStart(e.index, ir.Reasoning("", None, None)))
+        elif t is ir.BlockStart and type(e.part) is ir.RedactedReasoning:
+            out.append(ir.BlockStart(e.index, ir.RedactedReasoning(e.part.data)))
         elif t is ir.BlockStart and type(e.part) is ir.ToolCall:
             out.append(ir.BlockStart(e.index, ir.ToolCall(e.part.id, e.part.name, {})))
         elif t is ir.BlockStart and type(e.part) is ir.Text:

@@ -231,3 +231,22 @@ def test_is_content():
                 ir.ErrorEvent(500, "x")]
     assert all(ir.is_content(e) for e in content)
     assert not any(ir.is_content(e) for e in preamble)
+
+
+def test_openai_whole_tool_calls_without_index():
+    """Some Chat-compatible servers send each call whole, all at index 0: a new id is a new call."""
+    def chunk(delta, finish=None):
+        return _sse({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    body = (chunk({"tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}}]})
+            + chunk({"tool_calls": [{"id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}}]})
+            + chunk({}, "stop") + b"data: [DONE]\n\n")
+    events = decode("openai", body)
+    starts = [e.part for e in events if type(e) is ir.BlockStart]
+    assert [(p.id, p.name) for p in starts] == [("a", "f"), ("b", "g")]
+    assert events[-1] == ir.MessageStop(SR.TOOL_USE)
+    interleaved = (chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}]})
+                   + chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{"}}]})
+                   + chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}))
+    with pytest.raises(StreamError):
+        decode("openai", interleaved)

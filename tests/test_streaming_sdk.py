@@ -321,3 +321,21 @@ def test_boto3_raises_on_exception_frame():
     with pytest.raises(EventStreamError) as exc:
         _converse_stream(body("bedrock", scenario()[:4], error=("rate_limit", "Too many tokens")))
     assert exc.value.response["Error"]["Code"] == "throttlingException"
+
+
+def test_redacted_reasoning_reaches_sdks():
+    """Encrypted reasoning from one vendor keeps its origin tag, in each wire's own spelling."""
+    events = [ir.MessageStart("src", "m"), ir.BlockStart(0, ir.RedactedReasoning("EqQBCgIYAhIM", "anthropic")),
+              ir.BlockStop(0), ir.BlockStart(1, ir.Text("")), ir.TextDelta(1, "ok"), ir.BlockStop(1),
+              ir.UsageEvent(ir.Usage(3, 1)), ir.MessageStop(SR.END_TURN)]
+    frames = _converse_stream(body("bedrock", events))          # a blob: base64 on the wire
+    assert frames[1]["contentBlockDelta"]["delta"]["reasoningContent"]["redactedContent"] == \
+        b"busbar:anthropic:EqQBCgIYAhIM"
+    client = _anthropic(body("anthropic", events))
+    with client.messages.stream(model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "redacted_thinking" and final.content[0].data == "EqQBCgIYAhIM"
+    with _openai(body("responses", events)).responses.stream(model="m", input="hi") as stream:
+        final = stream.get_final_response()
+    assert final.output[0].type == "reasoning" and final.output[0].encrypted_content == "busbar:anthropic:EqQBCgIYAhIM"
+    assert final.output_text == "ok"

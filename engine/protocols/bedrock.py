@@ -851,8 +851,8 @@ class StreamEncoder(s.Encoder):
             self._blocks[ev.index] = (_REASONING, pre, part.origin)
         elif t is ir.RedactedReasoning:
             self._blocks[ev.index] = (_REDACTED, pre, None)
-            out += _frame("contentBlockDelta", pre + s.dumps(
-                {"reasoningContent": {"redactedContent": c.sig_out(part, P)}}) + b"}")
+            data = c.sig_out_b64(part, P)        # a blob: a tagged foreign one is base64 as a whole
+            out += _frame("contentBlockDelta", pre + s.dumps({"reasoningContent": {"redactedContent": data}}) + b"}")
         else:
             return out
         self._next += 1

@@ -593,7 +593,7 @@ class StreamDecoder(s.SSEDecoder):
     starts or at `finish_reason`.  The stop is held until the usage chunk
     (`stream_options.include_usage`) or `[DONE]`, so usage precedes it."""
 
-    __slots__ = ("_started", "_id", "_next", "_cur", "_kind", "_tool", "_seen_tools", "_stop", "_done")
+    __slots__ = ("_started", "_id", "_next", "_cur", "_kind", "_tool", "_tool_id", "_seen_tools", "_stop", "_done")
     protocol = P
 
     def __init__(self):
@@ -604,6 +604,7 @@ class StreamDecoder(s.SSEDecoder):
         self._cur = -1          # the open IR block, or -1
         self._kind = 0          # its kind (_TEXT ...), 0 when none is open
         self._tool = -1         # Chat tool-call index of the open tool block
+        self._tool_id = ""      # and its id
         self._seen_tools: set[int] = set()
         self._stop: SR | None = None
         self._done = False      # MessageStop or ErrorEvent emitted
@@ -679,13 +680,17 @@ class StreamDecoder(s.SSEDecoder):
         for tc in calls:
             idx = tc.get("index", 0)
             fn = tc.get("function") or {}
-            if self._kind != _TOOL or idx != self._tool:
-                if idx in self._seen_tools:
+            tid = tc.get("id")
+            # a new call: another index, or (servers that send whole calls without
+            # an index) another id
+            if self._kind != _TOOL or idx != self._tool or (tid and tid != self._tool_id):
+                if idx in self._seen_tools and not tid:
                     raise StreamError("interleaved tool-call deltas (a closed call continued) are not supported")
                 name = fn.get("name") or ""
-                tid = tc.get("id") or c.synth_id(self._id, idx, name)
+                tid = tid or c.synth_id(self._id, idx, name)
                 self._open(out, _TOOL, ir.ToolCall(tid, name, {}))
                 self._tool = idx
+                self._tool_id = tid
                 self._seen_tools.add(idx)
             args = fn.get("arguments")
             if args:
