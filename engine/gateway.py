@@ -649,6 +649,7 @@ class _Exchange:
         await self.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")])
         await self.responder.write(b"".join(held) if same else b"".join(encoder.encode(e) for e in held))
         failure = None
+        relayed = False
         try:
             while not upstream_done:
                 with trio.fail_after(timeouts.idle):
@@ -669,6 +670,7 @@ class _Exchange:
                 else:
                     await self.responder.write(b"".join(encoder.encode(e) for e in events))
                 if broken is not None:
+                    relayed = same      # passthrough: the vendor's own error event already went out
                     raise StreamError(f"upstream error mid-stream: {broken.message}")
             if not upstream_done:
                 tail = decoder.close()
@@ -688,7 +690,10 @@ class _Exchange:
             self.lifecycle.fire("broken", failure)
             self.plan.report(attempt, Fault(FaultClass.SERVER, 0, failure), now)
             err = ClientError(502, f"Upstream stream failed after content was sent: {failure}", "upstream")
-            await self.end_stream_with_error(err, encoder, relay)
+            if relayed:
+                await self.responder.end()
+            else:
+                await self.end_stream_with_error(err, encoder)
             return True
         # reported at the end so in-flight counts cover the whole stream
         self.plan.report(attempt, None, now, ttfb=ttfb)
@@ -697,16 +702,18 @@ class _Exchange:
         return True
 
     def _encoder_options(self) -> dict:
+        if self.client.name == "openai":
+            # the usage chunk only when the client asked for it, as OpenAI does
+            return {"include_usage": bool((self.obj.get("stream_options") or {}).get("include_usage"))}
         return {}
 
-    async def end_stream_with_error(self, err: ClientError, encoder=None, relay=None) -> None:
+    async def end_stream_with_error(self, err: ClientError, encoder=None) -> None:
         """End a committed stream with the client protocol's error event, so
         its SDK raises instead of taking a truncated answer as complete."""
         if encoder is None:
             encoder = self.client.stream_encoder(self.model)
         try:
-            lead = relay.terminator() if relay is not None else b""
-            await self.responder.write(lead + encoder.error(err.kind, err.message))
+            await self.responder.write(encoder.error(err.kind, err.message))
             await self.responder.end()
         except ClientGone:
             pass
@@ -731,6 +738,3 @@ class _PassthroughRelay:
         if aligned and not self.splitter.pending:
             return chunk                      # the common case: whole events, as received
         return b"".join(event.raw for event in events)
-
-    def terminator(self) -> bytes:
-        return b""

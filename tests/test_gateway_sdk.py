@@ -168,3 +168,17 @@ async def test_vendor_echoing_our_key_never_reaches_the_client(client_protocol):
         record = await last_record(gw)
     assert secret not in str(exc.value.body) and "[redacted]" in str(exc.value.body)
     assert secret not in str(record)
+
+
+async def test_openai_usage_chunk_only_when_asked_for_across_protocols():
+    config = {"providers": {"ant": {"protocol": "anthropic", "base_url": "{a}", "key": "k"}},
+              "pools": {"smart": {"members": [{"provider": "ant", "model": "c"}]}}}
+    async with gateway_with(config, a=MockVendor(reply="one two")) as gw:
+        def run(include):
+            kwargs = {"stream_options": {"include_usage": True}} if include else {}
+            return list(oai(gw.url).chat.completions.create(
+                model="smart", messages=[{"role": "user", "content": "x"}], stream=True, **kwargs))
+        with_usage = await sdk(lambda: run(True))
+        without = await sdk(lambda: run(False))
+    assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens > 0
+    assert all(chunk.usage is None for chunk in without)
