@@ -156,3 +156,39 @@ def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
         for proc in (gateway, mock):
             if proc.poll() is None:
                 proc.kill()
+
+
+async def test_admin_api_drain_and_reload(tmp_path):
+    a, b = MockVendor(reply="a"), MockVendor(reply="b")
+    config = two_vendor_config()
+    config["pools"]["smart"]["members"].append({"provider": "pb", "model": "mb", "priority": 1})
+    config["pools"]["smart"]["strategy"] = "ordered"
+    config["admin"] = {"enabled": True, "key": "admin-secret", "usage_db": "off"}
+    async with gateway_with(config, a=a, b=b) as gw:
+        admin = {"authorization": "Bearer admin-secret"}
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            assert (await http.post("/admin/members/smart%2Fpa%2Fma/drain")).status_code == 401
+            r = await http.post("/admin/members/smart%2Fpa%2Fma/drain", headers=admin)
+            assert r.status_code == 200 and r.json()["members"] == ["smart/pa/ma"]
+            assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "b"
+            state = (await http.get("/admin/api/state", headers=admin)).json()
+            assert "drained" in str(state)
+            r = await http.post("/admin/members/smart%2Fpa%2Fma/undrain", headers=admin)
+            assert r.status_code == 200
+            assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "a"
+            assert (await http.post("/admin/members/nope/drain", headers=admin)).status_code == 404
+            # reload from a file: a broken file is rejected, a good one swaps the pools
+            path = tmp_path / "busbar.yaml"
+            gw.app.config_path = str(path)
+            path.write_text("providers: {}\npools: {}\n")
+            r = await http.post("/admin/reload", headers=admin)
+            assert r.status_code == 400 and "keeps serving" in r.json()["error"]
+            assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "a"
+            import yaml
+            new = two_vendor_config(a.url, b.url)
+            new["pools"]["smart"]["members"] = [{"provider": "pb", "model": "mb"}]
+            new["admin"] = config["admin"]
+            path.write_text(yaml.safe_dump(new))
+            r = await http.post("/admin/reload", headers=admin)
+            assert r.status_code == 200, r.text
+            assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "b"

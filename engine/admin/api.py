@@ -55,10 +55,13 @@ async def handle(admin, request, responder) -> None:
         return await _json(responder, 401, {"error": "admin key required: send `Authorization: Bearer <key>` "
                                                      "or add ?key=<key>"},
                            [(b"www-authenticate", b'Bearer realm="busbar admin"')])
-    if request.method != b"GET":
-        return await _json(responder, 405, {"error": f"{request.method.decode()} not allowed; the admin API is "
-                                                     "read-only (GET)"}, [(b"allow", b"GET")])
     path = request.path.decode("latin-1")
+    if request.method == b"POST":
+        return await operate(admin, responder, path)
+    if request.method != b"GET":
+        return await _json(responder, 405, {"error": f"{request.method.decode()} not allowed; use GET (POST for "
+                                                     "/admin/reload and /admin/members/{id}/drain|undrain)"},
+                           [(b"allow", b"GET, POST")])
     if path == "/metrics":
         from engine.admin.metrics import CONTENT_TYPE
         return await responder.send(200, [(b"content-type", CONTENT_TYPE.encode()), NO_STORE],
@@ -78,6 +81,33 @@ async def handle(admin, request, responder) -> None:
     if path == "/admin/usage":
         return await usage(admin, responder, query)
     return await _json(responder, 404, {"error": f"no admin route {path}", "routes": ROUTES})
+
+
+async def operate(admin, responder, path: str) -> None:
+    """The operations: POST /admin/reload (re-read the config file; a bad one
+    is rejected and the current one keeps serving) and POST
+    /admin/members/{id}/drain|undrain (no new requests; in-flight ones finish)."""
+    from engine.config import ConfigError
+    app = getattr(admin.gateway, "app", None)
+    if app is None:
+        return await _json(responder, 503, {"error": "this gateway runs without an app to operate on"})
+    if path == "/admin/reload":
+        try:
+            message = app.reload()
+        except ConfigError as exc:
+            return await _json(responder, 400, {"error": f"reload rejected, the current config keeps serving: {exc}"})
+        return await _json(responder, 200, {"ok": True, "message": message})
+    prefix = "/admin/members/"
+    if path.startswith(prefix) and path.endswith(("/drain", "/undrain")):
+        member_id, _, action = unquote(path[len(prefix):]).rpartition("/")
+        try:
+            members = app.drain(member_id, action == "drain")
+        except KeyError:
+            return await _json(responder, 404, {"error": f"no member {member_id!r}"})
+        return await _json(responder, 200, {"ok": True, "drained": action == "drain", "members": members})
+    return await _json(responder, 405, {"error": f"POST not allowed on {path}; operations: POST /admin/reload, "
+                                                 "POST /admin/members/{id}/drain, POST /admin/members/{id}/undrain"},
+                       [(b"allow", b"GET")])
 
 
 ROUTES = ["/admin", "/admin/api/state", "/admin/api/requests", "/admin/api/requests/{id}",
