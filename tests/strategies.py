@@ -96,7 +96,7 @@ CAPS: dict[str, Caps] = {
         "gemini", alternating=True, image_url_media=True, docs=frozenset({"pdf", "url"}), result_media=True,
         result_error=True, result_json="dict", result_multi_text=False, result_names=True, reasoning="optional_sig",
         top_k=True, seed=True, penalties=True, parallel="none", strict=frozenset({None}), rf_meta="none",
-        reasoning_cfg="gemini", stream=False, usage_creation=False,
+        reasoning_cfg="gemini", usage_creation=False,
         resp_stops=frozenset({ir.StopReason.END_TURN, ir.StopReason.MAX_TOKENS, ir.StopReason.CONTENT_FILTER,
                               ir.StopReason.OTHER})),
     "bedrock": Caps(
@@ -104,7 +104,7 @@ CAPS: dict[str, Caps] = {
         result_media=True, result_error=True, result_json="any", reasoning="optional_sig", redacted=True, top_k=True,
         temp_max=1.0, tool_choices=frozenset({"auto", "required", "tool"}), parallel="none", params_none=False,
         response_formats=frozenset({"json_schema"}), rf_meta="name_desc", reasoning_cfg="bedrock", metadata=True,
-        stream=False, resp_id=False, resp_model=False, usage_reasoning=False,
+        resp_id=False, resp_model=False, usage_reasoning=False,
         resp_stops=frozenset({ir.StopReason.END_TURN, ir.StopReason.MAX_TOKENS, ir.StopReason.STOP_SEQUENCE,
                               ir.StopReason.CONTENT_FILTER, ir.StopReason.CONTEXT_WINDOW, ir.StopReason.OTHER})),
     "cohere": Caps(

@@ -13,6 +13,13 @@ SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[Healt
 PARAMS = {"model": "pool-model"}
 
 
+def params(proto: str, req) -> dict:
+    """Path parameters: Gemini and Bedrock carry the stream flag in the path."""
+    action = {"gemini": ("generateContent", "streamGenerateContent"),
+              "bedrock": ("converse", "converse-stream")}.get(proto, (None, None))[req.stream]
+    return {**PARAMS, "action": action}
+
+
 @pytest.mark.parametrize("proto", S.PROTOCOLS)
 def test_request_parse_render_identity(proto):
     d = get_dialect(proto)
@@ -24,7 +31,7 @@ def test_request_parse_render_identity(proto):
         assert warnings == []
         obj = orjson.loads(body)
         S.assert_valid(proto, "request", obj)
-        back = d.parse_request(obj, {**PARAMS, "action": "streamGenerateContent" if req.stream else None})
+        back = d.parse_request(obj, params(proto, req))
         assert S.strip_notes(back) == req
     law()
 

@@ -41,7 +41,6 @@ NO_TOP_K = {"openai", "responses"}
 NO_SEED = {"responses", "anthropic", "bedrock"}
 TEMP_MAX_1 = {"anthropic", "bedrock"}
 NO_PARALLEL = {"gemini", "bedrock", "cohere"}
-PATH_STREAM = {"gemini", "bedrock"}
 
 
 def params(proto: str, req: ir.Request) -> dict:
@@ -188,7 +187,7 @@ def req_core(req: ir.Request, via: str, source: str):
         "penalties": (None, None) if via in NO_SEED else (req.frequency_penalty, req.presence_penalty),
         "stop": None if via == "responses" else req.stop,
         "response_format": rf_view, "reasoning": think,
-        "stream": req.stream and via not in PATH_STREAM,
+        "stream": req.stream,
         "user": req.user if via in USER else None,
         "metadata": req.metadata if via in METADATA else None,
     }

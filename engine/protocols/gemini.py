@@ -145,11 +145,13 @@ class GeminiDialect(Dialect):
     # ---- translation -----------------------------------------------------
     def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
         try:
-            return _parse_request(obj)
+            req = _parse_request(obj)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             if isinstance(exc, ClientError):
                 raise
             raise ClientError(400, f"Malformed generateContent request: {exc!r}") from None
+        req.stream = self.inbound_stream(params or {}, obj)     # the stream flag is in the path
+        return req
 
     def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
                        unsupported: str = "reject") -> tuple[bytes, list[str]]:
