@@ -371,8 +371,6 @@ class _Exchange:
     def _ir_request(self):
         if self._ir is None:
             self._ir = self.client.parse_request(self.obj, self.params)
-            # Gemini and Bedrock say "stream" in the path, not the body
-            self._ir.stream = self.stream
         return self._ir
 
     async def run(self) -> None:

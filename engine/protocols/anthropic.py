@@ -49,6 +49,7 @@ fit_id = c.id_fitter(64, re.compile(r"[^a-zA-Z0-9_-]"))
 
 class AnthropicDialect(Dialect):
     name = "anthropic"
+    request_name = "Messages request"
     forward_headers = (b"anthropic-version", b"anthropic-beta")
     kind_status = {**KIND_STATUS, "overloaded": 529}
 
@@ -92,27 +93,6 @@ class AnthropicDialect(Dialect):
         if isinstance(error, dict):
             return str(error.get("message") or ""), error.get("type")
         return "", None
-
-    # ---- translation -----------------------------------------------------
-    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
-        try:
-            return _parse_request(obj)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            if isinstance(exc, ClientError):
-                raise
-            raise ClientError(400, f"Malformed Messages request: {exc!r}") from None
-
-    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
-                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
-        ctx = c.RenderCtx(P, unsupported)
-        return orjson.dumps(_render_request(req, model, max_tokens_default, ctx)), ctx.warnings
-
-    def parse_response(self, obj: dict) -> ir.Response:
-        return _parse_response(obj)
-
-    def render_response(self, resp: ir.Response, model: str) -> bytes:
-        return orjson.dumps(_render_response(resp, model))
-
 
 # ---------------------------------------------------------------------------
 # parsing (requests and responses share the block parser)

@@ -219,6 +219,42 @@ class Dialect:
             message = body[:300].decode("utf-8", "replace") if body else f"HTTP {status}"
         return classify_generic(status, headers, message, code)
 
+    # ---- translation ---------------------------------------------------
+    # Each protocol module defines `_parse_request(obj)`,
+    # `_render_request(req, model, max_tokens_default, ctx)`,
+    # `_parse_response(obj)` and `_render_response(resp, model)`: its dialect
+    # to and from the IR.  These wrappers are the shared mechanics around them.
+    request_name: ClassVar[str] = "request"      # named in "Malformed ... request" errors
+
+    def parse_request(self, obj: dict, params: dict | None = None):
+        """The client's request as IR; a body of the wrong shape is a 400."""
+        try:
+            req = self._module._parse_request(obj)
+        except ClientError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ClientError(400, f"Malformed {self.request_name}: {exc!r}") from None
+        req.stream = self.inbound_stream(params or {}, obj)   # Gemini and Bedrock say it in the path
+        return req
+
+    def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
+                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
+        """The upstream body for `model`, and the warnings for dropped fields
+        (`unsupported="drop"`); with "reject" an inexpressible field is a 400."""
+        from engine.protocols.common import RenderCtx
+        ctx = RenderCtx(self.name, unsupported)
+        return orjson.dumps(self._module._render_request(req, model, max_tokens_default, ctx)), ctx.warnings
+
+    def parse_response(self, obj: dict):
+        return self._module._parse_response(obj)
+
+    def render_response(self, resp, model: str) -> bytes:
+        return orjson.dumps(self._module._render_response(resp, model))
+
+    @property
+    def _module(self):
+        return sys.modules[type(self).__module__]
+
     # ---- streaming -------------------------------------------------------
     # Each protocol module defines `StreamDecoder` and `StreamEncoder` classes
     # (incremental, I/O-free; see `engine.protocols.streaming`).

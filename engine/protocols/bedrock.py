@@ -73,6 +73,7 @@ _BAD_NAME = re.compile(r"[^A-Za-z0-9\-()\[\] ]|(?<= ) ")
 
 class BedrockDialect(Dialect):
     name = "bedrock"
+    request_name = "Converse request"
     kind_status = {**KIND_STATUS, "authentication": 403, "request_too_large": 400, "billing": 429,
                    "timeout": 408}
 
@@ -134,29 +135,6 @@ class BedrockDialect(Dialect):
         if code in _SERVER:
             return Fault(FaultClass.SERVER, status, message, fault.retry_after, code)
         return fault
-
-    # ---- translation -----------------------------------------------------
-    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
-        try:
-            req = _parse_request(obj)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            if isinstance(exc, ClientError):
-                raise
-            raise ClientError(400, f"Malformed Converse request: {exc!r}") from None
-        req.stream = self.inbound_stream(params or {}, obj)     # the stream flag is in the path
-        return req
-
-    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
-                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
-        ctx = c.RenderCtx(P, unsupported)
-        return orjson.dumps(_render_request(req, max_tokens_default, ctx)), ctx.warnings
-
-    def parse_response(self, obj: dict) -> ir.Response:
-        return _parse_response(obj)
-
-    def render_response(self, resp: ir.Response, model: str) -> bytes:
-        return orjson.dumps(_render_response(resp, model))
-
 
 def _error_name(code: str) -> str:
     """botocore's rule: drop anything after ':' and before the last '#'."""
@@ -431,7 +409,8 @@ def _has_tool_blocks(req: ir.Request) -> bool:
     return False
 
 
-def _render_request(req: ir.Request, max_tokens_default, ctx: c.RenderCtx) -> dict:
+def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.RenderCtx) -> dict:
+    # `model` travels in the path for this protocol, not in the body
     messages: list[dict] = []
     for i, m in enumerate(req.messages):
         if m.role == ir.SYSTEM:

@@ -37,6 +37,7 @@ FINISH_OUT = {SR.END_TURN: "COMPLETE", SR.STOP_SEQUENCE: "STOP_SEQUENCE", SR.MAX
 
 class CohereDialect(Dialect):
     name = "cohere"
+    request_name = "v2 chat request"
     kind_status = {**KIND_STATUS, "request_too_large": 400}
 
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
@@ -52,27 +53,6 @@ class CohereDialect(Dialect):
                 message = obj["error"].get("message")
             return str(message or ""), None
         return "", None
-
-    # ---- translation -----------------------------------------------------
-    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
-        try:
-            return _parse_request(obj)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            if isinstance(exc, ClientError):
-                raise
-            raise ClientError(400, f"Malformed v2 chat request: {exc!r}") from None
-
-    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
-                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
-        ctx = c.RenderCtx(P, unsupported)
-        return orjson.dumps(_render_request(req, model, max_tokens_default, ctx)), ctx.warnings
-
-    def parse_response(self, obj: dict) -> ir.Response:
-        return _parse_response(obj)
-
-    def render_response(self, resp: ir.Response, model: str) -> bytes:
-        return orjson.dumps(_render_response(resp, model))
-
 
 # ---------------------------------------------------------------------------
 # parsing

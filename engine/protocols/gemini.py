@@ -58,6 +58,7 @@ _TAG_B64 = "YnVzYmFy"     # base64 of "busbar": a tagged foreign signature
 
 class GeminiDialect(Dialect):
     name = "gemini"
+    request_name = "generateContent request"
     kind_status = {**KIND_STATUS, "billing": 429, "request_too_large": 400}
 
     # ---- inbound ---------------------------------------------------------
@@ -141,29 +142,6 @@ class GeminiDialect(Dialect):
         if retry_after != fault.retry_after:
             return Fault(fault.cls, status, message, retry_after, code)
         return fault
-
-    # ---- translation -----------------------------------------------------
-    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
-        try:
-            req = _parse_request(obj)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            if isinstance(exc, ClientError):
-                raise
-            raise ClientError(400, f"Malformed generateContent request: {exc!r}") from None
-        req.stream = self.inbound_stream(params or {}, obj)     # the stream flag is in the path
-        return req
-
-    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
-                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
-        ctx = c.RenderCtx(P, unsupported)
-        return orjson.dumps(_render_request(req, max_tokens_default, ctx)), ctx.warnings
-
-    def parse_response(self, obj: dict) -> ir.Response:
-        return _parse_response(obj)
-
-    def render_response(self, resp: ir.Response, model: str) -> bytes:
-        return orjson.dumps(_render_response(resp, model))
-
 
 # ---------------------------------------------------------------------------
 # parsing
@@ -491,7 +469,8 @@ def _parts(m: ir.Message, ctx: c.RenderCtx, where: str, names: dict) -> list:
     return out
 
 
-def _render_request(req: ir.Request, max_tokens_default, ctx: c.RenderCtx) -> dict:
+def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.RenderCtx) -> dict:
+    # `model` travels in the path for this protocol, not in the body
     names = c.tool_names(req.messages)
     contents: list[dict] = []
     for i, m in enumerate(req.messages):

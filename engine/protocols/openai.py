@@ -40,6 +40,7 @@ fit_id = c.id_fitter(40, None)
 
 class OpenAIDialect(Dialect):
     name = "openai"
+    request_name = "Chat Completions request"
     forward_headers = (b"openai-organization", b"openai-project")
 
     # kind -> (error.type, error.code)
@@ -76,28 +77,6 @@ class OpenAIDialect(Dialect):
             code = error.get("code") or error.get("type")
             return str(error.get("message") or ""), str(code) if code else None
         return "", None
-
-    # ---- translation: request -------------------------------------------
-    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
-        try:
-            return _parse_request(obj)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            if isinstance(exc, ClientError):
-                raise
-            raise ClientError(400, f"Malformed Chat Completions request: {exc!r}") from None
-
-    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
-                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
-        ctx = c.RenderCtx(P, unsupported)
-        return orjson.dumps(_render_request(req, model, max_tokens_default, ctx)), ctx.warnings
-
-    # ---- translation: response ------------------------------------------
-    def parse_response(self, obj: dict) -> ir.Response:
-        return _parse_response(obj)
-
-    def render_response(self, resp: ir.Response, model: str) -> bytes:
-        return orjson.dumps(_render_response(resp, model))
-
 
 # ---------------------------------------------------------------------------
 # request parsing

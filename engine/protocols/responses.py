@@ -38,29 +38,12 @@ fit_id = c.id_fitter(64, None)
 
 class ResponsesDialect(OpenAIDialect):
     name = "responses"
+    request_name = "Responses request"
     forward_headers = (b"openai-organization", b"openai-project")
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         return base_path.rstrip("/") + "/responses"
 
-    def parse_request(self, obj: dict, params: dict | None = None) -> ir.Request:
-        try:
-            return _parse_request(obj)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            if isinstance(exc, ClientError):
-                raise
-            raise ClientError(400, f"Malformed Responses request: {exc!r}") from None
-
-    def render_request(self, req: ir.Request, model: str, *, max_tokens_default: int | None = None,
-                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
-        ctx = c.RenderCtx(P, unsupported)
-        return orjson.dumps(_render_request(req, model, max_tokens_default, ctx)), ctx.warnings
-
-    def parse_response(self, obj: dict) -> ir.Response:
-        return _parse_response(obj)
-
-    def render_response(self, resp: ir.Response, model: str) -> bytes:
-        return orjson.dumps(_render_response(resp, model))
 
 
 # ---------------------------------------------------------------------------
