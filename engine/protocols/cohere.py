@@ -15,6 +15,9 @@ from engine.protocols import common as c
 from engine.protocols.base import KIND_STATUS, Dialect, Headers
 
 P = "cohere"
+# sampling knobs: IR field -> this dialect's name (None: it has none)
+SAMPLING = {"temperature": "temperature", "top_p": "p", "top_k": "k", "seed": "seed",
+            "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty", "stop": "stop_sequences"}
 SR = ir.StopReason
 
 _REQUEST_KEYS = frozenset({
@@ -127,14 +130,7 @@ def _parse_request(obj: dict) -> ir.Request:
             raise c.bad(f"messages[{i}].role", f"unknown role {role!r}")
     req = ir.Request(out, system)
     req.max_tokens = obj.get("max_tokens")
-    req.temperature = obj.get("temperature")
-    req.top_p = obj.get("p")
-    req.top_k = obj.get("k")
-    req.seed = obj.get("seed")
-    req.frequency_penalty = obj.get("frequency_penalty")
-    req.presence_penalty = obj.get("presence_penalty")
-    if obj.get("stop_sequences") is not None:
-        req.stop = list(obj["stop_sequences"])
+    c.read_sampling(obj, req, SAMPLING)
     req.stream = obj.get("stream") is True
     strict = obj.get("strict_tools")
     for t in obj.get("tools") or ():
@@ -313,20 +309,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     max_tokens = req.max_tokens if req.max_tokens is not None else max_tokens_default
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    if req.temperature is not None:
-        body["temperature"] = req.temperature
-    if req.top_p is not None:
-        body["p"] = req.top_p
-    if req.top_k is not None:
-        body["k"] = req.top_k
-    if req.seed is not None:
-        body["seed"] = req.seed
-    if req.frequency_penalty is not None:
-        body["frequency_penalty"] = req.frequency_penalty
-    if req.presence_penalty is not None:
-        body["presence_penalty"] = req.presence_penalty
-    if req.stop is not None:
-        body["stop_sequences"] = req.stop
+    c.write_sampling(req, body, SAMPLING, ctx)
     rf = req.response_format
     if rf is not None:
         if rf.type == "json_schema":

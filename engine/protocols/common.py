@@ -443,3 +443,37 @@ def sig_in_b64(sig: str | None, proto: str) -> tuple[str | None, str]:
         except ValueError:
             pass
     return sig, proto
+
+
+# ---------------------------------------------------------------------------
+# Sampling knobs: the same IR fields under each dialect's own names.  A table
+# per protocol (IR field -> wire name, None where the dialect has no such
+# knob) drives both directions.
+
+def _as_stop(value) -> list:
+    return [value] if isinstance(value, str) else list(value)
+
+
+_READ_AS = {"stop": _as_stop, "top_k": int}
+
+
+def read_sampling(src: dict, req: ir.Request, names: dict) -> None:
+    """Copy the knobs present in `src` onto `req`."""
+    for field, wire in names.items():
+        if wire is not None:
+            value = src.get(wire)
+            if value is not None:
+                convert = _READ_AS.get(field)
+                setattr(req, field, convert(value) if convert else value)
+
+
+def write_sampling(req: ir.Request, target: dict, names: dict, ctx: "RenderCtx") -> None:
+    """Copy the knobs `req` sets into `target`; one the dialect lacks is
+    reported to `ctx` (rejected, or dropped with a warning)."""
+    for field, wire in names.items():
+        value = getattr(req, field)
+        if value is not None:
+            if wire is None:
+                ctx.unsupported(field)
+            else:
+                target[wire] = value

@@ -22,6 +22,9 @@ from engine.protocols.base import (KIND_STATUS, Dialect, Headers, bearer_token, 
                                    header, query_param)
 
 P = "gemini"
+# sampling knobs: IR field -> this dialect's name (None: it has none)
+SAMPLING = {"temperature": "temperature", "top_p": "topP", "top_k": "topK", "seed": "seed",
+            "frequency_penalty": "frequencyPenalty", "presence_penalty": "presencePenalty", "stop": "stopSequences"}
 SR = ir.StopReason
 
 _REQUEST_KEYS = frozenset({"contents", "systemInstruction", "tools", "toolConfig", "generationConfig"})
@@ -320,15 +323,7 @@ def _parse_request(obj: dict) -> ir.Request:
     gc = obj.get("generationConfig")
     if gc:
         req.max_tokens = gc.get("maxOutputTokens")
-        req.temperature = gc.get("temperature")
-        req.top_p = gc.get("topP")
-        top_k = gc.get("topK")
-        req.top_k = int(top_k) if top_k is not None else None
-        req.seed = gc.get("seed")
-        req.presence_penalty = gc.get("presencePenalty")
-        req.frequency_penalty = gc.get("frequencyPenalty")
-        if gc.get("stopSequences") is not None:
-            req.stop = list(gc["stopSequences"])
+        c.read_sampling(gc, req, SAMPLING)
         mime = gc.get("responseMimeType")
         rest = {k: v for k, v in gc.items() if k not in _GC_KEYS}
         if "responseJsonSchema" in gc:
@@ -532,20 +527,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     max_tokens = req.max_tokens if req.max_tokens is not None else max_tokens_default
     if max_tokens is not None:
         gc["maxOutputTokens"] = max_tokens
-    if req.temperature is not None:
-        gc["temperature"] = req.temperature
-    if req.top_p is not None:
-        gc["topP"] = req.top_p
-    if req.top_k is not None:
-        gc["topK"] = req.top_k
-    if req.seed is not None:
-        gc["seed"] = req.seed
-    if req.presence_penalty is not None:
-        gc["presencePenalty"] = req.presence_penalty
-    if req.frequency_penalty is not None:
-        gc["frequencyPenalty"] = req.frequency_penalty
-    if req.stop is not None:
-        gc["stopSequences"] = req.stop
+    c.write_sampling(req, gc, SAMPLING, ctx)
     rf = req.response_format
     if rf is not None:
         if rf.type == "text":

@@ -12,6 +12,9 @@ from engine.protocols import common as c
 from engine.protocols.base import Dialect, Headers
 
 P = "openai"
+# sampling knobs: IR field -> this dialect's name (None: it has none)
+SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": None, "seed": "seed",
+            "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty", "stop": "stop"}
 SR = ir.StopReason
 
 _REQUEST_KEYS = frozenset({
@@ -182,14 +185,7 @@ def _parse_request(obj: dict) -> ir.Request:
     elif "max_tokens" in obj:
         req.max_tokens = obj["max_tokens"]
         notes["$max_tokens_key"] = "max_tokens"
-    req.temperature = obj.get("temperature")
-    req.top_p = obj.get("top_p")
-    req.seed = obj.get("seed")
-    req.frequency_penalty = obj.get("frequency_penalty")
-    req.presence_penalty = obj.get("presence_penalty")
-    stop = obj.get("stop")
-    if stop is not None:
-        req.stop = [stop] if isinstance(stop, str) else list(stop)
+    c.read_sampling(obj, req, SAMPLING)
     req.stream = obj.get("stream") is True
     req.user = obj.get("user")
     req.metadata = obj.get("metadata")
@@ -417,20 +413,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     max_tokens = req.max_tokens if req.max_tokens is not None else max_tokens_default
     if max_tokens is not None:
         body[c.note(req.extras, P, "$max_tokens_key", "max_completion_tokens")] = max_tokens
-    if req.temperature is not None:
-        body["temperature"] = req.temperature
-    if req.top_p is not None:
-        body["top_p"] = req.top_p
-    if req.top_k is not None:
-        ctx.unsupported("top_k")
-    if req.seed is not None:
-        body["seed"] = req.seed
-    if req.frequency_penalty is not None:
-        body["frequency_penalty"] = req.frequency_penalty
-    if req.presence_penalty is not None:
-        body["presence_penalty"] = req.presence_penalty
-    if req.stop is not None:
-        body["stop"] = req.stop
+    c.write_sampling(req, body, SAMPLING, ctx)
     rf = req.response_format
     if rf is not None:
         if rf.type == "json_schema":

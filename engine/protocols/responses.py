@@ -16,6 +16,9 @@ from engine.protocols import common as c
 from engine.protocols.openai import OpenAIDialect
 
 P = "responses"
+# sampling knobs: IR field -> this dialect's name (None: it has none)
+SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": None, "seed": None,
+            "frequency_penalty": None, "presence_penalty": None}   # stop: handled below, with its reason
 SR = ir.StopReason
 
 _REQUEST_KEYS = frozenset({
@@ -151,8 +154,7 @@ def _parse_request(obj: dict) -> ir.Request:
     if obj.get("instructions") is not None:
         req.system = [ir.Text(obj["instructions"])]
     req.max_tokens = obj.get("max_output_tokens")
-    req.temperature = obj.get("temperature")
-    req.top_p = obj.get("top_p")
+    c.read_sampling(obj, req, SAMPLING)
     req.stream = obj.get("stream") is True
     req.user = obj.get("user")
     req.metadata = obj.get("metadata")
@@ -387,13 +389,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     max_tokens = req.max_tokens if req.max_tokens is not None else max_tokens_default
     if max_tokens is not None:
         body["max_output_tokens"] = max_tokens
-    if req.temperature is not None:
-        body["temperature"] = req.temperature
-    if req.top_p is not None:
-        body["top_p"] = req.top_p
-    for name in ("top_k", "seed", "frequency_penalty", "presence_penalty"):
-        if getattr(req, name) is not None:
-            ctx.unsupported(name)
+    c.write_sampling(req, body, SAMPLING, ctx)
     if req.stop is not None:
         ctx.unsupported("stop", "the Responses API has no stop sequences")
     text: dict = dict(c.note(req.extras, P, "text") or {})
