@@ -13,6 +13,7 @@ code off the hot path (admin probes, tools) can keep httpx's API.
 """
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -60,11 +61,22 @@ class Origin:
 
 
 class _Connection:
-    __slots__ = ("stream", "reused")
+    __slots__ = ("stream", "reused", "idle_since")
 
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
         self.reused = False
+        self.idle_since = 0.0
+
+    def dropped(self) -> bool:
+        """True when the idle connection can no longer carry a request: the
+        server closed it (EOF is readable) or sent something unasked."""
+        stream = self.stream
+        sock = stream.socket if isinstance(stream, trio.SocketStream) else stream.transport_stream.socket
+        try:
+            return bool(select.select([sock.fileno()], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
 
 
 class UpstreamResponse:
@@ -134,13 +146,16 @@ class UpstreamResponse:
 class ConnectionPool:
     """Keep-alive connections to one origin."""
 
-    def __init__(self, origin: Origin, *, max_connections: int = 256, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, origin: Origin, *, max_connections: int = 256, ssl_context: ssl.SSLContext | None = None,
+                 keepalive_expiry: float = 30.0):
         self.origin = origin
         self.max_connections = max_connections
         self._idle: list[_Connection] = []
         self._open = 0
         self._slots = trio.Semaphore(max_connections)
         self._ssl = ssl_context
+        self.keepalive_expiry = keepalive_expiry
+        self._close_later: list[_Connection] = []
 
     async def _connect(self, timeout: float) -> _Connection:
         try:
@@ -159,8 +174,22 @@ class ConnectionPool:
 
     def _release(self, conn: _Connection) -> None:
         conn.reused = True
+        conn.idle_since = trio.current_time()
         self._idle.append(conn)
         self._slots.release()
+
+    def _take_idle(self) -> _Connection | None:
+        """The most recently used idle connection that is still good; ones
+        the server closed, or idle past `keepalive_expiry`, are dropped here
+        (without blaming the upstream: closing idle connections is its right)."""
+        expired = trio.current_time() - self.keepalive_expiry
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.idle_since >= expired and not conn.dropped():
+                return conn
+            self._open -= 1
+            self._close_later.append(conn)
+        return None
 
     async def _discard(self, conn: _Connection) -> None:
         self._open -= 1
@@ -182,13 +211,17 @@ class ConnectionPool:
         await self._slots.acquire()
         try:
             for attempt in range(2):
-                conn = self._idle.pop() if self._idle else None
+                # a retry after a stale connection always takes a fresh one
+                conn = self._take_idle() if attempt == 0 else None
+                if self._close_later:
+                    await self._close_dropped()
                 if conn is None:
                     conn = await self._connect(connect_timeout)
                     self._open += 1
                 try:
                     return await self._exchange(conn, method, target, headers, body, response_timeout)
                 except _StaleConnection:
+                    # closed by the server between our check and our send
                     self._open -= 1
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(conn.stream)
@@ -229,6 +262,12 @@ class ConnectionPool:
             if conn.reused and not buf:
                 raise _StaleConnection() from None
             raise UpstreamError(f"upstream connection failed: {exc}") from None
+
+    async def _close_dropped(self) -> None:
+        dropped, self._close_later = self._close_later, []
+        with trio.CancelScope(shield=True):
+            for conn in dropped:
+                await trio.aclose_forcefully(conn.stream)
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []

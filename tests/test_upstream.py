@@ -1,0 +1,56 @@
+"""The upstream connection pool: keep-alive reuse, and idle connections the
+vendor closed never turn into failures blamed on the vendor."""
+from __future__ import annotations
+
+import httpx
+import trio
+
+from engine.mock import MockVendor
+from engine.server import HttpServer
+from harness import gateway_with
+
+
+class ShortKeepAliveVendor(MockVendor):
+    """A vendor that closes idle keep-alive connections after 0.3 s, as load
+    balancers in front of real vendors do."""
+
+    def server(self):
+        return HttpServer(self.handle, keepalive_timeout=0.3)
+
+
+CONFIG = {"providers": {"p": {"protocol": "openai", "base_url": "{a}/v1", "key": "k"}},
+          "pools": {"smart": {"members": [{"provider": "p", "model": "m"}]}}}
+BODY = {"model": "smart", "messages": [{"role": "user", "content": "x"}]}
+
+
+async def test_connections_closed_by_the_vendor_while_idle_are_not_failures():
+    vendor = ShortKeepAliveVendor(reply="hi", record=False)
+    async with gateway_with(CONFIG, a=vendor) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, limits=httpx.Limits(max_connections=64)) as http:
+            codes = []
+
+            async def one():
+                codes.append((await http.post("/v1/chat/completions", json=BODY)).status_code)
+
+            async with trio.open_nursery() as nursery:     # a burst opens many upstream connections
+                for _ in range(40):
+                    nursery.start_soon(one)
+            pool = next(iter(gw.gateway.upstream._pools.values()))
+            assert len(pool._idle) > 1
+            await trio.sleep(0.6)                            # the vendor closes them all
+            codes.clear()
+            for _ in range(30):
+                await one()
+        assert codes == [200] * 30
+        member = gw.gateway.router.snapshot(trio.current_time())["pools"]["smart"]["members"][0]
+        assert member["breaker"]["state"] == "closed"
+
+
+async def test_keep_alive_connections_are_reused():
+    vendor = MockVendor(reply="hi", record=False)
+    async with gateway_with(CONFIG, a=vendor) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            for _ in range(20):
+                assert (await http.post("/v1/chat/completions", json=BODY)).status_code == 200
+        pool = next(iter(gw.gateway.upstream._pools.values()))
+        assert pool._open == 1 and len(pool._idle) == 1
