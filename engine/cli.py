@@ -158,6 +158,7 @@ def cmd_demo(args) -> int:
 DEMO_BANNER = """
 Busbar demo is running ({config})
   gateway:            {url}
+  admin page:         {url}/admin    (pools, breakers, keys, live request paths)
   simulated vendors:  http://127.0.0.1:{a}  and  http://127.0.0.1:{b}  (no API keys needed)
 
 Try it with the OpenAI SDK (pool `smart` spans an OpenAI- and an Anthropic-protocol vendor):

@@ -361,18 +361,18 @@ def explain(pipeline: Pipeline) -> str:
     lines.append("  faults")
     for cls in FaultClass:
         lines.append(f"    {cls.value:<8} {describe_rule(p.rules[cls])}")
-    lines.append("  states       received -> translated -> dispatched -> streaming -> done")
+    lines.append("  states       received -> translated -> dispatched -> streaming -> done, failing_over between attempts, failed on errors")
     edges = [
         ("received", "checks pass", "translated"),
-        ("received", "a check fails", "done (error to the client)"),
+        ("received", "a check fails", "failed (error in the client's protocol)"),
         ("translated", "member + key picked", "dispatched"),
-        ("translated", "none available", "done (exhausted: pool on_exhausted: reject 429 | wait | fallback pool)"),
+        ("translated", "none available", "failed (exhausted: pool on_exhausted: reject 429 | wait | fallback pool)"),
         ("dispatched", "first content", "streaming"),
     ]
     for cls in FaultClass:
         rule = p.rules[cls]
         if rule.action == "return":
-            edges.append(("dispatched", f"{cls.value} fault", "done (error to the client)"))
+            edges.append(("dispatched", f"{cls.value} fault", "failed (error in the client's protocol)"))
         elif rule.action == "retry_larger_context":
             edges.append(("dispatched", f"{cls.value} fault", "failing_over (larger context only)"))
         elif rule.penalty in ("cool_key", "disable_key"):
@@ -381,9 +381,9 @@ def explain(pipeline: Pipeline) -> str:
             edges.append(("dispatched", f"{cls.value} fault", "failing_over"))
     edges += [
         ("failing_over", "budget left", "dispatched"),
-        ("failing_over", "budget spent / deadline / none available", "done (exhausted)"),
+        ("failing_over", "budget spent / deadline / none available", "failed (exhausted)"),
         ("streaming", "end of answer", "done"),
-        ("streaming", "fault after content was sent", "done (error event; the penalty still applies)"),
+        ("streaming", "fault after content was sent", "failed (error event in the client's protocol; the penalty still applies)"),
     ]
     lines.append("  transitions")
     src_w = max(len(e[0]) for e in edges)
