@@ -693,10 +693,12 @@ class _Exchange:
             else:
                 await self.end_stream_with_error(err, encoder)
             return True
-        # reported at the end so in-flight counts cover the whole stream
+        # reported at the end so in-flight counts cover the whole stream; and
+        # complete before the closing chunk: a client that has its answer may
+        # hang up before that last write, which is no failure
         self.plan.report(attempt, None, now, ttfb=ttfb)
-        await self.responder.end()
         self.lifecycle.fire("complete")
+        await self.responder.end()
         return True
 
     def _encoder_options(self) -> dict:
