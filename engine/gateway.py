@@ -363,6 +363,7 @@ class _Exchange:
         self.record = record
         self.plan = plan
         self._ir = None
+        self._warnings: list[str] = []   # fields translation dropped for the member that answers
 
     @property
     def lifecycle(self) -> lifecycle.Lifecycle:
@@ -411,10 +412,12 @@ class _Exchange:
         same = up is self.client
         if same:
             body = up.passthrough_body(self.request.body, self.obj, attempt.model)
+            self._warnings = []
         else:
             policy = self.gw.pool_policies.get(self.model, "reject")
             body, warnings = up.render_request(self._ir_request(), attempt.model,
                                                max_tokens_default=attempt.max_tokens, unsupported=policy)
+            self._warnings = warnings
             if warnings:
                 log.warning("request %s: dropped fields not expressible in %s: %s", self.record.id, up.name,
                             ", ".join(warnings))
@@ -571,7 +574,7 @@ class _Exchange:
         self.plan.report(attempt, None, now, ttfb=now - t0)
         self.lifecycle.fire("first_byte", attempt.member_id)
         self.record.status = 200
-        await self.responder.send(200, [(b"content-type", content_type)], out)
+        await self.responder.send(200, [(b"content-type", content_type)] + self._warning_headers(), out)
         self.lifecycle.fire("complete")
         return True
 
@@ -644,7 +647,8 @@ class _Exchange:
         self.record.ttfb_ms = ttfb * 1000
         self.lifecycle.fire("first_byte", attempt.member_id)
         self.record.status = 200
-        await self.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")])
+        await self.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
+                                   + self._warning_headers())
         await self.responder.write(b"".join(held) if same else b"".join(encoder.encode(e) for e in held))
         failure = None
         relayed = False
@@ -700,6 +704,14 @@ class _Exchange:
         self.lifecycle.fire("complete")
         await self.responder.end()
         return True
+
+    def _warning_headers(self) -> Headers:
+        """`x-busbar-warning` names what translation dropped (pool policy
+        `unsupported: drop`), so a client can see it without the logs."""
+        if not self._warnings:
+            return []
+        text = "; ".join(self._warnings).encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        return [(b"x-busbar-warning", text[:2000])]
 
     def _encoder_options(self) -> dict:
         if self.client.name == "openai":

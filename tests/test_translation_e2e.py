@@ -126,3 +126,23 @@ async def test_error_event_before_content_fails_over_for_every_vendor(vendor, er
         record = await last_record(gw)
     assert text == "second member"
     assert record["attempts"][0]["outcome"] in ("rate", "server"), record["attempts"]
+
+
+@pytest.mark.parametrize("policy", ["reject", "drop"])
+async def test_inexpressible_field_is_rejected_or_dropped_with_a_warning(policy):
+    import httpx
+    config = config_for("anthropic")
+    config["pools"]["smart"]["unsupported"] = policy
+    mock = MockVendor(reply="ok")
+    body = {"model": "smart", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"50256": -100}}
+    async with gateway_with(config, a=mock) as gw:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(gw.url + "/v1/chat/completions", json=body)
+    if policy == "reject":
+        assert response.status_code == 400
+        assert "logit_bias" in response.json()["error"]["message"]
+        assert mock.received == []
+    else:
+        assert response.status_code == 200
+        assert "logit_bias" in response.headers["x-busbar-warning"]
+        assert "logit_bias" not in mock.received[-1]["body"]
