@@ -7,9 +7,8 @@ framing HTTP/1.1 with the I/O-free `engine.http11`:
 one `ConnectionPool` per upstream origin, idle connections reused LIFO,
 responses streamed as they arrive, every task owned by the caller (no
 background reader tasks: bytes are read only when the caller asks).
-
-`UpstreamTransport` adapts the same pool to httpx's `AsyncBaseTransport`, so
-code off the hot path (admin probes, tools) can keep httpx's API.
+The contract is httpx's transport shape (request in, streamed response out),
+so an `httpx.AsyncBaseTransport` wrapper is a thin layer if one is needed.
 """
 from __future__ import annotations
 

@@ -182,3 +182,19 @@ async def test_openai_usage_chunk_only_when_asked_for_across_protocols():
         without = await sdk(lambda: run(False))
     assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens > 0
     assert all(chunk.usage is None for chunk in without)
+
+
+async def test_gemini_key_by_header_or_query_parameter():
+    import httpx
+    config = {"auth": {"keys": ["gw-key"]}, "providers": OPENAI_ONLY["providers"],
+              "pools": {"smart": {"members": [{"provider": "oai", "model": "m"}]}}}
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    async with gateway_with(config, a=MockVendor(reply="gemini ok")) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            by_header = await http.post("/v1beta/models/smart:generateContent", json=body,
+                                        headers={"x-goog-api-key": "gw-key"})
+            by_query = await http.post("/v1beta/models/smart:generateContent?key=gw-key", json=body)
+            wrong = await http.post("/v1beta/models/smart:generateContent?key=nope", json=body)
+    assert by_header.status_code == by_query.status_code == 200
+    assert by_query.json()["candidates"][0]["content"]["parts"][0]["text"] == "gemini ok"
+    assert wrong.status_code == 401 and wrong.json()["error"]["status"] == "UNAUTHENTICATED"
