@@ -69,6 +69,7 @@ class Provider:
     error_rules: list[tuple[re.Pattern, int | None, FaultClass]]
     region: str | None = None
     credentials: object = None  # engine.aws.sigv4.Credentials for bedrock
+    max_connections: int | None = None   # concurrent upstream connections to this provider
 
 
 @dataclass(slots=True)
@@ -179,7 +180,7 @@ class Gateway:
             m = re.search(r"bedrock-runtime[.-]([a-z0-9-]+)\.amazonaws", spec["base_url"])
             region = m.group(1) if m else "us-east-1"
         return Provider(name, spec["protocol"], get_dialect(spec["protocol"]), Origin.from_url(spec["base_url"]),
-                        headers, rules, region, credentials)
+                        headers, rules, region, credentials, spec.get("max_connections"))
 
     def scrub(self, text: str) -> str:
         """Remove any configured secret a vendor echoed back in an error."""
@@ -210,6 +211,8 @@ class Gateway:
         protocol, params = route
         dialect = get_dialect(protocol)
         record = RequestRecord(f"{self._id_prefix}-{next(self._ids):x}", protocol)
+        # the id under which the admin API shows this request's path
+        responder.extra_headers = [(b"x-busbar-request-id", record.id.encode())]
         t0 = time.perf_counter()
         self.in_flight += 1
         self.active[record.id] = record
@@ -464,7 +467,7 @@ class _Exchange:
         self.lifecycle.fire("dispatch", attempt.member_id)
         timeouts = self.plan.pipeline.timeouts
         t0 = trio.current_time()
-        pool = gw.upstream.pool(provider.origin)
+        pool = gw.upstream.pool(provider.origin, provider.max_connections)
         reported = False
         try:
             target, headers, body = self._build(attempt, provider)

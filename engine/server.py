@@ -73,7 +73,7 @@ class Responder:
     here directly (a fixed, simple format: content-length or chunked), which
     halves the per-request HTTP cost (docs/adr/0002-http-stack.md)."""
 
-    __slots__ = ("_stream", "_started", "_finished", "_gone", "_close")
+    __slots__ = ("_stream", "_started", "_finished", "_gone", "_close", "extra_headers")
 
     def __init__(self, stream: trio.abc.Stream, close: bool = False):
         self._stream = stream
@@ -81,6 +81,7 @@ class Responder:
         self._finished = False
         self._gone = False
         self._close = close      # the client asked to close after this response
+        self.extra_headers: Headers = []   # added to whatever response goes out (e.g. a request id)
 
     @property
     def started(self) -> bool:
@@ -96,13 +97,15 @@ class Responder:
     async def send(self, status: int, headers: Headers, body: bytes) -> None:
         """A complete buffered response."""
         self._started = self._finished = True
-        head = response_head(status, headers + [(b"content-length", b"%d" % len(body))], self._close)
+        head = response_head(status, headers + self.extra_headers + [(b"content-length", b"%d" % len(body))],
+                             self._close)
         await self._write(head + body)
 
     async def start(self, status: int, headers: Headers) -> None:
         """Begin a streamed (chunked) response."""
         self._started = True
-        await self._write(response_head(status, headers + [(b"transfer-encoding", b"chunked")], self._close))
+        await self._write(response_head(status, headers + self.extra_headers + [(b"transfer-encoding", b"chunked")],
+                                        self._close))
 
     async def write(self, data: bytes) -> None:
         if data:

@@ -287,10 +287,12 @@ class UpstreamClient:
         self.max_connections = max_connections
         self._pools: dict[Origin, ConnectionPool] = {}
 
-    def pool(self, origin: Origin) -> ConnectionPool:
+    def pool(self, origin: Origin, max_connections: int | None = None) -> ConnectionPool:
+        """The pool for `origin`, created on first use with `max_connections`
+        (the provider's limit) or the client's default."""
         pool = self._pools.get(origin)
         if pool is None:
-            pool = self._pools[origin] = ConnectionPool(origin, max_connections=self.max_connections)
+            pool = self._pools[origin] = ConnectionPool(origin, max_connections=max_connections or self.max_connections)
         return pool
 
     async def aclose(self) -> None:

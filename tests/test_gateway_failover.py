@@ -42,8 +42,11 @@ async def test_buffered_failover_to_second_member(fault):
     a, b = MockVendor(reply="from a"), MockVendor(reply="from b")
     a.fail_next(fault)
     async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
-        result = await sdk(lambda: chat(oai(gw.url)))
+        raw = await sdk(lambda: oai(gw.url).chat.completions.with_raw_response.create(
+            model="smart", messages=[{"role": "user", "content": "hi"}]))
+        result = raw.parse()
         record = (await last_record(gw))
+    assert raw.headers["x-busbar-request-id"] == record["id"]   # look the path up by this id
     assert result.choices[0].message.content == "from b"
     assert [x["member"].split("/")[-1] for x in record["attempts"]] == ["m1", "m2"]
     assert [s["state"] for s in record["path"]] == ["received", "translated", "dispatched", "failing_over",

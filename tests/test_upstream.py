@@ -54,3 +54,20 @@ async def test_keep_alive_connections_are_reused():
                 assert (await http.post("/v1/chat/completions", json=BODY)).status_code == 200
         pool = next(iter(gw.gateway.upstream._pools.values()))
         assert pool._open == 1 and len(pool._idle) == 1
+
+
+async def test_provider_max_connections_bounds_upstream_connections():
+    config = {"providers": {"p": {"protocol": "openai", "base_url": "{a}/v1", "key": "k", "max_connections": 2}},
+              "pools": {"smart": {"members": [{"provider": "p", "model": "m"}]}}}
+    vendor = MockVendor(reply="hi", latency=0.1)
+    async with gateway_with(config, a=vendor) as gw:
+        codes = []
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            async def one():
+                codes.append((await http.post("/v1/chat/completions", json=BODY)).status_code)
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(one)
+        pool = next(iter(gw.gateway.upstream._pools.values()))
+    assert codes == [200] * 6           # queued for a slot, not refused
+    assert pool.max_connections == 2 and pool._open <= 2
