@@ -6,14 +6,17 @@
                                                    ▼      │
                                                  failing_over          (any) ──rejected/broken/cancelled──▶ failed
 
-Each request runs inside its own nursery (the disconnect watcher and the
-upstream exchange are its tasks): a client that goes away, or the pipeline
-deadline, cancels everything the request started.  The client sees nothing,
-not even a status line, until the chosen upstream produced content, so every
-failure before that point can still fail over.
+Each request runs in a cancel scope the server owns: a client that goes
+away (the connection's reader sees EOF), or the pipeline deadline, cancels
+everything the request started, its upstream call included.  The client sees
+nothing, not even a status line, until the chosen upstream produced content,
+so every failure before that point can still fail over.
 
 Same-protocol calls never touch the IR: the body is passed through with only
-`model` rewritten, and the response bytes are relayed as they arrive.
+`model` rewritten, and the response bytes are relayed as they arrive (whole
+SSE events at a time).  Other pairs go through the IR: the client's dialect
+parses, the member's renders; upstream streams are decoded and re-encoded
+event by event.
 """
 from __future__ import annotations
 
@@ -31,9 +34,8 @@ from engine import ir, lifecycle
 from engine.config import Config
 from engine.faults import ClientError, Fault, FaultClass
 from engine.protocols import get_dialect
+from engine.protocols.base import JSON_CT, Headers, StreamError, header, load_json_object
 from engine.protocols.routes import match_route
-from engine.protocols.base import JSON_CT, Headers, header, load_json_object
-from engine.protocols.base import StreamError
 from engine.protocols.sse import SSESplitter
 from engine.routing import Attempt, Exhausted, Needs, Router, Wait, fingerprint
 from engine.server import ClientGone, HttpRequest, Responder
@@ -228,6 +230,21 @@ class Gateway:
                 record.error = err.message
                 if not responder.started:
                     status, headers, body = dialect.render_error(err)
+                    await responder.send(status, headers, body)
+            except (trio.Cancelled, ClientGone):
+                raise
+            except Exception:
+                # a bug of ours: the client still gets an answer in its own
+                # protocol, and the log gets the traceback
+                log.exception("request %s failed inside the gateway", record.id)
+                if record.lifecycle.can("rejected"):
+                    record.lifecycle.fire("rejected", "internal error")
+                record.status = 500
+                record.error = "internal gateway error"
+                if not responder.started:
+                    status, headers, body = dialect.render_error(ClientError(
+                        500, f"Internal gateway error (request {record.id}); the gateway log has the details.",
+                        "api_error"))
                     await responder.send(status, headers, body)
         except trio.Cancelled:
             if not record.lifecycle.finished:

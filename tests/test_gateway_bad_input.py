@@ -105,3 +105,22 @@ async def test_client_disconnect_cancels_upstream_call():
         record = (await last_record(gw))
         assert record["state"] == "failed"
         assert record["attempts"][0]["outcome"] == "cancelled"
+
+
+async def test_an_internal_bug_is_a_500_in_the_callers_protocol_and_the_gateway_keeps_serving(monkeypatch):
+    from engine.protocols.anthropic import AnthropicDialect
+
+    def broken(self, req, model, **kw):
+        raise RuntimeError("simulated bug in a renderer")
+
+    config = {"providers": {"ant": {"protocol": "anthropic", "base_url": "{a}", "key": "k"}},
+              "pools": {"claude": {"members": [{"provider": "ant", "model": "c"}]}}}
+    async with gateway_with(config, a=MockVendor()) as gw:
+        monkeypatch.setattr(AnthropicDialect, "render_request", broken)
+        response = await post(gw.url, "/v1/chat/completions",
+                              b'{"model":"claude","messages":[{"role":"user","content":"x"}]}')
+        assert response.status_code == 500
+        assert "Internal gateway error" in response.json()["error"]["message"]
+        monkeypatch.undo()
+        ok = await post(gw.url, "/v1/chat/completions", b'{"model":"claude","messages":[{"role":"user","content":"x"}]}')
+        assert ok.status_code == 200
