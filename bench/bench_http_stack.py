@@ -27,6 +27,41 @@ origin = Origin.from_url(f"http://127.0.0.1:{upstream_port}")
 target = b"/v1/chat/completions"
 
 async def main():
+    if kind == "hypercorn":
+        # hypercorn's trio worker (ASGI) in front of the same upstream pool
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+        pool = UpstreamClient().pool(origin)
+
+        async def app(scope, receive, send):
+            if scope["type"] == "lifespan":
+                while True:
+                    message = await receive()
+                    if message["type"] == "lifespan.startup":
+                        await send({"type": "lifespan.startup.complete"})
+                    elif message["type"] == "lifespan.shutdown":
+                        await send({"type": "lifespan.shutdown.complete"})
+                        return
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            response = await pool.request(b"POST", target, [(b"content-type", b"application/json")], body)
+            try:
+                data = await response.read()
+            finally:
+                await response.aclose()
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": data})
+
+        config = Config()
+        config.bind = [f"127.0.0.1:{port}"]
+        config.accesslog = None
+        await serve(app, config)
+        return
     if kind == "h11-pool":
         pool = UpstreamClient().pool(origin)
         async def handle(request, responder):
@@ -66,7 +101,13 @@ def main() -> int:
     rows = []
     try:
         wait_port(mock_port)
-        for kind in ("h11-pool", "httpx"):
+        kinds = ["h11-pool", "httpx"]
+        try:
+            import hypercorn  # noqa: F401  (optional: pip install hypercorn to compare)
+            kinds.append("hypercorn")
+        except ImportError:
+            print("bench: hypercorn not installed; skipping that variant", file=sys.stderr)
+        for kind in kinds:
             port = free_port()
             p = subprocess.Popen([env_python, str(proxy), kind, str(port), str(mock_port)], cwd=ROOT,
                                  env={"PYTHONPATH": str(ROOT)})
@@ -86,7 +127,9 @@ def main() -> int:
         for p in procs:
             p.terminate()
     print(f"\nminimal proxy, upstream stack compared (median of {args.runs} x {args.duration:g}s)")
-    print(f"{'upstream client':>16} | {'RPS at c=20':>16} | {'added p50 at c=1 (ms)':>22}")
+    print("variants: h11-pool = lean h11 server + own keep-alive pool; httpx = lean server + httpx.AsyncClient;")
+    print("          hypercorn = hypercorn's trio worker (ASGI) + own pool")
+    print(f"{'variant':>16} | {'RPS at c=20':>16} | {'added p50 at c=1 (ms)':>22}")
     for kind, rps, added in rows:
         print(f"{kind:>16} | {rps[0]:>9.0f} ±{rps[1]:<5.0f} | {added[0]:>14.3f} ±{added[1]:.3f}")
     return 0
