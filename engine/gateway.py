@@ -515,9 +515,12 @@ class _Exchange:
                 raise
             return self._fail_or_raise(attempt, rec, Fault(FaultClass.SERVER, 0, str(exc)), t0)
         except BaseException:
+            # cancelled (client gone, deadline) or a bug of ours: nobody's fault
+            # upstream; free the attempt's in-flight slot (and breaker probe)
             if rec.outcome == "pending":
                 rec.outcome = "cancelled"
                 rec.ms = (trio.current_time() - t0) * 1000
+            if any(a is attempt for a in self.plan.outstanding):
                 self.plan.release(attempt, trio.current_time())
             raise
 

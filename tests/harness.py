@@ -58,10 +58,24 @@ async def gateway_with(config: dict, **vendors: MockVendor):
         gateway, server, addrs, app = await nursery.start(
             functools.partial(run_gateway, handle_signals=False), parsed, "127.0.0.1", 0)
         port = addrs[0][1]
+        running = Running(f"http://127.0.0.1:{port}", port, app, server, vendors)
         try:
-            yield Running(f"http://127.0.0.1:{port}", port, app, server, vendors)
+            yield running
+            await _assert_no_leaked_attempts(running)
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _assert_no_leaked_attempts(running: Running) -> None:
+    """Every test doubles as a check that no attempt outlives its request:
+    once the gateway is idle, no upstream or key has anything in flight."""
+    with trio.move_on_after(5):
+        while running.server.active_requests:
+            await trio.sleep(0.01)
+    router = running.gateway.router
+    leaked = {f"{p}/{m}": t.in_flight for (p, m), t in router.targets.items() if t.in_flight}
+    leaked.update({k.id: k.in_flight for prov in router.providers.values() for k in prov.keys.keys if k.in_flight})
+    assert not leaked, f"attempts still in flight after every request finished: {leaked}"
 
 
 async def sdk(fn):

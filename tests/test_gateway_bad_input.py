@@ -124,3 +124,24 @@ async def test_an_internal_bug_is_a_500_in_the_callers_protocol_and_the_gateway_
         monkeypatch.undo()
         ok = await post(gw.url, "/v1/chat/completions", b'{"model":"claude","messages":[{"role":"user","content":"x"}]}')
         assert ok.status_code == 200
+
+
+async def test_client_leaving_mid_stream_cancels_the_upstream_stream_without_blame():
+    vendor = MockVendor(reply=" ".join(f"w{i}" for i in range(100)), chunk_delay=0.05)
+    async with gateway_with(CONFIG, a=vendor) as gw:
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+        body = b'{"model":"smart","stream":true,"messages":[{"role":"user","content":"x"}]}'
+        await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                              b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        with trio.fail_after(5):
+            data = b""
+            while b"w1" not in data:          # some content arrived
+                data += await stream.receive_some(4096)
+        await stream.aclose()
+        with trio.fail_after(2):              # long before the vendor's 5 s stream would end
+            while gw.gateway.in_flight:
+                await trio.sleep(0.01)
+        record = await last_record(gw)
+        member = gw.gateway.router.snapshot(trio.current_time())["pools"]["smart"]["members"][0]
+    assert record["state"] == "failed" and "disconnected" in record["error"]
+    assert member["breaker"]["state"] == "closed" and member["in_flight"] == 0
