@@ -202,3 +202,36 @@ async def test_context_error_on_every_member_returns_the_vendor_message():
         assert "maximum context length" in str(exc.value)
         snapshot = gw.gateway.router.snapshot(trio.current_time())
     assert all(m["breaker"]["state"] == "closed" for m in snapshot["pools"]["smart"]["members"])
+
+
+async def test_on_exhausted_wait_sleeps_until_the_key_recovers():
+    config = {"providers": {"only": {"protocol": "openai", "base_url": "{a}/v1", "key": "k1"}},
+              "pools": {"smart": {"on_exhausted": {"action": "wait", "max_ms": 3000},
+                                  "members": [{"provider": "only", "model": "m"}]}}}
+    a = MockVendor(reply="after the wait")
+    a.fail_next({"error": "rate", "retry_after": 1})
+    async with gateway_with(config, a=a) as gw:
+        # the request that met the rate limit has tried the only member: 429
+        with pytest.raises(openai.RateLimitError):
+            await sdk(lambda: chat(oai(gw.url)))
+        # the next one finds every member cooling and waits for the recovery
+        t0 = trio.current_time()
+        result = await sdk(lambda: chat(oai(gw.url)))
+        waited = trio.current_time() - t0
+    assert result.choices[0].message.content == "after the wait"
+    assert 0.5 <= waited < 3
+    assert len(a.received) == 2
+
+
+async def test_on_exhausted_fallback_pool_takes_over():
+    config = {"providers": {"main": {"protocol": "openai", "base_url": "{a}/v1", "key": "k1"},
+                            "spare": {"protocol": "anthropic", "base_url": "{b}", "key": "k2"}},
+              "pools": {"smart": {"on_exhausted": {"action": "fallback", "pool": "backup"},
+                                  "members": [{"provider": "main", "model": "m"}]},
+                        "backup": {"members": [{"provider": "spare", "model": "c"}]}}}
+    a, b = MockVendor(), MockVendor(reply="from the backup pool")
+    a.always = {"error": "billing"}
+    async with gateway_with(config, a=a, b=b) as gw:
+        result = await sdk(lambda: chat(oai(gw.url)))
+    assert result.choices[0].message.content == "from the backup pool"
+    assert b.received[-1]["protocol"] == "anthropic"
