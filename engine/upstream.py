@@ -15,7 +15,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 

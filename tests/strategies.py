@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 from hypothesis import strategies as st

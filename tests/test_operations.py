@@ -15,7 +15,7 @@ import trio
 from clients import openai_chat
 from engine.config import ConfigError
 from engine.mock import MockVendor
-from harness import gateway_with, last_record, sdk
+from harness import gateway_with, sdk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 

@@ -4,7 +4,6 @@ the official SDKs accept), plus each vendor's real error bodies (statuses
 and strings from shared/reference/protocols.md)."""
 from __future__ import annotations
 
-import time
 import uuid
 
 from engine import ir

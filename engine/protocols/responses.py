@@ -11,7 +11,6 @@ import uuid
 import orjson
 
 from engine import ir
-from engine.faults import ClientError
 from engine.protocols import common as c
 from engine.protocols.openai import OpenAIDialect
 
