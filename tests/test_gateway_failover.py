@@ -211,16 +211,20 @@ async def test_on_exhausted_wait_sleeps_until_the_key_recovers():
     a = MockVendor(reply="after the wait")
     a.fail_next({"error": "rate", "retry_after": 1})
     async with gateway_with(config, a=a) as gw:
-        # the request that met the rate limit has tried the only member: 429
-        with pytest.raises(openai.RateLimitError):
-            await sdk(lambda: chat(oai(gw.url)))
-        # the next one finds every member cooling and waits for the recovery
+        # the request that met the rate limit waits for its key and tries again
         t0 = trio.current_time()
         result = await sdk(lambda: chat(oai(gw.url)))
         waited = trio.current_time() - t0
-    assert result.choices[0].message.content == "after the wait"
-    assert 0.5 <= waited < 3
-    assert len(a.received) == 2
+        assert result.choices[0].message.content == "after the wait"
+        assert 0.9 <= waited < 3
+        assert len(a.received) == 2
+        # a request arriving while every member cools waits too
+        a.fail_next({"error": "rate", "retry_after": 1})
+        await sdk(lambda: chat(oai(gw.url)))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sdk, lambda: chat(oai(gw.url)))
+            nursery.start_soon(sdk, lambda: chat(oai(gw.url)))
+        assert len(a.received) == 6
 
 
 async def test_on_exhausted_fallback_pool_takes_over():

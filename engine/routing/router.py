@@ -176,6 +176,9 @@ class Plan:
         self._visited = [node]
         self._tried: set[tuple[str, str]] = set()
         self._failed_keys: dict[tuple[str, str], set[str]] = {}
+        # members left only because their keys were cooled (rate limits): an
+        # `on_exhausted: wait` may wait for them and try them again
+        self._cooled: set[tuple[str, str]] = set()
         self._rotate: Member | None = None
         self._wait_limit: float | None = None
         self._outstanding: dict[int, Attempt] = {}
@@ -270,6 +273,12 @@ class Plan:
                     if self._wait_limit is None:
                         self._wait_limit = now + oe.max_ms / 1000.0
                     if soonest <= self._wait_limit and soonest < self.deadline_at:
+                        # after the wait, a member benched only by cooled keys
+                        # may be tried again (the member budget still applies)
+                        for target in self._cooled:
+                            self._tried.discard(target)
+                            self._failed_keys.pop(target, None)
+                        self._cooled.clear()
                         return Wait(soonest - now, f"pool {self._pool.name!r}: waiting for a member to recover")
             return self._exhaust(now, None, "")
 
@@ -285,12 +294,15 @@ class Plan:
         return attempt
 
     def _soonest(self, now: float) -> float | None:
-        """When an untried capable member of the current pool comes back."""
+        """When a capable member of the current pool comes back: an untried
+        one, or one tried and left only because its keys were cooled."""
         times = []
         for leaf in self._pool.leaves:
-            if leaf.target.key in self._tried or not self._capable(leaf):
+            key = leaf.target.key
+            cooled = key in self._cooled
+            if (key in self._tried and not cooled) or not self._capable(leaf):
                 continue
-            at = self._recovery(leaf, now, self._failed_keys.get(leaf.target.key, ()))
+            at = self._recovery(leaf, now, () if cooled else self._failed_keys.get(key, ()))
             if at is not None and at > now:
                 times.append(at)
         return min(times) if times else None
@@ -367,6 +379,8 @@ class Plan:
             self._rotate = member
             return Consequence(Action.ROTATE_KEY, **done)
         self._tried.add(t.key)
+        if penalty == "cool_key":
+            self._cooled.add(t.key)
         return Consequence(Action.FAILOVER, **done)
 
     def release(self, attempt: Attempt, now: float) -> None:
