@@ -269,6 +269,7 @@ class ConnectionPool:
                 await trio.aclose_forcefully(conn.stream)
 
     async def aclose(self) -> None:
+        await self._close_dropped()
         idle, self._idle = self._idle, []
         for conn in idle:
             self._open -= 1
