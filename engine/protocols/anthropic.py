@@ -14,6 +14,9 @@ from engine.protocols.base import KIND_STATUS, Dialect, Headers, bearer_token, h
 
 ANTHROPIC_VERSION = b"2023-06-01"
 P = "anthropic"
+# sampling knobs: IR field -> this dialect's name (None: it has none)
+SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": None,
+            "frequency_penalty": None, "presence_penalty": None, "stop": "stop_sequences"}
 SR = ir.StopReason
 DEFAULT_MAX_TOKENS = 4096
 MIN_BUDGET = 1024
@@ -163,11 +166,7 @@ def _parse_request(obj: dict) -> ir.Request:
         if any(type(p) is not ir.Text for p in req.system):
             raise c.bad("system", "only text blocks are allowed")
     req.max_tokens = obj.get("max_tokens")
-    req.temperature = obj.get("temperature")
-    req.top_p = obj.get("top_p")
-    req.top_k = obj.get("top_k")
-    if obj.get("stop_sequences") is not None:
-        req.stop = list(obj["stop_sequences"])
+    c.read_sampling(obj, req, SAMPLING)
     req.stream = obj.get("stream") is True
     notes: dict = {}
     md = obj.get("metadata")
@@ -440,23 +439,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
             else:
                 choice["disable_parallel_tool_use"] = not req.parallel_tool_calls
         body["tool_choice"] = choice
-    if req.temperature is not None:
-        if req.temperature > 1:
-            ctx.unsupported("temperature", "Anthropic accepts 0..1")
-        else:
-            body["temperature"] = req.temperature
-    if req.top_p is not None:
-        body["top_p"] = req.top_p
-    if req.top_k is not None:
-        body["top_k"] = req.top_k
-    if req.seed is not None:
-        ctx.unsupported("seed")
-    if req.frequency_penalty is not None:
-        ctx.unsupported("frequency_penalty")
-    if req.presence_penalty is not None:
-        ctx.unsupported("presence_penalty")
-    if req.stop is not None:
-        body["stop_sequences"] = req.stop
+    c.write_sampling(req, body, SAMPLING, ctx, {"temperature": (1, "Anthropic accepts 0..1")})
     rf = req.response_format
     if rf is not None:
         if rf.type == "json_schema":

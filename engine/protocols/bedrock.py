@@ -19,6 +19,9 @@ from engine.protocols import common as c
 from engine.protocols.base import KIND_STATUS, Dialect, Headers, classify_generic, header
 
 P = "bedrock"
+# sampling knobs: IR field -> this dialect's name (None: it has none)
+SAMPLING = {"temperature": "temperature", "top_p": "topP", "seed": None, "frequency_penalty": None,
+            "presence_penalty": None, "stop": "stopSequences"}   # top_k: additionalModelRequestFields
 SR = ir.StopReason
 
 _REQUEST_KEYS = frozenset({"messages", "system", "inferenceConfig", "toolConfig",
@@ -231,10 +234,7 @@ def _parse_request(obj: dict) -> ir.Request:
         extras.setdefault(P, {})["system"] = guard
     ic = obj.get("inferenceConfig") or {}
     req.max_tokens = ic.get("maxTokens")
-    req.temperature = ic.get("temperature")
-    req.top_p = ic.get("topP")
-    if ic.get("stopSequences") is not None:
-        req.stop = list(ic["stopSequences"])
+    c.read_sampling(ic, req, SAMPLING)
     tcfg = obj.get("toolConfig")
     if tcfg is not None:
         for t in tcfg.get("tools") or ():
@@ -448,20 +448,9 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     max_tokens = req.max_tokens if req.max_tokens is not None else max_tokens_default
     if max_tokens is not None:
         ic["maxTokens"] = max_tokens
-    if req.temperature is not None:
-        if req.temperature > 1:
-            ctx.unsupported("temperature", "Bedrock accepts 0..1")
-        else:
-            ic["temperature"] = req.temperature
-    if req.top_p is not None:
-        ic["topP"] = req.top_p
-    if req.stop is not None:
-        ic["stopSequences"] = req.stop
+    c.write_sampling(req, ic, SAMPLING, ctx, {"temperature": (1, "Bedrock accepts 0..1")})
     if ic:
         body["inferenceConfig"] = ic
-    for name in ("seed", "frequency_penalty", "presence_penalty"):
-        if getattr(req, name) is not None:
-            ctx.unsupported(name)
     tc = req.tool_choice
     if req.tools and not (tc is not None and tc.mode == "none" and not _has_tool_blocks(req)):
         tools = []

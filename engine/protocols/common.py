@@ -467,13 +467,18 @@ def read_sampling(src: dict, req: ir.Request, names: dict) -> None:
                 setattr(req, field, convert(value) if convert else value)
 
 
-def write_sampling(req: ir.Request, target: dict, names: dict, ctx: "RenderCtx") -> None:
-    """Copy the knobs `req` sets into `target`; one the dialect lacks is
-    reported to `ctx` (rejected, or dropped with a warning)."""
+def write_sampling(req: ir.Request, target: dict, names: dict, ctx: "RenderCtx",
+                   ceilings: dict | None = None) -> None:
+    """Copy the knobs `req` sets into `target`; one the dialect lacks, or a
+    value above its ceiling (`{field: (max, why)}`), is reported to `ctx`
+    (rejected, or dropped with a warning)."""
     for field, wire in names.items():
         value = getattr(req, field)
         if value is not None:
+            ceiling = ceilings.get(field) if ceilings else None
             if wire is None:
                 ctx.unsupported(field)
+            elif ceiling is not None and value > ceiling[0]:
+                ctx.unsupported(field, ceiling[1])
             else:
                 target[wire] = value
