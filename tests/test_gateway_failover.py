@@ -239,3 +239,20 @@ async def test_on_exhausted_fallback_pool_takes_over():
         result = await sdk(lambda: chat(oai(gw.url)))
     assert result.choices[0].message.content == "from the backup pool"
     assert b.received[-1]["protocol"] == "anthropic"
+
+
+@pytest.mark.parametrize("pool", ["same_protocol", "cross_protocol"])
+async def test_garbage_200_from_upstream_fails_over(pool):
+    config = {"providers": {"first": {"protocol": "openai", "base_url": "{a}/v1", "key": "k"},
+                            "ant": {"protocol": "anthropic", "base_url": "{a}", "key": "k"},
+                            "second": {"protocol": "openai", "base_url": "{b}/v1", "key": "k"}},
+              "pools": {"smart": {"strategy": "ordered", "members": [
+                  {"provider": "first" if pool == "same_protocol" else "ant", "model": "m1", "priority": 0},
+                  {"provider": "second", "model": "m2", "priority": 1}]}}}
+    a, b = MockVendor(), MockVendor(reply="clean answer")
+    a.fail_next({"malformed": True})
+    async with gateway_with(config, a=a, b=b) as gw:
+        result = await sdk(lambda: chat(oai(gw.url)))
+        record = await last_record(gw)
+    assert result.choices[0].message.content == "clean answer"
+    assert record["attempts"][0]["outcome"] == "server"

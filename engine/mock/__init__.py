@@ -13,7 +13,7 @@ applied to every request from `always`:
   {"reset": "before"}                           close the socket, no response
   {"reset": "during", "after": 2}               close mid-stream after N chunks
   {"stall": 5.0, "after": 0}                    stop sending for N seconds
-  {"malformed": true, "after": 1}               garbage bytes in the stream
+  {"malformed": true, "after": 1}               garbage bytes in the stream (buffered: a garbage 200 body)
   {"error_event": "overloaded"|"context"}       200 stream whose first event is an error
 Optional "model": "x" / "key": "k" on a fault restricts which requests it hits.
 """
@@ -135,6 +135,8 @@ class MockVendor:
         text = self.reply if self.reply is not None else vendor.last_user_text(obj, params) or "Hello from Busbar's mock."
         usage_in = max(1, len(request.body) // 4)
         if not stream:
+            if fault and fault.get("malformed"):
+                return await responder.send(200, [(b"content-type", b"application/json")], vendor.garbage())
             key_ = (protocol, model, text, usage_in)
             cached = self._replies.get(key_)
             if cached is None:
