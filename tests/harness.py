@@ -90,3 +90,25 @@ async def last_record(running: Running) -> dict:
         while running.gateway.in_flight or not running.gateway.recent:
             await trio.sleep(0.005)
     return running.gateway.recent[-1]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for tests that start processes)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    """Block until something accepts connections on `port`."""
+    import socket
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"port {port} never opened")

@@ -15,7 +15,7 @@ import trio
 from clients import openai_chat
 from engine.config import ConfigError
 from engine.mock import MockVendor
-from harness import gateway_with, sdk
+from harness import free_port, gateway_with, sdk, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,25 +109,8 @@ async def test_drain_lets_inflight_stream_finish():
         assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "b"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("port never opened")
-
-
 def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
-    mock_port, gw_port = _free_port(), _free_port()
+    mock_port, gw_port = free_port(), free_port()
     config = tmp_path / "c.yaml"
     config.write_text(f"providers:\n  m: {{protocol: openai, base_url: 'http://127.0.0.1:{mock_port}/v1', key: k}}\n"
                       f"pools:\n  smart:\n    members:\n      - {{provider: m, model: x}}\n")
@@ -137,8 +120,8 @@ def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
     gateway = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--config", str(config),
                                 "--port", str(gw_port)], env=env, stderr=subprocess.PIPE)
     try:
-        _wait_port(mock_port)
-        _wait_port(gw_port)
+        wait_port(mock_port)
+        wait_port(gw_port)
         with httpx.Client(timeout=10) as client:
             with client.stream("POST", f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                                json={"model": "smart", "stream": True,
