@@ -673,7 +673,7 @@ def _usage_in(u: dict) -> ir.Usage:
 _TEXT, _THOUGHT = 1, 2
 
 
-class StreamDecoder(s.SSEDecoder):
+class StreamDecoder(s.SequentialBlockDecoder):
     """GenerateContentResponse chunks -> IR.  Gemini has no block events and
     sends each function call whole: consecutive text (or thought) parts form
     one block; a function call is a block of its own (start, all arguments,
@@ -681,34 +681,17 @@ class StreamDecoder(s.SSEDecoder):
     cumulative on every chunk; the last one is sent before the MessageStop,
     which waits for the end of the body (Gemini has no end event)."""
 
-    __slots__ = ("_started", "_ids", "_next", "_cur", "_kind", "_stop", "_usage", "_tools", "_done")
+    __slots__ = ("_started", "_ids", "_stop", "_usage", "_tools", "_done")
     protocol = P
 
     def __init__(self):
         super().__init__()
         self._started = False
         self._ids: _Ids | None = None
-        self._next = 0
-        self._cur = -1
-        self._kind = 0
         self._stop: SR | None = None
         self._usage: dict | None = None
         self._tools = False
         self._done = False
-
-    def _open(self, out: list, kind: int, part) -> int:
-        if self._kind:
-            out.append(ir.BlockStop(self._cur))
-        self._cur = i = self._next
-        self._next += 1
-        self._kind = kind
-        out.append(ir.BlockStart(i, part))
-        return i
-
-    def _close(self, out: list) -> None:
-        if self._kind:
-            out.append(ir.BlockStop(self._cur))
-            self._kind = 0
 
     def _event(self, name, data: bytes, out: list) -> None:
         if self._done:

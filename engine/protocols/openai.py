@@ -548,42 +548,25 @@ def usage_in(u: dict) -> ir.Usage:
                     ctd.get("reasoning_tokens") or 0, u.get("total_tokens"))
 
 
-class StreamDecoder(s.SSEDecoder):
+class StreamDecoder(s.SequentialBlockDecoder):
     """Chat chunks -> IR.  Chat has no block events: a block starts with the
     first delta of its kind (content, refusal, a new tool-call index, or the
     `reasoning_content` some compatible servers send) and stops when another
     starts or at `finish_reason`.  The stop is held until the usage chunk
     (`stream_options.include_usage`) or `[DONE]`, so usage precedes it."""
 
-    __slots__ = ("_started", "_id", "_next", "_cur", "_kind", "_tool", "_tool_id", "_seen_tools", "_stop", "_done")
+    __slots__ = ("_started", "_id", "_tool", "_tool_id", "_seen_tools", "_stop", "_done")
     protocol = P
 
     def __init__(self):
         super().__init__()
         self._started = False
         self._id = ""
-        self._next = 0          # next IR block index
-        self._cur = -1          # the open IR block, or -1
-        self._kind = 0          # its kind (_TEXT ...), 0 when none is open
         self._tool = -1         # Chat tool-call index of the open tool block
         self._tool_id = ""      # and its id
         self._seen_tools: set[int] = set()
         self._stop: SR | None = None
         self._done = False      # MessageStop or ErrorEvent emitted
-
-    def _open(self, out: list, kind: int, part) -> int:
-        if self._kind:
-            out.append(ir.BlockStop(self._cur))
-        self._cur = i = self._next
-        self._next += 1
-        self._kind = kind
-        out.append(ir.BlockStart(i, part))
-        return i
-
-    def _close(self, out: list) -> None:
-        if self._kind:
-            out.append(ir.BlockStop(self._cur))
-            self._kind = 0
 
     def _event(self, name, data: bytes, out: list) -> None:
         if self._done:

@@ -107,6 +107,34 @@ class SSEDecoder:
         raise NotImplementedError
 
 
+class SequentialBlockDecoder(SSEDecoder):
+    """An SSE decoder for dialects whose wire has no block boundaries (Chat
+    Completions, Gemini): it numbers the IR blocks itself and closes the open
+    one when the next starts (`_open`) or the message ends (`_close`)."""
+
+    __slots__ = ("_next", "_cur", "_kind")
+
+    def __init__(self):
+        super().__init__()
+        self._next = 0          # next IR block index
+        self._cur = -1          # the open IR block, or -1
+        self._kind = 0          # its kind (the dialect's own codes), 0 when none is open
+
+    def _open(self, out: list, kind: int, part) -> int:
+        if self._kind:
+            out.append(ir.BlockStop(self._cur))
+        self._cur = i = self._next
+        self._next += 1
+        self._kind = kind
+        out.append(ir.BlockStart(i, part))
+        return i
+
+    def _close(self, out: list) -> None:
+        if self._kind:
+            out.append(ir.BlockStop(self._cur))
+            self._kind = 0
+
+
 class Encoder:
     """Base of every encoder: `encode` dispatches on the event's type to the
     class's `_on` table (built by `handlers`)."""
