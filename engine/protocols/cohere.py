@@ -26,7 +26,6 @@ _REQUEST_KEYS = frozenset({
     "thinking", "stream"})
 _MSG_KEYS = frozenset({"role", "content", "tool_calls", "tool_plan", "tool_call_id"})
 _TEXT_KEYS = frozenset({"type", "text"})
-_IMAGE_KEYS = frozenset({"type", "image_url"})
 _CALL_KEYS = frozenset({"id", "type", "function"})
 _FUNC_KEYS = frozenset({"name", "description", "parameters"})
 _RESPONSE_KEYS = frozenset({"id", "finish_reason", "message", "usage"})
@@ -70,9 +69,7 @@ def _parts(content) -> list:
         if kind == "text":
             out.append(ir.Text(p["text"], c.extras_of(p, _TEXT_KEYS, P)))
         elif kind == "image_url":
-            iu = p["image_url"]
-            url, data, media_type = c.image_parts_from_url(iu["url"])
-            out.append(ir.Image(url, data, media_type, iu.get("detail"), c.extras_of(p, _IMAGE_KEYS, P)))
+            out.append(c.parse_image_url_part(p, P))
         elif kind == "thinking":
             out.append(ir.Reasoning(p["thinking"], None, P))
         elif kind == "document":
@@ -186,11 +183,7 @@ def _content(parts: list, ctx: c.RenderCtx, where: str, role: str):
             ctx.foreign(p.extras, f"{w}.")
             out.append(c.splice({"type": "text", "text": p.text}, p.extras, P))
         elif t is ir.Image and role == "user":
-            ctx.foreign(p.extras, f"{w}.")
-            iu = {"url": c.image_url(p)}
-            if p.detail is not None:
-                iu["detail"] = p.detail
-            out.append(c.splice({"type": "image_url", "image_url": iu}, p.extras, P))
+            out.append(c.render_image_url_part(p, P, ctx, w))
         elif t is ir.JsonData:
             if role == "tool" and isinstance(p.value, dict):
                 out.append({"type": "document", "document": c.splice({"data": p.value}, p.extras, P)})

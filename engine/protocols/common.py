@@ -446,6 +446,27 @@ def sig_in_b64(sig: str | None, proto: str) -> tuple[str | None, str]:
 
 
 # ---------------------------------------------------------------------------
+# The Chat Completions image part, `{"type": "image_url", "image_url":
+# {"url", "detail"}}`, which Cohere v2 adopted as it is.
+
+_IMAGE_URL_KEYS = frozenset({"type", "image_url"})
+
+
+def parse_image_url_part(p: dict, protocol: str) -> ir.Image:
+    iu = p["image_url"]
+    url, data, media_type = image_parts_from_url(iu["url"])
+    return ir.Image(url, data, media_type, iu.get("detail"), extras_of(p, _IMAGE_URL_KEYS, protocol))
+
+
+def render_image_url_part(p: ir.Image, protocol: str, ctx: "RenderCtx", where: str) -> dict:
+    ctx.foreign(p.extras, f"{where}.")
+    iu = {"url": image_url(p)}
+    if p.detail is not None:
+        iu["detail"] = p.detail
+    return splice({"type": "image_url", "image_url": iu}, p.extras, protocol)
+
+
+# ---------------------------------------------------------------------------
 # Sampling knobs: the same IR fields under each dialect's own names.  A table
 # per protocol (IR field -> wire name, None where the dialect has no such
 # knob) drives both directions.

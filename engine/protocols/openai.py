@@ -24,7 +24,6 @@ _REQUEST_KEYS = frozenset({
     "metadata", "n"})
 _MSG_KEYS = frozenset({"role", "content", "tool_calls", "refusal", "tool_call_id"})
 _TEXT_KEYS = frozenset({"type", "text"})
-_IMAGE_KEYS = frozenset({"type", "image_url"})
 _FUNC_KEYS = frozenset({"name", "parameters", "description", "strict"})
 _CALL_KEYS = frozenset({"id", "type", "function"})
 _RESPONSE_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage"})
@@ -109,9 +108,7 @@ def _user_parts(content, where: str) -> list:
         if kind == "text":
             parts.append(ir.Text(p["text"], c.extras_of(p, _TEXT_KEYS, P)))
         elif kind == "image_url":
-            iu = p["image_url"]
-            url, data, media_type = c.image_parts_from_url(iu["url"])
-            parts.append(ir.Image(url, data, media_type, iu.get("detail"), c.extras_of(p, _IMAGE_KEYS, P)))
+            parts.append(c.parse_image_url_part(p, P))
         elif kind == "file" and isinstance(p.get("file"), dict) and "file_data" in p["file"]:
             f = p["file"]
             media_type, data = c.split_data_uri(f["file_data"])
@@ -280,11 +277,7 @@ def _render_user(parts: list, ctx: c.RenderCtx, where: str):
         if t is ir.Text:
             out.append(_text_part(p, ctx, w))
         elif t is ir.Image:
-            ctx.foreign(p.extras, f"{w}.")
-            iu = {"url": c.image_url(p)}
-            if p.detail is not None:
-                iu["detail"] = p.detail
-            out.append(c.splice({"type": "image_url", "image_url": iu}, p.extras, P))
+            out.append(c.render_image_url_part(p, P, ctx, w))
         elif t is ir.Document:
             if p.data is None:
                 ctx.unsupported(w, "documents must be base64 data (file_data) in Chat Completions")
