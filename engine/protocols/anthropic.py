@@ -657,7 +657,7 @@ class StreamEncoder(s.Encoder):
         return b"event: message_start\ndata: " + s.dumps({"type": "message_start", "message": msg}) + b"\n\n"
 
     def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
-        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        out = self._ensure_started()
         part = ev.part
         t = type(part)
         origin = None
@@ -715,9 +715,7 @@ class StreamEncoder(s.Encoder):
         return b""
 
     def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
-        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
-        for i in list(self._blocks):
-            out += self._on_BlockStop(ir.BlockStop(i))
+        out = self._ensure_started() + self._stop_open_blocks()
         delta = {"type": "message_delta",
                  "delta": {"stop_reason": STOP_OUT[ev.stop_reason], "stop_sequence": ev.stop_sequence},
                  "usage": render_usage(self._usage or ir.Usage())}

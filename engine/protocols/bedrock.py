@@ -805,7 +805,7 @@ class StreamEncoder(s.Encoder):
         return _frame("messageStart", b'{"role":"assistant"}')
 
     def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
-        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        out = self._ensure_started()
         part = ev.part
         t = type(part)
         k = str(self._next).encode()
@@ -864,9 +864,7 @@ class StreamEncoder(s.Encoder):
         return b""
 
     def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
-        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
-        for i in list(self._blocks):
-            out += self._on_BlockStop(ir.BlockStop(i))
+        out = self._ensure_started() + self._stop_open_blocks()
         stop: dict = {"stopReason": STOP_OUT[ev.stop_reason]}
         if ev.stop_sequence is not None:
             stop["additionalModelResponseFields"] = {"delta": {"stop_sequence": ev.stop_sequence}}

@@ -555,7 +555,7 @@ class StreamEncoder(s.Encoder):
             "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}) + b"\n\n"
 
     def _on_BlockStart(self, ev: ir.BlockStart) -> bytes:
-        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+        out = self._ensure_started()
         part = ev.part
         t = type(part)
         if t is ir.Text and c.note(part.extras, P, "$tool_plan"):
@@ -619,9 +619,7 @@ class StreamEncoder(s.Encoder):
         return b""
 
     def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
-        out = b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
-        for i in list(self._blocks):
-            out += self._on_BlockStop(ir.BlockStop(i))
+        out = self._ensure_started() + self._stop_open_blocks()
         delta: dict = {"finish_reason": FINISH_OUT[ev.stop_reason]}
         if self._usage is not None:
             delta["usage"] = render_usage(self._usage, None)

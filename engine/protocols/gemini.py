@@ -867,9 +867,7 @@ class StreamEncoder(s.Encoder):
     def _on_MessageStop(self, ev: ir.MessageStop) -> bytes:
         if not self._tail:
             self._start("")
-        out = b""
-        for i in list(self._blocks):
-            out += self._on_BlockStop(ir.BlockStop(i))
+        out = self._stop_open_blocks()
         cand = {"content": {"parts": [{"text": ""}], "role": "model"}, "finishReason": FINISH_OUT[ev.stop_reason],
                 "index": 0}
         body: dict = {"candidates": [cand]}

@@ -897,9 +897,7 @@ class StreamEncoder(s.Encoder):
         return b""
 
     def _finish_items(self) -> bytes:
-        out = b""
-        for i in list(self._blocks):
-            out += self._on_BlockStop(ir.BlockStop(i))
+        out = self._stop_open_blocks()
         out += self._close_msg()
         self._output.sort(key=lambda pair: pair[0])
         return out

@@ -149,6 +149,14 @@ class Encoder:
     def encode(self, event: ir.Event) -> bytes:
         return self._on[type(event)](self, event)
 
+    # For encoders that keep `_started` and the open `_blocks` (index-keyed):
+    # what a stream that skipped its preamble, or left blocks open, still owes.
+    def _ensure_started(self) -> bytes:
+        return b"" if self._started else self._on_MessageStart(ir.MessageStart("", ""))
+
+    def _stop_open_blocks(self) -> bytes:
+        return b"".join(self._on_BlockStop(ir.BlockStop(i)) for i in list(self._blocks))
+
     def finish(self) -> bytes:
         return b""
 
