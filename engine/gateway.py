@@ -191,8 +191,8 @@ class Gateway:
     def scrub_bytes(self, data: bytes) -> bytes:
         if self._secrets is None:
             return data
-        return self.scrub(data.decode("utf-8", "replace")).encode() if self._secrets.search(
-            data.decode("utf-8", "replace")) else data
+        text = data.decode("utf-8", "replace")
+        return self._secrets.sub("[redacted]", text).encode() if self._secrets.search(text) else data
 
     def _render_models(self) -> bytes:
         created = int(time.time())
