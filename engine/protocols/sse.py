@@ -80,11 +80,6 @@ def _parse_block(raw: bytes) -> SSEEvent | None:
     return SSEEvent(name, b"\n".join(data_lines), raw)
 
 
-def encode_event(data: bytes, event: str | None = None) -> bytes:
-    head = b"event: " + event.encode() + b"\n" if event else b""
-    return head + b"data: " + data + b"\n\n"
-
-
 def _json(data: bytes):
     try:
         return orjson.loads(data)
