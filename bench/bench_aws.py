@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.aws import eventstream, sigv4  # noqa: E402
+from busbar.aws import eventstream, sigv4  # noqa: E402
 
 NOW = datetime(2024, 6, 20, 17, 5, 9, tzinfo=timezone.utc)
 CREDENTIALS = sigv4.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")

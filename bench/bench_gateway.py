@@ -158,7 +158,7 @@ def start(args: list[str], **kw) -> subprocess.Popen:
     """A busbar process; its stderr goes to a log file named after its role."""
     LOGS.mkdir(exist_ok=True)
     log = open(LOGS / f"{args[0]}-{args[args.index('--port') + 1]}.log", "w")
-    return subprocess.Popen([PY, "-m", "engine.cli", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=log, **kw)
+    return subprocess.Popen([PY, "-m", "busbar.cli", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=log, **kw)
 
 
 # ---------------------------------------------------------------------------

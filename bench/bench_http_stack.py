@@ -20,8 +20,8 @@ from bench_gateway import BODY, LUA, ROOT, free_port, med, wait_port, wrk  # noq
 
 PROXY = r'''
 import sys, trio, httpx
-from engine.server import HttpServer
-from engine.upstream import UpstreamClient, Origin
+from busbar.server import HttpServer
+from busbar.upstream import UpstreamClient, Origin
 kind, port, upstream_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 origin = Origin.from_url(f"http://127.0.0.1:{upstream_port}")
 target = b"/v1/chat/completions"
@@ -96,7 +96,7 @@ def main() -> int:
     proxy.write_text(PROXY)
     mock_port = free_port()
     env_python = sys.executable
-    procs = [subprocess.Popen([env_python, "-m", "engine.cli", "mock", "--port", str(mock_port)], cwd=ROOT,
+    procs = [subprocess.Popen([env_python, "-m", "busbar.cli", "mock", "--port", str(mock_port)], cwd=ROOT,
                               stdout=subprocess.DEVNULL)]
     rows = []
     try:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import ir  # noqa: E402
-from engine.aws import eventstream  # noqa: E402
-from engine.protocols import get_dialect  # noqa: E402
-from engine.protocols.sse import SSESplitter  # noqa: E402
+from busbar import ir  # noqa: E402
+from busbar.aws import eventstream  # noqa: E402
+from busbar.protocols import get_dialect  # noqa: E402
+from busbar.protocols.sse import SSESplitter  # noqa: E402
 
 PAIRS = [("openai", "anthropic"), ("anthropic", "openai"), ("anthropic", "gemini"), ("bedrock", "openai"),
          ("gemini", "openai"), ("responses", "anthropic"), ("cohere", "responses"), ("openai", "bedrock")]

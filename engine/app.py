@@ -14,10 +14,10 @@ import signal
 
 import trio
 
-from engine.config import Config, ConfigError, load_config, parse_config
-from engine.gateway import Gateway, guess_protocol
-from engine.server import HttpServer
-from engine.upstream import UpstreamClient
+from busbar.config import Config, ConfigError, load_config, parse_config
+from busbar.gateway import Gateway, guess_protocol
+from busbar.server import HttpServer
+from busbar.upstream import UpstreamClient
 
 log = logging.getLogger("busbar")
 
@@ -93,8 +93,8 @@ class App:
 
 
 def _render_server_error(request, status, message):
-    from engine.faults import ClientError
-    from engine.protocols import get_dialect
+    from busbar.faults import ClientError
+    from busbar.protocols import get_dialect
     kinds = {400: "invalid_request", 408: "timeout", 413: "request_too_large", 431: "request_too_large"}
     protocol = guess_protocol(request.path) if request is not None else "openai"
     return get_dialect(protocol).render_error(ClientError(status, message, kinds.get(status, "invalid_request")))

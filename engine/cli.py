@@ -10,7 +10,7 @@ import sys
 
 import trio
 
-from engine.config import PIPELINES_DIR, ConfigError, load_config
+from busbar.config import PIPELINES_DIR, ConfigError, load_config
 
 log = logging.getLogger("busbar")
 
@@ -22,7 +22,7 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-from engine.app import run_gateway  # noqa: E402  (re-exported: tests and tools start gateways with it)
+from busbar.app import run_gateway  # noqa: E402  (re-exported: tests and tools start gateways with it)
 
 
 def cmd_serve(args) -> int:
@@ -51,7 +51,7 @@ def _serve_workers(args, host: str, port: int) -> int:
     spreads connections).  Each worker keeps its own routing state; signals
     are forwarded so SIGTERM drains all of them and SIGHUP reloads all."""
     import subprocess
-    command = [sys.executable, "-m", "engine.cli", "--log-level", args.log_level, "serve", "--config", args.config,
+    command = [sys.executable, "-m", "busbar.cli", "--log-level", args.log_level, "serve", "--config", args.config,
                "--host", host, "--port", str(port), "--reuse-port"]
     workers = [subprocess.Popen(command) for _ in range(args.workers)]
 
@@ -82,7 +82,7 @@ def cmd_explain(args) -> int:
     except ConfigError as exc:
         print(f"busbar: invalid config: {exc}", file=sys.stderr)
         return 1
-    from engine.pipeline import explain, load_pipelines
+    from busbar.pipeline import explain, load_pipelines
     pools = config.pools
     names = [args.pool] if args.pool else list(pools)
     pipelines = load_pipelines(config.raw)
@@ -100,17 +100,17 @@ def cmd_explain(args) -> int:
 
 
 def cmd_diagram(args) -> int:
-    from engine import diagram
+    from busbar import diagram
     return diagram.main(args)
 
 
 def cmd_usage(args) -> int:
-    from engine.admin import usage
+    from busbar.admin import usage
     return usage.main(args)
 
 
 async def _start_mocks(nursery, specs):
-    from engine.mock import MockVendor
+    from busbar.mock import MockVendor
     vendors = []
     for name, port, kwargs in specs:
         vendor = MockVendor(name=name, **kwargs)

@@ -15,9 +15,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = ROOT / "schemas"
-PIPELINES_DIR = ROOT / "pipelines"
+from busbar import resources
+SCHEMAS = resources.schemas_dir()
+PIPELINES_DIR = resources.pipelines_dir()
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -160,7 +160,7 @@ def parse_config(data: Any, source: str = "config") -> Config:
     # Routing and pipelines validate their own semantics (cycles, rule
     # tables); do it now so a bad config never starts serving.
     try:
-        from engine.routing import Router
+        from busbar.routing import Router
         Router.from_config(config.raw)
     except ConfigError:
         raise

@@ -6,7 +6,7 @@ configures it, optionally with one request's actual path drawn on top.
     render("svg", pipeline, path=record)     # bytes; svg/png need Graphviz's `dot`
 
 The states and transitions come from the compiled table in
-`engine.lifecycle` (so the picture cannot drift from what the gateway runs);
+`busbar.lifecycle` (so the picture cannot drift from what the gateway runs);
 the pipeline only names the edges: the `fault` edge lists the fault classes
 whose rule retries elsewhere (failover / retry_larger_context), the
 `rejected` edge out of `dispatched` lists those whose rule returns the error
@@ -25,8 +25,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from engine import lifecycle
-from engine.faults import FaultClass
+from busbar import lifecycle
+from busbar.faults import FaultClass
 
 FORMATS = ("mermaid", "dot", "svg", "png")
 
@@ -336,7 +336,7 @@ def main(args) -> int:
     """`busbar diagram [--config FILE] [--pool X] [--request FILE|-] [--format F] [--output FILE]`."""
     import sys
 
-    from engine.pipeline import load_pipelines
+    from busbar.pipeline import load_pipelines
 
     record = None
     if getattr(args, "request", None):
@@ -348,7 +348,7 @@ def main(args) -> int:
     pool = args.pool or (record or {}).get("pool") or None
     title = None
     if args.config:
-        from engine.config import ConfigError, load_config
+        from busbar.config import ConfigError, load_config
         try:
             config = load_config(args.config)
         except ConfigError as exc:

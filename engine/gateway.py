@@ -30,16 +30,16 @@ from dataclasses import dataclass, field
 import orjson
 import trio
 
-from engine import ir, lifecycle
-from engine.config import Config
-from engine.faults import ClientError, Fault, FaultClass
-from engine.protocols import get_dialect
-from engine.protocols.base import JSON_CT, Headers, StreamError, header, load_json_object
-from engine.protocols.routes import match_route
-from engine.protocols.sse import SSESplitter
-from engine.routing import Attempt, Exhausted, Needs, Router, Wait, fingerprint
-from engine.server import ClientGone, HttpRequest, Responder
-from engine.upstream import Origin, UpstreamClient, UpstreamError
+from busbar import ir, lifecycle
+from busbar.config import Config
+from busbar.faults import ClientError, Fault, FaultClass
+from busbar.protocols import get_dialect
+from busbar.protocols.base import JSON_CT, Headers, StreamError, header, load_json_object
+from busbar.protocols.routes import match_route
+from busbar.protocols.sse import SSESplitter
+from busbar.routing import Attempt, Exhausted, Needs, Router, Wait, fingerprint
+from busbar.server import ClientGone, HttpRequest, Responder
+from busbar.upstream import Origin, UpstreamClient, UpstreamError
 
 log = logging.getLogger("busbar.gateway")
 access_log = logging.getLogger("busbar.access")
@@ -158,7 +158,7 @@ class Gateway:
         self._ids = itertools.count(1)
         self._id_prefix = f"{int(time.time()) & 0xFFFFFF:06x}"
         self._models_body = self._render_models()
-        from engine.admin import Admin   # /admin, /metrics, usage accounting: inert unless admin.enabled
+        from busbar.admin import Admin   # /admin, /metrics, usage accounting: inert unless admin.enabled
         self.admin = Admin(self)
         if self.admin.enabled:
             self.listeners.append(self.admin.on_finish)
@@ -172,7 +172,7 @@ class Gateway:
         headers = [(k.lower().encode(), v.encode()) for k, v in spec.get("headers", {}).items()]
         credentials = None
         if spec["protocol"] == "bedrock":
-            from engine.aws.sigv4 import Credentials
+            from busbar.aws.sigv4 import Credentials
             if spec.get("access_key_id") and spec.get("secret_access_key"):
                 credentials = Credentials(spec["access_key_id"], spec["secret_access_key"], spec.get("session_token"))
             else:
@@ -295,7 +295,7 @@ class Gateway:
     # ---- the journey -----------------------------------------------------
     def _authenticate(self, request: HttpRequest, dialect, params: dict) -> str | None:
         if dialect.name == "bedrock" and self.aws_secrets:
-            from engine.aws.sigv4 import SignatureError, verify
+            from busbar.aws.sigv4 import SignatureError, verify
             try:
                 return verify(request.method.decode(), request.path.decode("latin-1"), request.query.decode("latin-1"),
                               request.headers, request.body, lookup_secret=self.aws_secrets.get)
@@ -453,7 +453,7 @@ class _Exchange:
             headers.extend(auth)
         headers.extend(provider.extra_headers)
         if provider.protocol == "bedrock" and provider.credentials is not None:
-            from engine.aws.sigv4 import sign
+            from busbar.aws.sigv4 import sign
             headers.extend((k.lower().encode(), v.encode()) for k, v in sign(
                 "POST", path, "", headers, body, credentials=provider.credentials, region=provider.region,
                 host=provider.origin.host_header.decode()))

@@ -29,12 +29,12 @@ from typing import Mapping
 
 import yaml
 
-from engine.faults import FaultClass
+from busbar import resources
+from busbar.faults import FaultClass
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PIPELINES_DIR = ROOT / "pipelines"
+DEFAULT_PIPELINES_DIR = resources.pipelines_dir()
 DEFAULT_FILE = DEFAULT_PIPELINES_DIR / "default.yaml"
-SCHEMA_FILE = ROOT / "schemas" / "pipeline.schema.json"
+SCHEMA_FILE = resources.schemas_dir() / "pipeline.schema.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 # Values of the data, spelled once.

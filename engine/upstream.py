@@ -3,7 +3,7 @@
 Why not httpx's AsyncClient on the hot path: measured here, a minimal proxy
 caps at ~1,350 RPS through httpx/httpcore on trio and ~6,000 with h11 on
 both ends (docs/adr/0002-http-stack.md).  This module is that lean client,
-framing HTTP/1.1 with the I/O-free `engine.http11`:
+framing HTTP/1.1 with the I/O-free `busbar.http11`:
 one `ConnectionPool` per upstream origin, idle connections reused LIFO,
 responses streamed as they arrive, every task owned by the caller (no
 background reader tasks: bytes are read only when the caller asks).
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from engine.http11 import BodyDecoder, ProtocolError, parse_head, serialize_request
+from busbar.http11 import BodyDecoder, ProtocolError, parse_head, serialize_request
 
 Headers = list[tuple[bytes, bytes]]
 READ_SIZE = 65536

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import trio
 
-from engine.cli import run_gateway
-from engine.config import parse_config
-from engine.mock import MockVendor
+from busbar.cli import run_gateway
+from busbar.config import parse_config
+from busbar.mock import MockVendor
 
 
 @dataclass

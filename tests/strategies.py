@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import orjson
 from hypothesis import strategies as st
 
-from engine import ir
-from engine.protocols import get_dialect
+from busbar import ir
+from busbar.protocols import get_dialect
 
 PROTOCOLS = ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")
 

@@ -10,11 +10,11 @@ import pathlib
 import orjson
 from hypothesis import strategies as st
 
-from engine import ir
-from engine.aws import eventstream as es
-from engine.protocols import PROTOCOLS, get_dialect
-from engine.protocols import anthropic, bedrock, cohere, gemini, openai
-from engine.protocols.sse import SSESplitter
+from busbar import ir
+from busbar.aws import eventstream as es
+from busbar.protocols import PROTOCOLS, get_dialect
+from busbar.protocols import anthropic, bedrock, cohere, gemini, openai
+from busbar.protocols.sse import SSESplitter
 
 SR = ir.StopReason
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import orjson
 import pytest
 import trio
 
-from engine.mock import MockVendor
+from busbar.mock import MockVendor
 from harness import gateway_with, last_record
 
 ADMIN_KEY = "adm-key-for-tests"
@@ -139,7 +139,7 @@ async def test_diagram_route_formats():
     assert mermaid.text.startswith("---\ntitle: pool smart") and "stateDiagram-v2" in mermaid.text
     assert "×1" in dot.text and "digraph busbar" in dot.text
     assert bad.status_code == 400
-    from engine.diagram import have_graphviz
+    from busbar.diagram import have_graphviz
     if have_graphviz():
         assert svg.headers["content-type"] == "image/svg+xml" and "<svg" in svg.text
     else:
@@ -164,7 +164,7 @@ async def test_events_stream_pushes_state_after_a_request():
 
 
 async def test_usage_is_accounted_and_queryable(usage_db):
-    from engine.ir import Usage
+    from busbar.ir import Usage
     async with gateway_with(CONFIG, a=MockVendor(), b=MockVendor()) as gw:
         gateway = gw.gateway
         async with httpx.AsyncClient() as client:
@@ -220,7 +220,7 @@ async def test_closing_the_admin_ends_event_streams():
 
 
 async def test_in_flight_requests_are_shown_when_the_gateway_tracks_them():
-    from engine.gateway import AttemptRecord, RequestRecord
+    from busbar.gateway import AttemptRecord, RequestRecord
     async with gateway_with(CONFIG, a=MockVendor(), b=MockVendor()) as gw:
         rec = RequestRecord("live-1", "openai", pool="smart")
         rec.lifecycle.fire("parsed", "smart")

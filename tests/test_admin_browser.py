@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from engine.mock import MockVendor
+from busbar.mock import MockVendor
 from harness import gateway_with
 from test_admin_api import ADMIN_KEY, CONFIG, chat
 

@@ -8,7 +8,7 @@ import httpx
 import orjson
 import trio
 
-from engine.mock import MockVendor
+from busbar.mock import MockVendor
 from harness import gateway_with, last_record
 
 PROVIDER_A = "sk-PROVIDER-SECRET-aaaa1111"

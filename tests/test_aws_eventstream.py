@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.aws.eventstream import (
+from busbar.aws.eventstream import (
     DEFAULT_MAX_FRAME_LENGTH,
     MAX_HEADERS_LENGTH,
     Decoder,
@@ -378,7 +378,7 @@ def test_botocore_decodes_all_types_and_vectors():
 
 
 def test_header_cache_is_bounded_and_never_shared():
-    from engine.aws import eventstream
+    from busbar.aws import eventstream
 
     frames = b"".join(encode(event_message(f"event{i}", b"{}")) for i in range(1200))
     assert len(decode_all(frames)) == 1200

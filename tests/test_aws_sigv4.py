@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.aws import sigv4
-from engine.aws.sigv4 import Credentials, SignatureError, explain, sign, verify
+from busbar.aws import sigv4
+from busbar.aws.sigv4 import Credentials, SignatureError, explain, sign, verify
 
 # AWS test-suite constants (botocore tests/unit/auth/test_sigv4.py).
 AKID = "AKIDEXAMPLE"

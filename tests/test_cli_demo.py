@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_busbar_demo_end_to_end():
     gw, a, b = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": ROOT, "BUSBAR_DEMO_PORT_A": str(a), "BUSBAR_DEMO_PORT_B": str(b)}
-    demo = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", str(gw)], env=env,
+    demo = subprocess.Popen([sys.executable, "-m", "busbar.cli", "demo", "--port", str(gw)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for port in (gw, a, b):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from engine.config import ConfigError, load_config, parse_config
+from busbar.config import ConfigError, load_config, parse_config
 
 GOOD = """
 providers:
@@ -69,17 +69,17 @@ def test_unknown_provider_reference():
 
 def test_validate_cli_exit_codes(tmp_path):
     good = write(tmp_path, GOOD.replace("${ANTHROPIC_KEY}", "k"))
-    ok = subprocess.run([sys.executable, "-m", "engine.cli", "validate", "--config", str(good)],
+    ok = subprocess.run([sys.executable, "-m", "busbar.cli", "validate", "--config", str(good)],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("openai", "openaii").replace("${ANTHROPIC_KEY}", "k"))
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "validate", "--config", str(bad)],
+    result = subprocess.run([sys.executable, "-m", "busbar.cli", "validate", "--config", str(bad)],
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "providers.oai.protocol" in result.stderr and "allowed:" in result.stderr
 
 
 def test_demo_config_is_valid():
-    from engine.cli import DEMO_CONFIG
+    from busbar.cli import DEMO_CONFIG
     assert load_config(DEMO_CONFIG).pools

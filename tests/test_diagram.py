@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from engine import diagram, lifecycle
-from engine.cli import main as cli
-from engine.pipeline import load_pipelines
+from busbar import diagram, lifecycle
+from busbar.cli import main as cli
+from busbar.pipeline import load_pipelines
 
 DEFAULT = load_pipelines({})["default"]
 STRICT = load_pipelines({"pipelines": {"strict": {"rules": {"rate": {"action": "return", "penalty": "none"},

@@ -7,7 +7,7 @@ import openai
 import pytest
 import trio
 
-from engine.mock import MockVendor
+from busbar.mock import MockVendor
 from harness import gateway_with, last_record, sdk
 
 CONFIG = {
@@ -108,7 +108,7 @@ async def test_client_disconnect_cancels_upstream_call():
 
 
 async def test_an_internal_bug_is_a_500_in_the_callers_protocol_and_the_gateway_keeps_serving(monkeypatch):
-    from engine.protocols.anthropic import AnthropicDialect
+    from busbar.protocols.anthropic import AnthropicDialect
 
     def broken(self, req, model, **kw):
         raise RuntimeError("simulated bug in a renderer")

@@ -6,7 +6,7 @@ import openai
 import pytest
 import trio
 
-from engine.mock import MockVendor
+from busbar.mock import MockVendor
 from harness import gateway_with, last_record, sdk
 
 TWO_VENDORS = {

@@ -6,7 +6,7 @@ import anthropic
 import openai
 import pytest
 
-from engine.mock import MockVendor
+from busbar.mock import MockVendor
 from harness import gateway_with, last_record, sdk
 
 OPENAI_ONLY = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 from statemachine.exceptions import TransitionNotAllowed
 
-from engine.lifecycle import EVENTS, FINAL, INITIAL, Lifecycle, LifecycleError, RequestChart, STATES, mermaid
+from busbar.lifecycle import EVENTS, FINAL, INITIAL, Lifecycle, LifecycleError, RequestChart, STATES, mermaid
 
 
 @settings(max_examples=300, deadline=None)

@@ -7,10 +7,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.config import parse_config
-from engine.gateway import AttemptRecord, Gateway, RequestRecord
-from engine.ir import Usage
-from engine.mock import MockVendor
+from busbar.config import parse_config
+from busbar.gateway import AttemptRecord, Gateway, RequestRecord
+from busbar.ir import Usage
+from busbar.mock import MockVendor
 from harness import gateway_with, last_record
 from test_admin_api import AUTH, CONFIG, chat
 

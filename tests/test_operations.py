@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from clients import openai_chat
-from engine.config import ConfigError
-from engine.mock import MockVendor
+from busbar.config import ConfigError
+from busbar.mock import MockVendor
 from harness import free_port, gateway_with, sdk, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,9 +115,9 @@ def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
     config.write_text(f"providers:\n  m: {{protocol: openai, base_url: 'http://127.0.0.1:{mock_port}/v1', key: k}}\n"
                       f"pools:\n  smart:\n    members:\n      - {{provider: m, model: x}}\n")
     env = {**os.environ, "PYTHONPATH": ROOT}
-    mock = subprocess.Popen([sys.executable, "-m", "engine.cli", "mock", "--port", str(mock_port),
+    mock = subprocess.Popen([sys.executable, "-m", "busbar.cli", "mock", "--port", str(mock_port),
                              "--chunk-delay", "0.1", "--chunks", "10"], env=env, stdout=subprocess.DEVNULL)
-    gateway = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--config", str(config),
+    gateway = subprocess.Popen([sys.executable, "-m", "busbar.cli", "serve", "--config", str(config),
                                 "--port", str(gw_port)], env=env, stderr=subprocess.PIPE)
     try:
         wait_port(mock_port)

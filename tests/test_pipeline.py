@@ -4,8 +4,8 @@ import dataclasses
 import pytest
 import yaml
 
-from engine.faults import FaultClass
-from engine.pipeline import (DEFAULT_FILE, Backoff, PipelineError, build_pipeline, deep_merge, explain,
+from busbar.faults import FaultClass
+from busbar.pipeline import (DEFAULT_FILE, Backoff, PipelineError, build_pipeline, deep_merge, explain,
                              load_pipelines)
 
 

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from engine.faults import Fault, FaultClass
-from engine.routing import (Action, Attempt, BreakerState, Exhausted, Needs, PlanError, Router, Wait,
+from busbar.faults import Fault, FaultClass
+from busbar.routing import (Action, Attempt, BreakerState, Exhausted, Needs, PlanError, Router, Wait,
                             fingerprint)
 
 CLIENT = Fault(FaultClass.CLIENT, 400, "messages: field required")

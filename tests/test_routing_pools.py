@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from engine.faults import Fault, FaultClass
-from engine.routing import Attempt, Exhausted, Needs, RouteConfigError, Router
-from engine.routing.pools import choose
+from busbar.faults import Fault, FaultClass
+from busbar.routing import Attempt, Exhausted, Needs, RouteConfigError, Router
+from busbar.routing.pools import choose
 
 # chi-square critical values at p = 0.001 (df = categories - 1): a seeded
 # run far beyond these means the weights do not hold.
@@ -238,7 +238,7 @@ def test_invalid_pools_are_rejected(pools, path, words):
 
 
 def test_unknown_pipeline_and_key_conflicts_are_rejected():
-    from engine.pipeline import PipelineError
+    from busbar.pipeline import PipelineError
     with pytest.raises(PipelineError):
         router({"p": {"pipeline": "nope", "members": [{"provider": "a", "model": "m"}]}})
     with pytest.raises(RouteConfigError):

@@ -14,8 +14,8 @@ import random
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine.faults import Fault, FaultClass
-from engine.routing import Action, Exhausted, Needs, PlanError, Router, Wait
+from busbar.faults import Fault, FaultClass
+from busbar.routing import Action, Exhausted, Needs, PlanError, Router, Wait
 
 STRATEGIES = ["weighted", "round_robin", "least_in_flight", "latency", "ordered"]
 

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import ir
-from engine.aws import eventstream as es
-from engine.faults import FaultClass
-from engine.protocols import PROTOCOLS, get_dialect
-from engine.protocols.base import KIND_STATUS, StreamError
+from busbar import ir
+from busbar.aws import eventstream as es
+from busbar.faults import FaultClass
+from busbar.protocols import PROTOCOLS, get_dialect
+from busbar.protocols.base import KIND_STATUS, StreamError
 from stream_support import FIXTURES, assert_schema_valid, decode, encode, ir_streams
 
 SR = ir.StopReason

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ir
-from engine.protocols import PROTOCOLS
+from busbar import ir
+from busbar.protocols import PROTOCOLS
 from stream_support import (FIXTURE_SUMMARY, FIXTURES, assert_schema_valid, canonical, check_grammar, decode,
                             decoded_canonical, encode, ir_streams, splits, summary)
 
@@ -106,7 +106,7 @@ def test_gemini_tool_ids_match_buffered_translation():
     parse of the same response gives, so a later tool result still matches."""
     import orjson
 
-    from engine.protocols import get_dialect
+    from busbar.protocols import get_dialect
     events = decode("gemini", FIXTURES["gemini"])
     call = next(e.part for e in events if type(e) is ir.BlockStart and type(e.part) is ir.ToolCall)
     whole = {"candidates": [{"content": {"role": "model", "parts": [

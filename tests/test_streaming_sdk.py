@@ -11,8 +11,8 @@ import httpx
 import httpx2
 import pytest
 
-from engine import ir
-from engine.protocols import get_dialect
+from busbar import ir
+from busbar.protocols import get_dialect
 
 SR = ir.StopReason
 URL = "http://busbar.test"

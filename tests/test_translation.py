@@ -6,7 +6,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from engine.protocols import get_dialect
+from busbar.protocols import get_dialect
 from tests import strategies as S
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

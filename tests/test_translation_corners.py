@@ -6,10 +6,10 @@ import base64
 import orjson
 import pytest
 
-from engine import ir
-from engine.faults import ClientError
-from engine.protocols import common as c
-from engine.protocols import get_dialect
+from busbar import ir
+from busbar.faults import ClientError
+from busbar.protocols import common as c
+from busbar.protocols import get_dialect
 from tests import strategies as S
 
 OA, RS, AN, GE, BR, CO = (get_dialect(p) for p in S.PROTOCOLS)

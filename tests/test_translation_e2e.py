@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clients import CLIENTS
-from engine.mock import MockVendor
+from busbar.mock import MockVendor
 from harness import gateway_with, last_record, sdk
 
 PROTOCOLS = ["openai", "anthropic", "responses", "gemini", "cohere", "bedrock"]

@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from engine.faults import ClientError, Fault, FaultClass
-from engine.protocols import get_dialect
+from busbar.faults import ClientError, Fault, FaultClass
+from busbar.protocols import get_dialect
 from tests import strategies as S
 
 RATE, CONTEXT, BILLING, AUTH, CLIENT, SERVER = (FaultClass.RATE, FaultClass.CONTEXT, FaultClass.BILLING,

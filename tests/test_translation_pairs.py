@@ -18,10 +18,10 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from engine import ir
-from engine.faults import ClientError
-from engine.protocols import common as c
-from engine.protocols import get_dialect
+from busbar import ir
+from busbar.faults import ClientError
+from busbar.protocols import common as c
+from busbar.protocols import get_dialect
 from tests import strategies as S
 
 SETTINGS = settings(max_examples=18, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ import time
 
 import orjson
 
-from engine.protocols import PROTOCOLS, get_dialect
+from busbar.protocols import PROTOCOLS, get_dialect
 
 REQUEST = orjson.dumps({
     "model": "gpt-4o",

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ir
-from engine.protocols import get_dialect
+from busbar import ir
+from busbar.protocols import get_dialect
 from tests import strategies as S
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import trio
 
-from engine.mock import MockVendor
-from engine.server import HttpServer
+from busbar.mock import MockVendor
+from busbar.server import HttpServer
 from harness import gateway_with
 
 

@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from engine.admin.usage import UsageError, UsageStore, parse_group_by, parse_since
-from engine.cli import main as cli
-from engine.gateway import AttemptRecord, RequestRecord
-from engine.ir import Usage
+from busbar.admin.usage import UsageError, UsageStore, parse_group_by, parse_since
+from busbar.cli import main as cli
+from busbar.gateway import AttemptRecord, RequestRecord
+from busbar.ir import Usage
 
 
 def record(pool="smart", member="smart/p/m", key="p#0:abcd", client=None, usage=None, outcomes=("ok",),

@@ -48,8 +48,8 @@ class Admin:
         self.diagrams: dict = {}        # small LRU of rendered diagrams (see api.diagram_for)
         if not self.enabled:
             return
-        from engine.admin.metrics import Metrics
-        from engine.admin.usage import DEFAULT_DB, UsageStore
+        from busbar.admin.metrics import Metrics
+        from busbar.admin.usage import DEFAULT_DB, UsageStore
         self.metrics = Metrics(gateway)
         path = cfg.get("usage_db", os.environ.get("BUSBAR_USAGE_DB", DEFAULT_DB))
         if path and path not in ("off", "none"):
@@ -71,7 +71,7 @@ class Admin:
         path = request.path
         if not (path == b"/metrics" or path == b"/admin" or path.startswith(b"/admin/")):
             return False
-        from engine.admin import api
+        from busbar.admin import api
         await api.handle(self, request, responder)
         return True
 

@@ -15,8 +15,8 @@ from urllib.parse import parse_qs, unquote
 import orjson
 import trio
 
-from engine import diagram
-from engine.protocols.base import header
+from busbar import diagram
+from busbar.protocols.base import header
 
 PAGE_FILE = Path(__file__).with_name("page.html")
 RECENT_IN_STATE = 50
@@ -62,7 +62,7 @@ async def handle(admin, request, responder) -> None:
                                                      "/admin/reload and /admin/members/{id}/drain|undrain)"},
                            [(b"allow", b"GET, POST")])
     if path == "/metrics":
-        from engine.admin.metrics import CONTENT_TYPE
+        from busbar.admin.metrics import CONTENT_TYPE
         return await responder.send(200, [(b"content-type", CONTENT_TYPE.encode()), NO_STORE],
                                     admin.metrics.render())
     if path in ("/admin", "/admin/"):
@@ -86,7 +86,7 @@ async def operate(admin, responder, path: str) -> None:
     """The operations: POST /admin/reload (re-read the config file; a bad one
     is rejected and the current one keeps serving) and POST
     /admin/members/{id}/drain|undrain (no new requests; in-flight ones finish)."""
-    from engine.config import ConfigError
+    from busbar.config import ConfigError
     app = getattr(admin.gateway, "app", None)
     if app is None:
         return await _json(responder, 503, {"error": "this gateway runs without an app to operate on"})
@@ -333,7 +333,7 @@ async def events(admin, responder) -> None:
 # Usage
 # ---------------------------------------------------------------------------
 async def usage(admin, responder, query: dict) -> None:
-    from engine.admin.usage import UsageError, parse_group_by, parse_since
+    from busbar.admin.usage import UsageError, parse_group_by, parse_since
     if admin.usage is None:
         return await _json(responder, 404, {"error": "usage accounting is off (admin.usage_db / BUSBAR_USAGE_DB)"})
     try:

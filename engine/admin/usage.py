@@ -9,7 +9,7 @@ one transaction; the Admin's task flushes every second and once more on
 shutdown, and every query flushes first so answers are current.
 
 Keys are named by their ids (`provider#index:sha256-prefix`), gateway
-clients by a hash of their key (`engine.routing.fingerprint`); no secret is
+clients by a hash of their key (`busbar.routing.fingerprint`); no secret is
 ever written.
 
     busbar usage --db busbar-usage.sqlite --since 24h --group-by pool,member

@@ -2,6 +2,6 @@
 
 Both modules are I/O-free and stdlib-only:
 
-- `engine.aws.sigv4`: sign outbound requests to AWS, verify inbound ones.
-- `engine.aws.eventstream`: ``application/vnd.amazon.eventstream`` codec.
+- `busbar.aws.sigv4`: sign outbound requests to AWS, verify inbound ones.
+- `busbar.aws.eventstream`: ``application/vnd.amazon.eventstream`` codec.
 """

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import orjson
 import trio
 
-from engine.faults import ClientError
-from engine.server import AbortConnection, HttpRequest, HttpServer, Responder
-from engine.mock import vendors
+from busbar.faults import ClientError
+from busbar.server import AbortConnection, HttpRequest, HttpServer, Responder
+from busbar.mock import vendors
 
 
 @dataclass
@@ -167,7 +167,7 @@ class MockVendor:
     def _check_signature(self, request: HttpRequest, vendor):
         """Verify the SigV4 signature a Bedrock client (the gateway) sent, so a
         signing bug fails the test instead of passing silently."""
-        from engine.aws.sigv4 import SignatureError, verify
+        from busbar.aws.sigv4 import SignatureError, verify
         try:
             verify(request.method.decode(), request.path.decode("latin-1"), request.query.decode("latin-1"),
                    request.headers, request.body, lookup_secret=self.aws_credentials.get)

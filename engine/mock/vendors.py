@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import uuid
 
-from engine import ir
-from engine.faults import ClientError
-from engine.protocols import get_dialect
-from engine.protocols.routes import match_route  # noqa: F401  (re-exported for the mock server)
+from busbar import ir
+from busbar.faults import ClientError
+from busbar.protocols import get_dialect
+from busbar.protocols.routes import match_route  # noqa: F401  (re-exported for the mock server)
 
 SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 

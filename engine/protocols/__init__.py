@@ -1,4 +1,4 @@
-"""The six wire protocols, one module each, around one IR (`engine.ir`).
+"""The six wire protocols, one module each, around one IR (`busbar.ir`).
 
 `get_dialect(name)` returns the module's stateless `dialect` singleton.
 """
@@ -14,4 +14,4 @@ PROTOCOLS = ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")
 def get_dialect(name: str):
     if name not in PROTOCOLS:
         raise KeyError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
-    return importlib.import_module(f"engine.protocols.{name}").dialect
+    return importlib.import_module(f"busbar.protocols.{name}").dialect

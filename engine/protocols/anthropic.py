@@ -7,10 +7,10 @@ import uuid
 
 import orjson
 
-from engine import ir
-from engine.faults import ClientError
-from engine.protocols import common as c
-from engine.protocols.base import KIND_STATUS, Dialect, Headers, bearer_token, header
+from busbar import ir
+from busbar.faults import ClientError
+from busbar.protocols import common as c
+from busbar.protocols.base import KIND_STATUS, Dialect, Headers, bearer_token, header
 
 ANTHROPIC_VERSION = b"2023-06-01"
 P = "anthropic"
@@ -499,11 +499,11 @@ dialect = AnthropicDialect()
 
 
 # ---------------------------------------------------------------------------
-# streaming: Messages SSE <-> IR events (engine.protocols.streaming)
+# streaming: Messages SSE <-> IR events (busbar.protocols.streaming)
 
-from engine.protocols import streaming as s  # noqa: E402
-from engine.protocols.base import StreamError  # noqa: E402
-from engine.protocols.sse import stream_error_status  # noqa: E402
+from busbar.protocols import streaming as s  # noqa: E402
+from busbar.protocols.base import StreamError  # noqa: E402
+from busbar.protocols.sse import stream_error_status  # noqa: E402
 
 
 _INPUT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")

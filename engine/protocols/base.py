@@ -11,7 +11,7 @@ and decisions out.  The gateway driver calls two halves of it:
   and auth headers, rewrite `model` for same-protocol passthrough, and
   classify a vendor error into a fault class.
 
-Translation to and from the canonical IR (`engine.ir`) lives in the same
+Translation to and from the canonical IR (`busbar.ir`) lives in the same
 module, next to these wire details.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import orjson
 
-from engine.faults import ClientError, Fault, FaultClass, parse_retry_after
+from busbar.faults import ClientError, Fault, FaultClass, parse_retry_after
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -241,7 +241,7 @@ class Dialect:
                        unsupported: str = "reject") -> tuple[bytes, list[str]]:
         """The upstream body for `model`, and the warnings for dropped fields
         (`unsupported="drop"`); with "reject" an inexpressible field is a 400."""
-        from engine.protocols.common import RenderCtx
+        from busbar.protocols.common import RenderCtx
         ctx = RenderCtx(self.name, unsupported)
         return orjson.dumps(self._module._render_request(req, model, max_tokens_default, ctx)), ctx.warnings
 
@@ -257,7 +257,7 @@ class Dialect:
 
     # ---- streaming -------------------------------------------------------
     # Each protocol module defines `StreamDecoder` and `StreamEncoder` classes
-    # (incremental, I/O-free; see `engine.protocols.streaming`).
+    # (incremental, I/O-free; see `busbar.protocols.streaming`).
     @property
     def stream_content_type(self) -> bytes:
         """The media type of this protocol's streams (its encoder's `content_type`)."""

@@ -2,7 +2,7 @@
 
 The model id and the stream flag live in the path (`params["model"]`,
 `params["action"]`).  Requests are signed with SigV4 by the gateway
-(`engine.aws.sigv4`), so this module adds no auth header and reads no key.
+(`busbar.aws.sigv4`), so this module adds no auth header and reads no key.
 Errors are restJson: the exception name travels in `x-amzn-ErrorType`
 (botocore picks the exception class from it) and the body is `{"message"}`.
 """
@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import orjson
 
-from engine import ir
-from engine.faults import ClientError, Fault, FaultClass
-from engine.protocols import common as c
-from engine.protocols.base import KIND_STATUS, Dialect, Headers, classify_generic, header
+from busbar import ir
+from busbar.faults import ClientError, Fault, FaultClass
+from busbar.protocols import common as c
+from busbar.protocols.base import KIND_STATUS, Dialect, Headers, classify_generic, header
 
 P = "bedrock"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -606,13 +606,13 @@ dialect = BedrockDialect()
 
 
 # ---------------------------------------------------------------------------
-# streaming: ConverseStream eventstream frames <-> IR events (engine.protocols.streaming)
+# streaming: ConverseStream eventstream frames <-> IR events (busbar.protocols.streaming)
 
 import time  # noqa: E402
 
-from engine.aws import eventstream as es  # noqa: E402
-from engine.protocols import streaming as s  # noqa: E402
-from engine.protocols.base import StreamError  # noqa: E402
+from busbar.aws import eventstream as es  # noqa: E402
+from busbar.protocols import streaming as s  # noqa: E402
+from busbar.protocols.base import StreamError  # noqa: E402
 
 # exception frame (:exception-type) -> HTTP status equivalent
 EXCEPTION_STATUS = {"throttlingException": 429, "modelNotReadyException": 429, "validationException": 400,

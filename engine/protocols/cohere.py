@@ -9,10 +9,10 @@ import uuid
 
 import orjson
 
-from engine import ir
-from engine.faults import ClientError
-from engine.protocols import common as c
-from engine.protocols.base import KIND_STATUS, Dialect, Headers
+from busbar import ir
+from busbar.faults import ClientError
+from busbar.protocols import common as c
+from busbar.protocols.base import KIND_STATUS, Dialect, Headers
 
 P = "cohere"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -396,10 +396,10 @@ dialect = CohereDialect()
 
 
 # ---------------------------------------------------------------------------
-# streaming: v2 chat SSE <-> IR events (engine.protocols.streaming)
+# streaming: v2 chat SSE <-> IR events (busbar.protocols.streaming)
 
-from engine.protocols import streaming as s  # noqa: E402
-from engine.protocols.base import StreamError  # noqa: E402
+from busbar.protocols import streaming as s  # noqa: E402
+from busbar.protocols.base import StreamError  # noqa: E402
 
 
 def _usage_in(u: dict) -> ir.Usage:

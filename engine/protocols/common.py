@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import orjson
 
-from engine import ir
-from engine.faults import ClientError
+from busbar import ir
+from busbar.faults import ClientError
 
 # ---------------------------------------------------------------------------
 # Render policy

@@ -15,10 +15,10 @@ import uuid
 
 import orjson
 
-from engine import ir
-from engine.faults import ClientError, Fault, FaultClass
-from engine.protocols import common as c
-from engine.protocols.base import (KIND_STATUS, Dialect, Headers, bearer_token, classify_generic,
+from busbar import ir
+from busbar.faults import ClientError, Fault, FaultClass
+from busbar.protocols import common as c
+from busbar.protocols.base import (KIND_STATUS, Dialect, Headers, bearer_token, classify_generic,
                                    header, query_param)
 
 P = "gemini"
@@ -658,10 +658,10 @@ dialect = GeminiDialect()
 
 
 # ---------------------------------------------------------------------------
-# streaming: streamGenerateContent?alt=sse <-> IR events (engine.protocols.streaming)
+# streaming: streamGenerateContent?alt=sse <-> IR events (busbar.protocols.streaming)
 
-from engine.protocols import streaming as s  # noqa: E402
-from engine.protocols.base import StreamError  # noqa: E402
+from busbar.protocols import streaming as s  # noqa: E402
+from busbar.protocols.base import StreamError  # noqa: E402
 
 
 def _usage_in(u: dict) -> ir.Usage:

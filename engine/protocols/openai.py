@@ -6,10 +6,10 @@ import uuid
 
 import orjson
 
-from engine import ir
-from engine.faults import ClientError
-from engine.protocols import common as c
-from engine.protocols.base import Dialect, Headers
+from busbar import ir
+from busbar.faults import ClientError
+from busbar.protocols import common as c
+from busbar.protocols.base import Dialect, Headers
 
 P = "openai"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -524,11 +524,11 @@ dialect = OpenAIDialect()
 
 
 # ---------------------------------------------------------------------------
-# streaming: chat.completion.chunk SSE <-> IR events (engine.protocols.streaming)
+# streaming: chat.completion.chunk SSE <-> IR events (busbar.protocols.streaming)
 
-from engine.protocols import streaming as s  # noqa: E402
-from engine.protocols.base import StreamError  # noqa: E402
-from engine.protocols.sse import stream_error_status  # noqa: E402
+from busbar.protocols import streaming as s  # noqa: E402
+from busbar.protocols.base import StreamError  # noqa: E402
+from busbar.protocols.sse import stream_error_status  # noqa: E402
 
 _TEXT, _REFUSAL, _REASONING, _TOOL = 1, 2, 3, 4
 

@@ -10,9 +10,9 @@ import uuid
 
 import orjson
 
-from engine import ir
-from engine.protocols import common as c
-from engine.protocols.openai import OpenAIDialect
+from busbar import ir
+from busbar.protocols import common as c
+from busbar.protocols.openai import OpenAIDialect
 
 P = "responses"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -526,11 +526,11 @@ dialect = ResponsesDialect()
 
 
 # ---------------------------------------------------------------------------
-# streaming: Responses SSE <-> IR events (engine.protocols.streaming)
+# streaming: Responses SSE <-> IR events (busbar.protocols.streaming)
 
-from engine.protocols import streaming as s  # noqa: E402
-from engine.protocols.base import StreamError  # noqa: E402
-from engine.protocols.sse import stream_error_status  # noqa: E402
+from busbar.protocols import streaming as s  # noqa: E402
+from busbar.protocols.base import StreamError  # noqa: E402
+from busbar.protocols.sse import stream_error_status  # noqa: E402
 
 # response.error.code -> HTTP status equivalent (unknown image_* / invalid_* codes: 400)
 _ERROR_STATUS = {"server_error": 500, "rate_limit_exceeded": 429, "insufficient_quota": 429,

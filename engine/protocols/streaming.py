@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import orjson
 
-from engine import ir
-from engine.protocols.base import StreamError
-from engine.protocols.sse import SSEError, SSESplitter
+from busbar import ir
+from busbar.protocols.base import StreamError
+from busbar.protocols.sse import SSEError, SSESplitter
 
 __all__ = ["StreamError", "SSEDecoder", "Encoder", "kind_for_status", "dumps", "MALFORMED"]
 

@@ -13,11 +13,11 @@ Modules: `pools` (tables, strategies, nesting), `breaker` (per-target circuit
 breaker), `keys` (per-account state and rotation), `policy` (fault class ->
 consequence from the pipeline's rules), `router` (the façade and `Plan`).
 """
-from engine.routing.breaker import Breaker, BreakerState
-from engine.routing.keys import Key, KeyRing, fingerprint
-from engine.routing.policy import Action, Consequence
-from engine.routing.pools import RouteConfigError
-from engine.routing.router import Attempt, Exhausted, Needs, Plan, PlanError, Router, Wait
+from busbar.routing.breaker import Breaker, BreakerState
+from busbar.routing.keys import Key, KeyRing, fingerprint
+from busbar.routing.policy import Action, Consequence
+from busbar.routing.pools import RouteConfigError
+from busbar.routing.router import Attempt, Exhausted, Needs, Plan, PlanError, Router, Wait
 
 __all__ = [
     "Action", "Attempt", "Breaker", "BreakerState", "Consequence", "Exhausted", "Key", "KeyRing",

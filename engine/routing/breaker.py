@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import math
 
-from engine.pipeline import BreakerParams
+from busbar.pipeline import BreakerParams
 
 
 class BreakerState(str, enum.Enum):

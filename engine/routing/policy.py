@@ -10,10 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from engine.faults import Fault
-from engine.pipeline import BreakerParams, Rule
-from engine.routing.breaker import Breaker
-from engine.routing.keys import Key
+from busbar.faults import Fault
+from busbar.pipeline import BreakerParams, Rule
+from busbar.routing.breaker import Breaker
+from busbar.routing.keys import Key
 
 
 class Action(str, enum.Enum):

@@ -29,8 +29,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from engine.pipeline import STRATEGIES, Pipeline
-from engine.routing.breaker import Breaker
+from busbar.pipeline import STRATEGIES, Pipeline
+from busbar.routing.breaker import Breaker
 
 
 class RouteConfigError(ValueError):

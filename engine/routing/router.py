@@ -51,11 +51,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
-from engine.faults import Fault
-from engine.pipeline import Pipeline, explain as explain_pipeline, load_pipelines
-from engine.routing.keys import Key, KeyRing
-from engine.routing.policy import Action, Consequence, alert_line, penalize
-from engine.routing.pools import (Member, OnExhausted, PoolNode, PoolRef, RouteConfigError, Target,
+from busbar.faults import Fault
+from busbar.pipeline import Pipeline, explain as explain_pipeline, load_pipelines
+from busbar.routing.keys import Key, KeyRing
+from busbar.routing.policy import Action, Consequence, alert_line, penalize
+from busbar.routing.pools import (Member, OnExhausted, PoolNode, PoolRef, RouteConfigError, Target,
                                   build_pools, choose, effective_weight)
 
 DIRECT_ROUTES_CACHED = 1024   # ad-hoc provider/model routes kept (LRU)

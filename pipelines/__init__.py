@@ -1,0 +1,1 @@
+"""Pipelines shipped with busbar (a resource package: `busbar.pipelines`)."""

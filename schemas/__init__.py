@@ -1,0 +1,1 @@
+"""JSON Schemas shipped with busbar (a resource package: `busbar.schemas`)."""
