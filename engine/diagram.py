@@ -31,7 +31,7 @@ from busbar.faults import FaultClass
 FORMATS = ("mermaid", "dot", "svg", "png")
 
 # Why a request leaves a state for `failed`, when the event alone says little.
-_REJECT_WHY = {"received": "bad request", "translated": "no member available", "failing_over": "exhausted"}
+_REJECT_WHY = {"received": "bad request", "routed": "no member available", "failing_over": "exhausted"}
 
 VISITED = "#ffe082"
 VISITED_LINE = "#e65100"

@@ -7,6 +7,16 @@ asyncio-only): at import we compile the declaration into a plain
 ``{(state, event): state}`` table, h11-style, and each request carries a tiny
 `Lifecycle` that applies it and records the path it took.  A property test
 drives random event sequences through both and proves they agree.
+
+The table drives the request (see `busbar.exchange`): the driver runs the
+step its current state names, and every move goes through `Lifecycle.fire`,
+which raises `LifecycleError` for a move the table does not allow (as h11's
+`LocalProtocolError` does), so the driver never guesses where it is.
+`busbar diagram` and `busbar explain` draw their edges from the same table.
+
+Translation is not a state: it happens per attempt (each member may speak
+another protocol), inside `dispatched`.  Before the first attempt the request
+is `routed`: parsed, admitted and given a routing plan.
 """
 from __future__ import annotations
 
@@ -17,21 +27,22 @@ from statemachine import State, StateMachine
 
 
 class RequestChart(StateMachine):
-    """received → translated → dispatched → streaming → done, with failing-over
+    """received → routed → dispatched → streaming → done, with failing-over
     looping back to dispatched and `failed` as the other terminal."""
 
     received = State(initial=True)
-    translated = State()
+    routed = State()
     dispatched = State()
     streaming = State()
     failing_over = State()
     done = State(final=True)
     failed = State(final=True)
 
-    # the client's request is understood (parsed, routed, translated or passthrough)
-    parsed = received.to(translated)
-    # an attempt goes to a member (first, or again after a failover)
-    dispatch = translated.to(dispatched) | failing_over.to(dispatched)
+    # the client's request is understood and admitted; a routing plan exists
+    route = received.to(routed)
+    # an attempt goes to a member (first, or again after a failover); the
+    # request is translated (or passed through) for that member's protocol
+    dispatch = routed.to(dispatched) | failing_over.to(dispatched)
     # the chosen upstream produced content: from here on the client sees bytes
     first_byte = dispatched.to(streaming)
     # the attempt failed in a way the pipeline retries elsewhere
@@ -40,12 +51,12 @@ class RequestChart(StateMachine):
     complete = streaming.to(done)
     # the request ends with an error response in the client's protocol:
     # bad input, no route, a client-class upstream error, or every member spent
-    rejected = (received.to(failed) | translated.to(failed)
+    rejected = (received.to(failed) | routed.to(failed)
                 | dispatched.to(failed) | failing_over.to(failed))
     # the stream broke after content went out (an error event ends it)
     broken = streaming.to(failed)
     # client went away or the deadline passed: the nursery is cancelled
-    cancelled = (received.to(failed) | translated.to(failed) | dispatched.to(failed)
+    cancelled = (received.to(failed) | routed.to(failed) | dispatched.to(failed)
                  | failing_over.to(failed) | streaming.to(failed))
 
 
@@ -74,8 +85,28 @@ STATES = tuple(s.id for s in RequestChart.states)
 EVENTS = tuple(sorted({event for (_, event) in TRANSITIONS}))
 
 
+# The event that ends a request in error from each state: `rejected` while
+# the client has seen nothing, `broken` once it has.  Derived from the table.
+_ENDINGS = ("rejected", "broken")
+FAILURE_EVENT = {state: next(e for e in _ENDINGS if (state, e) in TRANSITIONS)
+                 for state in STATES if state not in FINAL}
+
+
+def allowed(state: str) -> tuple[str, ...]:
+    """The events the table allows in `state` (empty for a final state)."""
+    return tuple(event for event in EVENTS if (state, event) in TRANSITIONS)
+
+
 class LifecycleError(RuntimeError):
-    """An event that the request's current state does not allow."""
+    """A move the request's current state does not allow: a driver bug, never
+    the client's or a vendor's fault (the gateway answers it as an internal
+    error)."""
+
+    def __init__(self, state: str, event: str):
+        legal = ", ".join(allowed(state)) or "nothing (final state)"
+        super().__init__(f"can't handle event {event!r} in state {state!r}; allowed there: {legal}")
+        self.state = state
+        self.event = event
 
 
 class Step(NamedTuple):
@@ -101,13 +132,18 @@ class Lifecycle:
         try:
             target = TRANSITIONS[(self.state, event)]
         except KeyError:
-            raise LifecycleError(f"event {event!r} is not allowed in state {self.state!r}") from None
+            raise LifecycleError(self.state, event) from None
         self.state = target
         self.path.append(Step(target, time.perf_counter() if now is None else now, note))
         return target
 
     def can(self, event: str) -> bool:
         return (self.state, event) in TRANSITIONS
+
+    def fail(self, note: str = "") -> str:
+        """End the request in error with the event its state calls for
+        (`rejected` before the client saw anything, `broken` after)."""
+        return self.fire(FAILURE_EVENT[self.state], note)
 
     @property
     def finished(self) -> bool:

@@ -1,7 +1,7 @@
 """Request pipelines: YAML in, frozen plan objects out, built once at load.
 
 A pipeline is data that drives one request through its lifecycle
-(received -> translated -> dispatched -> streaming -> done, with a
+(received -> routed -> dispatched -> streaming -> done, with a
 failing-over loop back to dispatched): which checks run on arrival, how a
 member is picked, the retry budget, the deadline and timeouts, what each fault
 class costs (`rules`) and the circuit-breaker parameters.
@@ -339,6 +339,22 @@ def describe_rule(rule: Rule) -> str:
     return f"{penalty}; {action}{alert}"
 
 
+# What each table edge means, in words (an edge missing here is still listed,
+# under its event name, so `explain` cannot drop an edge the driver can take).
+_EDGE_WORDS = {
+    ("received", "route"): ("checks pass", ""),
+    ("received", "rejected"): ("a check fails", " (error in the client's protocol)"),
+    ("routed", "dispatch"): ("member + key picked", ""),
+    ("routed", "rejected"): ("none available", " (exhausted: pool on_exhausted: reject 429 | wait | fallback pool)"),
+    ("dispatched", "first_byte"): ("first content", ""),
+    ("failing_over", "dispatch"): ("budget left", ""),
+    ("failing_over", "rejected"): ("budget spent / deadline / none available", " (exhausted)"),
+    ("streaming", "complete"): ("end of answer", ""),
+    ("streaming", "broken"): ("fault after content was sent",
+                              " (error event in the client's protocol; the penalty still applies)"),
+}
+
+
 def explain(pipeline: Pipeline) -> str:
     """Human readable effective pipeline and the transitions it allows."""
     p = pipeline
@@ -361,30 +377,28 @@ def explain(pipeline: Pipeline) -> str:
     lines.append("  faults")
     for cls in FaultClass:
         lines.append(f"    {cls.value:<8} {describe_rule(p.rules[cls])}")
-    lines.append("  states       received -> translated -> dispatched -> streaming -> done, failing_over between attempts, failed on errors")
-    edges = [
-        ("received", "checks pass", "translated"),
-        ("received", "a check fails", "failed (error in the client's protocol)"),
-        ("translated", "member + key picked", "dispatched"),
-        ("translated", "none available", "failed (exhausted: pool on_exhausted: reject 429 | wait | fallback pool)"),
-        ("dispatched", "first content", "streaming"),
-    ]
-    for cls in FaultClass:
-        rule = p.rules[cls]
-        if rule.action == "return":
-            edges.append(("dispatched", f"{cls.value} fault", "failed (error in the client's protocol)"))
-        elif rule.action == "retry_larger_context":
-            edges.append(("dispatched", f"{cls.value} fault", "failing_over (larger context only)"))
-        elif rule.penalty in ("cool_key", "disable_key"):
-            edges.append(("dispatched", f"{cls.value} fault", "failing_over (same member, other key first)"))
-        else:
-            edges.append(("dispatched", f"{cls.value} fault", "failing_over"))
-    edges += [
-        ("failing_over", "budget left", "dispatched"),
-        ("failing_over", "budget spent / deadline / none available", "failed (exhausted)"),
-        ("streaming", "end of answer", "done"),
-        ("streaming", "fault after content was sent", "failed (error event in the client's protocol; the penalty still applies)"),
-    ]
+    from busbar import lifecycle   # the chart the driver runs: edges come from its table
+    lines.append(f"  states       {' -> '.join(s for s in lifecycle.STATES if s not in ('failing_over', 'failed'))}, "
+                 "failing_over between attempts, failed on errors")
+    edges = []
+    for (src, event), dst in lifecycle.TRANSITIONS.items():
+        if event == "cancelled":
+            continue                  # from every state alike: one line at the end
+        if src == "dispatched" and event in ("fault", "rejected"):
+            # one edge per fault class, along the event its rule picks
+            for cls in FaultClass:
+                rule = p.rules[cls]
+                if (rule.action == "return") != (event == "rejected"):
+                    continue
+                detail = {"return": " (error in the client's protocol)",
+                          "retry_larger_context": " (larger context only)"}.get(rule.action, "")
+                if rule.action == "failover" and rule.penalty in ("cool_key", "disable_key"):
+                    detail = " (same member, other key first)"
+                edges.append((src, f"{cls.value} fault", dst + detail))
+            continue
+        label, detail = _EDGE_WORDS.get((src, event), (event, ""))
+        edges.append((src, label, dst + detail))
+    edges.append(("any", "client gone / cancelled", "failed"))
     lines.append("  transitions")
     src_w = max(len(e[0]) for e in edges)
     label_w = max(len(e[1]) for e in edges if len(e[1]) < 30) + 4

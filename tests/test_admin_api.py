@@ -101,7 +101,7 @@ async def test_state_requests_and_request_detail_after_failover():
     assert state["recent"][0]["id"] == record["id"]
     assert requests[0]["id"] == record["id"]
     assert [s["state"] for s in detail["record"]["path"]] == [
-        "received", "translated", "dispatched", "failing_over", "dispatched", "streaming", "done"]
+        "received", "routed", "dispatched", "failing_over", "dispatched", "streaming", "done"]
     assert detail["in_flight"] is False and detail["pipeline"] == "default"
     assert "fault: context, rate, billing, auth, server [step 3]" in detail["diagram"]["mermaid"]
     assert "class failing_over visited" in detail["diagram"]["mermaid"]
@@ -223,7 +223,7 @@ async def test_in_flight_requests_are_shown_when_the_gateway_tracks_them():
     from busbar.gateway import AttemptRecord, RequestRecord
     async with gateway_with(CONFIG, a=MockVendor(), b=MockVendor()) as gw:
         rec = RequestRecord("live-1", "openai", pool="smart")
-        rec.lifecycle.fire("parsed", "smart")
+        rec.lifecycle.fire("route", "smart")
         rec.lifecycle.fire("dispatch", "smart/first/m1")
         rec.attempts.append(AttemptRecord("smart/first/m1", "first#0:abcd"))
         gw.gateway.active = {rec.id: rec}            # the gateway's registry of requests in progress

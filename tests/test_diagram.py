@@ -16,7 +16,7 @@ STRICT = load_pipelines({"pipelines": {"strict": {"rules": {"rate": {"action": "
                          "pools": {}})["strict"]
 RECORD = {
     "id": "abc-1", "pool": "smart", "status": 200,
-    "path": [{"state": "received", "ms": 0.0}, {"state": "translated", "ms": 0.1, "note": "smart"},
+    "path": [{"state": "received", "ms": 0.0}, {"state": "routed", "ms": 0.1, "note": "smart"},
              {"state": "dispatched", "ms": 0.2, "note": "smart/first/m1"},
              {"state": "failing_over", "ms": 5.0, "note": "smart/first/m1: server"},
              {"state": "dispatched", "ms": 5.1, "note": "smart/second/m2"},
@@ -65,13 +65,13 @@ def test_dot_highlights_visited_states_and_traversed_edges():
     assert '"dispatched" -> "failing_over" [label="fault: context, rate, billing, auth, server\\nstep 3"' in text
     assert '"failed" [label="failed", peripheries="2"]' in text          # not visited: plain
     assert 'upstream said \\"boom\\"' in text                            # quotes escaped
-    counts = diagram.to_dot(DEFAULT, counts={("received", "translated"): 7})
+    counts = diagram.to_dot(DEFAULT, counts={("received", "routed"): 7})
     assert "×7" in counts
 
 
 def test_a_request_record_object_and_a_state_list_are_paths_too():
     life = lifecycle.Lifecycle()
-    for event in ("parsed", "dispatch", "rejected"):
+    for event in ("route", "dispatch", "rejected"):
         life.fire(event)
     assert "class failed failedend" in diagram.to_mermaid(DEFAULT, [s.state for s in life.path])
 

@@ -112,7 +112,7 @@ def test_deep_merge_replaces_lists_and_scalars():
 def test_explain_lists_states_and_labelled_failover_edges():
     ps = load_pipelines({"pipelines": {"x": {"rules": {"server": {"action": "return"}}}}})
     text = explain(ps["default"])
-    assert "received -> translated -> dispatched -> streaming -> done" in text
+    assert "received -> routed -> dispatched -> streaming -> done" in text
     for cls in ("client", "context", "rate", "billing", "auth", "server"):
         assert f"--{cls} fault-->" in text
     assert "3 member attempt(s) + 4 key rotation(s)" in text
@@ -120,3 +120,13 @@ def test_explain_lists_states_and_labelled_failover_edges():
     assert "failing_over" in line
     line = next(l for l in explain(ps["x"]).splitlines() if "--server fault-->" in l)
     assert "failed" in line and "failing_over" not in line   # the chart's error terminal
+
+
+def test_explain_lists_every_edge_of_the_lifecycle_table():
+    from busbar import lifecycle
+    text = explain(load_pipelines({})["default"])
+    rows = [line.split() for line in text.splitlines() if "-->" in line]
+    drawn = {(row[0], row[row.index(next(w for w in row if w.endswith("-->"))) + 1]) for row in rows}
+    for (source, event), target in lifecycle.TRANSITIONS.items():
+        if event != "cancelled":
+            assert (source, target) in drawn, (source, event, target)
