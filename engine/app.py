@@ -15,7 +15,8 @@ import signal
 import trio
 
 from busbar.config import Config, ConfigError, load_config, parse_config
-from busbar.gateway import Gateway, guess_protocol
+from busbar.gateway import Gateway
+from busbar.protocols.routes import guess_protocol
 from busbar.server import HttpServer
 from busbar.upstream import UpstreamClient
 
@@ -63,7 +64,12 @@ class App:
         elif isinstance(config, dict):
             config = parse_config(config, "reload")
         old = self.gateway
-        new = Gateway(config, upstream=self.upstream)
+        try:
+            new = Gateway(config, upstream=self.upstream)
+        except ConfigError:
+            raise
+        except Exception as exc:   # whatever fails to build is a rejected config, never a dead server
+            raise ConfigError(config.source, f"cannot build the gateway: {exc}") from exc
         new.app = self
         new.router.adopt_state(old.router)
         new.listeners.extend(old.listeners)
@@ -96,7 +102,7 @@ def _render_server_error(request, status, message):
     from busbar.faults import ClientError
     from busbar.protocols import get_dialect
     kinds = {400: "invalid_request", 408: "timeout", 413: "request_too_large", 431: "request_too_large"}
-    protocol = guess_protocol(request.path) if request is not None else "openai"
+    protocol = guess_protocol(request.path if request is not None else None)
     return get_dialect(protocol).render_error(ClientError(status, message, kinds.get(status, "invalid_request")))
 
 

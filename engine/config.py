@@ -140,14 +140,14 @@ def _check_references(data: dict, source: str) -> None:
         if fallback is not None and fallback not in pools:
             raise ConfigError(f"{source}: pools.{pool_name}.on_exhausted.pool",
                               f"unknown pool {fallback!r}; defined: {', '.join(pools)}")
+    # build every provider as the gateway will (error rules compiled, request
+    # signers made): validation runs exactly what will serve
+    from busbar.providers import ProviderError, build_provider
     for name, provider in providers.items():
-        if provider["protocol"] == "bedrock":
-            continue
-        for i, rule in enumerate(provider.get("errors", [])):
-            try:
-                re.compile(rule["match"])
-            except re.error as exc:
-                raise ConfigError(f"{source}: providers.{name}.errors[{i}].match", f"invalid regular expression: {exc}")
+        try:
+            build_provider(name, provider)
+        except ProviderError as exc:
+            raise ConfigError(f"{source}: {exc.path}", exc.message) from None
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

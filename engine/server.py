@@ -101,6 +101,14 @@ class Responder:
                              self._close)
         await self._write(head + body)
 
+    async def send_truncated(self, status: int, headers: Headers, body: bytes, keep: int) -> None:
+        """A buffered response whose body stops after `keep` bytes (the
+        simulated vendors' mid-body reset; the caller then drops the socket)."""
+        self._started = True
+        head = response_head(status, headers + self.extra_headers + [(b"content-length", b"%d" % len(body))],
+                             self._close)
+        await self._write(head + body[:keep])
+
     async def start(self, status: int, headers: Headers) -> None:
         """Begin a streamed (chunked) response."""
         self._started = True

@@ -83,3 +83,24 @@ def test_validate_cli_exit_codes(tmp_path):
 def test_demo_config_is_valid():
     from busbar.cli import DEMO_CONFIG
     assert load_config(DEMO_CONFIG).pools
+
+
+BAD_BEDROCK_RULE = """
+providers:
+  br: {protocol: bedrock, base_url: http://127.0.0.1:9003, access_key_id: AKIDEXAMPLE, secret_access_key: s3cr3t,
+       errors: [{match: "Throttl(ing", class: rate}]}
+pools:
+  smart:
+    members:
+      - {provider: br, model: anthropic.claude}
+"""
+
+
+def test_bad_regex_in_a_bedrock_rule_is_located(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, BAD_BEDROCK_RULE))
+    assert exc.value.where.endswith("providers.br.errors[0].match")
+    assert "invalid regular expression" in exc.value.message
+    result = subprocess.run([sys.executable, "-m", "busbar.cli", "validate", "--config", str(tmp_path / "busbar.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "providers.br.errors[0].match" in result.stdout + result.stderr

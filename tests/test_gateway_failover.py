@@ -49,7 +49,7 @@ async def test_buffered_failover_to_second_member(fault):
     assert raw.headers["x-busbar-request-id"] == record["id"]   # look the path up by this id
     assert result.choices[0].message.content == "from b"
     assert [x["member"].split("/")[-1] for x in record["attempts"]] == ["m1", "m2"]
-    assert [s["state"] for s in record["path"]] == ["received", "translated", "dispatched", "failing_over",
+    assert [s["state"] for s in record["path"]] == ["received", "routed", "dispatched", "failing_over",
                                                      "dispatched", "streaming", "done"]
 
 
@@ -90,8 +90,42 @@ async def test_context_length_error_lands_on_larger_member():
         for _ in range(6):
             result = await sdk(lambda: chat(oai(gw.url)))
             assert result.choices[0].message.content == "large"
-        snapshot = gw.gateway.router.snapshot(0)
-    assert "open" not in str(snapshot).lower() or "closed" in str(snapshot).lower()
+        snapshot = gw.gateway.router.snapshot(trio.current_time())
+    small = snapshot["pools"]["smart"]["members"][0]
+    assert small["model"] == "small"
+    # not the member's fault: no failure counted toward its breaker
+    assert small["breaker"]["state"] == "closed" and small["breaker"]["consecutive_failures"] == 0
+
+
+async def test_buffered_reset_mid_body_fails_over_and_blames_the_member():
+    """Headers sent, body cut: the member's fault (not a gateway bug): the
+    request fails over, the breaker counts it, and nothing stays in flight."""
+    a, b = MockVendor(reply="never seen " * 50), MockVendor(reply="from b")
+    a.fail_next({"reset": "during"})
+    async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
+        result = await sdk(lambda: chat(oai(gw.url)))
+        record = await last_record(gw)
+        snapshot = gw.gateway.router.snapshot(trio.current_time())
+    assert result.choices[0].message.content == "from b"
+    assert [(x["member"].split("/")[-1], x["outcome"]) for x in record["attempts"]] == [("m1", "server"),
+                                                                                        ("m2", "ok")]
+    assert "broke off" in record["attempts"][0]["message"]
+    first = snapshot["pools"]["smart"]["members"][0]
+    assert first["model"] == "m1" and first["breaker"]["consecutive_failures"] == 1
+    assert [m["in_flight"] for m in snapshot["pools"]["smart"]["members"]] == [0, 0]
+
+
+async def test_alert_rule_logs_its_line(caplog):
+    """`alert: true` (billing by default) writes one operator line, key id only."""
+    a, b = MockVendor(reply="from a"), MockVendor(reply="from b")
+    a.fail_next({"error": "billing"})
+    with caplog.at_level("WARNING", logger="busbar.alert"):
+        async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
+            result = await sdk(lambda: chat(oai(gw.url)))
+    assert result.choices[0].message.content == "from b"
+    lines = [r.getMessage() for r in caplog.records if r.name == "busbar.alert"]
+    assert len(lines) == 1 and "billing" in lines[0] and "first#0:" in lines[0]
+    assert "sk-a" not in lines[0]
 
 
 async def test_stream_reset_before_content_fails_over_transparently():

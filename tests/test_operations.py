@@ -56,6 +56,38 @@ async def test_bad_reload_is_rejected_and_old_config_keeps_serving():
         assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "still a"
 
 
+async def test_reload_with_a_bad_bedrock_rule_is_rejected(tmp_path):
+    """The SIGHUP path (reload from the file): a provider whose error rule
+    does not compile is a rejected config, not a dead server."""
+    a, b = MockVendor(reply="still a"), MockVendor()
+    async with gateway_with(two_vendor_config(), a=a, b=b) as gw:
+        path = tmp_path / "busbar.yaml"
+        path.write_text(f"providers:\n  pa: {{protocol: openai, base_url: '{a.url}/v1', key: ka}}\n"
+                        "  br: {protocol: bedrock, base_url: 'http://127.0.0.1:9', access_key_id: AKID,\n"
+                        "       secret_access_key: s, errors: [{match: 'Throttl(ing', class: rate}]}\n"
+                        "pools:\n  smart:\n    members:\n      - {provider: br, model: m}\n")
+        gw.app.config_path = str(path)
+        with pytest.raises(ConfigError) as exc:
+            gw.app.reload()
+        assert "providers.br.errors[0].match" in str(exc.value)
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "still a"
+
+
+async def test_reload_wraps_any_build_error_as_a_rejected_config(monkeypatch):
+    a, b = MockVendor(reply="still a"), MockVendor()
+    async with gateway_with(two_vendor_config(), a=a, b=b) as gw:
+        import busbar.gateway
+
+        def broken(name, spec):
+            raise RuntimeError("cannot build provider " + name)
+        monkeypatch.setattr(busbar.gateway, "build_provider", broken)
+        with pytest.raises(ConfigError) as exc:
+            gw.app.reload(two_vendor_config(a.url, b.url))
+        assert "cannot build provider pa" in str(exc.value)
+        monkeypatch.undo()
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "still a"
+
+
 async def test_reload_keeps_breaker_and_key_state():
     a, b = MockVendor(), MockVendor(reply="b")
     a.always = {"status": 500}

@@ -11,7 +11,8 @@ applied to every request from `always`:
   {"error": "rate"|"billing"|"context"|"auth"|"invalid"|"overloaded"|"server"}
                                                 the same, by fault class
   {"reset": "before"}                           close the socket, no response
-  {"reset": "during", "after": 2}               close mid-stream after N chunks
+  {"reset": "during", "after": 2}               close mid-stream after N chunks (buffered: the head and
+                                                half the body, then close)
   {"stall": 5.0, "after": 0}                    stop sending for N seconds
   {"malformed": true, "after": 1}               garbage bytes in the stream (buffered: a garbage 200 body)
   {"error_event": "overloaded"|"context"}       200 stream whose first event is an error
@@ -144,6 +145,9 @@ class MockVendor:
                     self._replies.clear()
                 cached = self._replies[key_] = vendor.render_reply(model, text, usage_in, obj)
             status, headers, body = cached
+            if fault and fault.get("reset") == "during":
+                await responder.send_truncated(status, headers, body, len(body) // 2)
+                raise AbortConnection()
             return await responder.send(status, headers, body)
         pieces = _split(text, self.chunks)
         frames = vendor.render_stream(model, pieces, usage_in, obj, fault)

@@ -52,6 +52,7 @@ fit_id = c.id_fitter(64, re.compile(r"[^a-zA-Z0-9_-]"))
 
 class AnthropicDialect(Dialect):
     name = "anthropic"
+    vision_markers = (b'"image"',)
     request_name = "Messages request"
     forward_headers = (b"anthropic-version", b"anthropic-beta")
     kind_status = {**KIND_STATUS, "overloaded": 529}

@@ -195,9 +195,46 @@ class Dialect:
             headers.append((b"retry-after", str(max(1, int(err.retry_after + 0.999))).encode()))
         return headers
 
+    # Requests signed by the client (SigV4) rather than carrying a key: the
+    # gateway verifies them with the secrets of `auth.aws_credentials`.
+    signed_requests: ClassVar[bool] = False
+
+    def verify_signed(self, method: str, path: str, query: str, headers: Headers, body: bytes,
+                      lookup_secret) -> str:
+        """The caller's access key id of a signed request, or a ClientError (403)."""
+        raise NotImplementedError
+
+    # What a member must offer for a request, sniffed from the raw body
+    # without the IR: the top-level fields that ask for tools or a JSON
+    # answer, and the byte markers of image parts.
+    tool_fields: ClassVar[tuple[str, ...]] = ("tools",)
+    json_fields: ClassVar[tuple[str, ...]] = ()
+    json_markers: ClassVar[tuple[bytes, ...]] = ()
+    vision_markers: ClassVar[tuple[bytes, ...]] = ()
+
+    def needs(self, body: bytes, obj: dict):
+        """What a member must offer to take this request, estimated cheaply
+        from the raw body (no IR): about four bytes per token."""
+        from busbar.routing import Needs
+        return Needs(tokens=len(body) // 4,
+                     tools=any(obj.get(f) for f in self.tool_fields),
+                     vision=any(m in body for m in self.vision_markers),
+                     json=any(obj.get(f) for f in self.json_fields) or any(m in body for m in self.json_markers))
+
+    def stream_encoder_options(self, obj: dict) -> dict:
+        """Options for this protocol's client stream encoder that the client's
+        request chose (e.g. whether a usage chunk is wanted)."""
+        return {}
+
     # ---- outbound --------------------------------------------------------
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         raise NotImplementedError
+
+    def build_signer(self, spec: dict, host: str):
+        """A request signer for a provider of this protocol (`spec` is its
+        config), built once at config load; None when requests carry keys.
+        The signer is called as `signer(path, headers, body) -> Headers`."""
+        return None
 
     def auth_headers(self, key: str | None) -> Headers:
         return [(b"authorization", b"Bearer " + key.encode())] if key else []

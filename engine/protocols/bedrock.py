@@ -14,6 +14,7 @@ from urllib.parse import quote
 import orjson
 
 from busbar import ir
+from busbar.aws.sigv4 import Credentials, SignatureError, sign, verify
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.protocols import common as c
 from busbar.protocols.base import KIND_STATUS, Dialect, Headers, classify_generic, header
@@ -74,6 +75,22 @@ fit_id = c.id_fitter(64, re.compile(r"[^a-zA-Z0-9_.:-]"))
 _BAD_NAME = re.compile(r"[^A-Za-z0-9\-()\[\] ]|(?<= ) ")
 
 
+class SigV4Signer:
+    """Signs each upstream call with the provider's AWS credentials (built
+    once at config load; the region comes from the config or the base URL)."""
+
+    __slots__ = ("credentials", "region", "host")
+
+    def __init__(self, credentials, region: str, host: str):
+        self.credentials = credentials
+        self.region = region
+        self.host = host
+
+    def __call__(self, path: str, headers: Headers, body: bytes) -> Headers:
+        return [(k.lower().encode(), v.encode()) for k, v in sign(
+            "POST", path, "", headers, body, credentials=self.credentials, region=self.region, host=self.host)]
+
+
 class BedrockDialect(Dialect):
     name = "bedrock"
     request_name = "Converse request"
@@ -82,7 +99,18 @@ class BedrockDialect(Dialect):
 
     # ---- inbound ---------------------------------------------------------
     def inbound_key(self, headers: Headers, query: bytes) -> str | None:
-        return None    # SigV4: verified (if at all) by the gateway, not here
+        return None    # SigV4: see verify_signed
+
+    signed_requests = True
+    tool_fields = ("toolConfig",)
+    vision_markers = (b'"image"',)
+
+    def verify_signed(self, method: str, path: str, query: str, headers: Headers, body: bytes,
+                      lookup_secret) -> str:
+        try:
+            return verify(method, path, query, headers, body, lookup_secret=lookup_secret)
+        except SignatureError as exc:
+            raise ClientError(403, exc.message, "permission", code=exc.code) from None
 
     def inbound_model(self, params: dict, obj: dict) -> str | None:
         model = params.get("model")
@@ -108,6 +136,17 @@ class BedrockDialect(Dialect):
 
     def auth_headers(self, key: str | None) -> Headers:
         return []
+
+    def build_signer(self, spec: dict, host: str):
+        if spec.get("access_key_id") and spec.get("secret_access_key"):
+            credentials = Credentials(spec["access_key_id"], spec["secret_access_key"], spec.get("session_token"))
+        else:
+            credentials = Credentials.from_env()
+        region = spec.get("region")
+        if not region:
+            m = re.search(r"bedrock-runtime[.-]([a-z0-9-]+)\.amazonaws", spec["base_url"])
+            region = m.group(1) if m else "us-east-1"
+        return None if credentials is None else SigV4Signer(credentials, region, host)
 
     def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes:
         return body    # the model is in the path

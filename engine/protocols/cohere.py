@@ -39,6 +39,8 @@ FINISH_OUT = {SR.END_TURN: "COMPLETE", SR.STOP_SEQUENCE: "STOP_SEQUENCE", SR.MAX
 
 class CohereDialect(Dialect):
     name = "cohere"
+    json_fields = ("response_format",)
+    vision_markers = (b'"image_url"',)
     request_name = "v2 chat request"
     kind_status = {**KIND_STATUS, "request_too_large": 400}
 

@@ -61,6 +61,8 @@ _TAG_B64 = "YnVzYmFy"     # base64 of "busbar": a tagged foreign signature
 
 class GeminiDialect(Dialect):
     name = "gemini"
+    vision_markers = (b'"inline_data"', b'"inlineData"')
+    json_markers = (b'"responseMimeType"',)
     request_name = "generateContent request"
     kind_status = {**KIND_STATUS, "billing": 429, "request_too_large": 400}
 

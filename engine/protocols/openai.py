@@ -73,6 +73,13 @@ class OpenAIDialect(Dialect):
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         return base_path.rstrip("/") + "/chat/completions"
 
+    json_fields = ("response_format",)
+    vision_markers = (b'"image_url"',)
+
+    def stream_encoder_options(self, obj: dict) -> dict:
+        # the usage chunk only when the client asked for it, as OpenAI does
+        return {"include_usage": bool((obj.get("stream_options") or {}).get("include_usage"))}
+
     def error_message(self, obj) -> tuple[str, str | None]:
         error = obj.get("error") if isinstance(obj, dict) else None
         if isinstance(error, dict):

@@ -46,6 +46,12 @@ class ResponsesDialect(OpenAIDialect):
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         return base_path.rstrip("/") + "/responses"
 
+    json_fields = ("text",)
+    vision_markers = (b'"input_image"',)
+
+    def stream_encoder_options(self, obj: dict) -> dict:
+        return {}     # Responses streams always end with the usage-bearing response.completed
+
 
 
 # ---------------------------------------------------------------------------

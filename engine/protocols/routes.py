@@ -36,3 +36,24 @@ def match_route(path: bytes) -> tuple[str, dict] | None:
     if m:
         return "gemini", {"model": m["model"], "action": m["action"]}
     return None
+
+
+# Paths that look like a protocol's even when no route matched (a typo'd
+# suffix), and the protocol of last resort: where a server-level error
+# (no route, bad HTTP) is rendered.
+_PREFIXES = ((b"/v1/messages", "anthropic"),)
+DEFAULT_PROTOCOL = "openai"
+
+
+def guess_protocol(path: bytes | None) -> str:
+    """The protocol to render a server-level error in when no route matched
+    (or the request never got that far)."""
+    if path is None:
+        return DEFAULT_PROTOCOL
+    found = match_route(path)
+    if found:
+        return found[0]
+    for prefix, protocol in _PREFIXES:
+        if path.startswith(prefix):
+            return protocol
+    return DEFAULT_PROTOCOL

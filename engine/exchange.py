@@ -1,0 +1,329 @@
+"""One request's journey, driven by its lifecycle.
+
+    received ──route──▶ routed ──dispatch──▶ dispatched ──first_byte──▶ streaming ──complete──▶ done
+                                              │      ▲
+                                        fault │      │ dispatch
+                                              ▼      │
+                                            failing_over          (any) ──rejected/broken/cancelled──▶ failed
+
+`Exchange.run` reads top-down as that journey: while the request is not
+finished, it runs the step its state names (`STEPS`); every move goes
+through `Lifecycle.fire`, which refuses what the table does not allow.
+
+* `received`: `_receive`: admission (`busbar.admission`: the envelope, the
+  client's key), then routing starts a plan for the pool -> `routed`.
+* `routed` / `failing_over`: `_dispatch` asks the plan for the next step:
+  wait, give up (-> `failed`, the error in the client's protocol), or one
+  attempt.  The attempt is translated (or passed through) for that member's
+  protocol, sent, and relayed (`busbar.relay`); it returns an `Outcome` and
+  never raises for an upstream fault.
+* `settle` is the one funnel for every outcome: router report, lifecycle
+  event, attempt record, the operator alert line.  Before the commit a fault
+  fails over or goes to the client as the pipeline says; after it the stream
+  is ended honestly with the client protocol's error event.
+
+The whole journey after admission runs under the pipeline's deadline; the
+server's cancel scope (the client going away) cancels everything it started.
+
+Insertion points for what is not here yet:
+* tenancy admission (auth + limits before routing): `busbar.admission.admit`,
+  called by `_receive` before `router.start`;
+* a response cache in front of dispatch: `_dispatch`, before `plan.next`;
+* per-request tracing spans: `Gateway.handle` around `Exchange.run`;
+  per-attempt spans and hedging: `_attempt` (one upstream call; hedges are
+  more `_attempt`s in a request nursery, each settled through `settle`);
+* stream resume: `settle` on a `Broken` outcome (today: end the stream; a
+  resume edge would go `streaming -> failing_over` and dispatch again);
+* secret redaction on every error path: `settle` (the only place an upstream
+  error reaches the client) and `Gateway.handle` (our own errors);
+* a bounded pre-commit buffer: `busbar.relay.relay_stream` (`held`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from busbar import admission, lifecycle
+from busbar.faults import ClientError, Fault, FaultClass
+from busbar.outcome import Answered, Broken, Failed, Outcome
+from busbar.protocols.base import JSON_CT, Headers
+from busbar.records import AttemptRecord, RequestRecord
+from busbar.relay import relay_buffered, relay_stream
+from busbar.routing import Attempt, Exhausted, Wait
+from busbar.server import ClientGone, HttpRequest, Responder
+from busbar.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from busbar.gateway import Gateway
+    from busbar.providers import Provider
+
+log = logging.getLogger("busbar.gateway")
+alert_log = logging.getLogger("busbar.alert")
+
+MAX_UPSTREAM_ERROR_BODY = 1024 * 1024
+
+
+class Exchange:
+    """The state one request's steps share (the IR parsed once for all
+    attempts, the plan, the warnings of the attempt that answered)."""
+
+    def __init__(self, gateway: "Gateway", request: HttpRequest, responder: Responder, dialect, params: dict,
+                 record: RequestRecord):
+        self.gw = gateway
+        self.request = request
+        self.responder = responder
+        self.client = dialect
+        self.params = params
+        self.record = record
+        self.lifecycle: lifecycle.Lifecycle = record.lifecycle
+        self.obj: dict = {}
+        self.model = ""
+        self.stream = False
+        self.plan = None
+        self._ir = None
+        self._warnings: list[str] = []   # fields translation dropped for the member that answers
+        self._deadline = trio.CancelScope()
+
+    # ---- the journey -----------------------------------------------------
+    async def run(self) -> None:
+        life = self.lifecycle
+        with self._deadline:
+            while not life.finished:
+                step = STEPS.get(life.state)
+                if step is None:
+                    raise lifecycle.LifecycleError(life.state, "(no driver step)")
+                await step(self)
+        if self._deadline.cancelled_caught and not life.finished:
+            err = ClientError(504, f"The request exceeded the gateway deadline of {self.plan.pipeline.deadline:g}s.",
+                              "timeout")
+            if not self.responder.started:
+                raise err
+            life.fire("broken", "deadline")
+            await self.end_stream_with_error(err)
+
+    async def _receive(self) -> None:
+        """`received`: admit the request, then route it to its pool's plan."""
+        admitted = admission.admit(self.gw, self.request, self.client, self.params, self.record)
+        self.obj, self.model, self.stream = admitted.obj, admitted.model, admitted.stream
+        try:
+            self.plan = self.gw.router.start(self.model, self.client.needs(self.request.body, self.obj),
+                                             trio.current_time())
+        except KeyError:
+            raise ClientError(404, f"The model `{self.model}` does not exist: it is neither a pool "
+                                   f"({', '.join(self.gw.router.pool_names()) or 'none configured'}) nor "
+                                   "provider/model.", "not_found", param="model", code="model_not_found") from None
+        self._deadline.deadline = trio.current_time() + self.plan.pipeline.deadline
+        self.lifecycle.fire("route", self.model)
+
+    async def _dispatch(self) -> None:
+        """`routed` / `failing_over`: the plan says what comes next."""
+        step = self.plan.next(trio.current_time())
+        if isinstance(step, Wait):
+            await trio.sleep(step.seconds)
+        elif isinstance(step, Exhausted):
+            await self._reject(self._exhausted_error(step), step.reason[:120])
+        else:
+            t0 = trio.current_time()
+            rec = AttemptRecord(step.member_id, step.key_id)
+            self.record.attempts.append(rec)
+            outcome = await self._attempt(step, rec, t0)
+            await self.settle(step, rec, outcome, t0)
+
+    # ---- one attempt -----------------------------------------------------
+    async def _attempt(self, attempt: Attempt, rec: AttemptRecord, t0: float) -> Outcome:
+        """One upstream call, `dispatched` until its outcome.  Upstream faults
+        come back as values; a cancellation (client gone, deadline) or a bug
+        of ours frees the attempt (in-flight slot, breaker probe) unblamed."""
+        provider = self.gw.providers[attempt.provider]
+        self.lifecycle.fire("dispatch", attempt.member_id)
+        timeouts = self.plan.pipeline.timeouts
+        try:
+            target, headers, body = self._build(attempt, provider)
+            pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
+            try:
+                response = await pool.request(b"POST", target, headers, body, connect_timeout=timeouts.connect,
+                                              response_timeout=timeouts.first_byte)
+            except UpstreamError as exc:
+                return Failed(Fault(FaultClass.SERVER, 0, str(exc)))
+            try:
+                if not 200 <= response.status < 400:
+                    return await self._read_error(provider, response)
+                relay = relay_stream if self.stream else relay_buffered
+                return await relay(self, attempt, rec, provider, response, t0)
+            except UpstreamError as exc:
+                # a relay lets nothing through after its commit; this is before it
+                return Failed(Fault(FaultClass.SERVER, response.status, str(exc)))
+            finally:
+                await response.aclose()
+        except BaseException:
+            if rec.outcome == "pending":
+                rec.outcome = "cancelled"
+                rec.ms = (trio.current_time() - t0) * 1000
+            if any(a is attempt for a in self.plan.outstanding):
+                self.plan.release(attempt, trio.current_time())
+            raise
+
+    def _build(self, attempt: Attempt, provider: "Provider") -> tuple[bytes, Headers, bytes]:
+        """The upstream request: passthrough (only `model` rewritten) or translated."""
+        up = provider.dialect
+        same = up is self.client
+        if same:
+            body = up.passthrough_body(self.request.body, self.obj, attempt.model)
+            self._warnings = []
+        else:
+            if self._ir is None:
+                self._ir = self.client.parse_request(self.obj, self.params)
+            policy = self.gw.pool_policies.get(self.model, "reject")
+            body, warnings = up.render_request(self._ir, attempt.model,
+                                               max_tokens_default=attempt.max_tokens, unsupported=policy)
+            self._warnings = warnings
+            if warnings:
+                log.warning("request %s: dropped fields not expressible in %s: %s", self.record.id, up.name,
+                            ", ".join(warnings))
+        path = up.upstream_path(provider.origin.base_path, attempt.model, self.stream)
+        headers: Headers = [JSON_CT, (b"accept", b"text/event-stream" if self.stream else b"application/json")]
+        auth = up.auth_headers(attempt.key_secret)
+        if same and up.forward_headers:
+            forwarded = [(k, v) for k, v in self.request.headers if k in up.forward_headers]
+            names = {k for k, _ in forwarded}
+            headers.extend(h for h in auth if h[0] not in names)
+            headers.extend(forwarded)
+        else:
+            headers.extend(auth)
+        headers.extend(provider.extra_headers)
+        if provider.signer is not None:
+            headers.extend(provider.signer(path, headers, body))
+        return path.encode(), headers, body
+
+    async def _read_error(self, provider: "Provider", response) -> Failed:
+        with trio.move_on_after(self.plan.pipeline.timeouts.idle):
+            body = await response.read(MAX_UPSTREAM_ERROR_BODY)
+            return Failed(self._classify(provider, response.status, response.headers, body),
+                          response.status, response.headers, body)
+        return Failed(Fault(FaultClass.SERVER, response.status, "upstream error body timed out"))
+
+    def _classify(self, provider: "Provider", status: int, headers: Headers, body: bytes) -> Fault:
+        fault = provider.dialect.classify(status, headers, body)
+        if provider.error_rules:
+            text = body.decode("utf-8", "replace")
+            for pattern, rule_status, cls in provider.error_rules:
+                if (rule_status is None or rule_status == status) and pattern.search(text):
+                    fault = Fault(cls, status, fault.message, fault.retry_after, fault.code)
+                    break
+        scrubbed = self.gw.scrub(fault.message)
+        if scrubbed != fault.message:
+            fault = Fault(fault.cls, fault.status, scrubbed, fault.retry_after, fault.code)
+        return fault
+
+    def commit(self, rec: AttemptRecord, status: int, ttfb: float) -> None:
+        """The relay's commit point: from here the client sees this answer."""
+        rec.outcome = "ok"
+        rec.status = status
+        self.record.ttfb_ms = ttfb * 1000
+        self.record.status = 200
+        self.lifecycle.fire("first_byte", rec.member)
+
+    # ---- the funnel ------------------------------------------------------
+    async def settle(self, attempt: Attempt, rec: AttemptRecord, outcome: Outcome, t0: float) -> None:
+        """Every attempt's outcome, in one place: report to the router, move
+        the lifecycle, fill the attempt record, log the alert line."""
+        now = trio.current_time()
+        rec.ms = (now - t0) * 1000
+        kind = type(outcome)
+        if kind is Answered:
+            # reported at the end, so in-flight counts cover the whole answer;
+            # and complete before a stream's closing chunk: a client that has
+            # its answer may hang up before that last write, which is no failure
+            self.plan.report(attempt, None, now, ttfb=outcome.ttfb)
+            self.lifecycle.fire("complete")
+            if outcome.chunked:
+                await self.responder.end()
+            return
+        fault = outcome.fault
+        consequence = self.plan.report(attempt, fault, now)
+        if consequence.alert:
+            alert_log.warning("request %s: %s", self.record.id, consequence.alert)
+        if kind is Broken:
+            rec.message = fault.message[:200]
+            self.record.error = fault.message
+            self.lifecycle.fire("broken", fault.message[:120])
+            if outcome.encoder is None:
+                await self.responder.end()
+            else:
+                await self.end_stream_with_error(ClientError(
+                    502, f"Upstream stream failed after content was sent: {fault.message}", "upstream"),
+                    outcome.encoder)
+            return
+        rec.outcome = fault.cls.value
+        rec.status = fault.status
+        rec.message = fault.message[:200]
+        note = f"{attempt.member_id}: {fault.cls.value}"
+        if consequence.retry:
+            self.lifecycle.fire("fault", note)
+            return
+        # not retried: the client gets this error in its own protocol; same
+        # protocol and an HTTP error: the vendor's own body, untouched
+        self.lifecycle.fire("rejected", note)
+        self.record.error = fault.message
+        if outcome.body is not None and self.gw.providers[attempt.provider].dialect is self.client:
+            headers = [(k, v) for k, v in outcome.headers if k in (b"content-type", b"retry-after")]
+            self.record.status = outcome.status
+            await self.responder.send(outcome.status, headers or [JSON_CT], self.gw.scrub_bytes(outcome.body))
+        else:
+            status, headers, body = self.client.render_error(self.client.fault_to_client_error(fault))
+            self.record.status = status
+            await self.responder.send(status, headers, body)
+
+    async def _reject(self, err: ClientError, note: str) -> None:
+        """End the request before any answer with `err` in the client's protocol."""
+        self.lifecycle.fire("rejected", note)
+        self.record.status = err.status
+        self.record.error = err.message
+        status, headers, body = self.client.render_error(err)
+        await self.responder.send(status, headers, body)
+
+    def _exhausted_error(self, step: Exhausted) -> ClientError:
+        fault = step.last_fault
+        if step.kind == "incapable" and fault is None:
+            # no member is large (or able) enough: the request's problem, not a backend's
+            return ClientError(400, step.reason[:1].upper() + step.reason[1:] + ".", "invalid_request", param="messages",
+                               code="context_length_exceeded" if "context" in step.reason or "token" in step.reason
+                               else None)
+        if fault is not None and fault.cls in (FaultClass.CLIENT, FaultClass.CONTEXT):
+            err = self.client.fault_to_client_error(fault)
+        elif step.retry_after is not None:
+            err = ClientError(429, f"All members of `{self.model}` are cooling down or unavailable "
+                                   f"({step.reason}); retry after {step.retry_after:.0f}s.", "rate_limit",
+                              retry_after=step.retry_after)
+        elif fault is not None:
+            err = self.client.fault_to_client_error(fault)
+            err.message = f"All members of `{self.model}` failed; last error: {fault.message}"
+        else:
+            err = ClientError(503, f"No member of `{self.model}` can take this request: {step.reason}.", "overloaded")
+        return err
+
+    def warning_headers(self) -> Headers:
+        """`x-busbar-warning` names what translation dropped (pool policy
+        `unsupported: drop`), so a client can see it without the logs."""
+        if not self._warnings:
+            return []
+        text = "; ".join(self._warnings).encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        return [(b"x-busbar-warning", text[:2000])]
+
+    async def end_stream_with_error(self, err: ClientError, encoder=None) -> None:
+        """End a committed stream with the client protocol's error event, so
+        its SDK raises instead of taking a truncated answer as complete."""
+        if encoder is None:
+            encoder = self.client.stream_encoder(self.model)
+        try:
+            await self.responder.write(encoder.error(err.kind, err.message))
+            await self.responder.end()
+        except ClientGone:
+            pass
+
+
+# The driver step for each state the request can be in between steps; the
+# others (`dispatched`, `streaming`) are inside one attempt.
+STEPS = {"received": Exchange._receive, "routed": Exchange._dispatch, "failing_over": Exchange._dispatch}

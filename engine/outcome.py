@@ -1,0 +1,47 @@
+"""What one attempt comes back with.  An attempt never raises for an upstream
+fault: it returns one of these values and `Exchange.settle` (the one funnel)
+turns it into the router report, the lifecycle event, the attempt record and
+the alert line.  Only the client leaving, the deadline, and bugs of ours
+travel as exceptions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from busbar.faults import Fault
+from busbar.protocols.base import Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The answer reached the client whole (a buffered body, or a stream up to
+    its last event; the stream's closing chunk is written by `settle`)."""
+
+    status: int                 # the upstream's status
+    ttfb: float                 # seconds from the call to the commit
+    chunked: bool = False       # a stream: its closing chunk is still due
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The attempt failed before the client saw anything: it can fail over.
+    `body` is the vendor's own error body when it sent one over HTTP (relayed
+    untouched to a same-protocol client when the pipeline returns the error)."""
+
+    fault: Fault
+    status: int = 0
+    headers: Headers | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """The stream broke after the commit: no failover; the client's stream is
+    ended honestly.  `encoder` writes the client protocol's error event; None
+    when the vendor's own error event was already relayed (passthrough)."""
+
+    fault: Fault
+    ttfb: float
+    encoder: object = None
+
+
+Outcome = Answered | Failed | Broken

@@ -1,0 +1,52 @@
+"""Providers as the hot path needs them, built once at config load.
+
+`build_provider` is what both `busbar validate` (through `parse_config`) and
+the running gateway call, so validation builds exactly what will run: error
+rules compiled, the protocol's request signer (SigV4 for Bedrock) made by the
+protocol's own `Dialect.build_signer`.  Nothing here names a vendor.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from busbar.faults import FaultClass
+from busbar.protocols import get_dialect
+from busbar.protocols.base import Headers
+from busbar.upstream import Origin
+
+
+class ProviderError(ValueError):
+    """A provider that cannot be built; `path` is the YAML path (`providers.x.errors[0].match`)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(slots=True)
+class Provider:
+    name: str
+    protocol: str
+    dialect: object
+    origin: Origin
+    extra_headers: Headers
+    error_rules: list[tuple[re.Pattern, int | None, FaultClass]]
+    signer: object = None                # callable(path, headers, body) -> Headers, or None
+    max_connections: int | None = None   # concurrent upstream connections to this provider
+
+
+def build_provider(name: str, spec: dict) -> Provider:
+    rules = []
+    for i, rule in enumerate(spec.get("errors", ())):
+        try:
+            pattern = re.compile(rule["match"])
+        except re.error as exc:
+            raise ProviderError(f"providers.{name}.errors[{i}].match", f"invalid regular expression: {exc}") from None
+        rules.append((pattern, rule.get("status"), FaultClass(rule["class"])))
+    headers = [(k.lower().encode(), v.encode()) for k, v in spec.get("headers", {}).items()]
+    dialect = get_dialect(spec["protocol"])
+    origin = Origin.from_url(spec["base_url"])
+    signer = dialect.build_signer(spec, origin.host_header.decode())
+    return Provider(name, spec["protocol"], dialect, origin, headers, rules, signer, spec.get("max_connections"))

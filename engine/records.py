@@ -1,0 +1,55 @@
+"""What the gateway remembers of a request: its record and one record per
+attempt.  Filled in by the driver (`busbar.exchange`), read by the access log,
+the admin API and its listeners; no behaviour lives here."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from busbar import lifecycle
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    member: str
+    key: str | None
+    outcome: str = "pending"      # ok | fault class | cancelled
+    status: int = 0
+    ms: float = 0.0
+    message: str = ""
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    id: str
+    client_protocol: str
+    pool: str = ""
+    stream: bool = False
+    status: int = 0
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    lifecycle: lifecycle.Lifecycle = field(default_factory=lifecycle.Lifecycle)
+    started: float = field(default_factory=time.time)
+    ms: float = 0.0
+    ttfb_ms: float | None = None
+    error: str = ""
+    usage: object = None          # ir.Usage when the response told us
+    client_key_id: str | None = None   # routing.fingerprint of the gateway client key (usage accounting)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "client_protocol": self.client_protocol, "pool": self.pool, "stream": self.stream,
+                "status": self.status, "ms": round(self.ms, 3),
+                "ttfb_ms": None if self.ttfb_ms is None else round(self.ttfb_ms, 3),
+                "attempts": [{"member": a.member, "key": a.key, "outcome": a.outcome, "status": a.status,
+                              "ms": round(a.ms, 3), **({"message": a.message} if a.message else {})}
+                             for a in self.attempts],
+                "final_member": next((a.member for a in reversed(self.attempts) if a.outcome == "ok"), None),
+                "path": self.lifecycle.describe(), "state": self.lifecycle.state,
+                "usage": _usage_dict(self.usage),
+                **({"error": self.error} if self.error else {})}
+
+
+def _usage_dict(usage) -> dict | None:
+    if usage is None:
+        return None
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens}

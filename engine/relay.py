@@ -1,0 +1,192 @@
+"""The two relays: how an upstream's 2xx answer reaches the client.
+
+Each returns an `Outcome` (busbar.outcome) and never raises for an upstream
+fault.  Before the commit (the first content), anything wrong is `Failed` and
+the request can fail over; the commit itself goes through `Exchange.commit`
+(lifecycle `first_byte`, the response head); after it, a fault is `Broken`.
+
+Same protocol: the client gets the upstream's own bytes (whole SSE events at
+a time).  Otherwise the upstream's answer is parsed into the IR and rendered
+(buffered) or decoded and re-encoded event by event (streams).
+
+Insertion points: a bounded pre-commit buffer limits `held` in
+`relay_stream`; stream resume starts from the `Broken` outcome in
+`Exchange.settle`, not here.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+import trio
+
+from busbar import ir
+from busbar.faults import ClientError, Fault, FaultClass
+from busbar.outcome import Answered, Broken, Failed, Outcome
+from busbar.protocols.base import StreamError
+from busbar.protocols.sse import SSESplitter
+from busbar.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from busbar.exchange import Exchange
+
+MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+def _server(message: str, status: int = 0) -> Failed:
+    return Failed(Fault(FaultClass.SERVER, status, message))
+
+
+async def relay_buffered(x: "Exchange", attempt, rec, provider, response, t0: float) -> Outcome:
+    timeouts = x.plan.pipeline.timeouts
+    try:
+        with trio.fail_after(max(timeouts.idle, timeouts.first_byte)):
+            data = await response.read(MAX_UPSTREAM_BODY)
+    except trio.TooSlowError:
+        return _server("upstream response stalled")
+    except UpstreamError as exc:
+        # headers came, the body broke off: the member's fault, and nothing
+        # has gone to the client yet
+        return _server(f"upstream response broke off: {exc}", response.status)
+    up = provider.dialect
+    if up is x.client:
+        # the bytes go out untouched, but only if they are JSON at all: a
+        # garbage 200 is the member's fault and fails over (~2 µs to check)
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return _server("upstream sent a response that is not JSON", response.status)
+        out = data
+        content_type = response.header(b"content-type") or b"application/json"
+        if x.gw.listeners:       # usage accounting is on: worth the IR
+            try:
+                x.record.usage = up.parse_response(obj).usage
+            except Exception:
+                pass
+    else:
+        try:
+            resp_ir = up.parse_response(orjson.loads(data))
+            x.record.usage = resp_ir.usage
+            out = x.client.render_response(resp_ir, x.model)
+        except ClientError:
+            raise
+        except Exception as exc:  # upstream garbage: the member's fault
+            return _server(f"unparseable upstream response: {type(exc).__name__}", response.status)
+        content_type = b"application/json"
+    ttfb = trio.current_time() - t0
+    x.commit(rec, response.status, ttfb)
+    await x.responder.send(200, [(b"content-type", content_type)] + x.warning_headers(), out)
+    return Answered(response.status, ttfb)
+
+
+async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: float) -> Outcome:
+    """Hold the upstream's events until the first content-bearing one, then
+    commit: send the head and what was held, and relay the rest as it comes.
+
+    The upstream stream is always decoded (constant memory) to find the
+    commit point, errors, garbage and usage."""
+    up, client = provider.dialect, x.client
+    same = up is client
+    timeouts = x.plan.pipeline.timeouts
+    chunks = response.aiter_bytes()
+    decoder = up.stream_decoder()
+    encoder = client.stream_encoder(x.model, **client.stream_encoder_options(x.obj))
+    relay = PassthroughRelay(up.stream_content_type) if same else None
+    held: list = []          # raw bytes (same protocol) or IR events, until the commit
+    upstream_done = False
+    committed = False
+    while not committed:
+        try:
+            with trio.fail_after(timeouts.first_byte):
+                chunk = await chunks.__anext__()
+            events = decoder.feed(chunk)
+        except StopAsyncIteration:
+            try:
+                events = decoder.close()
+            except StreamError as exc:
+                return _server(f"upstream stream: {exc}")
+            upstream_done = True
+            chunk = b""
+        except trio.TooSlowError:
+            return _server("no first byte before timeout")
+        except UpstreamError as exc:
+            return _server(str(exc))
+        except StreamError as exc:
+            return _server(f"malformed upstream stream: {exc}")
+        for event in events:
+            if type(event) is ir.ErrorEvent:
+                # an error before any content: classified like the HTTP
+                # error it stands for; fails over or goes to the client
+                return Failed(up.classify(event.status, response.headers,
+                                          event.raw or orjson.dumps({"message": event.message})))
+            if ir.is_content(event):
+                committed = True
+            if type(event) is ir.UsageEvent:
+                x.record.usage = event.usage
+        if same:
+            held.append(relay.take(chunk))
+        else:
+            held.extend(events)
+        if upstream_done:
+            break
+    # commit: from here the client sees bytes and there is no failover
+    ttfb = trio.current_time() - t0
+    x.commit(rec, response.status, ttfb)
+    await x.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
+                            + x.warning_headers())
+    await x.responder.write(b"".join(held) if same else b"".join(encoder.encode(e) for e in held))
+    try:
+        while not upstream_done:
+            with trio.fail_after(timeouts.idle):
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            events = decoder.feed(chunk)
+            broken = None
+            for event in events:
+                kind = type(event)
+                if kind is ir.UsageEvent:
+                    x.record.usage = event.usage
+                elif kind is ir.ErrorEvent:
+                    broken = event
+            if same:
+                await x.responder.write(relay.take(chunk))
+            else:
+                await x.responder.write(b"".join(encoder.encode(e) for e in events))
+            if broken is not None:
+                # passthrough: the vendor's own error event already went out
+                return Broken(Fault(FaultClass.SERVER, 0, f"upstream error mid-stream: {broken.message}"), ttfb,
+                              None if same else encoder)
+        if not upstream_done:
+            tail = decoder.close()
+            if not same:
+                await x.responder.write(b"".join(encoder.encode(e) for e in tail))
+        if not same:
+            await x.responder.write(encoder.finish())
+    except trio.TooSlowError:
+        return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder)
+    except (UpstreamError, StreamError) as exc:
+        return Broken(Fault(FaultClass.SERVER, 0, str(exc)), ttfb, encoder)
+    return Answered(response.status, ttfb, chunked=True)
+
+
+class PassthroughRelay:
+    """Same-protocol stream relay: forwards the upstream's bytes untouched,
+    whole SSE events at a time (an incomplete event waits for its end, so an
+    error event we append can never land inside one).  Binary framings
+    (Bedrock's eventstream) are forwarded as they come."""
+
+    __slots__ = ("splitter",)
+
+    def __init__(self, content_type: bytes):
+        self.splitter = SSESplitter() if content_type == b"text/event-stream" else None
+
+    def take(self, chunk: bytes) -> bytes:
+        if self.splitter is None or not chunk:
+            return chunk
+        aligned = not self.splitter.pending
+        events = self.splitter.feed(chunk)
+        if aligned and not self.splitter.pending:
+            return chunk                      # the common case: whole events, as received
+        return b"".join(event.raw for event in events)
