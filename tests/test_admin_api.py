@@ -9,6 +9,8 @@ import trio
 from busbar.mock import MockVendor
 from harness import gateway_with, last_record
 
+pytestmark = pytest.mark.integration
+
 ADMIN_KEY = "adm-key-for-tests"
 
 CONFIG = {

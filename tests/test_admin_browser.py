@@ -18,6 +18,8 @@ from busbar.mock import MockVendor
 from harness import gateway_with
 from test_admin_api import ADMIN_KEY, CONFIG, chat
 
+pytestmark = pytest.mark.integration
+
 CHROMIUM = os.environ.get("BUSBAR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -6,10 +6,13 @@ import logging
 
 import httpx
 import orjson
+import pytest
 import trio
 
 from busbar.mock import MockVendor
 from harness import gateway_with, last_record
+
+pytestmark = pytest.mark.integration
 
 PROVIDER_A = "sk-PROVIDER-SECRET-aaaa1111"
 PROVIDER_B1 = "sk-PROVIDER-SECRET-bbbb2222"

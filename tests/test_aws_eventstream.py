@@ -25,6 +25,8 @@ from busbar.aws.eventstream import (
     exception_message,
 )
 
+pytestmark = pytest.mark.pure
+
 # ---------------------------------------------------------------------------
 # Vectors from protocols.md section 9
 

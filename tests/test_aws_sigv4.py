@@ -178,6 +178,8 @@ botocore_auth = pytest.importorskip("botocore.auth")
 from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.credentials import Credentials as BotoCredentials  # noqa: E402
 
+pytestmark = pytest.mark.pure
+
 ORACLE_TIME = datetime(2024, 6, 20, 17, 5, 9)  # naive UTC, as botocore's clock returns
 
 # Names the random headers must avoid: the signer's own, Host, the payload
@@ -259,6 +261,7 @@ def _our_sign(request):
                 host=None if request["host_in_headers"] else request["host"])
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_sign_matches_botocore(request):

@@ -10,8 +10,11 @@ import sys
 
 import httpx
 import openai
+import pytest
 
 from harness import free_port, wait_port
+
+pytestmark = pytest.mark.sdk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -25,6 +25,7 @@ def write(tmp_path, text):
     return path
 
 
+@pytest.mark.pure
 def test_issue_example_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_KEY", "ak-from-env")
     config = load_config(write(tmp_path, GOOD))
@@ -32,6 +33,7 @@ def test_issue_example_loads(tmp_path, monkeypatch):
     assert list(config.pools) == ["smart"]
 
 
+@pytest.mark.pure
 def test_missing_env_var_is_named(tmp_path, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_KEY", raising=False)
     with pytest.raises(ConfigError) as exc:
@@ -39,6 +41,7 @@ def test_missing_env_var_is_named(tmp_path, monkeypatch):
     assert "ANTHROPIC_KEY" in str(exc.value) and "providers.ant.key" in str(exc.value)
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("mutation,where,what", [
     (("providers", "oai", "protocol", "grpc"), "providers.oai.protocol", "allowed: openai, responses"),
     (("providers", "oai", "colour", "blue"), "providers.oai", "unknown key(s) 'colour'"),
@@ -58,6 +61,7 @@ def test_schema_errors_are_located(mutation, where, what):
     assert what in exc.value.message
 
 
+@pytest.mark.pure
 def test_unknown_provider_reference():
     import yaml
     data = yaml.safe_load(GOOD.replace("${ANTHROPIC_KEY}", "k"))
@@ -67,6 +71,7 @@ def test_unknown_provider_reference():
     assert "pools.smart.members[0]" in str(exc.value) and "ghost" in str(exc.value)
 
 
+@pytest.mark.integration
 def test_validate_cli_exit_codes(tmp_path):
     good = write(tmp_path, GOOD.replace("${ANTHROPIC_KEY}", "k"))
     ok = subprocess.run([sys.executable, "-m", "busbar.cli", "validate", "--config", str(good)],
@@ -80,6 +85,7 @@ def test_validate_cli_exit_codes(tmp_path):
     assert "providers.oai.protocol" in result.stderr and "allowed:" in result.stderr
 
 
+@pytest.mark.pure
 def test_demo_config_is_valid():
     from busbar.cli import DEMO_CONFIG
     assert load_config(DEMO_CONFIG).pools
@@ -96,6 +102,7 @@ pools:
 """
 
 
+@pytest.mark.integration
 def test_bad_regex_in_a_bedrock_rule_is_located(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, BAD_BEDROCK_RULE))

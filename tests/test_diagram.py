@@ -10,6 +10,8 @@ from busbar import diagram, lifecycle
 from busbar.cli import main as cli
 from busbar.pipeline import load_pipelines
 
+pytestmark = pytest.mark.pure
+
 DEFAULT = load_pipelines({})["default"]
 STRICT = load_pipelines({"pipelines": {"strict": {"rules": {"rate": {"action": "return", "penalty": "none"},
                                                             "context": {"action": "return"}}}},

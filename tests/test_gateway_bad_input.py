@@ -24,6 +24,7 @@ async def post(url, path, content, content_type="application/json"):
         return await client.post(url + path, content=content, headers={"content-type": content_type})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path,shape", [("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")])
 @pytest.mark.parametrize("body,status,ctype", [
     (b"{not json", 400, "application/json"),
@@ -50,6 +51,7 @@ async def test_bad_requests_answered_in_callers_shape(path, shape, body, status,
     assert len(vendor.received) == 1
 
 
+@pytest.mark.sdk
 async def test_sdk_sees_bad_request_error_for_oversized_body():
     async with gateway_with(CONFIG, a=MockVendor()) as gw:
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
@@ -59,6 +61,7 @@ async def test_sdk_sees_bad_request_error_for_oversized_body():
         assert exc.value.status_code == 413
 
 
+@pytest.mark.integration
 async def test_unknown_path_is_404_json():
     async with gateway_with(CONFIG, a=MockVendor()) as gw:
         response = await post(gw.url, "/v1/nothing", b"{}")
@@ -66,6 +69,7 @@ async def test_unknown_path_is_404_json():
         assert "No route" in response.json()["error"]["message"]
 
 
+@pytest.mark.integration
 async def test_slow_client_gets_408_and_server_survives():
     async with gateway_with(CONFIG, a=MockVendor()) as gw:
         stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
@@ -79,6 +83,7 @@ async def test_slow_client_gets_408_and_server_survives():
         assert ok.status_code == 200
 
 
+@pytest.mark.integration
 async def test_garbage_http_gets_400():
     async with gateway_with(CONFIG, a=MockVendor()) as gw:
         stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
@@ -88,6 +93,7 @@ async def test_garbage_http_gets_400():
         assert data.startswith(b"HTTP/1.1 400")
 
 
+@pytest.mark.integration
 async def test_client_disconnect_cancels_upstream_call():
     vendor = MockVendor(latency=10)
     async with gateway_with(CONFIG, a=vendor) as gw:
@@ -107,6 +113,7 @@ async def test_client_disconnect_cancels_upstream_call():
         assert record["attempts"][0]["outcome"] == "cancelled"
 
 
+@pytest.mark.integration
 async def test_an_internal_bug_is_a_500_in_the_callers_protocol_and_the_gateway_keeps_serving(monkeypatch):
     from busbar.protocols.anthropic import AnthropicDialect
 
@@ -126,6 +133,7 @@ async def test_an_internal_bug_is_a_500_in_the_callers_protocol_and_the_gateway_
         assert ok.status_code == 200
 
 
+@pytest.mark.integration
 async def test_client_leaving_mid_stream_cancels_the_upstream_stream_without_blame():
     vendor = MockVendor(reply=" ".join(f"w{i}" for i in range(100)), chunk_delay=0.05)
     async with gateway_with(CONFIG, a=vendor) as gw:

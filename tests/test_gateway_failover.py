@@ -9,6 +9,8 @@ import trio
 from busbar.mock import MockVendor
 from harness import gateway_with, last_record, sdk
 
+pytestmark = pytest.mark.sdk
+
 TWO_VENDORS = {
     "providers": {
         "first": {"protocol": "openai", "base_url": "{a}/v1", "key": "sk-a"},
@@ -238,6 +240,7 @@ async def test_context_error_on_every_member_returns_the_vendor_message():
     assert all(m["breaker"]["state"] == "closed" for m in snapshot["pools"]["smart"]["members"])
 
 
+@pytest.mark.slow
 async def test_on_exhausted_wait_sleeps_until_the_key_recovers():
     config = {"providers": {"only": {"protocol": "openai", "base_url": "{a}/v1", "key": "k1"}},
               "pools": {"smart": {"on_exhausted": {"action": "wait", "max_ms": 3000},

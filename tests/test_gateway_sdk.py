@@ -27,6 +27,7 @@ def ant(url, **kw):
     return anthropic.Anthropic(base_url=url, api_key="client-key", max_retries=0, **kw)
 
 
+@pytest.mark.sdk
 async def test_openai_buffered_passthrough():
     vendor = MockVendor(reply="Hello from upstream")
     async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
@@ -41,6 +42,7 @@ async def test_openai_buffered_passthrough():
     assert seen["path"] == "/v1/chat/completions"
 
 
+@pytest.mark.sdk
 async def test_openai_stream_passthrough():
     vendor = MockVendor(reply="one two three four")
     async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
@@ -56,6 +58,7 @@ async def test_openai_stream_passthrough():
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+@pytest.mark.sdk
 async def test_keys_rotate_round_robin():
     vendor = MockVendor()
     async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
@@ -65,6 +68,7 @@ async def test_keys_rotate_round_robin():
     assert sorted(r["key"] for r in vendor.received) == ["sk-1", "sk-1", "sk-2", "sk-2"]
 
 
+@pytest.mark.sdk
 async def test_anthropic_buffered_and_stream():
     vendor = MockVendor(reply="Bonjour tout le monde")
     async with gateway_with(ANTHROPIC_ONLY, a=vendor) as gw:
@@ -87,6 +91,7 @@ async def test_anthropic_buffered_and_stream():
     assert vendor.received[-1]["model"] == "claude-sonnet-4"
 
 
+@pytest.mark.sdk
 async def test_anthropic_x_api_key_and_bearer_both_accepted():
     config = {**ANTHROPIC_ONLY, "auth": {"keys": ["gw-secret"]}}
     vendor = MockVendor(reply="ok")
@@ -102,6 +107,7 @@ async def test_anthropic_x_api_key_and_bearer_both_accepted():
     assert all(r["key"] == "ak-1" for r in vendor.received)   # the gateway key never reaches the vendor
 
 
+@pytest.mark.sdk
 async def test_unknown_pool_is_not_found_in_each_protocol():
     async with gateway_with({**OPENAI_ONLY, "providers": {**OPENAI_ONLY["providers"],
                                                           "ant": {"protocol": "anthropic", "base_url": "{a}"}}},
@@ -115,6 +121,7 @@ async def test_unknown_pool_is_not_found_in_each_protocol():
         assert ae.value.body["error"]["type"] == "not_found_error"
 
 
+@pytest.mark.sdk
 async def test_direct_provider_model_route():
     vendor = MockVendor(reply="direct")
     async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
@@ -124,12 +131,14 @@ async def test_direct_provider_model_route():
     assert vendor.received[-1]["model"] == "gpt-4o-mini"
 
 
+@pytest.mark.sdk
 async def test_models_list_names_pools():
     async with gateway_with(OPENAI_ONLY, a=MockVendor()) as gw:
         models = await sdk(lambda: oai(gw.url).models.list())
     assert [m.id for m in models.data] == ["smart"]
 
 
+@pytest.mark.sdk
 async def test_pipeline_received_checks_decide_auth_per_pool():
     config = {"auth": {"keys": ["gw-key"]},
               "providers": OPENAI_ONLY["providers"],
@@ -149,6 +158,7 @@ async def test_pipeline_received_checks_decide_auth_per_pool():
     assert record["state"] == "done"
 
 
+@pytest.mark.sdk
 @pytest.mark.parametrize("client_protocol", ["openai", "anthropic"])
 async def test_vendor_echoing_our_key_never_reaches_the_client(client_protocol):
     secret = "sk-live-very-secret-key-123"
@@ -170,6 +180,7 @@ async def test_vendor_echoing_our_key_never_reaches_the_client(client_protocol):
     assert secret not in str(record)
 
 
+@pytest.mark.sdk
 async def test_openai_usage_chunk_only_when_asked_for_across_protocols():
     config = {"providers": {"ant": {"protocol": "anthropic", "base_url": "{a}", "key": "k"}},
               "pools": {"smart": {"members": [{"provider": "ant", "model": "c"}]}}}
@@ -184,6 +195,7 @@ async def test_openai_usage_chunk_only_when_asked_for_across_protocols():
     assert all(chunk.usage is None for chunk in without)
 
 
+@pytest.mark.integration
 async def test_gemini_key_by_header_or_query_parameter():
     import httpx
     config = {"auth": {"keys": ["gw-key"]}, "providers": OPENAI_ONLY["providers"],

@@ -8,6 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from busbar.http11 import BodyDecoder, ProtocolError, parse_head, serialize_request
 
+pytestmark = pytest.mark.pure
+
 header_names = st.sampled_from([b"content-type", b"x-request-id", b"retry-after", b"cache-control", b"x-a"])
 header_values = st.binary(min_size=0, max_size=20).map(lambda b: bytes(c for c in b if 0x21 <= c <= 0x7e))
 

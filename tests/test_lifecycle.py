@@ -10,7 +10,10 @@ import pytest
 from busbar.lifecycle import (EVENTS, FAILURE_EVENT, FINAL, INITIAL, TRANSITIONS, Lifecycle, LifecycleError,
                              RequestChart, STATES, allowed, mermaid)
 
+pytestmark = pytest.mark.pure
 
+
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(EVENTS), max_size=12))
 def test_compiled_table_agrees_with_declaration(events):

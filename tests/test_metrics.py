@@ -34,6 +34,7 @@ def no_usage_db(monkeypatch):
     monkeypatch.setenv("BUSBAR_USAGE_DB", "off")
 
 
+@pytest.mark.integration
 async def test_requests_attempts_failovers_latency_and_breaker_gauges():
     config = dict(CONFIG, pipelines={"default": {"breaker": {"failures": 2}}})
     a, b = MockVendor(), MockVendor()
@@ -66,6 +67,7 @@ async def test_requests_attempts_failovers_latency_and_breaker_gauges():
     assert all(name.startswith("busbar_") for name, _ in s)
 
 
+@pytest.mark.integration
 async def test_key_states_and_tokens():
     a, b = MockVendor(), MockVendor()
     a.fail_next({"error": "billing"})
@@ -97,6 +99,7 @@ def _record(i: int = 0) -> RequestRecord:
     return rec
 
 
+@pytest.mark.pure
 def test_each_gateway_has_its_own_registry():
     one, two = _gateway(), _gateway()
     one.admin.on_finish(_record())
@@ -104,6 +107,7 @@ def test_each_gateway_has_its_own_registry():
     assert value(s1, "busbar_requests_total") == 1 and value(s2, "busbar_requests_total") == 0
 
 
+@pytest.mark.pure
 def test_reload_adoption_keeps_counters_and_one_listener():
     old = _gateway()
     old.admin.on_finish(_record())
@@ -116,6 +120,7 @@ def test_reload_adoption_keeps_counters_and_one_listener():
     assert value(samples(new.admin.metrics.render().decode()), "busbar_requests_total") == 3
 
 
+@pytest.mark.pure
 def test_listener_is_cheap():
     gw = _gateway()
     records = [_record(i) for i in range(2000)]

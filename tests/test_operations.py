@@ -26,6 +26,7 @@ def two_vendor_config(first="{a}", second="{b}"):
             "pools": {"smart": {"members": [{"provider": "pa", "model": "ma"}]}}}
 
 
+@pytest.mark.sdk
 async def test_reload_swaps_config_and_inflight_requests_finish_on_old_one():
     a, b = MockVendor(reply="from a", latency=0.4), MockVendor(reply="from b")
     async with gateway_with(two_vendor_config(), a=a, b=b) as gw:
@@ -46,6 +47,7 @@ async def test_reload_swaps_config_and_inflight_requests_finish_on_old_one():
         assert results == ["from a"]           # started before the reload, finished on the old config
 
 
+@pytest.mark.sdk
 async def test_bad_reload_is_rejected_and_old_config_keeps_serving():
     a, b = MockVendor(reply="still a"), MockVendor()
     async with gateway_with(two_vendor_config(), a=a, b=b) as gw:
@@ -56,6 +58,7 @@ async def test_bad_reload_is_rejected_and_old_config_keeps_serving():
         assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "still a"
 
 
+@pytest.mark.sdk
 async def test_reload_with_a_bad_bedrock_rule_is_rejected(tmp_path):
     """The SIGHUP path (reload from the file): a provider whose error rule
     does not compile is a rejected config, not a dead server."""
@@ -73,6 +76,7 @@ async def test_reload_with_a_bad_bedrock_rule_is_rejected(tmp_path):
         assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "still a"
 
 
+@pytest.mark.sdk
 async def test_reload_wraps_any_build_error_as_a_rejected_config(monkeypatch):
     a, b = MockVendor(reply="still a"), MockVendor()
     async with gateway_with(two_vendor_config(), a=a, b=b) as gw:
@@ -88,6 +92,7 @@ async def test_reload_wraps_any_build_error_as_a_rejected_config(monkeypatch):
         assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "still a"
 
 
+@pytest.mark.sdk
 async def test_reload_keeps_breaker_and_key_state():
     a, b = MockVendor(), MockVendor(reply="b")
     a.always = {"status": 500}
@@ -107,6 +112,7 @@ async def test_reload_keeps_breaker_and_key_state():
         assert member["breaker"]["state"] == "open"
 
 
+@pytest.mark.sdk
 async def test_drain_stops_new_requests_and_undrain_restores():
     a, b = MockVendor(reply="a"), MockVendor(reply="b")
     config = two_vendor_config()
@@ -121,6 +127,7 @@ async def test_drain_stops_new_requests_and_undrain_restores():
         assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "a"
 
 
+@pytest.mark.sdk
 async def test_drain_lets_inflight_stream_finish():
     a, b = MockVendor(reply="one two three four five", chunk_delay=0.05), MockVendor(reply="b")
     config = two_vendor_config()
@@ -141,6 +148,7 @@ async def test_drain_lets_inflight_stream_finish():
         assert await sdk(lambda: openai_chat(gw.url, "smart", "x")) == "b"
 
 
+@pytest.mark.integration
 def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
     mock_port, gw_port = free_port(), free_port()
     config = tmp_path / "c.yaml"
@@ -173,6 +181,7 @@ def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
                 proc.kill()
 
 
+@pytest.mark.sdk
 async def test_admin_api_drain_and_reload(tmp_path):
     a, b = MockVendor(reply="a"), MockVendor(reply="b")
     config = two_vendor_config()

@@ -8,6 +8,8 @@ from busbar.faults import FaultClass
 from busbar.pipeline import (DEFAULT_FILE, Backoff, PipelineError, build_pipeline, deep_merge, explain,
                              load_pipelines)
 
+pytestmark = pytest.mark.pure
+
 
 def test_default_pipeline_numbers():
     p = load_pipelines({})["default"]

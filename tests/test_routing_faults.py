@@ -7,6 +7,8 @@ from busbar.faults import Fault, FaultClass
 from busbar.routing import (Action, Attempt, BreakerState, Exhausted, Needs, PlanError, Router, Wait,
                             fingerprint)
 
+pytestmark = pytest.mark.pure
+
 CLIENT = Fault(FaultClass.CLIENT, 400, "messages: field required")
 CONTEXT = Fault(FaultClass.CONTEXT, 400, "maximum context length is 8192 tokens", code="context_length_exceeded")
 SERVER = Fault(FaultClass.SERVER, 500, "internal error")

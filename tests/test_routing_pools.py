@@ -8,6 +8,8 @@ from busbar.faults import Fault, FaultClass
 from busbar.routing import Attempt, Exhausted, Needs, RouteConfigError, Router
 from busbar.routing.pools import choose
 
+pytestmark = pytest.mark.pure
+
 # chi-square critical values at p = 0.001 (df = categories - 1): a seeded
 # run far beyond these means the weights do not hold.
 CHI2_999 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}

@@ -12,10 +12,14 @@
 """
 import random
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from busbar.faults import Fault, FaultClass
 from busbar.routing import Action, Exhausted, Needs, PlanError, Router, Wait
+
+pytestmark = pytest.mark.pure
 
 STRATEGIES = ["weighted", "round_robin", "least_in_flight", "latency", "ordered"]
 
@@ -75,6 +79,7 @@ def breaker_state(b):
     return (b.state, b.consecutive, b.until, b.open_for, b._fail, b.closed_at)
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_plans_keep_their_promises(scenario):

@@ -16,6 +16,8 @@ from busbar.protocols import PROTOCOLS, get_dialect
 from busbar.protocols.base import KIND_STATUS, StreamError
 from stream_support import FIXTURES, assert_schema_valid, decode, encode, ir_streams
 
+pytestmark = pytest.mark.pure
+
 SR = ir.StopReason
 
 SCENARIO = [

@@ -12,6 +12,8 @@ from busbar.protocols import PROTOCOLS
 from stream_support import (FIXTURE_SUMMARY, FIXTURES, assert_schema_valid, canonical, check_grammar, decode,
                             decoded_canonical, encode, ir_streams, splits, summary)
 
+pytestmark = pytest.mark.pure
+
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PAIRS = [(b, a) for b in PROTOCOLS for a in PROTOCOLS]
 

@@ -14,6 +14,8 @@ import pytest
 from busbar import ir
 from busbar.protocols import get_dialect
 
+pytestmark = pytest.mark.pure
+
 SR = ir.StopReason
 URL = "http://busbar.test"
 

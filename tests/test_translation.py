@@ -9,6 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from busbar.protocols import get_dialect
 from tests import strategies as S
 
+pytestmark = pytest.mark.pure
+
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PARAMS = {"model": "pool-model"}
 
@@ -20,6 +22,7 @@ def params(proto: str, req) -> dict:
     return {**PARAMS, "action": action}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proto", S.PROTOCOLS)
 def test_request_parse_render_identity(proto):
     d = get_dialect(proto)
@@ -36,6 +39,7 @@ def test_request_parse_render_identity(proto):
     law()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proto", S.PROTOCOLS)
 def test_response_parse_render_identity(proto):
     d = get_dialect(proto)
@@ -50,6 +54,7 @@ def test_response_parse_render_identity(proto):
     law()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proto", S.PROTOCOLS)
 def test_wire_request_render_is_stable(proto):
     """render∘parse is the identity on bodies the renderer itself produced."""

@@ -12,6 +12,8 @@ from busbar.protocols import common as c
 from busbar.protocols import get_dialect
 from tests import strategies as S
 
+pytestmark = pytest.mark.pure
+
 OA, RS, AN, GE, BR, CO = (get_dialect(p) for p in S.PROTOCOLS)
 
 

@@ -22,6 +22,7 @@ def config_for(vendor_protocol: str) -> dict:
             "pools": {"smart": {"members": [{"provider": "up", "model": "upstream-model", "max_tokens": 512}]}}}
 
 
+@pytest.mark.sdk
 @pytest.mark.parametrize("vendor", PROTOCOLS)
 @pytest.mark.parametrize("client", PROTOCOLS)
 async def test_buffered_any_to_any(client, vendor):
@@ -39,6 +40,7 @@ async def test_buffered_any_to_any(client, vendor):
         assert seen["key"] == "vendor-key"
 
 
+@pytest.mark.sdk
 async def test_bedrock_client_signature_is_verified():
     import botocore.exceptions
     config = {**config_for("openai"), "auth": {"aws_credentials": [
@@ -56,6 +58,7 @@ async def test_bedrock_client_signature_is_verified():
     assert len(mock.received) == 1
 
 
+@pytest.mark.sdk
 @pytest.mark.parametrize("vendor", PROTOCOLS)
 @pytest.mark.parametrize("client", PROTOCOLS)
 async def test_streamed_any_to_any(client, vendor):
@@ -83,6 +86,7 @@ def failover_config(first: str, second: str) -> dict:
         {"provider": "first", "model": "m1", "priority": 0}, {"provider": "second", "model": "m2", "priority": 1}]}}}
 
 
+@pytest.mark.sdk
 @pytest.mark.parametrize("client,first,second", [
     ("openai", "anthropic", "gemini"), ("anthropic", "openai", "bedrock"), ("gemini", "cohere", "openai"),
     ("bedrock", "responses", "anthropic"), ("cohere", "bedrock", "openai"), ("responses", "cohere", "gemini"),
@@ -99,6 +103,7 @@ async def test_stream_failover_before_first_byte_across_protocols(client, first,
     assert "failing_over" in [s["state"] for s in record["path"]]
 
 
+@pytest.mark.sdk
 @pytest.mark.parametrize("client,vendor", [("openai", "gemini"), ("anthropic", "cohere"), ("gemini", "anthropic"),
                                            ("bedrock", "openai"), ("cohere", "bedrock"), ("responses", "anthropic")])
 async def test_stream_failure_after_content_raises_in_every_sdk(client, vendor):
@@ -112,6 +117,7 @@ async def test_stream_failure_after_content_raises_in_every_sdk(client, vendor):
     assert "AssertionError" not in type(exc.value).__name__
 
 
+@pytest.mark.sdk
 @pytest.mark.parametrize("vendor", PROTOCOLS)
 @pytest.mark.parametrize("error", ["rate", "overloaded"])
 async def test_error_event_before_content_fails_over_for_every_vendor(vendor, error):
@@ -128,6 +134,7 @@ async def test_error_event_before_content_fails_over_for_every_vendor(vendor, er
     assert record["attempts"][0]["outcome"] in ("rate", "server"), record["attempts"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("policy", ["reject", "drop"])
 async def test_inexpressible_field_is_rejected_or_dropped_with_a_warning(policy):
     import httpx

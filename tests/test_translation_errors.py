@@ -15,6 +15,8 @@ from busbar.faults import ClientError, Fault, FaultClass
 from busbar.protocols import get_dialect
 from tests import strategies as S
 
+pytestmark = pytest.mark.pure
+
 RATE, CONTEXT, BILLING, AUTH, CLIENT, SERVER = (FaultClass.RATE, FaultClass.CONTEXT, FaultClass.BILLING,
                                                 FaultClass.AUTH, FaultClass.CLIENT, FaultClass.SERVER)
 
@@ -258,6 +260,7 @@ BOTO_CODES = {"rate": "ThrottlingException", "billing": "ThrottlingException", "
               "client": "ValidationException", "auth": "InternalServerException", "server": "InternalServerException"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proto", S.PROTOCOLS)
 @pytest.mark.parametrize("fault_name", list(FAULTS))
 def test_fault_reaches_the_client_sdk_as_its_usual_exception(proto, fault_name):

@@ -24,6 +24,8 @@ from busbar.protocols import common as c
 from busbar.protocols import get_dialect
 from tests import strategies as S
 
+pytestmark = pytest.mark.pure
+
 SETTINGS = settings(max_examples=18, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PAIRS = [(a, b) for a in S.PROTOCOLS for b in S.PROTOCOLS]
 
@@ -253,6 +255,7 @@ def _reject_or_hints(d, req: ir.Request):
     assert all(w.startswith("dropped hint") for w in warnings), warnings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("a,b", PAIRS)
 def test_request_round_trip_through(a, b):
     da, db = get_dialect(a), get_dialect(b)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import time
 
 import orjson
+import pytest
 
 from busbar.protocols import PROTOCOLS, get_dialect
+
+pytestmark = pytest.mark.pure
 
 REQUEST = orjson.dumps({
     "model": "gpt-4o",
@@ -53,6 +56,7 @@ def _us(fn, n=3000) -> float:
     return best
 
 
+@pytest.mark.slow
 def test_openai_to_anthropic_round_costs_microseconds():
     oa, an = get_dialect("openai"), get_dialect("anthropic")
 

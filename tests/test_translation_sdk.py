@@ -14,6 +14,8 @@ from busbar import ir
 from busbar.protocols import get_dialect
 from tests import strategies as S
 
+pytestmark = pytest.mark.pure
+
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

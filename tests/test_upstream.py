@@ -3,11 +3,14 @@ vendor closed never turn into failures blamed on the vendor."""
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from busbar.mock import MockVendor
 from busbar.server import HttpServer
 from harness import gateway_with
+
+pytestmark = pytest.mark.integration
 
 
 class ShortKeepAliveVendor(MockVendor):

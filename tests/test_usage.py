@@ -12,6 +12,8 @@ from busbar.cli import main as cli
 from busbar.gateway import AttemptRecord, RequestRecord
 from busbar.ir import Usage
 
+pytestmark = pytest.mark.pure
+
 
 def record(pool="smart", member="smart/p/m", key="p#0:abcd", client=None, usage=None, outcomes=("ok",),
            started=None):
