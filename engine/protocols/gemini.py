@@ -17,6 +17,7 @@ import orjson
 
 from busbar import ir
 from busbar.faults import ClientError, Fault, FaultClass
+from busbar.protocols import casing
 from busbar.protocols import common as c
 from busbar.protocols.base import (KIND_STATUS, Dialect, Headers, bearer_token, classify_generic,
                                    header, query_param)
@@ -276,6 +277,7 @@ def _lower_types(schema):
 
 
 def _parse_request(obj: dict) -> ir.Request:
+    obj = casing.normalise(obj, casing.GEMINI_REQUEST)   # proto3 JSON: snake_case names too
     ids = _Ids("gemini")
     messages = []
     for i, m in enumerate(c.require_list(obj, "contents")):
