@@ -175,7 +175,7 @@ class Exchange:
         else:
             if self._ir is None:
                 self._ir = self.client.parse_request(self.obj, self.params)
-            policy = self.gw.pool_policies.get(self.model, "reject")
+            policy = self.gw.pool_policies.get(self.model, "degrade")
             body, warnings = up.render_request(self._ir, attempt.model,
                                                max_tokens_default=attempt.max_tokens, unsupported=policy)
             self._warnings = warnings

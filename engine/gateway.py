@@ -82,7 +82,7 @@ class Gateway:
         auth = config.auth
         self.client_keys = frozenset(auth.get("keys", ())) or None
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
-        self.pool_policies = {name: pool.get("unsupported", "reject") for name, pool in config.pools.items()}
+        self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}
         # finished requests, newest last; turned into dicts only when asked
         self.recent_records: deque[RequestRecord] = deque(maxlen=recent)
         self.in_flight = 0

@@ -47,3 +47,35 @@ async def test_google_genai_recommended_api_to_another_protocol(vendor):
     else:
         assert body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]["required"] == ["city_name"]
         assert body["messages"][0]["content"][1]["image"]["format"] == "png"
+
+
+@pytest.mark.parametrize("policy", [None, "reject"])
+async def test_claude_code_defaults_degrade_unless_the_pool_rejects(policy):
+    """Claude Code's default request (context editing, tool search, deferred
+    tools) through an OpenAI pool: served with a warning header, or a 400 in
+    Anthropic's shape when the pool says `unsupported: reject`."""
+    import anthropic
+    config = config_for("openai")
+    if policy:
+        config["pools"]["smart"]["unsupported"] = policy
+    mock = MockVendor(reply="done")
+    async with gateway_with(config, a=mock) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="client-key", max_retries=0)
+
+        def call():
+            return client.messages.with_raw_response.create(
+                model="smart", max_tokens=64, messages=[{"role": "user", "content": "hi"}],
+                tools=[{"name": "Read", "input_schema": {"type": "object"}, "defer_loading": True},
+                       {"type": "tool_search_tool_regex_20251119", "name": "tool_search_tool_regex"}],
+                extra_body={"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}})
+        if policy == "reject":
+            with pytest.raises(anthropic.BadRequestError) as exc:
+                await sdk(call)
+            assert "context_management" in str(exc.value) or "defer_loading" in str(exc.value)
+            assert mock.received == []
+            return
+        raw = await sdk(call)
+    assert raw.parse().content[0].text == "done"
+    warning = raw.headers["x-busbar-warning"]
+    assert "degraded 'context_management'" in warning and "degraded 'tools[0].defer_loading'" in warning
+    assert [t["function"]["name"] for t in mock.received[-1]["body"]["tools"]] == ["Read"]

@@ -27,13 +27,19 @@ from busbar.faults import ClientError
 
 
 class RenderCtx:
-    __slots__ = ("target", "reject", "warnings")
+    """`unsupported`: "reject" (a pool that says so: everything inexpressible
+    is a 400), "drop" (dropped with a warning), or "degrade" (the default when
+    a pool says nothing: rejects like "reject", except that a server-side
+    feature the target lacks, see `DEGRADABLE`, degrades to its plain
+    equivalent with a warning)."""
+    __slots__ = ("target", "reject", "degrade", "warnings")
 
     def __init__(self, target: str, unsupported: str = "reject"):
-        if unsupported not in ("reject", "drop"):
-            raise ValueError(f"unsupported must be 'reject' or 'drop', not {unsupported!r}")
+        if unsupported not in ("reject", "drop", "degrade"):
+            raise ValueError(f"unsupported must be 'reject', 'drop' or 'degrade', not {unsupported!r}")
         self.target = target
-        self.reject = unsupported == "reject"
+        self.reject = unsupported != "drop"
+        self.degrade = unsupported != "reject"
         self.warnings: list[str] = []
 
     def unsupported(self, field: str, why: str = "") -> None:
@@ -57,14 +63,23 @@ class RenderCtx:
             if proto == self.target:
                 continue
             hints = HINTS.get(proto, ())
-            for key in fields:
-                if key[0] == "$":
+            silent = SILENT.get(proto, ())
+            for key, value in fields.items():
+                if key[0] == "$" or key in silent or meaningless(proto, key, value):
                     continue
                 name = f"{where}{key}"
                 if key in hints:
                     self.hint(name, f"{proto}-only hint")
                 else:
-                    self.unsupported(name, f"{proto}-only field, no {self.target} equivalent")
+                    self.feature(proto, key, name)
+
+    def feature(self, proto: str, key: str, name: str) -> None:
+        """A vendor-only field or part: degraded (`DEGRADABLE`) or unsupported."""
+        why = degradable(proto, key)
+        if why is not None and self.degrade:
+            self.warnings.append(f"degraded '{name}': {why}")
+        else:
+            self.unsupported(name, f"{proto}-only field, no {self.target} equivalent")
 
     def opaque(self, part: ir.Opaque, where: str) -> Any:
         """An opaque part: its raw form for its own protocol, else unsupported."""
@@ -72,6 +87,8 @@ class RenderCtx:
             return part.raw
         if part.kind in HINTS.get(part.protocol, ()):
             self.hint(f"{where}{part.kind}", f"{part.protocol}-only hint")
+        elif degradable(part.protocol, part.kind) is not None and self.degrade:
+            self.warnings.append(f"degraded '{where}{part.kind}': {degradable(part.protocol, part.kind)}")
         else:
             self.unsupported(f"{where}{part.kind}", f"{part.protocol}-only content")
         return None
@@ -94,6 +111,68 @@ HINTS: dict[str, frozenset[str]] = {
                           "additionalModelResponseFieldPaths"}),
     "cohere": frozenset({"priority", "citations"}),
 }
+
+# Fields SDKs add to what they send back (presentation helpers) and pure
+# bookkeeping: no meaning for any vendor, dropped without a warning.
+SILENT: dict[str, frozenset[str]] = {
+    "responses": frozenset({"parsed_arguments", "parsed", "client_metadata"}),   # openai JS helpers; Codex CLI
+    "anthropic": frozenset({"eager_input_streaming"}),                          # Vercel AI SDK streaming hint
+}
+
+# Values equal to the vendor's own default say nothing (LangChain sends them on
+# every call); empty values ([], {}, "", null) never do.  Keys are dotted paths
+# inside this protocol's extras.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemini": {"generationConfig.candidateCount": 1, "generationConfig.responseLogprobs": False},
+    "openai": {"n": 1, "logprobs": False},
+    "responses": {"truncation": "disabled"},
+    "cohere": {"safety_mode": "CONTEXTUAL"},
+}
+
+
+def meaningless(proto: str, key: str, value: Any) -> bool:
+    """An empty value, a vendor default, or an object made only of those."""
+    if value is None or value == [] or value == {} or value == "":
+        return True
+    defaults = DEFAULTS.get(proto)
+    if defaults is None:
+        return False
+    if key in defaults and defaults[key] == value and type(defaults[key]) is type(value):
+        return True
+    if isinstance(value, dict):
+        return all(meaningless(proto, f"{key}.{k}", v) for k, v in value.items())
+    return False
+
+
+# Server-side features a target may lack that have a plain equivalent: the
+# request goes without them (all tools sent, no server-side context editing)
+# and says so in a warning, unless the pool says `unsupported: reject`.
+# A key ending in `*` matches by prefix (versioned tool types).
+DEGRADABLE: dict[str, dict[str, str]] = {
+    "anthropic": {
+        "context_management": "server-side context editing skipped; the whole conversation is sent",
+        "defer_loading": "tool search unavailable; the tool is sent up front",
+        "tool_search_tool_*": "tool search unavailable; all tools are sent up front",
+    },
+    "responses": {
+        "defer_loading": "tool search unavailable; the tool is sent up front",
+        "tool_search": "tool search unavailable; all tools are sent up front",
+        "context_management": "server-side compaction skipped; the whole conversation is sent",
+    },
+}
+
+
+def degradable(proto: str, key: str) -> str | None:
+    table = DEGRADABLE.get(proto)
+    if not table:
+        return None
+    why = table.get(key)
+    if why is None:
+        for pattern, text in table.items():
+            if pattern[-1] == "*" and key.startswith(pattern[:-1]):
+                return text
+    return why
+
 
 # ---------------------------------------------------------------------------
 # Extras helpers

@@ -145,6 +145,16 @@ def _parse_items(items: list) -> list[ir.Message]:
     return out
 
 
+def _flat_tools(tools):
+    """Tools with Codex CLI's `namespace` groups flattened into their plain
+    function tools (a grouping other vendors have no word for)."""
+    for t in tools:
+        if t.get("type") == "namespace" and isinstance(t.get("tools"), list):
+            yield from t["tools"]
+        else:
+            yield t
+
+
 def _parse_request(obj: dict) -> ir.Request:
     inp = obj.get("input")
     if inp is None:
@@ -166,7 +176,7 @@ def _parse_request(obj: dict) -> ir.Request:
     req.parallel_tool_calls = obj.get("parallel_tool_calls")
     notes: dict = {}
     extras = c.extras_of(obj, _REQUEST_KEYS, P) or {}
-    for t in obj.get("tools") or ():
+    for t in _flat_tools(obj.get("tools") or ()):
         if t.get("type") == "function":
             strict = t.get("strict")
             req.tools.append(ir.Tool(t["name"], t.get("parameters"), t.get("description"),
