@@ -40,6 +40,8 @@ Insertion points for what is not here yet:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from typing import TYPE_CHECKING
 
@@ -83,6 +85,7 @@ class Exchange:
         self.stream = False
         self.plan = None
         self._ir = None
+        self.stops: list[str] | None = None   # stop strings the gateway emulates for this attempt's member
         self._warnings: list[str] = []   # fields translation dropped for the member that answers
         self._deadline = trio.CancelScope()
 
@@ -176,7 +179,10 @@ class Exchange:
             if self._ir is None:
                 self._ir = self.client.parse_request(self.obj, self.params)
             policy = self.gw.pool_policies.get(self.model, "degrade")
-            body, warnings = up.render_request(self._ir, attempt.model,
+            req, self.stops = self._ir, None
+            if req.stop and up.stop_emulated:     # the member has no stop: the relay cuts the answer
+                req, self.stops = dataclasses.replace(req, stop=None), req.stop
+            body, warnings = up.render_request(req, attempt.model,
                                                max_tokens_default=attempt.max_tokens, unsupported=policy)
             self._warnings = warnings
             if warnings:

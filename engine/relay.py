@@ -25,6 +25,7 @@ from busbar.faults import ClientError, Fault, FaultClass
 from busbar.outcome import Answered, Broken, Failed, Outcome
 from busbar.protocols.base import StreamError
 from busbar.protocols.sse import SSESplitter
+from busbar.protocols.stops import StopEmulation, cut_response
 from busbar.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ async def relay_buffered(x: "Exchange", attempt, rec, provider, response, t0: fl
         try:
             resp_ir = up.parse_response(orjson.loads(data))
             x.record.usage = resp_ir.usage
+            if x.stops:
+                cut_response(resp_ir, x.stops)
             out = x.client.render_response(resp_ir, x.model)
         except ClientError:
             raise
@@ -92,6 +95,7 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
     decoder = up.stream_decoder()
     encoder = client.stream_encoder(x.model, **client.stream_encoder_options(x.obj))
     relay = PassthroughRelay(up.stream_content_type) if same else None
+    stops = StopEmulation(x.stops) if x.stops and not same else None
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
     upstream_done = False
     committed = False
@@ -113,6 +117,9 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
             return _server(str(exc))
         except StreamError as exc:
             return _server(f"malformed upstream stream: {exc}")
+        if stops is not None:
+            events = stops.filter(events)
+            upstream_done = upstream_done or stops.done     # cut: the upstream is not read further
         for event in events:
             if type(event) is ir.ErrorEvent:
                 # an error before any content: classified like the HTTP
@@ -143,6 +150,9 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
                 except StopAsyncIteration:
                     break
             events = decoder.feed(chunk)
+            if stops is not None:
+                events = stops.filter(events)
+                upstream_done = stops.done
             broken = None
             for event in events:
                 kind = type(event)
@@ -160,6 +170,8 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
                               None if same else encoder)
         if not upstream_done:
             tail = decoder.close()
+            if stops is not None:
+                tail = stops.filter(tail)
             if not same:
                 await x.responder.write(b"".join(encoder.encode(e) for e in tail))
         if not same:

@@ -79,3 +79,42 @@ async def test_claude_code_defaults_degrade_unless_the_pool_rejects(policy):
     warning = raw.headers["x-busbar-warning"]
     assert "degraded 'context_management'" in warning and "degraded 'tools[0].defer_loading'" in warning
     assert [t["function"]["name"] for t in mock.received[-1]["body"]["tools"]] == ["Read"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_stop_sequences_emulated_for_a_responses_member(stream):
+    """The Responses API has no `stop`: the gateway cuts the answer at the
+    first stop string (streamed: across chunk boundaries) and closes with the
+    client's stop-sequence finish reason."""
+    import anthropic
+    import openai
+    mock = MockVendor(reply="The quick brown fox jumps over the lazy dog.", chunks=9)
+    async with gateway_with(config_for("responses"), a=mock) as gw:
+        oai = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        ant = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+        messages = [{"role": "user", "content": "hi"}]
+        if stream:
+            def chat():
+                chunks = list(oai.chat.completions.create(model="smart", messages=messages, stop=["fox", "dog"],
+                                                          stream=True))
+                return ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                        [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason])
+
+            def messages_api():
+                with ant.messages.stream(model="smart", max_tokens=50, messages=messages,
+                                         stop_sequences=["lazy"]) as s:
+                    text = "".join(s.text_stream)
+                    final = s.get_final_message()
+                return text, final.stop_reason, final.stop_sequence
+            text, finishes = await sdk(chat)
+            assert (text, finishes) == ("The quick brown ", ["stop"])
+            assert await sdk(messages_api) == ("The quick brown fox jumps over the ", "stop_sequence", "lazy")
+        else:
+            result = await sdk(lambda: oai.chat.completions.create(model="smart", messages=messages, stop="fox"))
+            assert result.choices[0].message.content == "The quick brown "
+            assert result.choices[0].finish_reason == "stop"
+            msg = await sdk(lambda: ant.messages.create(model="smart", max_tokens=50, messages=messages,
+                                                        stop_sequences=["lazy"]))
+            assert (msg.content[0].text, msg.stop_reason, msg.stop_sequence) == \
+                ("The quick brown fox jumps over the ", "stop_sequence", "lazy")
+    assert all("stop" not in r["body"] for r in mock.received)

@@ -172,6 +172,9 @@ class Dialect:
     # Client request headers forwarded verbatim on same-protocol passthrough
     # (versions and beta flags the client chose).
     forward_headers: ClassVar[tuple[bytes, ...]] = ()
+    # True when the protocol has no stop sequences and the gateway emulates
+    # them (busbar.protocols.stops) for members that speak it.
+    stop_emulated: ClassVar[bool] = False
     # Client-facing error statuses: what status each kind is sent with.
     kind_status: ClassVar[dict[str, int]] = KIND_STATUS
 

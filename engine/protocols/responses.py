@@ -46,6 +46,7 @@ class ResponsesDialect(OpenAIDialect):
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         return base_path.rstrip("/") + "/responses"
 
+    stop_emulated = True        # the Responses API has no stop sequences
     json_fields = ("text",)
     vision_markers = (b'"input_image"',)
 
