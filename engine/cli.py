@@ -188,6 +188,8 @@ Ctrl-C stops everything.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="busbar", description="A fast LLM API gateway: protocols, not providers.")
     parser.add_argument("--log-level", default=os.environ.get("BUSBAR_LOG_LEVEL", "warning"))
+    from busbar import __version__
+    parser.add_argument("--version", action="version", version=f"busbar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")
