@@ -109,6 +109,22 @@ def cmd_usage(args) -> int:
     return usage.main(args)
 
 
+def cmd_catalog(args) -> int:
+    import json
+    from busbar import catalog
+    rows = catalog.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        kind = "self-hosted" if r["self_hosted"] else r["protocol"]
+        models = f"  models: {', '.join(r['models'])}" if r["models"] else ""
+        print(f"{r['name']:<{width}}  {kind:<11}  {r['base_url']}  (auth: {r['auth']}){models}")
+    print("\nuse: providers: {NAME: {catalog: ENTRY, key: ${YOUR_KEY}}}; any key you set overrides the entry")
+    return 0
+
+
 async def _start_mocks(nursery, specs):
     from busbar.mock import MockVendor
     vendors = []
@@ -234,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated: pool, member, key, client, minute, hour, day")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_usage)
+
+    p = sub.add_parser("catalog", help="list the provider catalog (presets for `providers.x.catalog`)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("mock", help="run simulated vendor APIs")
     p.add_argument("--port", type=int, default=9001)

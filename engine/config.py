@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from busbar import resources
+from busbar import catalog, resources
 SCHEMAS = resources.schemas_dir()
 PIPELINES_DIR = resources.pipelines_dir()
 
@@ -154,6 +154,10 @@ def parse_config(data: Any, source: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: (top level)", "the config must be a mapping with `providers` and `pools`")
     data = expand_env(data, (), source)
+    try:
+        data = catalog.expand(data)
+    except catalog.CatalogError as exc:
+        raise ConfigError(f"{source}: {exc.path}", exc.message) from None
     validate_schema(data, "config.schema.json", source)
     _check_references(data, source)
     config = Config(data, source)

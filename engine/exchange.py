@@ -188,9 +188,9 @@ class Exchange:
             if warnings:
                 log.warning("request %s: dropped fields not expressible in %s: %s", self.record.id, up.name,
                             ", ".join(warnings))
-        path = up.upstream_path(provider.origin.base_path, attempt.model, self.stream)
+        path = provider.endpoint.path(attempt.model, self.stream)
         headers: Headers = [JSON_CT, (b"accept", b"text/event-stream" if self.stream else b"application/json")]
-        auth = up.auth_headers(attempt.key_secret)
+        auth = provider.endpoint.auth(attempt.key_secret)
         if same and up.forward_headers:
             forwarded = [(k, v) for k, v in self.request.headers if k in up.forward_headers]
             names = {k for k, _ in forwarded}

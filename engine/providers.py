@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from busbar.faults import FaultClass
 from busbar.protocols import get_dialect
-from busbar.protocols.base import Headers
+from busbar.protocols.base import Endpoint, Headers
 from busbar.upstream import Origin
 
 
@@ -35,6 +35,7 @@ class Provider:
     error_rules: list[tuple[re.Pattern, int | None, FaultClass]]
     signer: object = None                # callable(path, headers, body) -> Headers, or None
     max_connections: int | None = None   # concurrent upstream connections to this provider
+    endpoint: Endpoint = None            # upstream path and auth header (protocol defaults + provider config)
 
 
 def build_provider(name: str, spec: dict) -> Provider:
@@ -49,4 +50,6 @@ def build_provider(name: str, spec: dict) -> Provider:
     dialect = get_dialect(spec["protocol"])
     origin = Origin.from_url(spec["base_url"])
     signer = dialect.build_signer(spec, origin.host_header.decode())
-    return Provider(name, spec["protocol"], dialect, origin, headers, rules, signer, spec.get("max_connections"))
+    endpoint = dialect.build_endpoint(spec, origin.base_path)
+    return Provider(name, spec["protocol"], dialect, origin, headers, rules, signer, spec.get("max_connections"),
+                    endpoint)

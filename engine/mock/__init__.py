@@ -20,8 +20,10 @@ Optional "model": "x" / "key": "k" on a fault restricts which requests it hits.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import orjson
 import trio
@@ -90,7 +92,7 @@ class MockVendor:
         path = request.path.decode("latin-1")
         if path.startswith("/_mock/"):
             return await self._control(path, request, responder)
-        endpoint = vendors.match_route(request.path)
+        endpoint = vendors.match_route(request.path) or _azure_route(path)
         if endpoint is None:
             return await responder.send(404, [(b"content-type", b"application/json")],
                                         orjson.dumps({"error": {"message": f"mock: no route {path}"}}))
@@ -101,10 +103,10 @@ class MockVendor:
         except orjson.JSONDecodeError:
             status, headers, body = vendor.error("invalid", "Malformed JSON body")
             return await responder.send(status, headers, body)
-        key = vendor.key(request)
+        key = vendor.key(request) if "deployment" not in params else _header(request, b"api-key")
         if protocol == "bedrock" and key is None:
             key = _aws_access_key(request)
-        model = params.get("model") or obj.get("model") or "unknown"
+        model = params.get("model") or params.get("deployment") or obj.get("model") or "unknown"
         stream = vendor.is_stream(params, obj, request)
         if self.record:
             if len(self.received) >= self.max_records:
@@ -207,6 +209,23 @@ def _split(text: str, chunks: int | None) -> list[str]:
     while len(pieces) < chunks:
         pieces.append("")
     return pieces
+
+
+# Azure OpenAI: the openai protocol with the model as a deployment in the
+# path, `api-version` in the query and the key in an `api-key` header.
+_AZURE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/chat/completions$")
+
+
+def _azure_route(path: str) -> tuple[str, dict] | None:
+    m = _AZURE.match(path)
+    return ("openai", {"deployment": unquote(m["deployment"])}) if m else None
+
+
+def _header(request: HttpRequest, name: bytes) -> str | None:
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _aws_access_key(request: HttpRequest) -> str | None:

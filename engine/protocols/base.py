@@ -164,6 +164,31 @@ def load_json_object(body: bytes) -> dict:
     return obj
 
 
+class Endpoint:
+    """A provider's upstream addressing: `path(model, stream)` and
+    `auth(key)`; the protocol's defaults unless the provider's config
+    adjusts them (see `Dialect.build_endpoint`)."""
+
+    __slots__ = ("dialect", "base_path", "auth_header", "query")
+
+    def __init__(self, dialect: "Dialect", base_path: str, auth_header: bytes | None = None, query: str = ""):
+        self.dialect = dialect
+        self.base_path = base_path
+        self.auth_header = auth_header
+        self.query = query          # appended to every path (`api-version=...`)
+
+    def path(self, model: str, stream: bool) -> str:
+        path = self.dialect.upstream_path(self.base_path, model, stream)
+        if self.query:
+            path += ("&" if "?" in path else "?") + self.query
+        return path
+
+    def auth(self, key: str | None) -> Headers:
+        if self.auth_header is not None:
+            return [(self.auth_header, key.encode())] if key else []
+        return self.dialect.auth_headers(key)
+
+
 class Dialect:
     """Base of the per-protocol wire layer; subclasses set the class vars and
     override what differs.  Instances are stateless singletons."""
@@ -232,6 +257,14 @@ class Dialect:
     # ---- outbound --------------------------------------------------------
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         raise NotImplementedError
+
+    def build_endpoint(self, spec: dict, base_path: str) -> "Endpoint":
+        """How one provider's requests are addressed and authenticated,
+        built once at config load: this protocol's path and auth header,
+        adjusted by the provider's `auth_header` (the key sent bare in a
+        header of that name)."""
+        header = spec.get("auth_header")
+        return Endpoint(self, base_path, header.lower().encode() if header else None)
 
     def build_signer(self, spec: dict, host: str):
         """A request signer for a provider of this protocol (`spec` is its

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from urllib.parse import quote
 
 import orjson
 
 from busbar import ir
 from busbar.faults import ClientError
 from busbar.protocols import common as c
-from busbar.protocols.base import Dialect, Headers
+from busbar.protocols.base import Dialect, Endpoint, Headers
 
 P = "openai"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -72,6 +73,17 @@ class OpenAIDialect(Dialect):
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         return base_path.rstrip("/") + "/chat/completions"
+
+    def build_endpoint(self, spec: dict, base_path: str) -> Endpoint:
+        # Azure OpenAI speaks this protocol with the model as a deployment in
+        # the path and an `api-version` on every request (its SDK's
+        # AzureOpenAI client does the same).
+        endpoint = super().build_endpoint(spec, base_path)
+        if spec.get("api_version"):
+            endpoint.query = "api-version=" + quote(spec["api_version"], safe="")
+        if spec.get("deployment_paths"):
+            endpoint.dialect = _DEPLOYMENTS
+        return endpoint
 
     json_fields = ("response_format",)
     vision_markers = (b'"image_url"',)
@@ -763,3 +775,13 @@ class StreamEncoder(s.Encoder):
         etype, code = OpenAIDialect._error_types.get(kind, ("server_error", None))
         return b"data: " + s.dumps({"error": {"message": message, "type": etype, "param": None,
                                               "code": code}}) + b"\n\n"
+
+
+class _DeploymentPaths(OpenAIDialect):
+    """Upstream addressing only: BASE/deployments/MODEL/chat/completions."""
+
+    def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
+        return f"{base_path.rstrip('/')}/deployments/{quote(model, safe='')}/chat/completions"
+
+
+_DEPLOYMENTS = _DeploymentPaths()
