@@ -48,6 +48,7 @@ class MockVendor:
     max_records: int = 1000
     port: int = 0
     aws_credentials: dict[str, str] | None = None   # Bedrock: access key id -> secret; SigV4 is verified
+    use_tools: bool = False           # offered tools: call the first, then answer "tool said: <result>"
     _replies: dict = field(default_factory=dict, repr=False)   # rendered buffered replies (benchmarks hit one)
 
     # ---- scripting -------------------------------------------------------
@@ -135,7 +136,17 @@ class MockVendor:
             denied = self._check_signature(request, vendor)
             if denied is not None:
                 return await responder.send(*denied)
-        text = self.reply if self.reply is not None else vendor.last_user_text(obj, params) or "Hello from Busbar's mock."
+        step = vendor.tool_step(obj, params) if self.use_tools else None
+        if isinstance(step, vendors.ir.ToolCall):
+            reply = vendor.render_call(model, step, max(1, len(request.body) // 4), stream)
+            if not stream:
+                return await responder.send(*reply)
+            await responder.start(200, vendor.stream_headers())
+            for frame in reply:
+                await responder.write(frame)
+            return await responder.end()
+        text = step if step is not None else (
+            self.reply if self.reply is not None else vendor.last_user_text(obj, params) or "Hello from Busbar's mock.")
         usage_in = max(1, len(request.body) // 4)
         if not stream:
             if fault and fault.get("malformed"):
@@ -190,7 +201,7 @@ class MockVendor:
             self.queue.extend(script.get("queue", []))
             if "always" in script:
                 self.always = script["always"]
-            for knob in ("reply", "latency", "chunk_delay", "chunks", "keys"):
+            for knob in ("reply", "latency", "chunk_delay", "chunks", "keys", "use_tools"):
                 if knob in script:
                     setattr(self, knob, script[knob])
             return await responder.send(200, json, b'{"ok":true}')

@@ -119,6 +119,41 @@ class Vendor:
                     return text
         return ""
 
+    def tool_step(self, obj: dict, params: dict):
+        """With tools on offer: a call of the first tool (required string
+        arguments filled in), or, once the last turn carries a tool result,
+        the text `tool said: <result>`; None when no tools are offered."""
+        try:
+            request = self.dialect.parse_request(obj, params)
+        except Exception:
+            return None
+        tools = [t for t in request.tools if isinstance(t, ir.Tool)]
+        if not tools or not request.messages:
+            return None
+        results = [p for p in request.messages[-1].content if isinstance(p, ir.ToolResult)]
+        if results:
+            said = [x.text if isinstance(x, ir.Text) else str(getattr(x, "value", "")) for x in results[-1].content]
+            return "tool said: " + " ".join(said)
+        schema = tools[0].parameters or {}
+        props = schema.get("properties") or {}
+        args = {k: "Paris" for k in schema.get("required") or props if (props.get(k) or {}).get("type") == "string"}
+        return ir.ToolCall(f"call_mock{uuid.uuid4().hex[:12]}", tools[0].name, args)
+
+    def render_call(self, model: str, call: ir.ToolCall, usage_in: int, stream: bool):
+        """A tool-call answer, buffered (status, headers, body) or as stream frames."""
+        usage = ir.Usage(input_tokens=usage_in, output_tokens=5)
+        if not stream:
+            resp = ir.Response(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, content=[call],
+                               stop_reason=ir.StopReason.TOOL_USE, usage=usage)
+            return 200, [(b"content-type", b"application/json")], self.dialect.render_response(resp, model)
+        import orjson
+        encoder = self.dialect.stream_encoder(model)
+        events = [ir.MessageStart(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, usage=ir.Usage(input_tokens=usage_in)),
+                  ir.BlockStart(0, ir.ToolCall(call.id, call.name, {})),
+                  ir.ToolArgsDelta(0, orjson.dumps(call.arguments).decode()), ir.BlockStop(0),
+                  ir.UsageEvent(usage), ir.MessageStop(ir.StopReason.TOOL_USE)]
+        return [b"".join(encoder.encode(e) for e in events) + encoder.finish()]
+
     def _response(self, model: str, text: str, usage_in: int) -> ir.Response:
         return ir.Response(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, content=[ir.Text(text)],
                            stop_reason=ir.StopReason.END_TURN,
