@@ -86,55 +86,81 @@ def compile_schema(schema: dict) -> _Node:
     return build(schema)
 
 
-def normalise(obj: Any, root: _Node, path: str = "") -> Any:
+def normalise(obj: Any, root: _Node) -> Any:
     """`obj` with every field name in canonical lowerCamelCase (see module doc)."""
-    return _walk(obj, root, path)
+    return _walk(obj, root, ())
 
 
-def _walk(value: Any, node: _Node, path: str) -> Any:
+_NAMES: dict[str, str] = {}     # key -> canonical name, memoised (keys repeat across requests)
+
+
+def _name(key: str) -> str:
+    name = _NAMES.get(key)
+    if name is None:
+        name = camel(key)
+        if len(_NAMES) < 4096:
+            _NAMES[key] = name
+    return name
+
+
+def _where(path: tuple) -> str:
+    """A path built lazily as nested (parent, step) pairs, rendered for an error."""
+    steps = []
+    while path:
+        path, step = path
+        steps.append(step)
+    out = ""
+    for step in reversed(steps):
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out
+
+
+def _walk(value: Any, node: _Node, path: tuple) -> Any:
     kind = node.kind
     if kind == "data":
         return value
-    if isinstance(value, list):
+    if type(value) is list:
         child = node.child if kind == "list" else (_ANY if kind == "any" else None)
-        if child is None:
+        if child is None or child.kind == "data":
             return value
         out = value
         for i, item in enumerate(value):
-            new = _walk(item, child, f"{path}[{i}]")
+            new = _walk(item, child, (path, i))
             if new is not item:
                 if out is value:
                     out = list(value)
                 out[i] = new
         return out
-    if not isinstance(value, dict):
+    if type(value) is not dict or kind == "list":
         return value
     if kind == "map":
         child = node.child
         out = value
         for k, v in value.items():
-            new = _walk(v, child, f"{path}.{k}" if path else k)
+            new = _walk(v, child, (path, k))
             if new is not v:
                 if out is value:
                     out = dict(value)
                 out[k] = new
         return out
-    if kind == "list":
-        return value
-    fields = node.fields
+    fields = node.fields if kind == "msg" else None
     changed = False
     out: dict = {}
     for k, v in value.items():
-        name = camel(k)
+        name = _name(k)
         if name in out:
-            where = f"{path}." if path else ""
-            raise ClientError(400, f"Field '{where}{name}' is given twice (as '{name}' and in snake_case); "
-                                   "send one spelling.", param=f"{where}{name}")
-        child = fields.get(name, _ANY) if kind == "msg" else _ANY
-        new = _walk(v, child, f"{path}.{name}" if path else name)
-        if name != k or new is not v:
+            where = _where((path, name))
+            raise ClientError(400, f"Field '{where}' is given twice (in camelCase and in snake_case); "
+                                   "send one spelling.", param=where)
+        child = fields.get(name, _ANY) if fields is not None else _ANY
+        if child.kind != "data" and (type(v) is dict or type(v) is list):
+            new = _walk(v, child, (path, name))
+            if new is not v:
+                changed = True
+            v = new
+        if name != k:
             changed = True
-        out[name] = new
+        out[name] = v
     return out if changed else value
 
 
