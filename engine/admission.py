@@ -1,7 +1,8 @@
 """Admission: what the `received` step checks before a request is routed.
 
 The envelope (method, content type, a JSON object, a `model`) and the
-client's credentials: a gateway key sent the way the client's SDK sends its
+client's credentials (whenever the top-level `auth` lists any, except for
+pools that opt out with `auth: false`): a gateway key sent the way the client's SDK sends its
 vendor key, or a signed request for protocols whose clients sign
 (`Dialect.signed_requests`).  No vendor is named here; the dialect knows where
 its key and model live.
@@ -42,12 +43,8 @@ def admit(gw: "Gateway", request: HttpRequest, dialect, params: dict, record: Re
                           "invalid_request")
     obj = load_json_object(request.body)
     model = dialect.inbound_model(params, obj)
-    # the pool's pipeline says which checks run on `received`
-    try:
-        checks = gw.router.pipeline_for(model).received.checks if model else ("auth",)
-    except KeyError:
-        checks = ("auth",)
-    if "auth" in checks:
+    # the top-level `auth` decides; a pool may opt out (`auth: false`)
+    if model not in gw.open_pools:
         key = authenticate(gw, request, dialect)
         if key is not None:
             record.client_key_id = fingerprint(key)

@@ -83,6 +83,10 @@ class Gateway:
         self.client_keys = frozenset(auth.get("keys", ())) or None
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
         self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}
+        # pools that take requests without a client key (`auth: false`, or the
+        # deprecated pipeline `received.checks` without `auth`)
+        self.open_pools = frozenset(name for name, pool in config.pools.items()
+                                    if pool.get("auth") is False or self.router.pipeline_for(name).legacy_open)
         # finished requests, newest last; turned into dicts only when asked
         self.recent_records: deque[RequestRecord] = deque(maxlen=recent)
         self.in_flight = 0

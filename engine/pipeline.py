@@ -30,6 +30,7 @@ from typing import Mapping
 import yaml
 
 from busbar import resources
+from busbar.deprecations import deprecated
 from busbar.faults import FaultClass
 
 DEFAULT_PIPELINES_DIR = resources.pipelines_dir()
@@ -114,15 +115,10 @@ class BreakerParams:
 
 
 @dataclass(frozen=True, slots=True)
-class Received:
-    checks: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class Dispatch:
-    strategy: str | None
     explore: float
     ewma_alpha: float
+    strategy: str | None = None     # deprecated override of the pool's own `strategy`
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +137,6 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     name: str
-    received: Received
     dispatch: Dispatch
     retry: Retry
     deadline: float
@@ -149,6 +144,9 @@ class Pipeline:
     rules: Rules
     breaker: BreakerParams
     description: str = ""
+    # deprecated `received.checks` without `auth`: the pools on this pipeline
+    # skip the client-key check (today's spelling: pools.NAME.auth: false)
+    legacy_open: bool = False
 
     @property
     def max_attempts(self) -> int:
@@ -162,10 +160,34 @@ class Pipeline:
         """Plain data (for admin output and round trips through the schema)."""
         data = asdict(self)
         data.pop("name")
-        data["received"]["checks"] = list(data["received"]["checks"])
+        data.pop("legacy_open")
+        if data["dispatch"]["strategy"] is None:
+            data["dispatch"].pop("strategy")
+        data["rules"] = {cls: _rule_dict(rule) for cls, rule in data["rules"].items()}
         if not data["description"]:
             data.pop("description")
         return data
+
+
+# The parameters each penalty takes, nested under its name in a rule:
+#   rate: {action: failover, penalty: cool_key, cool_key: {backoff: {max: 300}}}
+PENALTY_PARAMS = {"cool_key": ("scope", "honor_retry_after", "max_retry_after", "backoff"),
+                  "disable_key": ("duration",)}
+
+
+def _rule_dict(rule: dict) -> dict:
+    """A rule as plain data in today's spelling (penalty parameters nested
+    under the penalty's name; an unused penalty's block only when it differs
+    from the defaults)."""
+    out = {"action": rule["action"], "penalty": rule["penalty"]}
+    defaults = asdict(Rule("return", "none"))
+    for penalty, keys in PENALTY_PARAMS.items():
+        params = {k: rule[k] for k in keys}
+        if penalty == rule["penalty"] or any(params[k] != defaults[k] for k in keys):
+            out[penalty] = params
+    if rule["alert"]:
+        out["alert"] = True
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -236,7 +258,7 @@ def load_pipelines(config: Mapping | None = None, pipelines_dir: str | Path | No
         for suffix in (".yaml", ".yml"):
             path = directory / f"{name}{suffix}"
             if path.is_file() and path.resolve() != DEFAULT_FILE:
-                data = deep_merge(data, _read_yaml(path, where))
+                data = deep_merge(data, _fold_rules(where, _read_yaml(path, where)))
                 found = True
         if name in inline:
             extra = inline[name]
@@ -244,7 +266,7 @@ def load_pipelines(config: Mapping | None = None, pipelines_dir: str | Path | No
                 extra = {}
             if not isinstance(extra, Mapping):
                 raise PipelineError(where, f"must be a mapping, not {type(extra).__name__}")
-            data = deep_merge(data, extra)
+            data = deep_merge(data, _fold_rules(where, extra))
             found = True
         if not found and name != "default":
             raise PipelineError(where, f"no pipeline named {name!r}: neither {directory / (name + '.yaml')} "
@@ -258,9 +280,66 @@ def load_pipelines(config: Mapping | None = None, pipelines_dir: str | Path | No
     return {name: build_pipeline(name, data) for name, data in merged.items()}
 
 
+LEGACY_CHECKS = ("auth", "max_body")
+
+
+def _normalize(where: str, data: Mapping) -> tuple[dict, bool]:
+    """Today's spelling of a merged pipeline, warning for each old one it
+    rewrites; and whether the old `received.checks` opened its pools."""
+    data = dict(data)
+    legacy_open = False
+    received = data.pop("received", None)
+    if received is not None:
+        checks = received.get("checks", []) if isinstance(received, Mapping) else None
+        if not isinstance(checks, list):
+            raise PipelineError(f"{where}.received.checks", "must be a list")
+        for i, check in enumerate(checks):
+            if check not in LEGACY_CHECKS:
+                raise PipelineError(f"{where}.received.checks.{i}",
+                                    f"{check!r} is not allowed; allowed: {', '.join(LEGACY_CHECKS)}")
+        legacy_open = "auth" not in checks
+        deprecated(f"{where}.received.checks", "is deprecated and no longer needed: the top-level `auth` decides "
+                   "who may call (a pool opts out with `auth: false`), and bodies over server.max_body_bytes "
+                   "always get a 413" + ("; this pipeline's pools skip the key check, as before" if legacy_open
+                                         else ""))
+    dispatch = data.get("dispatch")
+    if isinstance(dispatch, Mapping) and dispatch.get("strategy") is not None:
+        deprecated(f"{where}.dispatch.strategy", "is deprecated: set the strategy in one place, on the pool "
+                   "(pools.NAME.strategy); it still overrides the pool's for now")
+    return _fold_rules(where, data), legacy_open
+
+
+def _fold_rules(where: str, data: Mapping) -> dict:
+    """Today's spelling of one source's `rules` (done per source, before the
+    merge, so an old-spelled override still wins over the shipped default)."""
+    data = dict(data)
+    rules = data.get("rules")
+    if isinstance(rules, Mapping):
+        data["rules"] = {cls: _normalize_rule(f"{where}.rules.{cls}", rule) if isinstance(rule, Mapping) else rule
+                         for cls, rule in rules.items()}
+    return data
+
+
+def _normalize_rule(where: str, rule: Mapping) -> dict:
+    """Fold the old flat penalty parameters (`rules.rate.backoff`) under the
+    penalty that uses them (`rules.rate.cool_key.backoff`)."""
+    rule = dict(rule)
+    for penalty, keys in PENALTY_PARAMS.items():
+        flat = {k: rule.pop(k) for k in keys if k in rule}
+        if not flat:
+            continue
+        for key in flat:
+            deprecated(f"{where}.{key}", f"is deprecated: write it under the penalty that uses it, as "
+                                         f"{where}.{penalty}.{key}")
+        nested = rule.get(penalty)
+        rule[penalty] = deep_merge(nested, flat) if isinstance(nested, Mapping) else flat
+    return rule
+
+
 def build_pipeline(name: str, data: Mapping) -> Pipeline:
     """Validate one merged pipeline mapping and freeze it."""
     where = f"pipelines.{name}"
+    data, legacy_open = _normalize(where, data)
     errors = sorted(_validator().iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         err = errors[0]
@@ -275,6 +354,8 @@ def build_pipeline(name: str, data: Mapping) -> Pipeline:
 
     def rule(cls: str) -> Rule:
         raw = dict(data["rules"][cls])
+        for penalty in PENALTY_PARAMS:
+            raw.update(raw.pop(penalty, None) or {})
         if "backoff" in raw:
             raw["backoff"] = Backoff(**{k: float(v) for k, v in raw["backoff"].items()})
         for key in ("max_retry_after", "duration"):
@@ -282,7 +363,7 @@ def build_pipeline(name: str, data: Mapping) -> Pipeline:
                 raw[key] = float(raw[key])
         rule = Rule(**raw)
         if rule.backoff.max < rule.backoff.base:
-            raise PipelineError(f"{where}.rules.{cls}.backoff.max", "must be at least backoff.base")
+            raise PipelineError(f"{where}.rules.{cls}.cool_key.backoff.max", "must be at least backoff.base")
         return rule
 
     breaker = BreakerParams(**data["breaker"])
@@ -290,7 +371,6 @@ def build_pipeline(name: str, data: Mapping) -> Pipeline:
         raise PipelineError(f"{where}.breaker.open_for_max", "must be at least breaker.open_for")
     return Pipeline(
         name=name,
-        received=Received(tuple(data["received"]["checks"])),
         dispatch=Dispatch(**data["dispatch"]),
         retry=Retry(**data["retry"]),
         deadline=float(data["deadline"]),
@@ -298,6 +378,7 @@ def build_pipeline(name: str, data: Mapping) -> Pipeline:
         rules=Rules(**{cls.value: rule(cls.value) for cls in FaultClass}),
         breaker=breaker,
         description=data.get("description", ""),
+        legacy_open=legacy_open,
     )
 
 
@@ -361,7 +442,8 @@ def explain(pipeline: Pipeline) -> str:
     b = p.breaker
     t = p.timeouts
     lines = [f"pipeline {p.name}" + (f": {p.description}" if p.description else "")]
-    lines.append(f"  received     checks: {', '.join(p.received.checks) or 'none'}")
+    lines.append("  received     client keys: the top-level `auth` (a pool may opt out with `auth: false`)"
+                 + ("; this pipeline's pools skip it (deprecated received.checks)" if p.legacy_open else ""))
     strategy = p.dispatch.strategy or "the pool's own strategy"
     lines.append(f"  dispatch     strategy: {strategy} (latency: explore {p.dispatch.explore:g}, ewma alpha {p.dispatch.ewma_alpha:g})")
     lines.append(

@@ -243,7 +243,7 @@ async def test_context_error_on_every_member_returns_the_vendor_message():
 @pytest.mark.slow
 async def test_on_exhausted_wait_sleeps_until_the_key_recovers():
     config = {"providers": {"only": {"protocol": "openai", "base_url": "{a}/v1", "key": "k1"}},
-              "pools": {"smart": {"on_exhausted": {"action": "wait", "max_ms": 3000},
+              "pools": {"smart": {"on_exhausted": {"action": "wait", "max_wait": 3},
                                   "members": [{"provider": "only", "model": "m"}]}}}
     a = MockVendor(reply="after the wait")
     a.fail_next({"error": "rate", "retry_after": 1})

@@ -139,12 +139,21 @@ async def test_models_list_names_pools():
 
 
 @pytest.mark.sdk
-async def test_pipeline_received_checks_decide_auth_per_pool():
+@pytest.mark.parametrize("spelling", ["pool auth: false", "deprecated pipeline received.checks"])
+async def test_top_level_auth_decides_and_a_pool_may_opt_out(spelling):
+    open_pool = {"members": [{"provider": "oai", "model": "m"}]}
+    pipelines = {"plain": {"retry": {"max_attempts": 2}}}
+    if spelling == "pool auth: false":
+        open_pool["auth"] = False
+    else:
+        pipelines["public"] = {"received": {"checks": ["max_body"]}}
+        open_pool["pipeline"] = "public"
     config = {"auth": {"keys": ["gw-key"]},
               "providers": OPENAI_ONLY["providers"],
-              "pipelines": {"public": {"received": {"checks": ["max_body"]}}},
-              "pools": {"open": {"pipeline": "public", "members": [{"provider": "oai", "model": "m"}]},
-                        "closed": {"members": [{"provider": "oai", "model": "m"}]}}}
+              "pipelines": pipelines,
+              # a pipeline that lists no checks at all no longer opens its pool
+              "pools": {"open": open_pool,
+                        "closed": {"pipeline": "plain", "members": [{"provider": "oai", "model": "m"}]}}}
     async with gateway_with(config, a=MockVendor(reply="hi")) as gw:
         anonymous = openai.OpenAI(base_url=gw.url + "/v1", api_key="not-a-gateway-key", max_retries=0)
         result = await sdk(lambda: anonymous.chat.completions.create(

@@ -104,3 +104,71 @@ def test_serialized_request_is_valid_http():
     assert conn.next_event().data == b'{"a":1}'
     with pytest.raises(ValueError):
         serialize_request(b"POST", b"/", b"h", [(b"x", b"a\r\nevil: 1")], b"")
+
+
+class _Collect:
+    """A stand-in for the client socket: what the Responder writes."""
+
+    def __init__(self):
+        self.data = b""
+
+    async def send_all(self, data):
+        self.data += data
+
+
+def _h11_client_reads(wire: bytes):
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="POST", target="/", headers=[("host", "x"), ("content-length", "0")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(wire)
+    response, body = None, b""
+    while True:
+        event = client.next_event()
+        if isinstance(event, h11.Response):
+            response = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return response, body, client
+        else:
+            raise AssertionError(f"h11 wanted more than the whole response: {event!r}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([200, 201, 400, 401, 404, 413, 429, 500, 502, 503, 529]),
+       st.lists(st.tuples(header_names, header_values), max_size=4),
+       st.one_of(st.binary(max_size=300).map(lambda b: ("send", b)),
+                 st.lists(st.binary(max_size=60), max_size=6).map(lambda parts: ("stream", parts))),
+       st.booleans())
+def test_response_serialiser_agrees_with_h11(status, headers, body, close):
+    """What `Responder` writes (buffered or chunked, keep-alive or close)
+    parses in h11 to the same status, headers and body (ADR 0006)."""
+    import trio
+    from busbar.server import Responder
+
+    out = _Collect()
+    responder = Responder(out, close=close)
+    responder.extra_headers = [(b"x-busbar-request-id", b"abc-1")]
+    kind, payload = body
+
+    async def write():
+        if kind == "send":
+            await responder.send(status, list(headers), payload)
+        else:
+            await responder.start(status, list(headers))
+            for part in payload:
+                await responder.write(part)
+            await responder.end()
+    trio.run(write)
+    response, got, client = _h11_client_reads(out.data)
+    assert response.status_code == status
+    expected_body = payload if kind == "send" else b"".join(payload)
+    assert got == expected_body
+    framing = {b"content-length", b"transfer-encoding", b"server", b"connection"}
+    assert [(k, v) for k, v in response.headers if k not in framing] == \
+        [(k, v) for k, v in headers] + [(b"x-busbar-request-id", b"abc-1")]
+    if close:
+        assert (b"connection", b"close") in response.headers
+    else:
+        assert client.their_state is h11.DONE
+        client.start_next_cycle()     # keep-alive: the connection is reusable

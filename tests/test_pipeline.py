@@ -17,8 +17,7 @@ def test_default_pipeline_numbers():
     assert p.max_attempts == 3 and p.max_key_rotations == 4
     assert p.deadline == 600
     assert (p.timeouts.connect, p.timeouts.first_byte, p.timeouts.idle) == (10, 60, 30)
-    assert p.received.checks == ("auth", "max_body")
-    assert p.dispatch.strategy is None
+    assert not p.legacy_open and p.dispatch.strategy is None
     assert p.rules.client.action == "return" and p.rules.client.penalty == "none"
     assert p.rules.context.action == "retry_larger_context" and p.rules.context.penalty == "none"
     assert p.rules.rate.penalty == "cool_key" and p.rules.rate.scope == "key_model"
@@ -41,7 +40,7 @@ def test_pipelines_are_frozen():
 def test_overrides_merge_deeply_and_named_pipelines_inherit_user_default():
     config = {"pipelines": {
         "default": {"retry": {"max_attempts": 5}},
-        "batch": {"deadline": 3600, "rules": {"rate": {"backoff": {"max": 900}}}},
+        "batch": {"deadline": 3600, "rules": {"rate": {"cool_key": {"backoff": {"max": 900}}}}},
     }}
     ps = load_pipelines(config)
     assert ps["default"].max_attempts == 5
@@ -78,7 +77,8 @@ def test_unknown_pipeline_name_is_an_error(tmp_path):
     ({"dispatch": {"strategy": "fastest"}}, "pipelines.x.dispatch.strategy"),
     ({"received": {"checks": ["auth", "telepathy"]}}, "pipelines.x.received.checks.1"),
     ({"breaker": {"open_for": 600}}, "pipelines.x.breaker.open_for_max"),
-    ({"rules": {"rate": {"backoff": {"base": 10, "max": 5}}}}, "pipelines.x.rules.rate.backoff.max"),
+    ({"rules": {"rate": {"cool_key": {"backoff": {"base": 10, "max": 5}}}}},
+     "pipelines.x.rules.rate.cool_key.backoff.max"),
     ({"rulez": {}}, "pipelines.x.rulez"),
 ])
 def test_errors_carry_a_yaml_path(override, path):
@@ -90,7 +90,7 @@ def test_errors_carry_a_yaml_path(override, path):
 def test_rules_are_data():
     ps = load_pipelines({"pipelines": {"strict": {"rules": {
         "rate": {"action": "return", "penalty": "none"},
-        "server": {"penalty": "cool_key", "scope": "key"},
+        "server": {"penalty": "cool_key", "cool_key": {"scope": "key"}},
     }}}})
     strict = ps["strict"]
     assert strict.rules.rate.action == "return" and strict.rules.rate.penalty == "none"
@@ -132,3 +132,37 @@ def test_explain_lists_every_edge_of_the_lifecycle_table():
     for (source, event), target in lifecycle.TRANSITIONS.items():
         if event != "cancelled":
             assert (source, target) in drawn, (source, event, target)
+
+
+def test_old_flat_penalty_parameters_still_work_with_a_warning():
+    from busbar.deprecations import ConfigDeprecationWarning
+    with pytest.warns(ConfigDeprecationWarning, match=r"pipelines.batch.rules.rate.backoff: .*rules.rate.cool_key.backoff"):
+        ps = load_pipelines({"pipelines": {"batch": {"rules": {"rate": {"backoff": {"max": 900}},
+                                                               "billing": {"duration": 60}}}}})
+    batch = ps["batch"]
+    assert batch.rules.rate.backoff == Backoff(1, 2, 900)      # the old spelling still wins over the default
+    assert batch.rules.billing.duration == 60 and batch.rules.billing.penalty == "disable_key"
+    assert ps["default"].rules.rate.backoff == Backoff(1, 2, 300)
+
+
+def test_old_received_checks_and_dispatch_strategy_warn():
+    from busbar.deprecations import ConfigDeprecationWarning
+    with pytest.warns(ConfigDeprecationWarning) as caught:
+        ps = load_pipelines({"pipelines": {"open": {"received": {"checks": ["max_body"]}},
+                                           "closed": {"received": {"checks": ["auth", "max_body"]}},
+                                           "rr": {"dispatch": {"strategy": "round_robin"}}}})
+    text = " ".join(str(w.message) for w in caught)
+    assert "pipelines.open.received.checks" in text and "auth: false" in text
+    assert "pipelines.rr.dispatch.strategy" in text and "pools.NAME.strategy" in text
+    assert ps["open"].legacy_open and not ps["closed"].legacy_open and not ps["default"].legacy_open
+    assert ps["rr"].dispatch.strategy == "round_robin"
+
+
+def test_as_dict_is_todays_spelling_and_round_trips_without_warnings(recwarn):
+    p = load_pipelines({})["default"]
+    data = p.as_dict()
+    assert data["rules"]["rate"]["cool_key"]["backoff"] == {"base": 1.0, "factor": 2.0, "max": 300.0}
+    assert data["rules"]["billing"]["disable_key"] == {"duration": 3600.0}
+    assert "received" not in data and "strategy" not in data["dispatch"]
+    assert build_pipeline("again", data) == dataclasses.replace(p, name="again")
+    assert not [w for w in recwarn if "deprecated" in str(w.message)]

@@ -176,7 +176,7 @@ def test_rate_backoff_grows_and_resets_on_success():
 
 def test_rate_backoff_is_capped_and_retry_after_capped():
     r = build({"p": {"members": [{"provider": "a", "model": "m"}]}},
-              pipelines={"default": {"rules": {"rate": {"backoff": {"max": 5}, "max_retry_after": 60}}}})
+              pipelines={"default": {"rules": {"rate": {"cool_key": {"backoff": {"max": 5}, "max_retry_after": 60}}}}})
     now = 0.0
     spans = []
     for _ in range(6):
@@ -199,7 +199,7 @@ def test_rate_cools_key_for_that_model_only():
 def test_rate_scope_key_cools_every_model():
     r = build({"p": {"members": [{"provider": "a", "model": "m1"}]},
                "q": {"members": [{"provider": "a", "model": "m2"}]}},
-              pipelines={"default": {"rules": {"rate": {"scope": "key"}}}})
+              pipelines={"default": {"rules": {"rate": {"cool_key": {"scope": "key"}}}}})
     fail(r, rate(retry_after=100), 0)
     assert isinstance(serve(r, 1, "q"), Exhausted)
     assert key_states(r, 1)["a#0:" + fingerprint("sk-a-0-secret")]["state"] == "cooling"
@@ -370,8 +370,8 @@ def test_server_fault_fails_over_and_does_not_revisit_the_member():
 
 
 # ---- on_exhausted ------------------------------------------------------------------
-def test_wait_until_recovery_within_max_ms():
-    r = single(keys=1, on_exhausted={"action": "wait", "max_ms": 20000})
+def test_wait_until_recovery_within_max_wait():
+    r = single(keys=1, on_exhausted={"action": "wait", "max_wait": 20})
     fail(r, rate(retry_after=10), 0)
     plan = r.start("p", Needs(), 2)
     step = plan.next(2)
@@ -379,15 +379,22 @@ def test_wait_until_recovery_within_max_ms():
     assert isinstance(plan.next(10), Attempt)
 
 
-def test_wait_beyond_max_ms_rejects():
-    r = single(keys=1, on_exhausted={"action": "wait", "max_ms": 5000})
+def test_wait_beyond_max_wait_rejects():
+    r = single(keys=1, on_exhausted={"action": "wait", "max_wait": 5})
     fail(r, rate(retry_after=30), 0)
     step = r.start("p", Needs(), 1).next(1)
     assert isinstance(step, Exhausted) and step.retry_after == pytest.approx(29)
 
 
-def test_wait_total_is_bounded_by_max_ms():
-    r = single(keys=1, on_exhausted={"action": "wait", "max_ms": 10000})
+def test_deprecated_max_ms_is_read_as_seconds_with_a_warning():
+    from busbar.deprecations import ConfigDeprecationWarning
+    with pytest.warns(ConfigDeprecationWarning, match=r"on_exhausted.max_ms.*max_wait: 20"):
+        r = single(keys=1, on_exhausted={"action": "wait", "max_ms": 20000})
+    assert r.pools["p"].on_exhausted.max_wait == 20
+
+
+def test_wait_total_is_bounded_by_max_wait():
+    r = single(keys=1, on_exhausted={"action": "wait", "max_wait": 10})
     fail(r, rate(retry_after=6), 0)
     plan = r.start("p", Needs(), 0)
     assert isinstance(plan.next(0), Wait)

@@ -209,10 +209,12 @@ def test_direct_routes():
     assert isinstance(pick(r, "p", now=10), Exhausted)
 
 
-def test_pipeline_strategy_overrides_pool_strategy():
-    r = router({"p": {"strategy": "weighted", "pipeline": "rr", "members": [
-        {"provider": "a", "model": "m", "id": "a"}, {"provider": "b", "model": "m", "id": "b"}]}},
-        pipelines={"rr": {"dispatch": {"strategy": "round_robin"}}})
+def test_deprecated_pipeline_strategy_still_overrides_pool_strategy():
+    from busbar.deprecations import ConfigDeprecationWarning
+    with pytest.warns(ConfigDeprecationWarning, match="dispatch.strategy"):
+        r = router({"p": {"strategy": "weighted", "pipeline": "rr", "members": [
+            {"provider": "a", "model": "m", "id": "a"}, {"provider": "b", "model": "m", "id": "b"}]}},
+            pipelines={"rr": {"dispatch": {"strategy": "round_robin"}}})
     assert "".join(pick(r).member_id for _ in range(6)) == "ababab"
     assert r.snapshot(0)["pools"]["p"]["strategy"] == "round_robin"
 

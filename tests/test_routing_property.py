@@ -57,7 +57,7 @@ def scenarios(draw):
         pools["main"]["members"].append({"pool": "sub", "weight": draw(st.sampled_from([1, 3]))})
     exhausted = draw(st.sampled_from(["reject", "wait", "fallback"]))
     if exhausted == "wait":
-        pools["main"]["on_exhausted"] = {"action": "wait", "max_ms": draw(st.integers(1, 60000))}
+        pools["main"]["on_exhausted"] = {"action": "wait", "max_wait": draw(st.integers(1, 60000)) / 1000}
     elif exhausted == "fallback":
         pools["spare"] = {"members": draw(members(names))}
         pools["main"]["on_exhausted"] = {"action": "fallback", "pool": "spare"}

@@ -176,7 +176,9 @@ class Vendor:
         return events
 
     def render_stream(self, model: str, pieces: list[str], usage_in: int, obj: dict, fault: dict | None) -> list[bytes]:
-        encoder = self.dialect.stream_encoder(model)
+        # the request's own stream options, as the real vendor reads them
+        # (OpenAI: the usage chunk only with stream_options.include_usage)
+        encoder = self.dialect.stream_encoder(model, **self.dialect.stream_encoder_options(obj))
         if fault and fault.get("error_event"):
             cls = fault["error_event"]
             _, kind, text, _ = VENDOR_ERRORS[self.protocol].get(cls, VENDOR_ERRORS[self.protocol]["server"])

@@ -29,6 +29,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from busbar.deprecations import deprecated
 from busbar.pipeline import STRATEGIES, Pipeline
 from busbar.routing.breaker import Breaker
 
@@ -108,13 +109,13 @@ class PoolRef:
 @dataclass(frozen=True, slots=True)
 class OnExhausted:
     action: str = "reject"          # reject | wait | fallback
-    max_ms: int | None = None
+    max_wait: float | None = None   # wait: seconds, from the first wait of a request
     pool: str | None = None
 
     def as_dict(self) -> dict:
         out: dict = {"action": self.action}
-        if self.max_ms is not None:
-            out["max_ms"] = self.max_ms
+        if self.max_wait is not None:
+            out["max_wait"] = self.max_wait
         if self.pool is not None:
             out["pool"] = self.pool
         return out
@@ -200,7 +201,13 @@ def build_pools(config: Mapping, pipelines: Mapping[str, Pipeline],
             children.append(leaf)
             leaves.append(leaf)
         oe = raw.get("on_exhausted") or {"action": "reject"}
-        on_exhausted = OnExhausted(oe.get("action", "reject"), oe.get("max_ms"), oe.get("pool"))
+        max_wait = oe.get("max_wait")
+        if "max_ms" in oe:
+            deprecated(f"{where}.on_exhausted.max_ms", "is deprecated (every other duration is seconds): "
+                       f"write {where}.on_exhausted.max_wait: {oe['max_ms'] / 1000:g}")
+            if max_wait is None:
+                max_wait = oe["max_ms"] / 1000.0
+        on_exhausted = OnExhausted(oe.get("action", "reject"), max_wait, oe.get("pool"))
         building.pop()
         node = PoolNode(name, strategy, pipeline, on_exhausted, tuple(children), tuple(leaves))
         nodes[name] = node

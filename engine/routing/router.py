@@ -31,7 +31,7 @@ A member that failed over is not picked again by the same plan.
 When no member of the current pool can go (benched, circuit-open, already
 tried, or unable to take the request), the pool's `on_exhausted` decides:
 `reject` -> Exhausted; `wait` -> Wait until the soonest recovery of an untried
-member, as long as all waits of the plan end within max_ms of the first one;
+member, as long as all waits of the plan end within max_wait seconds of the first one;
 `fallback` -> continue in that pool (same plan: same pipeline, budget and
 tried members), whose own on_exhausted applies next.  Only the requested pool
 and its fallbacks' on_exhausted count; nested pools' are ignored.
@@ -271,7 +271,7 @@ class Plan:
                 soonest = self._soonest(now)
                 if soonest is not None:
                     if self._wait_limit is None:
-                        self._wait_limit = now + oe.max_ms / 1000.0
+                        self._wait_limit = now + oe.max_wait
                     if soonest <= self._wait_limit and soonest < self.deadline_at:
                         # after the wait, a member benched only by cooled keys
                         # may be tried again (the member budget still applies)
