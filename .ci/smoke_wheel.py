@@ -68,7 +68,8 @@ def main() -> None:
         ok = subprocess.run([BIN, "validate", "--config", good], capture_output=True, text=True)
         check(ok.returncode == 0 and "OK" in ok.stdout, "validate accepts a good config")
         no = subprocess.run([BIN, "validate", "--config", bad], capture_output=True, text=True)
-        check(no.returncode != 0 and "bad.yaml" in no.stderr, "validate rejects a bad config")
+        check(no.returncode != 0 and all(f"bad.yaml:{line}: {where}" in no.stderr for line, where in (
+            (3, "providers.oai.protocol"), (5, "pools.smart.members[0]"), (5, "pools.smart.strategy"))), "validate rejects a bad config, every problem with its line")
 
     gw, a, b = free_port(), free_port(), free_port()
     env = {**os.environ, "BUSBAR_DEMO_PORT_A": str(a), "BUSBAR_DEMO_PORT_B": str(b)}

@@ -25,11 +25,19 @@ def _setup_logging(level: str) -> None:
 from busbar.app import run_gateway  # noqa: E402  (re-exported: tests and tools start gateways with it)
 
 
+def print_config_error(exc: ConfigError) -> None:
+    """Every problem of a rejected config, one per line (file:line: path: what)."""
+    count = len(exc.problems)
+    print(f"busbar: invalid config ({count} problem{'s' if count > 1 else ''}):", file=sys.stderr)
+    for where, message in exc.problems:
+        print(f"  {where}: {message}", file=sys.stderr)
+
+
 def cmd_serve(args) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"busbar: invalid config: {exc}", file=sys.stderr)
+        print_config_error(exc)
         return 2
     host = args.host or config.server.get("host", "127.0.0.1")
     port = args.port if args.port is not None else config.server.get("port", 8080)
@@ -40,10 +48,18 @@ def cmd_serve(args) -> int:
         async with trio.open_nursery() as nursery:
             _, _, addrs, _ = await nursery.start(functools.partial(
                 run_gateway, config_path=args.config, reuse_port=args.reuse_port), config, host, port)
-            print(f"busbar: serving {config.source} on http://{host}:{addrs[0][1]}", file=sys.stderr, flush=True)
+            print(serving_banner(config, host, addrs[0][1]), file=sys.stderr, flush=True)
 
     trio.run(main)
     return 0
+
+
+def serving_banner(config, host: str, port: int) -> str:
+    """What `busbar serve` says once it listens: where, and which pools."""
+    lines = [f"busbar: serving {config.source} on http://{host}:{port}"]
+    for name, pool in config.pools.items():
+        lines.append(f"  pool {name}: {len(pool['members'])} member(s), strategy {pool.get('strategy', 'weighted')}")
+    return "\n".join(lines)
 
 
 def _serve_workers(args, host: str, port: int) -> int:
@@ -69,7 +85,7 @@ def cmd_validate(args) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"busbar: invalid config: {exc}", file=sys.stderr)
+        print_config_error(exc)
         return 1
     pools = ", ".join(config.pools)
     print(f"{args.config}: OK ({len(config.providers)} providers, {len(config.pools)} pools: {pools})")
@@ -80,7 +96,7 @@ def cmd_explain(args) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"busbar: invalid config: {exc}", file=sys.stderr)
+        print_config_error(exc)
         return 1
     from busbar.pipeline import explain, load_pipelines
     pools = config.pools

@@ -23,12 +23,63 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
-    """A configuration problem, located: `where` is `file: yaml.path`."""
+    """A configuration problem, located: `where` is `file: yaml.path` (or
+    `file:LINE: yaml.path` when loaded from YAML).  `problems` holds every
+    (where, message) found, in file order; `where`/`message` are the first."""
 
-    def __init__(self, where: str, message: str):
-        super().__init__(f"{where}: {message}")
+    def __init__(self, where: str, message: str, *, also: tuple = ()):
+        self.problems = [(where, message), *also]
+        super().__init__("\n".join(f"{w}: {m}" for w, m in self.problems))
         self.where = where
         self.message = message
+
+
+Problem = tuple[tuple, str]        # (YAML path parts, message): located by `_raise_problems`
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _path_parts(where: str) -> tuple:
+    """`pools.smart.members[0]` -> ('pools', 'smart', 'members', 0)."""
+    return tuple(int(index) if index else name for name, index in _PATH_PART.findall(where))
+
+
+def yaml_marks(node, path: tuple = (), out: dict | None = None) -> dict:
+    """Line (1-based) of every value in a composed YAML node tree, by path."""
+    out = {} if out is None else out
+    if node is None:
+        return out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                yaml_marks(value, path + (key.value,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            yaml_marks(value, path + (i,), out)
+    return out
+
+
+def _line_of(path: tuple, marks: dict) -> int | None:
+    for end in range(len(path), -1, -1):   # the deepest part of the path the file has
+        line = marks.get(path[:end])
+        if line is not None:
+            return line
+    return None
+
+
+def _raise_problems(problems: list[Problem], source: str, marks: dict | None) -> None:
+    """Raise one ConfigError listing every problem, each with its YAML path
+    and (when the file's marks are known) its line, in file order."""
+    if not problems:
+        return
+    located = []
+    for path, message in problems:
+        line = _line_of(path, marks) if marks else None
+        where = f"{source}:{line}: {yaml_path(path)}" if line else f"{source}: {yaml_path(path)}"
+        located.append((line or 0, where, message))
+    located.sort(key=lambda item: item[0])
+    (_, where, message), *rest = located
+    raise ConfigError(where, message, also=tuple((w, m) for _, w, m in rest))
 
 
 @cache
@@ -44,9 +95,10 @@ def yaml_path(parts) -> str:
     return out or "(top level)"
 
 
-def expand_env(value: Any, path: tuple = (), source: str = "config") -> Any:
+def expand_env(value: Any, path: tuple = (), source: str = "config", problems: list | None = None) -> Any:
     """Replace ${VAR} (or ${VAR:-default}) in every string; a missing
-    variable is an error naming it and where it is used."""
+    variable is an error naming it and where it is used (collected into
+    `problems` when given, else raised)."""
     if isinstance(value, str):
         def sub(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
@@ -54,13 +106,16 @@ def expand_env(value: Any, path: tuple = (), source: str = "config") -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{source}: {yaml_path(path)}",
-                              f"environment variable {name} is not set (referenced as ${{{name}}})")
+            message = f"environment variable {name} is not set (referenced as ${{{name}}})"
+            if problems is None:
+                raise ConfigError(f"{source}: {yaml_path(path)}", message)
+            problems.append((path, message))
+            return match.group(0)      # left as written: no follow-on errors about its value
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, path + (k,), source) for k, v in value.items()}
+        return {k: expand_env(v, path + (k,), source, problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, path + (i,), source) for i, v in enumerate(value)]
+        return [expand_env(v, path + (i,), source, problems) for i, v in enumerate(value)]
     return value
 
 
@@ -88,13 +143,18 @@ def _describe_schema_error(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
-def validate_schema(data: Any, schema_name: str, source: str, prefix: tuple = ()) -> None:
-    schema = load_schema(schema_name)
-    validator = jsonschema.Draft202012Validator(schema)
+def schema_problems(data: Any, schema_name: str, prefix: tuple = ()) -> list[Problem]:
+    """Every schema violation, shallowest first."""
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        error = errors[0]
-        raise ConfigError(f"{source}: {yaml_path(prefix + tuple(error.absolute_path))}", _describe_schema_error(error))
+    return [(prefix + tuple(error.absolute_path), _describe_schema_error(error)) for error in errors]
+
+
+def validate_schema(data: Any, schema_name: str, source: str, prefix: tuple = ()) -> None:
+    problems = schema_problems(data, schema_name, prefix)
+    if problems:
+        path, message = problems[0]
+        raise ConfigError(f"{source}: {yaml_path(path)}", message)
 
 
 @dataclass(frozen=True)
@@ -126,40 +186,56 @@ class Config:
         return self.raw.get("admin", {})
 
 
-def _check_references(data: dict, source: str) -> None:
-    providers = data["providers"]
-    pools = data["pools"]
+def _reference_problems(data: dict, invalid: set) -> list[Problem]:
+    """Unknown providers/pools and providers that cannot be built.  Runs
+    beside the schema check (so both kinds are reported at once): skips
+    whatever the schema already rejected (`invalid`: paths with errors)."""
+    problems: list[Problem] = []
+    providers = data.get("providers") if isinstance(data.get("providers"), dict) else {}
+    pools = data.get("pools") if isinstance(data.get("pools"), dict) else {}
     for pool_name, pool in pools.items():
-        for i, member in enumerate(pool["members"]):
-            where = f"{source}: pools.{pool_name}.members[{i}]"
+        members = pool.get("members") if isinstance(pool, dict) else None
+        for i, member in enumerate(members if isinstance(members, list) else []):
+            if not isinstance(member, dict):
+                continue
+            where = ("pools", pool_name, "members", i)
             if "provider" in member and member["provider"] not in providers:
-                raise ConfigError(where, f"unknown provider {member['provider']!r}; defined: {', '.join(providers)}")
+                problems.append((where, f"unknown provider {member['provider']!r}; defined: {', '.join(providers)}"))
             if "pool" in member and member["pool"] not in pools:
-                raise ConfigError(where, f"unknown pool {member['pool']!r}; defined: {', '.join(pools)}")
-        fallback = pool.get("on_exhausted", {}).get("pool")
+                problems.append((where, f"unknown pool {member['pool']!r}; defined: {', '.join(pools)}"))
+        exhausted = pool.get("on_exhausted") if isinstance(pool, dict) else None
+        fallback = exhausted.get("pool") if isinstance(exhausted, dict) else None
         if fallback is not None and fallback not in pools:
-            raise ConfigError(f"{source}: pools.{pool_name}.on_exhausted.pool",
-                              f"unknown pool {fallback!r}; defined: {', '.join(pools)}")
+            problems.append((("pools", pool_name, "on_exhausted", "pool"),
+                             f"unknown pool {fallback!r}; defined: {', '.join(pools)}"))
     # build every provider as the gateway will (error rules compiled, request
     # signers made): validation runs exactly what will serve
     from busbar.providers import ProviderError, build_provider
     for name, provider in providers.items():
+        if any(path[:2] == ("providers", name) or path == ("providers",) or path == () for path in invalid):
+            continue
         try:
             build_provider(name, provider)
         except ProviderError as exc:
-            raise ConfigError(f"{source}: {exc.path}", exc.message) from None
+            problems.append((_path_parts(exc.path), exc.message))
+    return problems
 
 
-def parse_config(data: Any, source: str = "config") -> Config:
+def parse_config(data: Any, source: str = "config", marks: dict | None = None) -> Config:
+    """Validate a config; every problem found is reported at once (one
+    ConfigError, `problems` lists them); `marks` (YAML path -> line, from
+    `load_config`) adds line numbers."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: (top level)", "the config must be a mapping with `providers` and `pools`")
-    data = expand_env(data, (), source)
+    problems: list[Problem] = []
+    data = expand_env(data, (), source, problems)
     try:
         data = catalog.expand(data)
     except catalog.CatalogError as exc:
-        raise ConfigError(f"{source}: {exc.path}", exc.message) from None
-    validate_schema(data, "config.schema.json", source)
-    _check_references(data, source)
+        _raise_problems(problems + [(_path_parts(exc.path), exc.message)], source, marks)
+    schema = schema_problems(data, "config.schema.json")
+    problems += schema + _reference_problems(data, {path for path, _ in schema})
+    _raise_problems(problems, source, marks)
     config = Config(data, source)
     # Routing and pipelines validate their own semantics (cycles, rule
     # tables); do it now so a bad config never starts serving.
@@ -172,7 +248,7 @@ def parse_config(data: Any, source: str = "config") -> Config:
         pass
     except Exception as exc:  # PipelineError / ValueError from routing
         where = getattr(exc, "path", None) or "pools"
-        raise ConfigError(f"{source}: {where}", getattr(exc, "message", None) or str(exc)) from None
+        _raise_problems([(_path_parts(where), getattr(exc, "message", None) or str(exc))], source, marks)
     return config
 
 
@@ -204,10 +280,15 @@ def load_config(path: str | os.PathLike) -> Config:
         refs.append(match.group(0))
         return f"__busbar_env_ref_{len(refs) - 1}__"
 
+    # composed first (as yaml.safe_load does) so each value's line is kept
+    loader = yaml.SafeLoader(_ENV_REF.sub(hide, text))
     try:
-        data = _restore_refs(yaml.safe_load(_ENV_REF.sub(hide, text)), refs)
+        node = loader.get_single_node()
+        data = _restore_refs(loader.construct_document(node) if node is not None else None, refs)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(where, f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data, str(path))
+    finally:
+        loader.dispose()
+    return parse_config(data, str(path), yaml_marks(node))

@@ -111,3 +111,55 @@ def test_bad_regex_in_a_bedrock_rule_is_located(tmp_path):
     result = subprocess.run([sys.executable, "-m", "busbar.cli", "validate", "--config", str(tmp_path / "busbar.yaml")],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "providers.br.errors[0].match" in result.stdout + result.stderr
+
+
+MANY_PROBLEMS = """\
+providers:
+  oai: {protocol: grpc, base_url: "http://127.0.0.1:9/v1", key: k}
+  ant: {protocol: anthropic, base_url: "http://127.0.0.1:9", key: "${BUSBAR_TEST_UNSET_VAR}", colour: blue}
+pools:
+  smart:
+    strategy: fastest
+    members:
+      - {provider: ghost, model: gpt-4o}
+"""
+
+
+@pytest.mark.pure
+def test_every_problem_is_reported_with_its_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("BUSBAR_TEST_UNSET_VAR", raising=False)
+    path = write(tmp_path, MANY_PROBLEMS)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    found = [(where.removeprefix(str(path)), message.split(";")[0]) for where, message in exc.value.problems]
+    assert found == [
+        (":2: providers.oai.protocol", "'grpc' is not allowed"),
+        (":3: providers.ant.key", "environment variable BUSBAR_TEST_UNSET_VAR is not set (referenced as "
+                                  "${BUSBAR_TEST_UNSET_VAR})"),
+        (":3: providers.ant", "unknown key(s) 'colour'"),
+        (":6: pools.smart.strategy", "'fastest' is not allowed"),
+        (":8: pools.smart.members[0]", "unknown provider 'ghost'"),
+    ]
+
+
+@pytest.mark.integration
+def test_validate_prints_every_problem_and_exits_non_zero(tmp_path):
+    path = write(tmp_path, MANY_PROBLEMS)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "BUSBAR_TEST_UNSET_VAR"}
+    result = subprocess.run([sys.executable, "-m", "busbar.cli", "validate", "--config", str(path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "5 problems" in result.stderr
+    for located in (":2: providers.oai.protocol", ":3: providers.ant:", ":6: pools.smart.strategy",
+                    ":8: pools.smart.members[0]"):
+        assert f"{path}{located}" in result.stderr
+
+
+@pytest.mark.pure
+def test_a_semantic_error_after_the_schema_has_its_line(tmp_path):
+    text = GOOD.replace("${ANTHROPIC_KEY}", "k").replace("weight: 3", "weight: 3, id: same").replace(
+        "weight: 1", "weight: 1, id: same")
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text))
+    assert len(exc.value.problems) == 1
+    assert exc.value.where.endswith(":9: pools.smart.members[1].id")   # GOOD starts with a blank line and "duplicate" in exc.value.message
