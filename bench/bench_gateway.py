@@ -186,6 +186,7 @@ def main() -> int:
             extra = ", region: us-east-1, access_key_id: AKIDBENCH, secret_access_key: bench" if proto == "bedrock" \
                 else ", key: sk-bench"
             lines.append(f"  {name}-{proto}: {{protocol: {proto}, base_url: '{base}'{extra}}}")
+    lines.append("admin: {listen: public}")      # workers share the port; no fixed admin port
     lines.append("pools:")
     lines.append("  bench: {members: [{provider: fast-openai, model: m}]}")
     for name in providers:

@@ -34,6 +34,10 @@ class App:
                                  header_timeout=opts.get("header_timeout", 30.0),
                                  keepalive_timeout=opts.get("keepalive_timeout", 75.0),
                                  on_error=_render_server_error)
+        # /admin* and /metrics on their own socket unless `admin.listen: public`
+        self.admin_server = None if self.gateway.admin.on_public_port else HttpServer(
+            self.handle_admin, max_body_bytes=64 * 1024, header_timeout=opts.get("header_timeout", 30.0))
+        self.admin_addrs: list = []
         self.reloads = 0
         self._admin_scope: trio.CancelScope | None = None
 
@@ -49,6 +53,9 @@ class App:
     async def handle(self, request, responder) -> None:
         # read once: a reload mid-request must not switch this request's gateway
         await self.gateway.handle(request, responder)
+
+    async def handle_admin(self, request, responder) -> None:
+        await self.gateway.admin.handle_private(request, responder)
 
     @property
     def in_flight(self) -> int:
@@ -74,6 +81,10 @@ class App:
         new.router.adopt_state(old.router)
         new.listeners.extend(old.listeners)
         new.admin.adopt(old.admin)
+        if new.admin.listen != old.admin.listen:     # the sockets stay as they were started
+            log.warning("admin.listen changed to %s: takes effect on restart (still %s)", new.admin.listen,
+                        old.admin.listen)
+            new.admin.listen, new.admin.on_public_port = old.admin.listen, old.admin.on_public_port
         self.gateway = new
         if self._admin_scope is not None:
             self._admin_scope.cancel()     # run_admin moves on to the new gateway's Admin
@@ -89,6 +100,8 @@ class App:
         """Stop accepting, then wait up to `deadline` seconds for in-flight
         requests (streams included) to finish."""
         self.server.stop_accepting()
+        if self.admin_server is not None:
+            self.admin_server.stop_accepting()
         await self.gateway.admin.aclose()       # ends live admin event streams, writes the usage batch
         with trio.move_on_after(deadline):
             while self.server.active_requests:
@@ -117,6 +130,16 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
     try:
         async with trio.open_nursery() as nursery:
             addrs = await nursery.start(app.server.serve, host, port)
+            if app.admin_server is not None:
+                from busbar.admin import parse_listen
+                listen = app.gateway.admin.listen
+                app.admin_server.reuse_port = reuse_port     # --workers: each worker answers its own share
+                try:
+                    app.admin_addrs = await nursery.start(app.admin_server.serve, *parse_listen(listen))
+                except OSError as exc:
+                    raise ConfigError(f"{config.source}: admin.listen",
+                                      f"cannot listen on {listen}: {exc.strerror or exc}; choose another "
+                                      "address, or `public` to serve admin on the gateway's port") from None
             nursery.start_soon(app.run_admin)
             task_status.started((app.gateway, app.server, addrs, app))
             if not handle_signals:

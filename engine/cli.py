@@ -46,19 +46,43 @@ def cmd_serve(args) -> int:
 
     async def main():
         async with trio.open_nursery() as nursery:
-            _, _, addrs, _ = await nursery.start(functools.partial(
+            _, _, addrs, app = await nursery.start(functools.partial(
                 run_gateway, config_path=args.config, reuse_port=args.reuse_port), config, host, port)
-            print(serving_banner(config, host, addrs[0][1]), file=sys.stderr, flush=True)
+            print(serving_banner(config, host, addrs[0][1], app.admin_addrs), file=sys.stderr, flush=True)
 
-    trio.run(main)
+    return _run_reporting_config_errors(main)
+
+
+def _run_reporting_config_errors(main) -> int:
+    """trio.run(main); a ConfigError raised while starting (e.g. the admin
+    address in use) is printed like a validation error, exit 2."""
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(ConfigError)
+        if matched is None or rest is not None:
+            raise
+        while isinstance(matched, BaseExceptionGroup):
+            matched = matched.exceptions[0]
+        print_config_error(matched)
+        return 2
+    except ConfigError as exc:
+        print_config_error(exc)
+        return 2
     return 0
 
 
-def serving_banner(config, host: str, port: int) -> str:
-    """What `busbar serve` says once it listens: where, and which pools."""
+def serving_banner(config, host: str, port: int, admin_addrs=()) -> str:
+    """What `busbar serve` says once it listens: where, which pools, and
+    where admin and metrics answer."""
     lines = [f"busbar: serving {config.source} on http://{host}:{port}"]
     for name, pool in config.pools.items():
         lines.append(f"  pool {name}: {len(pool['members'])} member(s), strategy {pool.get('strategy', 'weighted')}")
+    if admin_addrs:
+        admin_host, admin_port = admin_addrs[0][:2]
+        lines.append(f"  admin and metrics: http://{admin_host}:{admin_port} (/metrics, /admin)")
+    else:
+        lines.append(f"  admin and metrics: on http://{host}:{port} (admin.listen: public)")
     return "\n".join(lines)
 
 

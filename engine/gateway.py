@@ -96,9 +96,9 @@ class Gateway:
         self._ids = itertools.count(1)
         self._id_prefix = f"{int(time.time()) & 0xFFFFFF:06x}"
         self._models_body = self._render_models()
-        from busbar.admin import Admin   # /admin, /metrics, usage accounting: inert unless admin.enabled
+        from busbar.admin import Admin   # /admin, /metrics, usage accounting (ADR 0007: where they listen)
         self.admin = Admin(self)
-        if self.admin.enabled:
+        if self.admin.observing:
             self.listeners.append(self.admin.on_finish)
 
     def scrub(self, text: str) -> str:

@@ -54,7 +54,10 @@ async def gateway_with(config: dict, **vendors: MockVendor):
         for vendor in vendors.values():
             await nursery.start(vendor.serve, "127.0.0.1", 0)
         urls = {name: vendor.url for name, vendor in vendors.items()}
-        parsed = parse_config(_fill(copy.deepcopy(config), urls), "test-config")
+        config = _fill(copy.deepcopy(config), urls)
+        # admin on the gateway's port unless the test says where (never the fixed default port)
+        config.setdefault("admin", {}).setdefault("listen", "public")
+        parsed = parse_config(config, "test-config")
         gateway, server, addrs, app = await nursery.start(
             functools.partial(run_gateway, handle_signals=False), parsed, "127.0.0.1", 0)
         port = addrs[0][1]

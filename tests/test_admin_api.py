@@ -45,14 +45,20 @@ async def chat(client: httpx.AsyncClient, url: str, model: str = "smart", **extr
         headers={"authorization": "Bearer client"})
 
 
-async def test_admin_is_404_when_disabled():
+async def test_admin_page_is_404_unless_enabled_metrics_on_by_default():
     config = admin_config()
     config.pop("admin")
     async with gateway_with(config, a=MockVendor(), b=MockVendor()) as gw:
         async with httpx.AsyncClient() as client:
-            for path in ("/admin", "/admin/api/state", "/metrics", "/admin/events"):
+            for path in ("/admin", "/admin/api/state", "/admin/events"):
                 assert (await client.get(gw.url + path)).status_code == 404
-        assert gw.gateway.listeners == []        # nothing on the hot path either
+            assert (await client.get(gw.url + "/metrics")).status_code == 200
+        assert gw.gateway.listeners == [gw.gateway.admin.on_finish]
+    config["admin"] = {"metrics": False}
+    async with gateway_with(config, a=MockVendor(), b=MockVendor()) as gw:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(gw.url + "/metrics")).status_code == 404
+        assert gw.gateway.listeners == []        # nothing on the hot path
 
 
 async def test_key_is_required_by_header_or_query():

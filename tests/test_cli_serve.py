@@ -19,6 +19,7 @@ pools:
     members: [{provider: oai, model: gpt-4o}, {provider: ant, model: claude}]
   cheap:
     members: [{provider: oai, model: gpt-4o-mini}]
+admin: {listen: "127.0.0.1:0"}
 """
 
 
@@ -30,10 +31,11 @@ def test_serve_prints_its_address_and_pools(tmp_path):
     serve = subprocess.Popen([sys.executable, "-m", "busbar.cli", "serve", "--config", str(path), "--port", str(port)],
                              stderr=subprocess.PIPE, text=True)
     try:
-        lines = [serve.stderr.readline() for _ in range(3)]
+        lines = [serve.stderr.readline() for _ in range(4)]
         assert lines[0].strip() == f"busbar: serving {path} on http://127.0.0.1:{port}"
         assert lines[1].strip() == "pool smart: 2 member(s), strategy ordered"
         assert lines[2].strip() == "pool cheap: 1 member(s), strategy weighted"
+        assert lines[3].strip().startswith("admin and metrics: http://127.0.0.1:")
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0
     finally:

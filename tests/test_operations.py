@@ -153,7 +153,8 @@ def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
     mock_port, gw_port = free_port(), free_port()
     config = tmp_path / "c.yaml"
     config.write_text(f"providers:\n  m: {{protocol: openai, base_url: 'http://127.0.0.1:{mock_port}/v1', key: k}}\n"
-                      f"pools:\n  smart:\n    members:\n      - {{provider: m, model: x}}\n")
+                      f"pools:\n  smart:\n    members:\n      - {{provider: m, model: x}}\n"
+                      "admin: {listen: '127.0.0.1:0'}\n")
     env = {**os.environ, "PYTHONPATH": ROOT}
     mock = subprocess.Popen([sys.executable, "-m", "busbar.cli", "mock", "--port", str(mock_port),
                              "--chunk-delay", "0.1", "--chunks", "10"], env=env, stdout=subprocess.DEVNULL)

@@ -1,11 +1,16 @@
 """See inside a running gateway: the admin page, its JSON API and live
 events, `/metrics`, and usage accounting.
 
-    admin:                 # in the gateway config; off unless enabled
-      enabled: true
+    admin:
+      listen: 127.0.0.1:9901     # the default: its own loopback socket; `public` = the gateway's port (demo)
+      enabled: true              # the page and JSON API; off unless enabled
       key: ${BUSBAR_ADMIN_KEY}   # optional: then `Authorization: Bearer <key>` or `?key=<key>`
+      metrics_need_key: false    # the default: /metrics on the admin listener needs no key
+      metrics: true              # the default: Prometheus /metrics and usage accounting are on
 
-Routes (all GET; 404 when admin is disabled, 401 without the key):
+With a separate listener the public port never answers `/admin*` or
+`/metrics` (its usual 404).  Routes (all GET; 404 when the page is disabled,
+401 without the key):
 
     /admin                     the page (plain HTML + a little JS; live over SSE)
     /admin/api/state           pools, members, breakers, keys, latency, recent requests
@@ -16,8 +21,8 @@ Routes (all GET; 404 when admin is disabled, 401 without the key):
     /admin/usage               token usage from SQLite (?since=24h&group_by=pool,member,key)
     /metrics                   Prometheus text format
 
-The gateway calls `on_finish(record)` for every finished request (only when
-enabled): it feeds the metrics and the usage batch, a few microseconds.
+The gateway calls `on_finish(record)` for every finished request (when
+metrics are on): it feeds the metrics and the usage batch, a few microseconds.
 `run()` is the Admin's own task (flushes usage every second and on the way
 out); whoever owns the gateway's nursery starts it.
 """
@@ -31,6 +36,14 @@ import trio
 log = logging.getLogger("busbar.admin")
 
 FLUSH_EVERY = 1.0
+DEFAULT_LISTEN = "127.0.0.1:9901"
+PUBLIC = "public"        # admin.listen: served on the gateway's own port
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:9901`) -> (host, port)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class Admin:
@@ -39,14 +52,17 @@ class Admin:
     def __init__(self, gateway):
         self.gateway = gateway
         cfg = gateway.config.admin or {}
-        self.enabled = bool(cfg.get("enabled", False))
+        self.enabled = bool(cfg.get("enabled", False))       # the page and JSON API
+        self.listen: str = cfg.get("listen", DEFAULT_LISTEN)
+        self.on_public_port = self.listen == PUBLIC
+        self.metrics_need_key = bool(cfg.get("metrics_need_key", False))
         key = cfg.get("key")
         self.key: bytes | None = key.encode() if key else None
         self.metrics = None
         self.usage = None
         self.closing = False
         self.diagrams: dict = {}        # small LRU of rendered diagrams (see api.diagram_for)
-        if not self.enabled:
+        if not cfg.get("metrics", True):
             return
         from busbar.admin.metrics import Metrics
         from busbar.admin.usage import DEFAULT_DB, UsageStore
@@ -63,17 +79,32 @@ class Admin:
             self.usage.observe(record)
 
     # ---- HTTP ------------------------------------------------------------------
+    @property
+    def observing(self) -> bool:
+        """Metrics (and usage accounting) count every finished request."""
+        return self.metrics is not None
+
+    def serves(self, path: bytes) -> bool:
+        if path == b"/metrics":
+            return self.metrics is not None
+        return self.enabled and (path == b"/admin" or path.startswith(b"/admin/"))
+
     async def handle(self, request, responder) -> bool:
-        """Answer `/admin*` and `/metrics`; False (not handled) when disabled
-        or for any other path, so the gateway renders its usual 404."""
-        if not self.enabled:
-            return False
-        path = request.path
-        if not (path == b"/metrics" or path == b"/admin" or path.startswith(b"/admin/")):
+        """On the gateway's public port: answer `/admin*` and `/metrics` only
+        in the same-port mode (`listen: public`); False (not handled) for
+        anything else, so the gateway renders its usual 404."""
+        if not self.on_public_port or not self.serves(request.path):
             return False
         from busbar.admin import api
         await api.handle(self, request, responder)
         return True
+
+    async def handle_private(self, request, responder) -> None:
+        """The admin listener's handler: `/admin*` and `/metrics`, else 404."""
+        from busbar.admin import api
+        if self.serves(request.path):
+            return await api.handle(self, request, responder)
+        await api.not_found(responder, request.path)
 
     # ---- lifetime ----------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -110,7 +141,7 @@ class Admin:
             return
         listeners = self.gateway.listeners
         listeners[:] = [fn for fn in listeners if getattr(fn, "__self__", None) is not old]
-        if not (self.enabled and old.enabled):
+        if not (self.observing and old.observing):
             return
         self.metrics.adopt(old.metrics)
         if self.usage is not None and old.usage is not None and old.usage.path == self.usage.path:

@@ -114,8 +114,14 @@ ROUTES = ["/admin", "/admin/api/state", "/admin/api/requests", "/admin/api/reque
           "/admin/usage?since=&until=&group_by=", "/metrics"]
 
 
+async def not_found(responder, path: bytes) -> None:
+    await _json(responder, 404, {"error": f"no route {path.decode('latin-1')} on the admin listener",
+                                 "routes": ROUTES})
+
+
 def _authorized(admin, request, query: dict) -> bool:
-    if admin.key is None:
+    if admin.key is None or (request.path == b"/metrics" and not admin.metrics_need_key
+                             and not admin.on_public_port):     # the admin listener is internal
         return True
     auth = header(request.headers, b"authorization")
     if auth is not None and auth[:7].lower() == b"bearer " and hmac.compare_digest(auth[7:].strip(), admin.key):
