@@ -1,0 +1,62 @@
+"""Shared state: token buckets and period counters behind one small protocol.
+
+`StateBackend` is what limits, budgets and quotas call (client keys, upstream keys).
+`MemoryState` is the embedded default: one process, no I/O, injected clock.
+The Redis backend (replicas and workers sharing state) implements the same protocol
+with atomic Lua scripts, so callers never know which one they have (ADR 0010).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """The answer of a take.
+
+    ok: whether `amount` was taken (all of it; a take is all or nothing).
+    level: the bucket's tokens / the counter's total after the take, or, when refused,
+        the level that blocked it.
+    retry_after: seconds until the same take could succeed (0.0 when ok; `inf` when it
+        never can, e.g. amount > burst or a counter at its limit with no expiry known).
+    """
+
+    ok: bool
+    level: float
+    retry_after: float
+
+
+@runtime_checkable
+class StateBackend(Protocol):
+    async def take_bucket(self, key: str, amount: float, rate: float, burst: float) -> Taken:
+        """Token bucket: `rate` tokens/s refill up to `burst`; takes `amount` only if all fit.
+        A new bucket starts full."""
+        ...
+
+    async def take_counter(self, key: str, amount: float, limit: float | None, ttl_s: float) -> Taken:
+        """Counter for a fixed period (budgets, rpd): adds `amount` only if total+amount <= limit
+        (limit None: always adds). The key expires `ttl_s` seconds from now (callers pass the
+        time to the period's end plus a grace; the period belongs in the key). When refused,
+        retry_after is the key's remaining lifetime."""
+        ...
+
+    async def add_counter(self, key: str, amount: float, ttl_s: float) -> float:
+        """Settle or refund (amount may be < 0) with no limit check; returns the new total."""
+        ...
+
+    async def get_counter(self, key: str) -> float:
+        """The counter's total (0.0 when absent or expired)."""
+        ...
+
+    async def settle_bucket(self, key: str, amount: float, rate: float, burst: float) -> float:
+        """Extension: take `amount` unconditionally (the bucket may go below 0: a debt later
+        refills pay off), or give it back when negative (capped at `burst`). For limits that
+        admit on an estimate and settle on the real usage (tpm). Returns the level after."""
+        ...
+
+
+from busbar.state.memory import MemoryState  # noqa: E402  (re-exported for callers)
+
+__all__ = ["StateBackend", "Taken", "MemoryState"]
