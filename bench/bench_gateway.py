@@ -9,6 +9,10 @@ Prints a table; writes JSON to bench/results/.  Every figure is the median of
 
     python bench/bench_gateway.py            # full run (a few minutes)
     python bench/bench_gateway.py --quick    # smoke: seconds, used by CI
+
+Last, the same figures against a fast upstream (bench/fast_upstream.py, via
+bench/bench_fast.py), which shows the gateway's own cost the simulated
+vendor hides.
 """
 from __future__ import annotations
 
@@ -319,7 +323,14 @@ def main() -> int:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    # 0. the same gateway code against a fast upstream (bench/bench_fast.py):
+    # the simulated vendor above is slow enough to hide the gateway's cost
+    import bench_fast
+    fast_args = argparse.Namespace(runs=args.runs, duration=args.duration, streams_per_run=3 if args.quick else 5,
+                                   concurrency=(1, 20) if args.quick else bench_fast.CONCURRENCY)
+    results["fast_upstream"] = bench_fast.run(fast_args, tmp)
     report(results)
+    bench_fast.report(results["fast_upstream"])
     out = ROOT / "bench" / "results" / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out.relative_to(ROOT)}")

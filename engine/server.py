@@ -25,6 +25,8 @@ from typing import Awaitable, Callable
 import h11
 import trio
 
+from busbar import sockio
+
 log = logging.getLogger("busbar.server")
 
 Headers = list[tuple[bytes, bytes]]
@@ -89,7 +91,7 @@ class Responder:
 
     async def _write(self, data: bytes) -> None:
         try:
-            await self._stream.send_all(data)
+            await sockio.send_all(self._stream, data)   # one write, no extra scheduler round
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._gone = True
             raise ClientGone() from exc
@@ -338,7 +340,7 @@ class _Reader:
                 if len(self.buffer) >= self.limit:
                     self._room = trio.Event()
                     await self._room.wait()
-                data = await self.stream.receive_some(READ_SIZE)
+                data = await sockio.receive_some(self.stream, READ_SIZE)
                 if not data:
                     break
                 self.buffer += data

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from busbar import sockio
 from busbar.http11 import BodyDecoder, ProtocolError, parse_head, serialize_request
 
 Headers = list[tuple[bytes, bytes]]
@@ -239,10 +240,10 @@ class ConnectionPool:
         data = serialize_request(method, target, self.origin.host_header, headers, body)
         buf = b""
         try:
-            await conn.stream.send_all(data)
+            await sockio.send_all(conn.stream, data)
             with trio.fail_after(response_timeout):
                 while True:
-                    chunk = await conn.stream.receive_some(READ_SIZE)
+                    chunk = await sockio.receive_some(conn.stream, READ_SIZE)
                     if not chunk:
                         raise ProtocolError("connection closed before a response")
                     buf += chunk
