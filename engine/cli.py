@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="highlight a request's path: its access-log line or `GET /admin/api/requests/{id}` answer "
                         "(- reads stdin)")
     p.add_argument("--format", default="mermaid", choices=["mermaid", "dot", "svg", "png"],
-                   help="svg and png need Graphviz's `dot`")
+                   help="png needs Graphviz's `dot`; svg, mermaid and dot text need nothing")
     p.add_argument("--output", help="write here instead of stdout")
     p.set_defaults(func=cmd_diagram)
 

@@ -3,7 +3,7 @@ configures it, optionally with one request's actual path drawn on top.
 
     to_mermaid(pipeline)                     # Mermaid stateDiagram-v2 text
     to_dot(pipeline, path=record)            # Graphviz DOT text, the path highlighted
-    render("svg", pipeline, path=record)     # bytes; svg/png need Graphviz's `dot`
+    render("svg", pipeline, path=record)     # bytes; svg laid out in code (diagram_svg), png needs `dot`
 
 The states and transitions come from the compiled table in
 `busbar.lifecycle` (so the picture cannot drift from what the gateway runs);
@@ -39,12 +39,12 @@ FAILED_FILL = "#ffcdd2"
 
 
 class GraphvizMissing(RuntimeError):
-    """svg/png asked for, but Graphviz's `dot` is not on PATH."""
+    """png asked for, but Graphviz's `dot` is not on PATH."""
 
     def __init__(self) -> None:
-        super().__init__("Graphviz's `dot` is needed for svg/png output but is not installed: "
+        super().__init__("Graphviz's `dot` is needed for png output but is not installed: "
                          "`apt-get install graphviz` (Debian/Ubuntu) or `brew install graphviz`; "
-                         "or ask for --format mermaid or dot, which need nothing.")
+                         "or ask for --format svg, mermaid or dot, which need nothing.")
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +279,9 @@ def render(fmt: str, pipeline=None, path=None, *, title: str | None = None,
         return to_mermaid(pipeline, path, title=title).encode()
     if fmt not in FORMATS:
         raise ValueError(f"unknown diagram format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "svg":     # laid out in code: no system package needed
+        from busbar.diagram_svg import to_svg
+        return to_svg(pipeline, path, title=title, counts=counts).encode()
     text = to_dot(pipeline, path, title=title, counts=counts)
     if fmt == "dot":
         return text.encode()

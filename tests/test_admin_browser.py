@@ -41,11 +41,16 @@ def no_usage_db(monkeypatch):
     monkeypatch.setenv("BUSBAR_USAGE_DB", "off")
 
 
-async def test_admin_page_shows_a_breaker_opening(tmp_path):
+async def test_admin_page_shows_a_breaker_opening(tmp_path, monkeypatch):
     missing = _requirements()
     if missing:
         pytest.skip(missing)
     from playwright.sync_api import sync_playwright
+
+    # Graphviz absent: a PATH without `dot` (the browser and driver are found by absolute path);
+    # the live diagram is laid out in code either way
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("dot") is None
 
     config = dict(CONFIG, pipelines={"default": {"breaker": {"failures": 3, "open_for": 60}}})
     a, b = MockVendor(), MockVendor(reply="from b")
@@ -73,7 +78,9 @@ async def test_admin_page_shows_a_breaker_opening(tmp_path):
                     page.wait_for_selector("text=breaker open", timeout=15_000)
                     page.wait_for_selector("#diagram svg, #diagram pre", timeout=10_000)
                     page.wait_for_timeout(1600)      # let the throttled diagram catch the latest request
-                    page.wait_for_selector("#diagram svg, #diagram pre", timeout=10_000)
+                    page.wait_for_selector("#diagram svg", timeout=10_000)
+                    seen["diagram_states"] = page.eval_on_selector_all(
+                        "#diagram svg g.state", "gs => gs.map(g => g.dataset.state)")
                     seen["pools"] = page.inner_text("#pools")
                     seen["recent"] = page.inner_text("#recent")
                     seen["live"] = page.get_attribute("#live", "class")
@@ -106,4 +113,6 @@ async def test_admin_page_shows_a_breaker_opening(tmp_path):
     assert seen["live"] == "on"
     assert "server" in seen["detail"] and "first#0:" in seen["detail"]   # why the first member failed, by key id
     assert seen["errors"] == []
+    from busbar import lifecycle
+    assert set(seen["diagram_states"]) == set(lifecycle.STATES)     # the chart, drawn without Graphviz
     assert shot.stat().st_size > 10_000

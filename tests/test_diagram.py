@@ -79,19 +79,78 @@ def test_a_request_record_object_and_a_state_list_are_paths_too():
 
 
 @needs_dot
-@pytest.mark.parametrize("fmt,magic", [("svg", b"<svg"), ("png", b"\x89PNG")])
-def test_svg_and_png_render_with_graphviz(fmt, magic):
-    data = diagram.render(fmt, DEFAULT, RECORD, title="pool smart")
-    assert magic in data[:400]
-    if fmt == "svg":
-        assert b"failing_over" in data and diagram.svg_inline(data).startswith("<svg")
+def test_png_renders_with_graphviz():
+    assert diagram.render("png", DEFAULT, RECORD, title="pool smart")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_missing_graphviz_is_a_clear_error(monkeypatch):
+def test_missing_graphviz_is_a_clear_error_for_png_only(monkeypatch):
     monkeypatch.setattr(diagram.shutil, "which", lambda name: None)
     with pytest.raises(diagram.GraphvizMissing, match="apt-get install graphviz"):
-        diagram.render("svg", DEFAULT)
+        diagram.render("png", DEFAULT)
     assert diagram.render("dot", DEFAULT).startswith(b"digraph")
+    assert diagram.render("svg", DEFAULT).startswith(b"<?xml")
+
+
+def test_cli_diagram_svg_with_no_graphviz_on_path(tmp_path):
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "chart.svg"
+    env = {**os.environ, "PATH": str(tmp_path)}          # no `dot` anywhere
+    result = subprocess.run([sys.executable, "-m", "busbar.cli", "diagram", "--format", "svg", "--output", str(out)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert {g.get("data-state") for g in _svg_tree(out.read_bytes()).iter("{http://www.w3.org/2000/svg}g")} \
+        >= set(lifecycle.STATES)
+    png = subprocess.run([sys.executable, "-m", "busbar.cli", "diagram", "--format", "png"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert png.returncode == 1 and "Graphviz" in png.stderr
+
+
+def _svg_tree(data: bytes):
+    import xml.etree.ElementTree as ET
+    return ET.fromstring(data)
+
+
+def test_svg_without_graphviz_draws_every_state_and_edge_of_the_compiled_table(monkeypatch):
+    monkeypatch.setattr(diagram.shutil, "which", lambda name: None)
+    svg = _svg_tree(diagram.render("svg", DEFAULT, RECORD, title="pool smart"))
+    ns = "{http://www.w3.org/2000/svg}"
+    states = {g.get("data-state") for g in svg.iter(ns + "g") if g.get("class") == "state"}
+    assert states == set(lifecycle.STATES)
+    drawn = {(p.get("data-source"), p.get("data-target")) for p in svg.iter(ns + "path") if p.get("class") == "edge"}
+    assert drawn == {(s, t) for (s, _), t in lifecycle.TRANSITIONS.items()}
+    texts = " ".join("".join(t.itertext()) for t in svg.iter(ns + "text"))
+    assert "fault: context, rate, billing, auth, server" in texts and "step 4" in texts
+    assert 'upstream said "boom"' in texts                          # escaped in XML, intact as text
+
+
+def test_svg_highlights_the_path_and_thickens_used_edges():
+    from busbar.diagram_svg import to_svg
+    svg = _svg_tree(to_svg(DEFAULT, RECORD, counts={("received", "routed"): 3}).encode())
+    ns = "{http://www.w3.org/2000/svg}"
+    fills = {g.get("data-state"): g.find(ns + "rect").get("fill") for g in svg.iter(ns + "g")
+             if g.get("class") == "state"}
+    assert fills["failing_over"] == diagram.VISITED and fills["failed"] == "#ffffff"
+    edges = {(p.get("data-source"), p.get("data-target")): p for p in svg.iter(ns + "path") if p.get("class") == "edge"}
+    assert edges[("failing_over", "dispatched")].get("stroke") == diagram.VISITED_LINE
+    assert float(edges[("received", "routed")].get("stroke-width")) > 2
+    assert edges[("routed", "failed")].get("stroke") != diagram.VISITED_LINE
+
+
+def test_svg_follows_the_lifecycle_table(monkeypatch):
+    """Nothing is hard-coded: a state added to the table is drawn, with its edges."""
+    from busbar import diagram_svg
+    table = dict(lifecycle.TRANSITIONS)
+    table[("streaming", "paused")] = "parked"
+    table[("parked", "resumed")] = "streaming"
+    monkeypatch.setattr(lifecycle, "TRANSITIONS", table)
+    monkeypatch.setattr(lifecycle, "STATES", (*lifecycle.STATES, "parked"))
+    svg = _svg_tree(diagram_svg.to_svg(None).encode())
+    ns = "{http://www.w3.org/2000/svg}"
+    assert "parked" in {g.get("data-state") for g in svg.iter(ns + "g")}
+    drawn = {(p.get("data-source"), p.get("data-target")) for p in svg.iter(ns + "path")}
+    assert {("streaming", "parked"), ("parked", "streaming")} <= drawn
 
 
 def test_cli_diagram_for_a_pool_with_a_request(tmp_path, capsys):

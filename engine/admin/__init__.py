@@ -16,7 +16,7 @@ With a separate listener the public port never answers `/admin*` or
     /admin/api/state           pools, members, breakers, keys, latency, recent requests
     /admin/api/requests        recent finished requests, newest first
     /admin/api/requests/{id}   one request: its record, path and diagram
-    /admin/api/diagram         the lifecycle diagram of a pool (svg with Graphviz, else mermaid)
+    /admin/api/diagram         the lifecycle diagram of a pool (svg laid out in code; mermaid, dot, png with Graphviz)
     /admin/events              text/event-stream: the state every second and after requests finish
     /admin/usage               token usage from SQLite (?since=24h&group_by=pool,member,key)
     /metrics                   Prometheus text format

@@ -246,15 +246,6 @@ def _pipeline_for(gw, pool: str | None):
     return router.pipelines["default"]
 
 
-async def _svg(dot_text: str) -> str | None:
-    if not diagram.have_graphviz():
-        return None
-    try:
-        return diagram.svg_inline(await trio.to_thread.run_sync(diagram.dot_to, "svg", dot_text))
-    except Exception:
-        return None
-
-
 async def request_detail(admin, responder, request_id: str, query: dict) -> None:
     record, in_flight = find_record(admin, request_id)
     if record is None:
@@ -263,17 +254,18 @@ async def request_detail(admin, responder, request_id: str, query: dict) -> None
     data = record.as_dict()
     pipeline = _pipeline_for(admin.gateway, record.pool)
     title = f"request {record.id} · pool {record.pool or '-'} · pipeline {pipeline.name}"
-    dot_text = diagram.to_dot(pipeline, data, title=title)
+    from busbar.diagram_svg import to_svg
+    svg = diagram.svg_inline(to_svg(pipeline, data, title=title).encode())     # laid out in code: no Graphviz
     await _json(responder, 200, {"record": data, "in_flight": in_flight, "pipeline": pipeline.name,
                                  "diagram": {"mermaid": diagram.to_mermaid(pipeline, data, title=title),
-                                             "dot": dot_text, "svg": await _svg(dot_text)}})
+                                             "dot": diagram.to_dot(pipeline, data, title=title), "svg": svg}})
 
 
 async def diagram_route(admin, responder, query: dict) -> None:
     """The lifecycle of a pool's pipeline, edges weighted by the recent
     requests of that pool, one request's path (default: the latest) on top."""
     gw = admin.gateway
-    fmt = query.get("format") or ("svg" if diagram.have_graphviz() else "mermaid")
+    fmt = query.get("format") or "svg"
     if fmt not in diagram.FORMATS:
         return await _json(responder, 400, {"error": f"format: choose one of {', '.join(diagram.FORMATS)}"})
     pool = query.get("pool") or None
@@ -295,6 +287,9 @@ async def diagram_route(admin, responder, query: dict) -> None:
     if body is None:
         if fmt == "mermaid":
             body = diagram.to_mermaid(pipeline, data, title=title).encode()
+        elif fmt == "svg":      # laid out in code: no Graphviz needed
+            from busbar.diagram_svg import to_svg
+            body = to_svg(pipeline, data, title=title, counts=counts, notes=False).encode()
         else:
             dot_text = diagram.to_dot(pipeline, data, title=title, counts=counts, notes=False)
             if fmt == "dot":
