@@ -277,11 +277,20 @@ def _document(p: ir.Document, ctx: c.RenderCtx, where: str) -> dict | None:
 
 def _text(p: ir.Text, ctx: c.RenderCtx, where: str) -> dict:
     ctx.foreign(p.extras, f"{where}.")
-    return c.splice({"type": "text", "text": p.text}, p.extras, P)
+    return _cached(c.splice({"type": "text", "text": p.text}, p.extras, P), p)
 
 
 def _plain(parts: list) -> bool:
-    return len(parts) == 1 and type(parts[0]) is ir.Text and not c.own(parts[0].extras, P)
+    return len(parts) == 1 and type(parts[0]) is ir.Text and not c.own(parts[0].extras, P) \
+        and not c.cache_breakpoint(parts[0].extras)
+
+
+def _cached(block, part):
+    """`block` with `cache_control` where another Claude family (Bedrock's
+    `cachePoint`) set a cache breakpoint on `part`."""
+    if part.extras and type(block) is dict and "cache_control" not in block and c.cache_breakpoint(part.extras):
+        block["cache_control"] = {"type": "ephemeral"}
+    return block
 
 
 def _blocks(parts: list, ctx: c.RenderCtx, where: str, role: str) -> list:
@@ -296,8 +305,8 @@ def _blocks(parts: list, ctx: c.RenderCtx, where: str, role: str) -> list:
             out.append(_text(p, ctx, w))
         elif t is ir.ToolCall:
             ctx.foreign(p.extras, f"{w}.")
-            out.append(c.splice({"type": "tool_use", "id": fit_id(p.id), "name": p.name,
-                                 "input": c.args_object(p, ctx, f"{w}.")}, p.extras, P))
+            out.append(_cached(c.splice({"type": "tool_use", "id": fit_id(p.id), "name": p.name,
+                                         "input": c.args_object(p, ctx, f"{w}.")}, p.extras, P), p))
         elif t is ir.ToolResult:
             ctx.foreign(p.extras, f"{w}.")
             b: dict = {"type": "tool_result", "tool_use_id": fit_id(p.id)}
@@ -309,15 +318,15 @@ def _blocks(parts: list, ctx: c.RenderCtx, where: str, role: str) -> list:
                     b["content"] = _blocks(p.content, ctx, f"{w}.content", "tool")
             if p.is_error:
                 b["is_error"] = True
-            out.append(c.splice(b, p.extras, P))
+            out.append(_cached(c.splice(b, p.extras, P), p))
         elif t is ir.Image:
             x = _image(p, ctx, w)
             if x is not None:
-                out.append(x)
+                out.append(_cached(x, p))
         elif t is ir.Document:
             x = _document(p, ctx, w)
             if x is not None:
-                out.append(x)
+                out.append(_cached(x, p))
         elif t is ir.JsonData:
             out.append({"type": "text", "text": c.json_text(p.value)})
         elif t is ir.Refusal:
@@ -387,7 +396,7 @@ def _render_tool(t, ctx: c.RenderCtx, i: int):
     out["input_schema"] = t.parameters if t.parameters is not None else {"type": "object", "properties": {}}
     if t.strict is not None:
         out["strict"] = t.strict
-    return c.splice(out, t.extras, P)
+    return _cached(c.splice(out, t.extras, P), t)
 
 
 def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.RenderCtx) -> dict:

@@ -252,13 +252,36 @@ def _block(b: dict):
     return part
 
 
+_CACHE_POINT = {"cachePoint": {"type": "default"}}
+
+
+def _with_cache_points(blocks: list, parse) -> list:
+    """Parsed blocks, each `cachePoint` folded into the part before it as a
+    `$cachePoint` note (so Anthropic can say it as `cache_control`)."""
+    out: list = []
+    for b in blocks:
+        if "cachePoint" in b and len(b) == 1 and out and type(out[-1]) is not ir.Opaque:
+            out[-1].extras = c.with_note(out[-1].extras, P, "$cachePoint", b["cachePoint"])
+        else:
+            out.append(parse(b))
+    return out
+
+
+def _cache_point(part) -> dict | None:
+    """The cachePoint block to send after `part`, if it is a cache breakpoint."""
+    if not c.cache_breakpoint(part.extras):
+        return None
+    own = c.note(part.extras, P, "$cachePoint")
+    return {"cachePoint": own} if own is not None else _CACHE_POINT
+
+
 def _parse_request(obj: dict) -> ir.Request:
     messages = []
     for i, m in enumerate(c.require_list(obj, "messages")):
         role = m["role"]
         if role not in ("user", "assistant", "system"):
             raise c.bad(f"messages[{i}].role", f"unknown role {role!r}")
-        messages.append(ir.Message(role, [_block(b) for b in m["content"]]))
+        messages.append(ir.Message(role, _with_cache_points(m["content"], _block)))
     req = ir.Request(messages)
     extras = c.extras_of(obj, _REQUEST_KEYS, P) or {}
     guard = []
@@ -278,6 +301,9 @@ def _parse_request(obj: dict) -> ir.Request:
     if tcfg is not None:
         for t in tcfg.get("tools") or ():
             spec = t.get("toolSpec")
+            if "cachePoint" in t and req.tools and type(req.tools[-1]) is ir.Tool:
+                req.tools[-1].extras = c.with_note(req.tools[-1].extras, P, "$cachePoint", t["cachePoint"])
+                continue
             if spec is not None:
                 schema = (spec.get("inputSchema") or {}).get("json")
                 req.tools.append(ir.Tool(spec["name"], schema, spec.get("description"), spec.get("strict"),
@@ -377,67 +403,75 @@ def _blocks(parts: list, ctx: c.RenderCtx, where: str) -> list:
     out = []
     many = len(parts) > 1
     for j, p in enumerate(parts):
-        t = type(p)
-        w = f"{where}[{j}]"
-        if t is ir.Text or t is ir.Refusal:
-            if many and not p.text:
-                continue      # Bedrock rejects blank text blocks
-            ctx.foreign(p.extras, f"{w}.")
-            out.append({"text": p.text})
-        elif t is ir.ToolCall:
-            ctx.foreign(p.extras, f"{w}.")
-            out.append({"toolUse": c.splice({"toolUseId": fit_id(p.id), "name": p.name,
-                                             "input": c.args_object(p, ctx, f"{w}.")}, p.extras, P)})
-        elif t is ir.ToolResult:
-            ctx.foreign(p.extras, f"{w}.")
-            content = []
-            for k, x in enumerate(p.content):
-                tx = type(x)
-                if tx is ir.Text:
-                    ctx.foreign(x.extras, f"{w}.content[{k}].")
-                    content.append({"text": x.text})
-                elif tx is ir.JsonData:
-                    content.append({"json": x.value})
-                elif tx is ir.Image:
-                    b = _image_block(x, ctx, f"{w}.content[{k}]")
-                    if b is not None:
-                        content.append(b)
-                elif tx is ir.Document:
-                    b = _document_block(x, ctx, f"{w}.content[{k}]")
-                    if b is not None:
-                        content.append(b)
-                else:
-                    ctx.unsupported(f"{w}.content[{k}]", f"{c.part_kind(x)} in a tool result")
-            tr: dict = {"toolUseId": fit_id(p.id), "content": content}
-            if p.is_error:
-                tr["status"] = "error"
-            out.append({"toolResult": c.splice(tr, p.extras, P)})
-        elif t is ir.Image:
-            b = _image_block(p, ctx, w)
-            if b is not None:
-                out.append(b)
-        elif t is ir.Document:
-            b = _document_block(p, ctx, w)
-            if b is not None:
-                out.append(b)
-        elif t is ir.JsonData:
-            out.append({"text": c.json_text(p.value)})
-        elif t is ir.Reasoning:
-            if c.foreign_reasoning(p, ctx, w):
-                continue
-            rt: dict = {"text": p.text}
-            if p.signature is not None:
-                rt["signature"] = p.signature
-            out.append({"reasoningContent": {"reasoningText": rt}})
-        elif t is ir.RedactedReasoning:
-            if c.foreign_reasoning(p, ctx, w):
-                continue
-            out.append({"reasoningContent": {"redactedContent": p.data}})
-        elif t is ir.Opaque:
-            raw = ctx.opaque(p, f"{w}.")
-            if raw is not None:
-                out.append(raw)
+        before = len(out)
+        _block_out(p, ctx, f"{where}[{j}]", many, out)
+        if len(out) > before and p.extras:
+            cp = _cache_point(p)
+            if cp is not None:
+                out.append(cp)
     return out
+
+
+def _block_out(p, ctx: c.RenderCtx, w: str, many: bool, out: list) -> None:
+    t = type(p)
+    if t is ir.Text or t is ir.Refusal:
+        if many and not p.text:
+            return        # Bedrock rejects blank text blocks
+        ctx.foreign(p.extras, f"{w}.")
+        out.append({"text": p.text})
+    elif t is ir.ToolCall:
+        ctx.foreign(p.extras, f"{w}.")
+        out.append({"toolUse": c.splice({"toolUseId": fit_id(p.id), "name": p.name,
+                                         "input": c.args_object(p, ctx, f"{w}.")}, p.extras, P)})
+    elif t is ir.ToolResult:
+        ctx.foreign(p.extras, f"{w}.")
+        content = []
+        for k, x in enumerate(p.content):
+            tx = type(x)
+            if tx is ir.Text:
+                ctx.foreign(x.extras, f"{w}.content[{k}].")
+                content.append({"text": x.text})
+            elif tx is ir.JsonData:
+                content.append({"json": x.value})
+            elif tx is ir.Image:
+                b = _image_block(x, ctx, f"{w}.content[{k}]")
+                if b is not None:
+                    content.append(b)
+            elif tx is ir.Document:
+                b = _document_block(x, ctx, f"{w}.content[{k}]")
+                if b is not None:
+                    content.append(b)
+            else:
+                ctx.unsupported(f"{w}.content[{k}]", f"{c.part_kind(x)} in a tool result")
+        tr: dict = {"toolUseId": fit_id(p.id), "content": content}
+        if p.is_error:
+            tr["status"] = "error"
+        out.append({"toolResult": c.splice(tr, p.extras, P)})
+    elif t is ir.Image:
+        b = _image_block(p, ctx, w)
+        if b is not None:
+            out.append(b)
+    elif t is ir.Document:
+        b = _document_block(p, ctx, w)
+        if b is not None:
+            out.append(b)
+    elif t is ir.JsonData:
+        out.append({"text": c.json_text(p.value)})
+    elif t is ir.Reasoning:
+        if c.foreign_reasoning(p, ctx, w):
+            return
+        rt: dict = {"text": p.text}
+        if p.signature is not None:
+            rt["signature"] = p.signature
+        out.append({"reasoningContent": {"reasoningText": rt}})
+    elif t is ir.RedactedReasoning:
+        if c.foreign_reasoning(p, ctx, w):
+            return
+        out.append({"reasoningContent": {"redactedContent": p.data}})
+    elif t is ir.Opaque:
+        raw = ctx.opaque(p, f"{w}.")
+        if raw is not None:
+            out.append(raw)
 
 
 def _has_tool_blocks(req: ir.Request) -> bool:
@@ -475,9 +509,9 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
         ctx.foreign(p.extras, f"system[{j}].")
         if p.text:      # Bedrock rejects blank system text
             system.append({"text": p.text})
-        cp = c.note(p.extras, P, "$cachePoint")
+        cp = _cache_point(p)
         if cp is not None:
-            system.append({"cachePoint": cp})
+            system.append(cp)
     guard = c.note(req.extras, P, "system")
     if guard:
         system.extend(guard)
@@ -508,6 +542,9 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
             if t.strict is not None:
                 spec["strict"] = t.strict
             tools.append({"toolSpec": c.splice(spec, t.extras, P)})
+            cp = _cache_point(t)
+            if cp is not None:
+                tools.append(cp)
         tool_config: dict = {"tools": tools}
         if tc is not None:
             if tc.mode == "auto":

@@ -63,7 +63,9 @@ class RenderCtx:
             if proto == self.target:
                 continue
             hints = HINTS.get(proto, ())
-            silent = SILENT.get(proto, ())
+            silent = SILENT.get(proto, ()) or CROSS_MAPPED.get((proto, self.target), ())
+            if proto in SILENT and (proto, self.target) in CROSS_MAPPED:
+                silent = SILENT[proto] | CROSS_MAPPED[(proto, self.target)]
             for key, value in fields.items():
                 if key[0] == "$" or key in silent or meaningless(proto, key, value):
                     continue
@@ -172,6 +174,27 @@ def degradable(proto: str, key: str) -> str | None:
             if pattern[-1] == "*" and key.startswith(pattern[:-1]):
                 return text
     return why
+
+
+# Vendor-only fields another protocol maps itself (so they are no hint there):
+# (source protocol, target) -> field names.
+CROSS_MAPPED: dict[tuple[str, str], frozenset[str]] = {
+    ("anthropic", "bedrock"): frozenset({"cache_control"}),
+}
+
+
+def cache_breakpoint(extras: ir.Extras | None) -> bool:
+    """A prompt-cache breakpoint on this part, from either Claude family: an
+    Anthropic `cache_control` on the block, or a Bedrock `cachePoint` right
+    after it (the Bedrock parser notes it as `$cachePoint` on the part).  A
+    failover between the two keeps caching (and the bill) as it was."""
+    if not extras:
+        return False
+    a = extras.get("anthropic")
+    if a and a.get("cache_control") is not None:
+        return True
+    b = extras.get("bedrock")
+    return bool(b) and b.get("$cachePoint") is not None
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""Claude on Anthropic and on Bedrock, the common failover pair (issue 19):
+prompt-cache breakpoints survive it (`cache_control` <-> `cachePoint`)."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from busbar.mock import MockVendor
+from busbar.protocols import get_dialect
+from harness import gateway_with, sdk
+from test_translation_e2e import config_for
+
+AN, BR = get_dialect("anthropic"), get_dialect("bedrock")
+EPH = {"type": "ephemeral"}
+ANTHROPIC_CACHED = {
+    "model": "m", "max_tokens": 50,
+    "system": [{"type": "text", "text": "long system prompt", "cache_control": EPH}],
+    "tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": EPH}],
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "long document", "cache_control": EPH},
+                                              {"type": "text", "text": "question"}]}]}
+
+
+def to_bedrock(obj):
+    body, warnings = BR.render_request(AN.parse_request(obj, {}), "claude", unsupported="reject")
+    return orjson.loads(body), warnings
+
+
+@pytest.mark.pure
+def test_cache_control_reaches_bedrock_as_cache_points_and_back():
+    body, warnings = to_bedrock(ANTHROPIC_CACHED)
+    assert warnings == []
+    assert body["system"] == [{"text": "long system prompt"}, {"cachePoint": {"type": "default"}}]
+    assert body["toolConfig"]["tools"][1] == {"cachePoint": {"type": "default"}}
+    assert body["messages"][0]["content"] == [{"text": "long document"}, {"cachePoint": {"type": "default"}},
+                                              {"text": "question"}]
+    back, _ = AN.render_request(BR.parse_request(body, {"model": "m", "action": "converse"}), "claude")
+    back = orjson.loads(back)
+    assert back["system"] == [{"type": "text", "text": "long system prompt", "cache_control": EPH}]
+    assert back["tools"][0]["cache_control"] == EPH and len(back["tools"]) == 1
+    assert back["messages"][0]["content"] == ANTHROPIC_CACHED["messages"][0]["content"]
+
+
+@pytest.mark.pure
+def test_bedrock_cache_points_round_trip_through_bedrock():
+    body, _ = to_bedrock(ANTHROPIC_CACHED)
+    again, _ = BR.render_request(BR.parse_request(body, {"model": "m", "action": "converse"}), "claude")
+    assert orjson.loads(again) == body
+
+
+@pytest.mark.integration
+async def test_anthropic_sdk_cache_control_to_a_bedrock_member():
+    import anthropic
+    mock = MockVendor(reply="cached", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(config_for("bedrock"), a=mock) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+        raw = await sdk(lambda: client.messages.with_raw_response.create(
+            model="smart", max_tokens=50, system=ANTHROPIC_CACHED["system"], tools=ANTHROPIC_CACHED["tools"],
+            messages=ANTHROPIC_CACHED["messages"]))
+    assert raw.parse().content[0].text == "cached"
+    assert "cache_control" not in (raw.headers.get("x-busbar-warning") or "")
+    body = mock.received[-1]["body"]
+    assert {"cachePoint": {"type": "default"}} in body["system"]
+    assert body["messages"][0]["content"][1] == {"cachePoint": {"type": "default"}}
+
+
+@pytest.mark.integration
+async def test_boto3_cache_point_to_an_anthropic_member():
+    import boto3
+    mock = MockVendor(reply="cached")
+    config = {**config_for("anthropic"), "auth": {"aws_credentials": [
+        {"access_key_id": "AKIDGATEWAY", "secret_access_key": "gateway-secret"}]}}
+    async with gateway_with(config, a=mock) as gw:
+        client = boto3.client("bedrock-runtime", endpoint_url=gw.url, region_name="us-east-1",
+                              aws_access_key_id="AKIDGATEWAY", aws_secret_access_key="gateway-secret")
+        result = await sdk(lambda: client.converse(
+            modelId="smart", system=[{"text": "long system prompt"}, {"cachePoint": {"type": "default"}}],
+            messages=[{"role": "user", "content": [{"text": "doc"}, {"cachePoint": {"type": "default"}},
+                                                   {"text": "q"}]}]))
+    assert result["output"]["message"]["content"][0]["text"] == "cached"
+    body = mock.received[-1]["body"]
+    assert body["system"] == [{"type": "text", "text": "long system prompt", "cache_control": EPH}]
+    assert body["messages"][0]["content"][0] == {"type": "text", "text": "doc", "cache_control": EPH}
