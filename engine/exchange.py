@@ -310,6 +310,12 @@ class Exchange:
             err = ClientError(503, f"No member of `{self.model}` can take this request: {step.reason}.", "overloaded")
         return err
 
+    def answer_headers(self, attempt: Attempt) -> Headers:
+        """Headers of an answer: which pool and member answered (the body's
+        `model` is the model that answered, on every path), and the warnings."""
+        return [(b"x-busbar-pool", self.model.encode("utf-8", "replace")),
+                (b"x-busbar-member", attempt.member_id.encode("utf-8", "replace"))] + self.warning_headers()
+
     def warning_headers(self) -> Headers:
         """`x-busbar-warning` names what translation dropped (pool policy
         `unsupported: drop`), so a client can see it without the logs."""

@@ -70,7 +70,7 @@ async def relay_buffered(x: "Exchange", attempt, rec, provider, response, t0: fl
             x.record.usage = resp_ir.usage
             if x.stops:
                 cut_response(resp_ir, x.stops)
-            out = x.client.render_response(resp_ir, x.model)
+            out = x.client.render_response(resp_ir, resp_ir.model or attempt.model)   # the model that answered
         except ClientError:
             raise
         except Exception as exc:  # upstream garbage: the member's fault
@@ -78,7 +78,7 @@ async def relay_buffered(x: "Exchange", attempt, rec, provider, response, t0: fl
         content_type = b"application/json"
     ttfb = trio.current_time() - t0
     x.commit(rec, response.status, ttfb)
-    await x.responder.send(200, [(b"content-type", content_type)] + x.warning_headers(), out)
+    await x.responder.send(200, [(b"content-type", content_type)] + x.answer_headers(attempt), out)
     return Answered(response.status, ttfb)
 
 
@@ -93,7 +93,7 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
     timeouts = x.plan.pipeline.timeouts
     chunks = response.aiter_bytes()
     decoder = up.stream_decoder()
-    encoder = client.stream_encoder(x.model, **client.stream_encoder_options(x.obj))
+    encoder = client.stream_encoder(attempt.model, **client.stream_encoder_options(x.obj))
     relay = PassthroughRelay(up.stream_content_type) if same else None
     stops = StopEmulation(x.stops) if x.stops and not same else None
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
@@ -140,7 +140,7 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
     ttfb = trio.current_time() - t0
     x.commit(rec, response.status, ttfb)
     await x.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
-                            + x.warning_headers())
+                            + x.answer_headers(attempt))
     await x.responder.write(b"".join(held) if same else b"".join(encoder.encode(e) for e in held))
     try:
         while not upstream_done:

@@ -118,3 +118,21 @@ async def test_stop_sequences_emulated_for_a_responses_member(stream):
             assert (msg.content[0].text, msg.stop_reason, msg.stop_sequence) == \
                 ("The quick brown fox jumps over the ", "stop_sequence", "lazy")
     assert all("stop" not in r["body"] for r in mock.received)
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic"])
+async def test_one_rule_for_the_answers_model(vendor):
+    """Passed through or translated, buffered or streamed: the body names the
+    model that answered; the pool and member are in response headers."""
+    import openai
+    mock = MockVendor(reply="hi there")
+    async with gateway_with(config_for(vendor), a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        messages = [{"role": "user", "content": "hi"}]
+        raw = await sdk(lambda: client.chat.completions.with_raw_response.create(model="smart", messages=messages))
+        streamed = await sdk(lambda: [c.model for c in client.chat.completions.create(
+            model="smart", messages=messages, stream=True)])
+    assert raw.parse().model == "upstream-model"
+    assert set(streamed) == {"upstream-model"}
+    assert raw.headers["x-busbar-pool"] == "smart"
+    assert raw.headers["x-busbar-member"].endswith("upstream-model")
