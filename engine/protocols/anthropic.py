@@ -10,7 +10,9 @@ import orjson
 from busbar import ir
 from busbar.faults import ClientError
 from busbar.protocols import common as c
-from busbar.protocols.base import KIND_STATUS, Dialect, Headers, bearer_token, header
+from busbar.protocols import streaming as s
+from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Headers, StreamError, bearer_token, header
+from busbar.protocols.sse import stream_error_status
 
 ANTHROPIC_VERSION = b"2023-06-01"
 P = "anthropic"
@@ -511,9 +513,6 @@ dialect = AnthropicDialect()
 # ---------------------------------------------------------------------------
 # streaming: Messages SSE <-> IR events (busbar.protocols.streaming)
 
-from busbar.protocols import streaming as s  # noqa: E402
-from busbar.protocols.base import StreamError  # noqa: E402
-from busbar.protocols.sse import stream_error_status  # noqa: E402
 
 
 _INPUT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -735,3 +734,7 @@ class StreamEncoder(s.Encoder):
     def _error(self, kind: str, message: str) -> bytes:
         etype = AnthropicDialect._error_types.get(kind, "api_error")
         return b"event: error\ndata: " + s.dumps({"type": "error", "error": {"type": etype, "message": message}}) + b"\n\n"
+
+
+AnthropicDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
+                               StreamDecoder, StreamEncoder)

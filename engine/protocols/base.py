@@ -16,13 +16,17 @@ module, next to these wire details.
 """
 from __future__ import annotations
 
+import json
 import re
-import sys
-from typing import ClassVar
+from functools import cache
+from typing import Any, Callable, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 
+from busbar import resources
 from busbar.faults import ClientError, Fault, FaultClass, parse_retry_after
+from busbar.protocols.common import RenderCtx
+from busbar.routing import Needs
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -189,9 +193,89 @@ class Endpoint:
         return self.dialect.auth_headers(key)
 
 
+class Codec(NamedTuple):
+    """A protocol module's translation and stream codecs, bound to its Dialect
+    class at the end of the module (`XDialect.codec = Codec(...)`)."""
+
+    parse_request: Callable[[dict], Any]                       # wire request -> ir.Request
+    render_request: Callable[[Any, str, Any, RenderCtx], dict]  # (req, model, max_tokens_default, ctx)
+    parse_response: Callable[[dict], Any]                      # wire response -> ir.Response
+    render_response: Callable[[Any, str], dict]                # (resp, model)
+    decoder: type                                              # StreamDecoder(): feed/close -> IR events
+    encoder: type                                              # StreamEncoder(model, **options)
+
+
+@runtime_checkable
+class DialectContract(Protocol):
+    """What the driver (`busbar.exchange`, `busbar.admission`, `busbar.relay`,
+    `busbar.providers`) and the simulated vendors need of a protocol; every
+    `busbar.protocols.<name>.dialect` provides it (tests/test_dialects.py)."""
+
+    name: str
+    forward_headers: tuple[bytes, ...]
+    kind_status: dict[str, int]
+    signed_requests: bool
+    codec: Codec
+
+    # inbound: Busbar as this vendor's server
+    def inbound_key(self, headers: Headers, query: bytes) -> str | None: ...
+    def inbound_model(self, params: dict, obj: dict) -> str | None: ...
+    def inbound_stream(self, params: dict, obj: dict) -> bool: ...
+    def verify_signed(self, method: str, path: str, query: str, headers: Headers, body: bytes,
+                      lookup_secret) -> str: ...
+    def needs(self, body: bytes, obj: dict) -> Needs: ...
+    def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]: ...
+    def fault_to_client_error(self, fault: Fault) -> ClientError: ...
+    def stream_encoder_options(self, obj: dict) -> dict: ...
+
+    # outbound: Busbar as this vendor's client
+    def upstream_path(self, base_path: str, model: str, stream: bool) -> str: ...
+    def auth_headers(self, key: str | None) -> Headers: ...
+    def build_signer(self, spec: dict, host: str): ...
+    def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes: ...
+    def classify(self, status: int, headers: Headers, body: bytes) -> Fault: ...
+
+    # translation and streams
+    def parse_request(self, obj: dict, params: dict | None = None): ...
+    def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
+                       unsupported: str = "reject") -> tuple[bytes, list[str]]: ...
+    def parse_response(self, obj: dict): ...
+    def render_response(self, resp, model: str) -> bytes: ...
+    def stream_decoder(self): ...
+    def stream_encoder(self, model: str, **options): ...
+
+
+@cache
+def _request_validator(protocol: str):
+    from jsonschema import Draft202012Validator
+    path = resources.schemas_dir() / protocol / "request.schema.json"
+    return Draft202012Validator(json.loads(path.read_text())) if path.is_file() else None
+
+
+def locate_malformed(protocol: str, obj: dict) -> str | None:
+    """Where a client body breaks its protocol's request schema, as
+    `messages[0].role: 'role' is a required property` (the error path only)."""
+    validator = _request_validator(protocol)
+    if validator is None:
+        return None
+    from jsonschema.exceptions import best_match
+    err = best_match(validator.iter_errors(obj))
+    if err is None:
+        return None
+    while err.context:            # anyOf / oneOf: the branch that got furthest says more
+        err = max(err.context, key=lambda e: len(e.absolute_path))
+    where = ""
+    for part in err.absolute_path:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    return f"{where or '(body)'}: {err.message[:200]}"
+
+
 class Dialect:
-    """Base of the per-protocol wire layer; subclasses set the class vars and
-    override what differs.  Instances are stateless singletons."""
+    """Base of the per-protocol wire layer (see `DialectContract`); subclasses
+    set the class vars and override what differs.  Instances are stateless
+    singletons; each module binds its `codec` at its end."""
+
+    codec: ClassVar[Codec]
 
     name: ClassVar[str]
     # Client request headers forwarded verbatim on same-protocol passthrough
@@ -240,10 +324,9 @@ class Dialect:
     json_markers: ClassVar[tuple[bytes, ...]] = ()
     vision_markers: ClassVar[tuple[bytes, ...]] = ()
 
-    def needs(self, body: bytes, obj: dict):
+    def needs(self, body: bytes, obj: dict) -> Needs:
         """What a member must offer to take this request, estimated cheaply
         from the raw body (no IR): about four bytes per token."""
-        from busbar.routing import Needs
         return Needs(tokens=len(body) // 4,
                      tools=any(obj.get(f) for f in self.tool_fields),
                      vision=any(m in body for m in self.vision_markers),
@@ -293,20 +376,21 @@ class Dialect:
         return classify_generic(status, headers, message, code)
 
     # ---- translation ---------------------------------------------------
-    # Each protocol module defines `_parse_request(obj)`,
-    # `_render_request(req, model, max_tokens_default, ctx)`,
-    # `_parse_response(obj)` and `_render_response(resp, model)`: its dialect
-    # to and from the IR.  These wrappers are the shared mechanics around them.
+    # Each protocol module's `codec` holds its dialect to and from the IR;
+    # these wrappers are the shared mechanics around it.
     request_name: ClassVar[str] = "request"      # named in "Malformed ... request" errors
 
     def parse_request(self, obj: dict, params: dict | None = None):
-        """The client's request as IR; a body of the wrong shape is a 400."""
+        """The client's request as IR; a body of the wrong shape is a 400
+        that names where (the request schema's first complaint)."""
         try:
-            req = self._module._parse_request(obj)
+            req = self.codec.parse_request(obj)
         except ClientError:
             raise
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise ClientError(400, f"Malformed {self.request_name}: {exc!r}") from None
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+            where = locate_malformed(self.name, obj)
+            raise ClientError(400, f"Malformed {self.request_name}: "
+                                   + (where or f"unexpected shape ({type(exc).__name__})")) from None
         req.stream = self.inbound_stream(params or {}, obj)   # Gemini and Bedrock say it in the path
         return req
 
@@ -314,35 +398,30 @@ class Dialect:
                        unsupported: str = "reject") -> tuple[bytes, list[str]]:
         """The upstream body for `model`, and the warnings for dropped fields
         (`unsupported="drop"`); with "reject" an inexpressible field is a 400."""
-        from busbar.protocols.common import RenderCtx
         ctx = RenderCtx(self.name, unsupported)
-        return orjson.dumps(self._module._render_request(req, model, max_tokens_default, ctx)), ctx.warnings
+        return orjson.dumps(self.codec.render_request(req, model, max_tokens_default, ctx)), ctx.warnings
 
     def parse_response(self, obj: dict):
-        return self._module._parse_response(obj)
+        return self.codec.parse_response(obj)
 
     def render_response(self, resp, model: str) -> bytes:
-        return orjson.dumps(self._module._render_response(resp, model))
-
-    @property
-    def _module(self):
-        return sys.modules[type(self).__module__]
+        return orjson.dumps(self.codec.render_response(resp, model))
 
     # ---- streaming -------------------------------------------------------
-    # Each protocol module defines `StreamDecoder` and `StreamEncoder` classes
-    # (incremental, I/O-free; see `busbar.protocols.streaming`).
+    # The codec's decoder and encoder are incremental and I/O-free (see
+    # `busbar.protocols.streaming`).
     @property
     def stream_content_type(self) -> bytes:
         """The media type of this protocol's streams (its encoder's `content_type`)."""
-        return sys.modules[type(self).__module__].StreamEncoder.content_type
+        return self.codec.encoder.content_type
 
     def stream_decoder(self):
         """A new decoder for one upstream stream of this protocol."""
-        return sys.modules[type(self).__module__].StreamDecoder()
+        return self.codec.decoder()
 
     def stream_encoder(self, model: str, **options):
         """A new encoder for one client stream; `model` is the name the client asked for."""
-        return sys.modules[type(self).__module__].StreamEncoder(model, **options)
+        return self.codec.encoder(model, **options)
 
     def fault_to_client_error(self, fault: Fault) -> ClientError:
         kind = kind_from_fault(fault)

@@ -9,15 +9,18 @@ Errors are restJson: the exception name travels in `x-amzn-ErrorType`
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import quote
 
 import orjson
 
 from busbar import ir
+from busbar.aws import eventstream as es
 from busbar.aws.sigv4 import Credentials, SignatureError, sign, verify
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.protocols import common as c
-from busbar.protocols.base import KIND_STATUS, Dialect, Headers, classify_generic, header
+from busbar.protocols import streaming as s
+from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Headers, StreamError, classify_generic, header
 
 P = "bedrock"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -684,11 +687,7 @@ dialect = BedrockDialect()
 # ---------------------------------------------------------------------------
 # streaming: ConverseStream eventstream frames <-> IR events (busbar.protocols.streaming)
 
-import time  # noqa: E402
 
-from busbar.aws import eventstream as es  # noqa: E402
-from busbar.protocols import streaming as s  # noqa: E402
-from busbar.protocols.base import StreamError  # noqa: E402
 
 # exception frame (:exception-type) -> HTTP status equivalent
 EXCEPTION_STATUS = {"throttlingException": 429, "modelNotReadyException": 429, "validationException": 400,
@@ -951,3 +950,7 @@ class StreamEncoder(s.Encoder):
     def _error(self, kind: str, message: str) -> bytes:
         name = _KIND_EXCEPTION.get(kind, "internalServerException")
         return es.encode(es.exception_message(name, s.dumps({"message": message})))
+
+
+BedrockDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
+                             StreamDecoder, StreamEncoder)

@@ -12,7 +12,8 @@ import orjson
 from busbar import ir
 from busbar.faults import ClientError
 from busbar.protocols import common as c
-from busbar.protocols.base import KIND_STATUS, Dialect, Headers
+from busbar.protocols import streaming as s
+from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Headers, StreamError
 
 P = "cohere"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -400,8 +401,6 @@ dialect = CohereDialect()
 # ---------------------------------------------------------------------------
 # streaming: v2 chat SSE <-> IR events (busbar.protocols.streaming)
 
-from busbar.protocols import streaming as s  # noqa: E402
-from busbar.protocols.base import StreamError  # noqa: E402
 
 
 def _usage_in(u: dict) -> ir.Usage:
@@ -630,3 +629,7 @@ class StreamEncoder(s.Encoder):
     def _error(self, kind: str, message: str) -> bytes:
         return b"data: " + s.dumps({"type": "message-end", "id": self._id or None,
                                     "delta": {"finish_reason": "ERROR", "error": message}}) + b"\n\n"
+
+
+CohereDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
+                            StreamDecoder, StreamEncoder)

@@ -19,8 +19,9 @@ from busbar import ir
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.protocols import casing
 from busbar.protocols import common as c
-from busbar.protocols.base import (KIND_STATUS, Dialect, Headers, bearer_token, classify_generic,
-                                   header, query_param)
+from busbar.protocols import streaming as s
+from busbar.protocols.base import (KIND_STATUS, Codec, Dialect, Headers, StreamError, bearer_token,
+                                   classify_generic, header, query_param)
 
 P = "gemini"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -664,8 +665,6 @@ dialect = GeminiDialect()
 # ---------------------------------------------------------------------------
 # streaming: streamGenerateContent?alt=sse <-> IR events (busbar.protocols.streaming)
 
-from busbar.protocols import streaming as s  # noqa: E402
-from busbar.protocols.base import StreamError  # noqa: E402
 
 
 def _usage_in(u: dict) -> ir.Usage:
@@ -886,3 +885,7 @@ class StreamEncoder(s.Encoder):
         error = {"code": status, "message": message,
                  "status": _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")}
         return b"data: " + s.dumps({"error": error}) + b"\r\n\r\n"
+
+
+GeminiDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
+                            StreamDecoder, StreamEncoder)

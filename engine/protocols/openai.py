@@ -10,7 +10,9 @@ import orjson
 from busbar import ir
 from busbar.faults import ClientError
 from busbar.protocols import common as c
-from busbar.protocols.base import Dialect, Endpoint, Headers
+from busbar.protocols import streaming as s
+from busbar.protocols.base import Codec, Dialect, Endpoint, Headers, StreamError
+from busbar.protocols.sse import stream_error_status
 
 P = "openai"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -545,9 +547,6 @@ dialect = OpenAIDialect()
 # ---------------------------------------------------------------------------
 # streaming: chat.completion.chunk SSE <-> IR events (busbar.protocols.streaming)
 
-from busbar.protocols import streaming as s  # noqa: E402
-from busbar.protocols.base import StreamError  # noqa: E402
-from busbar.protocols.sse import stream_error_status  # noqa: E402
 
 _TEXT, _REFUSAL, _REASONING, _TOOL = 1, 2, 3, 4
 
@@ -785,3 +784,7 @@ class _DeploymentPaths(OpenAIDialect):
 
 
 _DEPLOYMENTS = _DeploymentPaths()
+
+
+OpenAIDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
+                            StreamDecoder, StreamEncoder)

@@ -12,7 +12,10 @@ import orjson
 
 from busbar import ir
 from busbar.protocols import common as c
+from busbar.protocols import streaming as s
+from busbar.protocols.base import Codec, StreamError
 from busbar.protocols.openai import OpenAIDialect
+from busbar.protocols.sse import stream_error_status
 
 P = "responses"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -545,9 +548,6 @@ dialect = ResponsesDialect()
 # ---------------------------------------------------------------------------
 # streaming: Responses SSE <-> IR events (busbar.protocols.streaming)
 
-from busbar.protocols import streaming as s  # noqa: E402
-from busbar.protocols.base import StreamError  # noqa: E402
-from busbar.protocols.sse import stream_error_status  # noqa: E402
 
 # response.error.code -> HTTP status equivalent (unknown image_* / invalid_* codes: 400)
 _ERROR_STATUS = {"server_error": 500, "rate_limit_exceeded": 429, "insufficient_quota": 429,
@@ -942,3 +942,7 @@ class StreamEncoder(s.Encoder):
         out = self._ev("error", {"code": code, "message": message, "param": None})
         r = self._response("failed", self._output, self._usage, error=error)
         return out + self._ev("response.failed", {"response": r})
+
+
+ResponsesDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
+                               StreamDecoder, StreamEncoder)
