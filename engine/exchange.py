@@ -148,6 +148,7 @@ class Exchange:
             try:
                 response = await pool.request(b"POST", target, headers, body, connect_timeout=timeouts.connect,
                                               response_timeout=timeouts.first_byte)
+                attempt.vendor_quota = provider.dialect.rate_limits(response.headers)   # corrects the key's counts
             except UpstreamError as exc:
                 return Failed(Fault(FaultClass.SERVER, 0, str(exc)))
             try:
@@ -216,11 +217,11 @@ class Exchange:
             text = body.decode("utf-8", "replace")
             for pattern, rule_status, cls in provider.error_rules:
                 if (rule_status is None or rule_status == status) and pattern.search(text):
-                    fault = Fault(cls, status, fault.message, fault.retry_after, fault.code)
+                    fault = dataclasses.replace(fault, cls=cls, status=status)
                     break
         scrubbed = self.gw.scrub(fault.message)
         if scrubbed != fault.message:
-            fault = Fault(fault.cls, fault.status, scrubbed, fault.retry_after, fault.code)
+            fault = dataclasses.replace(fault, message=scrubbed)
         return fault
 
     def commit(self, rec: AttemptRecord, status: int, ttfb: float) -> None:
@@ -242,7 +243,9 @@ class Exchange:
             # reported at the end, so in-flight counts cover the whole answer;
             # and complete before a stream's closing chunk: a client that has
             # its answer may hang up before that last write, which is no failure
-            self.plan.report(attempt, None, now, ttfb=outcome.ttfb)
+            usage = self.record.usage
+            tokens = usage.input_tokens + usage.output_tokens if usage is not None else None
+            self.plan.report(attempt, None, now, ttfb=outcome.ttfb, tokens=tokens)
             self.lifecycle.fire("complete")
             if outcome.chunked:
                 await self.responder.end()

@@ -34,6 +34,23 @@ class Fault:
     message: str = ""
     retry_after: float | None = None
     code: str | None = None  # vendor error type/code, e.g. "insufficient_quota"
+    # a rate limit whose window the vendor named: "minute" (cool for the
+    # retry delay) or "day" (bench until the provider's daily quota reset)
+    quota_window: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VendorQuota:
+    """What a vendor's rate-limit headers say is left on the key that sent a
+    request (any response, success or error).  Counts are absolute; resets
+    are seconds from the response.  None: the vendor did not say."""
+
+    requests_remaining: int | None = None
+    requests_reset: float | None = None
+    tokens_remaining: int | None = None
+    tokens_reset: float | None = None
+    requests_limit: int | None = None
+    tokens_limit: int | None = None
 
 
 class ClientError(Exception):

@@ -45,6 +45,7 @@ from busbar.protocols.routes import guess_protocol, match_route
 from busbar.providers import Provider, build_provider
 from busbar.records import AttemptRecord, RequestRecord
 from busbar.routing import Router
+from busbar.routing.quota import key_secret
 from busbar.server import ClientGone, HttpRequest, Responder
 from busbar.upstream import UpstreamClient
 
@@ -59,7 +60,7 @@ def _secret_pattern(config: dict) -> re.Pattern | None:
     AWS secrets, gateway client keys), longest first."""
     secrets = set()
     for provider in config.get("providers", {}).values():
-        secrets.update(provider.get("keys", ()))
+        secrets.update(map(key_secret, provider.get("keys", ())))
         for name in ("key", "secret_access_key", "session_token"):
             if provider.get(name):
                 secrets.add(provider[name])

@@ -93,7 +93,8 @@ UPSTREAM = [
                            "tokens allowed (1048576)."), CONTEXT),
     ("gemini", 429, [], gg(429, "RESOURCE_EXHAUSTED", GEMINI_QUOTA, [QUOTA_MINUTE, HELP, RETRY]), RATE),
     ("gemini", 429, [], gg(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."), RATE),
-    ("gemini", 429, [], gg(429, "RESOURCE_EXHAUSTED", GEMINI_QUOTA, [QUOTA_DAY, HELP]), BILLING),
+    # a spent per-day quota is a rate limit that ends at the daily reset (the key is benched until then)
+    ("gemini", 429, [], gg(429, "RESOURCE_EXHAUSTED", GEMINI_QUOTA, [QUOTA_DAY, HELP]), RATE),
     ("gemini", 503, [], gg(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), SERVER),
     ("gemini", 400, [], gg(400, "INVALID_ARGUMENT", "Please ensure that the number of function response parts is "
                            "equal to the number of function call parts of the function call turn."), CLIENT),

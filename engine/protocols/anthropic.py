@@ -4,14 +4,16 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 import orjson
 
 from busbar import ir
-from busbar.faults import ClientError
+from busbar.faults import ClientError, VendorQuota
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Headers, StreamError, bearer_token, header
+from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Headers, StreamError, bearer_token, header, int_header
 from busbar.protocols.sse import stream_error_status
 
 ANTHROPIC_VERSION = b"2023-06-01"
@@ -52,12 +54,50 @@ EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
 fit_id = c.id_fitter(64, re.compile(r"[^a-zA-Z0-9_-]"))
 
 
+def _timestamp(value: bytes | None) -> float | None:
+    try:
+        return datetime.fromisoformat(value.decode("latin-1").strip()).timestamp() if value else None
+    except ValueError:
+        return None
+
+
+def rate_limits(headers: Headers) -> VendorQuota | None:
+    """Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
+    (`tokens-*` is the most restrictive token limit in effect, else the
+    input-token one).  Resets are RFC 3339 instants, made relative to the
+    response's own `date` header, so the gateway's clock does not matter."""
+    remaining_requests = int_header(headers, b"anthropic-ratelimit-requests-remaining")
+    tokens = b"anthropic-ratelimit-tokens-"
+    if header(headers, tokens + b"remaining") is None:
+        tokens = b"anthropic-ratelimit-input-tokens-"
+    remaining_tokens = int_header(headers, tokens + b"remaining")
+    if remaining_requests is None and remaining_tokens is None:
+        return None
+    sent = header(headers, b"date")
+    try:
+        origin = parsedate_to_datetime(sent.decode("latin-1")).timestamp() if sent else None
+    except (TypeError, ValueError):
+        origin = None
+
+    def reset(name: bytes) -> float | None:
+        at = _timestamp(header(headers, name))
+        return max(0.0, at - origin) if at is not None and origin is not None else None
+
+    return VendorQuota(remaining_requests, reset(b"anthropic-ratelimit-requests-reset"),
+                       remaining_tokens, reset(tokens + b"reset"),
+                       int_header(headers, b"anthropic-ratelimit-requests-limit"),
+                       int_header(headers, tokens + b"limit"))
+
+
 class AnthropicDialect(Dialect):
     name = "anthropic"
     vision_markers = (b'"image"',)
     request_name = "Messages request"
     forward_headers = (b"anthropic-version", b"anthropic-beta")
     kind_status = {**KIND_STATUS, "overloaded": 529}
+
+    def rate_limits(self, headers: Headers) -> VendorQuota | None:
+        return rate_limits(headers)
 
     _error_types = {
         "invalid_request": "invalid_request_error",

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, NamedTuple, Protocol, runtime_checka
 import orjson
 
 from busbar import resources
-from busbar.faults import ClientError, Fault, FaultClass, parse_retry_after
+from busbar.faults import ClientError, Fault, FaultClass, VendorQuota, parse_retry_after
 from busbar.protocols.common import RenderCtx
 from busbar.routing import Needs
 
@@ -39,6 +39,15 @@ def header(headers: Headers, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def int_header(headers: Headers, name: bytes) -> int | None:
+    """A header's integer value, or None (absent or not an integer)."""
+    value = header(headers, name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def bearer_token(headers: Headers) -> str | None:
@@ -234,6 +243,7 @@ class DialectContract(Protocol):
     def build_signer(self, spec: dict, host: str): ...
     def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes: ...
     def classify(self, status: int, headers: Headers, body: bytes) -> Fault: ...
+    def rate_limits(self, headers: Headers) -> VendorQuota | None: ...
 
     # translation and streams
     def parse_request(self, obj: dict, params: dict | None = None): ...
@@ -364,6 +374,11 @@ class Dialect:
     def error_message(self, obj) -> tuple[str, str | None]:
         """(message, code) from a parsed vendor error body."""
         return ("", None)
+
+    def rate_limits(self, headers: Headers) -> VendorQuota | None:
+        """What this vendor's rate-limit headers say is left on the key that
+        made the request (any response); None when it sends none."""
+        return None
 
     def classify(self, status: int, headers: Headers, body: bytes) -> Fault:
         try:

@@ -67,6 +67,7 @@ class GeminiDialect(Dialect):
     json_markers = (b'"responseMimeType"',)
     request_name = "generateContent request"
     kind_status = {**KIND_STATUS, "billing": 429, "request_too_large": 400}
+    daily_quota_reset = "00:00 America/Los_Angeles"   # when AI Studio's per-day quotas reset
 
     # ---- inbound ---------------------------------------------------------
     def inbound_key(self, headers: Headers, query: bytes) -> str | None:
@@ -129,23 +130,26 @@ class GeminiDialect(Dialect):
         if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
             details = [d for d in obj["error"].get("details") or () if isinstance(d, dict)]
         retry_after = fault.retry_after
-        per_minute = False
+        windows = set()    # the quota windows QuotaFailure names: "minute", "day"
         for d in details:
             m = _DELAY.fullmatch(str(d.get("retryDelay", "")))
             if m and retry_after is None:
                 retry_after = float(m.group(1))
             for v in d.get("violations") or ():
-                if isinstance(v, dict) and "PerMinute" in str(v.get("quotaId", "")):
-                    per_minute = True
+                quota_id = str(v.get("quotaId", "")) if isinstance(v, dict) else ""
+                windows.update(w for w, tag in (("minute", "PerMinute"), ("day", "PerDay")) if tag in quota_id)
         if code in _AUTH_REASONS or (status == 400 and "API key not valid" in message):
             return Fault(FaultClass.AUTH, status, message, retry_after, code)
         if status == 429:
             # Gemini says "exceeded your current quota ... billing" for plain
-            # per-minute limits too: only a quota with no short retry is billing.
+            # rate limits too: a named per-minute or per-day quota is a rate
+            # limit (a spent day benches the key until the daily reset, its
+            # retryDelay notwithstanding); only a quota with no short retry is billing.
             cls = fault.cls
-            if cls is FaultClass.BILLING and (per_minute or (retry_after is not None and retry_after < 300)):
+            window = "day" if "day" in windows else "minute" if windows else None
+            if cls is FaultClass.BILLING and (window or (retry_after is not None and retry_after < 300)):
                 cls = FaultClass.RATE
-            return Fault(cls, status, message, retry_after, code)
+            return Fault(cls, status, message, retry_after, code, window)
         if retry_after != fault.retry_after:
             return Fault(fault.cls, status, message, retry_after, code)
         return fault

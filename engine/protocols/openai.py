@@ -1,6 +1,7 @@
 """OpenAI Chat Completions (`POST {base}/chat/completions`)."""
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from urllib.parse import quote
@@ -8,10 +9,10 @@ from urllib.parse import quote
 import orjson
 
 from busbar import ir
-from busbar.faults import ClientError
+from busbar.faults import ClientError, VendorQuota
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import Codec, Dialect, Endpoint, Headers, StreamError
+from busbar.protocols.base import Codec, Dialect, Endpoint, Headers, StreamError, header, int_header
 from busbar.protocols.sse import stream_error_status
 
 P = "openai"
@@ -39,6 +40,34 @@ FINISH_OUT = {SR.END_TURN: "stop", SR.MAX_TOKENS: "length", SR.STOP_SEQUENCE: "s
               SR.REFUSAL: "content_filter", SR.PAUSE: "stop", SR.CONTEXT_WINDOW: "length",
               SR.OTHER: "stop"}
 
+# x-ratelimit-reset-* durations: "6m0s", "1s", "20ms", "1h2m3.5s"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _duration(value: bytes | None) -> float | None:
+    if not value:
+        return None
+    text = value.decode("latin-1").strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def rate_limits(headers: Headers) -> VendorQuota | None:
+    """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+    (per key and model, per minute; resets are durations)."""
+    remaining_requests = int_header(headers, b"x-ratelimit-remaining-requests")
+    remaining_tokens = int_header(headers, b"x-ratelimit-remaining-tokens")
+    if remaining_requests is None and remaining_tokens is None:
+        return None
+    return VendorQuota(remaining_requests, _duration(header(headers, b"x-ratelimit-reset-requests")),
+                       remaining_tokens, _duration(header(headers, b"x-ratelimit-reset-tokens")),
+                       int_header(headers, b"x-ratelimit-limit-requests"),
+                       int_header(headers, b"x-ratelimit-limit-tokens"))
+
+
 # OpenAI rejects tool-call ids longer than 40 characters.
 fit_id = c.id_fitter(40, None)
 
@@ -47,6 +76,9 @@ class OpenAIDialect(Dialect):
     name = "openai"
     request_name = "Chat Completions request"
     forward_headers = (b"openai-organization", b"openai-project")
+
+    def rate_limits(self, headers: Headers) -> VendorQuota | None:
+        return rate_limits(headers)
 
     # kind -> (error.type, error.code)
     _error_types = {

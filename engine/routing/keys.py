@@ -7,6 +7,10 @@ A `Key` holds one secret and what happened to it:
   usually per key *and* model), until a deadline, with a streak counter that
   drives the exponential backoff and resets on success.
 
+* at its quota: `quota` (quota.py) counts what the key sent against its
+  configured limits and the vendor's rate-limit headers; the key is not
+  available until that frees.
+
 Benching only ever extends a deadline, never shortens it.
 
 The secret never leaves through `repr`, `str`, snapshots or events: a key is
@@ -16,6 +20,8 @@ logs without revealing anything usable.
 from __future__ import annotations
 
 import hashlib
+
+from busbar.routing.quota import KeyQuota
 
 ROTATIONS = ("round_robin", "least_used")
 
@@ -27,9 +33,9 @@ def fingerprint(secret: str) -> str:
 
 class Key:
     __slots__ = ("provider", "index", "id", "_secret", "disabled_until", "disabled_reason",
-                 "cooling_until", "streak", "models", "in_flight", "uses")
+                 "cooling_until", "streak", "models", "in_flight", "uses", "quota")
 
-    def __init__(self, provider: str, index: int, secret: str | None):
+    def __init__(self, provider: str, index: int, secret: str | None, quota: KeyQuota | None = None):
         self.provider = provider
         self.index = index
         self._secret = secret
@@ -41,6 +47,7 @@ class Key:
         self.models: dict[str, list] = {}  # model -> [cooling_until, streak]
         self.in_flight = 0
         self.uses = 0
+        self.quota = quota or KeyQuota()
 
     @property
     def secret(self) -> str | None:
@@ -60,15 +67,18 @@ class Key:
         index and secret)."""
         self.disabled_until, self.disabled_reason = old.disabled_until, old.disabled_reason
         self.cooling_until, self.streak, self.models, self.uses = old.cooling_until, old.streak, old.models, old.uses
+        self.quota.adopt(old.quota)
 
     # ---- queries ---------------------------------------------------------
-    def recovery(self, model: str) -> float:
-        """When this key is usable for `model` (a past time: usable now)."""
+    def recovery(self, model: str, now: float = 0.0, tokens: int = 0) -> float:
+        """When this key is usable for `model` with a ~`tokens` request (a
+        past time: usable now)."""
         entry = self.models.get(model)
-        return max(self.disabled_until, self.cooling_until, entry[0] if entry else 0.0)
+        return max(self.disabled_until, self.cooling_until, entry[0] if entry else 0.0,
+                   self.quota.free_at(model, tokens, now))
 
-    def available(self, model: str, now: float) -> bool:
-        return self.recovery(model) <= now
+    def available(self, model: str, now: float, tokens: int = 0) -> bool:
+        return self.recovery(model, now, tokens) <= now
 
     # ---- moves -----------------------------------------------------------
     def next_streak(self, model: str | None) -> int:
@@ -121,51 +131,74 @@ class Key:
                   for m, e in self.models.items() if e[0] > now}
         if models:
             out["models_cooling"] = models
+        quota = self.quota.snapshot(now)
+        if quota:
+            out["quota"] = quota
         return out
 
 
 class KeyRing:
     """The keys of one provider and how the next one is chosen.
 
-    `round_robin` (default): the next available key after the last one used.
+    `round_robin` (default): the next available key after the last one used;
+    when some key has quota limits, the available key with the most room left
+    (quota.py `headroom`), ties in round-robin order, so load spreads and no
+    key reaches its limit before the others.
     `least_used`: the available key with the fewest requests in flight, then
     the fewest uses so far, then the lowest index.
-    A benched key is never chosen while another is available.
+    A benched key (or one at its quota) is never chosen while another is available.
     """
 
-    __slots__ = ("provider", "rotation", "keys", "_cursor")
+    __slots__ = ("provider", "rotation", "keys", "_cursor", "quota_aware")
 
-    def __init__(self, provider: str, secrets: list[str | None], rotation: str = "round_robin"):
+    def __init__(self, provider: str, secrets: list[str | None], rotation: str = "round_robin",
+                 quotas: list[KeyQuota] | None = None):
         if rotation not in ROTATIONS:
             raise ValueError(f"unknown key rotation {rotation!r}")
         self.provider = provider
         self.rotation = rotation
-        self.keys = tuple(Key(provider, i, s) for i, s in enumerate(secrets or [None]))
+        quotas = quotas or []
+        self.keys = tuple(Key(provider, i, s, quotas[i] if i < len(quotas) else None)
+                          for i, s in enumerate(secrets or [None]))
         self._cursor = 0
+        limited = [k.quota.limits for k in self.keys if k.quota.limits.any]
+        self.quota_aware = bool(limited)
+        nominal = max((lim.rpm for lim in limited if lim.rpm), default=None)
+        for k in self.keys:
+            if k.quota.limits.rpm is None and nominal is not None:
+                k.quota.nominal_rpm = nominal   # a plain key's share is scored like the largest
 
     def __repr__(self) -> str:
         return f"KeyRing({self.provider}, {len(self.keys)} keys, {self.rotation})"
 
-    def available(self, model: str, now: float, exclude: frozenset | set = frozenset()) -> bool:
-        return any(k.available(model, now) for k in self.keys if k.id not in exclude)
+    def available(self, model: str, now: float, exclude: frozenset | set = frozenset(), tokens: int = 0) -> bool:
+        return any(k.available(model, now, tokens) for k in self.keys if k.id not in exclude)
 
-    def recovery(self, model: str, now: float, exclude: frozenset | set = frozenset()) -> float | None:
+    def recovery(self, model: str, now: float, exclude: frozenset | set = frozenset(),
+                 tokens: int = 0) -> float | None:
         """Earliest time some non-excluded key is usable for `model`."""
-        times = [k.recovery(model) for k in self.keys if k.id not in exclude]
+        times = [k.recovery(model, now, tokens) for k in self.keys if k.id not in exclude]
         return max(now, min(times)) if times else None
 
-    def pick(self, model: str, now: float, exclude: frozenset | set = frozenset()) -> Key | None:
+    def pick(self, model: str, now: float, exclude: frozenset | set = frozenset(), tokens: int = 0) -> Key | None:
         n = len(self.keys)
         if self.rotation == "least_used":
             best = None
             for k in self.keys:
-                if k.id not in exclude and k.available(model, now):
+                if k.id not in exclude and k.available(model, now, tokens):
                     if best is None or (k.in_flight, k.uses) < (best.in_flight, best.uses):
                         best = k
             return best
+        best, room = None, 0.0
         for step in range(n):
             k = self.keys[(self._cursor + step) % n]
-            if k.id not in exclude and k.available(model, now):
-                self._cursor = (k.index + 1) % n
-                return k
-        return None
+            if k.id not in exclude and k.available(model, now, tokens):
+                if not self.quota_aware:
+                    best = k
+                    break
+                r = k.quota.headroom(model, tokens, now)
+                if best is None or r > room + 1e-9:
+                    best, room = k, r
+        if best is not None:
+            self._cursor = (best.index + 1) % n
+        return best

@@ -81,8 +81,13 @@ def penalize(rule: Rule, fault: Fault, *, key: Key, model: str, breaker: Breaker
     breaker.release(probe)
     if rule.penalty == "cool_key":
         scope = model if rule.scope == "key_model" else None
+        if fault.quota_window == "day":
+            # a per-day quota is spent: no use trying before it resets
+            return "cool_key", key.cool(scope, key.quota.until_reset(now), now)
         seconds = cooldown(rule, fault, key.next_streak(scope))
         return "cool_key", key.cool(scope, seconds, now)
+    if fault.quota_window == "day" and rule.penalty == "disable_key":
+        return "disable_key", key.disable(key.quota.until_reset(now), fault_label(fault), now)
     if rule.penalty == "disable_key":
         return "disable_key", key.disable(rule.duration, fault_label(fault), now)
     return "none", None

@@ -51,10 +51,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
-from busbar.faults import Fault
+from busbar.faults import Fault, VendorQuota
 from busbar.pipeline import Pipeline, explain as explain_pipeline, load_pipelines
 from busbar.routing.keys import Key, KeyRing
 from busbar.routing.policy import Action, Consequence, alert_line, penalize
+from busbar.routing.quota import DEFAULT_DAILY_RESET, DailyReset, KeyQuota, Wall, parse_key_entry
 from busbar.routing.pools import (Member, OnExhausted, PoolNode, PoolRef, RouteConfigError, Target,
                                   build_pools, choose, effective_weight)
 
@@ -98,14 +99,17 @@ class Attempt:
     """One upstream call to make.  The key's secret is only reachable through
     `key_secret`; `repr` shows the key's safe id."""
 
-    __slots__ = ("number", "member", "key", "kind", "_probe")
+    __slots__ = ("number", "member", "key", "kind", "_probe", "charge", "vendor_quota")
 
-    def __init__(self, number: int, member: Member, key: Key, kind: str, probe: bool):
+    def __init__(self, number: int, member: Member, key: Key, kind: str, probe: bool, charge=None):
         self.number = number      # 1-based, counts every attempt of the plan
         self.member = member
         self.key = key
         self.kind = kind          # "member" | "key_rotation"
         self._probe = probe       # the breaker's half-open probe
+        self.charge = charge      # what it took of the key's quota (settled at report)
+        # the vendor's rate-limit headers on its response (the driver sets it)
+        self.vendor_quota: VendorQuota | None = None
 
     provider = property(lambda self: self.member.provider)
     protocol = property(lambda self: self.member.protocol)
@@ -212,11 +216,11 @@ class Plan:
         if not t.breaker.allows(now, self._lease):
             return False
         ring = self._router.providers[leaf.provider].keys
-        return ring.available(leaf.model, now, self._failed_keys.get(t.key, ()))
+        return ring.available(leaf.model, now, self._failed_keys.get(t.key, ()), self.needs.tokens)
 
     def _recovery(self, leaf: Member, now: float, exclude=()) -> float | None:
         ring = self._router.providers[leaf.provider].keys
-        keys = ring.recovery(leaf.model, now, exclude)
+        keys = ring.recovery(leaf.model, now, exclude, self.needs.tokens)
         if keys is None:
             return None
         # A half-open breaker's probe is out: its answer is expected within
@@ -237,7 +241,7 @@ class Plan:
             t = member.target
             if self.key_rotations < self.pipeline.max_key_rotations and t.breaker.allows(now, self._lease):
                 ring = self._router.providers[member.provider].keys
-                key = ring.pick(member.model, now, self._failed_keys.get(t.key, ()))
+                key = ring.pick(member.model, now, self._failed_keys.get(t.key, ()), self.needs.tokens)
                 if key is not None:
                     self.key_rotations += 1
                     return self._issue(member, key, "key_rotation", now)
@@ -259,7 +263,7 @@ class Plan:
             member = choose(self._pool, usable, now, rng)
             if member is not None:
                 ring = self._router.providers[member.provider].keys
-                key = ring.pick(member.model, now, self._failed_keys.get(member.target.key, ()))
+                key = ring.pick(member.model, now, self._failed_keys.get(member.target.key, ()), self.needs.tokens)
                 self.member_attempts += 1
                 return self._issue(member, key, "member", now)
             oe = self._pool.on_exhausted
@@ -289,7 +293,8 @@ class Plan:
         key.in_flight += 1
         key.uses += 1
         self.number += 1
-        attempt = Attempt(self.number, member, key, kind, probe)
+        charge = key.quota.take(member.model, self.needs.tokens, now)
+        attempt = Attempt(self.number, member, key, kind, probe, charge)
         self._outstanding[attempt.number] = attempt
         return attempt
 
@@ -329,16 +334,20 @@ class Plan:
         return Exhausted(retry_after, self.last_fault, reason, kind)
 
     def report(self, attempt: Attempt, fault: Fault | None, now: float,
-               ttfb: float | None = None) -> Consequence:
+               ttfb: float | None = None, tokens: int | None = None) -> Consequence:
         """The outcome of `attempt`: None for success, else its classified fault.
 
-        Applies the consequence (breaker, key bench, latency sample, in-flight
-        release) and says what the gateway does next (`Consequence.retry`).
-        Report when the upstream exchange is over (a stream at its end), with
-        the time to first byte measured on the way.
+        Applies the consequence (breaker, key bench, quota counts, latency
+        sample, in-flight release) and says what the gateway does next
+        (`Consequence.retry`).  Report when the upstream exchange is over (a
+        stream at its end), with the time to first byte measured on the way
+        and the tokens the response reported using (input + output).
         """
         self._take(attempt)
         member, key, t = attempt.member, attempt.key, attempt.member.target
+        key.quota.settle(attempt.charge, tokens)
+        if attempt.vendor_quota is not None:
+            key.quota.observe(member.model, attempt.vendor_quota, now)
         params = self.pipeline.breaker
         if fault is None:
             t.breaker.success(now, params, attempt._probe)
@@ -418,20 +427,31 @@ class Router:
     @classmethod
     def from_config(cls, config: Mapping, *, rng: random.Random | None = None,
                     pipelines: Mapping[str, Pipeline] | None = None,
-                    pipelines_dir=None) -> "Router":
+                    pipelines_dir=None, wall: Wall | None = None) -> "Router":
         """Build from a config dict already validated by config.schema.json;
         checks what a schema cannot (references, nesting and fallback cycles).
-        Raises RouteConfigError or PipelineError."""
+        `wall(now)` gives epoch seconds for the daily quota resets (default:
+        the system clock).  Raises RouteConfigError or PipelineError."""
         if pipelines is None:
             pipelines = load_pipelines(config, pipelines_dir)
         providers = {}
         for name, raw in (config.get("providers") or {}).items():
             if "key" in raw and "keys" in raw:
                 raise RouteConfigError(f"providers.{name}", "give `key` or `keys`, not both")
-            secrets = list(raw["keys"]) if "keys" in raw else [raw["key"]] if "key" in raw else [None]
+            entries = list(raw["keys"]) if "keys" in raw else [raw["key"]] if "key" in raw else [None]
+            reset = _daily_reset(name, raw)
+            secrets, quotas = [], []
+            for i, entry in enumerate(entries):
+                try:
+                    secret, limits = parse_key_entry(entry, f"providers.{name}.keys[{i}]") if entry else (entry, None)
+                except ValueError as exc:
+                    where, _, message = str(exc).partition(": ")
+                    raise RouteConfigError(where, message) from None
+                secrets.append(secret)
+                quotas.append(KeyQuota(limits, reset, wall))
             rotation = raw.get("key_rotation", "round_robin")
             try:
-                ring = KeyRing(name, secrets, rotation)
+                ring = KeyRing(name, secrets, rotation, quotas)
             except ValueError as exc:
                 raise RouteConfigError(f"providers.{name}.key_rotation", str(exc)) from None
             providers[name] = Provider(name, raw["protocol"], ring)
@@ -544,6 +564,7 @@ class Router:
             pools[name] = {"strategy": node.strategy, "pipeline": node.pipeline.name,
                            "on_exhausted": node.on_exhausted.as_dict(), "members": members}
         providers = {name: {"protocol": p.protocol, "key_rotation": p.keys.rotation,
+                            "quota_reset": p.keys.keys[0].quota.reset.spec,
                             "keys": [k.state(now) for k in p.keys.keys]}
                      for name, p in self.providers.items()}
         return {"pools": pools, "providers": providers, "direct_routes": list(self._direct)}
@@ -584,3 +605,20 @@ class Router:
             cur = self.pools[cur.on_exhausted.pool]
         lines.append(explain_pipeline(node.pipeline))
         return "\n".join(lines)
+
+
+def _daily_reset(name: str, raw: Mapping) -> DailyReset:
+    """The provider's `quota_reset.daily`, else its vendor's documented reset
+    (the protocol module knows it, e.g. Gemini's midnight Pacific), else UTC midnight."""
+    spec = (raw.get("quota_reset") or {}).get("daily")
+    if spec is None:
+        from busbar.protocols import get_dialect   # read once at load: the vendor's own reset time
+        try:
+            spec = getattr(get_dialect(raw["protocol"]), "daily_quota_reset", None)
+        except (KeyError, ValueError):
+            spec = None
+        spec = spec or DEFAULT_DAILY_RESET
+    try:
+        return DailyReset(spec)
+    except ValueError as exc:
+        raise RouteConfigError(f"providers.{name}.quota_reset.daily", str(exc)) from None
