@@ -185,6 +185,10 @@ class Config:
     def admin(self) -> dict:
         return self.raw.get("admin", {})
 
+    @property
+    def state(self) -> dict:
+        return self.raw.get("state", {})
+
 
 def _reference_problems(data: dict, invalid: set) -> list[Problem]:
     """Unknown providers/pools and providers that cannot be built.  Runs

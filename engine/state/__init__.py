@@ -59,4 +59,21 @@ class StateBackend(Protocol):
 
 from busbar.state.memory import MemoryState  # noqa: E402  (re-exported for callers)
 
-__all__ = ["StateBackend", "Taken", "MemoryState"]
+
+
+def build_state(section: dict | None) -> StateBackend:
+    """The backend the `state:` config section names (absent: memory)."""
+    section = section or {}
+    if section.get("backend", "memory") == "memory":
+        return MemoryState()
+    from busbar.state.redis import RedisState
+
+    return RedisState(
+        section.get("url", "redis://127.0.0.1:6379/0"),
+        section.get("prefix", "busbar"),
+        timeout_s=section.get("timeout_ms", 5) / 1000,
+        on_unavailable=section.get("on_unavailable", "open"),
+    )
+
+
+__all__ = ["StateBackend", "Taken", "MemoryState", "build_state"]
