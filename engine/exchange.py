@@ -219,6 +219,10 @@ class Exchange:
                 if (rule_status is None or rule_status == status) and pattern.search(text):
                     fault = dataclasses.replace(fault, cls=cls, status=status)
                     break
+        return self.redact(fault)
+
+    def redact(self, fault: Fault) -> Fault:
+        """`fault` without any configured secret a vendor echoed in its message."""
         scrubbed = self.gw.scrub(fault.message)
         if scrubbed != fault.message:
             fault = dataclasses.replace(fault, message=scrubbed)

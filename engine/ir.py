@@ -322,11 +322,14 @@ class MessageStop:
 
 @dataclass(slots=True)
 class ErrorEvent:
-    """A failure after the stream started (the vendor's mid-stream error)."""
+    """A failure after the stream started (the vendor's mid-stream error).
+    `fault` is the decoder's own classification (busbar.faults.Fault), so the
+    driver never turns `status` back into a fault."""
     status: int
     message: str
     code: str | None = None
     raw: bytes | None = None           # the vendor's error JSON, shaped for its dialect's classify()
+    fault: object = None
 
 
 Event = Union[MessageStart, BlockStart, TextDelta, ToolArgsDelta, ReasoningDelta,

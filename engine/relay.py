@@ -122,10 +122,9 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
             upstream_done = upstream_done or stops.done     # cut: the upstream is not read further
         for event in events:
             if type(event) is ir.ErrorEvent:
-                # an error before any content: classified like the HTTP
-                # error it stands for; fails over or goes to the client
-                return Failed(up.classify(event.status, response.headers,
-                                          event.raw or orjson.dumps({"message": event.message})))
+                # an error before any content: the decoder classified it;
+                # it fails over or goes to the client as the pipeline says
+                return Failed(x.redact(_fault_of(up, event)))
             if ir.is_content(event):
                 committed = True
             if type(event) is ir.UsageEvent:
@@ -166,8 +165,9 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
                 await x.responder.write(b"".join(encoder.encode(e) for e in events))
             if broken is not None:
                 # passthrough: the vendor's own error event already went out
-                return Broken(Fault(FaultClass.SERVER, 0, f"upstream error mid-stream: {broken.message}"), ttfb,
-                              None if same else encoder)
+                fault = _fault_of(up, broken)
+                return Broken(x.redact(Fault(fault.cls, fault.status, f"upstream error mid-stream: {fault.message}",
+                                             fault.retry_after, fault.code)), ttfb, None if same else encoder)
         if not upstream_done:
             tail = decoder.close()
             if stops is not None:
@@ -181,6 +181,14 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
     except (UpstreamError, StreamError) as exc:
         return Broken(Fault(FaultClass.SERVER, 0, str(exc)), ttfb, encoder)
     return Answered(response.status, ttfb, chunked=True)
+
+
+def _fault_of(dialect, event: ir.ErrorEvent) -> Fault:
+    """The fault a decoder attached (`streaming.error_event`); an ErrorEvent
+    made without one is classified by its status."""
+    if event.fault is not None:
+        return event.fault
+    return dialect.classify(event.status, [], event.raw or orjson.dumps({"message": event.message}))
 
 
 class PassthroughRelay:

@@ -182,6 +182,7 @@ def test_in_stream_error_is_classified(proto, body, status, cls):
     fault = get_dialect(proto).classify(err.status, [], err.raw)
     assert fault.cls is cls, fault
     assert fault.message == err.message
+    assert err.fault == fault               # the decoder attached its own classification
     assert not any(ir.is_content(e) for e in events)     # the gateway can still fail over
 
 

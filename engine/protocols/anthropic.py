@@ -655,8 +655,8 @@ class StreamDecoder(s.SSEDecoder):
         elif kind == "error":
             self._done = True
             err = obj.get("error") or {}
-            out.append(ir.ErrorEvent(stream_error_status(P, data), str(err.get("message") or "upstream stream error"),
-                                     err.get("type"), data))
+            out.append(s.error_event(dialect, stream_error_status(P, data),
+                                     str(err.get("message") or "upstream stream error"), err.get("type"), data))
         # ping and unknown events: nothing
 
     def _end(self, out: list) -> None:

@@ -848,7 +848,7 @@ class StreamDecoder:
             raise StreamError(f"eventstream frame with :message-type {mt!r}")
         name = et[:1].upper() + et[1:]          # the exception's name as x-amzn-ErrorType spells it
         self._done = True
-        out.append(ir.ErrorEvent(status, message, name, orjson.dumps({"message": message, "__type": name})))
+        out.append(s.error_event(dialect, status, message, name, orjson.dumps({"message": message, "__type": name})))
 
 
 def _frame(event_type: str, payload: bytes) -> bytes:

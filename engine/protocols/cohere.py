@@ -503,7 +503,8 @@ class StreamDecoder(s.SSEDecoder):
             self._done = True
             if d.get("error"):
                 message = str(d["error"])
-                out.append(ir.ErrorEvent(500, message, d.get("finish_reason"), orjson.dumps({"message": message})))
+                out.append(s.error_event(dialect, 500, message, d.get("finish_reason"),
+                                         orjson.dumps({"message": message})))
                 return
             if d.get("usage"):
                 out.append(ir.UsageEvent(_usage_in(d["usage"])))

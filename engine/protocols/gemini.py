@@ -714,7 +714,7 @@ class StreamDecoder(s.SequentialBlockDecoder):
             if not isinstance(err, dict):
                 err = {"message": str(err)}
             code = err.get("code")
-            out.append(ir.ErrorEvent(code if isinstance(code, int) and 400 <= code < 600 else 500,
+            out.append(s.error_event(dialect, code if isinstance(code, int) and 400 <= code < 600 else 500,
                                      str(err.get("message") or "upstream stream error"), err.get("status"), data))
             return
         u = obj.get("usageMetadata")

@@ -701,7 +701,7 @@ def _error_event(obj: dict, data: bytes) -> ir.ErrorEvent:
     else:
         code, message = None, str(err)
         data = orjson.dumps({"error": {"message": message}})
-    return ir.ErrorEvent(stream_error_status(P, data), message, str(code) if code else None, data)
+    return s.error_event(dialect, stream_error_status(P, data), message, str(code) if code else None, data)
 
 
 _CHUNK_TAIL = b',"finish_reason":null}]}\n\n'

@@ -564,7 +564,7 @@ def _error_event(code, message, data: bytes | None = None) -> ir.ErrorEvent:
         status = 400
     else:
         status = stream_error_status(P, raw)
-    return ir.ErrorEvent(status, message, code, raw)
+    return s.error_event(dialect, status, message, code, raw)
 
 
 def _usage_in(u: dict) -> ir.Usage:

@@ -175,6 +175,12 @@ class Encoder:
         return self.error(kind_for_status(ev.status), ev.message)
 
 
+def error_event(dialect, status: int, message: str, code: str | None, raw: bytes) -> ir.ErrorEvent:
+    """An in-stream vendor error with its fault attached, classified by the
+    decoding protocol's own rules as the HTTP error it stands for."""
+    return ir.ErrorEvent(status, message, code, raw, dialect.classify(status, [], raw))
+
+
 def handlers(cls) -> type:
     """Class decorator: build `_on` from methods named `_on_<EventClass>`."""
     table = {}
