@@ -17,6 +17,7 @@ import trio
 from busbar.config import Config, ConfigError, load_config, parse_config
 from busbar.gateway import Gateway
 from busbar.protocols.routes import guess_protocol
+from busbar.selfhosted import BackendWatcher
 from busbar.server import HttpServer
 from busbar.upstream import UpstreamClient
 
@@ -141,6 +142,7 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
                                       f"cannot listen on {listen}: {exc.strerror or exc}; choose another "
                                       "address, or `public` to serve admin on the gateway's port") from None
             nursery.start_soon(app.run_admin)
+            nursery.start_soon(BackendWatcher(app).run)
             task_status.started((app.gateway, app.server, addrs, app))
             if not handle_signals:
                 return

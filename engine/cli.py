@@ -149,6 +149,27 @@ def cmd_usage(args) -> int:
     return usage.main(args)
 
 
+def cmd_drain(args) -> int:
+    """Drain or undrain a member of a running gateway through its admin API."""
+    import httpx
+    from urllib.parse import quote
+    action = "drain" if args.command == "drain" else "undrain"
+    key = args.key or os.environ.get("BUSBAR_ADMIN_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    url = f"{args.admin.rstrip('/')}/admin/members/{quote(args.member, safe='')}/{action}"
+    try:
+        response = httpx.post(url, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"busbar {action}: cannot reach the admin API at {args.admin}: {exc}", file=sys.stderr)
+        return 2
+    if response.status_code != 200:
+        print(f"busbar {action}: {response.status_code} {response.text.strip()}", file=sys.stderr)
+        return 1
+    members = response.json().get("members", [])
+    print(f"{action}ed: {', '.join(members)}")
+    return 0
+
+
 def cmd_catalog(args) -> int:
     import json
     from busbar import catalog
@@ -178,9 +199,12 @@ async def _start_mocks(nursery, specs):
 def cmd_mock(args) -> int:
     async def main():
         async with trio.open_nursery() as nursery:
+            backend = ({"kind": args.backend, "models": args.model or ["default"], "loaded": args.model or []}
+                       if args.backend else None)
             vendors = await _start_mocks(nursery, [("mock", args.port, {"chunk_delay": args.chunk_delay,
                                                                        "chunks": args.chunks, "reply": args.reply,
-                                                                       "record": not args.no_record})])
+                                                                       "record": not args.no_record,
+                                                                       "backend": backend})])
             print(f"busbar mock: simulated vendors on {vendors[0].url} "
                   f"(openai base_url {vendors[0].url}/v1, anthropic base_url {vendors[0].url})", flush=True)
 
@@ -291,6 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_usage)
 
+    for name, what in (("drain", "stop new requests to a member of a running gateway (in-flight ones finish)"),
+                       ("undrain", "let a drained member take requests again")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("member", help="a member id as the admin API lists it, or provider/model")
+        p.add_argument("--admin", default=os.environ.get("BUSBAR_ADMIN_URL", "http://127.0.0.1:9901"),
+                       help="the gateway's admin listener (default http://127.0.0.1:9901, or $BUSBAR_ADMIN_URL)")
+        p.add_argument("--key", help="the admin key (default $BUSBAR_ADMIN_KEY)")
+        p.set_defaults(func=cmd_drain)
+
     p = sub.add_parser("catalog", help="list the provider catalog (presets for `providers.x.catalog`)")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_catalog)
@@ -301,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", type=int)
     p.add_argument("--reply", help="fixed reply text (default: echo the last user message)")
     p.add_argument("--no-record", action="store_true", help="do not keep received requests (benchmarks)")
+    p.add_argument("--backend", choices=["vllm", "sglang", "ollama"],
+                   help="also act as a self-hosted server: its telemetry and readiness pages "
+                        "(load scriptable over POST /_mock/script {\"backend\": {...}})")
+    p.add_argument("--model", action="append", help="models the simulated backend lists (repeatable)")
     p.set_defaults(func=cmd_mock)
 
     args = parser.parse_args(argv)

@@ -46,6 +46,7 @@ from busbar.providers import Provider, build_provider
 from busbar.records import AttemptRecord, RequestRecord
 from busbar.routing import Router
 from busbar.routing.quota import key_secret
+from busbar.selfhosted import WatchSpec
 from busbar.server import ClientGone, HttpRequest, Responder
 from busbar.upstream import UpstreamClient
 
@@ -80,6 +81,9 @@ class Gateway:
         self.router = Router.from_config(config.raw)
         self.upstream = upstream or UpstreamClient()
         self.providers = {name: build_provider(name, spec) for name, spec in config.providers.items()}
+        # self-hosted backends scraped in the background (busbar.selfhosted)
+        self.watch_specs = [w for name, spec in config.providers.items()
+                            if (w := WatchSpec.from_config(name, spec)) is not None]
         auth = config.auth
         self.client_keys = frozenset(auth.get("keys", ())) or None
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}

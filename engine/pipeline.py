@@ -41,7 +41,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 # Values of the data, spelled once.
 ACTIONS = ("return", "failover", "retry_larger_context")
 PENALTIES = ("none", "cool_key", "disable_key", "breaker")
-STRATEGIES = ("weighted", "round_robin", "least_in_flight", "latency", "ordered")
+STRATEGIES = ("weighted", "round_robin", "least_in_flight", "latency", "ordered", "least_loaded")
 
 
 class PipelineError(ValueError):

@@ -49,6 +49,11 @@ class MockVendor:
     port: int = 0
     aws_credentials: dict[str, str] | None = None   # Bedrock: access key id -> secret; SigV4 is verified
     use_tools: bool = False           # offered tools: call the first, then answer "tool said: <result>"
+    # A self-hosted backend's telemetry (vLLM/SGLang `/metrics`, Ollama
+    # `/api/ps`/`/api/tags`, readiness), scriptable: {"kind": "vllm",
+    # "running": 0, "waiting": 0, "kv": 0.1, "ready": true, "models": [...],
+    # "loaded": [...] (ollama), "gpu": {"util": 50, "used": 1000, "free": 7000}}.
+    backend: dict | None = None
     _replies: dict = field(default_factory=dict, repr=False)   # rendered buffered replies (benchmarks hit one)
 
     # ---- scripting -------------------------------------------------------
@@ -93,6 +98,8 @@ class MockVendor:
         path = request.path.decode("latin-1")
         if path.startswith("/_mock/"):
             return await self._control(path, request, responder)
+        if request.method == b"GET" and self.backend is not None:
+            return await responder.send(*backend_page(self.backend, path))
         endpoint = vendors.match_route(request.path) or _azure_route(path)
         if endpoint is None:
             return await responder.send(404, [(b"content-type", b"application/json")],
@@ -201,6 +208,8 @@ class MockVendor:
             self.queue.extend(script.get("queue", []))
             if "always" in script:
                 self.always = script["always"]
+            if "backend" in script:
+                self.backend = {**(self.backend or {}), **script["backend"]}
             for knob in ("reply", "latency", "chunk_delay", "chunks", "keys", "use_tools"):
                 if knob in script:
                     setattr(self, knob, script[knob])
@@ -208,6 +217,42 @@ class MockVendor:
         if path == "/_mock/requests":
             return await responder.send(200, json, orjson.dumps(self.received))
         return await responder.send(404, json, b'{"error":"unknown mock control path"}')
+
+
+def backend_page(backend: dict, path: str) -> tuple[int, list, bytes]:
+    """A simulated self-hosted server's GET pages, in each server's format."""
+    json = [(b"content-type", b"application/json")]
+    kind, ready, models = backend.get("kind", "vllm"), backend.get("ready", True), backend.get("models", [])
+    if path == "/health":
+        return (200, json, b"{}") if ready else (503, json, b'{"error":"not ready"}')
+    if path == "/v1/models":
+        if not ready:
+            return 503, json, b'{"error":"not ready"}'
+        return 200, json, orjson.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
+    if path == "/api/tags" and kind == "ollama":
+        if not ready:
+            return 503, json, b'{"error":"not ready"}'
+        return 200, json, orjson.dumps({"models": [{"name": m, "model": m} for m in models]})
+    if path == "/api/ps" and kind == "ollama":
+        return 200, json, orjson.dumps({"models": [{"name": m, "model": m, "size_vram": 4_000_000_000}
+                                                   for m in backend.get("loaded", [])]})
+    if path == "/metrics" and kind in ("vllm", "sglang"):
+        names = {"vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"),
+                 "sglang": ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage")}[kind]
+        lines = []
+        for model in models or ["unknown"]:
+            label = f'{{model_name="{model}"}}'
+            for name, knob in zip(names, ("running", "waiting", "kv")):
+                lines.append(f"# TYPE {name} gauge\n{name}{label} {float(backend.get(knob, 0))}")
+        return 200, [(b"content-type", b"text/plain; version=0.0.4")], ("\n".join(lines) + "\n").encode()
+    if path == "/dcgm" and backend.get("gpu"):
+        gpu = backend["gpu"]
+        text = (f'DCGM_FI_DEV_GPU_UTIL{{gpu="0"}} {gpu.get("util", 0)}\n'
+                f'DCGM_FI_DEV_FB_USED{{gpu="0"}} {gpu.get("used", 0)}\n'
+                f'DCGM_FI_DEV_FB_FREE{{gpu="0"}} {gpu.get("free", 0)}\n'
+                f'DCGM_FI_DEV_GPU_TEMP{{gpu="0"}} {gpu.get("temp", 60)}\n')
+        return 200, [(b"content-type", b"text/plain")], text.encode()
+    return 404, json, orjson.dumps({"error": f"mock backend: no page {path}"})
 
 
 def _split(text: str, chunks: int | None) -> list[str]:

@@ -21,6 +21,9 @@ Strategies (per pool; a pipeline's `dispatch.strategy` overrides):
   latency          lowest time-to-first-byte EWMA; members not yet measured are
                    tried first, and `dispatch.explore` of picks go weighted random
   ordered          lowest `priority` tier that can serve; weighted within it
+  least_loaded     lowest backend pressure per unit of weight, from self-hosted
+                   telemetry (queue, KV cache, cold model; `busbar.selfhosted`);
+                   in-flight counts where telemetry is absent or stale
 A member's effective weight is its weight times its breaker's ramp factor.
 """
 from __future__ import annotations
@@ -46,7 +49,8 @@ class RouteConfigError(ValueError):
 class Target:
     """Runtime state of one upstream provider + model."""
 
-    __slots__ = ("provider", "model", "breaker", "in_flight", "ewma", "samples", "drained")
+    __slots__ = ("provider", "model", "breaker", "in_flight", "ewma", "samples", "drained", "unready", "load",
+                 "load_stale_after")
 
     def __init__(self, provider: str, model: str):
         self.provider = provider
@@ -56,11 +60,15 @@ class Target:
         self.ewma: float | None = None   # seconds to first byte
         self.samples = 0
         self.drained = False             # operator drain: no new requests, in-flight ones finish
+        self.unready = False             # self-hosted readiness probe failing: drained until it passes
+        self.load = None                 # busbar.selfhosted.BackendLoad from the last telemetry scrape
+        self.load_stale_after = 0.0      # seconds after which `load` is ignored
 
     def adopt(self, old: "Target") -> None:
         """Carry runtime state over a config reload (in-flight counts stay
         with the old tables, whose requests decrement them)."""
         self.breaker, self.ewma, self.samples, self.drained = old.breaker, old.ewma, old.samples, old.drained
+        self.unready, self.load, self.load_stale_after = old.unready, old.load, old.load_stale_after
 
     @property
     def key(self) -> tuple[str, str]:
@@ -258,6 +266,33 @@ def _ewma(child, usable: Usable) -> float | None:
     return min(measured) if measured else None
 
 
+# A cold model (Ollama loads it on first use: seconds) counts as this many
+# queued requests, so it is taken only when every warm backend is that busy.
+COLD_PENALTY = 50.0
+
+
+def backend_pressure(target: Target, now: float) -> float:
+    """Queued work on a target's backend: waiting requests count double
+    (they have not started), running ones or our own in-flight (whichever is
+    larger: the scrape may predate requests sent since), scaled up as the KV
+    cache fills (preemption ahead).  In-flight alone without fresh telemetry."""
+    load = target.load
+    if load is None or now - load.at > target.load_stale_after:
+        return float(target.in_flight)
+    pressure = 2.0 * (load.waiting or 0.0) + max(load.running or 0.0, float(target.in_flight))
+    if load.kv_usage is not None:
+        pressure *= 1.0 + 4.0 * max(0.0, load.kv_usage - 0.8)
+    if load.cold:
+        pressure += COLD_PENALTY
+    return pressure
+
+
+def _pressure(child, now: float) -> float:
+    if isinstance(child, Member):
+        return backend_pressure(child.target, now)
+    return min(backend_pressure(leaf.target, now) for leaf in child.node.leaves)
+
+
 def weighted_choice(items: list, weights: list[float], rng: random.Random):
     total = sum(weights)
     r = rng.random() * total
@@ -297,6 +332,8 @@ def choose(node: PoolNode, usable: Usable, now: float, rng: random.Random) -> Me
         child = node.children[best]
     elif strategy == "least_in_flight":
         child = _lowest(kids, [_in_flight(c) / w for c, w in zip(kids, weights)], weights, rng)
+    elif strategy == "least_loaded":
+        child = _lowest(kids, [_pressure(c, now) / w for c, w in zip(kids, weights)], weights, rng)
     elif strategy == "latency":
         lat = [_ewma(c, usable) for c in kids]
         fresh = [(c, w) for c, w, l in zip(kids, weights, lat) if l is None]

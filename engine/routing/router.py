@@ -209,7 +209,7 @@ class Plan:
 
     def _usable(self, leaf: Member, now: float) -> bool:
         t = leaf.target
-        if t.key in self._tried or t.drained or not self._capable(leaf):
+        if t.key in self._tried or t.drained or t.unready or not self._capable(leaf):
             return False
         if any(a.member.target is t for a in self._outstanding.values()):
             return False   # a hedge goes elsewhere
@@ -558,6 +558,8 @@ class Router:
                     "breaker": t.breaker.snapshot(now, node.pipeline.breaker),
                     "in_flight": t.in_flight,
                     "drained": t.drained,
+                    "unready": t.unready,
+                    "backend": t.load.as_dict(now) if t.load is not None else None,
                     "ewma_ttfb": round(t.ewma, 6) if t.ewma is not None else None,
                     "ttfb_samples": t.samples,
                 })
