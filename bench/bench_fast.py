@@ -62,7 +62,8 @@ def gateway_config(tmp: Path, upstream_port: int) -> Path:
     path = tmp / "fast.yaml"
     path.write_text("providers:\n"
                     f"  fast: {{protocol: openai, base_url: 'http://127.0.0.1:{upstream_port}/v1', key: sk-bench}}\n"
-                    "pools:\n  bench: {members: [{provider: fast, model: m}]}\n")
+                    "pools:\n  bench: {members: [{provider: fast, model: m}]}\n"
+                    "admin: {listen: public}\n")      # several gateways at once: no fixed admin port
     return path
 
 

@@ -138,9 +138,10 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
     # commit: from here the client sees bytes and there is no failover
     ttfb = trio.current_time() - t0
     x.commit(rec, response.status, ttfb)
+    # head and held content in one write: one send, and the client's first
+    # read has content in it
     await x.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
-                            + x.answer_headers(attempt))
-    await x.responder.write(b"".join(held) if same else b"".join(encoder.encode(e) for e in held))
+                            + x.answer_headers(attempt), b"".join(held) if same else b"".join(encoder.encode(e) for e in held))
     try:
         while not upstream_done:
             with trio.fail_after(timeouts.idle):

@@ -111,11 +111,12 @@ class Responder:
                              self._close)
         await self._write(head + body[:keep])
 
-    async def start(self, status: int, headers: Headers) -> None:
-        """Begin a streamed (chunked) response."""
+    async def start(self, status: int, headers: Headers, first: bytes = b"") -> None:
+        """Begin a streamed (chunked) response; `first` (the content held
+        until the commit) goes out in the same write as the head."""
         self._started = True
-        await self._write(response_head(status, headers + self.extra_headers + [(b"transfer-encoding", b"chunked")],
-                                        self._close))
+        head = response_head(status, headers + self.extra_headers + [(b"transfer-encoding", b"chunked")], self._close)
+        await self._write(head + b"%x\r\n" % len(first) + first + b"\r\n" if first else head)
 
     async def write(self, data: bytes) -> None:
         if data:
