@@ -119,9 +119,10 @@ def wrk(url: str, connections: int, duration: float, script: str) -> dict:
         errors += sum(map(int, m.groups()))
     if "50%" not in out:
         raise RuntimeError(f"wrk against {url} produced no latency figures:\n{out}")
+    # anchored: a thread-stats column such as "98.50%" must not be taken for the 50% line
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": parse_ms(re.search(r"50%\s+(\S+)", out).group(1)),
-            "p99_ms": parse_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+            "p50_ms": parse_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+            "p99_ms": parse_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
             "requests": int(re.search(r"(\d+) requests in", out).group(1)), "errors": errors}
 
 
