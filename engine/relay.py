@@ -140,8 +140,9 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
     x.commit(rec, response.status, ttfb)
     # head and held content in one write: one send, and the client's first
     # read has content in it
+    first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
     await x.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
-                            + x.answer_headers(attempt), b"".join(held) if same else b"".join(encoder.encode(e) for e in held))
+                            + x.answer_headers(attempt), first)
     try:
         while not upstream_done:
             with trio.fail_after(timeouts.idle):
