@@ -110,6 +110,9 @@ class App:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        from busbar import telemetry
+        if telemetry._shared:       # send the spans still batched
+            await trio.to_thread.run_sync(telemetry.shutdown_all)
 
 
 def _render_server_error(request, status, message):

@@ -88,6 +88,8 @@ class Exchange:
         self.stops: list[str] | None = None   # stop strings the gateway emulates for this attempt's member
         self._warnings: list[str] = []   # fields translation dropped for the member that answers
         self._deadline = trio.CancelScope()
+        self.span = None                 # the request's trace span (busbar.telemetry), None when tracing is off
+        self.traceparent: bytes | None = None   # the current attempt's, sent upstream
 
     # ---- the journey -----------------------------------------------------
     async def run(self) -> None:
@@ -131,8 +133,16 @@ class Exchange:
             t0 = trio.current_time()
             rec = AttemptRecord(step.member_id, step.key_id)
             self.record.attempts.append(rec)
-            outcome = await self._attempt(step, rec, t0)
-            await self.settle(step, rec, outcome, t0)
+            if self.span is None:
+                outcome = await self._attempt(step, rec, t0)
+                return await self.settle(step, rec, outcome, t0)
+            tel = self.gw.telemetry
+            span, self.traceparent = tel.start_attempt(self.span, step.member_id, step.protocol, step.model)
+            try:
+                outcome = await self._attempt(step, rec, t0)
+                await self.settle(step, rec, outcome, t0)
+            finally:
+                tel.end_attempt(span, rec, self.record.usage, retried=self.lifecycle.state == "failing_over")
 
     # ---- one attempt -----------------------------------------------------
     async def _attempt(self, attempt: Attempt, rec: AttemptRecord, t0: float) -> Outcome:
@@ -200,6 +210,8 @@ class Exchange:
         else:
             headers.extend(auth)
         headers.extend(provider.extra_headers)
+        if self.traceparent is not None:     # W3C trace context: this attempt's span is the parent upstream
+            headers.append((b"traceparent", self.traceparent))
         if provider.signer is not None:
             headers.extend(provider.signer(path, headers, body))
         return path.encode(), headers, body

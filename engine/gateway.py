@@ -105,6 +105,8 @@ class Gateway:
         self.admin = Admin(self)
         if self.admin.observing:
             self.listeners.append(self.admin.on_finish)
+        from busbar import telemetry     # OpenTelemetry traces: None (nothing per request) unless configured
+        self.telemetry = telemetry.from_config(config.raw.get("telemetry"))
 
     def scrub(self, text: str) -> str:
         """Remove any configured secret a vendor echoed back in an error."""
@@ -141,11 +143,15 @@ class Gateway:
         t0 = time.perf_counter()
         self.in_flight += 1
         self.active[record.id] = record
+        exchange = None
         try:
             # The server runs this in a cancel scope that a departed client
             # cancels: everything the request started goes with it.
+            exchange = Exchange(self, request, responder, dialect, params, record)
+            if self.telemetry is not None:
+                exchange.span = self.telemetry.start_request(request.headers, protocol)
             try:
-                await Exchange(self, request, responder, dialect, params, record).run()
+                await exchange.run()
             except ClientError as err:
                 if not life.finished:
                     life.fail(err.message[:120])
@@ -177,6 +183,8 @@ class Gateway:
             self.in_flight -= 1
             del self.active[record.id]
             record.ms = (time.perf_counter() - t0) * 1000
+            if exchange is not None and exchange.span is not None:
+                self.telemetry.end_request(exchange.span, record)
             self._finish(record)
 
     @property
