@@ -71,6 +71,13 @@ def main() -> None:
         check(no.returncode != 0 and all(f"bad.yaml:{line}: {where}" in no.stderr for line, where in (
             (3, "providers.oai.protocol"), (5, "pools.smart.members[0]"), (5, "pools.smart.strategy"))), "validate rejects a bad config, every problem with its line")
 
+    catalog = subprocess.run([BIN, "catalog"], capture_output=True, text=True)
+    check(catalog.returncode == 0 and "anthropic" in catalog.stdout, "the provider catalog (package data) loads")
+    svg = subprocess.run([BIN, "diagram", "--format", "svg"], capture_output=True, text=True,
+                         env={**os.environ, "PATH": str(BIN.parent)})      # no Graphviz on PATH
+    check(svg.returncode == 0 and "<svg" in svg.stdout and 'data-state="dispatched"' in svg.stdout,
+          "busbar diagram --format svg with no Graphviz")
+
     gw, a, b = free_port(), free_port(), free_port()
     env = {**os.environ, "BUSBAR_DEMO_PORT_A": str(a), "BUSBAR_DEMO_PORT_B": str(b)}
     demo = subprocess.Popen([BIN, "demo", "--port", str(gw)], env=env, stdout=subprocess.PIPE,
