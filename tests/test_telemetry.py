@@ -175,3 +175,19 @@ async def test_off_by_default_nothing_per_request():
             await client.post(gw.url + "/v1/chat/completions",
                               json={"model": "smart", "messages": [{"role": "user", "content": "hi"}]})
         assert all("traceparent" not in h["headers"] for h in gw.vendors["a"].received)
+
+
+async def test_a_streamed_answer_is_traced_too():
+    with Receiver() as receiver:
+        async with gateway_with(config(receiver.url), a=MockVendor(), b=MockVendor()) as gw:
+            async with httpx.AsyncClient(timeout=30) as client:
+                async with client.stream("POST", gw.url + "/v1/chat/completions", json={
+                        "model": "smart", "stream": True,
+                        "messages": [{"role": "user", "content": "stream me"}]}) as r:
+                    body = b"".join([chunk async for chunk in r.aiter_bytes()])
+            assert r.status_code == 200 and b"[DONE]" in body
+            await receive(gw, receiver, 2)
+    request = next(s for _, s in receiver.spans if s.kind == s.SPAN_KIND_SERVER)
+    attempt = next(s for _, s in receiver.spans if s.kind == s.SPAN_KIND_CLIENT)
+    assert attrs(request)["http.response.status_code"] == 200 and attrs(request)["busbar.ttfb_ms"] > 0
+    assert attrs(attempt)["busbar.outcome"] == "ok" and attempt.parent_span_id == request.span_id
