@@ -212,6 +212,12 @@ class _Collector:
         keys = GaugeMetricFamily("busbar_key_state", "1 for each key's current state (disabled carries the reason).",
                                  labels=["provider", "key", "state", "reason"])
         key_uses = CounterMetricFamily("busbar_key_uses", "Attempts sent with each key.", labels=["provider", "key"])
+        quota = ["provider", "key", "scope", "window"]    # scope: the model, or "key" (per: key)
+        quota_used = GaugeMetricFamily("busbar_key_quota_used", "Requests (rpm, rpd) or tokens (tpm) counted "
+                                       "against each key's configured limit in its current window.", labels=quota)
+        quota_limit = GaugeMetricFamily("busbar_key_quota_limit", "Each key's configured limit per window.", labels=quota)
+        quota_reset = GaugeMetricFamily("busbar_key_quota_resets_in_seconds", "Seconds until the window frees "
+                                        "(the oldest request leaves the minute; the daily reset).", labels=quota)
         for name, provider in list(router.providers.items()):
             for key in provider.keys.keys:
                 snap = key.state(now)
@@ -220,8 +226,18 @@ class _Collector:
                 for s in KEY_STATES:
                     keys.add_metric([name, key.id, s, reason if s == current else ""], 1.0 if s == current else 0.0)
                 key_uses.add_metric([name, key.id], key.uses)
+                for row in snap.get("quota", ()):
+                    for window in ("rpm", "tpm", "rpd"):
+                        if window in row:
+                            labels = [name, key.id, row["scope"], window]
+                            quota_used.add_metric(labels, row[window]["used"])
+                            quota_limit.add_metric(labels, row[window]["limit"])
+                            quota_reset.add_metric(labels, row[window]["resets_in_s"])
         yield keys
         yield key_uses
+        yield quota_used
+        yield quota_limit
+        yield quota_reset
 
 
 def _buckets(h: list) -> list[tuple[str, float]]:

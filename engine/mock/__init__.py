@@ -16,7 +16,12 @@ applied to every request from `always`:
   {"stall": 5.0, "after": 0}                    stop sending for N seconds
   {"malformed": true, "after": 1}               garbage bytes in the stream (buffered: a garbage 200 body)
   {"error_event": "overloaded"|"context"}       200 stream whose first event is an error
+  {"quota": "minute"|"day", "retry_after": 30}  the vendor's quota 429 (Gemini: a QuotaFailure
+                                                violation per minute or per day, with RetryInfo)
 Optional "model": "x" / "key": "k" on a fault restricts which requests it hits.
+`limits` makes the mock enforce per-key limits itself (and `rate_headers`
+send OpenAI's / Anthropic's rate-limit headers); `GET /_mock/keys` and
+`used_keys()` say how many requests each key had answered.
 """
 from __future__ import annotations
 
@@ -48,6 +53,13 @@ class MockVendor:
     max_records: int = 1000
     port: int = 0
     aws_credentials: dict[str, str] | None = None   # Bedrock: access key id -> secret; SigV4 is verified
+    # the vendor's own limits, enforced per key and model: {"rpm": n, "rpd": n}
+    # (a sliding minute; a day until the mock restarts); a request over them gets
+    # the vendor's real 429 and lands in `rejected`
+    limits: dict | None = None
+    rate_headers: bool = False        # OpenAI/Anthropic: send x-ratelimit-* / anthropic-ratelimit-* from `limits`
+    rejected: list[dict] = field(default_factory=list)
+    _metered: dict = field(default_factory=dict, repr=False)   # (key, model) -> [minute times, day count]
     use_tools: bool = False           # offered tools: call the first, then answer "tool said: <result>"
     # A self-hosted backend's telemetry (vLLM/SGLang `/metrics`, Ollama
     # `/api/ps`/`/api/tags`, readiness), scriptable: {"kind": "vllm",
@@ -64,6 +76,8 @@ class MockVendor:
         self.queue.clear()
         self.always = None
         self.received.clear()
+        self.rejected.clear()
+        self._metered.clear()
 
     def _take_fault(self, model: str | None, key: str | None) -> dict | None:
         for i, fault in enumerate(self.queue):
@@ -128,7 +142,16 @@ class MockVendor:
         if self.keys is not None and key not in self.keys:
             status, headers, body = vendor.error("auth", "Incorrect API key provided.")
             return await responder.send(status, headers, body)
+        quota_headers = []
+        if self.limits:
+            over, quota_headers = self._meter(vendor, key, model)
+            if over is not None:
+                self.rejected.append({"key": key, "model": model, "window": over[0], "at": time.monotonic()})
+                return await responder.send(*vendor.quota_error(*over, model))
         fault = self._take_fault(model, key)
+        if fault and fault.get("quota"):
+            # a scripted quota 429: {"quota": "minute"|"day", "retry_after": s}
+            return await responder.send(*vendor.quota_error(fault["quota"], fault.get("retry_after", 30), 10, model))
         if fault and fault.get("reset") == "before":
             raise AbortConnection()
         if fault and "stall" in fault and not fault.get("after"):
@@ -168,10 +191,10 @@ class MockVendor:
             if fault and fault.get("reset") == "during":
                 await responder.send_truncated(status, headers, body, len(body) // 2)
                 raise AbortConnection()
-            return await responder.send(status, headers, body)
+            return await responder.send(status, headers + quota_headers, body)
         pieces = _split(text, self.chunks)
         frames = vendor.render_stream(model, pieces, usage_in, obj, fault)
-        headers = vendor.stream_headers()
+        headers = vendor.stream_headers() + quota_headers
         await responder.start(200, headers)
         after = fault.get("after", 0) if fault else None
         for i, frame in enumerate(frames):
@@ -187,6 +210,34 @@ class MockVendor:
             if self.chunk_delay and i < len(frames) - 1:
                 await trio.sleep(self.chunk_delay)
         await responder.end()
+
+    def _meter(self, vendor, key: str | None, model: str):
+        """Count this request against `limits`; ((window, retry_after, limit) or
+        None when it is within them, the rate-limit headers to send)."""
+        now = time.monotonic()
+        times, day = self._metered.setdefault((key, model), [[], [0]])
+        times[:] = [t for t in times if t > now - 60.0]
+        rpm, rpd = self.limits.get("rpm"), self.limits.get("rpd")
+        if rpd is not None and day[0] >= rpd:
+            return ("day", 3600.0, rpd), []
+        if rpm is not None and len(times) >= rpm:
+            return ("minute", times[len(times) - rpm] + 60.0 - now, rpm), []
+        times.append(now)
+        day[0] += 1
+        headers = []
+        if self.rate_headers and rpm is not None:
+            headers = vendor.rate_headers(rpm, rpm - len(times), times[0] + 60.0 - now)
+        return None, headers
+
+    def used_keys(self) -> dict:
+        """Requests answered per key (rejected ones excluded), from the log."""
+        counts: dict = {}
+        rejected = len(self.rejected)
+        for r in self.received:
+            counts[r["key"]] = counts.get(r["key"], 0) + 1
+        for r in self.rejected:
+            counts[r["key"]] -= 1
+        return {k: v for k, v in counts.items() if v} if rejected else counts
 
     def _check_signature(self, request: HttpRequest, vendor):
         """Verify the SigV4 signature a Bedrock client (the gateway) sent, so a
@@ -210,12 +261,14 @@ class MockVendor:
                 self.always = script["always"]
             if "backend" in script:
                 self.backend = {**(self.backend or {}), **script["backend"]}
-            for knob in ("reply", "latency", "chunk_delay", "chunks", "keys", "use_tools"):
+            for knob in ("reply", "latency", "chunk_delay", "chunks", "keys", "use_tools", "limits", "rate_headers"):
                 if knob in script:
                     setattr(self, knob, script[knob])
             return await responder.send(200, json, b'{"ok":true}')
         if path == "/_mock/requests":
             return await responder.send(200, json, orjson.dumps(self.received))
+        if path == "/_mock/keys":
+            return await responder.send(200, json, orjson.dumps({"used": self.used_keys(), "rejected": self.rejected}))
         return await responder.send(404, json, b'{"error":"unknown mock control path"}')
 
 

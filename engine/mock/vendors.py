@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
+
 from busbar import ir
 from busbar.faults import ClientError
 from busbar.protocols import get_dialect
@@ -106,6 +108,42 @@ class Vendor:
         status, headers, body = self.dialect.render_error(ClientError(status or default_status, message or text, kind,
                                                                       code=code))
         return status, headers, body
+
+    def quota_error(self, window: str, retry_after: float, limit: int, model: str):
+        """The vendor's own 429 for a spent per-minute or per-day quota: Gemini
+        names it in a QuotaFailure violation with a RetryInfo delay; the others
+        say it with their rate-limit body and a Retry-After header."""
+        seconds = max(1, int(retry_after + 0.999))
+        if self.protocol != "gemini":
+            status, headers, body = self.error("rate")
+            return status, headers + [(b"retry-after", str(seconds).encode())], body
+        period = "Day" if window == "day" else "Minute"
+        body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": VENDOR_ERRORS["gemini"]["billing"][2],
+                          "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                              "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                              "quotaId": f"GenerateRequestsPer{period}PerProjectPerModel-FreeTier",
+                              "quotaDimensions": {"location": "global", "model": model}, "quotaValue": str(limit)}]},
+                              {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{seconds}s"}]}}
+        return 429, [(b"content-type", b"application/json")], orjson.dumps(body)
+
+    def rate_headers(self, limit: int, remaining: int, reset: float) -> list:
+        """The vendor's rate-limit headers for its per-minute request limit
+        (OpenAI durations, Anthropic RFC 3339 instants with the `date` they count from)."""
+        if self.protocol in ("openai", "responses"):
+            return [(b"x-ratelimit-limit-requests", str(limit).encode()),
+                    (b"x-ratelimit-remaining-requests", str(remaining).encode()),
+                    (b"x-ratelimit-reset-requests", f"{reset:.3f}s".encode())]
+        if self.protocol == "anthropic":
+            import email.utils
+            import time
+            from datetime import datetime, timezone
+            now = int(time.time())
+            at = datetime.fromtimestamp(now + int(reset + 0.999), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return [(b"date", email.utils.formatdate(now, usegmt=True).encode()),
+                    (b"anthropic-ratelimit-requests-limit", str(limit).encode()),
+                    (b"anthropic-ratelimit-requests-remaining", str(remaining).encode()),
+                    (b"anthropic-ratelimit-requests-reset", at.encode())]
+        return []
 
     def last_user_text(self, obj: dict, params: dict) -> str:
         try:
