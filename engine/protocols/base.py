@@ -380,14 +380,25 @@ class Dialect:
         made the request (any response); None when it sends none."""
         return None
 
-    def classify(self, status: int, headers: Headers, body: bytes) -> Fault:
+    def header_code(self, headers: Headers) -> str | None:
+        """A vendor error code carried in a header rather than the body."""
+        return None
+
+    def error_parts(self, status: int, headers: Headers, body: bytes) -> tuple[object, str, str | None]:
+        """(parsed body or None, message, code) of a vendor error: the prelude
+        every protocol's `classify` shares."""
         try:
             obj = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             obj = None
         message, code = self.error_message(obj) if obj is not None else ("", None)
+        code = self.header_code(headers) or code
         if not message:
             message = body[:300].decode("utf-8", "replace") if body else f"HTTP {status}"
+        return obj, message, code
+
+    def classify(self, status: int, headers: Headers, body: bytes) -> Fault:
+        _, message, code = self.error_parts(status, headers, body)
         return classify_generic(status, headers, message, code)
 
     # ---- translation ---------------------------------------------------

@@ -161,17 +161,12 @@ class BedrockDialect(Dialect):
             return str(message), _error_name(code) if isinstance(code, str) else None
         return "", None
 
-    def classify(self, status: int, headers: Headers, body: bytes) -> Fault:
-        try:
-            obj = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            obj = None
-        message, code = self.error_message(obj) if obj is not None else ("", None)
+    def header_code(self, headers: Headers) -> str | None:
         raw = header(headers, b"x-amzn-errortype")
-        if raw:
-            code = _error_name(raw.decode("latin-1"))
-        if not message:
-            message = body[:300].decode("utf-8", "replace") if body else f"HTTP {status}"
+        return _error_name(raw.decode("latin-1")) if raw else None
+
+    def classify(self, status: int, headers: Headers, body: bytes) -> Fault:
+        _, message, code = self.error_parts(status, headers, body)
         fault = classify_generic(status, headers, message, code)
         if code in _RATE:
             return Fault(FaultClass.RATE, status, message, fault.retry_after, code)

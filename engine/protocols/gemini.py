@@ -118,13 +118,7 @@ class GeminiDialect(Dialect):
         return "", None
 
     def classify(self, status: int, headers: Headers, body: bytes) -> Fault:
-        try:
-            obj = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            obj = None
-        message, code = self.error_message(obj) if obj is not None else ("", None)
-        if not message:
-            message = body[:300].decode("utf-8", "replace") if body else f"HTTP {status}"
+        obj, message, code = self.error_parts(status, headers, body)
         fault = classify_generic(status, headers, message, code)
         details = []
         if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
