@@ -525,13 +525,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     tc = req.tool_choice
     if req.tools and not (tc is not None and tc.mode == "none" and not _has_tool_blocks(req)):
         tools = []
-        for i, t in enumerate(req.tools):
-            if type(t) is ir.Opaque:
-                raw = ctx.opaque(t, f"tools[{i}].")
-                if raw is not None:
-                    tools.append(raw)
-                continue
-            ctx.foreign(t.extras, f"tools[{i}].")
+        for i, t in c.each_tool(req.tools, ctx, tools):
             spec: dict = {"name": t.name}
             if t.description:
                 spec["description"] = t.description

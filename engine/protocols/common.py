@@ -605,3 +605,17 @@ def write_sampling(req: ir.Request, target: dict, names: dict, ctx: "RenderCtx",
                 ctx.unsupported(field, ceiling[1])
             else:
                 target[wire] = value
+
+
+def each_tool(tools: list, ctx: RenderCtx, out: list):
+    """The function tools of a request to render, as (index, tool); a
+    vendor-native (opaque) tool goes to `out` as it was, when this protocol can
+    carry it, and fields foreign to the target are reported on the way."""
+    for i, t in enumerate(tools):
+        if type(t) is ir.Opaque:
+            raw = ctx.opaque(t, f"tools[{i}].")
+            if raw is not None:
+                out.append(raw)
+            continue
+        ctx.foreign(t.extras, f"tools[{i}].")
+        yield i, t

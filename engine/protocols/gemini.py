@@ -494,13 +494,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     if req.tools:
         decls: list = []
         tools: list = []
-        for i, t in enumerate(req.tools):
-            if type(t) is ir.Opaque:
-                raw = ctx.opaque(t, f"tools[{i}].")
-                if raw is not None:
-                    tools.append(raw)
-                continue
-            ctx.foreign(t.extras, f"tools[{i}].")
+        for i, t in c.each_tool(req.tools, ctx, tools):
             if t.strict:
                 ctx.hint(f"tools[{i}].strict", "Gemini has no strict schema flag")
             fd: dict = {"name": t.name}

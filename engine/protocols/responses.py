@@ -387,13 +387,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
         body["instructions"] = "\n\n".join(p.text for p in req.system)
     if req.tools:
         tools = []
-        for i, t in enumerate(req.tools):
-            if type(t) is ir.Opaque:
-                raw = ctx.opaque(t, f"tools[{i}].")
-                if raw is not None:
-                    tools.append(raw)
-                continue
-            ctx.foreign(t.extras, f"tools[{i}].")
+        for i, t in c.each_tool(req.tools, ctx, tools):
             tool = {"type": "function", "name": t.name, "parameters": t.parameters,
                     "strict": bool(t.strict)}
             if t.description is not None:
