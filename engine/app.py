@@ -19,6 +19,7 @@ from busbar.gateway import Gateway
 from busbar.protocols.routes import guess_protocol
 from busbar.selfhosted import BackendWatcher
 from busbar.server import HttpServer
+from busbar.state import build_state
 from busbar.upstream import UpstreamClient
 
 log = logging.getLogger("busbar")
@@ -28,6 +29,8 @@ class App:
     def __init__(self, config: Config, *, config_path: str | None = None):
         self.config_path = config_path
         self.upstream = UpstreamClient()
+        # limits, budgets and shared counters (busbar.state); kept across reloads like the pools
+        self.state = build_state(config.state)
         self.gateway = Gateway(config, upstream=self.upstream)
         self.gateway.app = self
         opts = config.server
@@ -110,6 +113,7 @@ class App:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        await self.state.aclose()
         from busbar import telemetry
         if telemetry._shared:       # send the spans still batched
             await trio.to_thread.run_sync(telemetry.shutdown_all)

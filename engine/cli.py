@@ -42,7 +42,7 @@ def cmd_serve(args) -> int:
     host = args.host or config.server.get("host", "127.0.0.1")
     port = args.port if args.port is not None else config.server.get("port", 8080)
     if args.workers > 1:
-        return _serve_workers(args, host, port)
+        return _serve_workers(args, host, port, config)
 
     async def main():
         async with trio.open_nursery() as nursery:
@@ -86,13 +86,17 @@ def serving_banner(config, host: str, port: int, admin_addrs=()) -> str:
     return "\n".join(lines)
 
 
-def _serve_workers(args, host: str, port: int) -> int:
+def _serve_workers(args, host: str, port: int, config) -> int:
     """N single-process gateways sharing the port (SO_REUSEPORT; the kernel
     spreads connections).  Each worker keeps its own routing state; signals
     are forwarded so SIGTERM drains all of them and SIGHUP reloads all."""
     import subprocess
     command = [sys.executable, "-m", "busbar.cli", "--log-level", args.log_level, "serve", "--config", args.config,
                "--host", host, "--port", str(port), "--reuse-port"]
+    if config.state.get("backend", "memory") == "memory":
+        print(f"busbar: state.backend is memory: each of the {args.workers} workers routes and limits alone "
+              "(state.backend: redis shares limits and counters)",
+              file=sys.stderr, flush=True)
     workers = [subprocess.Popen(command) for _ in range(args.workers)]
 
     def forward(signum, _frame):

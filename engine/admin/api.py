@@ -196,6 +196,7 @@ def state(admin) -> dict:
         "in_flight": gw.in_flight,
         "totals": {"requests": metrics.total, "ok": ok, "failed": failed},
         "reloads": getattr(app, "reloads", 0),
+        "state": app.state.status() if hasattr(app, "state") else {"backend": "memory", "degraded": False},
         "config": getattr(gw.config, "source", ""),
         "graphviz": diagram.have_graphviz(),
         "pools": snap["pools"],

@@ -238,6 +238,18 @@ class _Collector:
         yield quota_used
         yield quota_limit
         yield quota_reset
+        backend = getattr(getattr(gw, "app", None), "state", None)
+        if backend is not None:
+            status = backend.status()
+            degraded = GaugeMetricFamily("busbar_state_degraded", "1 while the shared state backend (Redis) is "
+                                         "unavailable and takes are answered locally.", labels=["backend"])
+            degraded.add_metric([status["backend"]], 1.0 if status["degraded"] else 0.0)
+            yield degraded
+            yield CounterMetricFamily("busbar_state_outages", "Times the shared state backend became unavailable.",
+                                      value=status.get("outages_total", 0))
+            yield CounterMetricFamily("busbar_state_fallback_ops", "Limit/counter operations answered without the "
+                                      "shared backend (by state.on_unavailable).",
+                                      value=status.get("fallback_ops_total", 0))
 
 
 def _buckets(h: list) -> list[tuple[str, float]]:

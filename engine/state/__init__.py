@@ -50,6 +50,10 @@ class StateBackend(Protocol):
         """The counter's total (0.0 when absent or expired)."""
         ...
 
+    def status(self) -> dict:
+        """For admin and /metrics: {"backend": ..., "degraded": bool, ...}."""
+        ...
+
     async def settle_bucket(self, key: str, amount: float, rate: float, burst: float) -> float:
         """Extension: take `amount` unconditionally (the bucket may go below 0: a debt later
         refills pay off), or give it back when negative (capped at `burst`). For limits that

@@ -104,6 +104,9 @@ class MemoryState:
         self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
         self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
 
+    def status(self) -> dict:
+        return {"backend": "memory", "degraded": False}
+
     async def aclose(self) -> None:
         return None
 
