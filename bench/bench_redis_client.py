@@ -1,7 +1,8 @@
-"""ADR 0010's client measurement: coredis (anyio, on trio) vs a minimal RESP client on trio.
+"""ADR 0010's client measurement: coredis (anyio, on trio) vs our minimal RESP client on trio (busbar.state.resp).
 
 Round trip (wall µs per sequential op) and CPU µs per op, GET and EVALSHA, against a
-redis-server started here on a free loopback port. Usage: python bench/bench_redis_client.py [N]
+redis-server started here on a free loopback port. Usage: pip install coredis; python bench/bench_redis_client.py [N]
+(coredis is only for this comparison, not a Busbar dependency)
 """
 
 import shutil
@@ -15,47 +16,9 @@ import time
 import coredis
 import trio
 
+from busbar.state.resp import RespConnection   # the client the Redis backend uses
+
 SCRIPT = "return redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])"
-
-
-class MiniResp:
-    """The smallest RESP2 client that can GET and EVALSHA (the measured alternative)."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream, self.buf = stream, b""
-
-    async def call(self, *args: bytes | str):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a.encode() if isinstance(a, str) else a
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        await self.stream.send_all(b"".join(out))
-        return await self._reply()
-
-    async def _line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            self.buf += await self.stream.receive_some(65536)
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    async def _reply(self):
-        line = await self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            while len(self.buf) < n + 2:
-                self.buf += await self.stream.receive_some(65536)
-            data, self.buf = self.buf[:n], self.buf[n + 2:]
-            return data
-        if kind in (b"+", b":"):
-            return rest
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b"*":
-            return [await self._reply() for _ in range(int(rest))]
-        raise RuntimeError(f"RESP type {kind!r}")
 
 
 def free_port() -> int:
@@ -85,12 +48,11 @@ async def main(port: int, n: int) -> None:
         script = client.register_script(SCRIPT)
         await measure("coredis GET", lambda: client.get("bench:a"), n)
         await measure("coredis EVALSHA", lambda: script(keys=["bench:x"], args=[1]), n)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    mini = MiniResp(stream)
+    mini = await RespConnection.open("127.0.0.1", port)
     sha = (await mini.call("SCRIPT", "LOAD", SCRIPT)).decode()
-    await measure("mini RESP GET", lambda: mini.call("GET", "bench:a"), n)
-    await measure("mini RESP EVALSHA", lambda: mini.call("EVALSHA", sha, "1", "bench:x", "1"), n)
-    await stream.aclose()
+    await measure("busbar.state.resp GET", lambda: mini.call("GET", "bench:a"), n)
+    await measure("busbar.state.resp EVALSHA", lambda: mini.call("EVALSHA", sha, "1", "bench:x", "1"), n)
+    await mini.aclose()
 
 
 if __name__ == "__main__":
