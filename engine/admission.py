@@ -30,6 +30,7 @@ class Admitted:
     obj: dict
     model: str
     stream: bool
+    secret: str | None = None      # the client key, for tenancy limits only (never logged)
 
 
 def admit(gw: "Gateway", request: HttpRequest, dialect, params: dict, record: RequestRecord) -> Admitted:
@@ -44,6 +45,7 @@ def admit(gw: "Gateway", request: HttpRequest, dialect, params: dict, record: Re
     obj = load_json_object(request.body)
     model = dialect.inbound_model(params, obj)
     # the top-level `auth` decides; a pool may opt out (`auth: false`)
+    key = None
     if model not in gw.open_pools:
         key = authenticate(gw, request, dialect)
         if key is not None:
@@ -54,7 +56,8 @@ def admit(gw: "Gateway", request: HttpRequest, dialect, params: dict, record: Re
     stream = dialect.inbound_stream(params, obj)
     record.pool = model
     record.stream = stream
-    return Admitted(obj, model, stream)
+    signed = dialect.signed_requests and gw.aws_secrets
+    return Admitted(obj, model, stream, None if signed else key)
 
 
 def authenticate(gw: "Gateway", request: HttpRequest, dialect) -> str | None:
@@ -64,11 +67,8 @@ def authenticate(gw: "Gateway", request: HttpRequest, dialect) -> str | None:
         return dialect.verify_signed(request.method.decode(), request.path.decode("latin-1"),
                                      request.query.decode("latin-1"), request.headers, request.body,
                                      gw.aws_secrets.get)
-    if gw.client_keys is None:
+    if gw.tenancy is None:
         return None
     key = dialect.inbound_key(request.headers, request.query)
-    if key is None or key not in gw.client_keys:
-        raise ClientError(401, "Invalid or missing API key for this gateway." if key else
-                          "Missing API key: send the gateway key the way your SDK sends its vendor key.",
-                          "authentication")
+    gw.tenancy.authenticate(key)      # 401 in the client's protocol for missing / unknown / expired
     return key

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from busbar import admission, lifecycle
+from busbar import admission, lifecycle, tenancy
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.outcome import Answered, Broken, Failed, Outcome
 from busbar.protocols.base import JSON_CT, Headers
@@ -90,16 +90,21 @@ class Exchange:
         self._deadline = trio.CancelScope()
         self.span = None                 # the request's trace span (busbar.telemetry), None when tracing is off
         self.traceparent: bytes | None = None   # the current attempt's, sent upstream
+        self.tenancy_admission = None       # what busbar.tenancy took for this request, settled at the end
 
     # ---- the journey -----------------------------------------------------
     async def run(self) -> None:
         life = self.lifecycle
-        with self._deadline:
-            while not life.finished:
-                step = STEPS.get(life.state)
-                if step is None:
-                    raise lifecycle.LifecycleError(life.state, "(no driver step)")
-                await step(self)
+        try:
+            with self._deadline:
+                while not life.finished:
+                    step = STEPS.get(life.state)
+                    if step is None:
+                        raise lifecycle.LifecycleError(life.state, "(no driver step)")
+                    await step(self)
+        finally:
+            if self.tenancy_admission is not None:
+                await self._settle_tenancy()
         if self._deadline.cancelled_caught and not life.finished:
             err = ClientError(504, f"The request exceeded the gateway deadline of {self.plan.pipeline.deadline:g}s.",
                               "timeout")
@@ -112,6 +117,14 @@ class Exchange:
         """`received`: admit the request, then route it to its pool's plan."""
         admitted = admission.admit(self.gw, self.request, self.client, self.params, self.record)
         self.obj, self.model, self.stream = admitted.obj, admitted.model, admitted.stream
+        if self.gw.tenancy is not None and admitted.secret is not None:
+            # limits and budgets before routing: a refused request never reaches a member
+            self.tenancy_admission = await self.gw.tenancy.admit(
+                admitted.secret, self.model, tenancy.estimate_tokens(self.request.body, self.obj),
+                known_pool=self.model in self.gw.router.pool_names(),
+                billing_status=self.client.kind_status["billing"])
+            self.model = self.tenancy_admission.pool     # over_budget downgrade
+            self.record.tenant = self.tenancy_admission.key.id
         try:
             self.plan = self.gw.router.start(self.model, self.client.needs(self.request.body, self.obj),
                                              trio.current_time())
@@ -247,6 +260,17 @@ class Exchange:
         self.record.ttfb_ms = ttfb * 1000
         self.record.status = 200
         self.lifecycle.fire("first_byte", rec.member)
+
+    async def _settle_tenancy(self) -> None:
+        """Give back / charge what tenancy admitted, on the real usage (streams
+        included), priced at the member that answered."""
+        answered = next((a for a in reversed(self.record.attempts) if a.outcome == "ok"), None)
+        price = self.gw.prices.get(answered.member) if answered is not None else None
+        with trio.CancelScope(shield=True):
+            try:
+                self.record.cost_usd = await self.gw.tenancy.settle(self.tenancy_admission, self.record.usage, price)
+            except Exception:
+                log.exception("request %s: tenancy settle failed", self.record.id)
 
     # ---- the funnel ------------------------------------------------------
     async def settle(self, attempt: Attempt, rec: AttemptRecord, outcome: Outcome, t0: float) -> None:

@@ -66,7 +66,7 @@ def _secret_pattern(config: dict) -> re.Pattern | None:
             if provider.get(name):
                 secrets.add(provider[name])
     auth = config.get("auth", {})
-    secrets.update(auth.get("keys", ()))
+    secrets.update(k if isinstance(k, str) else k.get("key", "") for k in auth.get("keys", ()))
     secrets.update(c["secret_access_key"] for c in auth.get("aws_credentials", ()))
     secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
     return re.compile("|".join(map(re.escape, secrets))) if secrets else None
@@ -85,7 +85,10 @@ class Gateway:
         self.watch_specs = [w for name, spec in config.providers.items()
                             if (w := WatchSpec.from_config(name, spec)) is not None]
         auth = config.auth
-        self.client_keys = frozenset(auth.get("keys", ())) or None
+        # gateway client keys, their limits and budgets (busbar.tenancy); None: no client keys
+        from busbar.tenancy import Tenancy, member_prices
+        self.tenancy = Tenancy.from_config(auth) if auth.get("keys") else None
+        self.prices = member_prices(config.pools)       # member id -> Price (spend)
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
         self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}
         # pools that take requests without a client key (`auth: false`, or the

@@ -34,6 +34,8 @@ class RequestRecord:
     error: str = ""
     usage: object = None          # ir.Usage when the response told us
     client_key_id: str | None = None   # routing.fingerprint of the gateway client key (usage accounting)
+    tenant: str | None = None     # the tenancy key id (busbar.tenancy), never the secret
+    cost_usd: float = 0.0         # priced from the answering member's `price`
 
     def as_dict(self) -> dict:
         return {"id": self.id, "client_protocol": self.client_protocol, "pool": self.pool, "stream": self.stream,
@@ -45,6 +47,7 @@ class RequestRecord:
                 "final_member": next((a.member for a in reversed(self.attempts) if a.outcome == "ok"), None),
                 "path": self.lifecycle.describe(), "state": self.lifecycle.state,
                 "usage": _usage_dict(self.usage),
+                **({"key_id": self.tenant, "cost_usd": self.cost_usd} if self.tenant else {}),
                 **({"error": self.error} if self.error else {})}
 
 

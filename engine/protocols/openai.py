@@ -12,7 +12,7 @@ from busbar import ir
 from busbar.faults import ClientError, VendorQuota
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import Codec, Dialect, Endpoint, Headers, StreamError, header, int_header
+from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Endpoint, Headers, StreamError, header, int_header
 from busbar.protocols.sse import stream_error_status
 
 P = "openai"
@@ -75,6 +75,7 @@ fit_id = c.id_fitter(40, None)
 class OpenAIDialect(Dialect):
     name = "openai"
     request_name = "Chat Completions request"
+    kind_status = {**KIND_STATUS, "billing": 429}     # insufficient_quota is a 429 at OpenAI
     forward_headers = (b"openai-organization", b"openai-project")
 
     def rate_limits(self, headers: Headers) -> VendorQuota | None:

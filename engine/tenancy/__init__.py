@@ -1,0 +1,372 @@
+"""Tenancy: who may call, how much (issue 15, ADR 0011).
+
+I/O-free core on the counters API (`busbar.state`): a key registry (ids,
+sha256 hashes compared in constant time, pools / `direct` permission,
+expiry, teams), limits (rpm, tpm, parallel), budgets (usd or tokens per
+day / week / month / total, `over_budget: {downgrade: POOL}`) and pricing.
+
+The driver calls two functions:
+
+* `Tenancy.admit(secret, pool, estimate, max_tokens)` before routing:
+  authenticate -> permitted pool -> limits and budget of the key and its team
+  (all or nothing: a level that refuses gives back what the others took) ->
+  an `Admission`, or a `ClientError` saying which (kind authentication /
+  permission / rate_limit with retry_after / billing).
+* `Tenancy.settle(admission, usage, price)` when the response ends (streams
+  included): frees the parallel slot, settles tpm from the estimate to the
+  real usage, charges the budget.
+
+tpm admits on an estimate: the prompt estimate (request bytes / 4) plus the
+request's max output tokens (or 0 when it names none), then settles on the
+real usage.  Budgets admit while the period's spend is below the limit, so the
+request that crosses it completes and the next is refused (at most one
+in-flight request per replica overruns).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+from busbar.faults import ClientError
+
+PERIODS = ("day", "week", "month", "total")
+_GRACE = 3600.0
+_PARALLEL_TTL = 3600.0      # a parallel slot a crashed request never gave back expires
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens, as the vendor prices them: cache reads and writes
+    at their own rates and never also as input; reasoning as output unless
+    priced apart."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+    reasoning: float | None = None
+
+    @classmethod
+    def from_config(cls, spec: dict | None) -> "Price | None":
+        if not spec:
+            return None
+        return cls(spec["input"], spec["output"], spec.get("cached_input"), spec.get("cache_write"),
+                   spec.get("reasoning"))
+
+    def cost(self, usage) -> float:
+        """USD for one response's usage (`busbar.ir.Usage`: input includes cache
+        reads and writes, output includes reasoning)."""
+        cached = usage.cached_tokens
+        written = getattr(usage, "cache_creation_tokens", 0)
+        plain_input = max(0, usage.input_tokens - cached - written)
+        reasoning = usage.reasoning_tokens if self.reasoning is not None else 0
+        plain_output = max(0, usage.output_tokens - reasoning)
+        micro = (plain_input * self.input
+                 + cached * (self.input if self.cached_input is None else self.cached_input)
+                 + written * (self.input if self.cache_write is None else self.cache_write)
+                 + plain_output * self.output
+                 + reasoning * (self.reasoning or 0.0))
+        return micro / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+    parallel: int | None = None
+
+    @classmethod
+    def from_config(cls, spec: dict | None) -> "Limits":
+        spec = spec or {}
+        return cls(spec.get("rpm"), spec.get("tpm"), spec.get("parallel"))
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    limit: float
+    unit: str           # usd | tokens
+    period: str         # day | week | month | total
+    alert: float = 0.8  # soft alert threshold (fraction of the limit)
+
+    @classmethod
+    def from_config(cls, spec: dict | None) -> "Budget | None":
+        if not spec:
+            return None
+        unit = "usd" if "usd" in spec else "tokens"
+        return cls(float(spec[unit]), unit, spec.get("period", "month"), float(spec.get("alert", 0.8)))
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One level limits and budgets apply at: a key or a team."""
+
+    id: str
+    limits: Limits = Limits()
+    budget: Budget | None = None
+    downgrade: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKey:
+    id: str
+    sha256: str
+    level: Level
+    pools: frozenset | None = None     # None: every pool
+    direct: bool = False               # provider/model routes allowed
+    expires: float | None = None       # epoch seconds
+    team: str | None = None
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _expiry(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, date):
+        when = datetime.combine(value, datetime.min.time())
+    else:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def key_from_config(spec, index: int) -> ClientKey:
+    """`auth.keys[i]`: a plain string (no limits) or an object."""
+    if isinstance(spec, str):
+        digest = hash_secret(spec)
+        return ClientKey(f"key-{digest[:8]}", digest, Level(f"key-{digest[:8]}"))
+    digest = spec.get("key_sha256") or hash_secret(spec["key"])
+    level = Level(spec["id"], Limits.from_config(spec.get("limits")), Budget.from_config(spec.get("budget")),
+                  (spec.get("over_budget") or {}).get("downgrade"))
+    pools = spec.get("pools")
+    return ClientKey(spec["id"], digest.lower(), level, frozenset(pools) if pools is not None else None,
+                     bool(spec.get("direct", False)), _expiry(spec.get("expires")), spec.get("team"))
+
+
+def period_bounds(period: str, wall: float) -> tuple[str, float]:
+    """(label, seconds until the period ends) for the UTC period containing `wall`."""
+    now = datetime.fromtimestamp(wall, timezone.utc)
+    if period == "total":
+        return "total", 10 * 365 * 86400.0
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=1)
+    elif period == "week":
+        start = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=7)
+    else:
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start.strftime("%Y-%m-%d"), end.timestamp() - wall
+
+
+@dataclass(slots=True)
+class Admission:
+    """What `admit` took, so `settle` can give back and charge exactly that."""
+
+    key: ClientKey
+    levels: tuple
+    pool: str                      # the pool to route to (a downgrade may change it)
+    estimate: int = 0
+    downgraded: bool = False
+    settled: bool = False
+    taken: list = field(default_factory=list)
+
+
+class Tenancy:
+    """The key registry and the admission / settle pair (see the module docstring)."""
+
+    def __init__(self, keys: list[ClientKey], teams: dict[str, Level], state, *, wall=time.time):
+        self.by_hash = {k.sha256: k for k in keys}
+        self.teams = teams
+        self.state = state
+        self.wall = wall
+        self.limited: dict[str, int] = {}   # refusals by reason (metrics)
+        self.alerted: set[str] = set()
+        self.spend_usd = 0.0
+
+    @classmethod
+    def from_config(cls, auth: dict, state=None, *, wall=time.time) -> "Tenancy":
+        from busbar.state import MemoryState
+        keys = [key_from_config(spec, i) for i, spec in enumerate(auth.get("keys", ()))]
+        teams = {name: Level(name, Limits.from_config(t.get("limits")), Budget.from_config(t.get("budget")),
+                             (t.get("over_budget") or {}).get("downgrade"))
+                 for name, t in (auth.get("teams") or {}).items()}
+        return cls(keys, teams, state if state is not None else MemoryState(), wall=wall)
+
+    # ---- who ---------------------------------------------------------------
+    def authenticate(self, secret: str | None) -> ClientKey:
+        if not secret:
+            raise ClientError(401, "Missing API key: send the gateway key the way your SDK sends its vendor key.",
+                              "authentication")
+        digest = hash_secret(secret)
+        key = self.by_hash.get(digest)
+        if key is None or not hmac.compare_digest(key.sha256, digest):
+            raise ClientError(401, "Invalid or missing API key for this gateway.", "authentication")
+        if key.expires is not None and self.wall() >= key.expires:
+            raise ClientError(401, f"The API key `{key.id}` has expired.", "authentication")
+        return key
+
+    def permit(self, key: ClientKey, pool: str, known_pool: bool) -> None:
+        if not known_pool and "/" in pool:
+            if not key.direct:
+                raise ClientError(403, f"The key `{key.id}` may not call provider/model routes such as `{pool}`.",
+                                  "permission")
+            return
+        if key.pools is not None and pool not in key.pools:
+            raise ClientError(403, f"The key `{key.id}` may not use the pool `{pool}`.", "permission")
+
+    # ---- how much ------------------------------------------------------------
+    async def admit(self, secret: str | None, pool: str, estimate: int, *, known_pool: bool = True,
+                    billing_status: int = 429) -> Admission:
+        key = self.authenticate(secret)
+        self.permit(key, pool, known_pool)
+        levels = (key.level,) + ((self.teams[key.team],) if key.team in self.teams else ())
+        admission = Admission(key, levels, pool, estimate)
+        try:
+            for level in levels:
+                await self._take_limits(admission, level)
+            for level in levels:
+                if level.budget is not None and await self._spent(level) >= level.budget.limit:
+                    if level.downgrade and not admission.downgraded:
+                        admission.pool, admission.downgraded = level.downgrade, True
+                        continue
+                    self._count("budget")
+                    raise ClientError(billing_status, f"The {('team' if level is not key.level else 'key')} "
+                                      f"`{level.id}` has used its {level.budget.period} budget of "
+                                      f"{level.budget.limit:g} {level.budget.unit}.", "billing",
+                                      code="insufficient_quota")
+        except ClientError:
+            await self._give_back(admission)
+            raise
+        return admission
+
+    async def _take_limits(self, adm: Admission, level: Level) -> None:
+        limits, state = level.limits, self.state
+        if limits.rpm:
+            key = f"tenancy:{level.id}:rpm"
+            taken = await state.take_bucket(key, 1, limits.rpm / 60.0, limits.rpm)
+            if not taken.ok:
+                self._refuse("rpm", level, taken.retry_after)
+            adm.taken.append(("bucket", key, 1, limits.rpm / 60.0, limits.rpm))
+        if limits.tpm:
+            key = f"tenancy:{level.id}:tpm"
+            amount = min(adm.estimate, limits.tpm)     # a request larger than the limit waits for a full bucket
+            taken = await state.take_bucket(key, amount, limits.tpm / 60.0, limits.tpm)
+            if not taken.ok:
+                self._refuse("tpm", level, taken.retry_after)
+            adm.taken.append(("tpm", key, amount, limits.tpm / 60.0, limits.tpm))
+        if limits.parallel:
+            key = f"tenancy:{level.id}:parallel"
+            taken = await state.take_counter(key, 1, limits.parallel, _PARALLEL_TTL)
+            if not taken.ok:
+                self._refuse("parallel", level, 1.0)
+            adm.taken.append(("counter", key, 1))
+
+    def _refuse(self, reason: str, level: Level, retry_after: float) -> None:
+        self._count(reason)
+        retry = retry_after if retry_after != float("inf") else 60.0
+        raise ClientError(429, f"Rate limit of `{level.id}` reached ({reason}); retry after {retry:.0f}s.",
+                          "rate_limit", retry_after=max(retry, 0.001), code="rate_limit_exceeded")
+
+    def _count(self, reason: str) -> None:
+        self.limited[reason] = self.limited.get(reason, 0) + 1
+
+    async def _give_back(self, adm: Admission) -> None:
+        for kind, key, amount, *bucket in reversed(adm.taken):
+            if kind == "counter":
+                await self.state.add_counter(key, -amount, _PARALLEL_TTL)
+            else:
+                await self.state.settle_bucket(key, -amount, *bucket)
+        adm.taken.clear()
+
+    def _budget_key(self, level: Level) -> tuple[str, float]:
+        label, remaining = period_bounds(level.budget.period, self.wall())
+        return f"tenancy:{level.id}:budget:{level.budget.unit}:{label}", remaining + _GRACE
+
+    async def _spent(self, level: Level) -> float:
+        return await self.state.get_counter(self._budget_key(level)[0])
+
+    # ---- when it ends ----------------------------------------------------------
+    async def settle(self, adm: Admission, usage=None, price: Price | None = None) -> float:
+        """Give back the parallel slot, settle tpm on the real usage, charge the
+        budgets; returns the request's cost in USD (0 without a price).
+        Idempotent: a second call does nothing."""
+        if adm.settled:
+            return 0.0
+        adm.settled = True
+        tokens = usage.input_tokens + usage.output_tokens if usage is not None else 0
+        for kind, key, amount, *bucket in adm.taken:
+            if kind == "counter":
+                await self.state.add_counter(key, -amount, _PARALLEL_TTL)
+            elif kind == "tpm" and usage is not None:
+                await self.state.settle_bucket(key, tokens - amount, *bucket)
+        cost = price.cost(usage) if (price is not None and usage is not None) else 0.0
+        self.spend_usd += cost
+        for level in adm.levels:
+            if level.budget is None:
+                continue
+            amount = cost if level.budget.unit == "usd" else tokens
+            if amount:
+                key, ttl = self._budget_key(level)
+                total = await self.state.add_counter(key, amount, ttl)
+                self._maybe_alert(level, total)
+        return cost
+
+    def _maybe_alert(self, level: Level, total: float) -> None:
+        budget = level.budget
+        mark = f"{level.id}:{self._budget_key(level)[0]}"
+        if total >= budget.alert * budget.limit and mark not in self.alerted:
+            self.alerted.add(mark)
+            self._count("budget_alert")
+            import logging
+            logging.getLogger("busbar.alert").warning(
+                "tenancy: `%s` has used %.0f%% of its %s budget (%g of %g %s)", level.id,
+                100 * total / budget.limit, budget.period, total, budget.limit, budget.unit)
+
+    async def usage_of(self, level_id: str) -> dict:
+        level = next((k.level for k in self.by_hash.values() if k.id == level_id), None) or self.teams.get(level_id)
+        if level is None or level.budget is None:
+            return {"id": level_id}
+        return {"id": level_id, "budget": {"limit": level.budget.limit, "unit": level.budget.unit,
+                                           "period": level.budget.period, "spent": await self._spent(level)}}
+
+
+def member_prices(pools: dict) -> dict:
+    """Member id (as the router names it: `id`, else pool/provider/model) -> Price."""
+    out = {}
+    for name, pool in pools.items():
+        for m in pool.get("members", ()):
+            if "provider" in m and m.get("price"):
+                out[m.get("id") or f"{name}/{m['provider']}/{m['model']}"] = Price.from_config(m["price"])
+    return out
+
+
+_MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def estimate_tokens(body: bytes, obj: dict) -> int:
+    """tpm's admission estimate: the prompt (request bytes / 4, the same
+    estimate routing uses) plus the max output tokens the request names in
+    any protocol's spelling (0 when it names none)."""
+    out = 0
+    for name in _MAX_TOKEN_FIELDS:
+        if isinstance(obj.get(name), int):
+            out = obj[name]
+            break
+    else:
+        gen = obj.get("generationConfig") or obj.get("generation_config") or obj.get("inferenceConfig") or {}
+        if isinstance(gen, dict):
+            for name in ("maxOutputTokens", "max_output_tokens", "maxTokens"):
+                if isinstance(gen.get(name), int):
+                    out = gen[name]
+                    break
+    return len(body) // 4 + max(0, out)
