@@ -31,7 +31,7 @@ class App:
         self.upstream = UpstreamClient()
         # limits, budgets and shared counters (busbar.state); kept across reloads like the pools
         self.state = build_state(config.state)
-        self.gateway = Gateway(config, upstream=self.upstream)
+        self.gateway = Gateway(config, upstream=self.upstream, state=self.state)
         self.gateway.app = self
         opts = config.server
         self.server = HttpServer(self.handle, max_body_bytes=opts.get("max_body_bytes", 8 * 1024 * 1024),
@@ -76,7 +76,7 @@ class App:
             config = parse_config(config, "reload")
         old = self.gateway
         try:
-            new = Gateway(config, upstream=self.upstream)
+            new = Gateway(config, upstream=self.upstream, state=self.state)
         except ConfigError:
             raise
         except Exception as exc:   # whatever fails to build is a rejected config, never a dead server

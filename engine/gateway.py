@@ -76,7 +76,8 @@ class Gateway:
     """Everything built from one config: routes, providers, router, pools of
     upstream connections.  `handle` is the HTTP handler."""
 
-    def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200):
+    def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200,
+                 state=None):
         self.config = config
         self.router = Router.from_config(config.raw)
         self.upstream = upstream or UpstreamClient()
@@ -87,7 +88,8 @@ class Gateway:
         auth = config.auth
         # gateway client keys, their limits and budgets (busbar.tenancy); None: no client keys
         from busbar.tenancy import Tenancy, member_prices
-        self.tenancy = Tenancy.from_config(auth) if auth.get("keys") else None
+        # limits live in the app's state backend (kept across reloads; shared through Redis when configured)
+        self.tenancy = Tenancy.from_config(auth, state) if auth.get("keys") else None
         self.prices = member_prices(config.pools)       # member id -> Price (spend)
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
         self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}

@@ -120,3 +120,17 @@ async def test_spend_is_price_times_usage(protocol, stream):
     assert record.cost_usd == pytest.approx(expected, rel=1e-12)
     assert record.tenant == "team-a"
     assert gw.gateway.tenancy.spend_usd == pytest.approx(expected)
+
+
+@pytest.mark.sdk
+async def test_limits_hold_across_a_hot_reload():
+    vendor = MockVendor(reply="ok")
+    call = CLIENTS["openai"]
+    async with gateway_with(config(limits={"rpm": 2}), a=vendor) as gw:
+        for _ in range(2):
+            await sdk(lambda: call(gw.url, "smart", "hello", api_key="client-key-a"))
+        gw.app.reload(gw.gateway.config)
+        with pytest.raises(Exception) as info:
+            await sdk(lambda: call(gw.url, "smart", "hello", api_key="client-key-a"))
+        assert status_of(info.value) == 429
+        assert len(vendor.received) == 2

@@ -192,6 +192,7 @@ class Tenancy:
         self.limited: dict[str, int] = {}   # refusals by reason (metrics)
         self.alerted: set[str] = set()
         self.spend_usd = 0.0
+        self._periods: dict[str, tuple[str, float]] = {}   # level id -> (budget key, period end)
 
     @classmethod
     def from_config(cls, auth: dict, state=None, *, wall=time.time) -> "Tenancy":
@@ -289,8 +290,14 @@ class Tenancy:
         adm.taken.clear()
 
     def _budget_key(self, level: Level) -> tuple[str, float]:
-        label, remaining = period_bounds(level.budget.period, self.wall())
-        return f"tenancy:{level.id}:budget:{level.budget.unit}:{label}", remaining + _GRACE
+        # the period's key is computed once per period (calendar math is most of the cost)
+        wall = self.wall()
+        cached = self._periods.get(level.id)
+        if cached is None or wall >= cached[1]:
+            label, remaining = period_bounds(level.budget.period, wall)
+            cached = self._periods[level.id] = (f"tenancy:{level.id}:budget:{level.budget.unit}:{label}",
+                                                wall + remaining)
+        return cached[0], cached[1] - wall + _GRACE
 
     async def _spent(self, level: Level) -> float:
         return await self.state.get_counter(self._budget_key(level)[0])
