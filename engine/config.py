@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from busbar import catalog, resources
+from busbar.redact import Redactor, config_secrets
 SCHEMAS = resources.schemas_dir()
 PIPELINES_DIR = resources.pipelines_dir()
 
@@ -228,7 +229,25 @@ def _reference_problems(data: dict, invalid: set) -> list[Problem]:
 def parse_config(data: Any, source: str = "config", marks: dict | None = None) -> Config:
     """Validate a config; every problem found is reported at once (one
     ConfigError, `problems` lists them); `marks` (YAML path -> line, from
-    `load_config`) adds line numbers."""
+    `load_config`) adds line numbers.  A ConfigError never carries a secret
+    value (busbar.redact): `validate`, `serve`, the reload log and the admin
+    reload answer all print it."""
+    try:
+        return _parse_config(data, source, marks)
+    except ConfigError as exc:
+        secrets = config_secrets(data)
+        try:
+            secrets |= config_secrets(expand_env(data, (), source, []))
+        except ConfigError:
+            pass
+        redactor = Redactor(secrets)
+        if not redactor or not any(redactor.search(w) or redactor.search(m) for w, m in exc.problems):
+            raise
+        clean = [(redactor.text(w), redactor.text(m)) for w, m in exc.problems]
+        raise ConfigError(*clean[0], also=tuple(clean[1:])) from None
+
+
+def _parse_config(data: Any, source: str, marks: dict | None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: (top level)", "the config must be a mapping with `providers` and `pools`")
     problems: list[Problem] = []

@@ -24,11 +24,25 @@ class ProtocolError(ValueError):
     """The upstream sent something that is not valid HTTP/1.1."""
 
 
+# Defence in depth against request smuggling: whatever a dialect or a client
+# put into the target or a header, no byte may end the line or split it.
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+_UNSAFE_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+class UnsafeRequest(ValueError):
+    """A request we were asked to send would not be one HTTP request: a
+    control character or space in the target, a line break or NUL in a
+    header, a header name that is not a token."""
+
+
 def serialize_request(method: bytes, target: bytes, host: bytes, headers: Headers, body: bytes) -> bytes:
+    if not target.startswith(b"/") or _UNSAFE_TARGET.search(target):
+        raise UnsafeRequest(f"request target {target[:80]!r} is not a safe origin-form path")
     parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\ncontent-length: %d\r\n" % len(body)]
     for name, value in headers:
-        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
-            raise ValueError(f"header {name!r} contains a line break")
+        if _UNSAFE_VALUE.search(value) or not _TOKEN.fullmatch(name):
+            raise UnsafeRequest(f"header {name[:40]!r} has a line break, a NUL or a bad name")
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     parts.append(body)

@@ -208,6 +208,9 @@ class ConnectionPool:
         (nothing of the response arrived) and the request is resent once on
         a fresh connection; any other failure raises `UpstreamError`.
         """
+        # built before taking a slot: an unsafe request (UnsafeRequest) is
+        # refused here and never reaches a connection
+        data = serialize_request(method, target, self.origin.host_header, headers, body)
         await self._slots.acquire()
         try:
             for attempt in range(2):
@@ -219,7 +222,7 @@ class ConnectionPool:
                     conn = await self._connect(connect_timeout)
                     self._open += 1
                 try:
-                    return await self._exchange(conn, method, target, headers, body, response_timeout)
+                    return await self._exchange(conn, method, data, response_timeout)
                 except _StaleConnection:
                     # closed by the server between our check and our send
                     self._open -= 1
@@ -236,8 +239,7 @@ class ConnectionPool:
             self._slots.release()
             raise
 
-    async def _exchange(self, conn: _Connection, method, target, headers, body, response_timeout) -> UpstreamResponse:
-        data = serialize_request(method, target, self.origin.host_header, headers, body)
+    async def _exchange(self, conn: _Connection, method: bytes, data: bytes, response_timeout) -> UpstreamResponse:
         buf = b""
         try:
             await sockio.send_all(conn.stream, data)

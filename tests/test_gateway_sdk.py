@@ -124,11 +124,22 @@ async def test_unknown_pool_is_not_found_in_each_protocol():
 @pytest.mark.sdk
 async def test_direct_provider_model_route():
     vendor = MockVendor(reply="direct")
-    async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
+    async with gateway_with(dict(OPENAI_ONLY, server={"direct_routes": True}), a=vendor) as gw:
         result = await sdk(lambda: oai(gw.url).chat.completions.create(
             model="oai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]))
     assert result.choices[0].message.content == "direct"
     assert vendor.received[-1]["model"] == "gpt-4o-mini"
+
+
+@pytest.mark.sdk
+async def test_direct_routes_are_off_unless_configured():
+    vendor = MockVendor(reply="direct")
+    async with gateway_with(OPENAI_ONLY, a=vendor) as gw:
+        with pytest.raises(openai.NotFoundError) as exc:
+            await sdk(lambda: oai(gw.url).chat.completions.create(
+                model="oai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]))
+    assert "gpt-4o-mini" in str(exc.value)
+    assert vendor.received == []
 
 
 @pytest.mark.sdk

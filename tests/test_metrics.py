@@ -50,7 +50,7 @@ async def test_requests_attempts_failovers_latency_and_breaker_gauges():
     s = samples(r.text)
     assert value(s, "busbar_requests_total", pool="smart", member="smart/second/m2", client_protocol="openai",
                  upstream_protocol="openai", status="200", fault="none") == 3
-    assert value(s, "busbar_requests_total", pool="nope", status="404", member="-") == 1
+    assert value(s, "busbar_requests_total", pool="unknown", status="404", member="-") == 1
     # the breaker opened after two failures: the third request went straight to m2
     assert value(s, "busbar_attempts_total", member="smart/first/m1", outcome="server") == 2
     assert value(s, "busbar_attempts_total", member="smart/second/m2", outcome="ok") == 3

@@ -29,7 +29,7 @@ def build(pools, keys=None, seed=3, pipelines=None, rotation=None):
                        "keys": [f"sk-{name}-{i}-secret" for i in range(n)]}
         if rotation:
             provs[name]["key_rotation"] = rotation
-    config = {"providers": provs, "pools": pools}
+    config = {"providers": provs, "pools": pools, "server": {"direct_routes": True}}
     if pipelines:
         config["pipelines"] = pipelines
     return Router.from_config(config, rng=random.Random(seed))

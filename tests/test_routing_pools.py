@@ -191,7 +191,8 @@ def test_no_capable_member_is_exhausted_incapable():
 
 
 def test_direct_routes():
-    r = router({"p": {"members": [{"provider": "a", "model": "m", "context": 4096, "max_tokens": 512}]}})
+    r = router({"p": {"members": [{"provider": "a", "model": "m", "context": 4096, "max_tokens": 512}]}},
+               server={"direct_routes": True})
     assert r.pool_names() == ["p"]
     assert r.has_route("p") and r.has_route("a/m") and r.has_route("b/whatever-model")
     assert not r.has_route("zz/m") and not r.has_route("a/") and not r.has_route("q")
@@ -262,3 +263,10 @@ def test_choose_is_none_when_nothing_is_usable():
     r = router({"p": {"members": [{"provider": "a", "model": "m"}, {"pool": "q"}]},
                 "q": {"members": [{"provider": "b", "model": "m"}]}})
     assert choose(r.pools["p"], lambda leaf: False, 0, random.Random()) is None
+
+
+def test_direct_routes_are_opt_in():
+    r = router({"p": {"members": [{"provider": "a", "model": "m"}]}})
+    assert r.has_route("p") and not r.has_route("a/m") and not r.has_route("b/anything")
+    with pytest.raises(KeyError):
+        r.start("a/m", Needs(), 0)

@@ -64,7 +64,7 @@ async def handle(admin, request, responder) -> None:
     if path == "/metrics":
         from busbar.admin.metrics import CONTENT_TYPE
         return await responder.send(200, [(b"content-type", CONTENT_TYPE.encode()), NO_STORE],
-                                    admin.metrics.render())
+                                    await admin.metrics.render_async())
     if path in ("/admin", "/admin/"):
         return await responder.send(200, PAGE_HEADERS, page())
     if path == "/admin/api/state":

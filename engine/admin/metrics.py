@@ -9,7 +9,13 @@ gateways can live in one process.  Breaker and key states are read from the
 router at scrape time, never tracked per request.
 
 Every name starts with `busbar_`; labels never carry a secret (keys are
-named by their id: provider, index and a hash prefix).
+named by their id: provider, index and a hash prefix).  Labels are bounded:
+a pool or member label is a configured name, one of at most
+`MAX_DIRECT_LABELS` direct `provider/model` routes (then `direct`), or
+`unknown` (a model the client made up), and never longer than
+`MAX_LABEL_CHARS`; so no client can grow `/metrics` or this memory.
+Scrapes render in a worker thread (`render_async`): a big scrape never
+holds the event loop.
 """
 from __future__ import annotations
 
@@ -29,6 +35,10 @@ LATENCY_SAMPLES = 256           # per member, for the admin page's p50/p95
 BREAKER_STATES = ("closed", "open", "half_open")
 KEY_STATES = ("active", "cooling", "disabled")
 FAULT_OUTCOMES = frozenset(("client", "context", "rate", "billing", "auth", "server"))
+MAX_DIRECT_LABELS = 64          # distinct direct provider/model routes labelled by name
+MAX_LABEL_CHARS = 128
+UNKNOWN = "unknown"             # a pool name no route had
+DIRECT_OTHER = "direct"         # a direct route past MAX_DIRECT_LABELS
 
 
 def _hist() -> list:
@@ -51,8 +61,11 @@ class Metrics:
         self.duration: dict[str, list] = {}        # pool -> histogram
         self.ttfb: dict[tuple, list] = {}          # (pool, member) -> histogram
         self.samples: dict[str, deque] = {}        # member -> recent TTFB ms
-        self._protocols: dict[str, str] = {}
+        self._protocols: dict[str, str] = {}     # configured member id -> upstream protocol
+        self._pools: frozenset = frozenset()
+        self._direct: dict[str, str] = {}        # direct route -> its upstream protocol (bounded)
         self._router = None
+        self._scrape_now: float | None = None    # the loop's clock, read before a threaded scrape
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         try:   # process CPU, memory, fds (Linux only; harmless elsewhere)
@@ -64,41 +77,56 @@ class Metrics:
     def adopt(self, old: "Metrics") -> None:
         """Carry the counters over a config reload."""
         for name in ("started", "total", "requests", "attempts", "failovers", "tokens", "duration", "ttfb",
-                     "samples"):
+                     "samples", "_direct"):
             setattr(self, name, getattr(old, name))
 
     # ---- hot path ------------------------------------------------------------
-    def upstream_protocol(self, member: str) -> str:
+    def _sync_router(self):
         router = self.gateway.router
         if router is not self._router:
             self._router = router
             self._protocols = {leaf.id: leaf.protocol for node in router.pools.values() for leaf in node.leaves}
-        proto = self._protocols.get(member)
-        if proto is None:   # a direct provider/model route
-            provider = router.providers.get(member.partition("/")[0])
-            proto = provider.protocol if provider is not None else "unknown"
-            if len(self._protocols) < 10000:
-                self._protocols[member] = proto
-        return proto
+            self._pools = frozenset(router.pools)
+        return router
+
+    def label(self, name: str) -> str:
+        """The bounded label for a pool or member name (see the module doc)."""
+        self._sync_router()
+        if name in self._pools or name in self._protocols or name in self._direct or name in ("-", ""):
+            return name or "-"
+        provider, sep, model = name.partition("/")
+        router = self._router
+        if not sep or not model or not getattr(router, "direct_routes", True) or provider not in router.providers:
+            return UNKNOWN
+        if len(self._direct) >= MAX_DIRECT_LABELS or len(name) > MAX_LABEL_CHARS:
+            return DIRECT_OTHER
+        self._direct[name] = router.providers[provider].protocol
+        return name
+
+    def upstream_protocol(self, member: str) -> str:
+        """`member` is already a label."""
+        self._sync_router()
+        return self._protocols.get(member) or self._direct.get(member) or UNKNOWN
 
     def observe(self, record) -> None:
         """Count one finished request (a gateway RequestRecord)."""
         self.total += 1
-        pool = record.pool or "-"
+        label = self.label
+        pool = label(record.pool)
         attempts = record.attempts
         if attempts:
             counts = self.attempts
             for a in attempts:
-                k = (pool, a.member, a.outcome)
+                k = (pool, label(a.member), a.outcome)
                 counts[k] = counts.get(k, 0) + 1
             if len(attempts) > 1:
                 fo = self.failovers
                 for a in attempts[:-1]:
                     if a.outcome in FAULT_OUTCOMES:
-                        k = (pool, a.member, a.outcome)
+                        k = (pool, label(a.member), a.outcome)
                         fo[k] = fo.get(k, 0) + 1
             last = attempts[-1]
-            member = last.member
+            member = label(last.member)
             fault = last.outcome if last.outcome in FAULT_OUTCOMES else "none"
             upstream = self.upstream_protocol(member)
         else:
@@ -143,8 +171,18 @@ class Metrics:
         return {"p50_ms": round(ordered[(n - 1) // 2], 3), "p95_ms": round(ordered[min(n - 1, int(n * 0.95))], 3),
                 "samples": n}
 
-    def render(self) -> bytes:
+    def render(self, now: float | None = None) -> bytes:
+        """The Prometheus text.  `now`: the trio clock (read on the loop)
+        for key cool-down states; the scrape itself may run in a thread."""
+        self._scrape_now = now
         return generate_latest(self.registry)
+
+    async def render_async(self) -> bytes:
+        """`render` in a worker thread, so a scrape never stalls the loop
+        (the dicts are snapshotted with `list()`; counters bumped meanwhile
+        land in the next scrape)."""
+        import trio
+        return await trio.to_thread.run_sync(self.render, trio.current_time())
 
 
 class _Collector:
@@ -190,11 +228,13 @@ class _Collector:
         yield GaugeMetricFamily("busbar_in_flight_requests", "Client requests in progress.",
                                 value=getattr(gw, "in_flight", 0))
         router = gw.router
-        import trio
-        try:
-            now = trio.current_time()
-        except RuntimeError:
-            now = time.monotonic()
+        now = m._scrape_now
+        if now is None:
+            import trio
+            try:
+                now = trio.current_time()
+            except RuntimeError:
+                now = time.monotonic()
         state = GaugeMetricFamily("busbar_breaker_state", "1 for the breaker's current state of each upstream "
                                   "target (provider + model).", labels=["provider", "model", "state"])
         opens = CounterMetricFamily("busbar_breaker_opens", "Times the breaker opened.", labels=["provider", "model"])

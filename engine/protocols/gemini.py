@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from urllib.parse import quote
 
 import orjson
 
@@ -97,7 +98,9 @@ class GeminiDialect(Dialect):
         if model.startswith("models/"):
             model = model[7:]
         action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
-        return f"{base_path.rstrip('/')}/v1beta/models/{model}{action}"
+        # quoted whole (as Bedrock does): a client-chosen model must never
+        # add a path segment, a query, or a line to the upstream request
+        return f"{base_path.rstrip('/')}/v1beta/models/{quote(model, safe='')}{action}"
 
     def auth_headers(self, key: str | None) -> Headers:
         return [(b"x-goog-api-key", key.encode())] if key else []

@@ -34,7 +34,7 @@ def match_route(path: bytes) -> tuple[str, dict] | None:
         return None
     m = _GEMINI.match(text)
     if m:
-        return "gemini", {"model": m["model"], "action": m["action"]}
+        return "gemini", {"model": unquote(m["model"]), "action": m["action"]}
     return None
 
 

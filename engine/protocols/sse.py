@@ -31,16 +31,32 @@ _BLANK_LINE = re.compile(rb"\r\n\r\n|\n\n|\r\r|\n\r\n|\r\n\n")
 class SSESplitter:
     """Split a byte stream into events.  `feed` returns the complete events;
     `raw` of each is the original bytes (line endings untouched), so a relay
-    can forward exactly what it received, one whole event at a time."""
+    can forward exactly what it received, one whole event at a time.
+
+    Linear in the bytes fed: an unfinished event is kept in a growing buffer
+    and only the new bytes (plus the 3 before them, where a blank line may
+    have started) are searched for its end; an event larger than
+    `max_event_bytes` raises `SSEError` as soon as it gets there."""
 
     __slots__ = ("_buf", "max_event_bytes")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES):
-        self._buf = b""
+        self._buf = bytearray()
         self.max_event_bytes = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        buf = self._buf + chunk if self._buf else chunk
+        pending = self._buf
+        if pending:
+            scan_from = max(0, len(pending) - 3)
+            pending += chunk
+            first = _BLANK_LINE.search(pending, scan_from)
+            if first is None:
+                if len(pending) > self.max_event_bytes:
+                    raise SSEError(f"server-sent event exceeds {self.max_event_bytes} bytes")
+                return []
+            buf = bytes(pending)
+        else:
+            buf = chunk
         events = []
         start = 0
         for match in _BLANK_LINE.finditer(buf):
@@ -51,13 +67,14 @@ class SSESplitter:
             event = _parse_block(raw)
             if event is not None:
                 events.append(event)
-        self._buf = buf[start:]
+        self._buf = bytearray(buf[start:]) if start < len(buf) else bytearray()
         if len(self._buf) > self.max_event_bytes:
             raise SSEError(f"server-sent event exceeds {self.max_event_bytes} bytes")
         return events
 
     @property
-    def pending(self) -> bytes:
+    def pending(self) -> bytearray:
+        """The unfinished event's bytes so far (not a copy: read, don't keep)."""
         return self._buf
 
 

@@ -412,8 +412,10 @@ class Router:
 
     def __init__(self, providers: Mapping[str, Provider], pools: Mapping[str, PoolNode],
                  pipelines: Mapping[str, Pipeline], targets: Mapping[tuple[str, str], Target],
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, *, direct_routes: bool = True):
         self.providers = dict(providers)
+        # `provider/model` as a model name: opt-in (server.direct_routes)
+        self.direct_routes = direct_routes
         self.pools = dict(pools)
         self.pipelines = dict(pipelines)
         self.targets = dict(targets)
@@ -457,7 +459,8 @@ class Router:
             providers[name] = Provider(name, raw["protocol"], ring)
         targets: dict[tuple[str, str], Target] = {}
         pools = build_pools(config, pipelines, targets)
-        return cls(providers, pools, pipelines, targets, rng)
+        direct = bool((config.get("server") or {}).get("direct_routes", False))
+        return cls(providers, pools, pipelines, targets, rng, direct_routes=direct)
 
     # ---- operations --------------------------------------------------------
     def adopt_state(self, old: "Router") -> None:
@@ -500,6 +503,8 @@ class Router:
         node = self.pools.get(model)
         if node is not None:
             return node
+        if not self.direct_routes:
+            return None
         provider, sep, upstream = model.partition("/")
         if not sep or not upstream or provider not in self.providers:
             return None
