@@ -240,7 +240,8 @@ def parse_config(data: Any, source: str = "config", marks: dict | None = None) -
             secrets |= config_secrets(expand_env(data, (), source, []))
         except ConfigError:
             pass
-        redactor = Redactor(secrets)
+        # an unexpanded `${VAR}` names a secret, it is not one (and the error may need it)
+        redactor = Redactor(s for s in secrets if not _ENV_REF.fullmatch(s))
         if not redactor or not any(redactor.search(w) or redactor.search(m) for w, m in exc.problems):
             raise
         clean = [(redactor.text(w), redactor.text(m)) for w, m in exc.problems]

@@ -54,6 +54,7 @@ class HttpRequest:
     body: bytes
     client: str = ""
     keep_alive: bool = True
+    http10: bool = False
 
 
 def response_head(status: int, headers: Headers, close: bool = False) -> bytes:
@@ -75,14 +76,17 @@ class Responder:
     here directly (a fixed, simple format: content-length or chunked), which
     halves the per-request HTTP cost (docs/adr/0002-http-stack.md)."""
 
-    __slots__ = ("_stream", "_started", "_finished", "_gone", "_close", "extra_headers")
+    __slots__ = ("_stream", "_started", "_finished", "_gone", "_close", "_head_only", "_http10", "extra_headers")
 
-    def __init__(self, stream: trio.abc.Stream, close: bool = False):
+    def __init__(self, stream: trio.abc.Stream, close: bool = False, *, head_only: bool = False,
+                 http10: bool = False):
         self._stream = stream
         self._started = False
         self._finished = False
         self._gone = False
         self._close = close      # the client asked to close after this response
+        self._head_only = head_only   # a HEAD request: the head, never a body
+        self._http10 = http10         # an HTTP/1.0 client: no chunked encoding (the close ends a stream)
         self.extra_headers: Headers = []   # added to whatever response goes out (e.g. a request id)
 
     @property
@@ -101,7 +105,7 @@ class Responder:
         self._started = self._finished = True
         head = response_head(status, headers + self.extra_headers + [(b"content-length", b"%d" % len(body))],
                              self._close)
-        await self._write(head + body)
+        await self._write(head if self._head_only else head + body)
 
     async def send_truncated(self, status: int, headers: Headers, body: bytes, keep: int) -> None:
         """A buffered response whose body stops after `keep` bytes (the
@@ -113,18 +117,25 @@ class Responder:
 
     async def start(self, status: int, headers: Headers, first: bytes = b"") -> None:
         """Begin a streamed (chunked) response; `first` (the content held
-        until the commit) goes out in the same write as the head."""
+        until the commit) goes out in the same write as the head.  To an
+        HTTP/1.0 client (or a HEAD) unframed, ended by closing the connection."""
         self._started = True
+        if self._http10 or self._head_only:
+            self._close = True
+            head = response_head(status, headers + self.extra_headers, True)
+            await self._write(head + first if first and not self._head_only else head)
+            return
         head = response_head(status, headers + self.extra_headers + [(b"transfer-encoding", b"chunked")], self._close)
         await self._write(head + b"%x\r\n" % len(first) + first + b"\r\n" if first else head)
 
     async def write(self, data: bytes) -> None:
-        if data:
-            await self._write(b"%x\r\n" % len(data) + data + b"\r\n")
+        if data and not self._head_only:
+            await self._write(data if self._http10 else b"%x\r\n" % len(data) + data + b"\r\n")
 
     async def end(self) -> None:
         self._finished = True
-        await self._write(b"0\r\n\r\n")
+        if not (self._http10 or self._head_only):
+            await self._write(b"0\r\n\r\n")
 
 
 Handler = Callable[[HttpRequest, Responder], Awaitable[None]]
@@ -216,6 +227,10 @@ class HttpServer:
             except _BodyTooLarge as exc:
                 await self._send_error(stream, exc.request, 413,
                                        f"Request body exceeds the {self.max_body_bytes} byte limit.")
+                await _drain(reader)
+                return
+            except _Http2Preface:
+                await _refuse_http2(stream)
                 return
             except h11.RemoteProtocolError as exc:
                 if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
@@ -226,7 +241,8 @@ class HttpServer:
                 return  # clean EOF between requests
             reader.unread(conn.trailing_data[0])
             close = not request.keep_alive or not self.accepting
-            responder = Responder(stream, close)
+            responder = Responder(stream, close, head_only=request.method == b"HEAD",
+                                  http10=request.http10)
             self.active_requests += 1
             try:
                 # The reader cancels this scope if the client goes away, which
@@ -253,16 +269,34 @@ class HttpServer:
                 data = await reader.read()
                 if data and head is None and not body_parts:
                     scope.deadline = min(scope.deadline, trio.current_time() + self.header_timeout)
+                    if data.startswith(H2_PREFACE[:len(data)]) and conn.their_state is h11.IDLE:
+                        raise _Http2Preface()
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
                 target = event.target
+                if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+                    # absolute-form (RFC 9112 3.2.2): the path is what routes
+                    target = b"/" + target.split(b"/", 3)[3] if target.count(b"/") >= 3 else b"/"
                 path, _, query = target.partition(b"?")
                 head = HttpRequest(event.method, path, query, event.headers, b"", client)
                 head.keep_alive = _keep_alive(event)
+                head.http10 = event.http_version == b"1.0"
+                names = set()
+                expect = False
                 for name, value in event.headers:
+                    names.add(name)
                     if name == b"content-length" and int(value) > self.max_body_bytes:
                         raise _BodyTooLarge(head)
+                    if name == b"expect" and value.lower() == b"100-continue":
+                        expect = True
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    head.keep_alive = False    # RFC 9112 6.1: a smuggling attempt; serve this one, then close
+                if expect and not head.http10:
+                    try:
+                        await reader.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return None
                 continue
             if isinstance(event, h11.Data):
                 size += len(event.data)
@@ -368,6 +402,42 @@ class _Reader:
         a pipelined next request)."""
         if data:
             self.buffer[:0] = data
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DRAIN_BYTES = 4 * 1024 * 1024
+DRAIN_SECONDS = 2.0
+
+
+class _Http2Preface(Exception):
+    """A client opened with HTTP/2 prior knowledge (h2c)."""
+
+
+async def _refuse_http2(stream) -> None:
+    """Answer an h2c preface in HTTP/2 itself: an empty SETTINGS frame, then
+    GOAWAY with HTTP_1_1_REQUIRED (0xd), so the client says why it failed."""
+    debug = b"busbar speaks HTTP/1.1: use http/1.1 (or TLS with ALPN http/1.1)"
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    payload = b"\x00\x00\x00\x00" + (0xD).to_bytes(4, "big") + debug
+    goaway = len(payload).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00" + payload
+    try:
+        with trio.move_on_after(5):
+            await stream.send_all(settings + goaway)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _drain(reader: "_Reader") -> None:
+    """After a 413: read and drop what the client is still sending (bounded
+    in bytes and time), so even a sender that writes its whole body before
+    reading gets the answer instead of a reset."""
+    drained = 0
+    with trio.move_on_after(DRAIN_SECONDS):
+        while drained < DRAIN_BYTES:
+            data = await reader.read()
+            if not data:
+                return
+            drained += len(data)
 
 
 class _BodyTooLarge(Exception):

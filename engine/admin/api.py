@@ -47,7 +47,9 @@ def page() -> bytes:
 # Dispatch
 # ---------------------------------------------------------------------------
 async def handle(admin, request, responder) -> None:
-    query = {k: v[-1] for k, v in parse_qs(request.query.decode("latin-1")).items()}
+    # latin-1 throughout: any bytes (a non-UTF-8 ?key= too) decode, and the
+    # key compares byte for byte
+    query = {k: v[-1] for k, v in parse_qs(request.query.decode("latin-1"), encoding="latin-1").items()}
     if not _authorized(admin, request, query):
         if request.path == b"/admin":
             return await responder.send(401, PAGE_HEADERS[:1] + [NO_STORE], LOGIN_PAGE)
