@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -57,12 +58,21 @@ class HttpRequest:
     http10: bool = False
 
 
+_UNSAFE_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+def _escape_unsafe(match: re.Match) -> bytes:
+    return b"%%%02X" % match.group()[0]
+
+
 def response_head(status: int, headers: Headers, close: bool = False) -> bytes:
-    """Serialise a status line and headers.  Header values come from our own
-    code or from upstream headers that a parser already split on CRLF, so
-    they cannot smuggle a line break."""
+    """Serialise a status line and headers.  A value that carries a line
+    break or NUL (e.g. a client-chosen model echoed in x-busbar-pool) has
+    those bytes percent-escaped: no value can add a header or a response."""
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
     for name, value in headers:
+        if _UNSAFE_VALUE.search(value):
+            value = _UNSAFE_VALUE.sub(_escape_unsafe, value)
         parts.append(name + b": " + value + b"\r\n")
     parts.append(b"server: busbar\r\n")
     if close:

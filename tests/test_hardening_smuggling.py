@@ -93,6 +93,8 @@ async def test_crafted_model_cannot_poison_the_next_clients_answer():
                 "model": "g/" + ATTACK, "messages": [{"role": "user", "content": "attacker"}]})
             # the attacker's request is one request with one (odd) model name
             assert attack.status_code == 200, attack.text
+            # echoed in x-busbar-pool / x-busbar-member, it adds no header to the answer either
+            assert "host" not in attack.headers and attack.headers.get("x-busbar-pool", "").startswith("g/x:")
             for _ in range(3):
                 victim = await client.post(gw.url + "/v1/chat/completions", json={
                     "model": "gem", "messages": [{"role": "user", "content": "victim's own question"}]})
