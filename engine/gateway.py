@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import time
 from collections import deque
 
@@ -37,6 +36,7 @@ import orjson
 import trio
 
 from busbar.config import Config
+from busbar.redact import Redactor
 from busbar.exchange import Exchange
 from busbar.faults import ClientError
 from busbar.protocols import get_dialect
@@ -56,9 +56,9 @@ log = logging.getLogger("busbar.gateway")
 access_log = logging.getLogger("busbar.access")
 
 
-def _secret_pattern(config: dict) -> re.Pattern | None:
-    """One regex matching every credential in the config (provider keys and
-    AWS secrets, gateway client keys), longest first."""
+def _secrets(config: dict) -> Redactor:
+    """The redactor of every credential in the config (provider keys and
+    AWS secrets, gateway client keys, the admin key)."""
     secrets = set()
     for provider in config.get("providers", {}).values():
         secrets.update(map(key_secret, provider.get("keys", ())))
@@ -68,8 +68,10 @@ def _secret_pattern(config: dict) -> re.Pattern | None:
     auth = config.get("auth", {})
     secrets.update(k if isinstance(k, str) else k.get("key", "") for k in auth.get("keys", ()))
     secrets.update(c["secret_access_key"] for c in auth.get("aws_credentials", ()))
-    secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, secrets))) if secrets else None
+    admin_key = (config.get("admin") or {}).get("key")
+    if admin_key:
+        secrets.add(admin_key)
+    return Redactor(secrets)
 
 
 class Gateway:
@@ -101,7 +103,7 @@ class Gateway:
         self.recent_records: deque[RequestRecord] = deque(maxlen=recent)
         self.in_flight = 0
         self.active: dict[str, RequestRecord] = {}   # in-flight requests by id (admin: live paths)
-        self._secrets = _secret_pattern(config.raw)
+        self.redactor = _secrets(config.raw)
         self.listeners: list = []     # callables(record) notified when a request finishes
         self._ids = itertools.count(1)
         self._id_prefix = f"{int(time.time()) & 0xFFFFFF:06x}"
@@ -115,13 +117,10 @@ class Gateway:
 
     def scrub(self, text: str) -> str:
         """Remove any configured secret a vendor echoed back in an error."""
-        return self._secrets.sub("[redacted]", text) if self._secrets is not None else text
+        return self.redactor.text(text)
 
     def scrub_bytes(self, data: bytes) -> bytes:
-        if self._secrets is None:
-            return data
-        text = data.decode("utf-8", "replace")
-        return self._secrets.sub("[redacted]", text).encode() if self._secrets.search(text) else data
+        return self.redactor.bytes(data)
 
     def _render_models(self) -> bytes:
         created = int(time.time())

@@ -22,6 +22,7 @@ import trio
 
 from busbar import ir
 from busbar.faults import ClientError, Fault, FaultClass
+from busbar.limits import PrecommitBound
 from busbar.outcome import Answered, Broken, Failed, Outcome
 from busbar.protocols.base import StreamError
 from busbar.protocols.sse import SSESplitter
@@ -97,6 +98,7 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
     relay = PassthroughRelay(up.stream_content_type) if same else None
     stops = StopEmulation(x.stops) if x.stops and not same else None
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
+    bound = PrecommitBound()  # what `held` may grow to: past it, the member's fault
     upstream_done = False
     committed = False
     while not committed:
@@ -133,6 +135,9 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
             held.append(relay.take(chunk))
         else:
             held.extend(events)
+        too_much = bound.add(len(chunk), len(events))
+        if too_much is not None:
+            return Failed(too_much)
         if upstream_done:
             break
     # commit: from here the client sees bytes and there is no failover
@@ -161,10 +166,10 @@ async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: floa
                     x.record.usage = event.usage
                 elif kind is ir.ErrorEvent:
                     broken = event
-            if same:
-                await x.responder.write(relay.take(chunk))
-            else:
-                await x.responder.write(b"".join(encoder.encode(e) for e in events))
+            out = relay.take(chunk) if same else b"".join(encoder.encode(e) for e in events)
+            if broken is not None:
+                out = x.gw.scrub_bytes(out)     # a vendor error event may echo the key
+            await x.responder.write(out)
             if broken is not None:
                 # passthrough: the vendor's own error event already went out
                 fault = _fault_of(up, broken)
