@@ -80,3 +80,36 @@ async def test_boto3_cache_point_to_an_anthropic_member():
     body = mock.received[-1]["body"]
     assert body["system"] == [{"type": "text", "text": "long system prompt", "cache_control": EPH}]
     assert body["messages"][0]["content"][0] == {"type": "text", "text": "doc", "cache_control": EPH}
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("client", ["anthropic", "bedrock"])
+def test_reasoning_content_kept_both_ways_for_openai_compatible_servers(client):
+    """DeepSeek-style servers send `reasoning_content` and require it back on
+    assistant turns with tool calls: it survives a client of another protocol
+    that replays the turn as it received it."""
+    oa, cl = get_dialect("openai"), get_dialect(client)
+    server = {"id": "x", "model": "deepseek-reasoner", "choices": [{"index": 0, "finish_reason": "tool_calls",
+              "message": {"role": "assistant", "content": None, "reasoning_content": "I should call f.",
+                          "tool_calls": [{"id": "call_1", "type": "function",
+                                          "function": {"name": "f", "arguments": "{}"}}]}}],
+              "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+    shown = orjson.loads(cl.render_response(oa.parse_response(server), "deepseek-reasoner"))
+    if client == "anthropic":
+        wire = {"model": "pool", "max_tokens": 100, "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+                "messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": shown["content"]},
+                             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1",
+                                                           "content": "ok"}]}]}
+        params = {}
+    else:
+        wire = {"toolConfig": {"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}}]},
+                "messages": [{"role": "user", "content": [{"text": "go"}]}, shown["output"]["message"],
+                             {"role": "user", "content": [{"toolResult": {"toolUseId": "call_1",
+                                                                          "content": [{"text": "ok"}]}}]}]}
+        params = {"model": "pool", "action": "converse"}
+    body = orjson.loads(oa.render_request(cl.parse_request(wire, params), "deepseek-reasoner")[0])
+    assistant = next(m for m in body["messages"] if m["role"] == "assistant")
+    assert assistant["reasoning_content"] == "I should call f."
+    assert assistant["tool_calls"][0]["function"]["name"] == "f"
+    assert orjson.loads(oa.render_response(oa.parse_response(server), "m"))["choices"][0]["message"][
+        "reasoning_content"] == "I should call f."

@@ -511,6 +511,10 @@ _SIG_TAG = "busbar:"
 
 def sig_out(part: Any, target: str) -> str | None:
     sig = part.signature if type(part) is ir.Reasoning else part.data
+    if sig is None and part.origin == "openai" and target != "openai":
+        # unsigned reasoning_content of an OpenAI-compatible server: tagged
+        # anyway, so the client's replay goes back to it as reasoning_content
+        return f"{_SIG_TAG}openai:"
     if part.origin is None or part.origin == target or sig is None:
         return sig
     return f"{_SIG_TAG}{part.origin}:{sig}"

@@ -26,7 +26,7 @@ _REQUEST_KEYS = frozenset({
     "max_completion_tokens", "temperature", "top_p", "seed", "frequency_penalty",
     "presence_penalty", "stop", "response_format", "reasoning_effort", "stream", "user",
     "metadata", "n"})
-_MSG_KEYS = frozenset({"role", "content", "tool_calls", "refusal", "tool_call_id"})
+_MSG_KEYS = frozenset({"role", "content", "tool_calls", "refusal", "tool_call_id", "reasoning_content"})
 _TEXT_KEYS = frozenset({"type", "text"})
 _FUNC_KEYS = frozenset({"name", "parameters", "description", "strict"})
 _CALL_KEYS = frozenset({"id", "type", "function"})
@@ -184,6 +184,9 @@ def _parse_message(m: dict, where: str) -> ir.Message:
         return ir.Message(ir.USER, _user_parts(m["content"], where), extras)
     if role == "assistant":
         parts: list = []
+        reasoning = m.get("reasoning_content")     # OpenAI-compatible servers (DeepSeek, Kimi, vLLM...)
+        if isinstance(reasoning, str) and reasoning:
+            parts.append(ir.Reasoning(reasoning, None, P))
         content = m.get("content")
         if content is not None:
             parts.extend(_user_parts(content, where))
@@ -371,6 +374,9 @@ def _render_assistant(m: ir.Message, ctx: c.RenderCtx, where: str) -> dict:
             if "refusal" in out:
                 ctx.unsupported(w, "a second refusal")
             out["refusal"] = p.text
+        elif t is ir.Reasoning and p.origin == P and not p.signature:
+            # what an OpenAI-compatible server sent as reasoning_content: it wants it back
+            out["reasoning_content"] = out.get("reasoning_content", "") + p.text
         elif t is ir.Reasoning or t is ir.RedactedReasoning:
             ctx.hint(w, "Chat Completions carries no reasoning")
         elif t is ir.Opaque:
@@ -503,6 +509,9 @@ def _parse_response(obj: dict) -> ir.Response:
     choice = choices[0]
     msg = choice.get("message") or {}
     content: list = []
+    reasoning = msg.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning:
+        content.append(ir.Reasoning(reasoning, None, P))
     text = msg.get("content")
     if isinstance(text, str):
         content.append(ir.Text(text, {P: {"annotations": msg["annotations"]}} if msg.get("annotations") else None))
@@ -542,6 +551,7 @@ def render_usage(u: ir.Usage) -> dict:
 def _render_response(resp: ir.Response, model: str) -> dict:
     texts: list[str] = []
     calls: list = []
+    reasoning: list[str] = []     # as OpenAI-compatible servers say it: reasoning_content
     refusal = None
     annotations = None
     for p in resp.content:
@@ -557,11 +567,15 @@ def _render_response(resp: ir.Response, model: str) -> dict:
                                   p.extras, P))
         elif t is ir.Refusal:
             refusal = p.text if refusal is None else refusal + p.text
-        # reasoning, images and foreign parts have no place in a chat completion
+        elif t is ir.Reasoning and p.text:
+            reasoning.append(p.text)
+        # images and foreign parts have no place in a chat completion
     msg: dict = {"role": "assistant", "content": "".join(texts) if texts else None,
                  "refusal": refusal}
     if annotations:
         msg["annotations"] = annotations
+    if reasoning:
+        msg["reasoning_content"] = "\n\n".join(reasoning)
     if calls:
         msg["tool_calls"] = calls
     finish = "stop" if resp.stop_reason is SR.REFUSAL and refusal is not None else FINISH_OUT[resp.stop_reason]
