@@ -136,3 +136,22 @@ async def test_one_rule_for_the_answers_model(vendor):
     assert set(streamed) == {"upstream-model"}
     assert raw.headers["x-busbar-pool"] == "smart"
     assert raw.headers["x-busbar-member"].endswith("upstream-model")
+
+
+async def test_unknown_bedrock_shaped_paths_answer_in_bedrocks_error_shape():
+    """InvokeModel (not served yet) and GET /inference-profiles, as Claude Code's
+    Bedrock mode calls them: botocore reads a Bedrock error, not OpenAI's."""
+    import boto3
+    import botocore.exceptions
+    async with gateway_with(config_for("openai"), a=MockVendor()) as gw:
+        client = boto3.client("bedrock-runtime", endpoint_url=gw.url, region_name="us-east-1",
+                              aws_access_key_id="AKIDGATEWAY", aws_secret_access_key="gateway-secret")
+        with pytest.raises(botocore.exceptions.ClientError) as exc:
+            await sdk(lambda: client.invoke_model(modelId="smart", body=b'{"messages": []}'))
+        import httpx
+        async with httpx.AsyncClient() as http:
+            profiles = await http.get(gw.url + "/inference-profiles")
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert exc.value.response["Error"]["Code"].endswith("Exception")
+    assert "No route" in exc.value.response["Error"]["Message"]
+    assert profiles.status_code == 404 and profiles.headers["x-amzn-errortype"].endswith("Exception")

@@ -41,7 +41,11 @@ def match_route(path: bytes) -> tuple[str, dict] | None:
 # Paths that look like a protocol's even when no route matched (a typo'd
 # suffix), and the protocol of last resort: where a server-level error
 # (no route, bad HTTP) is rendered.
-_PREFIXES = ((b"/v1/messages", "anthropic"),)
+_PREFIXES = ((b"/v1/messages", "anthropic"),
+             # Bedrock's runtime and control-plane shapes (InvokeModel, inference profiles...)
+             (b"/model/", "bedrock"), (b"/inference-profiles", "bedrock"), (b"/foundation-models", "bedrock"),
+             (b"/async-invoke", "bedrock"), (b"/guardrail", "bedrock"),
+             (b"/v1beta/", "gemini"), (b"/v2/", "cohere"))
 DEFAULT_PROTOCOL = "openai"
 
 
