@@ -113,3 +113,30 @@ def test_reasoning_content_kept_both_ways_for_openai_compatible_servers(client):
     assert assistant["tool_calls"][0]["function"]["name"] == "f"
     assert orjson.loads(oa.render_response(oa.parse_response(server), "m"))["choices"][0]["message"][
         "reasoning_content"] == "I should call f."
+
+
+def _thinking_history(sig):
+    return [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "call the tool", "signature": sig},
+                                              {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}]}]
+
+
+@pytest.mark.pure
+def test_thinking_signatures_cross_between_anthropic_and_claude_on_bedrock():
+    """Three turns, both directions: the signed block reaches the other Claude
+    family each time; a non-Claude Bedrock model does not get it."""
+    req = {"model": "m", "max_tokens": 4000, "thinking": {"type": "enabled", "budget_tokens": 2000},
+           "tools": [{"name": "f", "input_schema": {"type": "object"}}], "messages": _thinking_history("SIG_AN")}
+    body, warnings = BR.render_request(AN.parse_request(req, {}), "us.anthropic.claude-sonnet-4-v1:0")
+    body = orjson.loads(body)
+    assert body["messages"][1]["content"][0] == {"reasoningContent": {"reasoningText": {
+        "text": "call the tool", "signature": "SIG_AN"}}}
+    assert not [w for w in warnings if "reasoning" in w]
+    # the Bedrock client's next turn (its own history) to an Anthropic member
+    back = orjson.loads(AN.render_request(BR.parse_request(body, {"model": "m", "action": "converse"}),
+                                          "claude-sonnet-4")[0])
+    assert back["messages"][1]["content"][0] == {"type": "thinking", "thinking": "call the tool",
+                                                 "signature": "SIG_AN"}
+    nova, warnings = BR.render_request(AN.parse_request(req, {}), "amazon.nova-pro-v1:0")
+    assert b"SIG_AN" not in nova and any("reasoning" in w for w in warnings)

@@ -32,15 +32,16 @@ class RenderCtx:
     a pool says nothing: rejects like "reject", except that a server-side
     feature the target lacks, see `DEGRADABLE`, degrades to its plain
     equivalent with a warning)."""
-    __slots__ = ("target", "reject", "degrade", "warnings")
+    __slots__ = ("target", "reject", "degrade", "warnings", "model")
 
-    def __init__(self, target: str, unsupported: str = "reject"):
+    def __init__(self, target: str, unsupported: str = "reject", model: str = ""):
         if unsupported not in ("reject", "drop", "degrade"):
             raise ValueError(f"unsupported must be 'reject', 'drop' or 'degrade', not {unsupported!r}")
         self.target = target
         self.reject = unsupported != "drop"
         self.degrade = unsupported != "reject"
         self.warnings: list[str] = []
+        self.model = model          # the upstream model (whether Bedrock serves Claude)
 
     def unsupported(self, field: str, why: str = "") -> None:
         """A field the target cannot express: raise (reject) or warn (drop)."""
@@ -435,9 +436,21 @@ def foreign_reasoning(part: Any, ctx: RenderCtx, where: str) -> bool:
     """True when a reasoning part must not be sent to ctx.target (it came
     from another vendor, whose signature the target cannot verify)."""
     if part.origin is not None and part.origin != ctx.target:
+        if type(part) is ir.Reasoning and part.signature and claude_signed(part.origin, ctx):
+            return False
         ctx.hint(where, f"{part.origin} reasoning cannot be replayed to {ctx.target}")
         return True
     return False
+
+
+def claude_signed(origin: str, ctx: RenderCtx) -> bool:
+    """Claude's thinking signatures verify on Claude wherever it is served:
+    Anthropic's API accepts those made on Bedrock and Bedrock's Claude models
+    those made by Anthropic (redacted blocks are left out: their encodings
+    differ)."""
+    if {origin, ctx.target} != {"anthropic", "bedrock"}:
+        return False
+    return ctx.target == "anthropic" or "claude" in ctx.model.lower()
 
 
 # ---------------------------------------------------------------------------
