@@ -638,3 +638,18 @@ def test_malformed_requests_are_client_errors():
         with pytest.raises(ClientError) as info:
             d.parse_request(body, {})
         assert info.value.status == 400
+
+
+@pytest.mark.pure
+def test_gemini_tool_result_holding_json_null_stays_data():
+    """A tool that returned JSON `null` renders as {"output": null} and parses back as data, not as ''."""
+    from busbar import ir
+    from busbar.protocols import get_dialect
+    gemini = get_dialect("gemini")
+    req = ir.Request(messages=[ir.Message("user", [ir.Text("go")]),
+                               ir.Message("assistant", [ir.ToolCall("call_1", "f", {})]),
+                               ir.Message("user", [ir.ToolResult("call_1", [ir.JsonData(None)])])])
+    wire, _ = gemini.render_request(req, "m")
+    part = orjson.loads(wire)["contents"][2]["parts"][0]["functionResponse"]
+    assert part["response"] == {"output": None}
+    assert gemini.parse_request(orjson.loads(wire), {}).messages[2].content[0].content == [ir.JsonData(None)]

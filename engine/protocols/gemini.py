@@ -383,9 +383,12 @@ def _blob(p, ctx: c.RenderCtx, where: str) -> dict | None:
     return {"fileData": {"mimeType": mime, "fileUri": p.url}}
 
 
+_NO_DATA = object()
+
+
 def _tool_response(p: ir.ToolResult, ctx: c.RenderCtx, where: str) -> tuple[dict, list]:
     texts: list[str] = []
-    data = None
+    data = _NO_DATA          # JSON `null` is data too (a tool may return it)
     media: list = []
     n_media = sum(1 for x in p.content if type(x) is ir.Image or type(x) is ir.Document)
     for j, x in enumerate(p.content):
@@ -404,7 +407,7 @@ def _tool_response(p: ir.ToolResult, ctx: c.RenderCtx, where: str) -> tuple[dict
                 media.append(b)
         else:
             ctx.unsupported(f"{where}.content[{j}]", f"{c.part_kind(x)} in a tool result")
-    if data is not None:
+    if data is not _NO_DATA:
         if p.is_error:
             return {"error": data}, media
         return (data if isinstance(data, dict) else {"output": data}), media
