@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gateway import (BODY, PY, ROOT, cpu_seconds, free_port, lua_for, med, pct,  # noqa: E402
-                           wait_port, wrk)
+                           stop_all, wait_port, wrk)
 
 CONCURRENCY = (1, 8, 20, 32, 128)
 
@@ -174,13 +174,7 @@ def run(args, tmp: Path) -> dict:
                                       for label, (url, pid) in variants.items()}
         return results
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 def fmt(pair, digits=3) -> str:

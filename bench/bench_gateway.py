@@ -317,13 +317,7 @@ def main() -> int:
         results["soak"] = {"requests": soak["requests"], "errors": soak["errors"], "rss_before_mib": before,
                            "rss_after_mib": rss_mib(gateway.pid)}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
     # 0. the same gateway code against a fast upstream (bench/bench_fast.py):
     # the simulated vendor above is slow enough to hide the gateway's cost
     import bench_fast
@@ -336,6 +330,17 @@ def main() -> int:
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out.relative_to(ROOT)}")
     return 0
+
+
+def stop_all(procs) -> None:
+    """Terminate the bench's processes, killing any that will not stop."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def fmt(pair) -> str:
