@@ -653,3 +653,17 @@ def test_gemini_tool_result_holding_json_null_stays_data():
     part = orjson.loads(wire)["contents"][2]["parts"][0]["functionResponse"]
     assert part["response"] == {"output": None}
     assert gemini.parse_request(orjson.loads(wire), {}).messages[2].content[0].content == [ir.JsonData(None)]
+
+
+@pytest.mark.pure
+def test_vendor_bytes_that_merely_look_like_the_gateway_tag_are_kept():
+    """Bedrock redactedContent whose base64 starts like base64('busbar') is the vendor's, untouched."""
+    from busbar.protocols import common
+    assert common.sig_in_b64("YnVzYmFy", "bedrock") == ("YnVzYmFy", "bedrock")
+    tagged = common.sig_out_b64(ir_redacted("opaque", "anthropic"), "bedrock")
+    assert common.sig_in_b64(tagged, "bedrock") == ("opaque", "anthropic")
+
+
+def ir_redacted(data, origin):
+    from busbar import ir
+    return ir.RedactedReasoning(data, origin)

@@ -558,9 +558,11 @@ def sig_in_b64(sig: str | None, proto: str) -> tuple[str | None, str]:
     """`sig_in` for bytes fields (see `sig_out_b64`)."""
     if sig is not None and sig.startswith(_SIG_TAG_B64):
         try:
-            return sig_in(base64.b64decode(sig, validate=True).decode(), proto)
+            decoded = base64.b64decode(sig, validate=True).decode()
         except ValueError:
-            pass
+            return sig, proto
+        if decoded.startswith(_SIG_TAG):     # a vendor's own bytes may start like the tag: keep them
+            return sig_in(decoded, proto)
     return sig, proto
 
 
