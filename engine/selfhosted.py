@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import orjson
@@ -237,7 +237,7 @@ class BackendWatcher:
                         load = ollama_load(orjson.loads(load_page.content), target.model, now)
                     else:
                         load = queue_load(spec.kind, load_page.text, target.model, now)
-                    target.load = BackendLoad(load.at, load.running, load.waiting, load.kv_usage, load.cold, gpu)
+                    target.load = replace(load, gpu=gpu)
                     target.load_stale_after = spec.stale_after
                 except (orjson.JSONDecodeError, AttributeError, TypeError):
                     pass

@@ -77,7 +77,7 @@ def _member_defaults(pool, models: dict):
         known = models.get(member.get("provider")) if isinstance(member, dict) else None
         facts = known.get(member.get("model")) if known else None
         if facts:
-            member = {**{k: v for k, v in facts.items()}, **member}
+            member = {**facts, **member}
         members.append(member)
     return {**pool, "members": members}
 
