@@ -20,6 +20,10 @@ def test_every_subpackage_is_in_the_wheel():
     listed = set(setuptools["packages"])
     assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
     assert {"busbar", "busbar.schemas", "busbar.pipelines"} <= listed
+    # data folders (a protocol's request schemas) are listed too, with their files as package data
+    data = {"busbar.schemas." + d.name for d in (ROOT / "schemas").iterdir() if list(d.glob("*.json"))}
+    assert data - listed == set(), "add these schema folders to [tool.setuptools] packages"
+    assert data - set(setuptools["package-data"]) == set(), "and to [tool.setuptools.package-data]"
 
 
 @pytest.mark.pure
