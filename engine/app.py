@@ -43,6 +43,7 @@ class App:
             self.handle_admin, max_body_bytes=64 * 1024, header_timeout=opts.get("header_timeout", 30.0))
         self.admin_addrs: list = []
         self.reloads = 0
+        self.watcher = None               # busbar.selfhosted.BackendWatcher, once run_gateway starts it
         self._admin_scope: trio.CancelScope | None = None
 
     async def run_admin(self) -> None:
@@ -149,7 +150,8 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
                                       f"cannot listen on {listen}: {exc.strerror or exc}; choose another "
                                       "address, or `public` to serve admin on the gateway's port") from None
             nursery.start_soon(app.run_admin)
-            nursery.start_soon(BackendWatcher(app).run)
+            app.watcher = BackendWatcher(app)          # its samples feed the admin page's sparklines
+            nursery.start_soon(app.watcher.run)
             task_status.started((app.gateway, app.server, addrs, app))
             if not handle_signals:
                 return

@@ -216,16 +216,37 @@ def cmd_mock(args) -> int:
     return 0
 
 
+async def _drift(vendor, period: float = 2.0) -> None:
+    """The demo's simulated vLLM: a load that rises and falls (a 2-minute
+    wave) so the admin page's sparklines move without traffic; it stops
+    once someone scripts the backend (a script replaces the mock's dict)."""
+    import math
+    backend, t = vendor.backend, 0.0
+    while vendor.backend is backend:
+        wave = (1 - math.cos(2 * math.pi * t / 120)) / 2          # 0..1
+        backend.update(running=round(2 + 14 * wave), waiting=round(max(0.0, 12 * wave - 6)),
+                       kv=round(0.15 + 0.8 * wave, 2), gpu={"util": round(20 + 75 * wave), "used": round(3000 + 4000 * wave),
+                                                            "free": round(5192 - 4000 * wave), "temp": round(50 + 25 * wave)})
+        await trio.sleep(period)
+        t += period
+
+
 def cmd_demo(args) -> int:
-    os.environ.setdefault("BUSBAR_DEMO_PORT_A", "9101")
-    os.environ.setdefault("BUSBAR_DEMO_PORT_B", "9102")
+    for name, default in (("A", "9101"), ("B", "9102"), ("C", "9103"), ("D", "9104")):
+        os.environ.setdefault(f"BUSBAR_DEMO_PORT_{name}", default)
     config = load_config(args.config or DEMO_CONFIG)
     port = args.port if args.port is not None else 8080
-    a, b = int(os.environ["BUSBAR_DEMO_PORT_A"]), int(os.environ["BUSBAR_DEMO_PORT_B"])
+    a, b, c, d = (int(os.environ[f"BUSBAR_DEMO_PORT_{name}"]) for name in "ABCD")
+    vllm = {"kind": "vllm", "models": ["llama"]}
+    ollama = {"kind": "ollama", "models": ["llama3.2"], "loaded": ["llama3.2"], "vram": 2_300_000_000}
 
     async def main():
         async with trio.open_nursery() as nursery:
-            await _start_mocks(nursery, [("vendor-a", a, {"chunk_delay": 0.02}), ("vendor-b", b, {"chunk_delay": 0.02})])
+            mocks = await _start_mocks(nursery, [
+                ("vendor-a", a, {"chunk_delay": 0.02}), ("vendor-b", b, {"chunk_delay": 0.02}),
+                ("gpu-vllm", c, {"chunk_delay": 0.02, "backend": vllm}),
+                ("gpu-ollama", d, {"chunk_delay": 0.02, "backend": ollama})])
+            nursery.start_soon(_drift, mocks[2])
 
             async def gateway(task_status=trio.TASK_STATUS_IGNORED):
                 await run_gateway(config, "127.0.0.1", port, task_status=task_status)
@@ -233,7 +254,7 @@ def cmd_demo(args) -> int:
 
             await nursery.start(gateway)
             url = f"http://127.0.0.1:{port}"
-            print(DEMO_BANNER.format(url=url, a=a, b=b, config=config.source), flush=True)
+            print(DEMO_BANNER.format(url=url, a=a, b=b, c=c, d=d, config=config.source), flush=True)
 
     trio.run(main)
     return 0
@@ -242,8 +263,9 @@ def cmd_demo(args) -> int:
 DEMO_BANNER = """
 Busbar demo is running ({config})
   gateway:            {url}
-  admin page:         {url}/admin    (pools, breakers, keys, live request paths)
+  admin page:         {url}/admin    (pools, breakers, keys, self-hosted backends, live request paths)
   simulated vendors:  http://127.0.0.1:{a}  and  http://127.0.0.1:{b}  (no API keys needed)
+  self-hosted:        vLLM http://127.0.0.1:{c}  and  Ollama http://127.0.0.1:{d}  (pool `local`, least_loaded)
 
 Try it with the OpenAI SDK (pool `smart` spans an OpenAI- and an Anthropic-protocol vendor):
 
@@ -264,6 +286,12 @@ Watch failover: make vendor A fail its next 3 requests, then call again:
     curl -s -X POST http://127.0.0.1:{a}/_mock/script -d '{{"queue":[{{"status":500}},{{"status":500}},{{"status":500}}]}}'
     curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
          -d '{{"model":"smart","messages":[{{"role":"user","content":"still here?"}}]}}'
+
+Self-hosted: the `local` pool picks the least loaded backend from their telemetry
+(the vLLM's load rises and falls by itself until you script it; the admin page plots it).
+Queue it up, and `local` sends its traffic to the Ollama:
+
+    curl -s -X POST http://127.0.0.1:{c}/_mock/script -d '{{"backend":{{"waiting":30,"kv":0.95}}}}'
 
 Ctrl-C stops everything.
 """

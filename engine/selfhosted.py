@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
@@ -51,10 +53,18 @@ class BackendLoad:
     kv_usage: float | None = None  # KV-cache use, 0..1
     cold: bool = False             # the model is not loaded (Ollama would load it on the first request)
     gpu: dict | None = None        # util (0..100), memory_used/total (MiB), temperature (°C), from DCGM
+    vram: float | None = None      # bytes of GPU memory the model holds (Ollama's /api/ps size_vram)
 
     def as_dict(self, now: float) -> dict:
         return {"age_s": round(now - self.at, 3), "running": self.running, "waiting": self.waiting,
-                "kv_usage": self.kv_usage, "cold": self.cold, "gpu": self.gpu}
+                "kv_usage": self.kv_usage, "cold": self.cold, "gpu": self.gpu, "vram_bytes": self.vram}
+
+    def sample(self, wall: float, unready: bool) -> dict:
+        """The few numbers a sparkline plots, stamped with wall-clock time."""
+        gpu = self.gpu or {}
+        return {"t": round(wall, 3), "running": self.running, "waiting": self.waiting, "kv_usage": self.kv_usage,
+                "gpu_util": gpu.get("util"), "gpu_memory_used": gpu.get("memory_used"), "vram_bytes": self.vram,
+                "unready": unready}
 
 
 def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -101,9 +111,13 @@ def _ollama_names(obj) -> set[str]:
 
 
 def ollama_load(ps: dict, model: str, now: float) -> BackendLoad:
-    """Ollama's `/api/ps`: a model not in it is cold (loading it takes seconds)."""
-    names = _ollama_names(ps)
-    return BackendLoad(now, cold=not (model in names or f"{model}:latest" in names))
+    """Ollama's `/api/ps`: a model not in it is cold (loading it takes seconds);
+    a loaded one holds `size_vram` bytes of GPU memory."""
+    for entry in (ps or {}).get("models") or ():
+        if isinstance(entry, dict) and {entry.get("name"), entry.get("model")} & {model, f"{model}:latest"}:
+            vram = entry.get("size_vram")
+            return BackendLoad(now, vram=float(vram) if isinstance(vram, (int, float)) else None)
+    return BackendLoad(now, cold=True)
 
 
 def gpu_stats(text: str) -> dict | None:
@@ -173,15 +187,27 @@ class WatchSpec:
                    telemetry.get("gpu_url"))
 
 
+# Samples kept per member for the admin page's sparklines: at the default
+# 2 s interval, the last 4 minutes.
+HISTORY = 120
+
+
 class BackendWatcher:
     """Scrapes every self-hosted provider of the current gateway.  Owned by
     the app's nursery; reads `app.gateway` each round, so a reload's new
-    router gets the next scrape."""
+    router gets the next scrape.  Keeps the last `HISTORY` samples of each
+    (provider, model) for the admin page."""
 
-    def __init__(self, app, clock=trio.current_time):
+    def __init__(self, app, clock=trio.current_time, wall=time.time):
         self.app = app
         self.clock = clock
+        self.wall = wall
         self._failures: dict[str, int] = {}
+        self.history: dict[tuple[str, str], deque] = {}
+
+    def samples(self, provider: str, model: str) -> list[dict]:
+        """Oldest first; empty before the first scrape."""
+        return list(self.history.get((provider, model), ()))
 
     async def run(self) -> None:
         while not self.app.gateway.watch_specs:     # nothing self-hosted (yet: a reload may add some)
@@ -224,7 +250,7 @@ class BackendWatcher:
                     gpu_page = await client.get(spec.gpu_url, timeout=spec.timeout)
             except Exception as exc:     # an unreachable backend is a failed probe, never a crash
                 log.debug("scrape of %s failed: %s", spec.provider, exc)
-        now = self.clock()
+        now, wall = self.clock(), self.wall()
         reachable = listing is not None and listing.status_code == 200
         gpu = gpu_stats(gpu_page.text) if gpu_page is not None and gpu_page.status_code == 200 else None
         failures = 0 if reachable else self._failures.get(spec.provider, 0) + 1
@@ -246,3 +272,9 @@ class BackendWatcher:
                 target.unready = unready
                 log.warning("self-hosted backend %s/%s %s", target.provider, target.model,
                             "is not ready: drained until it recovers" if unready else "is ready again: rejoined")
+            # an unanswered scrape is a sample too (a gap in the line, the unready mark)
+            fresh = target.load if target.load is not None and target.load.at == now else BackendLoad(now)
+            ring = self.history.get((target.provider, target.model))
+            if ring is None:
+                ring = self.history[(target.provider, target.model)] = deque(maxlen=HISTORY)
+            ring.append(fresh.sample(wall, unready))

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import openai
@@ -20,12 +21,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_busbar_demo_end_to_end():
-    gw, a, b = free_port(), free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": ROOT, "BUSBAR_DEMO_PORT_A": str(a), "BUSBAR_DEMO_PORT_B": str(b)}
+    gw, a, b, c, d = (free_port() for _ in range(5))
+    env = {**os.environ, "PYTHONPATH": ROOT, "BUSBAR_DEMO_PORT_A": str(a), "BUSBAR_DEMO_PORT_B": str(b),
+           "BUSBAR_DEMO_PORT_C": str(c), "BUSBAR_DEMO_PORT_D": str(d)}
     demo = subprocess.Popen([sys.executable, "-m", "busbar.cli", "demo", "--port", str(gw)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for port in (gw, a, b):
+        for port in (gw, a, b, c, d):
             wait_port(port)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw}/v1", api_key="demo", max_retries=0)
         answers = {client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hello busbar"}])
@@ -38,10 +40,38 @@ def test_busbar_demo_end_to_end():
                 model="smart", messages=[{"role": "user", "content": "still here?"}]).choices[0].message.content \
                 == "still here?"
         assert httpx.get(f"http://127.0.0.1:{gw}/admin").status_code == 200
+        # the self-hosted pool: both simulated servers scraped, shown with their telemetry
+        members = _local_members(gw)
+        assert {m["telemetry"] for m in members} == {"vllm", "ollama"}
+        assert next(m for m in members if m["telemetry"] == "ollama")["backend"]["vram_bytes"] > 0
+        assert next(m for m in members if m["telemetry"] == "vllm")["backend"]["gpu"]["util"] is not None
+        # the banner's recipe: a deep vLLM queue sends `local` to the Ollama
+        httpx.post(f"http://127.0.0.1:{c}/_mock/script", json={"backend": {"waiting": 30, "kv": 0.95}})
+        deadline = time.monotonic() + 10
+        while next(m for m in _local_members(gw) if m["telemetry"] == "vllm")["backend"]["waiting"] != 30:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        served = [httpx.get(f"http://127.0.0.1:{port}/_mock/requests").json() for port in (c, d)]
+        before = [len(s) for s in served]
+        for _ in range(4):
+            client.chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}])
+        after = [len(httpx.get(f"http://127.0.0.1:{port}/_mock/requests").json()) for port in (c, d)]
+        assert (after[0] - before[0], after[1] - before[1]) == (0, 4)
         demo.send_signal(signal.SIGTERM)
         assert demo.wait(15) == 0
         banner = demo.stdout.read()
         assert f"http://127.0.0.1:{gw}" in banner and "OpenAI(" in banner and "/_mock/script" in banner
+        assert f"Ollama http://127.0.0.1:{d}" in banner
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def _local_members(gw: int, timeout: float = 15.0) -> list[dict]:
+    """The demo pool `local`'s members from the admin state, once both are scraped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = httpx.get(f"http://127.0.0.1:{gw}/admin/api/state").json()["pools"]["local"]["members"]
+        if all(m.get("backend") for m in members) or time.monotonic() > deadline:
+            return members
+        time.sleep(0.1)

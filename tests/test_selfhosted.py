@@ -5,6 +5,7 @@ avoidance; all over real sockets against simulated vLLM/Ollama servers."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import httpx
 import openai
@@ -190,3 +191,50 @@ async def test_busbar_drain_and_undrain_a_member_of_a_running_gateway():
         cli[3] = "undrain"
         done = await trio.run_process(cli, capture_stdout=True, capture_stderr=True)
         assert done.returncode == 0 and not _target(gw, "gpu-a").drained
+
+
+@pytest.mark.pure
+def test_ollama_vram_and_the_sparkline_sample():
+    ps = {"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest", "size_vram": 5_368_709_120}]}
+    load = ollama_load(ps, "llama3.2", 3.0)
+    assert (load.cold, load.vram) == (False, 5_368_709_120.0)
+    assert ollama_load({"models": [{"name": "llama3.2"}]}, "llama3.2", 0).vram is None   # older Ollama
+    assert ollama_load(ps, "qwen3", 0).vram is None
+    assert load.as_dict(4.0)["vram_bytes"] == 5_368_709_120.0
+    vllm = replace(queue_load("vllm", VLLM_METRICS, "llama", now=1.0), gpu={"util": 70.0, "memory_used": 9.0})
+    assert vllm.sample(1700000000.25, unready=False) == {
+        "t": 1700000000.25, "running": 3.0, "waiting": 7.0, "kv_usage": 0.93, "gpu_util": 70.0,
+        "gpu_memory_used": 9.0, "vram_bytes": None, "unready": False}
+
+
+@pytest.mark.integration
+async def test_admin_state_carries_a_bounded_history_of_samples_per_member():
+    config = _pool()
+    config["providers"]["gpu-a"]["telemetry"]["gpu_url"] = "{a}/dcgm"
+    config["admin"] = {"enabled": True, "key": "admin-secret"}
+    a = MockVendor(backend={"kind": "vllm", "models": ["llama"], "running": 2, "waiting": 1, "kv": 0.3,
+                            "gpu": {"util": 40, "used": 2000, "free": 6000}})
+    b = MockVendor(backend={"kind": "vllm", "models": ["llama"]})
+    async with gateway_with(config, a=a, b=b) as gw:
+        watcher = gw.app.watcher
+        watcher.history.clear()
+        await _until(lambda: len(watcher.samples("gpu-a", "llama")) >= 3)
+        httpx_client = httpx.AsyncClient(base_url=a.url)
+        await httpx_client.post("/_mock/script", json={"backend": {"waiting": 9, "ready": False}})
+        await _until(lambda: (watcher.samples("gpu-a", "llama") or [{}])[-1].get("unready") is True)
+        async with httpx.AsyncClient() as client:
+            state = (await client.get(gw.url + "/admin/api/state",
+                                       headers={"authorization": "Bearer admin-secret"})).json()
+        member = next(m for m in state["pools"]["local"]["members"] if m["provider"] == "gpu-a")
+        assert member["telemetry"] == "vllm" and member["unready"] is True
+        history = member["history"]
+        assert history[0]["waiting"] == 1.0 and history[0]["gpu_util"] == 40 and history[0]["unready"] is False
+        assert history[-1]["unready"] is True and 9.0 in [s["waiting"] for s in history]
+        assert [s["t"] for s in history] == sorted(s["t"] for s in history)
+        await httpx_client.aclose()
+        from busbar import selfhosted
+        ring = watcher.history[("gpu-a", "llama")]
+        assert ring.maxlen == selfhosted.HISTORY
+        for _ in range(selfhosted.HISTORY + 5):
+            ring.append({"t": 0})
+        assert len(watcher.samples("gpu-a", "llama")) == selfhosted.HISTORY    # bounded

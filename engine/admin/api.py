@@ -185,6 +185,7 @@ def state(admin) -> dict:
         for member in pool["members"]:
             if "id" in member:
                 member.update(metrics.latency(member["id"]))
+    _backend_history(gw, snap["pools"])
     ok = failed = 0
     for (_, _, _, _, status, _), n in list(metrics.requests.items()):
         if 0 < status < 400:
@@ -207,6 +208,21 @@ def state(admin) -> dict:
         "active": [r.as_dict() for r in _active(gw)],
         "recent": [r.as_dict() for r in _records(gw)[:RECENT_IN_STATE]],
     }
+
+
+def _backend_history(gw, pools: dict) -> None:
+    """Each self-hosted member's telemetry kind and its recent samples (the
+    watcher's ring), for the page's backend panels."""
+    kinds = {spec.provider: spec.kind for spec in getattr(gw, "watch_specs", ())}
+    if not kinds:
+        return
+    watcher = getattr(getattr(gw, "app", None), "watcher", None)
+    for pool in pools.values():
+        for member in pool["members"]:
+            kind = kinds.get(member.get("provider"))
+            if kind is not None:
+                member["telemetry"] = kind
+                member["history"] = watcher.samples(member["provider"], member["model"]) if watcher else []
 
 
 def requests(admin, query: dict) -> list[dict]:

@@ -64,7 +64,7 @@ class MockVendor:
     # A self-hosted backend's telemetry (vLLM/SGLang `/metrics`, Ollama
     # `/api/ps`/`/api/tags`, readiness), scriptable: {"kind": "vllm",
     # "running": 0, "waiting": 0, "kv": 0.1, "ready": true, "models": [...],
-    # "loaded": [...] (ollama), "gpu": {"util": 50, "used": 1000, "free": 7000}}.
+    # "loaded": [...], "vram": bytes (ollama), "gpu": {"util": 50, "used": 1000, "free": 7000}}.
     backend: dict | None = None
     _replies: dict = field(default_factory=dict, repr=False)   # rendered buffered replies (benchmarks hit one)
 
@@ -287,7 +287,8 @@ def backend_page(backend: dict, path: str) -> tuple[int, list, bytes]:
             return 503, json, b'{"error":"not ready"}'
         return 200, json, orjson.dumps({"models": [{"name": m, "model": m} for m in models]})
     if path == "/api/ps" and kind == "ollama":
-        return 200, json, orjson.dumps({"models": [{"name": m, "model": m, "size_vram": 4_000_000_000}
+        vram = backend.get("vram", 4_000_000_000)
+        return 200, json, orjson.dumps({"models": [{"name": m, "model": m, "size": vram, "size_vram": vram}
                                                    for m in backend.get("loaded", [])]})
     if path == "/metrics" and kind in ("vllm", "sglang"):
         names = {"vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"),
