@@ -143,6 +143,8 @@ class Exchange:
         elif isinstance(step, Exhausted):
             await self._reject(self._exhausted_error(step), step.reason[:120])
         else:
+            if step.candidates and not await self._reserve(step):
+                return       # no room on those keys across the replicas: the plan is asked again
             t0 = trio.current_time()
             rec = AttemptRecord(step.member_id, step.key_id)
             self.record.attempts.append(rec)
@@ -156,6 +158,19 @@ class Exchange:
                 await self.settle(step, rec, outcome, t0)
             finally:
                 tel.end_attempt(span, rec, self.record.usage, retried=self.lifecycle.state == "failing_over")
+
+    async def _reserve(self, attempt: Attempt) -> bool:
+        """Keys whose quota other replicas share: one atomic take in the cluster
+        backend, which may place the request on another candidate key or on
+        none (then False).  Bounded by the backend's timeout; degraded, the
+        local counts stand."""
+        asks = self.plan.quota_asks(attempt, trio.current_time())
+        try:
+            taken = await self.gw.state.take_quota(asks)
+        except BaseException:
+            self.plan.release(attempt, trio.current_time())
+            raise
+        return self.plan.cluster_answer(attempt, asks, taken, trio.current_time())
 
     # ---- one attempt -----------------------------------------------------
     async def _attempt(self, attempt: Attempt, rec: AttemptRecord, t0: float) -> Outcome:
@@ -289,6 +304,9 @@ class Exchange:
             self.lifecycle.fire("complete")
             if outcome.chunked:
                 await self.responder.end()
+            if attempt.shared is not None and tokens is not None and attempt.shared[0].tpm is not None:
+                # the cluster counted the estimate; the answer is out, now correct it
+                await self.gw.state.settle_quota(*attempt.shared, tokens)
             return
         fault = outcome.fault
         consequence = self.plan.report(attempt, fault, now)

@@ -82,6 +82,9 @@ class Gateway:
                  state=None):
         self.config = config
         self.router = Router.from_config(config.raw)
+        self.state = state
+        # replicas sharing a state backend share upstream key quotas too (ADR 0017)
+        self.router.shared_quota = bool(getattr(state, "shared", False))
         self.upstream = upstream or UpstreamClient()
         self.providers = {name: build_provider(name, spec) for name, spec in config.providers.items()}
         # self-hosted backends scraped in the background (busbar.selfhosted)

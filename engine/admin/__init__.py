@@ -106,6 +106,30 @@ class Admin:
             return await api.handle(self, request, responder)
         await api.not_found(responder, request.path)
 
+    async def refresh_quota(self) -> None:
+        """Replicas sharing a state backend: read every limited key's counts
+        (all replicas') from it, so the page and /metrics show the cluster's
+        used / limit, not this process's share.  One script call; skipped on
+        the memory backend and while the backend is degraded."""
+        gw = self.gateway
+        state = getattr(gw, "state", None)
+        if not getattr(state, "shared", False):
+            return
+        router, now = gw.router, trio.current_time()
+        asks, where = [], []
+        for name, provider in router.providers.items():
+            models = [model for (p, model) in router.targets if p == name]
+            for key in provider.keys.keys:
+                if key.quota.limits.any:
+                    for scope in key.quota.cluster_scopes(models):
+                        asks.append(key.quota.ask(scope, 0, now, key.id))
+                        where.append((key, scope))
+        if not asks:
+            return
+        rows = await state.read_quota(asks)
+        for (key, scope), row in zip(where, rows or ()):
+            key.quota.observe_cluster(scope, row, now)
+
     # ---- lifetime ----------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The Admin's own task: flush usage every second until cancelled,

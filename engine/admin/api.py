@@ -63,6 +63,8 @@ async def handle(admin, request, responder) -> None:
         return await _json(responder, 405, {"error": f"{request.method.decode()} not allowed; use GET (POST for "
                                                      "/admin/reload and /admin/members/{id}/drain|undrain)"},
                            [(b"allow", b"GET, POST")])
+    if path in ("/metrics", "/admin/api/state"):
+        await admin.refresh_quota()        # replicas: the cluster's key quota counts
     if path == "/metrics":
         from busbar.admin.metrics import CONTENT_TYPE
         return await responder.send(200, [(b"content-type", CONTENT_TYPE.encode()), NO_STORE],
@@ -343,6 +345,7 @@ async def events(admin, responder) -> None:
         now = trio.current_time()
         total = admin.metrics.total
         if total != seen or now - pushed >= SSE_EVERY:
+            await admin.refresh_quota()
             await responder.write(b"event: state\ndata: " + orjson.dumps(state(admin)) + b"\n\n")
             seen, pushed = total, now
         await trio.sleep(SSE_TICK)

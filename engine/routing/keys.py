@@ -180,6 +180,16 @@ class KeyRing:
         times = [k.recovery(model, now, tokens) for k in self.keys if k.id not in exclude]
         return max(now, min(times)) if times else None
 
+    def candidates(self, first: Key, model: str, now: float, exclude: frozenset | set = frozenset(),
+                   tokens: int = 0, limit: int = 8) -> list[Key]:
+        """`first` (the local pick) and the other available keys with limits,
+        most headroom first: what the cluster backend chooses among when other
+        replicas share these keys (ADR 0017).  At most `limit` keys."""
+        others = [k for k in self.keys if k is not first and k.id not in exclude and k.quota.limits.any
+                  and k.available(model, now, tokens)]
+        others.sort(key=lambda k: -k.quota.headroom(model, tokens, now))
+        return [first] + others[:limit - 1]
+
     def pick(self, model: str, now: float, exclude: frozenset | set = frozenset(), tokens: int = 0) -> Key | None:
         n = len(self.keys)
         if self.rotation == "least_used":

@@ -30,6 +30,7 @@ from typing import Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from busbar.faults import VendorQuota
+from busbar.state import QuotaAsk
 
 WINDOW = 60.0                    # seconds of the per-minute windows
 DEFAULT_DAILY_RESET = "00:00 UTC"
@@ -90,7 +91,7 @@ class _Scope:
     """The counts of one key (and model)."""
 
     __slots__ = ("requests", "tokens", "token_sum", "day_count", "day_ends", "vendor_requests", "vendor_tokens",
-                 "vendor_limits")
+                 "vendor_limits", "held_until", "cluster")
 
     def __init__(self):
         self.requests: deque[float] = deque()      # issue times in the last WINDOW
@@ -101,6 +102,8 @@ class _Scope:
         self.vendor_requests: list | None = None   # [remaining, until] from the vendor's headers
         self.vendor_tokens: list | None = None
         self.vendor_limits: tuple = (None, None)   # (requests, tokens) limits the vendor announced
+        self.held_until = 0.0                      # the cluster said: no room before then
+        self.cluster: tuple | None = None          # (read at, rpm used, tpm used, rpd used, oldest leaves in s)
 
     def expire(self, now: float) -> None:
         edge = now - WINDOW
@@ -125,6 +128,9 @@ class Charge:
     scope: _Scope
     entry: list | None     # its [time, tokens] entry in the token log
     tokens: int
+    at: float = 0.0        # when it was counted
+    requests: bool = False  # whether it is in the request log
+    day: bool = False      # whether it counted toward the day
 
 
 class KeyQuota:
@@ -186,6 +192,8 @@ class KeyQuota:
         vendor = scope.vendor_tokens
         if vendor is not None and vendor[0] < max(1, tokens):
             at = max(at, vendor[1])
+        if scope.held_until > at:
+            at = scope.held_until
         return at
 
     def headroom(self, model: str, tokens: int, now: float) -> float:
@@ -224,7 +232,8 @@ class KeyQuota:
                 return None          # nothing to count on this key
             scope = self.scopes[key] = _Scope()
         scope.expire(now)
-        if lim.rpm is not None or self.nominal_rpm is not None:
+        counted = lim.rpm is not None or self.nominal_rpm is not None
+        if counted:
             scope.requests.append(now)
         entry = None
         if lim.tpm is not None:
@@ -238,7 +247,59 @@ class KeyQuota:
             scope.vendor_requests[0] -= 1
         if scope.vendor_tokens is not None:
             scope.vendor_tokens[0] -= tokens
-        return Charge(scope, entry, tokens)
+        return Charge(scope, entry, tokens, now, counted, lim.rpd is not None)
+
+    def refund(self, charge: Charge | None) -> None:
+        """Undo a take whose request was never sent (the cluster placed it on
+        another key, or had room on none)."""
+        if charge is None:
+            return
+        scope = charge.scope
+        if charge.requests:
+            try:
+                scope.requests.remove(charge.at)
+            except ValueError:
+                pass          # already left the window
+        if charge.entry is not None:
+            try:
+                scope.tokens.remove(charge.entry)
+                scope.token_sum -= charge.entry[1]
+            except ValueError:
+                pass
+        if charge.day and scope.day_count > 0:
+            scope.day_count -= 1
+        if scope.vendor_requests is not None:
+            scope.vendor_requests[0] += 1
+        if scope.vendor_tokens is not None:
+            scope.vendor_tokens[0] += charge.tokens
+
+    def hold(self, model: str, until: float) -> None:
+        """The cluster's counts say this key has no room for `model` before
+        `until` (other replicas used it): not available until then."""
+        key = self._key(model)
+        scope = self.scopes.get(key)
+        if scope is None:
+            scope = self.scopes[key] = _Scope()
+        scope.held_until = max(scope.held_until, until)
+
+    def ask(self, model: str, tokens: int, now: float, key_id: str) -> QuotaAsk:
+        """This key's limits for a request to `model`, as the cluster backend
+        takes them (named by key id and scope, never the secret)."""
+        lim, scope = self.limits, self._key(model)
+        wall = self.wall(now)
+        day_end = self.reset.next_after(wall)
+        return QuotaAsk(f"{key_id}:{scope}", lim.rpm, lim.tpm, lim.rpd, tokens, int(day_end), day_end - wall)
+
+    def cluster_scopes(self, models) -> list[str]:
+        """The scopes the cluster may hold counts for (per key: one; per model: each model)."""
+        return ["*"] if self.limits.per == "key" else sorted(set(models))
+
+    def observe_cluster(self, scope_name: str, counts: tuple, now: float) -> None:
+        """Counts read from the cluster backend (every replica's), for the snapshot."""
+        scope = self.scopes.get(scope_name)
+        if scope is None:
+            scope = self.scopes[scope_name] = _Scope()
+        scope.cluster = (now, *counts)
 
     def settle(self, charge: Charge | None, tokens: int | None) -> None:
         """The request ended having used `tokens` (None: unknown, keep the estimate)."""
@@ -277,17 +338,28 @@ class KeyQuota:
         for name, scope in self.scopes.items():
             scope.expire(now)
             row: dict = {"scope": "key" if name == "*" else name}
+            # the cluster's counts (every replica's) when the admin just read them, else this process's
+            cluster = scope.cluster if scope.cluster is not None and now - scope.cluster[0] < 5.0 else None
             if lim.rpm is not None:
-                row["rpm"] = {"used": len(scope.requests), "limit": lim.rpm,
-                              "resets_in_s": _in(scope.requests[0] + WINDOW - now if scope.requests else 0.0)}
+                used = int(cluster[1]) if cluster else len(scope.requests)
+                resets = cluster[4] - (now - cluster[0]) if cluster else (
+                    scope.requests[0] + WINDOW - now if scope.requests else 0.0)
+                row["rpm"] = {"used": used, "limit": lim.rpm, "resets_in_s": _in(resets)}
             if lim.tpm is not None:
-                row["tpm"] = {"used": int(scope.token_sum), "limit": lim.tpm,
-                              "resets_in_s": _in(scope.tokens[0][0] + WINDOW - now if scope.tokens else 0.0)}
+                used = int(cluster[2]) if cluster else int(scope.token_sum)
+                resets = cluster[4] - (now - cluster[0]) if cluster else (
+                    scope.tokens[0][0] + WINDOW - now if scope.tokens else 0.0)
+                row["tpm"] = {"used": used, "limit": lim.tpm, "resets_in_s": _in(resets)}
             if lim.rpd is not None:
                 wall = self.wall(now)
                 self._roll(scope, wall)
-                row["rpd"] = {"used": scope.day_count, "limit": lim.rpd, "resets_in_s": _in(scope.day_ends - wall),
+                row["rpd"] = {"used": int(cluster[3]) if cluster else scope.day_count, "limit": lim.rpd,
+                              "resets_in_s": _in(scope.day_ends - wall),
                               "resets_at": datetime.fromtimestamp(scope.day_ends, timezone.utc).isoformat()}
+            if cluster:
+                row["shared"] = True      # counts of every replica (the cluster backend)
+            if scope.held_until > now:
+                row["held_s"] = _in(scope.held_until - now)
             vendor = {}
             for window, hint, limit in (("requests", scope.vendor_requests, scope.vendor_limits[0]),
                                         ("tokens", scope.vendor_tokens, scope.vendor_limits[1])):

@@ -99,7 +99,7 @@ class Attempt:
     """One upstream call to make.  The key's secret is only reachable through
     `key_secret`; `repr` shows the key's safe id."""
 
-    __slots__ = ("number", "member", "key", "kind", "_probe", "charge", "vendor_quota")
+    __slots__ = ("number", "member", "key", "kind", "_probe", "charge", "vendor_quota", "candidates", "shared")
 
     def __init__(self, number: int, member: Member, key: Key, kind: str, probe: bool, charge=None):
         self.number = number      # 1-based, counts every attempt of the plan
@@ -110,6 +110,10 @@ class Attempt:
         self.charge = charge      # what it took of the key's quota (settled at report)
         # the vendor's rate-limit headers on its response (the driver sets it)
         self.vendor_quota: VendorQuota | None = None
+        # keys with limits shared with other replicas: the cluster backend picks
+        # among these (`Plan.quota_asks` / `Plan.cluster_answer`); empty otherwise
+        self.candidates: list[Key] = []
+        self.shared: tuple | None = None     # (ask, uid) the cluster took, to settle tokens
 
     provider = property(lambda self: self.member.provider)
     protocol = property(lambda self: self.member.protocol)
@@ -295,8 +299,59 @@ class Plan:
         self.number += 1
         charge = key.quota.take(member.model, self.needs.tokens, now)
         attempt = Attempt(self.number, member, key, kind, probe, charge)
+        if self._router.shared_quota and key.quota.limits.any:
+            ring = self._router.providers[member.provider].keys
+            attempt.candidates = ring.candidates(key, member.model, now, self._failed_keys.get(t.key, ()),
+                                                 self.needs.tokens)
         self._outstanding[attempt.number] = attempt
         return attempt
+
+    # ---- keys shared with other replicas (the cluster backend decides) ----
+    def quota_asks(self, attempt: Attempt, now: float) -> list:
+        """What the cluster backend's `take_quota` is asked for this attempt:
+        its candidate keys' limits, the local pick first (empty: no key with
+        limits, nothing to ask)."""
+        model, tokens = attempt.member.model, self.needs.tokens
+        return [k.quota.ask(model, tokens, now, k.id) for k in attempt.candidates]
+
+    def cluster_answer(self, attempt: Attempt, asks: list, taken, now: float) -> bool:
+        """Apply the cluster's answer to `quota_asks`.  True: send `attempt`
+        (on the key the cluster took, which may not be the local pick).
+        False: no candidate had room across the replicas; the attempt is
+        withdrawn without using the retry budget, the full keys are held
+        until the cluster said they free, and `next` is asked again (another
+        key, member, a wait, or a 429 with that exact Retry-After).
+        `taken` None (backend degraded): the local counts stand."""
+        if taken is None:
+            return True
+        model = attempt.member.model
+        for key, free in zip(attempt.candidates, taken.frees):
+            if free > 0:
+                key.quota.hold(model, now + free)
+        if taken.index is not None:
+            chosen = attempt.candidates[taken.index]
+            if chosen is not attempt.key:
+                old = attempt.key
+                old.quota.refund(attempt.charge)
+                old.in_flight -= 1
+                old.uses -= 1
+                chosen.in_flight += 1
+                chosen.uses += 1
+                attempt.key = chosen
+                attempt.charge = chosen.quota.take(model, self.needs.tokens, now)
+            attempt.shared = (asks[taken.index], taken.uid)
+            return True
+        self._take(attempt)
+        attempt.member.target.breaker.release(attempt._probe)
+        attempt.key.quota.refund(attempt.charge)
+        attempt.key.uses -= 1
+        self.number -= 1
+        if attempt.kind == "member":
+            self.member_attempts -= 1
+        else:
+            self.key_rotations -= 1
+            self._rotate = attempt.member
+        return False
 
     def _soonest(self, now: float) -> float | None:
         """When a capable member of the current pool comes back: an untried
@@ -420,6 +475,9 @@ class Router:
         self.pipelines = dict(pipelines)
         self.targets = dict(targets)
         self.rng = rng if rng is not None else random.Random()
+        # keys' quota counts are shared with other replicas (a shared state backend):
+        # attempts on keys with limits carry candidates for the cluster to choose from
+        self.shared_quota = False
         self._direct: OrderedDict[str, PoolNode] = OrderedDict()
         self._members_by_target: dict[tuple[str, str], Member] = {}
         for node in self.pools.values():

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+QUOTA_WINDOW = 60.0   # seconds of the rpm / tpm sliding windows (busbar.routing.quota.WINDOW)
+
 
 @dataclass(frozen=True, slots=True)
 class Taken:
@@ -26,6 +28,38 @@ class Taken:
     ok: bool
     level: float
     retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaAsk:
+    """One upstream key (and scope) a request could go to, with its limits (None: not limited).
+
+    `name` is "<key id>:<scope>" (ids, never secrets); `day_end` the epoch second its
+    counted day ends (the period in the day counter's name), `day_left_s` how far that is.
+    """
+
+    name: str
+    rpm: int | None
+    tpm: int | None
+    rpd: int | None
+    tokens: int
+    day_end: int
+    day_left_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaTaken:
+    """The answer of `take_quota`.
+
+    index: which ask was taken (None: none had room); uid: the entry it made (to settle);
+    frees: per ask, seconds until it has room (0.0: room now);
+    used: per ask, (requests in the minute, tokens in the minute, requests today) before the take.
+    """
+
+    index: int | None
+    uid: str
+    frees: tuple[float, ...]
+    used: tuple[tuple[float, float, float], ...]
 
 
 @runtime_checkable
@@ -80,4 +114,4 @@ def build_state(section: dict | None) -> StateBackend:
     )
 
 
-__all__ = ["StateBackend", "Taken", "MemoryState", "build_state"]
+__all__ = ["StateBackend", "Taken", "QuotaAsk", "QuotaTaken", "QUOTA_WINDOW", "MemoryState", "build_state"]

@@ -6,11 +6,13 @@ limit against MemoryState says what the cluster does, minus cross-replica sharin
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
-from busbar.state import Taken
+from busbar.state import QUOTA_WINDOW, QuotaAsk, QuotaTaken, Taken
 
 # Expired entries are dropped lazily on access and by a sweep every this many writes,
 # so a stream of one-off keys (per-period counters) cannot grow memory without bound.
@@ -25,6 +27,10 @@ class MemoryState:
         self._buckets: dict[str, tuple[float, float, float]] = {}  # key -> (tokens, at, full_at)
         self._counters: dict[str, tuple[float, float]] = {}  # key -> (total, expires_at)
         self._writes = 0
+        self._quota: dict[str, list] = {}   # "<key id>:<scope>" -> [deque of [at, uid, tokens], token sum]
+        self._uids = itertools.count(1)
+
+    shared = False     # one process: the router's own KeyQuota counts are exact, nobody asks this
 
     # -- token buckets -------------------------------------------------------------
 
@@ -90,6 +96,62 @@ class MemoryState:
     async def get_counter(self, key: str) -> float:
         return self._total(key, self._now())[0]
 
+    # -- upstream key quotas: the same laws as QUOTA_TAKE_LUA (busbar.state.redis) -------
+
+    def _quota_log(self, name: str, now: float) -> list:
+        log = self._quota.setdefault(name, [deque(), 0.0])
+        entries, edge = log[0], now - QUOTA_WINDOW
+        while entries and entries[0][0] <= edge:
+            log[1] -= entries.popleft()[2]
+        return log
+
+    def _day(self, ask: QuotaAsk) -> str:
+        return f"quota:{ask.name}:day:{ask.day_end}"
+
+    async def take_quota(self, asks: list[QuotaAsk]) -> QuotaTaken:
+        return self.take_quota_now(asks)
+
+    def take_quota_now(self, asks: list[QuotaAsk]) -> QuotaTaken:
+        now = self._now()
+        best, best_room, frees, used = None, -math.inf, [], []
+        for i, ask in enumerate(asks):
+            log = self._quota_log(ask.name, now)
+            entries, tokens = log[0], log[1]
+            count, today = len(entries), self._total(self._day(ask), now)[0]
+            free, room = quota_free_and_room(ask, count, tokens, today, [(e[0], e[2]) for e in entries], now)
+            frees.append(free)
+            used.append((float(count), float(tokens), float(today)))
+            if free <= 0 and room > best_room + 1e-9:
+                best, best_room = i, room
+        uid = ""
+        if best is not None:
+            ask = asks[best]
+            uid = f"m{next(self._uids)}"
+            if ask.rpm is not None or ask.tpm is not None:
+                log = self._quota[ask.name]
+                log[0].append([now, uid, ask.tokens])
+                log[1] += ask.tokens
+            if ask.rpd is not None:
+                self.take_counter_now(self._day(ask), 1, None, ask.day_left_s + 60)
+        return QuotaTaken(best, uid, tuple(frees), tuple(used))
+
+    async def settle_quota(self, ask: QuotaAsk, uid: str, tokens: int) -> None:
+        log = self._quota_log(ask.name, self._now())
+        for entry in log[0]:
+            if entry[1] == uid:
+                log[1] += tokens - entry[2]
+                entry[2] = tokens
+                return
+
+    async def read_quota(self, asks: list[QuotaAsk]) -> list[tuple[float, float, float, float]]:
+        now = self._now()
+        out = []
+        for ask in asks:
+            entries, tokens = self._quota_log(ask.name, now)
+            oldest = entries[0][0] + QUOTA_WINDOW - now if entries else 0.0
+            out.append((float(len(entries)), float(tokens), self._total(self._day(ask), now)[0], oldest))
+        return out
+
     # -- housekeeping --------------------------------------------------------------
 
     def _wrote(self, now: float) -> None:
@@ -103,6 +165,8 @@ class MemoryState:
         now = self._now() if now is None else now
         self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
         self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
+        for name in [n for n, log in self._quota.items() if not self._quota_log(n, now)[0]]:
+            del self._quota[name]
 
     def status(self) -> dict:
         return {"backend": "memory", "degraded": False}
@@ -116,3 +180,29 @@ def bucket_retry_after(tokens: float, amount: float, rate: float, burst: float) 
     if amount > burst or rate <= 0:
         return math.inf
     return (amount - tokens) / rate
+
+
+def quota_free_and_room(ask: QuotaAsk, count: int, tokens: float, today: float,
+                        entries: list[tuple[float, float]], now: float) -> tuple[float, float]:
+    """(seconds until `ask` has room, the share of its tightest window left after it) for a
+    key holding `count` requests and `tokens` tokens in the minute (`entries`: (at, tokens),
+    oldest first) and `today` requests today.  The Lua script computes the same."""
+    free, room = 0.0, 1.0
+    if ask.rpm is not None:
+        if count >= ask.rpm:
+            free = max(free, entries[count - ask.rpm][0] + QUOTA_WINDOW - now)
+        room = min(room, (ask.rpm - count - 1) / ask.rpm)
+    if ask.tpm is not None:
+        excess = tokens - (ask.tpm - min(ask.tokens, ask.tpm))
+        if excess > 0:
+            for at, amount in entries:
+                excess -= amount
+                if excess <= 0:
+                    free = max(free, at + QUOTA_WINDOW - now)
+                    break
+        room = min(room, (ask.tpm - tokens - ask.tokens) / ask.tpm)
+    if ask.rpd is not None:
+        if today >= ask.rpd:
+            free = max(free, ask.day_left_s)
+        room = min(room, (ask.rpd - today - 1) / ask.rpd)
+    return free, room

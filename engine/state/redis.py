@@ -14,14 +14,16 @@ returns (reconcile), so budgets and usage totals lose nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 
 import trio
 
-from busbar.state import Taken
+from busbar.state import QUOTA_WINDOW, QuotaAsk, QuotaTaken, Taken
 from busbar.state.memory import MemoryState, bucket_retry_after
 from busbar.state.resp import RespConnection, RespError, parse_redis_url
 
@@ -61,7 +63,116 @@ if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) en
 return {1, after, 0}
 """
 
-_SHA = {lua: hashlib.sha1(lua.encode()).hexdigest() for lua in (BUCKET_LUA, COUNTER_LUA)}
+# Upstream key quotas (ADR 0017).  Per ask i: KEYS log (ZSET of "<uid>|<tokens>" scored by
+# issue time), tok (the log's token sum), day (today's request count); ARGV n, uid, window,
+# then per ask rpm, tpm, rpd ("" none), tokens, day_left_ms.  Takes on the ask with room and
+# the most headroom (ties: the earlier); returns {index or 0, frees[], used[]} (strings).
+# Same laws as busbar.state.memory.quota_free_and_room.
+QUOTA_TAKE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n, uid, window = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local edge = now - window
+local best, best_room = 0, -math.huge
+local frees, used = {}, {}
+local function amount(member) return tonumber(string.match(member, '|([^|]*)$')) end
+for i = 1, n do
+  local log, tok, day = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+  local b = 3 + (i-1)*5
+  local rpm, tpm, rpd = tonumber(ARGV[b+1]), tonumber(ARGV[b+2]), tonumber(ARGV[b+3])
+  local tokens, day_left = tonumber(ARGV[b+4]), tonumber(ARGV[b+5]) / 1000
+  local old = redis.call('ZRANGEBYSCORE', log, '-inf', edge)
+  if #old > 0 then
+    local gone = 0
+    for _, m in ipairs(old) do gone = gone + amount(m) end
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', edge)
+    redis.call('INCRBYFLOAT', tok, -gone)
+  end
+  local count = redis.call('ZCARD', log)
+  local sum = tonumber(redis.call('GET', tok) or '0')
+  local today = tonumber(redis.call('GET', day) or '0')
+  local free, room = 0, 1
+  if rpm then
+    if count >= rpm then
+      local e = redis.call('ZRANGE', log, count - rpm, count - rpm, 'WITHSCORES')
+      free = math.max(free, tonumber(e[2]) + window - now)
+    end
+    room = math.min(room, (rpm - count - 1) / rpm)
+  end
+  if tpm then
+    local excess = sum - (tpm - math.min(tokens, tpm))
+    if excess > 0 then
+      local entries = redis.call('ZRANGE', log, 0, -1, 'WITHSCORES')
+      for j = 1, #entries, 2 do
+        excess = excess - amount(entries[j])
+        if excess <= 0 then free = math.max(free, tonumber(entries[j+1]) + window - now) break end
+      end
+    end
+    room = math.min(room, (tpm - sum - tokens) / tpm)
+  end
+  if rpd then
+    if today >= rpd then free = math.max(free, day_left) end
+    room = math.min(room, (rpd - today - 1) / rpd)
+  end
+  frees[i] = string.format('%.6f', free)
+  used[i] = {tostring(count), string.format('%.17g', sum), tostring(today)}
+  if free <= 0 and room > best_room + 1e-9 then best, best_room = i, room end
+end
+if best > 0 then
+  local log, tok, day = KEYS[3*best-2], KEYS[3*best-1], KEYS[3*best]
+  local b = 3 + (best-1)*5
+  local tokens = ARGV[b+4]
+  if ARGV[b+1] ~= '' or ARGV[b+2] ~= '' then
+    redis.call('ZADD', log, now, uid .. '|' .. tokens)
+    redis.call('INCRBYFLOAT', tok, tokens)
+    redis.call('PEXPIRE', log, window * 1000 + 1000)
+    redis.call('PEXPIRE', tok, window * 1000 + 1000)
+  end
+  if ARGV[b+3] ~= '' then
+    redis.call('INCR', day)
+    redis.call('PEXPIRE', day, tonumber(ARGV[b+5]) + 60000)
+  end
+end
+return {best, frees, used}
+"""
+
+# KEYS log, tok; ARGV uid, actual tokens: the entry's estimate replaced by what was used
+QUOTA_SETTLE_LUA = """
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local prefix = ARGV[1] .. '|'
+for j = 1, #entries, 2 do
+  if string.sub(entries[j], 1, #prefix) == prefix then
+    local before = tonumber(string.sub(entries[j], #prefix + 1))
+    redis.call('ZREM', KEYS[1], entries[j])
+    redis.call('ZADD', KEYS[1], entries[j+1], prefix .. ARGV[2])
+    redis.call('INCRBYFLOAT', KEYS[2], tonumber(ARGV[2]) - before)
+    return 1
+  end
+end
+return 0
+"""
+
+# Per ask i: KEYS log, tok, day; ARGV window. Returns per ask {count, tokens, today, oldest_in_s}.
+QUOTA_READ_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local edge = now - tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS / 3 do
+  local log, tok, day = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+  local live = redis.call('ZRANGEBYSCORE', log, '(' .. edge, '+inf', 'WITHSCORES')
+  local sum = 0
+  for j = 1, #live, 2 do sum = sum + tonumber(string.match(live[j], '|([^|]*)$')) end
+  local oldest = 0
+  if #live > 0 then oldest = tonumber(live[2]) + tonumber(ARGV[1]) - now end
+  out[i] = {tostring(#live / 2), string.format('%.17g', sum), redis.call('GET', day) or '0',
+            string.format('%.6f', oldest)}
+end
+return out
+"""
+
+_SHA = {lua: hashlib.sha1(lua.encode()).hexdigest()
+        for lua in (BUCKET_LUA, COUNTER_LUA, QUOTA_TAKE_LUA, QUOTA_SETTLE_LUA, QUOTA_READ_LUA)}
 
 POLICIES = ("open", "local", "closed")
 
@@ -96,6 +207,8 @@ class RedisState:
         self._next_try = 0.0
         self.local = MemoryState(now=now)
         self._pending: dict[str, tuple[float, float]] = {}  # counter key -> (amount, ttl_s) to replay
+        self._node = os.urandom(4).hex()              # this process's part of a quota entry's uid
+        self._uids = itertools.count(1)
         self.degraded_total = 0       # outages seen (for /metrics)
         self.fallback_ops_total = 0   # takes answered without Redis
 
@@ -112,6 +225,8 @@ class RedisState:
             "outages_total": self.degraded_total, "fallback_ops_total": self.fallback_ops_total,
             "pending_replay": len(self._pending),
         }
+
+    shared = True      # every replica and worker counts in the same Redis
 
     # -- the protocol ------------------------------------------------------------------
 
@@ -157,6 +272,41 @@ class RedisState:
             return await self.local.get_counter(key)
         return float(value) if value is not None else 0.0
 
+    # -- upstream key quotas (one EVALSHA per request on a key with limits) -------------
+
+    def _quota_keys(self, ask: QuotaAsk) -> list[str]:
+        base = f"{self.prefix}:quota:{ask.name}"
+        return [base + ":log", base + ":tok", f"{base}:day:{ask.day_end}"]
+
+    async def take_quota(self, asks: list[QuotaAsk]) -> QuotaTaken | None:
+        keys, args = [], [len(asks), f"{self._node}.{next(self._uids)}", int(QUOTA_WINDOW)]
+        for ask in asks:
+            keys += self._quota_keys(ask)
+            args += [_opt(ask.rpm), _opt(ask.tpm), _opt(ask.rpd), int(ask.tokens), max(1, int(ask.day_left_s * 1000))]
+        try:
+            best, frees, used = await self._script_keys(QUOTA_TAKE_LUA, keys, *args)
+        except RedisUnavailable:
+            self.fallback_ops_total += 1
+            return None      # degraded: the router's per-replica counts stand (logged once per outage)
+        return QuotaTaken(best - 1 if best else None, args[1], tuple(float(f) for f in frees),
+                          tuple((float(a), float(b), float(c)) for a, b, c in used))
+
+    async def settle_quota(self, ask: QuotaAsk, uid: str, tokens: int) -> None:
+        try:
+            await self._script_keys(QUOTA_SETTLE_LUA, self._quota_keys(ask)[:2], uid, int(tokens))
+        except RedisUnavailable:
+            self.fallback_ops_total += 1
+
+    async def read_quota(self, asks: list[QuotaAsk]) -> list[tuple[float, float, float, float]] | None:
+        keys = [k for ask in asks for k in self._quota_keys(ask)]
+        if not keys:
+            return []
+        try:
+            rows = await self._script_keys(QUOTA_READ_LUA, keys, int(QUOTA_WINDOW))
+        except RedisUnavailable:
+            return None
+        return [tuple(float(v) for v in row) for row in rows]
+
     async def aclose(self) -> None:
         while self._idle:
             await self._idle.pop().aclose()
@@ -185,13 +335,15 @@ class RedisState:
     # -- talking to Redis --------------------------------------------------------------
 
     async def _script(self, lua: str, key: str, *args):
-        full_key = self.prefix + ":" + key
+        return await self._script_keys(lua, [self.prefix + ":" + key], *args)
+
+    async def _script_keys(self, lua: str, keys: list[str], *args):
         try:
-            return await self._call("EVALSHA", _SHA[lua], 1, full_key, *args)
+            return await self._call("EVALSHA", _SHA[lua], len(keys), *keys, *args)
         except RespError as error:
             if not str(error).startswith("NOSCRIPT"):   # flushed or restarted: load it again
                 raise
-            return await self._call("EVAL", lua, 1, full_key, *args)
+            return await self._call("EVAL", lua, len(keys), *keys, *args)
 
     async def _call(self, *args):
         now = self._now()
@@ -223,8 +375,9 @@ class RedisState:
         if self._down_since is None:
             self._down_since = now
             self.degraded_total += 1
-            log.warning("state: redis %s:%s unavailable (%s); serving from local state, limits %s "
-                        "until it returns", self.host, self.port, type(error).__name__ or error,
+            log.warning("state: redis %s:%s unavailable (%s); serving from local state, limits %s, "
+                        "upstream key quotas counted per replica until it returns", self.host, self.port,
+                        type(error).__name__ or error,
                         {"open": "fail open", "local": "per replica", "closed": "fail closed"}[self.on_unavailable])
 
     async def _came_back(self) -> None:
@@ -239,3 +392,7 @@ class RedisState:
         log.warning("state: redis %s:%s back after %.1f s; %d counters reconciled",
                     self.host, self.port, outage, len(pending) - len(self._pending))
 
+
+
+def _opt(limit: int | None) -> str | int:
+    return "" if limit is None else int(limit)
