@@ -16,6 +16,7 @@ import trio
 
 from busbar.mock import MockVendor
 from harness import gateway_with
+from redis_support import redis_server  # noqa: F401  (fixture)
 from test_admin_api import ADMIN_KEY, CONFIG, chat
 
 pytestmark = pytest.mark.integration
@@ -116,3 +117,51 @@ async def test_admin_page_shows_a_breaker_opening(tmp_path, monkeypatch):
     from busbar import lifecycle
     assert set(seen["diagram_states"]) == set(lifecycle.STATES)     # the chart, drawn without Graphviz
     assert shot.stat().st_size > 10_000
+
+
+async def test_admin_page_shows_each_key_s_quota_across_replicas(redis_server):
+    """Per-key quota on the page (issue 21): two gateways share three rpm: 5 keys through one
+    real redis-server; the second replica's page shows every key's cluster-wide used / limit
+    and when it frees, though all requests went through the first."""
+    missing = _requirements()
+    if missing:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    config = {
+        "providers": {"gem": {"protocol": "gemini", "base_url": "{a}",
+                              "keys": [{"key": f"gem-key-{i}", "limits": {"rpm": 5}} for i in range(3)]}},
+        "pools": {"fast": {"members": [{"provider": "gem", "model": "gemini-2.0-flash"}]}},
+        "state": {"backend": "redis", "url": redis_server.url, "prefix": "page", "timeout_ms": 1000},
+        "admin": {"enabled": True, "key": ADMIN_KEY, "listen": "public"},
+    }
+    vendor = MockVendor(reply="ok")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "admin-quota.png"
+    seen: dict = {}
+    async with gateway_with(config, a=vendor) as one, gateway_with(config, a=vendor) as two:
+        async with httpx.AsyncClient() as client:
+            for _ in range(6):
+                assert (await chat(client, one.url, model="fast")).status_code == 200
+
+        def browse() -> None:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+                try:
+                    page = browser.new_page(viewport={"width": 1440, "height": 900})
+                    errors: list[str] = []
+                    page.on("pageerror", lambda e: errors.append(str(e)))
+                    page.goto(f"{two.url}/admin?key={ADMIN_KEY}")
+                    page.wait_for_selector("text=rpm 2/5", timeout=10_000)
+                    seen["keys"] = page.inner_text("#keys")
+                    page.locator("#keys").screenshot(path=str(shot))
+                    seen["errors"] = errors
+                finally:
+                    browser.close()
+
+        await trio.to_thread.run_sync(browse)
+    rows = [line for line in seen["keys"].splitlines() if "gemini-2.0-flash: rpm" in line]
+    assert len(rows) == 3 and all("rpm 2/5 (resets " in row and "(all replicas)" in row for row in rows)
+    assert "gem-key-" not in seen["keys"]          # ids, never the secrets
+    assert seen["errors"] == []
+    assert shot.stat().st_size > 2_000

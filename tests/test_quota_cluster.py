@@ -236,3 +236,45 @@ async def test_on_exhausted_wait_waits_for_the_earliest_key_across_replicas_then
     key, at = used[2]
     previous = max(t for k, t in used[:2] if k == key)
     assert at >= previous + short_minute - 0.01       # the third went out only once its key had room
+
+
+async def _script_calls(url: str) -> int:
+    """EVALSHA + EVAL calls redis-server has served (its own INFO commandstats)."""
+    from busbar.state.resp import RespConnection, parse_redis_url
+    host, port, db, _ = parse_redis_url(url)
+    conn = await RespConnection.open(host, port, db)
+    info = (await conn.call("INFO", "commandstats")).decode()
+    await conn.aclose()
+    calls = 0
+    for line in info.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            calls += int(line.split("calls=")[1].split(",")[0])
+    return calls
+
+
+@pytest.mark.integration
+async def test_one_script_call_per_request_on_keys_with_limits_none_on_plain_keys(redis_server):
+    config = {
+        "providers": {
+            "plain": {"protocol": "openai", "base_url": "{a}/v1", "keys": ["sk-1", "sk-2"]},
+            "gem": {"protocol": "gemini", "base_url": "{a}",
+                    "keys": [{"key": f"gem-key-{i}", "limits": {"rpm": 100}} for i in range(3)]}},
+        "pools": {"plain": {"members": [{"provider": "plain", "model": "gpt-4o"}]},
+                  "limited": {"members": [{"provider": "gem", "model": "gemini-2.0-flash"}]}},
+        "state": {"backend": "redis", "url": redis_server.url, "prefix": "ops", "timeout_ms": 1000},
+    }
+    import httpx
+    async with gateway_with(config, a=MockVendor(reply="ok")) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            # the first take loads the script (EVALSHA answered NOSCRIPT, then EVAL): once per Redis
+            r = await client.post("/v1/chat/completions", json={"model": "limited", "messages": MESSAGES})
+            assert r.status_code == 200
+            before = await _script_calls(redis_server.url)
+            for _ in range(5):
+                r = await client.post("/v1/chat/completions", json={"model": "plain", "messages": MESSAGES})
+                assert r.status_code == 200
+            assert await _script_calls(redis_server.url) == before          # plain keys: Redis never asked
+            for _ in range(4):
+                r = await client.post("/v1/chat/completions", json={"model": "limited", "messages": MESSAGES})
+                assert r.status_code == 200
+            assert await _script_calls(redis_server.url) == before + 4      # one atomic take per request

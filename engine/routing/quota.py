@@ -136,7 +136,7 @@ class Charge:
 class KeyQuota:
     """The quota state of one key; see the module docstring."""
 
-    __slots__ = ("limits", "reset", "wall", "scopes", "nominal_rpm")
+    __slots__ = ("limits", "reset", "wall", "scopes", "nominal_rpm", "_day_end")
 
     def __init__(self, limits: Limits | None = None, reset: DailyReset | None = None,
                  wall: Wall | None = None):
@@ -147,6 +147,7 @@ class KeyQuota:
         # a key without an rpm of its own, in a ring where others have one:
         # the rpm its share of the load is scored against (never enforced)
         self.nominal_rpm: int | None = None
+        self._day_end = 0.0         # the next daily reset (epoch), recomputed once it passed
 
     def adopt(self, old: "KeyQuota") -> None:
         """Keep the counts over a config reload (the limits may have changed)."""
@@ -287,7 +288,9 @@ class KeyQuota:
         takes them (named by key id and scope, never the secret)."""
         lim, scope = self.limits, self._key(model)
         wall = self.wall(now)
-        day_end = self.reset.next_after(wall)
+        if wall >= self._day_end:
+            self._day_end = self.reset.next_after(wall)
+        day_end = self._day_end
         return QuotaAsk(f"{key_id}:{scope}", lim.rpm, lim.tpm, lim.rpd, tokens, int(day_end), day_end - wall)
 
     def cluster_scopes(self, models) -> list[str]:
