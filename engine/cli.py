@@ -117,6 +117,9 @@ def cmd_validate(args) -> int:
         return 1
     pools = ", ".join(config.pools)
     print(f"{args.config}: OK ({len(config.providers)} providers, {len(config.pools)} pools: {pools})")
+    from busbar.config import advisories
+    for note in advisories(config):
+        print(f"{args.config}: warning: {note}", file=sys.stderr)
     return 0
 
 

@@ -191,6 +191,29 @@ class Config:
         return self.raw.get("state", {})
 
 
+def advisories(config: Config) -> list[str]:
+    """What `busbar validate` warns about without refusing the config: a pool
+    of embedding members (any declares `dimensions`) is expected to hold one
+    model family, so its members should answer with vectors of one size."""
+    from busbar.protocols.operation import operation_dialect
+    notes = []
+    for name, pool in config.pools.items():
+        members = [m for m in pool.get("members", ()) if isinstance(m, dict) and "provider" in m]
+        sizes = {f"{m['provider']}/{m['model']}": m["dimensions"] for m in members if "dimensions" in m}
+        if not sizes:
+            continue
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{member} {size}" for member, size in sizes.items())
+            notes.append(f"pools.{name}: members declare different embedding dimensions ({listed}); vectors of "
+                         "different sizes (or models) cannot be compared, so a pool should hold one model family")
+        for m in members:
+            protocol = config.providers.get(m["provider"], {}).get("protocol")
+            if protocol and operation_dialect(protocol, "embed") is None:
+                notes.append(f"pools.{name}: member {m['provider']}/{m['model']} speaks {protocol}, which has no "
+                             "embeddings endpoint")
+    return notes
+
+
 def _reference_problems(data: dict, invalid: set) -> list[Problem]:
     """Unknown providers/pools and providers that cannot be built.  Runs
     beside the schema check (so both kinds are reported at once): skips

@@ -117,6 +117,7 @@ class Exchange:
         """`received`: admit the request, then route it to its pool's plan."""
         admitted = admission.admit(self.gw, self.request, self.client, self.params, self.record)
         self.obj, self.model, self.stream = admitted.obj, admitted.model, admitted.stream
+        self.client = self.client.for_body(self.obj)    # a body-shaped protocol (Bedrock invoke) says which
         if self.gw.tenancy is not None and admitted.secret is not None:
             # limits and budgets before routing: a refused request never reaches a member
             self.tenancy_admission = await self.gw.tenancy.admit(
@@ -181,7 +182,10 @@ class Exchange:
         self.lifecycle.fire("dispatch", attempt.member_id)
         timeouts = self.plan.pipeline.timeouts
         try:
-            target, headers, body = self._build(attempt, provider)
+            up = self.client.peer(provider, attempt.model)   # the member's dialect for this call
+            if up is None:       # its protocol has no endpoint for it (token counting: an estimate)
+                return await self._answer_locally(attempt, rec, provider, t0)
+            target, headers, body = self._build(attempt, provider, up)
             pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
             try:
                 response = await pool.request(b"POST", target, headers, body, connect_timeout=timeouts.connect,
@@ -193,7 +197,7 @@ class Exchange:
                 if not 200 <= response.status < 400:
                     return await self._read_error(provider, response)
                 relay = relay_stream if self.stream else relay_buffered
-                return await relay(self, attempt, rec, provider, response, t0)
+                return await relay(self, attempt, rec, up, response, t0)
             except UpstreamError as exc:
                 # a relay lets nothing through after its commit; this is before it
                 return Failed(Fault(FaultClass.SERVER, response.status, str(exc)))
@@ -207,9 +211,22 @@ class Exchange:
                 self.plan.release(attempt, trio.current_time())
             raise
 
-    def _build(self, attempt: Attempt, provider: "Provider") -> tuple[bytes, Headers, bytes]:
-        """The upstream request: passthrough (only `model` rewritten) or translated."""
-        up = provider.dialect
+    async def _answer_locally(self, attempt: Attempt, rec: AttemptRecord, provider: "Provider", t0: float) -> Outcome:
+        """A member whose protocol has no endpoint for this call: the client's
+        dialect answers instead (an estimate, marked in a header) or refuses
+        (a ClientError naming the member's protocol)."""
+        if self._ir is None:
+            self._ir = self.client.parse_request(self.obj, self.params)
+        resp = self.client.local_answer(self._ir, provider.protocol)
+        body = self.client.render_response(resp, attempt.model, self._ir)
+        ttfb = trio.current_time() - t0
+        self.commit(rec, 200, ttfb)
+        await self.responder.send(200, [JSON_CT] + self.answer_headers(attempt) + self.client.local_headers(), body)
+        return Answered(200, ttfb)
+
+    def _build(self, attempt: Attempt, provider: "Provider", up) -> tuple[bytes, Headers, bytes]:
+        """The upstream request for `up` (the member's dialect for this call):
+        passthrough (only `model` rewritten) or translated."""
         same = up is self.client
         if same:
             body = up.passthrough_body(self.request.body, self.obj, attempt.model)
@@ -219,7 +236,7 @@ class Exchange:
                 self._ir = self.client.parse_request(self.obj, self.params)
             policy = self.gw.pool_policies.get(self.model, "degrade")
             req, self.stops = self._ir, None
-            if req.stop and up.stop_emulated:     # the member has no stop: the relay cuts the answer
+            if up.stop_emulated and req.stop:     # the member has no stop: the relay cuts the answer
                 req, self.stops = dataclasses.replace(req, stop=None), req.stop
             body, warnings = up.render_request(req, attempt.model,
                                                max_tokens_default=attempt.max_tokens, unsupported=policy)
@@ -227,7 +244,7 @@ class Exchange:
             if warnings:
                 log.warning("request %s: dropped fields not expressible in %s: %s", self.record.id, up.name,
                             ", ".join(warnings))
-        path = provider.endpoint.path(attempt.model, self.stream)
+        path = provider.endpoint.path(attempt.model, self.stream, None if up is provider.dialect else up)
         headers: Headers = [JSON_CT, (b"accept", b"text/event-stream" if self.stream else b"application/json")]
         auth = provider.endpoint.auth(attempt.key_secret)
         if same and up.forward_headers:
@@ -334,7 +351,7 @@ class Exchange:
         # protocol and an HTTP error: the vendor's own body, untouched
         self.lifecycle.fire("rejected", note)
         self.record.error = fault.message
-        if outcome.body is not None and self.gw.providers[attempt.provider].dialect is self.client:
+        if outcome.body is not None and self.gw.providers[attempt.provider].protocol == self.client.name:
             headers = [(k, v) for k, v in outcome.headers if k in (b"content-type", b"retry-after")]
             self.record.status = outcome.status
             await self.responder.send(outcome.status, headers or [JSON_CT], self.gw.scrub_bytes(outcome.body))

@@ -142,7 +142,7 @@ class Gateway:
         if route is None:
             return await self._handle_other(request, responder)
         protocol, params = route
-        dialect = get_dialect(protocol)
+        dialect = get_dialect(protocol, params.get("operation"))   # chat, or embeddings / rerank / counting
         record = RequestRecord(f"{self._id_prefix}-{next(self._ids):x}", protocol)
         life = record.lifecycle
         # the id under which the admin API shows this request's path

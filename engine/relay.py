@@ -39,7 +39,8 @@ def _server(message: str, status: int = 0) -> Failed:
     return Failed(Fault(FaultClass.SERVER, status, message))
 
 
-async def relay_buffered(x: "Exchange", attempt, rec, provider, response, t0: float) -> Outcome:
+async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float) -> Outcome:
+    """`up` is the member's dialect for this call (`Dialect.peer`)."""
     timeouts = x.plan.pipeline.timeouts
     try:
         with trio.fail_after(max(timeouts.idle, timeouts.first_byte)):
@@ -50,7 +51,6 @@ async def relay_buffered(x: "Exchange", attempt, rec, provider, response, t0: fl
         # headers came, the body broke off: the member's fault, and nothing
         # has gone to the client yet
         return _server(f"upstream response broke off: {exc}", response.status)
-    up = provider.dialect
     if up is x.client:
         # the bytes go out untouched, but only if they are JSON at all: a
         # garbage 200 is the member's fault and fails over (~2 µs to check)
@@ -71,7 +71,8 @@ async def relay_buffered(x: "Exchange", attempt, rec, provider, response, t0: fl
             x.record.usage = resp_ir.usage
             if x.stops:
                 cut_response(resp_ir, x.stops)
-            out = x.client.render_response(resp_ir, resp_ir.model or attempt.model)   # the model that answered
+            # the model that answered; the request says what the answer looks like
+            out = x.client.render_response(resp_ir, resp_ir.model or attempt.model, x._ir)
         except ClientError:
             raise
         except Exception as exc:  # upstream garbage: the member's fault
@@ -83,13 +84,13 @@ async def relay_buffered(x: "Exchange", attempt, rec, provider, response, t0: fl
     return Answered(response.status, ttfb)
 
 
-async def relay_stream(x: "Exchange", attempt, rec, provider, response, t0: float) -> Outcome:
+async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> Outcome:
     """Hold the upstream's events until the first content-bearing one, then
     commit: send the head and what was held, and relay the rest as it comes.
 
     The upstream stream is always decoded (constant memory) to find the
     commit point, errors, garbage and usage."""
-    up, client = provider.dialect, x.client
+    client = x.client
     same = up is client
     timeouts = x.plan.pipeline.timeouts
     chunks = response.aiter_bytes()

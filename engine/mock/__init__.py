@@ -166,6 +166,8 @@ class MockVendor:
             denied = self._check_signature(request, vendor)
             if denied is not None:
                 return await responder.send(*denied)
+        if "operation" in params:        # embeddings, rerank, token counting
+            return await responder.send(*vendor.answer_operation(params, obj, model))
         step = vendor.tool_step(obj, params) if self.use_tools else None
         if isinstance(step, vendors.ir.ToolCall):
             reply = vendor.render_call(model, step, max(1, len(request.body) // 4), stream)

@@ -232,10 +232,55 @@ class Vendor:
         frames.append(b"".join(encoder.encode(e) for e in events[last + 1:]) + encoder.finish())
         return [f for f in frames if f]
 
+    def answer_operation(self, params: dict, obj: dict, model: str):
+        """Embeddings, rerank and token counts, deterministic: the same text
+        gets the same vector on every vendor path (`mock_vector`)."""
+        from busbar.protocols import counting
+        from busbar.protocols.embeddings import ir as eir
+        try:
+            dialect = get_dialect(self.protocol, params["operation"]).for_body(obj)
+            req = dialect.parse_request(obj, params)
+        except ClientError as err:
+            return self.dialect.render_error(err)
+        if isinstance(req, eir.EmbedRequest):
+            if any(not isinstance(t, str) for t in req.inputs):
+                req.inputs = [" ".join(map(str, t)) if isinstance(t, list) else t for t in req.inputs]
+            dims = req.dimensions or DEFAULT_DIMENSIONS.get(self.protocol, 1024)
+            resp = eir.EmbedResponse([mock_vector(t, dims) for t in req.inputs], model,
+                                     sum(max(1, len(t) // 4) for t in req.inputs), f"mock-{uuid.uuid4().hex[:12]}")
+        elif isinstance(req, eir.RerankRequest):
+            q = mock_vector(req.query, 256)
+            scores = [(i, round((1 + sum(a * b for a, b in zip(q, mock_vector(d, 256)))) / 2, 6))
+                      for i, d in enumerate(req.documents)]
+            scores.sort(key=lambda r: -r[1])
+            resp = eir.RerankResponse(scores[: req.top_n or len(scores)], model, 1, f"mock-{uuid.uuid4().hex[:12]}")
+        else:
+            resp = counting.CountResponse(counting.estimate(req), model)
+        return 200, [(b"content-type", b"application/json")], dialect.render_response(resp, model, req)
+
     def garbage(self) -> bytes:
         if self.protocol == "bedrock":
             return b"\x00\x00\x00\x30\x00\x00\x00\x10garbage-not-a-valid-eventstream-frame"
         return b'data: {"choices": [{"delta": {"content": \n\n'
+
+
+DEFAULT_DIMENSIONS = {"openai": 1536, "gemini": 768, "cohere": 1024, "bedrock": 1024}
+
+
+def mock_vector(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector for `text`: hashed words (so texts that
+    share words are close, as real embeddings of rephrasings are) plus a
+    feature of the whole text (so different texts never coincide)."""
+    import hashlib
+    import re
+    vector = [0.0] * dims
+    for word in re.findall(r"\w+", text.lower()):
+        h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        vector[h % dims] += 1.0 if (h >> 40) & 1 else -1.0
+    h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    vector[h % dims] += 0.25
+    norm = sum(x * x for x in vector) ** 0.5 or 1.0
+    return [x / norm for x in vector]
 
 
 VENDORS = {name: Vendor(name) for name in ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")}

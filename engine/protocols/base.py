@@ -190,8 +190,9 @@ class Endpoint:
         self.auth_header = auth_header
         self.query = query          # appended to every path (`api-version=...`)
 
-    def path(self, model: str, stream: bool) -> str:
-        path = self.dialect.upstream_path(self.base_path, model, stream)
+    def path(self, model: str, stream: bool, dialect=None) -> str:
+        """`dialect`: another operation's (embeddings...) on this provider."""
+        path = (dialect or self.dialect).upstream_path(self.base_path, model, stream)
         if self.query:
             path += ("&" if "?" in path else "?") + self.query
         return path
@@ -250,7 +251,9 @@ class DialectContract(Protocol):
     def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
                        unsupported: str = "reject") -> tuple[bytes, list[str]]: ...
     def parse_response(self, obj: dict): ...
-    def render_response(self, resp, model: str) -> bytes: ...
+    def render_response(self, resp, model: str, req=None) -> bytes: ...
+    def for_body(self, obj: dict): ...
+    def peer(self, provider, model: str): ...
     def stream_decoder(self): ...
     def stream_encoder(self, model: str, **options): ...
 
@@ -430,8 +433,21 @@ class Dialect:
     def parse_response(self, obj: dict):
         return self.codec.parse_response(obj)
 
-    def render_response(self, resp, model: str) -> bytes:
+    def render_response(self, resp, model: str, req=None) -> bytes:
         return orjson.dumps(self.codec.render_response(resp, model))
+
+    # ---- operations ------------------------------------------------------
+    # Chat is one operation; embeddings, rerank and token counting are others
+    # (`busbar.protocols.operation`), whose dialects override these two.
+    def for_body(self, obj: dict) -> "Dialect":
+        """The dialect that speaks this body (Bedrock's InvokeModel body shape
+        depends on the model family); a chat dialect is its own."""
+        return self
+
+    def peer(self, provider, model: str):
+        """The dialect a member (of `provider`, serving `model`) answers this
+        call with; None when its protocol has no endpoint for it."""
+        return provider.dialect
 
     # ---- streaming -------------------------------------------------------
     # The codec's decoder and encoder are incremental and I/O-free (see

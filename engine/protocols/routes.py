@@ -15,26 +15,46 @@ EXACT_ROUTES = {
     b"/v1/messages": "anthropic",
     b"/v2/chat": "cohere",
 }
-_GEMINI = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^/:]+(?:/[^/:]+)*):(?P<action>generateContent|streamGenerateContent)$")
-_BEDROCK = re.compile(r"^/model/(?P<model>.+)/(?P<action>converse|converse-stream)$")
+# calls other than chat (busbar.protocols.operation): path -> (protocol, operation)
+OPERATION_ROUTES = {
+    b"/v1/embeddings": ("openai", "embed"),
+    b"/embeddings": ("openai", "embed"),
+    b"/v2/embed": ("cohere", "embed"),
+    b"/v2/rerank": ("cohere", "rerank"),
+    b"/v1/messages/count_tokens": ("anthropic", "count"),
+}
+_GEMINI = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^/:]+(?:/[^/:]+)*):(?P<action>generateContent|"
+                     r"streamGenerateContent|embedContent|batchEmbedContents|countTokens)$")
+_GEMINI_OPERATIONS = {"embedContent": "embed_one", "batchEmbedContents": "embed", "countTokens": "count"}
+_BEDROCK = re.compile(r"^/model/(?P<model>.+)/(?P<action>converse|converse-stream|invoke)$")
 
 
 def match_route(path: bytes) -> tuple[str, dict] | None:
     """(protocol, params) for a POST path, or None.  Gemini and Bedrock carry
     the model (and whether to stream) in the path: params has `model` and
-    `action`."""
+    `action`.  A call other than chat has `operation` in params (see
+    `busbar.protocols.operation`)."""
     protocol = EXACT_ROUTES.get(path)
     if protocol is not None:
         return protocol, {}
+    other = OPERATION_ROUTES.get(path)
+    if other is not None:
+        return other[0], {"operation": other[1]}
     text = path.decode("latin-1")
     if text.startswith("/model/"):
         m = _BEDROCK.match(text)
         if m:
-            return "bedrock", {"model": unquote(m["model"]), "action": m["action"]}
+            params = {"model": unquote(m["model"]), "action": m["action"]}
+            if m["action"] == "invoke":
+                params["operation"] = "invoke"
+            return "bedrock", params
         return None
     m = _GEMINI.match(text)
     if m:
-        return "gemini", {"model": unquote(m["model"]), "action": m["action"]}
+        params = {"model": unquote(m["model"]), "action": m["action"]}
+        if m["action"] in _GEMINI_OPERATIONS:
+            params["operation"] = _GEMINI_OPERATIONS[m["action"]]
+        return "gemini", params
     return None
 
 
