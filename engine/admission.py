@@ -67,8 +67,9 @@ def authenticate(gw: "Gateway", request: HttpRequest, dialect) -> str | None:
         return dialect.verify_signed(request.method.decode(), request.path.decode("latin-1"),
                                      request.query.decode("latin-1"), request.headers, request.body,
                                      gw.aws_secrets.get)
-    if gw.tenancy is None:
+    if gw.tenancy is None or not gw.tenancy.required:
         return None
     key = dialect.inbound_key(request.headers, request.query)
-    gw.tenancy.authenticate(key)      # 401 in the client's protocol for missing / unknown / expired
+    # 401 in the client's protocol for missing / unknown / expired (a shared key store's answer comes in admit)
+    gw.tenancy.authenticate(key)
     return key

@@ -31,7 +31,10 @@ class App:
         self.upstream = UpstreamClient()
         # limits, budgets and shared counters (busbar.state); kept across reloads like the pools
         self.state = build_state(config.state)
-        self.gateway = Gateway(config, upstream=self.upstream, state=self.state)
+        # keys minted at run time (POST /admin/keys): SQLite or Redis, kept across reloads and restarts
+        from busbar.tenancy.minted import MintedKeys, build_store
+        self.minted = MintedKeys(build_store(config.auth, config.admin, self.state))
+        self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted)
         self.gateway.app = self
         opts = config.server
         self.server = HttpServer(self.handle, max_body_bytes=opts.get("max_body_bytes", 8 * 1024 * 1024),
@@ -77,7 +80,7 @@ class App:
             config = parse_config(config, "reload")
         old = self.gateway
         try:
-            new = Gateway(config, upstream=self.upstream, state=self.state)
+            new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted)
         except ConfigError:
             raise
         except Exception as exc:   # whatever fails to build is a rejected config, never a dead server
@@ -98,6 +101,20 @@ class App:
                     len(config.pools))
         return f"reloaded {config.source}: {len(config.providers)} providers, {len(config.pools)} pools"
 
+    async def load_minted_keys(self) -> None:
+        """Before serving: the minted keys a previous run (or another replica) made."""
+        from busbar.tenancy.minted import KeyStoreError
+        try:
+            await self.minted.load()
+        except KeyStoreError as exc:
+            log.error("minted keys not loaded (%s); they are refused until the store answers", exc)
+        taken = [k.id for k in (self.gateway.tenancy.by_hash.values() if self.gateway.tenancy else ())
+                 if k.id in self.minted.live_ids()]
+        if taken:
+            raise ConfigError(f"{self.gateway.config.source}: auth.keys",
+                              f"id(s) {', '.join(map(repr, taken))} already belong to minted keys; "
+                              "rename the config key or revoke the minted one (busbar keys revoke ID)")
+
     def drain(self, member_id: str, drained: bool = True) -> list[str]:
         return self.gateway.router.set_drained(member_id, drained)
 
@@ -115,6 +132,8 @@ class App:
     async def aclose(self) -> None:
         await self.upstream.aclose()
         await self.state.aclose()
+        if self.minted.store is not None:
+            self.minted.store.close()
         from busbar import telemetry
         if telemetry._shared:       # send the spans still batched
             await trio.to_thread.run_sync(telemetry.shutdown_all)
@@ -137,6 +156,7 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
     app = App(config, config_path=config_path)
     app.server.reuse_port = reuse_port
     try:
+        await app.load_minted_keys()
         async with trio.open_nursery() as nursery:
             addrs = await nursery.start(app.server.serve, host, port)
             if app.admin_server is not None:
@@ -150,6 +170,7 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
                                       f"cannot listen on {listen}: {exc.strerror or exc}; choose another "
                                       "address, or `public` to serve admin on the gateway's port") from None
             nursery.start_soon(app.run_admin)
+            nursery.start_soon(app.minted.run)
             app.watcher = BackendWatcher(app)          # its samples feed the admin page's sparklines
             nursery.start_soon(app.watcher.run)
             task_status.started((app.gateway, app.server, addrs, app))

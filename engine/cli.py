@@ -1,8 +1,9 @@
-"""`busbar` command line: serve, demo, validate, explain, diagram, mock."""
+"""`busbar` command line: serve, demo, validate, explain, diagram, usage, drain, keys, catalog, mock."""
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import signal
@@ -175,6 +176,101 @@ def cmd_drain(args) -> int:
     members = response.json().get("members", [])
     print(f"{action}ed: {', '.join(members)}")
     return 0
+
+
+def _admin_target(args) -> tuple[str, str | None]:
+    """The admin API's URL and key: --admin / --key, else the config file's
+    admin.listen and admin.key (--config), else $BUSBAR_ADMIN_URL / $BUSBAR_ADMIN_KEY."""
+    url, key = args.admin, args.key
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+        admin = config.admin or {}
+        if url is None:
+            listen = admin.get("listen", "127.0.0.1:9901")
+            if listen == "public":
+                listen = f"{config.server.get('host', '127.0.0.1')}:{config.server.get('port', 8080)}"
+            host, _, port = listen.rpartition(":")
+            host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+            url = f"http://{host}:{port}"
+        key = key or admin.get("key")
+    url = url or os.environ.get("BUSBAR_ADMIN_URL", "http://127.0.0.1:9901")
+    return url.rstrip("/"), key or os.environ.get("BUSBAR_ADMIN_KEY")
+
+
+def cmd_keys(args) -> int:
+    """`busbar keys create|list|revoke`: the running gateway's client keys, through its admin API."""
+    import httpx
+    from urllib.parse import quote
+    try:
+        url, key = _admin_target(args)
+    except ConfigError as exc:
+        print_config_error(exc)
+        return 2
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    if args.action == "create":
+        spec = {}
+        for name in ("id", "team", "expires"):
+            if getattr(args, name):
+                spec[name] = getattr(args, name)
+        if args.pool:
+            spec["pools"] = args.pool
+        if args.direct:
+            spec["direct"] = True
+        limits = {n: getattr(args, n) for n in ("rpm", "tpm", "parallel") if getattr(args, n) is not None}
+        if limits:
+            spec["limits"] = limits
+        if args.budget_usd is not None or args.budget_tokens is not None:
+            unit, amount = ("usd", args.budget_usd) if args.budget_usd is not None else ("tokens", args.budget_tokens)
+            spec["budget"] = {unit: amount, "period": args.period}
+        if args.downgrade:
+            spec["over_budget"] = {"downgrade": args.downgrade}
+        call = ("POST", "/admin/keys", spec)
+    elif args.action == "list":
+        call = ("GET", "/admin/keys", None)
+    else:
+        call = ("DELETE", f"/admin/keys/{quote(args.key_id, safe='')}", None)
+    method, path, body = call
+    try:
+        response = httpx.request(method, url + path, headers=headers, json=body, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"busbar keys {args.action}: cannot reach the admin API at {url}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"error": response.text.strip()}
+    if response.status_code >= 400:
+        print(f"busbar keys {args.action}: {response.status_code} {data.get('error', data)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if args.action == "create":
+        print(f"created key {data['id']}; its secret (shown only now, store it safely):")
+        print(data["key"])
+    elif args.action == "revoke":
+        print(f"revoked {data['id']}")
+    else:
+        rows = [[k["id"], k["source"], ",".join(k.get("pools") or ["*"]), k.get("team") or "-",
+                 _limits_text(k.get("limits")), _budget_text(k), "revoked" if k.get("revoked") else "live"]
+                for k in data["keys"]]
+        head = ["id", "source", "pools", "team", "limits", "budget (spent/limit)", "state"]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        for row in [head] + rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _limits_text(limits) -> str:
+    return " ".join(f"{k}={v}" for k, v in (limits or {}).items()) or "-"
+
+
+def _budget_text(view: dict) -> str:
+    budget = view.get("budget")
+    if not budget:
+        return "-"
+    unit = "usd" if "usd" in budget else "tokens"
+    return f"{view.get('spent', 0):g}/{budget[unit]:g} {unit}/{budget.get('period', 'month')}"
 
 
 def cmd_catalog(args) -> int:
@@ -358,6 +454,34 @@ def main(argv: list[str] | None = None) -> int:
                        help="the gateway's admin listener (default http://127.0.0.1:9901, or $BUSBAR_ADMIN_URL)")
         p.add_argument("--key", help="the admin key (default $BUSBAR_ADMIN_KEY)")
         p.set_defaults(func=cmd_drain)
+
+    p = sub.add_parser("keys", help="mint, list and revoke client keys of a running gateway (its admin API)")
+    keys = p.add_subparsers(dest="action", required=True)
+    for action, what in (("create", "mint a key; prints its secret once"), ("list", "every key, config and minted"),
+                         ("revoke", "revoke a minted key (refused from the next request on)")):
+        k = keys.add_parser(action, help=what)
+        k.add_argument("--config", help="the gateway's config file: its admin.listen and admin.key")
+        k.add_argument("--admin", help="the admin listener's URL (default from --config, else $BUSBAR_ADMIN_URL "
+                                       "or http://127.0.0.1:9901)")
+        k.add_argument("--key", help="the admin key (default from --config, else $BUSBAR_ADMIN_KEY)")
+        k.add_argument("--json", action="store_true", help="print the API's JSON answer")
+        k.set_defaults(func=cmd_keys)
+        if action == "revoke":
+            k.add_argument("key_id", metavar="ID")
+        if action != "create":
+            continue
+        k.add_argument("--id", help="the key's id (default: generated)")
+        k.add_argument("--pool", action="append", help="a pool the key may use (repeatable; default: every pool)")
+        k.add_argument("--direct", action="store_true", help="allow provider/model routes")
+        k.add_argument("--team", help="a team of auth.teams")
+        k.add_argument("--expires", help="ISO date or date-time")
+        k.add_argument("--rpm", type=int)
+        k.add_argument("--tpm", type=int)
+        k.add_argument("--parallel", type=int)
+        k.add_argument("--budget-usd", type=float)
+        k.add_argument("--budget-tokens", type=int)
+        k.add_argument("--period", default="month", choices=["day", "week", "month", "total"])
+        k.add_argument("--downgrade", metavar="POOL", help="over budget: route to this pool instead of refusing")
 
     p = sub.add_parser("catalog", help="list the provider catalog (presets for `providers.x.catalog`)")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")

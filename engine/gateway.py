@@ -35,7 +35,7 @@ from collections import deque
 import orjson
 import trio
 
-from busbar.config import Config
+from busbar.config import Config, ConfigError
 from busbar.redact import Redactor
 from busbar.exchange import Exchange
 from busbar.faults import ClientError
@@ -79,7 +79,7 @@ class Gateway:
     upstream connections.  `handle` is the HTTP handler."""
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200,
-                 state=None):
+                 state=None, minted=None):
         self.config = config
         self.router = Router.from_config(config.raw)
         self.state = state
@@ -94,7 +94,13 @@ class Gateway:
         # gateway client keys, their limits and budgets (busbar.tenancy); None: no client keys
         from busbar.tenancy import Tenancy, member_prices
         # limits live in the app's state backend (kept across reloads; shared through Redis when configured)
-        self.tenancy = Tenancy.from_config(auth, state) if auth.get("keys") else None
+        # keys minted at run time (busbar.tenancy.minted) are the App's, kept across reloads like the state
+        self.tenancy = Tenancy.from_config(auth, state, minted=minted) if auth.get("keys") or minted else None
+        if minted is not None:
+            taken = [k.id for k in self.tenancy.by_hash.values() if k.id in minted.live_ids()]
+            if taken:
+                raise ConfigError(f"{config.source}: auth.keys", f"id(s) {', '.join(map(repr, taken))} already "
+                                  "belong to minted keys (GET /admin/keys); choose another id or revoke the minted key")
         self.prices = member_prices(config.pools)       # member id -> Price (spend)
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
         self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}

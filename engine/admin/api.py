@@ -57,6 +57,9 @@ async def handle(admin, request, responder) -> None:
                                                      "or add ?key=<key>"},
                            [(b"www-authenticate", b'Bearer realm="busbar admin"')])
     path = request.path.decode("latin-1")
+    if path == "/admin/keys" or path.startswith("/admin/keys/"):
+        from busbar.admin import keys
+        return await keys.route(admin, request, responder, path, _json)
     if request.method == b"POST":
         return await operate(admin, responder, path)
     if request.method != b"GET":
@@ -115,7 +118,8 @@ async def operate(admin, responder, path: str) -> None:
 
 ROUTES = ["/admin", "/admin/api/state", "/admin/api/requests", "/admin/api/requests/{id}",
           "/admin/api/diagram?pool=&request=&format=svg|mermaid|dot|png", "/admin/events",
-          "/admin/usage?since=&until=&group_by=", "/metrics"]
+          "/admin/usage?since=&until=&group_by=", "/admin/keys (GET, POST)", "/admin/keys/{id} (GET, PATCH, DELETE)",
+          "/metrics"]
 
 
 async def not_found(responder, path: bytes) -> None:

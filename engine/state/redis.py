@@ -345,13 +345,20 @@ class RedisState:
                 raise
             return await self._call("EVAL", lua, len(keys), *keys, *args)
 
-    async def _call(self, *args):
+    async def command(self, *args, timeout_s: float | None = None):
+        """One Redis command on the backend's connections (other stores on the
+        same Redis: minted client keys).  Raises RedisUnavailable like a take
+        would see it; `timeout_s` for calls off the request path."""
+        return await self._call(*args, timeout_s=timeout_s)
+
+    async def _call(self, *args, timeout_s: float | None = None):
         now = self._now()
         if self._down_since is not None and now < self._next_try:
             raise RedisUnavailable
         conn = None
+        wait = self.timeout_s if timeout_s is None else timeout_s
         try:
-            with trio.fail_after(self.timeout_s if self._idle else max(self.timeout_s, self.connect_timeout_s)):
+            with trio.fail_after(wait if self._idle else max(wait, self.connect_timeout_s)):
                 conn = self._idle.pop() if self._idle else await RespConnection.open(
                     self.host, self.port, self.db, self._password)
                 reply = await conn.call(*args)

@@ -118,6 +118,7 @@ class ClientKey:
     direct: bool = False               # provider/model routes allowed
     expires: float | None = None       # epoch seconds
     team: str | None = None
+    minted: bool = False               # made at run time (busbar.tenancy.minted), not in the config
 
 
 def hash_secret(secret: str) -> str:
@@ -138,8 +139,8 @@ def _expiry(value) -> float | None:
     return when.timestamp()
 
 
-def key_from_config(spec, index: int) -> ClientKey:
-    """`auth.keys[i]`: a plain string (no limits) or an object."""
+def key_from_config(spec, index: int, *, minted: bool = False) -> ClientKey:
+    """`auth.keys[i]` (a plain string: no limits; or an object), or a minted key's record."""
     if isinstance(spec, str):
         digest = hash_secret(spec)
         return ClientKey(f"key-{digest[:8]}", digest, Level(f"key-{digest[:8]}"))
@@ -148,7 +149,7 @@ def key_from_config(spec, index: int) -> ClientKey:
                   (spec.get("over_budget") or {}).get("downgrade"))
     pools = spec.get("pools")
     return ClientKey(spec["id"], digest.lower(), level, frozenset(pools) if pools is not None else None,
-                     bool(spec.get("direct", False)), _expiry(spec.get("expires")), spec.get("team"))
+                     bool(spec.get("direct", False)), _expiry(spec.get("expires")), spec.get("team"), minted)
 
 
 def period_bounds(period: str, wall: float) -> tuple[str, float]:
@@ -184,8 +185,11 @@ class Admission:
 class Tenancy:
     """The key registry and the admission / settle pair (see the module docstring)."""
 
-    def __init__(self, keys: list[ClientKey], teams: dict[str, Level], state, *, wall=time.time):
+    def __init__(self, keys: list[ClientKey], teams: dict[str, Level], state, *, wall=time.time, minted=None):
         self.by_hash = {k.sha256: k for k in keys}
+        self.minted = minted                # busbar.tenancy.minted.MintedKeys (the App's; None: none)
+        if minted is not None:
+            minted.reserve(frozenset(k.id for k in keys))
         self.teams = teams
         self.state = state
         self.wall = wall
@@ -195,25 +199,48 @@ class Tenancy:
         self._periods: dict[str, tuple[str, float]] = {}   # level id -> (budget key, period end)
 
     @classmethod
-    def from_config(cls, auth: dict, state=None, *, wall=time.time) -> "Tenancy":
+    def from_config(cls, auth: dict, state=None, *, wall=time.time, minted=None) -> "Tenancy":
         from busbar.state import MemoryState
         keys = [key_from_config(spec, i) for i, spec in enumerate(auth.get("keys", ()))]
         teams = {name: Level(name, Limits.from_config(t.get("limits")), Budget.from_config(t.get("budget")),
                              (t.get("over_budget") or {}).get("downgrade"))
                  for name, t in (auth.get("teams") or {}).items()}
-        return cls(keys, teams, state if state is not None else MemoryState(), wall=wall)
+        return cls(keys, teams, state if state is not None else MemoryState(), wall=wall, minted=minted)
 
     # ---- who ---------------------------------------------------------------
-    def authenticate(self, secret: str | None) -> ClientKey:
+    @property
+    def required(self) -> bool:
+        """Clients must present a key: the config lists some, or some were minted."""
+        return bool(self.by_hash) or (self.minted is not None and self.minted.active)
+
+    def authenticate(self, secret: str | None) -> ClientKey | None:
+        """The key `secret` belongs to, from this process's view; None when
+        only the shared key store can tell (a minted key: `admit` asks it)."""
         if not secret:
             raise ClientError(401, "Missing API key: send the gateway key the way your SDK sends its vendor key.",
                               "authentication")
         digest = hash_secret(secret)
         key = self.by_hash.get(digest)
+        if key is None and self.minted is not None:
+            key = self.minted.by_hash.get(digest)
+            if self.minted.shared:
+                return None
+        return self._checked(key, digest)
+
+    def _checked(self, key: ClientKey | None, digest: str) -> ClientKey:
         if key is None or not hmac.compare_digest(key.sha256, digest):
             raise ClientError(401, "Invalid or missing API key for this gateway.", "authentication")
         if key.expires is not None and self.wall() >= key.expires:
             raise ClientError(401, f"The API key `{key.id}` has expired.", "authentication")
+        return key
+
+    async def identify(self, secret: str | None) -> ClientKey:
+        """`authenticate`, asking a shared key store about minted keys (so a
+        revocation on another replica counts at once)."""
+        key = self.authenticate(secret)
+        if key is None:
+            digest = hash_secret(secret)
+            key = self._checked(await self.minted.confirm(digest), digest)
         return key
 
     def permit(self, key: ClientKey, pool: str, known_pool: bool) -> None:
@@ -228,7 +255,7 @@ class Tenancy:
     # ---- how much ------------------------------------------------------------
     async def admit(self, secret: str | None, pool: str, estimate: int, *, known_pool: bool = True,
                     billing_status: int = 429) -> Admission:
-        key = self.authenticate(secret)
+        key = self.authenticate(secret) or await self.identify(secret)
         self.permit(key, pool, known_pool)
         levels = (key.level,) + ((self.teams[key.team],) if key.team in self.teams else ())
         admission = Admission(key, levels, pool, estimate)
@@ -340,7 +367,8 @@ class Tenancy:
                 100 * total / budget.limit, budget.period, total, budget.limit, budget.unit)
 
     async def usage_of(self, level_id: str) -> dict:
-        level = next((k.level for k in self.by_hash.values() if k.id == level_id), None) or self.teams.get(level_id)
+        keys = list(self.by_hash.values()) + (list(self.minted.by_hash.values()) if self.minted is not None else [])
+        level = next((k.level for k in keys if k.id == level_id), None) or self.teams.get(level_id)
         if level is None or level.budget is None:
             return {"id": level_id}
         return {"id": level_id, "budget": {"limit": level.budget.limit, "unit": level.budget.unit,
