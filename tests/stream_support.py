@@ -135,11 +135,11 @@ def _blocks(events: list) -> tuple[list[Block], list]:
     return blocks, rest
 
 
-NO_REASONING = {"openai"}
+NO_REASONING: set[str] = set()     # Chat streams reasoning as delta.reasoning_content (text only)
 NO_SIGNATURE = {"openai", "cohere"}
 NO_REFUSAL = {"anthropic", "gemini", "bedrock", "cohere"}
 DROPS_EMPTY = {"openai", "gemini", "bedrock"}       # blocks with no delta leave no trace
-MERGES = {"openai": {ir.Text, ir.Refusal}, "gemini": {ir.Text, ir.Reasoning}}   # adjacent same-kind blocks fuse
+MERGES = {"openai": {ir.Text, ir.Refusal, ir.Reasoning}, "gemini": {ir.Text, ir.Reasoning}}   # adjacent same-kind blocks fuse
 FIT = {"openai": openai.fit_id, "anthropic": anthropic.fit_id, "bedrock": bedrock.fit_id}
 
 
@@ -180,7 +180,7 @@ def canonical(proto: str, events: list) -> list:
         if kind in (ir.Reasoning, ir.RedactedReasoning) and proto in NO_REASONING:
             continue
         if kind is ir.RedactedReasoning:
-            if proto in ("gemini", "cohere"):
+            if proto in ("gemini", "cohere", "openai"):
                 continue        # no redacted form
             if proto == "responses":      # a reasoning item with only encrypted_content
                 nb = Block(ir.Reasoning, ir.Reasoning("", None, None))

@@ -61,6 +61,12 @@ class MockVendor:
     rejected: list[dict] = field(default_factory=list)
     _metered: dict = field(default_factory=dict, repr=False)   # (key, model) -> [minute times, day count]
     use_tools: bool = False           # offered tools: call the first, then answer "tool said: <result>"
+    # thinking on: every answer starts with a signed reasoning block (the signature names this
+    # mock), and a tool-result turn whose assistant turn before it lacks that signed block is
+    # refused with a 400, as Anthropic refuses it with thinking enabled; `thoughts_seen` counts
+    # the turns that carried it back
+    think: bool = False
+    thoughts_seen: int = 0
     # A self-hosted backend's telemetry (vLLM/SGLang `/metrics`, Ollama
     # `/api/ps`/`/api/tags`, readiness), scriptable: {"kind": "vllm",
     # "running": 0, "waiting": 0, "kv": 0.1, "ready": true, "models": [...],
@@ -168,9 +174,15 @@ class MockVendor:
                 return await responder.send(*denied)
         if "operation" in params:        # embeddings, rerank, token counting
             return await responder.send(*vendor.answer_operation(params, obj, model))
+        thought = None
+        if self.think:
+            thought = vendors.ir.Reasoning(f"Thinking it over ({self.name}).", self.signature, protocol)
+            refused = self._check_thought(vendor, obj, params)
+            if refused is not None:
+                return await responder.send(*refused)
         step = vendor.tool_step(obj, params) if self.use_tools else None
         if isinstance(step, vendors.ir.ToolCall):
-            reply = vendor.render_call(model, step, max(1, len(request.body) // 4), stream)
+            reply = vendor.render_call(model, step, max(1, len(request.body) // 4), stream, thought)
             if not stream:
                 return await responder.send(*reply)
             await responder.start(200, vendor.stream_headers())
@@ -183,19 +195,19 @@ class MockVendor:
         if not stream:
             if fault and fault.get("malformed"):
                 return await responder.send(200, [(b"content-type", b"application/json")], vendor.garbage())
-            key_ = (protocol, model, text, usage_in)
+            key_ = (protocol, model, text, usage_in, thought is not None)
             cached = self._replies.get(key_)
             if cached is None:
                 if len(self._replies) > 256:
                     self._replies.clear()
-                cached = self._replies[key_] = vendor.render_reply(model, text, usage_in, obj)
+                cached = self._replies[key_] = vendor.render_reply(model, text, usage_in, obj, thought)
             status, headers, body = cached
             if fault and fault.get("reset") == "during":
                 await responder.send_truncated(status, headers, body, len(body) // 2)
                 raise AbortConnection()
             return await responder.send(status, headers + quota_headers, body)
         pieces = _split(text, self.chunks)
-        frames = vendor.render_stream(model, pieces, usage_in, obj, fault)
+        frames = vendor.render_stream(model, pieces, usage_in, obj, fault, thought)
         headers = vendor.stream_headers() + quota_headers
         await responder.start(200, headers)
         after = fault.get("after", 0) if fault else None
@@ -230,6 +242,31 @@ class MockVendor:
         if self.rate_headers and rpm is not None:
             headers = vendor.rate_headers(rpm, rpm - len(times), times[0] + 60.0 - now)
         return None, headers
+
+    @property
+    def signature(self) -> str:
+        """The signature this mock's reasoning blocks carry (base64, as vendors' are)."""
+        import base64
+        return base64.b64encode(f"mock-signature:{self.name}:{id(self)}".encode()).decode()
+
+    def _check_thought(self, vendor, obj: dict, params: dict):
+        """Thinking on and a tool result in the last turn: the assistant turn
+        before it must carry this mock's signed reasoning block."""
+        try:
+            request = vendor.dialect.parse_request(obj, params)
+        except Exception:
+            return None
+        messages = request.messages
+        if not messages or not any(isinstance(p, vendors.ir.ToolResult) for p in messages[-1].content):
+            return None
+        assistant = next((m for m in reversed(messages[:-1]) if m.role == vendors.ir.ASSISTANT), None)
+        signed = assistant is not None and any(
+            isinstance(p, vendors.ir.Reasoning) and p.signature == self.signature for p in assistant.content)
+        if signed:
+            self.thoughts_seen += 1
+            return None
+        return vendor.error("invalid", "messages: when thinking is enabled, the assistant turn with the tool "
+                                       "call must start with its thinking block, signature included")
 
     def used_keys(self) -> dict:
         """Requests answered per key (rejected ones excluded), from the log."""

@@ -177,43 +177,52 @@ class Vendor:
         args = {k: "Paris" for k in schema.get("required") or props if (props.get(k) or {}).get("type") == "string"}
         return ir.ToolCall(f"call_mock{uuid.uuid4().hex[:12]}", tools[0].name, args)
 
-    def render_call(self, model: str, call: ir.ToolCall, usage_in: int, stream: bool):
-        """A tool-call answer, buffered (status, headers, body) or as stream frames."""
+    def render_call(self, model: str, call: ir.ToolCall, usage_in: int, stream: bool,
+                    thought: ir.Reasoning | None = None):
+        """A tool-call answer, buffered (status, headers, body) or as stream frames;
+        `thought`: a signed reasoning block before it (thinking on)."""
         usage = ir.Usage(input_tokens=usage_in, output_tokens=5)
         if not stream:
-            resp = ir.Response(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, content=[call],
+            resp = ir.Response(id=f"mock-{uuid.uuid4().hex[:20]}", model=model,
+                               content=([thought] if thought else []) + [call],
                                stop_reason=ir.StopReason.TOOL_USE, usage=usage)
             return 200, [(b"content-type", b"application/json")], self.dialect.render_response(resp, model)
         import orjson
         encoder = self.dialect.stream_encoder(model)
+        first = _thought_events(thought)
+        i = 1 if first else 0
         events = [ir.MessageStart(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, usage=ir.Usage(input_tokens=usage_in)),
-                  ir.BlockStart(0, ir.ToolCall(call.id, call.name, {})),
-                  ir.ToolArgsDelta(0, orjson.dumps(call.arguments).decode()), ir.BlockStop(0),
+                  *first, ir.BlockStart(i, ir.ToolCall(call.id, call.name, {})),
+                  ir.ToolArgsDelta(i, orjson.dumps(call.arguments).decode()), ir.BlockStop(i),
                   ir.UsageEvent(usage), ir.MessageStop(ir.StopReason.TOOL_USE)]
         return [b"".join(encoder.encode(e) for e in events) + encoder.finish()]
 
-    def _response(self, model: str, text: str, usage_in: int) -> ir.Response:
-        return ir.Response(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, content=[ir.Text(text)],
+    def _response(self, model: str, text: str, usage_in: int, thought: ir.Reasoning | None = None) -> ir.Response:
+        return ir.Response(id=f"mock-{uuid.uuid4().hex[:20]}", model=model,
+                           content=([thought] if thought else []) + [ir.Text(text)],
                            stop_reason=ir.StopReason.END_TURN,
                            usage=ir.Usage(input_tokens=usage_in, output_tokens=max(1, len(text) // 4)))
 
-    def render_reply(self, model: str, text: str, usage_in: int, obj: dict):
-        body = self.dialect.render_response(self._response(model, text, usage_in), model)
+    def render_reply(self, model: str, text: str, usage_in: int, obj: dict, thought: ir.Reasoning | None = None):
+        body = self.dialect.render_response(self._response(model, text, usage_in, thought), model)
         return 200, [(b"content-type", b"application/json")], body
 
     def stream_headers(self):
         content_type = getattr(self.dialect, "stream_content_type", b"text/event-stream")
         return [(b"content-type", content_type)]
 
-    def stream_events(self, model: str, pieces: list[str], usage_in: int) -> list:
+    def stream_events(self, model: str, pieces: list[str], usage_in: int, thought: ir.Reasoning | None = None) -> list:
         usage = ir.Usage(input_tokens=usage_in, output_tokens=max(1, sum(map(len, pieces)) // 4))
+        first = _thought_events(thought)
+        i = 1 if first else 0
         events = [ir.MessageStart(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, usage=ir.Usage(input_tokens=usage_in)),
-                  ir.BlockStart(0, ir.Text(""))]
-        events += [ir.TextDelta(0, piece) for piece in pieces if piece]
-        events += [ir.BlockStop(0), ir.UsageEvent(usage), ir.MessageStop(ir.StopReason.END_TURN)]
+                  *first, ir.BlockStart(i, ir.Text(""))]
+        events += [ir.TextDelta(i, piece) for piece in pieces if piece]
+        events += [ir.BlockStop(i), ir.UsageEvent(usage), ir.MessageStop(ir.StopReason.END_TURN)]
         return events
 
-    def render_stream(self, model: str, pieces: list[str], usage_in: int, obj: dict, fault: dict | None) -> list[bytes]:
+    def render_stream(self, model: str, pieces: list[str], usage_in: int, obj: dict, fault: dict | None,
+                      thought: ir.Reasoning | None = None) -> list[bytes]:
         # the request's own stream options, as the real vendor reads them
         # (OpenAI: the usage chunk only with stream_options.include_usage)
         encoder = self.dialect.stream_encoder(model, **self.dialect.stream_encoder_options(obj))
@@ -224,7 +233,7 @@ class Vendor:
             return [first + encoder.error(kind, text)] if first else [encoder.error(kind, text)]
         # one write per content delta; the preamble and the ending go out
         # whole, as vendors send them, so pacing applies to content only
-        events = self.stream_events(model, pieces, usage_in)
+        events = self.stream_events(model, pieces, usage_in, thought)
         deltas = [i for i, e in enumerate(events) if type(e) is ir.TextDelta]
         first, last = (deltas[0], deltas[-1]) if deltas else (len(events), len(events) - 1)
         frames = [b"".join(encoder.encode(e) for e in events[:first])]
@@ -281,6 +290,16 @@ def mock_vector(text: str, dims: int) -> list[float]:
     vector[h % dims] += 0.25
     norm = sum(x * x for x in vector) ** 0.5 or 1.0
     return [x / norm for x in vector]
+
+
+def _thought_events(thought: ir.Reasoning | None) -> list:
+    """A signed reasoning block as stream events (block 0), or nothing."""
+    if thought is None:
+        return []
+    out = [ir.BlockStart(0, ir.Reasoning("", None, thought.origin)), ir.ReasoningDelta(0, thought.text)]
+    if thought.signature:
+        out.append(ir.SignatureDelta(0, thought.signature))
+    return out + [ir.BlockStop(0)]
 
 
 VENDORS = {name: Vendor(name) for name in ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")}

@@ -721,13 +721,16 @@ def _error_event(obj: dict, data: bytes) -> ir.ErrorEvent:
 
 _CHUNK_TAIL = b',"finish_reason":null}]}\n\n'
 _REFUSAL_PRE = b'{"refusal":'
+_REASONING_PRE = b'{"reasoning_content":'
 
 
 @s.handlers
 class StreamEncoder(s.Encoder):
-    """IR -> Chat chunks.  Text, refusal and tool-call deltas are spliced into
-    a per-stream byte template; reasoning has no Chat form and is dropped;
-    the finish chunk is followed by the usage chunk (`include_usage`)."""
+    """IR -> Chat chunks.  Text, refusal, reasoning and tool-call deltas are
+    spliced into a per-stream byte template; reasoning goes out as
+    `delta.reasoning_content`, as OpenAI-compatible servers (DeepSeek, vLLM)
+    stream it and as the buffered answer carries it (signatures have no Chat
+    form); the finish chunk is followed by the usage chunk (`include_usage`)."""
 
     __slots__ = ("_model", "_base", "_head", "_text", "_tools", "_ntools", "_usage", "_refused",
                  "_include_usage", "_ended")
@@ -766,6 +769,8 @@ class StreamEncoder(s.Encoder):
             self._text[ev.index] = b'{"content":'
         elif t is ir.Refusal:
             self._text[ev.index] = _REFUSAL_PRE
+        elif t is ir.Reasoning:
+            self._text[ev.index] = _REASONING_PRE
         elif t is ir.ToolCall:
             k = self._ntools
             self._ntools += 1
@@ -773,7 +778,7 @@ class StreamEncoder(s.Encoder):
             call = {"index": k, "id": fit_id(ev.part.id), "type": "function",
                     "function": {"name": ev.part.name, "arguments": ""}}
             out += self._head + b'{"tool_calls":[' + s.dumps(call) + b"]}" + _CHUNK_TAIL
-        return out     # reasoning: no Chat form
+        return out     # redacted reasoning: no Chat form
 
     def _on_TextDelta(self, ev: ir.TextDelta) -> bytes:
         pre = self._text.get(ev.index)
@@ -789,10 +794,10 @@ class StreamEncoder(s.Encoder):
             return b""
         return self._head + pre + s.dumps(ev.partial_json) + b"}}]}" + _CHUNK_TAIL
 
-    def _on_ReasoningDelta(self, ev) -> bytes:
-        return b""
+    _on_ReasoningDelta = _on_TextDelta     # the block's prefix says reasoning_content
 
-    _on_SignatureDelta = _on_ReasoningDelta
+    def _on_SignatureDelta(self, ev) -> bytes:
+        return b""                          # no Chat form
 
     def _on_BlockStop(self, ev: ir.BlockStop) -> bytes:
         self._text.pop(ev.index, None)
