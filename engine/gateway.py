@@ -41,6 +41,7 @@ from busbar.exchange import Exchange
 from busbar.faults import ClientError
 from busbar.protocols import get_dialect
 from busbar.protocols.base import JSON_CT
+from busbar.protocols.listing import Listing
 from busbar.protocols.routes import guess_protocol, match_route
 from busbar.providers import Provider, build_provider
 from busbar.records import AttemptRecord, RequestRecord
@@ -116,7 +117,7 @@ class Gateway:
         self.listeners: list = []     # callables(record) notified when a request finishes
         self._ids = itertools.count(1)
         self._id_prefix = f"{int(time.time()) & 0xFFFFFF:06x}"
-        self._models_body = self._render_models()
+        self.listing = Listing(self.router.pool_names(), int(time.time()))   # GET .../models, each SDK's shape
         from busbar.admin import Admin   # /admin, /metrics, usage accounting (ADR 0007: where they listen)
         self.admin = Admin(self)
         if self.admin.observing:
@@ -130,14 +131,6 @@ class Gateway:
 
     def scrub_bytes(self, data: bytes) -> bytes:
         return self.redactor.bytes(data)
-
-    def _render_models(self) -> bytes:
-        created = int(time.time())
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "busbar",
-                 "type": "model", "display_name": name, "created_at": "2024-01-01T00:00:00Z"}
-                for name in self.router.pool_names()]
-        return orjson.dumps({"object": "list", "data": data, "has_more": False,
-                             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -217,8 +210,10 @@ class Gateway:
     async def _handle_other(self, request: HttpRequest, responder: Responder) -> None:
         if request.path.startswith((b"/admin", b"/metrics")) and await self.admin.handle(request, responder):
             return
-        if request.path in (b"/v1/models", b"/models") and request.method == b"GET":
-            return await responder.send(200, [JSON_CT], self._models_body)
+        if request.method == b"GET":
+            listed = self.listing.answer(request.path, request.headers)
+            if listed is not None:
+                return await responder.send(*listed)
         if request.path in (b"/healthz", b"/health"):
             return await responder.send(200, [JSON_CT], b'{"status":"ok"}')
         protocol = guess_protocol(request.path)

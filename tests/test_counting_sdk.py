@@ -90,3 +90,29 @@ async def test_count_tokens_errors_are_the_callers_protocol_never_a_500():
         for pool in ("gpt", "gemini"):                    # parsed by the gateway: its own 400
             with pytest.raises(anthropic.BadRequestError, match="messages"):
                 await sdk(lambda: ant(gw.url).messages.count_tokens(model=pool, messages="not a list"))
+
+
+@pytest.mark.sdk
+async def test_models_list_in_each_sdks_shape():
+    import anthropic
+    import openai
+    from google import genai
+    from google.genai import types
+    async with gateway_with(CONFIG, v=MockVendor()) as gw:
+        ant_models = await sdk(lambda: list(ant(gw.url).models.list()))
+        one = await sdk(lambda: ant(gw.url).models.retrieve("claude"))
+        with pytest.raises(anthropic.NotFoundError):
+            await sdk(lambda: ant(gw.url).models.retrieve("nope"))
+        client = genai.Client(api_key="client-key", http_options=types.HttpOptions(base_url=gw.url))
+        gem_models = await sdk(lambda: list(client.models.list()))
+        gem_one = await sdk(lambda: client.models.get(model="gemini"))
+        oai = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        oai_models = await sdk(lambda: list(oai.models.list()))
+        with pytest.raises(openai.NotFoundError):
+            await sdk(lambda: oai.models.retrieve("nope"))
+    pools = ["claude", "gemini", "gpt"]
+    assert [m.id for m in ant_models] == pools and all(m.type == "model" for m in ant_models)
+    assert one.id == "claude" and one.display_name == "claude"
+    assert [m.name for m in gem_models] == [f"models/{p}" for p in pools]
+    assert "countTokens" in gem_models[0].supported_actions and gem_one.name == "models/gemini"
+    assert [m.id for m in oai_models] == pools and oai_models[0].owned_by == "busbar"

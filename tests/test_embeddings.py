@@ -145,3 +145,15 @@ def test_validate_cli_prints_the_dimension_warning_and_still_passes(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "warning: pools.emb: members declare different embedding dimensions" in result.stderr
+
+
+@pytest.mark.pure
+def test_every_operation_dialect_meets_the_drivers_contract():
+    from busbar.protocols import counting, embeddings
+    from busbar.protocols.base import DialectContract
+    for (protocol, operation), dialect in {**embeddings.DIALECTS, **counting.DIALECTS}.items():
+        assert isinstance(dialect, DialectContract), (protocol, operation)
+        assert dialect.name == protocol and dialect.kind_status is get_dialect(protocol).kind_status
+        # errors look like the vendor's own
+        err = ClientError(400, "nope")
+        assert dialect.render_error(err) == get_dialect(protocol).render_error(err)

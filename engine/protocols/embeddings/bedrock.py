@@ -134,3 +134,12 @@ class BedrockInvoke(_BedrockOperation):
 
     def peer(self, provider, model: str):
         raise AssertionError("for_body picks the dialect before routing")
+
+
+def _unreachable(*args):
+    raise AssertionError("BedrockInvoke only picks the dialect (for_body); it never translates")
+
+
+# parsing goes to the body's own dialect; nothing else is ever asked of it
+BedrockInvoke.codec = OpCodec(lambda obj: BedrockInvoke.for_body(None, obj).codec.parse_request(obj),
+                              _unreachable, _unreachable, _unreachable)
