@@ -212,7 +212,7 @@ async def test_errors_come_in_the_callers_protocol():
 
 
 FAILOVER = {"providers": PROVIDERS,
-            "pools": {"emb": {"members": [MEMBERS["coh"], MEMBERS["oai"]],
+            "pools": {"emb": {"members": [MEMBERS["coh"] | {"priority": 1}, MEMBERS["oai"] | {"priority": 2}],
                               "strategy": "ordered"}}}
 
 
