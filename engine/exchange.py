@@ -32,8 +32,9 @@ Insertion points for what is not here yet:
 * per-request tracing spans: `Gateway.handle` around `Exchange.run`;
   per-attempt spans and hedging: `_attempt` (one upstream call; hedges are
   more `_attempt`s in a request nursery, each settled through `settle`);
-* stream resume: `settle` on a `Broken` outcome (today: end the stream; a
-  resume edge would go `streaming -> failing_over` and dispatch again);
+* stream resume (pipeline `streaming.resume`, ADR 0015): `settle` on a
+  `Broken` outcome goes `streaming -> failing_over` (`_resume`) and the loop
+  dispatches the continuation (busbar.resume), spliced into the open stream;
 * secret redaction on every error path: `settle` (the only place an upstream
   error reaches the client) and `Gateway.handle` (our own errors);
 * a bounded pre-commit buffer: `busbar.relay.relay_stream` (`held`).
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from busbar import admission, lifecycle, tenancy
+from busbar import admission, lifecycle, resume, tenancy
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.outcome import Answered, Broken, Failed, Outcome
 from busbar.protocols.base import JSON_CT, Headers
@@ -91,6 +92,8 @@ class Exchange:
         self.span = None                 # the request's trace span (busbar.telemetry), None when tracing is off
         self.traceparent: bytes | None = None   # the current attempt's, sent upstream
         self.tenancy_admission = None       # what busbar.tenancy took for this request, settled at the end
+        self.resume_policy = None           # the pipeline's streaming.resume, for a stream; None: off
+        self.resuming: resume.Resumption | None = None   # a broken stream being continued elsewhere
 
     # ---- the journey -----------------------------------------------------
     async def run(self) -> None:
@@ -102,6 +105,14 @@ class Exchange:
                     if step is None:
                         raise lifecycle.LifecycleError(life.state, "(no driver step)")
                     await step(self)
+        except ClientError as err:
+            if not self.responder.started or life.finished:
+                raise
+            # a resumed stream's continuation could not be built: the open
+            # stream ends with the error event
+            life.fail(err.message[:120])
+            self.record.error = err.message
+            await self.end_stream_with_error(err, self._stream_encoder())
         finally:
             if self.tenancy_admission is not None:
                 await self._settle_tenancy()
@@ -110,8 +121,8 @@ class Exchange:
                               "timeout")
             if not self.responder.started:
                 raise err
-            life.fire("broken", "deadline")
-            await self.end_stream_with_error(err)
+            life.fail("deadline")
+            await self.end_stream_with_error(err, self._stream_encoder())
 
     async def _receive(self) -> None:
         """`received`: admit the request, then route it to its pool's plan."""
@@ -134,12 +145,22 @@ class Exchange:
                                    f"({', '.join(self.gw.router.pool_names()) or 'none configured'}) nor "
                                    "provider/model.", "not_found", param="model", code="model_not_found") from None
         self._deadline.deadline = trio.current_time() + self.plan.pipeline.deadline
+        if self.stream:
+            self.resume_policy = self.plan.pipeline.streaming.resume
         self.lifecycle.fire("route", self.model)
 
     async def _dispatch(self) -> None:
         """`routed` / `failing_over`: the plan says what comes next."""
-        step = self.plan.next(trio.current_time())
+        now = trio.current_time()
+        if self.resuming is not None and now >= self.resuming.deadline:
+            return await self._reject(ClientError(502, "Upstream stream failed after content was sent, and no "
+                                                       "continuation started within streaming.resume.max_added_ms: "
+                                                       f"{self.resuming.fault.message}", "upstream"),
+                                      "resume: max_added_ms passed")
+        step = self.plan.next(now)
         if isinstance(step, Wait):
+            if self.resuming is not None:       # no longer than the resume may still add
+                return await trio.sleep(min(step.seconds, max(0.0, self.resuming.deadline - now)))
             await trio.sleep(step.seconds)
         elif isinstance(step, Exhausted):
             await self._reject(self._exhausted_error(step), step.reason[:120])
@@ -188,8 +209,11 @@ class Exchange:
             target, headers, body = self._build(attempt, provider, up)
             pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
             try:
+                wait = timeouts.first_byte
+                if self.resuming is not None:
+                    wait = max(0.0, min(wait, self.resuming.deadline - trio.current_time()))
                 response = await pool.request(b"POST", target, headers, body, connect_timeout=timeouts.connect,
-                                              response_timeout=timeouts.first_byte)
+                                              response_timeout=wait)
                 attempt.vendor_quota = provider.dialect.rate_limits(response.headers)   # corrects the key's counts
             except UpstreamError as exc:
                 return Failed(Fault(FaultClass.SERVER, 0, str(exc)))
@@ -227,15 +251,17 @@ class Exchange:
     def _build(self, attempt: Attempt, provider: "Provider", up) -> tuple[bytes, Headers, bytes]:
         """The upstream request for `up` (the member's dialect for this call):
         passthrough (only `model` rewritten) or translated."""
-        same = up is self.client
+        same = up is self.client and self.resuming is None
         if same:
             body = up.passthrough_body(self.request.body, self.obj, attempt.model)
             self._warnings = []
         else:
             if self._ir is None:
                 self._ir = self.client.parse_request(self.obj, self.params)
+                if self.resuming is not None:
+                    self.resuming.request = resume.continuation(self._ir, self.resuming.partial)
             policy = self.gw.pool_policies.get(self.model, "degrade")
-            req, self.stops = self._ir, None
+            req, self.stops = self._ir if self.resuming is None else self.resuming.request, None
             if up.stop_emulated and req.stop:     # the member has no stop: the relay cuts the answer
                 req, self.stops = dataclasses.replace(req, stop=None), req.stop
             body, warnings = up.render_request(req, attempt.model,
@@ -293,6 +319,15 @@ class Exchange:
         self.record.status = 200
         self.lifecycle.fire("first_byte", rec.member)
 
+    def commit_continuation(self, rec: AttemptRecord, status: int, ttfb: float, splice: resume.Splice) -> None:
+        """A continuation's commit: its content joins the client's open stream."""
+        rec.outcome = "ok"
+        rec.status = status
+        r, self.resuming = self.resuming, None
+        self.record.resumed[-1].update(to=rec.member, trimmed=splice.trimmed,
+                                       added_ms=round((trio.current_time() - r.since) * 1000, 3))
+        self.lifecycle.fire("first_byte", rec.member)
+
     async def _settle_tenancy(self) -> None:
         """Give back / charge what tenancy admitted, on the real usage (streams
         included), priced at the member that answered."""
@@ -320,7 +355,7 @@ class Exchange:
             self.plan.report(attempt, None, now, ttfb=outcome.ttfb, tokens=tokens)
             self.lifecycle.fire("complete")
             if outcome.chunked:
-                await self.responder.end()
+                await self.responder.end(self._trailers())
             if attempt.shared is not None and tokens is not None and attempt.shared[0].tpm is not None:
                 # the cluster counted the estimate; the answer is out, now correct it
                 await self.gw.state.settle_quota(*attempt.shared, tokens)
@@ -331,6 +366,8 @@ class Exchange:
             alert_log.warning("request %s: %s", self.record.id, consequence.alert)
         if kind is Broken:
             rec.message = fault.message[:200]
+            if consequence.retry and self._resume(attempt, rec, outcome, now):
+                return
             self.record.error = fault.message
             self.lifecycle.fire("broken", fault.message[:120])
             if outcome.encoder is None:
@@ -351,6 +388,10 @@ class Exchange:
         # protocol and an HTTP error: the vendor's own body, untouched
         self.lifecycle.fire("rejected", note)
         self.record.error = fault.message
+        if self.responder.started:       # a resumed stream's continuation was refused: end the open stream
+            return await self.end_stream_with_error(ClientError(
+                502, f"Upstream stream failed after content was sent; its continuation failed: {fault.message}",
+                "upstream"), self._stream_encoder())
         if outcome.body is not None and self.gw.providers[attempt.provider].protocol == self.client.name:
             headers = [(k, v) for k, v in outcome.headers if k in (b"content-type", b"retry-after")]
             self.record.status = outcome.status
@@ -361,10 +402,13 @@ class Exchange:
             await self.responder.send(status, headers, body)
 
     async def _reject(self, err: ClientError, note: str) -> None:
-        """End the request before any answer with `err` in the client's protocol."""
+        """End the request before any answer with `err` in the client's protocol
+        (or, while a broken stream is being resumed, its open stream)."""
         self.lifecycle.fire("rejected", note)
-        self.record.status = err.status
         self.record.error = err.message
+        if self.responder.started:
+            return await self.end_stream_with_error(err, self._stream_encoder())
+        self.record.status = err.status
         status, headers, body = self.client.render_error(err)
         await self.responder.send(status, headers, body)
 
@@ -401,6 +445,43 @@ class Exchange:
             return []
         text = "; ".join(self._warnings).encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
         return [(b"x-busbar-warning", text[:2000])]
+
+    # ---- stream resume -----------------------------------------------------
+    def _resume(self, attempt: Attempt, rec: AttemptRecord, outcome: Broken, now: float) -> bool:
+        """Continue a stream broken after the commit on another member, when
+        the pipeline resumes streams and what the client holds can be
+        continued (busbar.resume); else False: the stream ends honestly."""
+        policy = self.resume_policy
+        if policy is None or outcome.journal is None or outcome.encoder is None:
+            return False
+        if sum(1 for r in self.record.resumed if "after_chars" in r) >= policy.max:
+            return False
+        partial = resume.Partial.of(outcome.journal)
+        why = partial.refusal()
+        if why is not None:
+            log.info("request %s: stream not resumed: %s", self.record.id, why)
+            self.record.resumed.append({"from": attempt.member_id, "refused": why})
+            return False
+        if not outcome.synced:     # passthrough: the client's bytes were the vendor's
+            resume.replay(outcome.encoder, outcome.journal)
+        request = resume.continuation(self._ir, partial) if self._ir is not None else None
+        self.resuming = resume.Resumption(outcome.encoder, outcome.journal, partial, resume.broken_usage(partial),
+                                          request, now, now + policy.max_added_ms / 1000, outcome.fault)
+        self.record.resumed.append({"from": attempt.member_id, "after_chars": len(partial.text),
+                                    "fault": outcome.fault.message[:200]})
+        rec.outcome = outcome.fault.cls.value     # this attempt failed; the answer goes on elsewhere
+        self.lifecycle.fire("resume", outcome.fault.message[:120])
+        return True
+
+    def _stream_encoder(self):
+        """The encoder of the client's open stream (a resume in progress keeps
+        its own, whose state matches what the client saw)."""
+        return self.resuming.encoder if self.resuming is not None else None
+
+    def _trailers(self) -> Headers | None:
+        if not self.record.resumed or not any("to" in r for r in self.record.resumed):
+            return None
+        return [(b"x-busbar-resumed", b"%d" % sum(1 for r in self.record.resumed if "to" in r))]
 
     async def end_stream_with_error(self, err: ClientError, encoder=None) -> None:
         """End a committed stream with the client protocol's error event, so

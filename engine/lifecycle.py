@@ -28,7 +28,8 @@ from statemachine import State, StateMachine
 
 class RequestChart(StateMachine):
     """received → routed → dispatched → streaming → done, with failing-over
-    looping back to dispatched and `failed` as the other terminal."""
+    looping back to dispatched (after a fault, or after a resumed stream's
+    break) and `failed` as the other terminal."""
 
     received = State(initial=True)
     routed = State()
@@ -55,6 +56,12 @@ class RequestChart(StateMachine):
                 | dispatched.to(failed) | failing_over.to(failed))
     # the stream broke after content went out (an error event ends it)
     broken = streaming.to(failed)
+    # the stream broke after content went out and the pipeline resumes it:
+    # another member's continuation is spliced into the client's open stream
+    resume = streaming.to(failing_over)
+    # no first content yet after the hedge delay: another member races the
+    # first inside the same request (the first content wins)
+    hedge = dispatched.to.itself()
     # client went away or the deadline passed: the nursery is cancelled
     cancelled = (received.to(failed) | routed.to(failed) | dispatched.to(failed)
                  | failing_over.to(failed) | streaming.to(failed))

@@ -35,13 +35,29 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Broken:
-    """The stream broke after the commit: no failover; the client's stream is
-    ended honestly.  `encoder` writes the client protocol's error event; None
-    when the vendor's own error event was already relayed (passthrough)."""
+    """The stream broke after the commit.  The client's stream is ended
+    honestly, or, when the pipeline resumes streams, continued on another
+    member (`Exchange.settle`).  `encoder` writes the client protocol's error
+    event (or the continuation); None when the vendor's own error event was
+    already relayed (passthrough without resume).  `journal`: what the client
+    was sent, as IR events (busbar.resume), when resume is on; `synced`:
+    whether `encoder` has encoded it (False for a same-protocol stream, whose
+    vendor bytes went out as they were)."""
 
     fault: Fault
     ttfb: float
     encoder: object = None
+    journal: list | None = None
+    synced: bool = True
 
 
-Outcome = Answered | Failed | Broken
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """A hedged attempt that lost the race: cancelled when another attempt
+    produced content first (its upstream connection closed, not reused).
+    `usage`: what it had reported by then, counted as hedge waste."""
+
+    usage: object = None
+
+
+Outcome = Answered | Failed | Broken | Lost

@@ -115,10 +115,36 @@ class BreakerParams:
 
 
 @dataclass(frozen=True, slots=True)
+class Hedge:
+    """`dispatch.hedge`: after `after_ms` (or the pool's measured TTFB
+    percentile `after`) without first content, start another member."""
+
+    max: int
+    budget: float                   # hedges as a share of the pool's requests
+    after_ms: float | None = None
+    after: str | None = None        # p50 | p90 | p95 | p99
+
+
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     explore: float
     ewma_alpha: float
     strategy: str | None = None     # deprecated override of the pool's own `strategy`
+    hedge: Hedge | None = None      # off when absent
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """`streaming.resume`: continue a stream broken after the commit on
+    another member, at most `max` times, each within `max_added_ms`."""
+
+    max: int
+    max_added_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Streaming:
+    resume: Resume | None = None    # off when absent
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +170,7 @@ class Pipeline:
     rules: Rules
     breaker: BreakerParams
     description: str = ""
+    streaming: Streaming = Streaming()
     # deprecated `received.checks` without `auth`: the pools on this pipeline
     # skip the client-key check (today's spelling: pools.NAME.auth: false)
     legacy_open: bool = False
@@ -163,6 +190,12 @@ class Pipeline:
         data.pop("legacy_open")
         if data["dispatch"]["strategy"] is None:
             data["dispatch"].pop("strategy")
+        if data["dispatch"]["hedge"] is None:
+            data["dispatch"].pop("hedge")
+        else:
+            data["dispatch"]["hedge"] = {k: v for k, v in data["dispatch"]["hedge"].items() if v is not None}
+        if data["streaming"]["resume"] is None:
+            data["streaming"].pop("resume")
         data["rules"] = {cls: _rule_dict(rule) for cls, rule in data["rules"].items()}
         if not data["description"]:
             data.pop("description")
@@ -369,9 +402,14 @@ def build_pipeline(name: str, data: Mapping) -> Pipeline:
     breaker = BreakerParams(**data["breaker"])
     if breaker.open_for_max < breaker.open_for:
         raise PipelineError(f"{where}.breaker.open_for_max", "must be at least breaker.open_for")
+    dispatch = dict(data["dispatch"])
+    if dispatch.get("hedge") is not None:
+        dispatch["hedge"] = Hedge(**dispatch["hedge"])
+    resume = (data.get("streaming") or {}).get("resume")
     return Pipeline(
         name=name,
-        dispatch=Dispatch(**data["dispatch"]),
+        dispatch=Dispatch(**dispatch),
+        streaming=Streaming(Resume(**resume) if resume is not None else None),
         retry=Retry(**data["retry"]),
         deadline=float(data["deadline"]),
         timeouts=Timeouts(**{k: float(v) for k, v in data["timeouts"].items()}),
@@ -433,6 +471,9 @@ _EDGE_WORDS = {
     ("streaming", "complete"): ("end of answer", ""),
     ("streaming", "broken"): ("fault after content was sent",
                               " (error event in the client's protocol; the penalty still applies)"),
+    ("streaming", "resume"): ("fault after content was sent, resume on",
+                              " (the continuation on another member is spliced into the open stream)"),
+    ("dispatched", "hedge"): ("no first content yet, hedge on", " (another member races; the first content wins)"),
 }
 
 
@@ -446,6 +487,15 @@ def explain(pipeline: Pipeline) -> str:
                  + ("; this pipeline's pools skip it (deprecated received.checks)" if p.legacy_open else ""))
     strategy = p.dispatch.strategy or "the pool's own strategy"
     lines.append(f"  dispatch     strategy: {strategy} (latency: explore {p.dispatch.explore:g}, ewma alpha {p.dispatch.ewma_alpha:g})")
+    h = p.dispatch.hedge
+    if h is not None:
+        after = f"{h.after_ms:g} ms" if h.after_ms is not None else f"the pool's TTFB {h.after}"
+        lines.append(f"  hedge        no first content after {after}: up to {h.max} more member(s) race, the first "
+                     f"content wins; at most {h.budget:.0%} of the pool's requests")
+    r = p.streaming.resume
+    if r is not None:
+        lines.append(f"  resume       a stream broken after content went out continues on another member, up to "
+                     f"{r.max} time(s), each within {r.max_added_ms:g} ms of the failure")
     lines.append(
         f"  budget       {p.max_attempts} member attempt(s) + {p.max_key_rotations} key rotation(s) "
         f"= at most {p.max_attempts + p.max_key_rotations} upstream calls; deadline {_secs(p.deadline)}"
@@ -466,6 +516,8 @@ def explain(pipeline: Pipeline) -> str:
     for (src, event), dst in lifecycle.TRANSITIONS.items():
         if event == "cancelled":
             continue                  # from every state alike: one line at the end
+        if (event == "resume" and p.streaming.resume is None) or (event == "hedge" and p.dispatch.hedge is None):
+            continue                  # edges of features this pipeline leaves off
         if src == "dispatched" and event in ("fault", "rejected"):
             # one edge per fault class, along the event its rule picks
             for cls in FaultClass:

@@ -36,6 +36,8 @@ class RequestRecord:
     client_key_id: str | None = None   # routing.fingerprint of the gateway client key (usage accounting)
     tenant: str | None = None     # the tenancy key id (busbar.tenancy), never the secret
     cost_usd: float = 0.0         # priced from the answering member's `price`
+    # each resume of a broken stream: {"from", "to", "after_chars", "trimmed", "fault", "added_ms"}
+    resumed: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "client_protocol": self.client_protocol, "pool": self.pool, "stream": self.stream,
@@ -48,6 +50,7 @@ class RequestRecord:
                 "path": self.lifecycle.describe(), "state": self.lifecycle.state,
                 "usage": _usage_dict(self.usage),
                 **({"key_id": self.tenant, "cost_usd": self.cost_usd} if self.tenant else {}),
+                **({"resumed": self.resumed} if self.resumed else {}),
                 **({"error": self.error} if self.error else {})}
 
 

@@ -27,6 +27,7 @@ from busbar.outcome import Answered, Broken, Failed, Outcome
 from busbar.protocols.base import StreamError
 from busbar.protocols.sse import SSESplitter
 from busbar.protocols.stops import StopEmulation, cut_response
+from busbar.resume import Journal, replay
 from busbar.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -89,22 +90,36 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
     commit: send the head and what was held, and relay the rest as it comes.
 
     The upstream stream is always decoded (constant memory) to find the
-    commit point, errors, garbage and usage."""
+    commit point, errors, garbage and usage.  With resume on, the events the
+    client was sent are journaled (busbar.resume) and a vendor's mid-stream
+    error event is withheld, since the stream may go on elsewhere.  A
+    continuation of a broken stream (`x.resuming`) is spliced into the
+    client's open stream: its commit writes no head, only content."""
     client = x.client
-    same = up is client
+    resume = x.resuming
+    same = up is client and resume is None
     timeouts = x.plan.pipeline.timeouts
     chunks = response.aiter_bytes()
     decoder = up.stream_decoder()
-    encoder = client.stream_encoder(attempt.model, **client.stream_encoder_options(x.obj))
+    if resume is None:
+        encoder = client.stream_encoder(attempt.model, **client.stream_encoder_options(x.obj))
+        journal = Journal() if x.resume_policy is not None else None
+        splice = None
+        first_by = None
+    else:
+        encoder, journal, splice = resume.encoder, resume.journal, resume.splice()
+        first_by = resume.deadline       # the silence a resume may add
     relay = PassthroughRelay(up.stream_content_type) if same else None
     stops = StopEmulation(x.stops) if x.stops and not same else None
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
+    pending: list = []       # with a journal: the held IR events, journaled at the commit
     bound = PrecommitBound()  # what `held` may grow to: past it, the member's fault
     upstream_done = False
     committed = False
     while not committed:
         try:
-            with trio.fail_after(timeouts.first_byte):
+            wait_until = trio.current_time() + timeouts.first_byte
+            with trio.fail_at(wait_until if first_by is None else min(wait_until, first_by)):
                 chunk = await chunks.__anext__()
             events = decoder.feed(chunk)
         except StopAsyncIteration:
@@ -123,6 +138,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
         if stops is not None:
             events = stops.filter(events)
             upstream_done = upstream_done or stops.done     # cut: the upstream is not read further
+        if splice is not None:
+            events = splice.feed(events)
         for event in events:
             if type(event) is ir.ErrorEvent:
                 # an error before any content: the decoder classified it;
@@ -134,6 +151,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
                 x.record.usage = event.usage
         if same:
             held.append(relay.take(chunk))
+            if journal is not None:
+                pending.extend(events)
         else:
             held.extend(events)
         too_much = bound.add(len(chunk), len(events))
@@ -143,12 +162,20 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
             break
     # commit: from here the client sees bytes and there is no failover
     ttfb = trio.current_time() - t0
-    x.commit(rec, response.status, ttfb)
-    # head and held content in one write: one send, and the client's first
-    # read has content in it
-    first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
-    await x.responder.start(200, [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
-                            + x.answer_headers(attempt), first)
+    if journal is not None:
+        journal.extend(pending if same else held)
+    if resume is None:
+        x.commit(rec, response.status, ttfb)
+        # head and held content in one write: one send, and the client's first
+        # read has content in it
+        first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
+        head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
+        if journal is not None:     # resume on: the trailer says whether the stream was resumed
+            head.append((b"trailer", b"x-busbar-resumed"))
+        await x.responder.start(200, head + x.answer_headers(attempt), first)
+    else:
+        x.commit_continuation(rec, response.status, ttfb, splice)
+        await x.responder.write(b"".join(encoder.encode(e) for e in held))
     try:
         while not upstream_done:
             with trio.fail_after(timeouts.idle):
@@ -160,6 +187,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
             if stops is not None:
                 events = stops.filter(events)
                 upstream_done = stops.done
+            if splice is not None:
+                events = splice.feed(events)
             broken = None
             for event in events:
                 kind = type(event)
@@ -167,6 +196,21 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
                     x.record.usage = event.usage
                 elif kind is ir.ErrorEvent:
                     broken = event
+            if journal is not None:
+                if broken is not None:
+                    # resume on: the vendor's error event stays here (the
+                    # stream may go on elsewhere); what came before it goes out
+                    events = [e for e in events if type(e) is not ir.ErrorEvent]
+                    if same:
+                        replay(encoder, journal)       # the client's stream so far, in encoder state
+                    journal.extend(events)
+                    await x.responder.write(b"".join(encoder.encode(e) for e in events))
+                    fault = _fault_of(up, broken)
+                    return Broken(x.redact(Fault(fault.cls, fault.status, f"upstream error mid-stream: {fault.message}",
+                                                 fault.retry_after, fault.code)), ttfb, encoder, journal)
+                journal.extend(events)
+                if journal.full:       # past its bound: no longer resumable
+                    journal = None
             out = relay.take(chunk) if same else b"".join(encoder.encode(e) for e in events)
             if broken is not None:
                 out = x.gw.scrub_bytes(out)     # a vendor error event may echo the key
@@ -180,14 +224,19 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
             tail = decoder.close()
             if stops is not None:
                 tail = stops.filter(tail)
+            if splice is not None:
+                tail = splice.feed(tail)
+            for event in tail:
+                if type(event) is ir.UsageEvent:
+                    x.record.usage = event.usage
             if not same:
                 await x.responder.write(b"".join(encoder.encode(e) for e in tail))
         if not same:
             await x.responder.write(encoder.finish())
     except trio.TooSlowError:
-        return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder)
+        return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
     except (UpstreamError, StreamError) as exc:
-        return Broken(Fault(FaultClass.SERVER, 0, str(exc)), ttfb, encoder)
+        return Broken(Fault(FaultClass.SERVER, 0, str(exc)), ttfb, encoder, journal, not same)
     return Answered(response.status, ttfb, chunked=True)
 
 
@@ -202,19 +251,37 @@ def _fault_of(dialect, event: ir.ErrorEvent) -> Fault:
 class PassthroughRelay:
     """Same-protocol stream relay: forwards the upstream's bytes untouched,
     whole SSE events at a time (an incomplete event waits for its end, so an
-    error event we append can never land inside one).  Binary framings
-    (Bedrock's eventstream) are forwarded as they come."""
+    error event we append, or a resumed stream's continuation, can never
+    land inside one).  Binary framings (Bedrock's eventstream: each frame
+    starts with its total length) go out whole frames at a time too."""
 
-    __slots__ = ("splitter",)
+    __slots__ = ("splitter", "_frames")
 
     def __init__(self, content_type: bytes):
         self.splitter = SSESplitter() if content_type == b"text/event-stream" else None
+        self._frames = b""        # the start of a binary frame still arriving
 
     def take(self, chunk: bytes) -> bytes:
-        if self.splitter is None or not chunk:
+        if not chunk:
             return chunk
+        if self.splitter is None:
+            return self._whole_frames(chunk)
         aligned = not self.splitter.pending
         events = self.splitter.feed(chunk)
         if aligned and not self.splitter.pending:
             return chunk                      # the common case: whole events, as received
         return b"".join(event.raw for event in events)
+
+    def _whole_frames(self, chunk: bytes) -> bytes:
+        data = self._frames + chunk if self._frames else chunk
+        end, size = 0, len(data)
+        while size - end >= 4:
+            n = int.from_bytes(data[end:end + 4], "big")
+            if n < 4 or size - end < n:
+                break
+            end += n
+        if end == size:
+            self._frames = b""
+            return data
+        self._frames = data[end:]
+        return data[:end]

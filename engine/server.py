@@ -142,10 +142,12 @@ class Responder:
         if data and not self._head_only:
             await self._write(data if self._http10 else b"%x\r\n" % len(data) + data + b"\r\n")
 
-    async def end(self) -> None:
+    async def end(self, trailers: Headers | None = None) -> None:
+        """End a streamed response; `trailers` go in the chunked trailer
+        section (announced by a `trailer` header in the head)."""
         self._finished = True
         if not (self._http10 or self._head_only):
-            await self._write(b"0\r\n\r\n")
+            await self._write(b"0\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in trailers or ()) + b"\r\n")
 
 
 Handler = Callable[[HttpRequest, Responder], Awaitable[None]]

@@ -16,6 +16,8 @@ applied to every request from `always`:
   {"stall": 5.0, "after": 0}                    stop sending for N seconds
   {"malformed": true, "after": 1}               garbage bytes in the stream (buffered: a garbage 200 body)
   {"error_event": "overloaded"|"context"}       200 stream whose first event is an error
+  {"error_event": "overloaded", "after": 3}     the vendor's in-stream error event after N writes (the
+                                                preamble and N-1 deltas): a stream dying mid-way
   {"quota": "minute"|"day", "retry_after": 30}  the vendor's quota 429 (Gemini: a QuotaFailure
                                                 violation per minute or per day, with RetryInfo)
 Optional "model": "x" / "key": "k" on a fault restricts which requests it hits.
@@ -67,6 +69,12 @@ class MockVendor:
     # the turns that carried it back
     think: bool = False
     thoughts_seen: int = 0
+    # A request ending in an assistant turn (a prefill, or a resumed stream's
+    # continuation) whose text starts `reply` is answered with the rest of
+    # `reply`, as a model continuing its own answer does; `restate` > 0
+    # repeats that many characters of the assistant text first (the overlap
+    # a continuation may have).
+    restate: int = 0
     # A self-hosted backend's telemetry (vLLM/SGLang `/metrics`, Ollama
     # `/api/ps`/`/api/tags`, readiness), scriptable: {"kind": "vllm",
     # "running": 0, "waiting": 0, "kv": 0.1, "ready": true, "models": [...],
@@ -186,11 +194,17 @@ class MockVendor:
             if not stream:
                 return await responder.send(*reply)
             await responder.start(200, vendor.stream_headers())
-            for frame in reply:
+            for i, frame in enumerate(reply):
+                if fault and fault.get("reset") == "during" and i == fault.get("after", 0):
+                    raise AbortConnection()
                 await responder.write(frame)
             return await responder.end()
         text = step if step is not None else (
             self.reply if self.reply is not None else vendor.last_user_text(obj, params) or "Hello from Busbar's mock.")
+        if step is None and self.reply is not None:
+            prefill = vendor.trailing_assistant_text(obj, params)
+            if prefill and text.startswith(prefill):
+                text = text[len(prefill) - min(self.restate, len(prefill)):]
         usage_in = max(1, len(request.body) // 4)
         if not stream:
             if fault and fault.get("malformed"):
@@ -207,10 +221,15 @@ class MockVendor:
                 raise AbortConnection()
             return await responder.send(status, headers + quota_headers, body)
         pieces = _split(text, self.chunks)
-        frames = vendor.render_stream(model, pieces, usage_in, obj, fault, thought)
+        framed = vendor.stream_frames(model, pieces, usage_in, obj, fault, thought)
+        frames = [frame for frame, _ in framed]
         headers = vendor.stream_headers() + quota_headers
         await responder.start(200, headers)
         after = fault.get("after", 0) if fault else None
+        if self.record:       # the answer text this stream carries (up to a scripted cut)
+            cut = fault is not None and (fault.get("reset") == "during" or fault.get("malformed")
+                                         or "stall" in fault)
+            self.received[-1]["streamed"] = "".join(s for _, s in (framed[:after] if cut else framed))
         for i, frame in enumerate(frames):
             if i == after:
                 if fault.get("reset") == "during":

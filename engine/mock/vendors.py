@@ -157,6 +157,16 @@ class Vendor:
                     return text
         return ""
 
+    def trailing_assistant_text(self, obj: dict, params: dict) -> str:
+        """The text of a trailing assistant turn (a prefill), or ''."""
+        try:
+            request = self.dialect.parse_request(obj, params)
+        except Exception:
+            return ""
+        if not request.messages or request.messages[-1].role != ir.ASSISTANT:
+            return ""
+        return "".join(p.text for p in request.messages[-1].content if isinstance(p, ir.Text))
+
     def tool_step(self, obj: dict, params: dict):
         """With tools on offer: a call of the first tool (required string
         arguments filled in), or, once the last turn carries a tool result,
@@ -192,10 +202,15 @@ class Vendor:
         first = _thought_events(thought)
         i = 1 if first else 0
         events = [ir.MessageStart(id=f"mock-{uuid.uuid4().hex[:20]}", model=model, usage=ir.Usage(input_tokens=usage_in)),
-                  *first, ir.BlockStart(i, ir.ToolCall(call.id, call.name, {})),
-                  ir.ToolArgsDelta(i, orjson.dumps(call.arguments).decode()), ir.BlockStop(i),
-                  ir.UsageEvent(usage), ir.MessageStop(ir.StopReason.TOOL_USE)]
-        return [b"".join(encoder.encode(e) for e in events) + encoder.finish()]
+                  *first, ir.BlockStart(i, ir.ToolCall(call.id, call.name, {}))]
+        # two writes: the call's start with the first half of its arguments,
+        # then the rest and the ending (a scripted cut can land inside them)
+        args = orjson.dumps(call.arguments).decode()
+        half = len(args) // 2
+        return [b"".join(encoder.encode(e) for e in events) + encoder.encode(ir.ToolArgsDelta(i, args[:half])),
+                b"".join(encoder.encode(e) for e in (ir.ToolArgsDelta(i, args[half:]), ir.BlockStop(i),
+                                                     ir.UsageEvent(usage), ir.MessageStop(ir.StopReason.TOOL_USE)))
+                + encoder.finish()]
 
     def _response(self, model: str, text: str, usage_in: int, thought: ir.Reasoning | None = None) -> ir.Response:
         return ir.Response(id=f"mock-{uuid.uuid4().hex[:20]}", model=model,
@@ -223,23 +238,46 @@ class Vendor:
 
     def render_stream(self, model: str, pieces: list[str], usage_in: int, obj: dict, fault: dict | None,
                       thought: ir.Reasoning | None = None) -> list[bytes]:
+        return [frame for frame, _ in self.stream_frames(model, pieces, usage_in, obj, fault, thought)]
+
+    def stream_frames(self, model: str, pieces: list[str], usage_in: int, obj: dict, fault: dict | None,
+                      thought: ir.Reasoning | None = None) -> list[tuple[bytes, str]]:
+        """The stream's writes, each with the answer text it carries."""
         # the request's own stream options, as the real vendor reads them
         # (OpenAI: the usage chunk only with stream_options.include_usage)
         encoder = self.dialect.stream_encoder(model, **self.dialect.stream_encoder_options(obj))
-        if fault and fault.get("error_event"):
+        if fault and fault.get("error_event") and not fault.get("after"):
             cls = fault["error_event"]
             _, kind, text, _ = VENDOR_ERRORS[self.protocol].get(cls, VENDOR_ERRORS[self.protocol]["server"])
             first = encoder.encode(self.stream_events(model, pieces, usage_in)[0]) if self.protocol in ("anthropic", "responses", "cohere") else b""
-            return [first + encoder.error(kind, text)] if first else [encoder.error(kind, text)]
-        # one write per content delta; the preamble and the ending go out
-        # whole, as vendors send them, so pacing applies to content only
-        events = self.stream_events(model, pieces, usage_in, thought)
-        deltas = [i for i, e in enumerate(events) if type(e) is ir.TextDelta]
-        first, last = (deltas[0], deltas[-1]) if deltas else (len(events), len(events) - 1)
-        frames = [b"".join(encoder.encode(e) for e in events[:first])]
-        frames += [encoder.encode(events[i]) for i in range(first, last + 1)]
-        frames.append(b"".join(encoder.encode(e) for e in events[last + 1:]) + encoder.finish())
-        return [f for f in frames if f]
+            return [(first + encoder.error(kind, text), "")] if first else [(encoder.error(kind, text), "")]
+        # one write per content delta (with the events that lead to it); the
+        # preamble and the ending go out whole, as vendors send them, so
+        # pacing applies to content only
+        groups: list[list] = []
+        current: list = []
+        for event in self.stream_events(model, pieces, usage_in, thought):
+            if type(event) in (ir.TextDelta, ir.ReasoningDelta):
+                if not groups:
+                    groups.append(current)      # the preamble
+                    current = []
+                current.append(event)
+                groups.append(current)
+                current = []
+            else:
+                current.append(event)
+        groups.append(current)
+        frames = []
+        for n, group in enumerate(groups):
+            if fault and fault.get("error_event") and n == fault["after"]:
+                # the vendor's in-stream error after `after` writes: a stream dying mid-way
+                cls = fault["error_event"]
+                _, kind, text, _ = VENDOR_ERRORS[self.protocol].get(cls, VENDOR_ERRORS[self.protocol]["server"])
+                frames.append((encoder.error(kind, text), ""))
+                break
+            data = b"".join(encoder.encode(e) for e in group) + (encoder.finish() if n == len(groups) - 1 else b"")
+            frames.append((data, "".join(e.text for e in group if type(e) is ir.TextDelta)))
+        return [f for f in frames if f[0]]
 
     def answer_operation(self, params: dict, obj: dict, model: str):
         """Embeddings, rerank and token counts, deterministic: the same text
@@ -296,7 +334,9 @@ def _thought_events(thought: ir.Reasoning | None) -> list:
     """A signed reasoning block as stream events (block 0), or nothing."""
     if thought is None:
         return []
-    out = [ir.BlockStart(0, ir.Reasoning("", None, thought.origin)), ir.ReasoningDelta(0, thought.text)]
+    words = thought.text.split(" ")      # one delta per word: a stream can be cut inside the block
+    out = [ir.BlockStart(0, ir.Reasoning("", None, thought.origin))]
+    out += [ir.ReasoningDelta(0, w + (" " if k < len(words) - 1 else "")) for k, w in enumerate(words) if w]
     if thought.signature:
         out.append(ir.SignatureDelta(0, thought.signature))
     return out + [ir.BlockStop(0)]
