@@ -442,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--since", help="unix seconds, a duration back from now (24h, 7d) or an ISO date")
     p.add_argument("--until", help="same forms as --since")
     p.add_argument("--group-by", default="pool,member,key",
-                   help="comma-separated: pool, member, key, client, minute, hour, day")
+                   help="comma-separated: pool, member, model, key (upstream), client, client_key (the gateway "
+                        "key id), team, minute, hour, day, week, month")
+    p.add_argument("--config", help="price the tokens with this config's member prices (adds usd)")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_usage)
 

@@ -131,12 +131,18 @@ class Exchange:
         self.client = self.client.for_body(self.obj)    # a body-shaped protocol (Bedrock invoke) says which
         if self.gw.tenancy is not None and admitted.secret is not None:
             # limits and budgets before routing: a refused request never reaches a member
-            self.tenancy_admission = await self.gw.tenancy.admit(
-                admitted.secret, self.model, tenancy.estimate_tokens(self.request.body, self.obj),
-                known_pool=self.model in self.gw.router.pool_names(),
-                billing_status=self.client.kind_status["billing"])
+            try:
+                self.tenancy_admission = await self.gw.tenancy.admit(
+                    admitted.secret, self.model, tenancy.estimate_tokens(self.request.body, self.obj),
+                    known_pool=self.model in self.gw.router.pool_names(),
+                    billing_status=self.client.kind_status["billing"])
+            except ClientError as refused:     # metrics count refusals by key id and reason
+                self.record.tenant = getattr(refused, "key_id", None)
+                self.record.limited = getattr(refused, "reason", None)
+                raise
             self.model = self.tenancy_admission.pool     # over_budget downgrade
             self.record.tenant = self.tenancy_admission.key.id
+            self.record.team = self.tenancy_admission.key.team
         try:
             self.plan = self.gw.router.start(self.model, self.client.needs(self.request.body, self.obj),
                                              trio.current_time())
@@ -336,6 +342,7 @@ class Exchange:
         with trio.CancelScope(shield=True):
             try:
                 self.record.cost_usd = await self.gw.tenancy.settle(self.tenancy_admission, self.record.usage, price)
+                self.record.alerts = tuple(self.tenancy_admission.alerts)
             except Exception:
                 log.exception("request %s: tenancy settle failed", self.record.id)
 

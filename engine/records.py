@@ -35,6 +35,9 @@ class RequestRecord:
     usage: object = None          # ir.Usage when the response told us
     client_key_id: str | None = None   # routing.fingerprint of the gateway client key (usage accounting)
     tenant: str | None = None     # the tenancy key id (busbar.tenancy), never the secret
+    team: str | None = None       # the tenancy key's team
+    limited: str | None = None    # why tenancy refused it: rpm | tpm | parallel | budget
+    alerts: tuple = ()            # tenancy levels whose budget alert this request crossed
     cost_usd: float = 0.0         # priced from the answering member's `price`
     # each resume of a broken stream: {"from", "to", "after_chars", "trimmed", "fault", "added_ms"}
     resumed: list = field(default_factory=list)

@@ -185,7 +185,8 @@ async def test_usage_is_accounted_and_queryable(usage_db):
             by_key = (await client.get(gw.url + "/admin/usage?group_by=key,day", headers=AUTH)).json()
     rows = {row["client"]: row for row in r.json()["rows"]}
     assert rows["c0ffee12"] == {"pool": "smart", "client": "c0ffee12", "requests": 1, "input_tokens": 100,
-                                "output_tokens": 40, "cached_tokens": 30, "reasoning_tokens": 10}
+                                "output_tokens": 40, "cached_tokens": 30, "reasoning_tokens": 10,
+                                "cache_write_tokens": 0, "usd": 0.0}      # no member price configured
     assert rows["-"]["requests"] == 3
     assert bad.status_code == 400 and "allowed: pool, member, key" in bad.json()["error"]
     assert by_key["rows"][0]["key"].startswith("first#0:") and len(by_key["rows"][0]["day"]) == 10

@@ -369,7 +369,9 @@ async def usage(admin, responder, query: dict) -> None:
         group_by = parse_group_by(query.get("group_by"))
     except UsageError as exc:
         return await _json(responder, 400, {"error": str(exc)})
-    rows = await admin.usage.query(since, until, group_by)
+    from busbar.tenancy import member_models
+    gw = admin.gateway
+    rows = await admin.usage.query(since, until, group_by, gw.prices, member_models(gw.config.pools))
     await _json(responder, 200, {"since": since, "until": until, "group_by": list(group_by), "rows": rows})
 
 

@@ -61,6 +61,9 @@ class Metrics:
         self.duration: dict[str, list] = {}        # pool -> histogram
         self.ttfb: dict[tuple, list] = {}          # (pool, member) -> histogram
         self.samples: dict[str, deque] = {}        # member -> recent TTFB ms
+        self.spend: dict[tuple, float] = {}        # (client key id, pool) -> USD priced when the request ended
+        self.limited: dict[tuple, int] = {}        # (client key id, reason) -> refusals by tenancy
+        self.budget_alerts: dict[str, int] = {}    # key or team id -> soft budget alerts
         self._protocols: dict[str, str] = {}     # configured member id -> upstream protocol
         self._pools: frozenset = frozenset()
         self._direct: dict[str, str] = {}        # direct route -> its upstream protocol (bounded)
@@ -77,7 +80,7 @@ class Metrics:
     def adopt(self, old: "Metrics") -> None:
         """Carry the counters over a config reload."""
         for name in ("started", "total", "requests", "attempts", "failovers", "tokens", "duration", "ttfb",
-                     "samples", "_direct"):
+                     "samples", "_direct", "spend", "limited", "budget_alerts"):
             setattr(self, name, getattr(old, name))
 
     # ---- hot path ------------------------------------------------------------
@@ -151,6 +154,16 @@ class Metrics:
             if s is None:
                 s = self.samples[member] = deque(maxlen=LATENCY_SAMPLES)
             s.append(ttfb)
+        tenant = record.tenant        # a configured or minted key id: bounded by the keys, never a secret
+        if tenant is not None:
+            if record.cost_usd:
+                k = (tenant, pool)
+                self.spend[k] = self.spend.get(k, 0.0) + record.cost_usd
+            if record.limited:
+                k = (tenant, record.limited)
+                self.limited[k] = self.limited.get(k, 0) + 1
+            for level in record.alerts:
+                self.budget_alerts[level] = self.budget_alerts.get(level, 0) + 1
         usage = record.usage
         if usage is not None:
             t = self.tokens
@@ -214,6 +227,22 @@ class _Collector:
                                   "output includes reasoning).", labels=["pool", "member", "kind"])
         for (pool, member, kind), n in list(m.tokens.items()):
             fam.add_metric([pool, member, kind], n)
+        yield fam
+        fam = CounterMetricFamily("busbar_spend_usd", "Spend of each client key in USD, priced from the answering "
+                                  "member's price when the request ended.", labels=["key", "pool"])
+        for (key, pool), usd in list(m.spend.items()):
+            fam.add_metric([key, pool], usd)
+        yield fam
+        fam = CounterMetricFamily("busbar_key_limited", "Requests of each client key refused by its limits or "
+                                  "budget (reason: rpm, tpm, parallel, budget; the team's count for its keys).",
+                                  labels=["key", "reason"])
+        for (key, reason), n in list(m.limited.items()):
+            fam.add_metric([key, reason], n)
+        yield fam
+        fam = CounterMetricFamily("busbar_budget_alerts", "Soft budget alerts (budget.alert of the period's budget "
+                                  "spent) per key or team.", labels=["level"])
+        for level, n in list(m.budget_alerts.items()):
+            fam.add_metric([level], n)
         yield fam
         fam = HistogramMetricFamily("busbar_request_duration_seconds", "Whole request, received to last byte.",
                                     labels=["pool"])

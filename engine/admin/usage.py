@@ -1,5 +1,6 @@
-"""Usage accounting: requests and tokens per pool, member, key and client,
-by the minute, in SQLite.
+"""Usage accounting: requests and tokens per pool, member, key, client and
+client key (tenancy id and team), by the minute, in SQLite; spend in USD
+priced at read time.
 
 On the hot path `observe(record)` only adds to an in-memory table keyed by
 (minute, pool, member, key id, client id): its size is bounded by the
@@ -9,10 +10,15 @@ one transaction; the Admin's task flushes every second and once more on
 shutdown, and every query flushes first so answers are current.
 
 Keys are named by their ids (`provider#index:sha256-prefix`), gateway
-clients by a hash of their key (`busbar.routing.fingerprint`); no secret is
-ever written.
+clients by a hash of their key (`busbar.routing.fingerprint`) and by the
+tenancy key id and team (`client_key`, `team`); no secret is ever written.
 
-    busbar usage --db busbar-usage.sqlite --since 24h --group-by pool,member
+The ledger keeps tokens by price class (input, cache reads, cache writes,
+output, reasoning) per member, never dollars: a query prices each member's
+tokens with the member's *current* `price` (`busbar.tenancy.Price`), so
+fixing a price is a config reload, not a re-bill.
+
+    busbar usage --db busbar-usage.sqlite --since 24h --group-by client_key,month --config busbar.yaml
 """
 from __future__ import annotations
 
@@ -36,27 +42,46 @@ CREATE TABLE IF NOT EXISTS usage (
     output_tokens INTEGER NOT NULL DEFAULT 0,
     cached_tokens INTEGER NOT NULL DEFAULT 0,
     reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (minute, pool, member, key_id, client_id)
+    client_key TEXT NOT NULL DEFAULT '-',   -- the tenancy key id (auth.keys[].id or minted), never the secret
+    team TEXT NOT NULL DEFAULT '-',
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, pool, member, key_id, client_id, client_key, team)
 )
 """
-UPSERT = """
+# a database written before client_key/team/cache_write_tokens existed: rebuilt once with them
+MIGRATE = """
+ALTER TABLE usage RENAME TO usage_before_tenancy;
+{schema};
 INSERT INTO usage (minute, pool, member, key_id, client_id, requests, input_tokens, output_tokens,
                    cached_tokens, reasoning_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (minute, pool, member, key_id, client_id) DO UPDATE SET
+SELECT minute, pool, member, key_id, client_id, requests, input_tokens, output_tokens, cached_tokens,
+       reasoning_tokens FROM usage_before_tenancy;
+DROP TABLE usage_before_tenancy;
+"""
+UPSERT = """
+INSERT INTO usage (minute, pool, member, key_id, client_id, client_key, team, requests, input_tokens,
+                   output_tokens, cached_tokens, reasoning_tokens, cache_write_tokens)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (minute, pool, member, key_id, client_id, client_key, team) DO UPDATE SET
     requests = requests + excluded.requests,
     input_tokens = input_tokens + excluded.input_tokens,
     output_tokens = output_tokens + excluded.output_tokens,
     cached_tokens = cached_tokens + excluded.cached_tokens,
-    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens
+    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens
 """
-VALUES = ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+VALUES = ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "cache_write_tokens")
 # group_by names -> SQL expression (a fixed list: nothing from the query string reaches SQL)
 GROUPS = {
     "pool": "pool", "member": "member", "key": "key_id", "client": "client_id",
+    "client_key": "client_key", "team": "team",
+    "model": None,                     # the member's model, resolved at read time (the config knows it)
     "minute": "strftime('%Y-%m-%dT%H:%M:00Z', minute, 'unixepoch')",
     "hour": "strftime('%Y-%m-%dT%H:00:00Z', minute, 'unixepoch')",
     "day": "strftime('%Y-%m-%d', minute, 'unixepoch')",
+    # the budget periods (busbar.tenancy.period_bounds): ISO week starting Monday, calendar month, UTC
+    "week": "date(minute, 'unixepoch', 'weekday 0', '-6 days')",
+    "month": "strftime('%Y-%m', minute, 'unixepoch')",
 }
 DEFAULT_GROUP_BY = ("pool", "member", "key")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -109,12 +134,58 @@ def open_db(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    if "client_key" not in columns:
+        conn.executescript("BEGIN;" + MIGRATE.format(schema=SCHEMA.strip()) + "COMMIT;")
     return conn
 
 
 def query_db(conn: sqlite3.Connection, since: float | None = None, until: float | None = None,
-             group_by: tuple[str, ...] = DEFAULT_GROUP_BY) -> list[dict]:
-    """Sums of requests and tokens per group, biggest token users first."""
+             group_by: tuple[str, ...] = DEFAULT_GROUP_BY, prices: dict | None = None,
+             models: dict | None = None) -> list[dict]:
+    """Sums of requests and tokens per group, biggest token users first.
+    With `prices` (member id -> Price) each row gets `usd`: every member's
+    tokens priced at its current rates (members without a price count 0)."""
+    per_member = prices is not None or "model" in group_by
+    if not per_member:
+        return _query(conn, since, until, group_by)
+    sql_groups = tuple(g for g in group_by if g != "model") + (() if "member" in group_by else ("member",))
+    out: dict[tuple, dict] = {}
+    models = models or {}
+    for row in _query(conn, since, until, sql_groups):
+        member = row["member"]
+        row["model"] = models.get(member) or member.rsplit("/", 1)[-1]
+        group = tuple(row[g] for g in group_by)
+        total = out.get(group)
+        if total is None:
+            total = out[group] = {**{g: row[g] for g in group_by}, **{v: 0 for v in VALUES}, "usd": 0.0}
+        for v in VALUES:
+            total[v] += row[v]
+        price = (prices or {}).get(member)
+        if price is not None:
+            total["usd"] += price.cost(_Tokens(row))
+    rows = list(out.values())
+    for row in rows:
+        row["usd"] = round(row["usd"], 9)
+        if prices is None:
+            del row["usd"]
+    rows.sort(key=lambda r: (-(r["input_tokens"] + r["output_tokens"]), -r["requests"],
+                             *(str(r[g]) for g in group_by)))
+    return rows
+
+
+class _Tokens:
+    """A ledger row as `Price.cost` reads a usage."""
+
+    __slots__ = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "cache_creation_tokens")
+
+    def __init__(self, row: dict):
+        self.input_tokens, self.output_tokens = row["input_tokens"], row["output_tokens"]
+        self.cached_tokens, self.reasoning_tokens = row["cached_tokens"], row["reasoning_tokens"]
+        self.cache_creation_tokens = row["cache_write_tokens"]
+
+
+def _query(conn, since, until, group_by) -> list[dict]:
     cols = [f"{GROUPS[g]} AS {g}" for g in group_by]
     sums = [f"SUM({v}) AS {v}" for v in VALUES]
     where, params = [], []
@@ -158,10 +229,10 @@ class UsageStore:
             if a.outcome == "ok":
                 final = a
         k = (int(record.started) // 60 * 60, record.pool or "-", final.member, final.key or "-",
-             record.client_key_id or "-")
+             record.client_key_id or "-", record.tenant or "-", record.team or "-")
         row = self.pending.get(k)
         if row is None:
-            row = self.pending[k] = [0, 0, 0, 0, 0]
+            row = self.pending[k] = [0, 0, 0, 0, 0, 0]
         row[0] += 1
         usage = record.usage
         if usage is not None:
@@ -169,6 +240,7 @@ class UsageStore:
             row[2] += usage.output_tokens
             row[3] += usage.cached_tokens
             row[4] += usage.reasoning_tokens
+            row[5] += usage.cache_creation_tokens
 
     # ---- off the hot path ------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -202,7 +274,7 @@ class UsageStore:
     def _restore(self, batch: dict) -> None:
         # a failed write: keep the counts for the next flush
         for k, v in batch.items():
-            row = self.pending.setdefault(k, [0, 0, 0, 0, 0])
+            row = self.pending.setdefault(k, [0, 0, 0, 0, 0, 0])
             for i, n in enumerate(v):
                 row[i] += n
 
@@ -222,13 +294,14 @@ class UsageStore:
                 raise
 
     async def query(self, since: float | None = None, until: float | None = None,
-                    group_by: tuple[str, ...] = DEFAULT_GROUP_BY) -> list[dict]:
+                    group_by: tuple[str, ...] = DEFAULT_GROUP_BY, prices: dict | None = None,
+                    models: dict | None = None) -> list[dict]:
         import trio
         await self.flush()
 
         def run():
             with self._lock:
-                return query_db(self._connection(), since, until, group_by)
+                return query_db(self._connection(), since, until, group_by, prices, models)
 
         return await trio.to_thread.run_sync(run)
 
@@ -243,7 +316,8 @@ class UsageStore:
 # `busbar usage`
 # ---------------------------------------------------------------------------
 def main(args) -> int:
-    """`busbar usage --db FILE [--since 24h] [--until T] [--group-by pool,member,key] [--json]`."""
+    """`busbar usage --db FILE [--since 24h] [--until T] [--group-by pool,member,key] [--config FILE] [--json]`
+    (with --config: USD from its members' prices, and the `model` group from its pools)."""
     import os
     import sys
 
@@ -260,20 +334,33 @@ def main(args) -> int:
     except UsageError as exc:
         print(f"busbar: {exc}", file=sys.stderr)
         return 2
-    conn = sqlite3.connect(args.db, timeout=10)
+    prices = models = None
+    if getattr(args, "config", None):
+        from busbar.config import ConfigError, load_config
+        from busbar.tenancy import member_models, member_prices
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"busbar: {exc}", file=sys.stderr)
+            return 2
+        prices, models = member_prices(config.pools), member_models(config.pools)
+    conn = open_db(args.db)
     try:
-        rows = query_db(conn, since, until, group_by)
+        rows = query_db(conn, since, until, group_by, prices, models)
     finally:
         conn.close()
     if args.json:
         sys.stdout.write(orjson.dumps({"since": since, "until": until, "group_by": list(group_by),
                                        "rows": rows}, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    headers = list(group_by) + ["requests", "input", "output", "cached", "reasoning"]
-    table = [[str(r[g]) for g in group_by] + [str(r[v]) for v in VALUES] for r in rows]
-    total = [sum(r[v] for r in rows) for v in VALUES]
+    values = VALUES + (("usd",) if prices is not None else ())
+    headers = list(group_by) + ["requests", "input", "output", "cached", "reasoning", "cache_write"] + \
+        (["usd"] if prices is not None else [])
+    show = lambda v, n: f"{n:.6f}" if v == "usd" else str(n)
+    table = [[str(r[g]) for g in group_by] + [show(v, r[v]) for v in values] for r in rows]
+    total = [sum(r[v] for r in rows) for v in values]
     if rows and group_by:
-        table.append(["total"] + [""] * (len(group_by) - 1) + [str(t) for t in total])
+        table.append(["total"] + [""] * (len(group_by) - 1) + [show(v, t) for v, t in zip(values, total)])
     widths = [max([len(h)] + [len(row[i]) for row in table]) for i, h in enumerate(headers)]
     nums = len(group_by)
     fmt = lambda row: "  ".join(c.rjust(w) if i >= nums else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))

@@ -180,6 +180,7 @@ class Admission:
     downgraded: bool = False
     settled: bool = False
     taken: list = field(default_factory=list)
+    alerts: list = field(default_factory=list)     # level ids whose soft alert this request crossed
 
 
 class Tenancy:
@@ -268,11 +269,14 @@ class Tenancy:
                         admission.pool, admission.downgraded = level.downgrade, True
                         continue
                     self._count("budget")
-                    raise ClientError(billing_status, f"The {('team' if level is not key.level else 'key')} "
-                                      f"`{level.id}` has used its {level.budget.period} budget of "
-                                      f"{level.budget.limit:g} {level.budget.unit}.", "billing",
-                                      code="insufficient_quota")
-        except ClientError:
+                    refused = ClientError(billing_status, f"The {('team' if level is not key.level else 'key')} "
+                                          f"`{level.id}` has used its {level.budget.period} budget of "
+                                          f"{level.budget.limit:g} {level.budget.unit}.", "billing",
+                                          code="insufficient_quota")
+                    refused.reason = "budget"
+                    raise refused
+        except ClientError as refused:
+            refused.key_id = key.id            # for the metrics (busbar_key_limited_total{key, reason})
             await self._give_back(admission)
             raise
         return admission
@@ -302,8 +306,10 @@ class Tenancy:
     def _refuse(self, reason: str, level: Level, retry_after: float) -> None:
         self._count(reason)
         retry = retry_after if retry_after != float("inf") else 60.0
-        raise ClientError(429, f"Rate limit of `{level.id}` reached ({reason}); retry after {retry:.0f}s.",
-                          "rate_limit", retry_after=max(retry, 0.001), code="rate_limit_exceeded")
+        refused = ClientError(429, f"Rate limit of `{level.id}` reached ({reason}); retry after {retry:.0f}s.",
+                              "rate_limit", retry_after=max(retry, 0.001), code="rate_limit_exceeded")
+        refused.reason = reason
+        raise refused
 
     def _count(self, reason: str) -> None:
         self.limited[reason] = self.limited.get(reason, 0) + 1
@@ -352,19 +358,22 @@ class Tenancy:
             if amount:
                 key, ttl = self._budget_key(level)
                 total = await self.state.add_counter(key, amount, ttl)
-                self._maybe_alert(level, total)
+                if self._maybe_alert(level, total):
+                    adm.alerts.append(level.id)
         return cost
 
-    def _maybe_alert(self, level: Level, total: float) -> None:
+    def _maybe_alert(self, level: Level, total: float) -> bool:
         budget = level.budget
         mark = f"{level.id}:{self._budget_key(level)[0]}"
-        if total >= budget.alert * budget.limit and mark not in self.alerted:
-            self.alerted.add(mark)
-            self._count("budget_alert")
-            import logging
-            logging.getLogger("busbar.alert").warning(
-                "tenancy: `%s` has used %.0f%% of its %s budget (%g of %g %s)", level.id,
-                100 * total / budget.limit, budget.period, total, budget.limit, budget.unit)
+        if total < budget.alert * budget.limit or mark in self.alerted:
+            return False
+        self.alerted.add(mark)
+        self._count("budget_alert")
+        import logging
+        logging.getLogger("busbar.alert").warning(
+            "tenancy: `%s` has used %.0f%% of its %s budget (%g of %g %s)", level.id,
+            100 * total / budget.limit, budget.period, total, budget.limit, budget.unit)
+        return True
 
     async def usage_of(self, level_id: str) -> dict:
         keys = list(self.by_hash.values()) + (list(self.minted.by_hash.values()) if self.minted is not None else [])
@@ -383,6 +392,12 @@ def member_prices(pools: dict) -> dict:
             if "provider" in m and m.get("price"):
                 out[m.get("id") or f"{name}/{m['provider']}/{m['model']}"] = Price.from_config(m["price"])
     return out
+
+
+def member_models(pools: dict) -> dict:
+    """Member id (as `member_prices` names it) -> the upstream model (usage's `model` group)."""
+    return {m.get("id") or f"{name}/{m['provider']}/{m['model']}": m["model"]
+            for name, pool in pools.items() for m in pool.get("members", ()) if "provider" in m and "model" in m}
 
 
 _MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
