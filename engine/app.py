@@ -14,6 +14,7 @@ import signal
 
 import trio
 
+from busbar.cluster import build_sync
 from busbar.config import Config, ConfigError, load_config, parse_config
 from busbar.gateway import Gateway
 from busbar.protocols.routes import guess_protocol
@@ -36,6 +37,10 @@ class App:
         self.minted = MintedKeys(build_store(config.auth, config.admin, self.state))
         self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted)
         self.gateway.app = self
+        # routing state shared with the other replicas (Redis backend); None: this process only
+        self.cluster = build_sync(config.state)
+        if self.cluster is not None:
+            self.cluster.attach(self.gateway.router)
         opts = config.server
         self.server = HttpServer(self.handle, max_body_bytes=opts.get("max_body_bytes", 8 * 1024 * 1024),
                                  header_timeout=opts.get("header_timeout", 30.0),
@@ -87,6 +92,8 @@ class App:
             raise ConfigError(config.source, f"cannot build the gateway: {exc}") from exc
         new.app = self
         new.router.adopt_state(old.router)
+        if self.cluster is not None:
+            self.cluster.attach(new.router)
         new.listeners.extend(old.listeners)
         new.admin.adopt(old.admin)
         if new.admin.listen != old.admin.listen:     # the sockets stay as they were started
@@ -158,6 +165,8 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
     try:
         await app.load_minted_keys()
         async with trio.open_nursery() as nursery:
+            if app.cluster is not None:     # the current routing state first (bounded wait), then serve
+                await nursery.start(app.cluster.run)
             addrs = await nursery.start(app.server.serve, host, port)
             if app.admin_server is not None:
                 from busbar.admin import parse_listen

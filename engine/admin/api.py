@@ -206,6 +206,7 @@ def state(admin) -> dict:
         "totals": {"requests": metrics.total, "ok": ok, "failed": failed},
         "reloads": getattr(app, "reloads", 0),
         "state": app.state.status() if hasattr(app, "state") else {"backend": "memory", "degraded": False},
+        "cluster": app.cluster.status() if getattr(app, "cluster", None) is not None else None,
         "config": getattr(gw.config, "source", ""),
         "graphviz": diagram.have_graphviz(),
         "pools": snap["pools"],

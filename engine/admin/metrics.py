@@ -319,6 +319,19 @@ class _Collector:
             yield CounterMetricFamily("busbar_state_fallback_ops", "Limit/counter operations answered without the "
                                       "shared backend (by state.on_unavailable).",
                                       value=status.get("fallback_ops_total", 0))
+        cluster = getattr(getattr(gw, "app", None), "cluster", None)
+        if cluster is not None:
+            sync = cluster.status()
+            yield GaugeMetricFamily("busbar_cluster_connected", "1 while routing state is shared with the other "
+                                    "replicas through Redis (0: this replica routes on its own state).",
+                                    value=1.0 if sync["connected"] else 0.0)
+            for name, what in (("published", "Routing state changes this replica published."),
+                               ("applied", "Other replicas' routing state changes applied here."),
+                               ("dropped", "Routing state changes dropped because the sync queue was full."),
+                               ("probe_grants", "Half-open probe leases won in Redis."),
+                               ("local_probe_grants", "Half-open probes granted locally while Redis was away."),
+                               ("outages", "Times the routing state sync lost Redis.")):
+                yield CounterMetricFamily(f"busbar_cluster_{name}", what, value=sync[f"{name}_total"])
 
 
 def _buckets(h: list) -> list[tuple[str, float]]:

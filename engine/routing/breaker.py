@@ -19,6 +19,13 @@ pipelines share the target (each call brings its own parameters).
 
 Pure state: the caller passes `now` (monotonic seconds) and the parameters;
 outcomes that are nobody's fault (client, context, rate) only release a probe.
+
+Coordinated (replicas sharing routing state, busbar.cluster): one probe per
+target runs cluster-wide.  A past-due breaker then lets a probe go only while
+it holds a *grant* (`grant_until`), which the sync task obtains in the
+background (a lease in Redis, or at once when Redis is unavailable); the
+probe consumes it.  Other replicas' opens and closes arrive through
+`apply_open` / `apply_closed`.  The request path never waits for any of it.
 """
 from __future__ import annotations
 
@@ -26,6 +33,11 @@ import enum
 import math
 
 from busbar.pipeline import BreakerParams
+
+
+# Coordinated: how soon a past-due breaker without a grant is worth asking again
+# (the grant takes one Redis round trip; another replica's probe answers or is released).
+GRANT_HINT = 0.25
 
 
 class BreakerState(str, enum.Enum):
@@ -36,7 +48,7 @@ class BreakerState(str, enum.Enum):
 
 class Breaker:
     __slots__ = ("state", "consecutive", "until", "open_for", "probe_since",
-                 "closed_at", "_ok", "_fail", "_seen", "opens")
+                 "closed_at", "_ok", "_fail", "_seen", "opens", "coordinated", "grant_until")
 
     def __init__(self) -> None:
         self.state = BreakerState.CLOSED
@@ -49,6 +61,8 @@ class Breaker:
         self._fail = 0.0
         self._seen = 0.0              # time of the last decay
         self.opens = 0                # how many times it opened (metrics)
+        self.coordinated = False      # one probe cluster-wide: a probe needs a grant
+        self.grant_until = 0.0        # coordinated: this replica may send the probe until then
 
     def __repr__(self) -> str:
         return f"Breaker({self.state.value}, consecutive={self.consecutive}, until={self.until:g})"
@@ -58,6 +72,16 @@ class Breaker:
         """May a request go to this target now?"""
         if self.state is BreakerState.CLOSED:
             return True
+        if self.coordinated and now >= self.grant_until:
+            return False
+        if self.state is BreakerState.OPEN:
+            return now >= self.until
+        return self.probe_since is None or now - self.probe_since >= lease
+
+    def wants_grant(self, now: float, lease: float) -> bool:
+        """Coordinated: would a probe go now if this replica held the grant?"""
+        if not self.coordinated or self.state is BreakerState.CLOSED or now < self.grant_until:
+            return False
         if self.state is BreakerState.OPEN:
             return now >= self.until
         return self.probe_since is None or now - self.probe_since >= lease
@@ -67,10 +91,15 @@ class Breaker:
         if self.state is BreakerState.CLOSED:
             return now
         if self.state is BreakerState.OPEN:
-            return max(now, self.until)
-        if self.probe_since is None:
-            return now
-        return max(now, self.probe_since + lease)
+            at = max(now, self.until)
+        elif self.probe_since is None:
+            at = now
+        else:
+            at = max(now, self.probe_since + lease)
+        if self.coordinated and at <= now and now >= self.grant_until:
+            # the grant (or the answer of another replica's probe) is on its way
+            return now + min(lease, GRANT_HINT)
+        return at
 
     def ramp_factor(self, now: float, params: BreakerParams) -> float:
         """Share of its weight a member gets: 1, or less while ramping back."""
@@ -96,7 +125,36 @@ class Breaker:
             raise RuntimeError("breaker does not allow a request now")
         self.state = BreakerState.HALF_OPEN
         self.probe_since = now
+        self.grant_until = 0.0        # a grant is good for one probe
         return True
+
+    # ---- coordination (applied by the sync task) ---------------------------
+    def grant(self, until: float) -> None:
+        """This replica may send the probe until `until`."""
+        self.grant_until = until
+
+    def apply_open(self, until: float, open_for: float) -> None:
+        """Another replica opened it (or reopened it after its probe failed)."""
+        if self.state is not BreakerState.OPEN:
+            self.opens += 1
+        self.state = BreakerState.OPEN
+        self.until = max(self.until, until)          # re-opening never shortens
+        self.open_for = max(open_for, 0.0)
+        self.probe_since = None
+        self.consecutive = 0
+        self.closed_at = None
+        self.grant_until = 0.0
+
+    def apply_closed(self, now: float) -> None:
+        """Another replica's probe succeeded: close, and ramp back like a local close."""
+        if self.state is BreakerState.CLOSED:
+            return
+        self.state = BreakerState.CLOSED
+        self.probe_since = None
+        self.open_for = 0.0
+        self.closed_at = now
+        self.consecutive = 0
+        self._ok, self._fail = 1.0, 0.0
 
     def release(self, probe: bool) -> None:
         """The request ended in a way that says nothing about health."""
@@ -137,6 +195,7 @@ class Breaker:
         self.consecutive = 0
         self.closed_at = None
         self.opens += 1
+        self.grant_until = 0.0
 
     def _decay(self, now: float, params: BreakerParams) -> None:
         dt = now - self._seen

@@ -46,10 +46,11 @@ returned (a fault whose rule says `return`), exhausted (`next` answered
 """
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from busbar.faults import Fault, VendorQuota
 from busbar.pipeline import Pipeline, explain as explain_pipeline, load_pipelines
@@ -58,6 +59,7 @@ from busbar.routing.policy import Action, Consequence, alert_line, penalize
 from busbar.routing.quota import DEFAULT_DAILY_RESET, DailyReset, KeyQuota, Wall, parse_key_entry
 from busbar.routing.pools import (Member, OnExhausted, PoolNode, PoolRef, RouteConfigError, Target,
                                   build_pools, choose, effective_weight)
+from busbar.routing.shared import BreakerChange, Change, Drain, KeyBench, ProbeOut, ProbeReleased, ProbeWanted
 
 DIRECT_ROUTES_CACHED = 1024   # ad-hoc provider/model routes kept (LRU)
 
@@ -218,7 +220,13 @@ class Plan:
         if any(a.member.target is t for a in self._outstanding.values()):
             return False   # a hedge goes elsewhere
         if not t.breaker.allows(now, self._lease):
-            return False
+            if self._router.outbox is None or not t.breaker.wants_grant(now, self._lease):
+                return False
+            # coordinated: ask for the probe's grant (answered in the background, or at
+            # once by a sync task that cannot reach Redis: then this request probes)
+            self._router.outbox(ProbeWanted(t.provider, t.model))
+            if not t.breaker.allows(now, self._lease):
+                return False
         ring = self._router.providers[leaf.provider].keys
         return ring.available(leaf.model, now, self._failed_keys.get(t.key, ()), self.needs.tokens)
 
@@ -293,6 +301,9 @@ class Plan:
     def _issue(self, member: Member, key: Key, kind: str, now: float) -> Attempt:
         t = member.target
         probe = t.breaker.acquire(now, self._lease)
+        if probe and self._router.outbox is not None:
+            timeouts = self.pipeline.timeouts     # the probe's answer is due within these
+            self._router.outbox(ProbeOut(t.provider, t.model, min(self._lease, timeouts.connect + timeouts.first_byte)))
         t.in_flight += 1
         key.in_flight += 1
         key.uses += 1
@@ -404,8 +415,11 @@ class Plan:
         if attempt.vendor_quota is not None:
             key.quota.observe(member.model, attempt.vendor_quota, now)
         params = self.pipeline.breaker
+        before = (t.breaker.state, t.breaker.until)
         if fault is None:
             t.breaker.success(now, params, attempt._probe)
+            if attempt._probe and self._router.outbox is not None:
+                self._router.share_breaker(t, before, now, probe=True)
             key.succeeded(member.model, now)
             if ttfb is not None:
                 t.observe_ttfb(ttfb, self.pipeline.dispatch.ewma_alpha)
@@ -418,6 +432,13 @@ class Plan:
         rule = self.pipeline.rules[fault.cls]
         penalty, until = penalize(rule, fault, key=key, model=member.model, breaker=t.breaker,
                                   params=params, probe=attempt._probe, now=now)
+        if self._router.outbox is not None:
+            self._router.share_breaker(t, before, now, attempt._probe)
+            if penalty == "cool_key":
+                scope = member.model if rule.scope == "key_model" else None
+                self._router.outbox(KeyBench(key.id, "cool", until, model=scope))
+            elif penalty == "disable_key":
+                self._router.outbox(KeyBench(key.id, "disable", until, reason=key.disabled_reason))
         alert = alert_line(rule, fault, key, member.provider, member.model, penalty, until, now)
         self.history.append((member.id, key.id, fault.cls.value))
         done = dict(fault=fault, penalty=penalty, until=until, breaker=t.breaker.state.value, alert=alert,
@@ -451,7 +472,10 @@ class Plan:
         """An attempt abandoned without an outcome (client gone, hedge lost,
         cancelled): free its in-flight slot and breaker probe, blame nobody."""
         self._take(attempt)
-        attempt.member.target.breaker.release(attempt._probe)
+        t = attempt.member.target
+        t.breaker.release(attempt._probe)
+        if attempt._probe and self._router.outbox is not None:
+            self._router.outbox(ProbeReleased(t.provider, t.model))
         self.history.append((attempt.member.id, attempt.key.id, "released"))
 
     def _take(self, attempt: Attempt) -> None:
@@ -483,6 +507,9 @@ class Router:
         for node in self.pools.values():
             for leaf in node.leaves:
                 self._members_by_target.setdefault(leaf.target.key, leaf)
+        self._keys_by_id = {k.id: k for p in self.providers.values() for k in p.keys.keys}
+        # replicas sharing routing state (busbar.cluster): where changes go; None: this process only
+        self.outbox: Callable[[Change], None] | None = None
 
     @classmethod
     def from_config(cls, config: Mapping, *, rng: random.Random | None = None,
@@ -548,7 +575,81 @@ class Router:
             raise KeyError(member_id)
         for target in targets:
             target.drained = drained
+            if self.outbox is not None:
+                self.outbox(Drain(target.provider, target.model, drained))
         return sorted({leaf.id for node in self.pools.values() for leaf in node.leaves if leaf.target in targets})
+
+    # ---- shared routing state (busbar.routing.shared) --------------------------
+    def coordinate(self, outbox: Callable[[Change], None]) -> None:
+        """Share this router's state: changes go to `outbox`, and each
+        target's half-open probe needs a grant (one probe cluster-wide)."""
+        self.outbox = outbox
+        for target in self.targets.values():
+            target.breaker.coordinated = True
+        for node in self._direct.values():
+            for leaf in node.leaves:
+                leaf.target.breaker.coordinated = True
+
+    def share_breaker(self, t: Target, before: tuple, now: float, probe: bool) -> None:
+        """Emit the target's breaker change when it opened, reopened or
+        closed; a probe that ended saying nothing about health is released."""
+        b = t.breaker
+        if b.state.value == "half_open":
+            if probe and b.probe_since is None:
+                self.outbox(ProbeReleased(t.provider, t.model))
+            return
+        if (b.state, b.until) == before:
+            return
+        if b.state.value == "open":
+            self.outbox(BreakerChange(t.provider, t.model, "open", b.until, b.open_for, now))
+        elif before[0].value != "closed":
+            self.outbox(BreakerChange(t.provider, t.model, "closed", at=now))
+
+    def apply(self, change: Change, now: float) -> bool:
+        """Another replica's change (times already in this process's clock).
+        Returns False when this config has no such target or key."""
+        if isinstance(change, KeyBench):
+            key = self._keys_by_id.get(change.key_id)
+            if key is None:
+                return False
+            if change.kind == "disable":
+                key.disable(change.until - now, change.reason, now)
+            elif change.model is None:
+                key.cooling_until = max(key.cooling_until, change.until)
+            else:
+                entry = key.models.setdefault(change.model, [0.0, 0])
+                entry[0] = max(entry[0], change.until)
+            return True
+        target = self._target(change.provider, change.model)
+        if target is None:
+            return False
+        if isinstance(change, Drain):
+            target.drained = change.drained
+        elif isinstance(change, BreakerChange):
+            if change.state == "open":
+                target.breaker.apply_open(change.until, change.open_for)
+            else:
+                target.breaker.apply_closed(now)
+        return True
+
+    def grant_probe(self, provider: str, model: str, until: float) -> None:
+        """The sync task won (or, Redis unavailable, stood in for) the target's probe lease."""
+        target = self._target(provider, model)
+        if target is not None:
+            target.breaker.grant(until)
+
+    def want_probe(self, provider: str, model: str, now: float) -> None:
+        """An open breaker fell due: ask for its probe's grant before a request needs it."""
+        target = self._target(provider, model)
+        if target is not None and self.outbox is not None and target.breaker.wants_grant(now, math.inf):
+            self.outbox(ProbeWanted(provider, model))
+
+    def _target(self, provider: str, model: str) -> Target | None:
+        target = self.targets.get((provider, model))
+        if target is None:
+            node = self._direct.get(f"{provider}/{model}")
+            target = node.leaves[0].target if node is not None else None
+        return target
 
     # ---- routes ------------------------------------------------------------
     def pool_names(self) -> list[str]:
@@ -575,6 +676,7 @@ class Router:
         # that member's context, max_tokens and capabilities.
         known = self._members_by_target.get((provider, upstream))
         target = known.target if known else Target(provider, upstream)
+        target.breaker.coordinated = self.outbox is not None
         member = Member(
             id=model, pool=model, provider=provider, protocol=self.providers[provider].protocol,
             model=upstream, weight=1.0, priority=0,

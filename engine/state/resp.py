@@ -54,6 +54,14 @@ class RespConnection:
         await self._stream.send_all(encode_command(args))
         return await self._reply()
 
+    async def send(self, *args) -> None:
+        """Send without waiting for the reply (SUBSCRIBE: replies come as pushed messages)."""
+        await self._stream.send_all(encode_command(args))
+
+    async def read(self):
+        """The next reply or pushed message (a subscribed connection's `message`s)."""
+        return await self._reply()
+
     async def aclose(self) -> None:
         await self._stream.aclose()
 

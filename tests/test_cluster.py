@@ -1,0 +1,137 @@
+"""Replicas act as one gateway (issue 14): two `busbar serve` processes on different ports (and
+`--workers 2` on one port) share routing state through one real redis-server.  The simulated
+vendors' logs say which replica sent what, with which key."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from busbar.mock import MockVendor
+from cluster_support import CHAT, Replica, chat_body, eventually, key_state, member, start_all
+from redis_support import needs_redis, redis_server  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_redis]
+
+PRIMARY, BACKUP = "primary", "backup"
+
+
+def cluster_config(redis_url: str, a: MockVendor, b: MockVendor, **pipeline) -> dict:
+    return {
+        "providers": {
+            "oai": {"protocol": "openai", "base_url": a.url + "/v1", "keys": ["sk-one", "sk-two"]},
+            "spare": {"protocol": "openai", "base_url": b.url + "/v1", "key": "sk-spare"},
+        },
+        "pools": {"smart": {"strategy": "ordered", "members": [
+            {"provider": "oai", "model": "gpt-4o", "id": PRIMARY},
+            {"provider": "spare", "model": "gpt-4o", "id": BACKUP, "priority": 1}]}},
+        "pipelines": {"default": pipeline} if pipeline else {},
+        # a generous timeout: a loaded 2-core box must not trip the degraded mode by accident
+        "state": {"backend": "redis", "url": redis_url, "prefix": "cl", "timeout_ms": 1000},
+    }
+
+
+@asynccontextmanager
+async def vendors():
+    a, b = MockVendor(name="a", reply="from a"), MockVendor(name="b", reply="from b")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        try:
+            yield a, b
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def replicas(tmp_path, config: dict, *names: str, workers: int = 1):
+    running = [Replica(tmp_path, name, config, workers=workers) for name in names]
+    try:
+        await start_all(*running)
+        yield running
+    finally:
+        logs = [r.stop() for r in running]
+        for log in logs:
+            assert "Traceback" not in log, log
+
+
+async def send(replica: Replica, n: int = 1) -> list[int]:
+    return [(await replica.post(CHAT, chat_body())).status_code for _ in range(n)]
+
+
+async def test_a_key_benched_for_billing_and_a_drain_on_one_replica_hold_on_the_other(tmp_path, redis_server):
+    async with vendors() as (a, b), replicas(tmp_path, cluster_config(redis_server.url, a, b), "A", "B") as (ra, rb):
+        a.fail_next({"status": 402, "key": "sk-one"})             # out of credit
+        assert await send(ra) == [200]
+        assert [r["key"] for r in a.received] == ["sk-one", "sk-two"]   # A rotated past the billing fault
+
+        async def benched_on_b():
+            return key_state(await rb.state(), "oai", 0)["state"] == "disabled"
+        await eventually(benched_on_b, "B learns that sk-one is disabled")
+        a.received.clear()
+        assert await send(rb, 6) == [200] * 6
+        assert [r["key"] for r in a.received] == ["sk-two"] * 6       # B never sent with the benched key
+
+        # a drain through A's admin API: B sends nothing new to that member
+        assert (await ra.post(f"/admin/members/{PRIMARY}/drain")).status_code == 200
+
+        async def drained_on_b():
+            return member(await rb.state(), PRIMARY)["drained"]
+        await eventually(drained_on_b, "B learns the drain")
+        a.received.clear(), b.received.clear()
+        assert await send(rb, 4) == [200] * 4
+        assert not a.received and len(b.received) == 4
+        # undrained through B: A routes to it again
+        assert (await rb.post(f"/admin/members/{PRIMARY}/undrain")).status_code == 200
+
+        async def undrained_on_a():
+            return not member(await ra.state(), PRIMARY)["drained"]
+        await eventually(undrained_on_a, "A learns the undrain")
+        assert await send(ra, 2) == [200] * 2 and len(a.received) == 2
+        for state in (await ra.state(), await rb.state()):
+            assert state["cluster"]["connected"] and state["cluster"]["dropped_total"] == 0
+
+
+async def test_a_breaker_opened_on_one_replica_is_open_on_the_other_and_one_probe_runs(tmp_path, redis_server):
+    open_for, stall = 4.0, 1.5
+    async with vendors() as (a, b):
+        config = cluster_config(redis_server.url, a, b, breaker={"failures": 2, "open_for": open_for})
+        async with replicas(tmp_path, config, "A", "B") as (ra, rb):
+            a.always = {"status": 500}
+            opened_before = trio.current_time()   # the breaker opens after this: its open period ends later
+            assert await send(ra, 2) == [200, 200]                    # failed over to the backup member
+            assert member(await ra.state(), PRIMARY)["breaker"]["state"] == "open"
+
+            async def open_on_b():
+                return member(await rb.state(), PRIMARY)["breaker"]["state"] == "open"
+            await eventually(open_on_b, "B learns the open breaker")
+            a.always = None
+            a.received.clear()
+            assert await send(rb, 4) == [200] * 4
+            # nothing reached the open member while its open period certainly lasted
+            assert not [r for r in a.received if r["at"] < opened_before + open_for]
+
+            # past due: both replicas hammered at once; the probe is held for `stall` seconds
+            await trio.sleep_until(opened_before + open_for + 0.3)
+            a.received.clear()
+            a.fail_next({"stall": stall})
+            statuses = []
+
+            async def hammer(replica):
+                for _ in range(4):
+                    statuses.append((await replica.post(CHAT, chat_body())).status_code)
+
+            async with trio.open_nursery() as nursery:
+                for replica in (ra, rb, ra, rb):
+                    nursery.start_soon(hammer, replica)
+            assert statuses == [200] * 16
+            probe = a.received[0]["at"]
+            assert len([r for r in a.received if r["at"] < probe + stall]) == 1   # one probe cluster-wide
+
+            async def closed_on_both():
+                states = [member(await r.state(), PRIMARY)["breaker"]["state"] for r in (ra, rb)]
+                return states == ["closed", "closed"]
+            await eventually(closed_on_both, "the probe's success closes the breaker on both")
+            grants = [(await r.state())["cluster"]["probe_grants_total"] for r in (ra, rb)]
+            assert sum(grants) >= 1
