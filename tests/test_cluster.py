@@ -135,3 +135,92 @@ async def test_a_breaker_opened_on_one_replica_is_open_on_the_other_and_one_prob
             await eventually(closed_on_both, "the probe's success closes the breaker on both")
             grants = [(await r.state())["cluster"]["probe_grants_total"] for r in (ra, rb)]
             assert sum(grants) >= 1
+
+
+async def test_killing_redis_loses_no_request_and_its_restart_reconciles(tmp_path, redis_server):
+    import httpx
+
+    async with vendors() as (a, b), replicas(tmp_path, cluster_config(redis_server.url, a, b), "A", "B") as (ra, rb):
+        a.fail_next({"status": 402, "key": "sk-one"})
+        assert await send(ra) == [200]                               # sk-one benched, shared before the outage
+        served = {"A": [], "B": []}
+        stop = trio.Event()
+
+        async def traffic(replica):
+            async with httpx.AsyncClient(timeout=60) as client:
+                while not stop.is_set():
+                    served[replica.name].append((await client.post(replica.url + CHAT, json=chat_body())).status_code)
+
+        def count():
+            return sum(map(len, served.values()))
+
+        async def connected(*rs, up=True):
+            return all([(await r.state())["cluster"]["connected"] is up for r in rs])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(traffic, ra)
+            nursery.start_soon(traffic, rb)
+            await eventually(lambda: _true(count() >= 10), "traffic flows")
+            redis_server.stop()
+            await eventually(lambda: connected(ra, rb, up=False), "both notice Redis is gone")
+            before = {name: len(s) for name, s in served.items()}
+            # a drain while Redis is away stays on A ...
+            assert (await ra.post(f"/admin/members/{PRIMARY}/drain")).status_code == 200
+            assert not member(await rb.state(), PRIMARY)["drained"]
+            await eventually(lambda: _true(all(len(served[n]) >= before[n] + 10 for n in served)),
+                             "both keep serving without Redis")
+            redis_server.start()                                     # same port, empty
+            # ... and reaches B once Redis is back
+            await eventually(lambda: connected(ra, rb), "both reconnect")
+
+            async def drained_on_b():
+                return member(await rb.state(), PRIMARY)["drained"]
+            await eventually(drained_on_b, "the drain made during the outage reaches B")
+            stop.set()
+        assert all(status == 200 for s in served.values() for status in s), served   # no request lost
+        # the restarted (empty) Redis was rebuilt from the replicas: a new replica loads it all
+        async with replicas(tmp_path, cluster_config(redis_server.url, a, b), "C") as (rc,):
+            state = await rc.state()
+            assert member(state, PRIMARY)["drained"] and key_state(state, "oai", 0)["state"] == "disabled"
+
+
+async def _true(value):
+    return value
+
+
+async def test_workers_2_on_one_port_share_routing_state(tmp_path, redis_server):
+    """`busbar serve --workers 2`: the workers share the port and, through Redis, their routing state."""
+    async with vendors() as (a, b), replicas(tmp_path, cluster_config(redis_server.url, a, b), "W",
+                                             workers=2) as (rw,):
+        async def every_worker(check):
+            """`check(state)` holds on both workers (fresh connections land on either)."""
+            seen = {}
+            async def poll():
+                state = await rw.state()
+                seen[state["cluster"]["node"]] = check(state)
+                return len(seen) == 2 and all(seen.values())
+            return poll
+
+        await eventually(await every_worker(lambda s: s["cluster"]["connected"]), "both workers up and connected")
+        a.fail_next({"status": 402, "key": "sk-one"})
+        assert await send(rw) == [200]
+        assert [r["key"] for r in a.received] == ["sk-one", "sk-two"]
+        await eventually(await every_worker(lambda s: key_state(s, "oai", 0)["state"] == "disabled"),
+                         "both workers know sk-one is disabled")
+        a.received.clear()
+        assert await send(rw, 16) == [200] * 16                  # new connections: spread over both workers
+        assert {r["key"] for r in a.received} == {"sk-two"}
+        served = {}
+
+        async def both_served():
+            state = await rw.state()
+            served[state["cluster"]["node"]] = state["totals"]["requests"]
+            return len(served) == 2
+        await eventually(both_served, "both workers answer")
+        assert all(n >= 1 for n in served.values()), served
+
+        assert (await rw.post(f"/admin/members/{PRIMARY}/drain")).status_code == 200   # lands on one worker
+        await eventually(await every_worker(lambda s: member(s, PRIMARY)["drained"]), "both workers drained it")
+        a.received.clear(), b.received.clear()
+        assert await send(rw, 8) == [200] * 8
+        assert not a.received and len(b.received) == 8

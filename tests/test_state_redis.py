@@ -65,9 +65,9 @@ async def main(url, n):
     await trio.to_thread.run_sync(sys.stdin.readline)
     async def worker():
         for _ in range(n):
-            if (await state.take_counter("rpm", 1, 200, ttl_s=60)).ok:
+            if (await state.take_counter("rpm", 1, 450, ttl_s=60)).ok:
                 admitted["counter"] += 1
-            if (await state.take_bucket("rps", 1, rate=0.01, burst=150)).ok:
+            if (await state.take_bucket("rps", 1, rate=0.01, burst=450)).ok:
                 admitted["bucket"] += 1
     async with trio.open_nursery() as nursery:
         for _ in range(4):                   # 4 connections per process
@@ -87,10 +87,15 @@ def test_two_processes_hammering_admit_exactly_the_limit(redis_server):
         p.stdin.flush()
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    # 600 takes of each kind for a limit of 200 / a burst of 150
-    assert sum(r["counter"] for r in results) == 200  # the bound while Redis answers: 0 overshoot
-    # 150 burst + at most 0.01/s x the run's few seconds of refill
-    assert 150 <= sum(r["bucket"] for r in results) <= 151
+    # 300 takes of each kind per process, 600 in all, for a limit of 450 / a burst of 450:
+    # more than one process can take alone, so the limit holds only if both count in one place
+    assert sum(r["counter"] for r in results) == 450  # the bound while Redis answers: 0 overshoot
+    # 450 burst + at most 0.01/s x the run's few seconds of refill
+    assert 450 <= sum(r["bucket"] for r in results) <= 451
+    # both competed for the same limit: whatever the scheduling (one process may run far ahead
+    # of the other on a loaded box), each was admitted at least what the other left, 450 - 300
+    for kind in ("counter", "bucket"):
+        assert all(r[kind] >= 150 for r in results), results
 
 
 async def test_flushed_redis_reloads_its_scripts(redis_server):
