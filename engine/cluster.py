@@ -75,6 +75,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+PING_EVERY = 5.0      # seconds of silence on the subscribed connection before asking Redis
 MAX_PENDING = 4096    # queued changes (one per slot); past it a change is dropped and counted
 _DOWN = (OSError, ConnectionError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -195,7 +196,11 @@ class RoutingSync:
         known = self._known.get(field)
         if known is not None and known[0] >= rank:
             return                        # we have this one or a newer one
-        change = self._decode(field, value)
+        try:
+            change = self._decode(field, value)
+        except (ValueError, KeyError, TypeError, IndexError):
+            log.debug("cluster: ignored a routing state field this version cannot read: %.80s", field)
+            return
         if change is None or self.router is None:
             return
         self._known[field] = (rank, value)
@@ -258,7 +263,17 @@ class RoutingSync:
                     await trio.sleep(self.retry_every_s)
                     continue
             try:
+                pinged = False
                 while True:
+                    with trio.move_on_after(PING_EVERY) as idle:
+                        await self._sub.wait_readable()     # (a read cancelled mid-reply would desync)
+                    if idle.cancelled_caught:     # silence: is Redis still there? (a partition sends no RST)
+                        if pinged:
+                            raise trio.TooSlowError
+                        await self._sub.send("PING")
+                        pinged = True
+                        continue
+                    pinged = False
                     message = await self._sub.read()
                     if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
                         self._receive(message[2])
@@ -273,7 +288,11 @@ class RoutingSync:
         except ValueError:
             return
         if node.decode() != self.node:
-            self._apply(field.decode(), float(rank), value)
+            try:
+                rank = float(rank)
+            except ValueError:
+                return
+            self._apply(field.decode(errors="replace"), rank, value)
 
     async def _resync_now(self) -> None:
         """Republish what this replica knows, then load everyone's state."""
@@ -288,7 +307,10 @@ class RoutingSync:
         reply = await self._call("HGETALL", self.hash)
         for i in range(0, len(reply or ()), 2):
             rank, _, value = reply[i + 1].partition(b"\n")
-            self._apply(reply[i].decode(), float(rank), value)
+            try:
+                self._apply(reply[i].decode(errors="replace"), float(rank), value)
+            except ValueError:
+                continue
         self._resync = False
         self._came_back()
 

@@ -58,6 +58,11 @@ class RespConnection:
         """Send without waiting for the reply (SUBSCRIBE: replies come as pushed messages)."""
         await self._stream.send_all(encode_command(args))
 
+    async def wait_readable(self) -> None:
+        """Until bytes of a reply are here (safe to cancel: consumes nothing)."""
+        if not self._buf:
+            await self._fill()
+
     async def read(self):
         """The next reply or pushed message (a subscribed connection's `message`s)."""
         return await self._reply()
