@@ -165,3 +165,44 @@ async def test_admin_page_shows_each_key_s_quota_across_replicas(redis_server):
     assert "gem-key-" not in seen["keys"]          # ids, never the secrets
     assert seen["errors"] == []
     assert shot.stat().st_size > 2_000
+
+
+async def test_admin_page_shows_the_cluster_sync_and_when_redis_goes_away(redis_server):
+    """The header says whether this replica shares routing state (issue 14): `cluster synced`
+    while Redis answers, then, live, that it routes on its own state once redis-server is killed."""
+    missing = _requirements()
+    if missing:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    config = {
+        "providers": {"oai": {"protocol": "openai", "base_url": "{a}/v1", "key": "sk-page"}},
+        "pools": {"smart": {"members": [{"provider": "oai", "model": "gpt-4o"}]}},
+        "state": {"backend": "redis", "url": redis_server.url, "prefix": "page", "timeout_ms": 1000},
+        "admin": {"enabled": True, "key": ADMIN_KEY, "listen": "public"},
+    }
+    seen: dict = {}
+    async with gateway_with(config, a=MockVendor(reply="ok")) as gw:
+        app = gw.app
+
+        def browse() -> None:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+                try:
+                    page = browser.new_page(viewport={"width": 1440, "height": 900})
+                    errors: list[str] = []
+                    page.on("pageerror", lambda e: errors.append(str(e)))
+                    page.goto(f"{gw.url}/admin?key={ADMIN_KEY}")
+                    page.wait_for_selector("#s-cluster >> text=cluster synced", timeout=10_000)
+                    seen["before"] = page.inner_text("#s-cluster")
+                    redis_server.stop()
+                    page.wait_for_selector("#s-cluster >> text=Redis away", timeout=20_000)
+                    seen["after"] = page.inner_text("#s-cluster")
+                    seen["errors"] = errors
+                finally:
+                    browser.close()
+
+        await trio.to_thread.run_sync(browse)
+        assert not app.cluster.connected
+    assert seen["before"] == "cluster synced"
+    assert seen["after"].startswith("Redis away") and seen["errors"] == []
