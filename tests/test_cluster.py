@@ -224,3 +224,51 @@ async def test_workers_2_on_one_port_share_routing_state(tmp_path, redis_server)
         a.received.clear(), b.received.clear()
         assert await send(rw, 8) == [200] * 8
         assert not a.received and len(b.received) == 8
+
+
+async def test_workers_2_one_breaker_and_one_probe_across_both(tmp_path, redis_server):
+    """`--workers 2`: a breaker opened in one worker is open in the other, and one probe runs."""
+    open_for, stall = 4.0, 1.5
+    async with vendors() as (a, b):
+        config = cluster_config(redis_server.url, a, b, breaker={"failures": 2, "open_for": open_for})
+        async with replicas(tmp_path, config, "W", workers=2) as (rw,):
+            async def on_every_worker(check):
+                seen = {}
+
+                async def poll():
+                    state = await rw.state()
+                    seen[state["cluster"]["node"]] = check(state)
+                    return len(seen) == 2 and all(seen.values())
+                return poll
+
+            await eventually(await on_every_worker(lambda s: s["cluster"]["connected"]), "both workers synced")
+            a.always = {"status": 500}
+            opened_before = trio.current_time()
+
+            async def opened_somewhere():                # consecutive failures are counted per worker
+                assert await send(rw) == [200]
+                return member(await rw.state(), PRIMARY)["breaker"]["state"] == "open"
+            await eventually(opened_somewhere, "a worker opens the breaker")
+            await eventually(await on_every_worker(lambda s: member(s, PRIMARY)["breaker"]["state"] == "open"),
+                             "both workers have it open")
+            a.always = None
+            a.received.clear()
+            assert await send(rw, 6) == [200] * 6
+            assert not [r for r in a.received if r["at"] < opened_before + open_for]
+
+            await trio.sleep_until(trio.current_time() + open_for + 0.3)   # past due wherever it opened
+            a.received.clear()
+            a.fail_next({"stall": stall})
+            statuses = []
+
+            async def hammer():
+                for _ in range(4):
+                    statuses.append((await rw.post(CHAT, chat_body())).status_code)   # fresh connections
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(hammer)
+            assert statuses == [200] * 16
+            probe = a.received[0]["at"]
+            assert len([r for r in a.received if r["at"] < probe + stall]) == 1
+            await eventually(await on_every_worker(lambda s: member(s, PRIMARY)["breaker"]["state"] == "closed"),
+                             "the probe's success closes it in both workers")
