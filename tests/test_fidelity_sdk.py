@@ -139,8 +139,9 @@ async def test_one_rule_for_the_answers_model(vendor):
 
 
 async def test_unknown_bedrock_shaped_paths_answer_in_bedrocks_error_shape():
-    """InvokeModel (not served yet) and GET /inference-profiles, as Claude Code's
-    Bedrock mode calls them: botocore reads a Bedrock error, not OpenAI's."""
+    """InvokeModel with a chat body (served for embedding/rerank models only) and
+    GET /inference-profiles, as Claude Code's Bedrock mode calls them: botocore
+    reads a Bedrock error, not OpenAI's."""
     import boto3
     import botocore.exceptions
     async with gateway_with(config_for("openai"), a=MockVendor()) as gw:
@@ -151,7 +152,7 @@ async def test_unknown_bedrock_shaped_paths_answer_in_bedrocks_error_shape():
         import httpx
         async with httpx.AsyncClient() as http:
             profiles = await http.get(gw.url + "/inference-profiles")
-    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
-    assert exc.value.response["Error"]["Code"].endswith("Exception")
-    assert "No route" in exc.value.response["Error"]["Message"]
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert exc.value.response["Error"]["Code"] == "ValidationException"
+    assert "call Converse for chat models" in exc.value.response["Error"]["Message"]
     assert profiles.status_code == 404 and profiles.headers["x-amzn-errortype"].endswith("Exception")
