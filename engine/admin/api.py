@@ -19,6 +19,7 @@ from busbar import diagram
 from busbar.protocols.base import header
 
 PAGE_FILE = Path(__file__).with_name("page.html")
+PANELS = ("keys_panel.html",)      # the client keys panel (busbar.admin.keys)
 RECENT_IN_STATE = 50
 SSE_TICK = 0.25            # how often a stream checks for finished requests
 SSE_EVERY = 1.0            # a snapshot at least this often
@@ -37,9 +38,11 @@ _page: bytes | None = None
 
 
 def page() -> bytes:
+    """page.html with its panels that live in their own files spliced in before </main>."""
     global _page
     if _page is None:
-        _page = PAGE_FILE.read_bytes()
+        panels = b"".join(PAGE_FILE.with_name(name).read_bytes() for name in PANELS)
+        _page = PAGE_FILE.read_bytes().replace(b"</main>", panels + b"</main>", 1)
     return _page
 
 

@@ -89,6 +89,9 @@ def config_keys(gateway) -> list[dict]:
 
 
 async def _with_spend(gateway, view: dict) -> dict:
+    metrics = getattr(getattr(gateway, "admin", None), "metrics", None)
+    if metrics is not None:
+        view["requests"] = metrics.key_requests.get(view["id"], 0)
     if gateway.tenancy is not None and view.get("revoked") is None:
         budget = (await gateway.tenancy.usage_of(view["id"])).get("budget")
         if budget is not None:

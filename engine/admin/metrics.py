@@ -64,6 +64,7 @@ class Metrics:
         self.spend: dict[tuple, float] = {}        # (client key id, pool) -> USD priced when the request ended
         self.limited: dict[tuple, int] = {}        # (client key id, reason) -> refusals by tenancy
         self.budget_alerts: dict[str, int] = {}    # key or team id -> soft budget alerts
+        self.key_requests: dict[str, int] = {}     # client key id -> requests (the admin page's rate)
         self._protocols: dict[str, str] = {}     # configured member id -> upstream protocol
         self._pools: frozenset = frozenset()
         self._direct: dict[str, str] = {}        # direct route -> its upstream protocol (bounded)
@@ -80,7 +81,7 @@ class Metrics:
     def adopt(self, old: "Metrics") -> None:
         """Carry the counters over a config reload."""
         for name in ("started", "total", "requests", "attempts", "failovers", "tokens", "duration", "ttfb",
-                     "samples", "_direct", "spend", "limited", "budget_alerts"):
+                     "samples", "_direct", "spend", "limited", "budget_alerts", "key_requests"):
             setattr(self, name, getattr(old, name))
 
     # ---- hot path ------------------------------------------------------------
@@ -156,6 +157,7 @@ class Metrics:
             s.append(ttfb)
         tenant = record.tenant        # a configured or minted key id: bounded by the keys, never a secret
         if tenant is not None:
+            self.key_requests[tenant] = self.key_requests.get(tenant, 0) + 1
             if record.cost_usd:
                 k = (tenant, pool)
                 self.spend[k] = self.spend.get(k, 0.0) + record.cost_usd
