@@ -57,7 +57,7 @@ async def test_pool_restricted_key_refused_on_another_pool(protocol):
 
 @pytest.mark.sdk
 @pytest.mark.slow
-# cohere's SDK retries a 429 itself (honouring Retry-After), so it is left out here
+# cohere: its SDK retries a 429 itself; tested with max_retries=0 below
 @pytest.mark.parametrize("protocol", ["openai", "anthropic", "responses", "gemini"])
 async def test_rpm_10_of_30_admitted_rest_rate_limited_with_retry_after(protocol):
     vendor = MockVendor(reply="ok")
@@ -134,3 +134,54 @@ async def test_limits_hold_across_a_hot_reload():
             await sdk(lambda: call(gw.url, "smart", "hello", api_key="client-key-a"))
         assert status_of(info.value) == 429
         assert len(vendor.received) == 2
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+async def test_parallel_2_with_slow_upstreams_third_concurrent_request_refused():
+    import openai
+    vendor = MockVendor(reply="one two three four five", chunk_delay=0.3, chunks=5)
+    call = CLIENTS["openai"]
+    results = []
+    async with gateway_with(config(limits={"parallel": 2}), a=vendor) as gw:
+        async def slow():
+            results.append(await sdk(lambda: call(gw.url, "smart", "hello", stream=True, api_key="client-key-a")))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow)
+            nursery.start_soon(slow)
+            with trio.fail_after(10):
+                while len(vendor.received) < 2:          # both slots held by streams in progress
+                    await trio.sleep(0.01)
+            with pytest.raises(openai.RateLimitError) as info:
+                await sdk(lambda: call(gw.url, "smart", "hello", api_key="client-key-a"))
+            assert info.value.response.headers.get("retry-after")
+            assert len(vendor.received) == 2             # the refused one never reached the upstream
+        assert results == ["one two three four five"] * 2
+        # the slots were given back when the streams ended
+        assert await sdk(lambda: call(gw.url, "smart", "hello", api_key="client-key-a")) == "one two three four five"
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+async def test_cohere_sdk_rpm_10_of_30_with_its_retries_off():
+    import cohere
+    from cohere.core.api_error import ApiError
+    vendor = MockVendor(reply="ok")
+    async with gateway_with(config(limits={"rpm": 10}), a=vendor) as gw:
+        def fire():
+            client = cohere.ClientV2(api_key="client-key-a", base_url=gw.url)
+            ok, refused = 0, []
+            for _ in range(30):
+                try:      # the SDK retries 429s itself unless told not to
+                    client.chat(model="smart", messages=[{"role": "user", "content": "hi"}],
+                                request_options={"max_retries": 0})
+                    ok += 1
+                except ApiError as exc:
+                    refused.append(exc)
+            return ok, refused
+        ok, refused = await sdk(fire)
+    assert ok in (10, 11), ok                              # rpm refills one per 6 s: a slow box may earn one
+    assert all(e.status_code == 429 for e in refused), [repr(e) for e in refused[:3]]
+    assert all(type(e).__name__ == "TooManyRequestsError" for e in refused)
+    assert all(e.headers.get("retry-after") for e in refused)
+    assert len(vendor.received) == ok
