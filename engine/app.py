@@ -16,6 +16,7 @@ import trio
 
 from busbar.cluster import build_sync
 from busbar.config import Config, ConfigError, load_config, parse_config
+from busbar.cache import Caches
 from busbar.gateway import Gateway
 from busbar.protocols.routes import guess_protocol
 from busbar.selfhosted import BackendWatcher
@@ -35,7 +36,9 @@ class App:
         # keys minted at run time (POST /admin/keys): SQLite or Redis, kept across reloads and restarts
         from busbar.tenancy.minted import MintedKeys, build_store
         self.minted = MintedKeys(build_store(config.auth, config.admin, self.state))
-        self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted)
+        self.caches = Caches()        # response cache entries and counters, kept across reloads too
+        self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted,
+                               caches=self.caches)
         self.gateway.app = self
         # routing state shared with the other replicas (Redis backend); None: this process only
         self.cluster = build_sync(config.state)
@@ -85,7 +88,7 @@ class App:
             config = parse_config(config, "reload")
         old = self.gateway
         try:
-            new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted)
+            new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted, caches=self.caches)
         except ConfigError:
             raise
         except Exception as exc:   # whatever fails to build is a rejected config, never a dead server

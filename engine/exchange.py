@@ -12,6 +12,9 @@ through `Lifecycle.fire`, which refuses what the table does not allow.
 
 * `received`: `_receive`: admission (`busbar.admission`: the envelope, the
   client's key), then routing starts a plan for the pool -> `routed`.
+* `routed`, when the pool keeps a response cache (`busbar.cache`): a hit is
+  replayed in the client's protocol (`_from_cache`, lifecycle `hit`) and no
+  upstream is called; a miss is stored once it is answered (`settle`).
 * `routed` / `failing_over`: `_dispatch` asks the plan for the next step:
   wait, give up (-> `failed`, the error in the client's protocol), or one
   attempt.  The attempt is translated (or passed through) for that member's
@@ -28,7 +31,6 @@ server's cancel scope (the client going away) cancels everything it started.
 Insertion points for what is not here yet:
 * tenancy admission (auth + limits before routing): `busbar.admission.admit`,
   called by `_receive` before `router.start`;
-* a response cache in front of dispatch: `_dispatch`, before `plan.next`;
 * per-request tracing spans: `Gateway.handle` around `Exchange.run`;
   per-attempt spans and hedging: `_attempt` (one upstream call; hedges are
   more `_attempt`s in a request nursery, each settled through `settle`);
@@ -48,7 +50,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from busbar import admission, lifecycle, resume, tenancy
+from busbar import admission, ir, lifecycle, resume, tenancy
+from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.outcome import Answered, Broken, Failed, Outcome
 from busbar.protocols.base import JSON_CT, Headers
@@ -94,6 +97,9 @@ class Exchange:
         self.tenancy_admission = None       # what busbar.tenancy took for this request, settled at the end
         self.resume_policy = None           # the pipeline's streaming.resume, for a stream; None: off
         self.resuming: resume.Resumption | None = None   # a broken stream being continued elsewhere
+        self.cache_lookup = None            # busbar.cache.Lookup when the pool keeps a cache
+        self.cache_response: ir.Response | None = None   # a buffered miss's answer, to store
+        self.cache_assembler: Assembler | None = None    # a streamed miss's answer, folded as it is relayed
 
     # ---- the journey -----------------------------------------------------
     async def run(self) -> None:
@@ -156,7 +162,10 @@ class Exchange:
         self.lifecycle.fire("route", self.model)
 
     async def _dispatch(self) -> None:
-        """`routed` / `failing_over`: the plan says what comes next."""
+        """`routed` / `failing_over`: the plan says what comes next (after the
+        response cache, when the pool keeps one and holds this answer)."""
+        if self.lifecycle.state == "routed" and self.model in self.gw.cache.policies and await self._from_cache():
+            return
         now = trio.current_time()
         if self.resuming is not None and now >= self.resuming.deadline:
             return await self._reject(ClientError(502, "Upstream stream failed after content was sent, and no "
@@ -199,6 +208,87 @@ class Exchange:
             self.plan.release(attempt, trio.current_time())
             raise
         return self.plan.cluster_answer(attempt, asks, taken, trio.current_time())
+
+    # ---- the response cache ----------------------------------------------
+    async def _from_cache(self) -> bool:
+        """Replay the cached answer (True), or prepare to store this one."""
+        cache = self.gw.cache
+        if self._ir is None:
+            try:
+                self._ir = self.client.parse_request(self.obj, self.params)
+            except ClientError:
+                self._ir = None       # passthrough may still serve it; the cache can't key it
+        if self._ir is not None and type(self._ir) is not ir.Request:
+            return False              # embeddings, rerank, counting: answered upstream every time
+        scope = self.record.tenant or self.record.client_key_id or "-"
+        lookup = self.cache_lookup = cache.decide(self.model, self.request.headers, self._ir, scope,
+                                                  self.client.varying_headers)
+        entry = await cache.get(lookup)
+        self.record.cache = lookup.status
+        if entry is None:
+            return False
+        await self._replay(entry)
+        return True
+
+    async def _replay(self, entry) -> None:
+        """A hit, as the client asked for it: buffered, or a stream through its
+        protocol's encoder (at once, or paced by `replay_delay_ms`)."""
+        policy = self.cache_lookup.policy
+        self.lifecycle.fire("hit", f"cache {policy.mode}")
+        response = dataclasses.replace(entry.response, id=replay_id())
+        model = response.model or self.model
+        self.record.ttfb_ms = 0.0
+        self.record.status = 200
+        self.record.usage = ir.Usage()          # nothing went upstream
+        head = self.cache_headers() + [(b"x-busbar-cache-age", b"%d" % max(0, self.gw.cache.caches.wall()
+                                                                            - entry.created))]
+        client = self.client
+        if not self.stream:
+            body = client.render_response(response, model, self._ir)
+            await self.responder.send(200, [JSON_CT] + head, body)
+            sent = len(body)
+        else:
+            encoder = client.stream_encoder(model, **client.stream_encoder_options(self.obj))
+            delay = policy.replay_delay_ms / 1000
+            events = response_events(response, chunk_chars=24 if delay else 0)
+            head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")] + head
+            if not delay:
+                body = b"".join(encoder.encode(e) for e in events) + encoder.finish()
+                await self.responder.start(200, head, body)
+                sent = len(body)
+            else:
+                first = next((i for i, e in enumerate(events) if ir.is_content(e)), len(events))
+                data = b"".join(encoder.encode(e) for e in events[:first + 1])
+                await self.responder.start(200, head, data)
+                sent = len(data)
+                for event in events[first + 1:]:
+                    data = encoder.encode(event)
+                    if data:
+                        if ir.is_content(event):
+                            await trio.sleep(delay)
+                        await self.responder.write(data)
+                        sent += len(data)
+                data = encoder.finish()
+                await self.responder.write(data)
+                sent += len(data)
+            await self.responder.end()
+        self.lifecycle.fire("complete")
+        self.gw.cache.count_hit(self.cache_lookup, entry, sent, self.gw.prices.get(entry.member))
+
+    def cache_headers(self) -> Headers:
+        return [(b"x-busbar-pool", self.model.encode("utf-8", "replace")),
+                (b"x-busbar-cache", self.cache_lookup.status.encode())]
+
+    async def _store_answer(self, attempt: Attempt) -> None:
+        """After a miss was answered: keep it (never fails the request)."""
+        if self.record.resumed:
+            return          # continued on another member: the spliced answer is no one member's
+        response = self.cache_assembler.response() if self.stream else self.cache_response
+        try:
+            with trio.CancelScope(shield=True):
+                await self.gw.cache.put(self.cache_lookup, response, attempt.member_id)
+        except Exception:
+            log.exception("request %s: storing the answer in the cache failed", self.record.id)
 
     # ---- one attempt -----------------------------------------------------
     async def _attempt(self, attempt: Attempt, rec: AttemptRecord, t0: float) -> Outcome:
@@ -366,6 +456,8 @@ class Exchange:
             if attempt.shared is not None and tokens is not None and attempt.shared[0].tpm is not None:
                 # the cluster counted the estimate; the answer is out, now correct it
                 await self.gw.state.settle_quota(*attempt.shared, tokens)
+            if self.cache_lookup is not None:
+                await self._store_answer(attempt)
             return
         fault = outcome.fault
         consequence = self.plan.report(attempt, fault, now)
@@ -442,8 +534,11 @@ class Exchange:
     def answer_headers(self, attempt: Attempt) -> Headers:
         """Headers of an answer: which pool and member answered (the body's
         `model` is the model that answered, on every path), and the warnings."""
-        return [(b"x-busbar-pool", self.model.encode("utf-8", "replace")),
+        head = [(b"x-busbar-pool", self.model.encode("utf-8", "replace")),
                 (b"x-busbar-member", attempt.member_id.encode("utf-8", "replace"))] + self.warning_headers()
+        if self.cache_lookup is not None:
+            head.append((b"x-busbar-cache", self.cache_lookup.status.encode()))
+        return head
 
     def warning_headers(self) -> Headers:
         """`x-busbar-warning` names what translation dropped (pool policy

@@ -80,7 +80,7 @@ class Gateway:
     upstream connections.  `handle` is the HTTP handler."""
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200,
-                 state=None, minted=None):
+                 state=None, minted=None, caches=None):
         self.config = config
         self.router = Router.from_config(config.raw)
         self.state = state
@@ -103,6 +103,9 @@ class Gateway:
                 raise ConfigError(f"{config.source}: auth.keys", f"id(s) {', '.join(map(repr, taken))} already "
                                   "belong to minted keys (GET /admin/keys); choose another id or revoke the minted key")
         self.prices = member_prices(config.pools)       # member id -> Price (spend)
+        # pools that answer repeats from a cache (busbar.cache); entries kept by the app across reloads
+        from busbar.cache import ResponseCache
+        self.cache = ResponseCache.from_config(config.pools, caches, state)
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
         self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}
         # pools that take requests without a client key (`auth: false`, or the

@@ -46,6 +46,9 @@ class RequestChart(StateMachine):
     dispatch = routed.to(dispatched) | failing_over.to(dispatched)
     # the chosen upstream produced content: from here on the client sees bytes
     first_byte = dispatched.to(streaming)
+    # the response cache holds this request's answer: it is replayed to the
+    # client without any upstream attempt (busbar.cache)
+    hit = routed.to(streaming)
     # the attempt failed in a way the pipeline retries elsewhere
     fault = dispatched.to(failing_over)
     # the response is complete

@@ -41,6 +41,7 @@ class RequestRecord:
     cost_usd: float = 0.0         # priced from the answering member's `price`
     # each resume of a broken stream: {"from", "to", "after_chars", "trimmed", "fault", "added_ms"}
     resumed: list = field(default_factory=list)
+    cache: str = ""               # the response cache's verdict (hit, miss, refresh, bypass, skip); "" without one
 
     def as_dict(self) -> dict:
         return {"id": self.id, "client_protocol": self.client_protocol, "pool": self.pool, "stream": self.stream,
@@ -54,6 +55,7 @@ class RequestRecord:
                 "usage": _usage_dict(self.usage),
                 **({"key_id": self.tenant, "cost_usd": self.cost_usd} if self.tenant else {}),
                 **({"resumed": self.resumed} if self.resumed else {}),
+                **({"cache": self.cache} if self.cache else {}),
                 **({"error": self.error} if self.error else {})}
 
 

@@ -21,6 +21,7 @@ import orjson
 import trio
 
 from busbar import ir
+from busbar.cache.entry import Assembler
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.limits import PrecommitBound
 from busbar.outcome import Answered, Broken, Failed, Outcome
@@ -61,9 +62,11 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float) -
             return _server("upstream sent a response that is not JSON", response.status)
         out = data
         content_type = response.header(b"content-type") or b"application/json"
-        if x.gw.listeners:       # usage accounting is on: worth the IR
+        if x.gw.listeners or x.cache_lookup is not None:       # usage accounting or the cache: worth the IR
             try:
-                x.record.usage = up.parse_response(obj).usage
+                resp_ir = up.parse_response(obj)
+                x.record.usage = resp_ir.usage
+                x.cache_response = resp_ir
             except Exception:
                 pass
     else:
@@ -72,6 +75,7 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float) -
             x.record.usage = resp_ir.usage
             if x.stops:
                 cut_response(resp_ir, x.stops)
+            x.cache_response = resp_ir
             # the model that answered; the request says what the answer looks like
             out = x.client.render_response(resp_ir, resp_ir.model or attempt.model, x._ir)
         except ClientError:
@@ -111,6 +115,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
         first_by = resume.deadline       # the silence a resume may add
     relay = PassthroughRelay(up.stream_content_type) if same else None
     stops = StopEmulation(x.stops) if x.stops and not same else None
+    # a miss the response cache will store: the answer is folded as it goes out (per attempt)
+    kept = x.cache_assembler = Assembler() if x.cache_lookup is not None else None
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
     pending: list = []       # with a journal: the held IR events, journaled at the commit
     bound = PrecommitBound()  # what `held` may grow to: past it, the member's fault
@@ -140,6 +146,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
             upstream_done = upstream_done or stops.done     # cut: the upstream is not read further
         if splice is not None:
             events = splice.feed(events)
+        if kept is not None:
+            kept.feed(events)
         for event in events:
             if type(event) is ir.ErrorEvent:
                 # an error before any content: the decoder classified it;
@@ -189,6 +197,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
                 upstream_done = stops.done
             if splice is not None:
                 events = splice.feed(events)
+            if kept is not None:
+                kept.feed(events)
             broken = None
             for event in events:
                 kind = type(event)
@@ -229,6 +239,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
             for event in tail:
                 if type(event) is ir.UsageEvent:
                     x.record.usage = event.usage
+            if kept is not None:
+                kept.feed(tail)
             if not same:
                 await x.responder.write(b"".join(encoder.encode(e) for e in tail))
         if not same:

@@ -258,6 +258,7 @@ class _Collector:
         yield fam
         yield GaugeMetricFamily("busbar_in_flight_requests", "Client requests in progress.",
                                 value=getattr(gw, "in_flight", 0))
+        yield from _cache_families(gw)
         router = gw.router
         now = m._scrape_now
         if now is None:
@@ -334,6 +335,41 @@ class _Collector:
                                ("local_probe_grants", "Half-open probes granted locally while Redis was away."),
                                ("outages", "Times the routing state sync lost Redis.")):
                 yield CounterMetricFamily(f"busbar_cluster_{name}", what, value=sync[f"{name}_total"])
+
+
+def _cache_families(gw):
+    """The response cache's counters per pool (busbar.cache.PoolStats), read
+    at scrape time; the pool names are configured ones."""
+    cache = getattr(gw, "cache", None)
+    if cache is None or not cache.policies:
+        return
+    lookups = CounterMetricFamily("busbar_cache_lookups", "Requests to cached pools by verdict: hit, miss, "
+                                  "bypass (a request header), skip (not cacheable).", labels=["pool", "result"])
+    stored = CounterMetricFamily("busbar_cache_stores", "Answers stored in the response cache.", labels=["pool"])
+    hit_bytes = CounterMetricFamily("busbar_cache_hit_bytes", "Bytes of answers served from the cache.",
+                                    labels=["pool"])
+    stored_bytes = CounterMetricFamily("busbar_cache_stored_bytes", "Bytes of answers stored (encoded entries).",
+                                       labels=["pool"])
+    saved = CounterMetricFamily("busbar_cache_saved_tokens", "Upstream tokens a hit did not spend (the stored "
+                                "answer's usage).", labels=["pool", "kind"])
+    spend = CounterMetricFamily("busbar_cache_saved_usd", "Spend hits saved, priced at the member that answered "
+                                "the stored request (its `price`).", labels=["pool"])
+    entries = GaugeMetricFamily("busbar_cache_entries", "Entries held in this process (pools cached in Redis "
+                                "are not counted here).", labels=["pool"])
+    for pool in list(cache.policies):
+        st = cache.stats[pool]
+        for result, n in (("hit", st.hits), ("miss", st.misses), ("bypass", st.bypassed), ("skip", st.skipped)):
+            lookups.add_metric([pool, result], n)
+        stored.add_metric([pool], st.stored)
+        hit_bytes.add_metric([pool], st.hit_bytes)
+        stored_bytes.add_metric([pool], st.stored_bytes)
+        saved.add_metric([pool, "input"], st.saved_input_tokens)
+        saved.add_metric([pool, "output"], st.saved_output_tokens)
+        spend.add_metric([pool], st.saved_usd)
+        held = cache.entries(pool)
+        if held is not None:
+            entries.add_metric([pool], held)
+    yield from (lookups, stored, hit_bytes, stored_bytes, saved, spend, entries)
 
 
 def _buckets(h: list) -> list[tuple[str, float]]:

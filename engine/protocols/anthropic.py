@@ -94,6 +94,7 @@ class AnthropicDialect(Dialect):
     vision_markers = (b'"image"',)
     request_name = "Messages request"
     forward_headers = (b"anthropic-version", b"anthropic-beta")
+    varying_headers = (b"anthropic-beta",)
     kind_status = {**KIND_STATUS, "overloaded": 529}
 
     def rate_limits(self, headers: Headers) -> VendorQuota | None:

@@ -223,6 +223,7 @@ class DialectContract(Protocol):
 
     name: str
     forward_headers: tuple[bytes, ...]
+    varying_headers: tuple[bytes, ...]
     kind_status: dict[str, int]
     signed_requests: bool
     codec: Codec
@@ -294,6 +295,9 @@ class Dialect:
     # Client request headers forwarded verbatim on same-protocol passthrough
     # (versions and beta flags the client chose).
     forward_headers: ClassVar[tuple[bytes, ...]] = ()
+    # Client request headers that change the answer (beta features): part of
+    # the response cache's key (busbar.cache), with the request's IR.
+    varying_headers: ClassVar[tuple[bytes, ...]] = ()
     # True when the protocol has no stop sequences and the gateway emulates
     # them (busbar.protocols.stops) for members that speak it.
     stop_emulated: ClassVar[bool] = False

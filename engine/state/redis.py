@@ -345,6 +345,13 @@ class RedisState:
                 raise
             return await self._call("EVAL", lua, len(keys), *keys, *args)
 
+    async def run_script(self, lua: str, keys: tuple[str, ...], *args):
+        """A Lua script of another user of the shared Redis (the response
+        cache) on `keys` (prefixed here); raises RedisUnavailable while it is down."""
+        if lua not in _SHA:
+            _SHA[lua] = hashlib.sha1(lua.encode()).hexdigest()
+        return await self._script_keys(lua, [self.prefix + ":" + key for key in keys], *args)
+
     async def command(self, *args, timeout_s: float | None = None):
         """One Redis command on the backend's connections (other stores on the
         same Redis: minted client keys).  Raises RedisUnavailable like a take

@@ -1,0 +1,209 @@
+"""The response cache: answers to repeated requests without an upstream call.
+
+Opt-in per pool (`cache:` in the pool's config, ADR 0016).  The driver asks
+it once per request, in `Exchange._dispatch` before the plan's first step:
+
+* `decide(pool, request_headers, ir_request, scope)` -> a `Lookup` (the key
+  and what to do: look up and store, only store, or nothing), or None when
+  the pool has no cache;
+* `get(lookup)` -> an `Entry` on a hit (replayed by the exchange in the
+  client's protocol, buffered or as a stream);
+* `put(lookup, response, member)` after a miss was answered and settled.
+
+The key is the canonical form of the request's IR (`busbar.cache.canonical`:
+the same question through any client protocol), the pool, and the client's
+gateway key id (`*` when the pool says `shared: true`).  Requests asking for
+variety (temperature above the pool's `max_temperature`, default 0) are not
+cached; an absent temperature is the pool's default and is cached.
+
+Entries live in this process (`MemoryStore`, LRU + TTL) or, when the app's
+state backend is Redis, in Redis (`RedisStore`) so replicas share hits.  The
+stores and counters are kept by `Caches`, which the app holds across config
+reloads like its state backend.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from busbar import ir
+from busbar.cache.canonical import canonical, digest
+from busbar.cache.entry import STORABLE, Entry
+from busbar.cache.store import MemoryStore, RedisStore
+
+# request header values that skip the cache: `bypass` (or Cache-Control:
+# no-store) neither reads nor stores, `refresh` (or no-cache) stores a fresh answer
+HEADER = b"x-busbar-cache"
+LOOKUP, REFRESH, BYPASS, SKIP = "lookup", "refresh", "bypass", "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    pool: str
+    mode: str = "exact"
+    ttl: float = 3600.0
+    max_entries: int = 100_000
+    shared: bool = False
+    max_temperature: float = 0.0
+    replay_delay_ms: float = 0.0
+    embed_pool: str | None = None
+    threshold: float = 0.95
+
+    @classmethod
+    def from_config(cls, pool: str, spec: dict) -> "CachePolicy":
+        return cls(pool, spec.get("mode", "exact"), float(spec.get("ttl", 3600)), int(spec.get("max_entries", 100_000)),
+                   bool(spec.get("shared", False)), float(spec.get("max_temperature", 0.0)),
+                   float(spec.get("replay_delay_ms", 0.0)), spec.get("embed_pool"), float(spec.get("threshold", 0.95)))
+
+
+@dataclass(slots=True)
+class PoolStats:
+    """One pool's cache counters (for /metrics)."""
+    hits: int = 0
+    misses: int = 0
+    bypassed: int = 0
+    skipped: int = 0              # not cacheable: temperature, an incomplete answer
+    stored: int = 0
+    hit_bytes: int = 0            # bytes of answers served from the cache
+    stored_bytes: int = 0
+    saved_input_tokens: int = 0
+    saved_output_tokens: int = 0
+    saved_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class Lookup:
+    """One request's cache decision, carried from the lookup to the store."""
+    policy: CachePolicy
+    key: str
+    action: str                   # LOOKUP (read, store a miss) | REFRESH (store) | BYPASS | SKIP (neither)
+    status: str = "miss"          # what the x-busbar-cache response header says
+
+
+@dataclass
+class Caches:
+    """The stores and counters of every pool, kept across config reloads."""
+    now: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    memory: dict[str, MemoryStore] = field(default_factory=dict)
+    stats: dict[str, PoolStats] = field(default_factory=dict)
+
+    def memory_store(self, pool: str) -> MemoryStore:
+        store = self.memory.get(pool)
+        if store is None:
+            store = self.memory[pool] = MemoryStore(self.now)
+        return store
+
+    def pool_stats(self, pool: str) -> PoolStats:
+        stats = self.stats.get(pool)
+        if stats is None:
+            stats = self.stats[pool] = PoolStats()
+        return stats
+
+
+class ResponseCache:
+    """The cache as one gateway (one config) sees it."""
+
+    def __init__(self, policies: dict[str, CachePolicy], caches: Caches, state=None):
+        self.policies = policies
+        self.caches = caches
+        shared_redis = state is not None and state.status().get("backend") == "redis"
+        self.stores = {pool: RedisStore(state, pool) if shared_redis else caches.memory_store(pool)
+                       for pool in policies}
+        self.stats = {pool: caches.pool_stats(pool) for pool in policies}
+
+    @classmethod
+    def from_config(cls, pools: dict, caches: Caches | None = None, state=None) -> "ResponseCache":
+        policies = {name: CachePolicy.from_config(name, pool["cache"]) for name, pool in pools.items()
+                    if pool.get("cache")}
+        return cls(policies, caches or Caches(), state)
+
+    def decide(self, pool: str, headers, request: ir.Request | None, scope: str,
+               varying: tuple[bytes, ...] = ()) -> Lookup | None:
+        """This request's lookup (None when the pool keeps no cache).  Its
+        `action` is `lookup`, `refresh` (store only), or `bypass` / `skip`
+        (neither: asked by a header; too much temperature, or a request the
+        IR cannot hold, `request` None).  `varying`: the names of the client
+        protocol's request headers that change the answer (their values join
+        the key)."""
+        policy = self.policies.get(pool)
+        if policy is None:
+            return None
+        action = _requested(headers)
+        stats = self.stats[pool]
+        if action == BYPASS:
+            stats.bypassed += 1
+            return Lookup(policy, "", BYPASS, BYPASS)
+        if request is None or (request.temperature is not None and request.temperature > policy.max_temperature):
+            stats.skipped += 1
+            return Lookup(policy, "", SKIP, SKIP)
+        vary = b"".join(b"%s:%s\0" % (k, v.strip()) for k, v in headers if k in varying) if varying else b""
+        key = digest(pool.encode() + b"\0" + ("*" if policy.shared else scope).encode() + b"\0" + vary
+                     + canonical(request))
+        return Lookup(policy, key, action, "miss" if action == LOOKUP else REFRESH)
+
+    async def get(self, lookup: Lookup) -> Entry | None:
+        if lookup.action != LOOKUP:
+            return None
+        entry = await self.stores[lookup.policy.pool].get(lookup.key)
+        stats = self.stats[lookup.policy.pool]
+        if entry is None:
+            stats.misses += 1
+            return None
+        lookup.status = "hit"
+        stats.hits += 1
+        return entry
+
+    def count_hit(self, lookup: Lookup, entry: Entry, nbytes: int, price) -> None:
+        """What a hit saved: the upstream's tokens and, with the answering
+        member's `price`, its spend."""
+        stats = self.stats[lookup.policy.pool]
+        usage = entry.response.usage
+        stats.hit_bytes += nbytes
+        stats.saved_input_tokens += usage.input_tokens
+        stats.saved_output_tokens += usage.output_tokens
+        if price is not None:
+            stats.saved_usd += price.cost(usage)
+
+    async def put(self, lookup: Lookup, response: ir.Response | None, member: str) -> bool:
+        """Store an answered miss; an incomplete or unfinished answer is not kept."""
+        stats = self.stats[lookup.policy.pool]
+        if lookup.action not in (LOOKUP, REFRESH):
+            return False
+        if response is None or response.stop_reason not in STORABLE:
+            stats.skipped += 1
+            return False
+        policy = lookup.policy
+        size = await self.stores[policy.pool].put(lookup.key, Entry(response, member, self.caches.wall()),
+                                                  policy.ttl, policy.max_entries)
+        if size:
+            stats.stored += 1
+            stats.stored_bytes += size
+        return bool(size)
+
+    def entries(self, pool: str) -> int | None:
+        """Entries held in this process (None: they are in Redis)."""
+        store = self.stores.get(pool)
+        return len(store) if isinstance(store, MemoryStore) else None
+
+
+def _requested(headers) -> str:
+    """LOOKUP, REFRESH or BYPASS, as the request headers ask."""
+    for name, value in headers:
+        if name == HEADER:
+            value = value.strip().lower()
+            if value == b"bypass":
+                return BYPASS
+            if value == b"refresh":
+                return REFRESH
+        elif name == b"cache-control":
+            directives = {d.strip() for d in value.lower().split(b",")}
+            if b"no-store" in directives:
+                return BYPASS
+            if b"no-cache" in directives:
+                return REFRESH
+    return LOOKUP
+
+
+__all__ = ["CachePolicy", "Caches", "Lookup", "ResponseCache", "PoolStats", "Entry", "HEADER"]

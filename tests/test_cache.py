@@ -1,0 +1,228 @@
+"""The response cache's pure layer (ADR 0016): the canonical request form,
+the stored entry, the stream replay and its inverse, the LRU + TTL store on
+an injected clock, and the lookup decisions."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from busbar import ir
+from busbar.cache import CachePolicy, Caches, ResponseCache
+from busbar.cache.canonical import partition, prompt_text, request_digest
+from busbar.cache.entry import Assembler, Entry, decode, encode, response_events
+from busbar.cache.store import MemoryStore
+from busbar.protocols import get_dialect
+from tests import strategies as S
+
+pytestmark = pytest.mark.pure
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# one question, as each client protocol's SDK sends it
+WIRE = {
+    "openai": ({"model": "smart", "max_tokens": 64, "messages": [{"role": "system", "content": "Be brief."},
+                                                                 {"role": "user", "content": "Capital of France?"}],
+                "stream": True, "stream_options": {"include_usage": True}, "user": "u-1"}, {}),
+    "responses": ({"model": "smart", "max_output_tokens": 64, "instructions": "Be brief.",
+                   "input": "Capital of France?"}, {}),
+    "anthropic": ({"model": "smart", "max_tokens": 64, "system": "Be brief.",
+                   "messages": [{"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]}],
+                   "metadata": {"user_id": "u-2"}}, {}),
+    "gemini": ({"systemInstruction": {"parts": [{"text": "Be brief."}]},
+                "contents": [{"role": "user", "parts": [{"text": "Capital of France?"}]}],
+                "generationConfig": {"maxOutputTokens": 64}}, {"model": "smart", "action": "generateContent"}),
+    "bedrock": ({"system": [{"text": "Be brief."}],
+                 "messages": [{"role": "user", "content": [{"text": "Capital of France?"}]}],
+                 "inferenceConfig": {"maxTokens": 64}}, {"model": "smart", "action": "converse"}),
+    "cohere": ({"model": "smart", "max_tokens": 64, "messages": [{"role": "system", "content": "Be brief."},
+                                                                 {"role": "user", "content": "Capital of France?"}]},
+               {}),
+}
+
+
+def parsed(protocol: str) -> ir.Request:
+    obj, params = WIRE[protocol]
+    return get_dialect(protocol).parse_request(obj, params)
+
+
+def test_the_same_question_has_one_key_through_every_client_protocol():
+    digests = {p: request_digest(parsed(p)) for p in WIRE}
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_what_decides_the_answer_is_in_the_key_and_attribution_is_not():
+    base = parsed("openai")
+    key = request_digest(base)
+    same = [dataclasses.replace(base, stream=False), dataclasses.replace(base, user="someone else"),
+            dataclasses.replace(base, metadata={"trace": "x"}), dataclasses.replace(base, temperature=0.0),
+            dataclasses.replace(base, extras={"openai": {"$max_tokens_key": "max_completion_tokens"}})]
+    assert request_digest(same[3]) == request_digest(dataclasses.replace(base, temperature=0))
+    other = [dataclasses.replace(base, max_tokens=65), dataclasses.replace(base, system=[ir.Text("Be long.")]),
+             dataclasses.replace(base, tools=[ir.Tool("f", {"type": "object"})]),
+             dataclasses.replace(base, response_format=ir.ResponseFormat("json_object")),
+             dataclasses.replace(base, messages=[ir.Message("user", [ir.Text("Capital of Spain?")])]),
+             dataclasses.replace(base, extras={"openai": {"logprobs": True}}),
+             dataclasses.replace(base, temperature=0.5)]
+    assert all(request_digest(r) == key for r in same[:3] + same[4:])
+    assert len({request_digest(r) for r in other} | {key}) == len(other) + 1
+
+
+def test_the_semantic_partition_separates_tools_system_and_formats_but_not_wording():
+    base = parsed("anthropic")
+    reworded = dataclasses.replace(base, messages=[ir.Message("user", [ir.Text("France's capital city?")])])
+    assert partition(reworded) == partition(base) and prompt_text(reworded) != prompt_text(base)
+    for changed in (dataclasses.replace(base, tools=[ir.Tool("f", None)]),
+                    dataclasses.replace(base, system=[ir.Text("Be verbose.")]),
+                    dataclasses.replace(base, response_format=ir.ResponseFormat("json_object")),
+                    dataclasses.replace(base, messages=base.messages + [ir.Message("assistant", [ir.Text("Paris")])])):
+        assert partition(changed) != partition(base)
+    with_image = dataclasses.replace(base, messages=[ir.Message("user", [ir.Image(url="https://x/y.png")])])
+    assert prompt_text(with_image) is None          # only cached exactly
+
+
+@given(S.ir_response(S.CAPS["anthropic"]))
+@SETTINGS
+def test_an_entry_round_trips_through_its_stored_bytes(response):
+    entry = Entry(response, "smart/oai/gpt-4o", 1234.5)
+    assert decode(encode(entry)) == entry
+
+
+def test_bytes_of_another_format_are_a_miss_not_an_error():
+    assert decode(b"not json") is None
+    assert decode(b'{"v": 99}') is None
+    assert decode(b'{"v": 1, "id": 3}') is None
+
+
+def _without_extras(response: ir.Response) -> ir.Response:
+    content = []
+    for part in response.content:
+        if hasattr(part, "extras"):
+            part = dataclasses.replace(part, extras=None)
+        content.append(part)
+    return dataclasses.replace(response, content=content, extras=None)
+
+
+@given(S.ir_response(S.CAPS["anthropic"]))
+@SETTINGS
+def test_replayed_events_fold_back_into_the_same_response(response):
+    response = _without_extras(response)
+    for chunk in (0, 3):
+        folded = Assembler()
+        folded.feed(response_events(response, chunk_chars=chunk))
+        assert folded.response() == response
+
+
+@pytest.mark.parametrize("protocol", list(WIRE))
+def test_every_stream_encoder_accepts_a_replay(protocol):
+    response = ir.Response("r1", "gpt-4o", [ir.Text("Paris, of course."), ir.ToolCall("call_1", "f", {"a": [1]})],
+                           ir.StopReason.TOOL_USE, usage=ir.Usage(10, 5))
+    dialect = get_dialect(protocol)
+    encoder = dialect.stream_encoder("gpt-4o")
+    wire = b"".join(encoder.encode(e) for e in response_events(response, 4)) + encoder.finish()
+    decoder = dialect.stream_decoder()
+    folded = Assembler()
+    folded.feed(decoder.feed(wire) + decoder.close())
+    back = folded.response()
+    assert back.content[0].text == "Paris, of course." and back.content[1].arguments == {"a": [1]}
+    assert back.stop_reason is ir.StopReason.TOOL_USE
+
+
+def test_an_unfinished_or_failed_stream_is_never_stored():
+    events = response_events(ir.Response("r", "m", [ir.Text("half")]))
+    cut = Assembler()
+    cut.feed(events[:-1])
+    assert cut.response() is None
+    failed = Assembler()
+    failed.feed(events[:3] + [ir.ErrorEvent(529, "overloaded")] + events[3:])
+    assert failed.response() is None
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def entry(text: str) -> Entry:
+    return Entry(ir.Response("r", "m", [ir.Text(text)]), "member", 0.0)
+
+
+def test_the_memory_store_expires_entries_after_their_ttl():
+    clock = Clock()
+    store = MemoryStore(clock)
+    store.put_now("k", entry("a"), ttl=10, max_entries=5, size=3)
+    clock.t += 9.99
+    assert store.get_now("k").response.content[0].text == "a"
+    clock.t += 0.01
+    assert store.get_now("k") is None and len(store) == 0 and store.bytes == 0
+
+
+def test_the_memory_store_drops_the_least_recently_used_past_max_entries():
+    clock = Clock()
+    store = MemoryStore(clock)
+    for name in "abc":
+        store.put_now(name, entry(name), ttl=60, max_entries=3, size=1)
+        clock.t += 1
+    assert store.get_now("a") is not None          # a is now the most recent use
+    store.put_now("d", entry("d"), ttl=60, max_entries=3, size=1)
+    assert store.get_now("b") is None and {k for k in "acd" if store.get_now(k)} == set("acd")
+    store.put_now("a", entry("a2"), ttl=60, max_entries=3, size=1)     # replacing is no growth
+    assert len(store) == 3 and store.bytes == 3 and store.get_now("a").response.content[0].text == "a2"
+    clock.t += 61
+    assert store.sweep() == 3 and store.bytes == 0
+
+
+def _cache(**policy) -> ResponseCache:
+    return ResponseCache({"smart": CachePolicy("smart", **policy)}, Caches(now=Clock(), wall=Clock()))
+
+
+def test_decisions_from_headers_temperature_and_scope():
+    cache = _cache()
+    req = parsed("openai")
+    assert cache.decide("other", [], req, "alice") is None            # no cache on that pool
+    assert cache.decide("smart", [], req, "alice").action == "lookup"
+    assert cache.decide("smart", [(b"x-busbar-cache", b"bypass")], req, "alice").action == "bypass"
+    assert cache.decide("smart", [(b"x-busbar-cache", b"Refresh")], req, "alice").action == "refresh"
+    assert cache.decide("smart", [(b"cache-control", b"max-age=0, no-store")], req, "alice").action == "bypass"
+    assert cache.decide("smart", [(b"cache-control", b"no-cache")], req, "alice").action == "refresh"
+    assert cache.decide("smart", [], dataclasses.replace(req, temperature=0.2), "alice").action == "skip"
+    assert cache.decide("smart", [], None, "alice").action == "skip"      # the IR could not hold it
+    assert cache.decide("smart", [], req, "alice").key != cache.decide("smart", [], req, "bob").key
+    shared = _cache(shared=True)
+    assert shared.decide("smart", [], req, "alice").key == shared.decide("smart", [], req, "bob").key
+    beta = [(b"anthropic-beta", b"some-feature")]
+    assert cache.decide("smart", beta, req, "a", (b"anthropic-beta",)).key != cache.decide("smart", [], req, "a").key
+    assert cache.decide("smart", beta, req, "a").key == cache.decide("smart", [], req, "a").key
+    warm = _cache(max_temperature=1.0)
+    assert warm.decide("smart", [], dataclasses.replace(req, temperature=0.7), "a").action == "lookup"
+
+
+async def test_only_complete_answers_are_stored():
+    cache = _cache()
+    lookup = cache.decide("smart", [], parsed("openai"), "alice")
+    assert not await cache.put(lookup, None, "m")
+    assert not await cache.put(lookup, ir.Response("r", "m", [], ir.StopReason.CONTENT_FILTER), "m")
+    assert await cache.put(lookup, ir.Response("r", "m", [ir.Text("ok")]), "m")
+    hit = await cache.get(cache.decide("smart", [], parsed("anthropic"), "alice"))
+    assert hit.response.content == [ir.Text("ok")]
+    stats = cache.stats["smart"]
+    assert (stats.hits, stats.stored, stats.skipped) == (1, 1, 2)
+
+
+@pytest.mark.parametrize("cache, message", [
+    ({"mode": "exactly"}, "pools.smart.cache.mode: 'exactly' is not allowed; allowed: exact, semantic"),
+    ({"mode": "exact", "ttl": 0}, "pools.smart.cache.ttl: 0 is less than or equal to the minimum of 0"),
+    ({"mode": "exact", "max_entry": 3}, "pools.smart.cache: unknown key(s) 'max_entry'"),
+    ({"mode": "semantic"}, "pools.smart.cache: 'embed_pool' is a required property"),
+])
+def test_a_bad_cache_section_names_its_yaml_path(cache, message):
+    from busbar.config import ConfigError, parse_config
+    config = {"providers": {"o": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1", "key": "k"}},
+              "pools": {"smart": {"members": [{"provider": "o", "model": "m"}], "cache": cache}}}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(config, "t")
