@@ -31,6 +31,7 @@ class Admitted:
     model: str
     stream: bool
     secret: str | None = None      # the client key, for tenancy limits only (never logged)
+    key_id: str | None = None      # the client key a verified signature stands for (auth.aws_credentials[].key_id)
 
 
 def admit(gw: "Gateway", request: HttpRequest, dialect, params: dict, record: RequestRecord) -> Admitted:
@@ -57,7 +58,9 @@ def admit(gw: "Gateway", request: HttpRequest, dialect, params: dict, record: Re
     record.pool = model
     record.stream = stream
     signed = dialect.signed_requests and gw.aws_secrets
-    return Admitted(obj, model, stream, None if signed else key)
+    if signed:      # `key` is the verified access key id: limits apply when it maps to a client key
+        return Admitted(obj, model, stream, None, gw.aws_key_ids.get(key) if key is not None else None)
+    return Admitted(obj, model, stream, key)
 
 
 def authenticate(gw: "Gateway", request: HttpRequest, dialect) -> str | None:

@@ -135,13 +135,14 @@ class Exchange:
         admitted = admission.admit(self.gw, self.request, self.client, self.params, self.record)
         self.obj, self.model, self.stream = admitted.obj, admitted.model, admitted.stream
         self.client = self.client.for_body(self.obj)    # a body-shaped protocol (Bedrock invoke) says which
-        if self.gw.tenancy is not None and admitted.secret is not None:
+        if self.gw.tenancy is not None and (admitted.secret is not None or admitted.key_id is not None):
             # limits and budgets before routing: a refused request never reaches a member
             try:
                 self.tenancy_admission = await self.gw.tenancy.admit(
                     admitted.secret, self.model, tenancy.estimate_tokens(self.request.body, self.obj),
                     known_pool=self.model in self.gw.router.pool_names(),
-                    billing_status=self.client.kind_status["billing"])
+                    billing_status=self.client.kind_status["billing"],
+                    key=self.gw.tenancy.by_id(admitted.key_id) if admitted.key_id is not None else None)
             except ClientError as refused:     # metrics count refusals by key id and reason
                 self.record.tenant = getattr(refused, "key_id", None)
                 self.record.limited = getattr(refused, "reason", None)

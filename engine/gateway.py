@@ -107,6 +107,12 @@ class Gateway:
         from busbar.cache import ResponseCache
         self.cache = ResponseCache.from_config(config.pools, caches, state)
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
+        # signed (SigV4) clients: an access key pair may stand for a client key (its pools, limits, budget)
+        self.aws_key_ids = {c["access_key_id"]: c["key_id"] for c in auth.get("aws_credentials", ()) if "key_id" in c}
+        for i, c in enumerate(auth.get("aws_credentials", ())):
+            if "key_id" in c and (self.tenancy is None or self.tenancy.by_id(c["key_id"]) is None):
+                raise ConfigError(f"{config.source}: auth.aws_credentials[{i}].key_id",
+                                  f"no client key with id {c['key_id']!r} in auth.keys")
         self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}
         # pools that take requests without a client key (`auth: false`, or the
         # deprecated pipeline `received.checks` without `auth`)

@@ -185,3 +185,35 @@ async def test_cohere_sdk_rpm_10_of_30_with_its_retries_off():
     assert all(type(e).__name__ == "TooManyRequestsError" for e in refused)
     assert all(e.headers.get("retry-after") for e in refused)
     assert len(vendor.received) == ok
+
+
+@pytest.mark.sdk
+async def test_bedrock_signed_clients_get_the_client_key_their_access_key_maps_to():
+    from botocore.exceptions import ClientError as BotoError
+    from clients import bedrock_converse
+    vendor = MockVendor(reply="hi")
+    cfg = config(pools=["smart"], limits={"rpm": 2})
+    cfg["auth"]["aws_credentials"] = [{"access_key_id": "AKIDGATEWAY", "secret_access_key": "gateway-secret",
+                                       "key_id": "team-a"}]
+    async with gateway_with(cfg, a=vendor) as gw:
+        assert await sdk(lambda: bedrock_converse(gw.url, "smart", "hello")) == "hi"
+        assert gw.gateway.recent[-1]["key_id"] == "team-a" and gw.gateway.recent[-1]["cost_usd"] > 0
+        with pytest.raises(BotoError) as info:                 # the key's pools apply
+            await sdk(lambda: bedrock_converse(gw.url, "cheap", "hello"))
+        assert info.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert "cheap" in str(info.value)
+        assert await sdk(lambda: bedrock_converse(gw.url, "smart", "hello")) == "hi"
+        with pytest.raises(BotoError) as info:                 # and its rpm (2), in Bedrock's throttling shape
+            await sdk(lambda: bedrock_converse(gw.url, "smart", "hello"))
+        assert info.value.response["Error"]["Code"] == "ThrottlingException"
+        with pytest.raises(BotoError) as info:                 # a wrong secret is still a signature failure
+            await sdk(lambda: bedrock_converse(gw.url, "smart", "hello", secret_access_key="wrong"))
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] in (401, 403)
+        assert len(vendor.received) == 2
+    bad = config()
+    bad["providers"]["oai"]["base_url"] = "http://127.0.0.1:9/v1"
+    bad["auth"]["aws_credentials"] = [{"access_key_id": "A", "secret_access_key": "s", "key_id": "ghost"}]
+    from busbar.config import ConfigError, parse_config
+    from busbar.gateway import Gateway
+    with pytest.raises(ConfigError, match="no client key with id .ghost."):
+        Gateway(parse_config(bad, "t"))

@@ -228,6 +228,10 @@ class Tenancy:
                 return None
         return self._checked(key, digest)
 
+    def by_id(self, key_id: str) -> ClientKey | None:
+        """A config key by id (the key a signed request's access key pair stands for)."""
+        return next((k for k in self.by_hash.values() if k.id == key_id), None)
+
     def _checked(self, key: ClientKey | None, digest: str) -> ClientKey:
         if key is None or not hmac.compare_digest(key.sha256, digest):
             raise ClientError(401, "Invalid or missing API key for this gateway.", "authentication")
@@ -255,8 +259,12 @@ class Tenancy:
 
     # ---- how much ------------------------------------------------------------
     async def admit(self, secret: str | None, pool: str, estimate: int, *, known_pool: bool = True,
-                    billing_status: int = 429) -> Admission:
-        key = self.authenticate(secret) or await self.identify(secret)
+                    billing_status: int = 429, key: ClientKey | None = None) -> Admission:
+        """`key`: already authenticated (a verified signature's access key pair), else `secret` is."""
+        if key is None:
+            key = self.authenticate(secret) or await self.identify(secret)
+        elif key.expires is not None and self.wall() >= key.expires:
+            raise ClientError(401, f"The API key `{key.id}` has expired.", "authentication")
         self.permit(key, pool, known_pool)
         levels = (key.level,) + ((self.teams[key.team],) if key.team in self.teams else ())
         admission = Admission(key, levels, pool, estimate)
