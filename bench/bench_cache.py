@@ -125,6 +125,47 @@ def sockets(duration: float, runs: int) -> dict:
     return out
 
 
+def semantic_lookup(dims: int = 384, queries: int = 200) -> dict:
+    """Nearest cached prompt among 10k / 100k unit vectors: numpy brute force
+    (one matrix-vector product, float32) vs usearch's HNSW index, when
+    installed (`pip install numpy usearch`; neither is a dependency yet)."""
+    import numpy as np
+    out: dict = {}
+    rng = np.random.default_rng(7)
+    for n in (10_000, 100_000):
+        data = rng.standard_normal((n, dims), dtype=np.float32)
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+        qs = data[rng.integers(0, n, queries)] + 0.05 * rng.standard_normal((queries, dims), dtype=np.float32)
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+        times = []
+        for q in qs:
+            t0 = time.perf_counter()
+            scores = data @ q
+            best = int(np.argmax(scores))
+            times.append((time.perf_counter() - t0) * 1e6)
+        row = {"numpy_p50_us": statistics.median(times), "numpy_p99_us": sorted(times)[int(0.99 * len(times))],
+               "numpy_mib": data.nbytes / 2**20}
+        try:
+            from usearch.index import Index
+            index = Index(ndim=dims, metric="cos", dtype="f32")
+            t0 = time.perf_counter()
+            index.add(np.arange(n), data)
+            row["usearch_build_s"] = time.perf_counter() - t0
+            times, agree = [], 0
+            for q in qs:
+                t0 = time.perf_counter()
+                found = index.search(q, 1)
+                times.append((time.perf_counter() - t0) * 1e6)
+                agree += int(found.keys[0]) == int(np.argmax(data @ q))
+            row.update(usearch_p50_us=statistics.median(times), usearch_p99_us=sorted(times)[int(0.99 * len(times))],
+                       usearch_recall_at_1=agree / queries)
+        except ImportError:
+            pass
+        out[str(n)] = row
+        print(f"semantic n={n:6d} dims={dims}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=3)
@@ -143,10 +184,7 @@ def main() -> int:
                   f"rps {r['rps'][0]:8.0f} ±{r['rps'][1]:.0f}  cpu {r['cpu_us_per_request'][0]:6.0f} µs/req "
                   f"±{r['cpu_us_per_request'][1]:.0f}  errors {r['errors']}")
     if args.semantic:
-        from busbar.cache.semantic import bench_lookup
-        results["semantic"] = bench_lookup()
-        for line in results["semantic"]["lines"]:
-            print(line)
+        results["semantic"] = semantic_lookup()
     results["load_avg_after"] = os.getloadavg()[0]
     print(f"load average {results['load_avg']:.1f} -> {results['load_avg_after']:.1f}")
     out = Path(__file__).resolve().parent / "results" / f"cache-{time.strftime('%Y%m%d-%H%M%S')}.json"
