@@ -37,8 +37,10 @@ class App:
         from busbar.tenancy.minted import MintedKeys, build_store
         self.minted = MintedKeys(build_store(config.auth, config.admin, self.state))
         self.caches = Caches()        # response cache entries and counters, kept across reloads too
+        from busbar.reasoning_store import ReasoningStore
+        self.reasoning = ReasoningStore()    # signed reasoning for clients that cannot carry it (issue 19)
         self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted,
-                               caches=self.caches)
+                               caches=self.caches, reasoning=self.reasoning)
         self.gateway.app = self
         # routing state shared with the other replicas (Redis backend); None: this process only
         self.cluster = build_sync(config.state)
@@ -88,7 +90,8 @@ class App:
             config = parse_config(config, "reload")
         old = self.gateway
         try:
-            new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted, caches=self.caches)
+            new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted, caches=self.caches,
+                          reasoning=self.reasoning)
         except ConfigError:
             raise
         except Exception as exc:   # whatever fails to build is a rejected config, never a dead server

@@ -100,6 +100,8 @@ class Exchange:
         self.cache_lookup = None            # busbar.cache.Lookup when the pool keeps a cache
         self.cache_response: ir.Response | None = None   # a buffered miss's answer, to store
         self.cache_assembler: Assembler | None = None    # a streamed miss's answer, folded as it is relayed
+        # where signed reasoning this client cannot carry is kept for its next turn (None: not needed)
+        self.reasoning = None
 
     # ---- the journey -----------------------------------------------------
     async def run(self) -> None:
@@ -160,6 +162,8 @@ class Exchange:
         self._deadline.deadline = trio.current_time() + self.plan.pipeline.deadline
         if self.stream:
             self.resume_policy = self.plan.pipeline.streaming.resume
+        if not self.client.carries_signed_reasoning and self.model not in self.gw.no_reasoning_store:
+            self.reasoning = self.gw.reasoning_store
         self.lifecycle.fire("route", self.model)
 
     async def _dispatch(self) -> None:
@@ -355,6 +359,8 @@ class Exchange:
         else:
             if self._ir is None:
                 self._ir = self.client.parse_request(self.obj, self.params)
+                if self.reasoning is not None:    # the signed reasoning of earlier turns, given back
+                    self._ir = self.reasoning.restore(self._ir)
                 if self.resuming is not None:
                     self.resuming.request = resume.continuation(self._ir, self.resuming.partial)
             policy = self.gw.pool_policies.get(self.model, "degrade")

@@ -80,7 +80,7 @@ class Gateway:
     upstream connections.  `handle` is the HTTP handler."""
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200,
-                 state=None, minted=None, caches=None):
+                 state=None, minted=None, caches=None, reasoning=None):
         self.config = config
         self.router = Router.from_config(config.raw)
         self.state = state
@@ -114,6 +114,12 @@ class Gateway:
                 raise ConfigError(f"{config.source}: auth.aws_credentials[{i}].key_id",
                                   f"no client key with id {c['key_id']!r} in auth.keys")
         self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}
+        # signed reasoning kept for clients whose protocol cannot carry it (kept across reloads
+        # by the App); pools may turn it off (`keep_reasoning: false`)
+        from busbar.reasoning_store import ReasoningStore
+        self.reasoning_store = reasoning if reasoning is not None else ReasoningStore()
+        self.no_reasoning_store = frozenset(name for name, pool in config.pools.items()
+                                            if pool.get("keep_reasoning") is False)
         # pools that take requests without a client key (`auth: false`, or the
         # deprecated pipeline `received.checks` without `auth`)
         self.open_pools = frozenset(name for name, pool in config.pools.items()

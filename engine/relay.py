@@ -29,6 +29,7 @@ from busbar.protocols.base import StreamError
 from busbar.protocols.sse import SSESplitter
 from busbar.protocols.stops import StopEmulation, cut_response
 from busbar.resume import Journal, replay
+from busbar.reasoning_store import StreamCapture
 from busbar.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float) -
             x.cache_response = resp_ir
             # the model that answered; the request says what the answer looks like
             out = x.client.render_response(resp_ir, resp_ir.model or attempt.model, x._ir)
+            if x.reasoning is not None:       # what the client's protocol cannot carry, for its next turn
+                x.reasoning.keep(resp_ir.content, x.client.shown_call_id)
         except ClientError:
             raise
         except Exception as exc:  # upstream garbage: the member's fault
@@ -117,6 +120,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
     stops = StopEmulation(x.stops) if x.stops and not same else None
     # a miss the response cache will store: the answer is folded as it goes out (per attempt)
     kept = x.cache_assembler = Assembler() if x.cache_lookup is not None else None
+    capture = StreamCapture() if x.reasoning is not None and not same else None
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
     pending: list = []       # with a journal: the held IR events, journaled at the commit
     bound = PrecommitBound()  # what `held` may grow to: past it, the member's fault
@@ -163,6 +167,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
                 pending.extend(events)
         else:
             held.extend(events)
+            if capture is not None:
+                capture.feed(events)
         too_much = bound.add(len(chunk), len(events))
         if too_much is not None:
             return Failed(too_much)
@@ -222,6 +228,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
                 if journal.full:       # past its bound: no longer resumable
                     journal = None
             out = relay.take(chunk) if same else b"".join(encoder.encode(e) for e in events)
+            if capture is not None:
+                capture.feed(events)
             if broken is not None:
                 out = x.gw.scrub_bytes(out)     # a vendor error event may echo the key
             await x.responder.write(out)
@@ -243,8 +251,12 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
                 kept.feed(tail)
             if not same:
                 await x.responder.write(b"".join(encoder.encode(e) for e in tail))
+            if capture is not None:
+                capture.feed(tail)
         if not same:
             await x.responder.write(encoder.finish())
+        if capture is not None:
+            x.reasoning.keep(capture.parts(), x.client.shown_call_id)
     except trio.TooSlowError:
         return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
     except (UpstreamError, StreamError) as exc:

@@ -130,3 +130,70 @@ async def test_the_vendor_refuses_a_tool_result_turn_without_its_signed_thinking
                                                      tools=[WEATHER], messages=messages))
     assert "thinking block" in str(info.value)
     assert mock.thoughts_seen == 0
+
+
+CHAT_TOOL = {"type": "function", "function": {"name": WEATHER["name"], "description": WEATHER["description"],
+                                              "parameters": WEATHER["input_schema"]}}
+
+
+def _chat_turns(client, stream: bool):
+    """Two tool round trips from a Chat Completions client, sending back the SDK's own
+    message objects (`message.model_dump()`), as its docs show."""
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    answers = []
+
+    def ask():
+        if not stream:
+            return client.chat.completions.create(model="smart", messages=messages, tools=[CHAT_TOOL],
+                                                  reasoning_effort="high").choices[0].message
+        calls, text = {}, []
+        for chunk in client.chat.completions.create(model="smart", messages=messages, tools=[CHAT_TOOL],
+                                                    reasoning_effort="high", stream=True):
+            for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                slot = calls.setdefault(call.index, {"id": call.id, "type": "function",
+                                                     "function": {"name": call.function.name, "arguments": ""}})
+                slot["function"]["arguments"] += call.function.arguments or ""
+            if chunk.choices and chunk.choices[0].delta.content:
+                text.append(chunk.choices[0].delta.content)
+        message = {"role": "assistant", "content": "".join(text) or None}
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        return message
+
+    for result in ("sunny", "rain"):
+        message = ask()
+        as_dict = message if isinstance(message, dict) else message.model_dump(exclude_none=True)
+        call = as_dict["tool_calls"][0]
+        messages += [as_dict, {"role": "tool", "tool_call_id": call["id"], "content": result}]
+        done = ask()
+        answers.append(done["content"] if isinstance(done, dict) else done.content)
+        messages += [{"role": "assistant", "content": answers[-1]}, {"role": "user", "content": "And tomorrow?"}]
+    return answers
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("vendor", ["anthropic", "bedrock", "gemini"])
+async def test_chat_client_thinking_and_tools_the_vendor_gets_its_signed_block_every_turn(vendor, stream):
+    """A Chat Completions client cannot send a signature back; the gateway keeps the signed
+    reasoning by the tool-call ids it returned and gives it back on the tool-result turn."""
+    mock = MockVendor(use_tools=True, think=True, aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    config = _claude_on(vendor) if vendor != "gemini" else config_for("gemini")
+    async with gateway_with(config, a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        answers = await sdk(lambda: _chat_turns(client, stream))
+        store = gw.app.reasoning
+    assert answers == ["tool said: sunny", "tool said: rain"]
+    assert mock.thoughts_seen == 2                      # the signed block reached the vendor on both tool turns
+    assert store.kept >= 2 and store.restored >= 2
+
+
+async def test_a_pool_can_turn_the_reasoning_store_off():
+    mock = MockVendor(use_tools=True, think=True)
+    config = _claude_on("anthropic")
+    config["pools"]["smart"]["keep_reasoning"] = False
+    async with gateway_with(config, a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk(lambda: _chat_turns(client, False))
+        assert len(gw.app.reasoning) == 0
+    assert "thinking block" in str(info.value) and mock.thoughts_seen == 0

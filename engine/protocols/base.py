@@ -301,8 +301,16 @@ class Dialect:
     # True when the protocol has no stop sequences and the gateway emulates
     # them (busbar.protocols.stops) for members that speak it.
     stop_emulated: ClassVar[bool] = False
+    # False when a client of this protocol cannot send signed reasoning back
+    # (no field for a signature): the gateway keeps it for the client's next
+    # turn (busbar.reasoning_store).
+    carries_signed_reasoning: ClassVar[bool] = True
     # Client-facing error statuses: what status each kind is sent with.
     kind_status: ClassVar[dict[str, int]] = KIND_STATUS
+
+    def shown_call_id(self, call_id: str) -> str:
+        """The tool-call id as this protocol's answers show it to a client."""
+        return call_id
 
     # ---- inbound ---------------------------------------------------------
     def inbound_key(self, headers: Headers, query: bytes) -> str | None:

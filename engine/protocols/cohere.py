@@ -44,6 +44,7 @@ class CohereDialect(Dialect):
     vision_markers = (b'"image_url"',)
     request_name = "v2 chat request"
     kind_status = {**KIND_STATUS, "request_too_large": 400}
+    carries_signed_reasoning = False
 
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
         return err.status, self.error_headers(err), orjson.dumps({"message": err.message})

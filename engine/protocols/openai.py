@@ -77,6 +77,10 @@ class OpenAIDialect(Dialect):
     request_name = "Chat Completions request"
     kind_status = {**KIND_STATUS, "billing": 429}     # insufficient_quota is a 429 at OpenAI
     forward_headers = (b"openai-organization", b"openai-project")
+    carries_signed_reasoning = False      # reasoning_content has no signature
+
+    def shown_call_id(self, call_id: str) -> str:
+        return fit_id(call_id)
 
     def rate_limits(self, headers: Headers) -> VendorQuota | None:
         return rate_limits(headers)

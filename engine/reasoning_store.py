@@ -1,0 +1,161 @@
+"""Signed reasoning a client's protocol cannot carry, kept for its next turn (issue 19).
+
+A Chat Completions (or Cohere) client using a member that thinks (Anthropic, Claude on
+Bedrock, Gemini) cannot send the signed thinking back: its wire has no place for a
+signature, and those vendors refuse or degrade a tool-result turn without it.  So when
+the gateway translates such an answer with tool calls, it keeps the signed reasoning
+parts (and each tool call's own vendor extras, e.g. Gemini's `thoughtSignature`) keyed
+by the tool-call ids it showed the client; when the client sends its history back, an
+assistant turn holding one of those ids gets them back (before its tool calls, replacing
+an unsigned `reasoning_content` replay) before it is rendered for the member.
+
+Bounded: `max_entries` (oldest first out), `max_entry_chars` per answer (larger ones are
+not kept), a TTL.  I/O-free, clock injected.  Per process: replicas behind a load
+balancer without session affinity do not see each other's entries (ADR 0013).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+from busbar import ir
+
+MAX_ENTRIES = 10_000
+TTL_S = 3600.0
+MAX_ENTRY_CHARS = 256 * 1024
+
+_REASONING = (ir.Reasoning, ir.RedactedReasoning)
+
+
+def _signed(part) -> bool:
+    return type(part) is ir.RedactedReasoning or (type(part) is ir.Reasoning and bool(part.signature))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Entry:
+    reasoning: tuple            # the answer's signed reasoning parts, in order
+    extras: dict                # tool-call id -> that call's vendor extras
+    expires: float
+
+
+class ReasoningStore:
+    def __init__(self, *, max_entries: int = MAX_ENTRIES, ttl_s: float = TTL_S,
+                 max_entry_chars: int = MAX_ENTRY_CHARS, now: Callable[[], float] = time.monotonic):
+        self.max_entries, self.ttl_s, self.max_entry_chars = max_entries, ttl_s, max_entry_chars
+        self._now = now
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.kept = self.restored = 0        # answers kept, turns restored (admin, tests)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keep(self, parts: Iterable, shown_id: Callable[[str], str] = lambda i: i) -> bool:
+        """An answer's content as the member sent it: keep its signed reasoning and
+        tool-call extras under each tool-call id (and the id as the client saw it)."""
+        parts = list(parts)
+        calls = [p for p in parts if type(p) is ir.ToolCall]
+        if not calls:
+            return False
+        reasoning = tuple(p for p in parts if _signed(p))
+        extras = {c.id: c.extras for c in calls if c.extras}
+        if not reasoning and not extras:
+            return False
+        size = sum(len(getattr(p, "text", "")) + len(getattr(p, "signature", None) or getattr(p, "data", ""))
+                   for p in reasoning)
+        if size > self.max_entry_chars:
+            return False
+        entry = _Entry(reasoning, extras, self._now() + self.ttl_s)
+        for call in calls:
+            for key in {call.id, shown_id(call.id)}:
+                self._entries[key] = entry
+                self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        self.kept += 1
+        return True
+
+    def restore(self, request: ir.Request) -> ir.Request:
+        """`request` with each assistant turn whose tool calls the store knows given back
+        its signed reasoning and tool-call extras (the same request when none)."""
+        now = self._now()
+        messages, changed = [], False
+        for message in request.messages:
+            entry = self._entry_for(message, now) if message.role == ir.ASSISTANT else None
+            if entry is None:
+                messages.append(message)
+                continue
+            content = [p for p in message.content if not (type(p) in _REASONING and not _signed(p))]
+            if not any(_signed(p) for p in content):
+                first = next(i for i, p in enumerate(content) if type(p) is ir.ToolCall)
+                content[first:first] = entry.reasoning
+            content = [_with_extras(p, entry.extras) if type(p) is ir.ToolCall else p for p in content]
+            messages.append(dataclasses.replace(message, content=content))
+            changed = True
+            self.restored += 1
+        return dataclasses.replace(request, messages=messages) if changed else request
+
+    def _entry_for(self, message: ir.Message, now: float) -> _Entry | None:
+        for part in message.content:
+            if type(part) is ir.ToolCall:
+                entry = self._entries.get(part.id)
+                if entry is not None:
+                    if entry.expires > now:
+                        return entry
+                    del self._entries[part.id]
+        return None
+
+
+def _with_extras(call: ir.ToolCall, extras: dict) -> ir.ToolCall:
+    kept = extras.get(call.id)
+    if not kept:
+        return call
+    merged = {**kept, **(call.extras or {})}
+    return dataclasses.replace(call, extras=merged)
+
+
+class StreamCapture:
+    """The parts `ReasoningStore.keep` needs, gathered from a translated stream's IR
+    events (reasoning text and signatures, tool calls with their extras); stops
+    gathering past `max_chars`."""
+
+    __slots__ = ("_blocks", "_order", "_chars", "max_chars", "overflow")
+
+    def __init__(self, max_chars: int = MAX_ENTRY_CHARS):
+        self._blocks: dict[int, list] = {}      # index -> [part, text pieces, signature pieces]
+        self._order: list[int] = []
+        self._chars = 0
+        self.max_chars = max_chars
+        self.overflow = False
+
+    def feed(self, events: Iterable) -> None:
+        if self.overflow:
+            return
+        for event in events:
+            kind = type(event)
+            if kind is ir.BlockStart:
+                if type(event.part) in _REASONING or type(event.part) is ir.ToolCall:
+                    self._blocks[event.index] = [event.part, [], []]
+                    self._order.append(event.index)
+            elif kind is ir.ReasoningDelta or kind is ir.SignatureDelta:
+                block = self._blocks.get(event.index)
+                if block is None:
+                    continue
+                piece = event.text if kind is ir.ReasoningDelta else event.signature
+                block[1 if kind is ir.ReasoningDelta else 2].append(piece)
+                self._chars += len(piece)
+                if self._chars > self.max_chars:
+                    self.overflow = True
+                    return
+
+    def parts(self) -> list:
+        out = []
+        for index in self._order:
+            part, text, signature = self._blocks[index]
+            if type(part) is ir.Reasoning:
+                out.append(ir.Reasoning(part.text + "".join(text), (part.signature or "") + "".join(signature) or None,
+                                        part.origin, part.extras))
+            else:
+                out.append(part)
+        return [] if self.overflow else out
