@@ -134,6 +134,8 @@ class StreamCapture:
             return
         for event in events:
             kind = type(event)
+            if kind is ir.TextDelta or kind is ir.ToolArgsDelta:
+                continue                      # most events: nothing to keep
             if kind is ir.BlockStart:
                 if type(event.part) in _REASONING or type(event.part) is ir.ToolCall:
                     self._blocks[event.index] = [event.part, [], []]

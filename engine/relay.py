@@ -120,7 +120,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
     stops = StopEmulation(x.stops) if x.stops and not same else None
     # a miss the response cache will store: the answer is folded as it goes out (per attempt)
     kept = x.cache_assembler = Assembler() if x.cache_lookup is not None else None
-    capture = StreamCapture() if x.reasoning is not None and not same else None
+    # only answers with tool calls are kept, and only a request offering tools gets them
+    capture = StreamCapture() if x.reasoning is not None and not same and x._ir is not None and x._ir.tools else None
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
     pending: list = []       # with a journal: the held IR events, journaled at the commit
     bound = PrecommitBound()  # what `held` may grow to: past it, the member's fault
