@@ -63,11 +63,16 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float) -
             return _server("upstream sent a response that is not JSON", response.status)
         out = data
         content_type = response.header(b"content-type") or b"application/json"
-        if x.gw.listeners or x.cache_lookup is not None:       # usage accounting or the cache: worth the IR
+        if x.cache_lookup is not None:       # the cache keeps the answer's IR
             try:
                 resp_ir = up.parse_response(obj)
                 x.record.usage = resp_ir.usage
                 x.cache_response = resp_ir
+            except Exception:
+                pass
+        elif x.gw.listeners:       # usage accounting alone: read the usage, no IR
+            try:
+                x.record.usage = up.response_usage(obj)
             except Exception:
                 pass
     else:

@@ -13,8 +13,7 @@ from busbar import ir
 from busbar.faults import ClientError, VendorQuota
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Headers, StreamError, bearer_token, header, int_header
-from busbar.protocols.sse import stream_error_status
+from busbar.protocols.base import Codec, ErrorRow, ErrorTable, Dialect, Headers, StreamError, bearer_token, header, int_header
 
 ANTHROPIC_VERSION = b"2023-06-01"
 P = "anthropic"
@@ -89,30 +88,32 @@ def rate_limits(headers: Headers) -> VendorQuota | None:
                        int_header(headers, tokens + b"limit"))
 
 
+# The error vocabulary (kind -> status, error.type), both ways.
+ERRORS = ErrorTable("anthropic", {
+    "invalid_request": ErrorRow(400, "invalid_request_error"),
+    "authentication": ErrorRow(401, "authentication_error"),
+    "permission": ErrorRow(403, "permission_error"),
+    "not_found": ErrorRow(404, "not_found_error"),
+    "request_too_large": ErrorRow(413, "request_too_large"),
+    "rate_limit": ErrorRow(429, "rate_limit_error"),
+    "billing": ErrorRow(402, "billing_error"),
+    "overloaded": ErrorRow(529, "overloaded_error"),
+    "api_error": ErrorRow(500, "api_error"),
+    "upstream": ErrorRow(502, "api_error"),
+    "timeout": ErrorRow(504, "timeout_error"),
+}, read={"api_error": 500})
+
+
 class AnthropicDialect(Dialect):
     name = "anthropic"
     vision_markers = (b'"image"',)
     request_name = "Messages request"
     forward_headers = (b"anthropic-version", b"anthropic-beta")
     varying_headers = (b"anthropic-beta",)
-    kind_status = {**KIND_STATUS, "overloaded": 529}
+    kind_status = ERRORS.status
 
     def rate_limits(self, headers: Headers) -> VendorQuota | None:
         return rate_limits(headers)
-
-    _error_types = {
-        "invalid_request": "invalid_request_error",
-        "authentication": "authentication_error",
-        "permission": "permission_error",
-        "not_found": "not_found_error",
-        "request_too_large": "request_too_large",
-        "rate_limit": "rate_limit_error",
-        "billing": "billing_error",
-        "overloaded": "overloaded_error",
-        "api_error": "api_error",
-        "upstream": "api_error",
-        "timeout": "timeout_error",
-    }
 
     def inbound_key(self, headers: Headers, query: bytes) -> str | None:
         # Current SDKs may send `Authorization: Bearer`, older ones x-api-key.
@@ -121,7 +122,7 @@ class AnthropicDialect(Dialect):
 
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
         body = orjson.dumps({"type": "error", "error": {
-            "type": self._error_types.get(err.kind, "invalid_request_error"),
+            "type": ERRORS.row(err.kind, "invalid_request").type,
             "message": err.message,
         }})
         return err.status, self.error_headers(err), body
@@ -263,11 +264,7 @@ def _parse_response(obj: dict) -> ir.Response:
     content = [_block(b) for b in obj.get("content") or ()]
     stop = STOP_IN.get(obj.get("stop_reason"), SR.END_TURN)
     u = obj.get("usage") or {}
-    read = u.get("cache_read_input_tokens") or 0
-    write = u.get("cache_creation_input_tokens") or 0
-    details = u.get("output_tokens_details") or {}
-    usage = ir.Usage((u.get("input_tokens") or 0) + read + write, u.get("output_tokens") or 0,
-                     read, write, details.get("thinking_tokens") or 0)
+    usage = usage_in(u)
     extras = c.extras_of(obj, _RESPONSE_KEYS, P)
     u_rest = {k: v for k, v in u.items() if k not in _USAGE_KEYS}
     if u_rest:
@@ -559,7 +556,7 @@ dialect = AnthropicDialect()
 _INPUT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-def _usage_in(u: dict) -> ir.Usage:
+def usage_in(u: dict) -> ir.Usage:
     read = u.get("cache_read_input_tokens") or 0
     write = u.get("cache_creation_input_tokens") or 0
     details = u.get("output_tokens_details") or {}
@@ -645,18 +642,18 @@ class StreamDecoder(s.SSEDecoder):
                 for key in _INPUT_USAGE:
                     if merged.get(key) is None and key in self._start_usage:
                         merged[key] = self._start_usage[key]
-                out.append(ir.UsageEvent(_usage_in(merged)))
+                out.append(ir.UsageEvent(usage_in(merged)))
         elif kind == "message_start":
             m = obj["message"]
             u = m.get("usage")
             self._start_usage = u or {}
-            out.append(ir.MessageStart(m.get("id") or "", m.get("model") or "", _usage_in(u) if u else None))
+            out.append(ir.MessageStart(m.get("id") or "", m.get("model") or "", usage_in(u) if u else None))
         elif kind == "message_stop":
             self._end(out)
         elif kind == "error":
             self._done = True
             err = obj.get("error") or {}
-            out.append(s.error_event(dialect, stream_error_status(P, data),
+            out.append(s.error_event(dialect, ERRORS.status_of(err.get("type")),
                                      str(err.get("message") or "upstream stream error"), err.get("type"), data))
         # ping and unknown events: nothing
 
@@ -773,9 +770,9 @@ class StreamEncoder(s.Encoder):
                 + b'\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
 
     def _error(self, kind: str, message: str) -> bytes:
-        etype = AnthropicDialect._error_types.get(kind, "api_error")
+        etype = ERRORS.row(kind, "api_error").type
         return b"event: error\ndata: " + s.dumps({"type": "error", "error": {"type": etype, "message": message}}) + b"\n\n"
 
 
 AnthropicDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
-                               StreamDecoder, StreamEncoder)
+                               StreamDecoder, StreamEncoder, usage_in)

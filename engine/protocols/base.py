@@ -91,8 +91,8 @@ def rewrite_json_model(body: bytes, obj: dict, model: str) -> bytes:
     return orjson.dumps(obj)
 
 
-# Error kinds used by ClientError, mapped to HTTP statuses for vendors that
-# only speak in statuses.
+# Error kinds used by ClientError, with the HTTP status each is sent with
+# unless a protocol's `ErrorTable` says otherwise.
 KIND_STATUS = {
     "invalid_request": 400,
     "authentication": 401,
@@ -106,6 +106,67 @@ KIND_STATUS = {
     "upstream": 502,     # every member failed on its side: a bad gateway
     "timeout": 504,
 }
+
+KINDS = tuple(KIND_STATUS)
+
+
+class ErrorRow(NamedTuple):
+    """How one protocol shows one error kind: the HTTP status, its own error
+    type name (None where it has none), a secondary code (OpenAI's
+    `error.code`), and the name of the in-stream error when that differs
+    from `type` (Bedrock's exception frames, Responses' `response.error.code`)."""
+
+    status: int
+    type: str | None = None
+    code: str | None = None
+    event: str | None = None
+
+
+class ErrorTable:
+    """One protocol's error vocabulary, declared once as kind -> ErrorRow and
+    compiled both ways: `status` (kind -> status, the Dialect's
+    `kind_status`), `row(kind)` for what renderers and stream encoders send,
+    and `status_of(*names)` for what stream decoders read (the vendor's
+    error names -> the HTTP status they stand for, so the dialect's own
+    `classify` reads an in-stream error like the HTTP one).
+
+    The read side is each row's sent name (`event`, else `type`) with its
+    status, plus `read`: vendor names we never send, and the one status of a
+    name several kinds share.  A table that misses a kind, or leaves a shared
+    name's status open, is refused at import."""
+
+    __slots__ = ("protocol", "rows", "status", "read", "declared_read")
+
+    def __init__(self, protocol: str, rows: dict[str, ErrorRow], read: dict[str, int] | None = None):
+        missing, unknown = set(KINDS) - set(rows), set(rows) - set(KINDS)
+        if missing or unknown:
+            raise TypeError(f"{protocol} error table: missing kinds {sorted(missing)}, unknown {sorted(unknown)}")
+        self.protocol = protocol
+        self.rows = dict(rows)
+        self.status = {kind: row.status for kind, row in rows.items()}
+        self.declared_read = dict(read or {})
+        claimed: dict[str, set[int]] = {}
+        for row in rows.values():
+            name = row.event or row.type
+            if name is not None:
+                claimed.setdefault(name, set()).add(row.status)
+        open_names = sorted(n for n, statuses in claimed.items() if len(statuses) > 1 and n not in self.declared_read)
+        if open_names:
+            raise TypeError(f"{protocol} error table: {open_names} are sent for kinds of different statuses; "
+                            "say in `read` which status each stands for")
+        self.read = {**{n: next(iter(st)) for n, st in claimed.items()}, **self.declared_read}
+
+    def row(self, kind: str, default: str) -> ErrorRow:
+        """The row for `kind`; a kind outside the vocabulary is shown as `default`'s."""
+        return self.rows.get(kind) or self.rows[default]
+
+    def status_of(self, *names, default: int = 500) -> int:
+        """The status the first known name stands for (`default` when none is known)."""
+        for name in names:
+            if isinstance(name, str) and name in self.read:
+                return self.read[name]
+        return default
+
 
 _CONTEXT_PATTERNS = re.compile(
     r"context[_ ]length|maximum context length|prompt is too long|too many tokens|"
@@ -213,6 +274,7 @@ class Codec(NamedTuple):
     render_response: Callable[[Any, str], dict]                # (resp, model)
     decoder: type                                              # StreamDecoder(): feed/close -> IR events
     encoder: type                                              # StreamEncoder(model, **options)
+    usage_in: Callable[[dict], Any] | None = None              # wire usage object -> ir.Usage
 
 
 @runtime_checkable
@@ -252,6 +314,7 @@ class DialectContract(Protocol):
     def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
                        unsupported: str = "reject") -> tuple[bytes, list[str]]: ...
     def parse_response(self, obj: dict): ...
+    def response_usage(self, obj: dict): ...
     def render_response(self, resp, model: str, req=None) -> bytes: ...
     def for_body(self, obj: dict): ...
     def peer(self, provider, model: str): ...
@@ -444,6 +507,17 @@ class Dialect:
 
     def parse_response(self, obj: dict):
         return self.codec.parse_response(obj)
+
+    # where a buffered answer keeps its usage object
+    usage_field: ClassVar[str] = "usage"
+
+    def response_usage(self, obj: dict):
+        """A buffered answer's ir.Usage without the rest of its IR: the codec's
+        `usage_in` on the answer's usage object (what `parse_response` uses)."""
+        usage_in = self.codec.usage_in
+        if usage_in is None:
+            return self.codec.parse_response(obj).usage
+        return usage_in(obj.get(self.usage_field) or {})
 
     def render_response(self, resp, model: str, req=None) -> bytes:
         return orjson.dumps(self.codec.render_response(resp, model))

@@ -20,7 +20,7 @@ from busbar.aws.sigv4 import Credentials, SignatureError, sign, verify
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Headers, StreamError, classify_generic, header
+from busbar.protocols.base import Codec, ErrorRow, ErrorTable, Dialect, Headers, StreamError, classify_generic, header
 
 P = "bedrock"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -51,20 +51,26 @@ STOP_OUT = {SR.END_TURN: "end_turn", SR.TOOL_USE: "tool_use", SR.MAX_TOKENS: "ma
             SR.REFUSAL: "content_filtered", SR.CONTEXT_WINDOW: "model_context_window_exceeded",
             SR.PAUSE: "end_turn", SR.OTHER: "malformed_model_output"}
 
-# kind -> exception name (botocore raises client.exceptions.<name>)
-ERROR_TYPES = {
-    "invalid_request": "ValidationException",
-    "authentication": "UnrecognizedClientException",
-    "permission": "AccessDeniedException",
-    "not_found": "ResourceNotFoundException",
-    "request_too_large": "ValidationException",
-    "rate_limit": "ThrottlingException",
-    "billing": "ThrottlingException",
-    "overloaded": "ServiceUnavailableException",
-    "api_error": "InternalServerException",
-    "upstream": "InternalServerException",
-    "timeout": "ModelTimeoutException",
-}
+# The error vocabulary, both ways: kind -> (status, the exception name of
+# an HTTP error as botocore raises it (client.exceptions.<name>), the
+# exception frame that ends a ConverseStream); the frames' names read back.
+ERRORS = ErrorTable("bedrock", {
+    "invalid_request": ErrorRow(400, "ValidationException", event="validationException"),
+    "authentication": ErrorRow(403, "UnrecognizedClientException", event="internalServerException"),
+    "permission": ErrorRow(403, "AccessDeniedException", event="internalServerException"),
+    "not_found": ErrorRow(404, "ResourceNotFoundException", event="internalServerException"),
+    "request_too_large": ErrorRow(400, "ValidationException", event="validationException"),
+    "rate_limit": ErrorRow(429, "ThrottlingException", event="throttlingException"),
+    "billing": ErrorRow(429, "ThrottlingException", event="throttlingException"),
+    "overloaded": ErrorRow(503, "ServiceUnavailableException", event="serviceUnavailableException"),
+    "api_error": ErrorRow(500, "InternalServerException", event="internalServerException"),
+    "upstream": ErrorRow(502, "InternalServerException", event="modelStreamErrorException"),
+    "timeout": ErrorRow(408, "ModelTimeoutException", event="modelStreamErrorException"),
+}, read={  # exception frames as the HTTP status they stand for
+    "internalServerException": 500, "modelStreamErrorException": 500, "modelErrorException": 500,
+    "modelNotReadyException": 429, "serviceQuotaExceededException": 400, "accessDeniedException": 403,
+    "resourceNotFoundException": 404, "modelTimeoutException": 408,
+})
 _RATE = frozenset({"ThrottlingException", "ModelNotReadyException", "TooManyRequestsException",
                    "ServiceQuotaExceededException"})
 _AUTH = frozenset({"UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException",
@@ -97,8 +103,7 @@ class SigV4Signer:
 class BedrockDialect(Dialect):
     name = "bedrock"
     request_name = "Converse request"
-    kind_status = {**KIND_STATUS, "authentication": 403, "request_too_large": 400, "billing": 429,
-                   "timeout": 408}
+    kind_status = ERRORS.status
 
     # ---- inbound ---------------------------------------------------------
     def inbound_key(self, headers: Headers, query: bytes) -> str | None:
@@ -127,7 +132,7 @@ class BedrockDialect(Dialect):
         if err.code and err.code.endswith("Exception"):
             name = err.code
         else:
-            name = ERROR_TYPES.get(err.kind, "ValidationException")
+            name = ERRORS.row(err.kind, "invalid_request").type
         headers = self.error_headers(err)
         headers.append((b"x-amzn-errortype", name.encode()))
         return err.status, headers, orjson.dumps({"message": err.message})
@@ -614,10 +619,7 @@ def _parse_response(obj: dict) -> ir.Response:
     if obj.get("metrics") is not None:
         extras = c.with_note(extras, P, "$metrics", obj["metrics"])
     u = obj.get("usage") or {}
-    read = u.get("cacheReadInputTokens") or 0
-    write = u.get("cacheWriteInputTokens") or 0
-    usage = ir.Usage((u.get("inputTokens") or 0) + read + write, u.get("outputTokens") or 0,
-                     read, write, 0, u.get("totalTokens"))
+    usage = usage_in(u)
     u_rest = {k: v for k, v in u.items() if k not in _USAGE_KEYS}
     if u_rest:
         extras = c.with_note(extras, P, "$usage", u_rest)
@@ -677,21 +679,7 @@ dialect = BedrockDialect()
 # streaming: ConverseStream eventstream frames <-> IR events (busbar.protocols.streaming)
 
 
-
-# exception frame (:exception-type) -> HTTP status equivalent
-EXCEPTION_STATUS = {"throttlingException": 429, "modelNotReadyException": 429, "validationException": 400,
-                    "serviceQuotaExceededException": 400, "accessDeniedException": 403,
-                    "resourceNotFoundException": 404, "modelTimeoutException": 408,
-                    "serviceUnavailableException": 503, "internalServerException": 500,
-                    "modelStreamErrorException": 500, "modelErrorException": 500}
-# client error kind -> the exception frame that ends a ConverseStream
-_KIND_EXCEPTION = {"rate_limit": "throttlingException", "billing": "throttlingException",
-                   "overloaded": "serviceUnavailableException", "invalid_request": "validationException",
-                   "request_too_large": "validationException", "api_error": "internalServerException",
-                   "upstream": "modelStreamErrorException", "timeout": "modelStreamErrorException"}
-
-
-def _usage_in(u: dict) -> ir.Usage:
+def usage_in(u: dict) -> ir.Usage:
     read = u.get("cacheReadInputTokens") or 0
     write = u.get("cacheWriteInputTokens") or 0
     return ir.Usage((u.get("inputTokens") or 0) + read + write, u.get("outputTokens") or 0, read, write, 0,
@@ -818,7 +806,7 @@ class StreamDecoder:
                 self._seq = (amrf.get("delta") or {}).get("stop_sequence")
         elif et == "metadata":
             if obj.get("usage"):
-                out.append(ir.UsageEvent(_usage_in(obj["usage"])))
+                out.append(ir.UsageEvent(usage_in(obj["usage"])))
             if self._stop is not None:
                 self._done = True
                 out.append(ir.MessageStop(self._stop, self._seq))
@@ -828,7 +816,7 @@ class StreamDecoder:
             et = h.get(":exception-type") or "internalServerException"
             obj = s.loads(payload) if payload else {}
             message = str(obj.get("message") or obj.get("Message") or et) if isinstance(obj, dict) else et
-            status = EXCEPTION_STATUS.get(et, 500)
+            status = ERRORS.status_of(et)
         elif mt == "error":
             et = str(h.get(":error-code") or "InternalFailure")
             message = str(h.get(":error-message") or et)
@@ -937,9 +925,9 @@ class StreamEncoder(s.Encoder):
         return out + _frame("messageStop", s.dumps(stop)) + _frame("metadata", s.dumps(meta))
 
     def _error(self, kind: str, message: str) -> bytes:
-        name = _KIND_EXCEPTION.get(kind, "internalServerException")
+        name = ERRORS.row(kind, "api_error").event
         return es.encode(es.exception_message(name, s.dumps({"message": message})))
 
 
 BedrockDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
-                             StreamDecoder, StreamEncoder)
+                             StreamDecoder, StreamEncoder, usage_in)

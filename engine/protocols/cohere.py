@@ -13,7 +13,7 @@ from busbar import ir
 from busbar.faults import ClientError
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Headers, StreamError
+from busbar.protocols.base import Codec, ErrorRow, ErrorTable, Dialect, Headers, StreamError
 
 P = "cohere"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -38,12 +38,22 @@ FINISH_OUT = {SR.END_TURN: "COMPLETE", SR.STOP_SEQUENCE: "STOP_SEQUENCE", SR.MAX
               SR.PAUSE: "COMPLETE", SR.CONTEXT_WINDOW: "MAX_TOKENS", SR.OTHER: "ERROR"}
 
 
+# The error vocabulary: Cohere errors are `{"message"}` with a status and
+# no type name (a stream's error is message-end's `delta.error`, no status).
+ERRORS = ErrorTable("cohere", {
+    "invalid_request": ErrorRow(400), "authentication": ErrorRow(401), "permission": ErrorRow(403),
+    "not_found": ErrorRow(404), "request_too_large": ErrorRow(400), "rate_limit": ErrorRow(429),
+    "billing": ErrorRow(402), "overloaded": ErrorRow(503), "api_error": ErrorRow(500),
+    "upstream": ErrorRow(502), "timeout": ErrorRow(504),
+})
+
+
 class CohereDialect(Dialect):
     name = "cohere"
     json_fields = ("response_format",)
     vision_markers = (b'"image_url"',)
     request_name = "v2 chat request"
-    kind_status = {**KIND_STATUS, "request_too_large": 400}
+    kind_status = ERRORS.status
     carries_signed_reasoning = False
 
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
@@ -339,9 +349,7 @@ def _parse_response(obj: dict) -> ir.Response:
     content.extend(_calls(msg.get("tool_calls")))
     stop = c.infer_stop(content, FINISH_IN.get(obj.get("finish_reason"), SR.END_TURN))
     u = obj.get("usage") or {}
-    tokens = u.get("tokens") or u.get("billed_units") or {}
-    usage = ir.Usage(int(tokens.get("input_tokens") or 0), int(tokens.get("output_tokens") or 0),
-                     int(u.get("cached_tokens") or 0))
+    usage = usage_in(u)
     extras = c.extras_of(obj, _RESPONSE_KEYS, P)
     if u.get("billed_units") is not None:
         extras = c.with_note(extras, P, "$billed", u["billed_units"])
@@ -398,7 +406,7 @@ dialect = CohereDialect()
 
 
 
-def _usage_in(u: dict) -> ir.Usage:
+def usage_in(u: dict) -> ir.Usage:
     tokens = u.get("tokens") or u.get("billed_units") or {}
     return ir.Usage(int(tokens.get("input_tokens") or 0), int(tokens.get("output_tokens") or 0),
                     int(u.get("cached_tokens") or 0))
@@ -502,7 +510,7 @@ class StreamDecoder(s.SSEDecoder):
                                          orjson.dumps({"message": message})))
                 return
             if d.get("usage"):
-                out.append(ir.UsageEvent(_usage_in(d["usage"])))
+                out.append(ir.UsageEvent(usage_in(d["usage"])))
             stop = FINISH_IN.get(d.get("finish_reason"), SR.END_TURN)
             out.append(ir.MessageStop(SR.TOOL_USE if stop is SR.END_TURN and self._tools else stop))
         # citation-start/end, debug: no IR form
@@ -628,4 +636,4 @@ class StreamEncoder(s.Encoder):
 
 
 CohereDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
-                            StreamDecoder, StreamEncoder)
+                            StreamDecoder, StreamEncoder, usage_in)

@@ -21,7 +21,7 @@ from busbar.faults import ClientError, Fault, FaultClass
 from busbar.protocols import casing
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import (KIND_STATUS, Codec, Dialect, Headers, StreamError, bearer_token,
+from busbar.protocols.base import (Codec, Dialect, ErrorRow, ErrorTable, Headers, StreamError, bearer_token,
                                    classify_generic, header, query_param)
 
 P = "gemini"
@@ -62,12 +62,30 @@ _DELAY = re.compile(r"([0-9.]+)s")
 _TAG_B64 = "YnVzYmFy"     # base64 of "busbar": a tagged foreign signature
 
 
+# The error vocabulary, both ways: kind -> (status, the google.rpc status
+# name `error.status` carries for it, as _GOOGLE_STATUS names that status).
+ERRORS = ErrorTable("gemini", {
+    "invalid_request": ErrorRow(400, "INVALID_ARGUMENT"),
+    "authentication": ErrorRow(401, "UNAUTHENTICATED"),
+    "permission": ErrorRow(403, "PERMISSION_DENIED"),
+    "not_found": ErrorRow(404, "NOT_FOUND"),
+    "request_too_large": ErrorRow(400, "INVALID_ARGUMENT"),
+    "rate_limit": ErrorRow(429, "RESOURCE_EXHAUSTED"),
+    "billing": ErrorRow(429, "RESOURCE_EXHAUSTED"),     # Gemini has no billing error of its own
+    "overloaded": ErrorRow(503, "UNAVAILABLE"),
+    "api_error": ErrorRow(500, "INTERNAL"),
+    "upstream": ErrorRow(502, "UNAVAILABLE"),
+    "timeout": ErrorRow(504, "DEADLINE_EXCEEDED"),
+}, read={"UNAVAILABLE": 503})
+
+
 class GeminiDialect(Dialect):
     name = "gemini"
     vision_markers = (b'"inline_data"', b'"inlineData"')
     json_markers = (b'"responseMimeType"',)
     request_name = "generateContent request"
-    kind_status = {**KIND_STATUS, "billing": 429, "request_too_large": 400}
+    kind_status = ERRORS.status
+    usage_field = "usageMetadata"
     daily_quota_reset = "00:00 America/Los_Angeles"   # when AI Studio's per-day quotas reset
 
     # ---- inbound ---------------------------------------------------------
@@ -590,9 +608,7 @@ def _parse_response(obj: dict) -> ir.Response:
     if obj.get("promptFeedback") is not None:
         extras = c.with_note(extras, P, "$promptFeedback", obj["promptFeedback"])
     u = obj.get("usageMetadata") or {}
-    thoughts = u.get("thoughtsTokenCount") or 0
-    usage = ir.Usage(u.get("promptTokenCount") or 0, (u.get("candidatesTokenCount") or 0) + thoughts,
-                     u.get("cachedContentTokenCount") or 0, 0, thoughts, u.get("totalTokenCount"))
+    usage = usage_in(u)
     u_rest = {k: v for k, v in u.items() if k not in ("promptTokenCount", "candidatesTokenCount",
                                                       "thoughtsTokenCount", "cachedContentTokenCount",
                                                       "totalTokenCount")}
@@ -665,7 +681,7 @@ dialect = GeminiDialect()
 
 
 
-def _usage_in(u: dict) -> ir.Usage:
+def usage_in(u: dict) -> ir.Usage:
     thoughts = u.get("thoughtsTokenCount") or 0
     return ir.Usage(u.get("promptTokenCount") or 0, (u.get("candidatesTokenCount") or 0) + thoughts,
                     u.get("cachedContentTokenCount") or 0, 0, thoughts, u.get("totalTokenCount"))
@@ -769,7 +785,7 @@ class StreamDecoder(s.SequentialBlockDecoder):
             raise StreamError("Gemini stream ended before a finishReason (truncated)")
         self._close(out)
         if self._usage:
-            out.append(ir.UsageEvent(_usage_in(self._usage)))
+            out.append(ir.UsageEvent(usage_in(self._usage)))
         self._done = True
         out.append(ir.MessageStop(self._stop))
 
@@ -879,11 +895,10 @@ class StreamEncoder(s.Encoder):
         return out + b"data: " + s.dumps(body) + b"\r\n\r\n"
 
     def _error(self, kind: str, message: str) -> bytes:
-        status = GeminiDialect.kind_status.get(kind, 500)
-        error = {"code": status, "message": message,
-                 "status": _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")}
+        row = ERRORS.row(kind, "api_error")
+        error = {"code": row.status, "message": message, "status": row.type}
         return b"data: " + s.dumps({"error": error}) + b"\r\n\r\n"
 
 
 GeminiDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
-                            StreamDecoder, StreamEncoder)
+                            StreamDecoder, StreamEncoder, usage_in)

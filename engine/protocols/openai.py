@@ -12,8 +12,7 @@ from busbar import ir
 from busbar.faults import ClientError, VendorQuota
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import KIND_STATUS, Codec, Dialect, Endpoint, Headers, StreamError, header, int_header
-from busbar.protocols.sse import stream_error_status
+from busbar.protocols.base import Codec, ErrorRow, ErrorTable, Dialect, Endpoint, Headers, StreamError, header, int_header
 
 P = "openai"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -72,10 +71,29 @@ def rate_limits(headers: Headers) -> VendorQuota | None:
 fit_id = c.id_fitter(40, None)
 
 
+# The error vocabulary (kind -> status, error.type, error.code), both ways.
+ERRORS = ErrorTable("openai", {
+    "invalid_request": ErrorRow(400, "invalid_request_error"),
+    "authentication": ErrorRow(401, "invalid_request_error", "invalid_api_key"),
+    "permission": ErrorRow(403, "invalid_request_error", "permission_denied"),
+    "not_found": ErrorRow(404, "invalid_request_error", "model_not_found"),
+    "request_too_large": ErrorRow(413, "invalid_request_error", "request_too_large"),
+    "rate_limit": ErrorRow(429, "requests", "rate_limit_exceeded"),
+    "billing": ErrorRow(429, "insufficient_quota", "insufficient_quota"),   # a 429 at OpenAI
+    "overloaded": ErrorRow(503, "server_error", "overloaded"),
+    "api_error": ErrorRow(500, "server_error"),
+    "upstream": ErrorRow(502, "server_error", "upstream_error"),
+    "timeout": ErrorRow(504, "server_error", "timeout"),
+}, read={  # an in-stream error's code, else its type, as the HTTP status it stands for
+    "invalid_request_error": 400, "server_error": 500, "context_length_exceeded": 400,
+    "invalid_api_key": 401, "rate_limit_exceeded": 429, "tokens": 429,
+})
+
+
 class OpenAIDialect(Dialect):
     name = "openai"
     request_name = "Chat Completions request"
-    kind_status = {**KIND_STATUS, "billing": 429}     # insufficient_quota is a 429 at OpenAI
+    kind_status = ERRORS.status
     forward_headers = (b"openai-organization", b"openai-project")
     carries_signed_reasoning = False      # reasoning_content has no signature
 
@@ -85,28 +103,13 @@ class OpenAIDialect(Dialect):
     def rate_limits(self, headers: Headers) -> VendorQuota | None:
         return rate_limits(headers)
 
-    # kind -> (error.type, error.code)
-    _error_types = {
-        "invalid_request": ("invalid_request_error", None),
-        "authentication": ("invalid_request_error", "invalid_api_key"),
-        "permission": ("invalid_request_error", "permission_denied"),
-        "not_found": ("invalid_request_error", "model_not_found"),
-        "request_too_large": ("invalid_request_error", "request_too_large"),
-        "rate_limit": ("requests", "rate_limit_exceeded"),
-        "billing": ("insufficient_quota", "insufficient_quota"),
-        "overloaded": ("server_error", "overloaded"),
-        "api_error": ("server_error", None),
-        "upstream": ("server_error", "upstream_error"),
-        "timeout": ("server_error", "timeout"),
-    }
-
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
-        etype, code = self._error_types.get(err.kind, ("invalid_request_error", None))
+        row = ERRORS.row(err.kind, "invalid_request")
         body = orjson.dumps({"error": {
             "message": err.message,
-            "type": etype,
+            "type": row.type,
             "param": err.param,
-            "code": err.code or code,
+            "code": err.code or row.code,
         }})
         return err.status, self.error_headers(err), body
 
@@ -532,12 +535,7 @@ def _parse_response(obj: dict) -> ir.Response:
     if stop is SR.END_TURN and msg.get("refusal") is not None:
         stop = SR.REFUSAL
     stop = c.infer_stop(content, stop)
-    u = obj.get("usage") or {}
-    ptd = u.get("prompt_tokens_details") or {}
-    ctd = u.get("completion_tokens_details") or {}
-    usage = ir.Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0,
-                     ptd.get("cached_tokens") or 0, ptd.get("cache_write_tokens") or 0,
-                     ctd.get("reasoning_tokens") or 0, u.get("total_tokens"))
+    usage = usage_in(obj.get("usage") or {})
     resp = ir.Response(obj.get("id") or "", obj.get("model") or "", content, stop, None, usage,
                        c.extras_of(obj, _RESPONSE_KEYS, P))
     return resp
@@ -717,10 +715,11 @@ def _error_event(obj: dict, data: bytes) -> ir.ErrorEvent:
     if isinstance(err, dict):
         code = err.get("code") or err.get("type")
         message = str(err.get("message") or "upstream stream error")
+        status = ERRORS.status_of(err.get("code"), err.get("type"))
     else:
-        code, message = None, str(err)
+        code, message, status = None, str(err), 500
         data = orjson.dumps({"error": {"message": message}})
-    return s.error_event(dialect, stream_error_status(P, data), message, str(code) if code else None, data)
+    return s.error_event(dialect, status, message, str(code) if code else None, data)
 
 
 _CHUNK_TAIL = b',"finish_reason":null}]}\n\n'
@@ -827,9 +826,9 @@ class StreamEncoder(s.Encoder):
         return b"data: [DONE]\n\n" if self._ended and not self._errored else b""
 
     def _error(self, kind: str, message: str) -> bytes:
-        etype, code = OpenAIDialect._error_types.get(kind, ("server_error", None))
-        return b"data: " + s.dumps({"error": {"message": message, "type": etype, "param": None,
-                                              "code": code}}) + b"\n\n"
+        row = ERRORS.row(kind, "api_error")
+        return b"data: " + s.dumps({"error": {"message": message, "type": row.type, "param": None,
+                                              "code": row.code}}) + b"\n\n"
 
 
 class _DeploymentPaths(OpenAIDialect):
@@ -843,4 +842,4 @@ _DEPLOYMENTS = _DeploymentPaths()
 
 
 OpenAIDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
-                            StreamDecoder, StreamEncoder)
+                            StreamDecoder, StreamEncoder, usage_in)

@@ -13,9 +13,8 @@ import orjson
 from busbar import ir
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import Codec, StreamError
-from busbar.protocols.openai import OpenAIDialect
-from busbar.protocols.sse import stream_error_status
+from busbar.protocols.base import Codec, ErrorTable, StreamError
+from busbar.protocols.openai import ERRORS as OPENAI_ERRORS, OpenAIDialect
 
 P = "responses"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -41,9 +40,21 @@ _RESPONSE_KEYS = frozenset({"id", "object", "created_at", "status", "error", "in
 fit_id = c.id_fitter(64, None)
 
 
+# The error vocabulary: HTTP errors as Chat Completions sends them (same
+# status, type, code); a failed stream's `response.error.code` per kind, and
+# the documented codes read back as the HTTP status they stand for.
+_STREAM_CODES = {"rate_limit": "rate_limit_exceeded", "billing": "insufficient_quota",
+                 "invalid_request": "invalid_prompt"}
+ERRORS = ErrorTable("responses", {
+    kind: row._replace(event=_STREAM_CODES.get(kind, "server_error")) for kind, row in OPENAI_ERRORS.rows.items()
+}, read={"server_error": 500, "context_length_exceeded": 400, "vector_store_timeout": 504, "bio_policy": 400,
+         "data_residency_mismatch": 400, "tokens": 429, "requests": 429})
+
+
 class ResponsesDialect(OpenAIDialect):
     name = "responses"
     request_name = "Responses request"
+    kind_status = ERRORS.status
     forward_headers = (b"openai-organization", b"openai-project")
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
@@ -466,12 +477,7 @@ def _parse_response(obj: dict) -> ir.Response:
         stop = SR.REFUSAL
     else:
         stop = SR.END_TURN
-    u = obj.get("usage") or {}
-    itd = u.get("input_tokens_details") or {}
-    otd = u.get("output_tokens_details") or {}
-    usage = ir.Usage(u.get("input_tokens") or 0, u.get("output_tokens") or 0,
-                     itd.get("cached_tokens") or 0, itd.get("cache_write_tokens") or 0,
-                     otd.get("reasoning_tokens") or 0, u.get("total_tokens"))
+    usage = usage_in(obj.get("usage") or {})
     return ir.Response(obj.get("id") or "", obj.get("model") or "", content,
                        c.infer_stop(content, stop), None, usage, c.extras_of(obj, _RESPONSE_KEYS, P))
 
@@ -543,25 +549,17 @@ dialect = ResponsesDialect()
 # streaming: Responses SSE <-> IR events (busbar.protocols.streaming)
 
 
-# response.error.code -> HTTP status equivalent (unknown image_* / invalid_* codes: 400)
-_ERROR_STATUS = {"server_error": 500, "rate_limit_exceeded": 429, "insufficient_quota": 429,
-                 "invalid_prompt": 400, "context_length_exceeded": 400, "vector_store_timeout": 504,
-                 "bio_policy": 400, "data_residency_mismatch": 400}
-
-
 def _error_event(code, message, data: bytes | None = None) -> ir.ErrorEvent:
     message = str(message or "upstream stream error")
     raw = orjson.dumps({"error": {"message": message, "type": code, "code": code}})
-    if code in _ERROR_STATUS:
-        status = _ERROR_STATUS[code]
-    elif isinstance(code, str) and (code.startswith("image") or code.startswith("invalid")):
-        status = 400
+    if isinstance(code, str) and code not in ERRORS.read and code.startswith(("image", "invalid")):
+        status = 400          # the documented image_* / invalid_* codes of a bad input
     else:
-        status = stream_error_status(P, raw)
+        status = ERRORS.status_of(code)
     return s.error_event(dialect, status, message, code, raw)
 
 
-def _usage_in(u: dict) -> ir.Usage:
+def usage_in(u: dict) -> ir.Usage:
     itd = u.get("input_tokens_details") or {}
     otd = u.get("output_tokens_details") or {}
     return ir.Usage(u.get("input_tokens") or 0, u.get("output_tokens") or 0,
@@ -657,7 +655,7 @@ class StreamDecoder(s.SSEDecoder):
             self._close_all(out)
             u = r.get("usage")
             if u:
-                out.append(ir.UsageEvent(_usage_in(u)))
+                out.append(ir.UsageEvent(usage_in(u)))
             if kind == "response.incomplete":
                 reason = (r.get("incomplete_details") or {}).get("reason")
                 stop = SR.CONTENT_FILTER if reason == "content_filter" else SR.MAX_TOKENS
@@ -927,8 +925,7 @@ class StreamEncoder(s.Encoder):
         return out + self._ev("response.completed", {"response": self._response("completed", self._output, usage)})
 
     def _error(self, kind: str, message: str) -> bytes:
-        code = {"rate_limit": "rate_limit_exceeded", "billing": "insufficient_quota",
-                "invalid_request": "invalid_prompt"}.get(kind, "server_error")
+        code = ERRORS.row(kind, "api_error").event
         if not self._rid:
             self._rid = f"resp_{uuid.uuid4().hex}"
             self._created = int(time.time())
@@ -939,4 +936,4 @@ class StreamEncoder(s.Encoder):
 
 
 ResponsesDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,
-                               StreamDecoder, StreamEncoder)
+                               StreamDecoder, StreamEncoder, usage_in)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-import orjson
 
 MAX_EVENT_BYTES = 8 * 1024 * 1024
 
@@ -95,39 +94,3 @@ def _parse_block(raw: bytes) -> SSEEvent | None:
     if name is None and not data_lines:
         return None
     return SSEEvent(name, b"\n".join(data_lines), raw)
-
-
-def _json(data: bytes):
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-
-
-# An error that arrives as a stream event has no HTTP status of its own; the
-# status its type implies lets the dialect's ordinary `classify` read it.
-_ANTHROPIC_ERROR_STATUS = {
-    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
-    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
-    "timeout_error": 504, "overloaded_error": 529,
-}
-_OPENAI_ERROR_STATUS = {
-    "invalid_request_error": 400, "context_length_exceeded": 400, "invalid_api_key": 401,
-    "insufficient_quota": 429, "rate_limit_exceeded": 429, "tokens": 429, "requests": 429,
-    "server_error": 500,
-}
-
-
-def stream_error_status(protocol: str, data: bytes) -> int:
-    """The HTTP status equivalent of an in-stream error event (500 when the
-    event names nothing we know)."""
-    obj = _json(data)
-    error = obj.get("error") if isinstance(obj, dict) else None
-    if not isinstance(error, dict):
-        return 500
-    if protocol == "anthropic":
-        return _ANTHROPIC_ERROR_STATUS.get(error.get("type"), 500)
-    for name in (error.get("code"), error.get("type")):
-        if name in _OPENAI_ERROR_STATUS:
-            return _OPENAI_ERROR_STATUS[name]
-    return 500
