@@ -424,10 +424,7 @@ def _as_blocks(content) -> list:
     return [{"type": "text", "text": content}] if type(content) is str else content
 
 
-def _render_tool(t, ctx: c.RenderCtx, i: int):
-    if type(t) is ir.Opaque:
-        return ctx.opaque(t, f"tools[{i}].")
-    ctx.foreign(t.extras, f"tools[{i}].")
+def _render_tool(t: ir.Tool) -> dict:
     out: dict = {"name": t.name}
     if c.note(t.extras, P, "$custom"):
         out["type"] = "custom"
@@ -475,8 +472,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
             max_tokens = budget + DEFAULT_MAX_TOKENS
     body["max_tokens"] = max_tokens
     if req.tools:
-        tools = [_render_tool(t, ctx, i) for i, t in enumerate(req.tools)]
-        body["tools"] = [t for t in tools if t is not None]
+        body["tools"] = c.render_tools(req.tools, ctx, _render_tool)
     tc = req.tool_choice
     if tc is not None or req.parallel_tool_calls is not None:
         mode = tc.mode if tc is not None else "auto"

@@ -638,3 +638,12 @@ def each_tool(tools: list, ctx: RenderCtx, out: list):
             continue
         ctx.foreign(t.extras, f"tools[{i}].")
         yield i, t
+
+
+def render_tools(tools: list, ctx: RenderCtx, render: Callable[[Any], dict]) -> list:
+    """A request's tools in a protocol's shape: `render` for each function
+    tool, vendor-native ones as `each_tool` keeps them, in order."""
+    out: list = []
+    for _i, t in each_tool(tools, ctx, out):
+        out.append(render(t))
+    return out

@@ -59,7 +59,6 @@ _AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KE
                            "API_KEY_IP_ADDRESS_BLOCKED", "ACCESS_TOKEN_EXPIRED", "SERVICE_DISABLED",
                            "CONSUMER_INVALID"})
 _DELAY = re.compile(r"([0-9.]+)s")
-_TAG_B64 = "YnVzYmFy"     # base64 of "busbar": a tagged foreign signature
 
 
 # The error vocabulary, both ways: kind -> (status, the google.rpc status
@@ -173,20 +172,9 @@ class GeminiDialect(Dialect):
 # parsing
 
 
-def _sig_in(sig: str | None) -> tuple[str | None, str]:
-    if sig is not None and sig.startswith(_TAG_B64):
-        try:
-            return c.sig_in(base64.b64decode(sig).decode(), P)
-        except ValueError:
-            pass
-    return sig, P
-
-
 def _sig_out(part: ir.Reasoning) -> str | None:
-    if part.signature is None or part.origin in (None, P):
-        return part.signature
-    # A foreign signature, tagged with its origin; the wire field is base64 bytes.
-    return base64.b64encode(c.sig_out(part, P).encode()).decode()
+    # thoughtSignature is bytes (base64): a foreign signature is tagged and encoded whole
+    return None if part.signature is None else c.sig_out_b64(part, P)
 
 
 class _Ids:
@@ -244,7 +232,7 @@ def _tool_content(response: dict) -> tuple[list, bool]:
 def _part(p: dict, ids: _Ids):
     rest = p.keys() - {"thought", "thoughtSignature"}
     if "text" in p and p.get("thought"):
-        sig, origin = _sig_in(p.get("thoughtSignature"))
+        sig, origin = c.sig_in_b64(p.get("thoughtSignature"), P)
         return ir.Reasoning(p["text"], sig, origin, c.extras_of(p, {"text", "thought", "thoughtSignature"}, P))
     for key in _PART_MAIN:
         if key in p:

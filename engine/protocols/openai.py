@@ -445,10 +445,7 @@ def _render_messages(req: ir.Request, ctx: c.RenderCtx) -> list:
     return msgs
 
 
-def render_tool(t, ctx: c.RenderCtx, i: int):
-    if type(t) is ir.Opaque:
-        return ctx.opaque(t, f"tools[{i}].")
-    ctx.foreign(t.extras, f"tools[{i}].")
+def _function_tool(t: ir.Tool) -> dict:
     f: dict = {"name": t.name}
     if t.description is not None:
         f["description"] = t.description
@@ -462,8 +459,7 @@ def render_tool(t, ctx: c.RenderCtx, i: int):
 def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.RenderCtx) -> dict:
     body: dict = {"model": model, "messages": _render_messages(req, ctx)}
     if req.tools:
-        tools = [render_tool(t, ctx, i) for i, t in enumerate(req.tools)]
-        body["tools"] = [t for t in tools if t is not None]
+        body["tools"] = c.render_tools(req.tools, ctx, _function_tool)
     tc = req.tool_choice
     if tc is not None:
         body["tool_choice"] = ({"type": "function", "function": {"name": tc.name}}

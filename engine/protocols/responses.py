@@ -390,6 +390,13 @@ def _render_items(req: ir.Request, ctx: c.RenderCtx) -> list:
     return items
 
 
+def _function_tool(t: ir.Tool) -> dict:
+    tool = {"type": "function", "name": t.name, "parameters": t.parameters, "strict": bool(t.strict)}
+    if t.description is not None:
+        tool["description"] = t.description
+    return c.splice(tool, t.extras, P)
+
+
 def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.RenderCtx) -> dict:
     body: dict = {"model": model, "input": _render_items(req, ctx)}
     if req.system:
@@ -397,14 +404,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
             ctx.foreign(p.extras, f"system[{j}].")
         body["instructions"] = "\n\n".join(p.text for p in req.system)
     if req.tools:
-        tools = []
-        for i, t in c.each_tool(req.tools, ctx, tools):
-            tool = {"type": "function", "name": t.name, "parameters": t.parameters,
-                    "strict": bool(t.strict)}
-            if t.description is not None:
-                tool["description"] = t.description
-            tools.append(c.splice(tool, t.extras, P))
-        body["tools"] = tools
+        body["tools"] = c.render_tools(req.tools, ctx, _function_tool)
     tc = req.tool_choice
     if tc is not None:
         body["tool_choice"] = {"type": "function", "name": tc.name} if tc.mode == "tool" else tc.mode
