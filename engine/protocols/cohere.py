@@ -258,23 +258,13 @@ def _render_messages(req: ir.Request, ctx: c.RenderCtx) -> list:
             msgs.append(c.splice({"role": "system", "content": _content(m.content, ctx, f"{where}.content", "system")},
                                  m.extras, P))
         else:
-            pending: list = []
-            for j, p in enumerate(m.content):
-                if type(p) is ir.ToolResult:
-                    if pending:
-                        msgs.append(c.splice({"role": "user", "content": _content(pending, ctx, f"{where}.content", "user")}, m.extras, P))
-                        pending = []
-                    w = f"{where}.content[{j}]"
-                    ctx.foreign(p.extras, f"{w}.")
-                    if p.is_error:
-                        ctx.hint(f"{w}.is_error", "Cohere tool messages have no error flag")
-                    msgs.append(c.splice({"role": "tool", "tool_call_id": p.id,
-                                          "content": _content(p.content, ctx, f"{w}.content", "tool") if p.content else ""},
-                                         p.extras, P))
-                else:
-                    pending.append(p)
-            if pending or not m.content:
-                msgs.append(c.splice({"role": "user", "content": _content(pending, ctx, f"{where}.content", "user")}, m.extras, P))
+            def tool_message(p: ir.ToolResult, w: str) -> dict:
+                if p.is_error:
+                    ctx.hint(f"{w}.is_error", "Cohere tool messages have no error flag")
+                return {"role": "tool", "tool_call_id": p.id,
+                        "content": _content(p.content, ctx, f"{w}.content", "tool") if p.content else ""}
+            msgs.extend(c.chat_user_turn(m, where, ctx, P, lambda parts, w: _content(parts, ctx, w, "user"),
+                                         tool_message))
     return msgs
 
 

@@ -479,6 +479,18 @@ def budget_for(cfg: ir.ReasoningConfig) -> int | None:
     return None
 
 
+def openai_effort(req: ir.Request, ctx: RenderCtx) -> str | None:
+    """The reasoning effort OpenAI's APIs (Chat's `reasoning_effort`,
+    Responses' `reasoning.effort`) are sent for the request: "none" when
+    thinking is off; None, with a hint, when it is on with nothing to say how much."""
+    if req.reasoning is None:
+        return None
+    effort = "none" if reasoning_off(req.reasoning) else effort_for(req.reasoning)
+    if effort is None:
+        ctx.hint("reasoning", "thinking enabled without a budget or effort")
+    return effort
+
+
 def effort_for(cfg: ir.ReasoningConfig) -> str | None:
     if cfg.effort is not None:
         return cfg.effort
@@ -647,3 +659,27 @@ def render_tools(tools: list, ctx: RenderCtx, render: Callable[[Any], dict]) -> 
     for _i, t in each_tool(tools, ctx, out):
         out.append(render(t))
     return out
+
+
+def chat_user_turn(m: ir.Message, where: str, ctx: RenderCtx, proto: str, user_content: Callable,
+                   tool_message: Callable) -> list[dict]:
+    """A user turn in the Chat Completions shape (OpenAI's, Cohere's): each
+    tool result a `tool` message (`tool_message(result, where)`), the other
+    parts `user` messages between them (`user_content(parts, where)`),
+    keeping their relative order."""
+    msgs: list = []
+    pending: list = []
+    for j, p in enumerate(m.content):
+        if type(p) is ir.ToolResult:
+            if pending:
+                msgs.append(splice({"role": "user", "content": user_content(pending, f"{where}.content")},
+                                   m.extras, proto))
+                pending = []
+            w = f"{where}.content[{j}]"
+            ctx.foreign(p.extras, f"{w}.")
+            msgs.append(splice(tool_message(p, w), p.extras, proto))
+        else:
+            pending.append(p)
+    if pending or not m.content:
+        msgs.append(splice({"role": "user", "content": user_content(pending, f"{where}.content")}, m.extras, proto))
+    return msgs

@@ -423,25 +423,13 @@ def _render_messages(req: ir.Request, ctx: c.RenderCtx) -> list:
             msgs.append(c.splice({"role": role, "content": _render_texts(m.content, ctx, f"{where}.content")},
                                  m.extras, P))
         else:
-            # Tool results become `tool` messages; other parts a user message,
-            # keeping their relative order.
-            pending: list = []
-            for j, p in enumerate(m.content):
-                if type(p) is ir.ToolResult:
-                    if pending:
-                        msgs.append(c.splice({"role": "user", "content": _render_user(pending, ctx, f"{where}.content")}, m.extras, P))
-                        pending = []
-                    w = f"{where}.content[{j}]"
-                    ctx.foreign(p.extras, f"{w}.")
-                    if p.is_error:
-                        ctx.hint(f"{w}.is_error", "Chat Completions tool messages have no error flag")
-                    tm = {"role": "tool", "tool_call_id": fit_id(p.id),
-                          "content": _render_texts(p.content, ctx, f"{w}.content") if p.content else ""}
-                    msgs.append(c.splice(tm, p.extras, P))
-                else:
-                    pending.append(p)
-            if pending or not m.content:
-                msgs.append(c.splice({"role": "user", "content": _render_user(pending, ctx, f"{where}.content")}, m.extras, P))
+            def tool_message(p: ir.ToolResult, w: str) -> dict:
+                if p.is_error:
+                    ctx.hint(f"{w}.is_error", "Chat Completions tool messages have no error flag")
+                return {"role": "tool", "tool_call_id": fit_id(p.id),
+                        "content": _render_texts(p.content, ctx, f"{w}.content") if p.content else ""}
+            msgs.extend(c.chat_user_turn(m, where, ctx, P, lambda parts, w: _render_user(parts, ctx, w),
+                                         tool_message))
     return msgs
 
 
@@ -483,12 +471,9 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
             body["response_format"] = {"type": "json_schema", "json_schema": js}
         else:
             body["response_format"] = {"type": rf.type}
-    if req.reasoning is not None:
-        effort = "none" if c.reasoning_off(req.reasoning) else c.effort_for(req.reasoning)
-        if effort is not None:
-            body["reasoning_effort"] = effort
-        else:
-            ctx.hint("reasoning", "thinking enabled without a budget or effort")
+    effort = c.openai_effort(req, ctx)
+    if effort is not None:
+        body["reasoning_effort"] = effort
     if req.stream:
         body["stream"] = True
         # usage arrives only when asked for; the gateway always needs it

@@ -431,12 +431,9 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     if text:
         body["text"] = text
     reasoning: dict = dict(c.note(req.extras, P, "$reasoning") or {})
-    if req.reasoning is not None:
-        effort = "none" if c.reasoning_off(req.reasoning) else c.effort_for(req.reasoning)
-        if effort is not None:
-            reasoning["effort"] = effort
-        else:
-            ctx.hint("reasoning", "thinking enabled without a budget or effort")
+    effort = c.openai_effort(req, ctx)
+    if effort is not None:
+        reasoning["effort"] = effort
     if reasoning:
         body["reasoning"] = reasoning
     if req.stream:
