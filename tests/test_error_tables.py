@@ -158,3 +158,13 @@ def test_usage_in_reads_what_parse_response_reads(proto):
     def law(obj):
         assert d.response_usage(obj) == d.parse_response(obj).usage
     law()
+
+
+def test_other_operations_read_usage_through_their_own_parse():
+    """Embedding dialects have no chat `usage_in`: passthrough usage is their whole parse, as before."""
+    from busbar.protocols.embeddings.openai import OpenAIEmbed
+    embed = OpenAIEmbed()
+    obj = {"object": "list", "model": "e", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+           "usage": {"prompt_tokens": 7, "total_tokens": 7}}
+    assert embed.response_usage(obj) == embed.parse_response(obj).usage
+    assert embed.response_usage(obj).input_tokens == 7

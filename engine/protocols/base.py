@@ -514,9 +514,9 @@ class Dialect:
     def response_usage(self, obj: dict):
         """A buffered answer's ir.Usage without the rest of its IR: the codec's
         `usage_in` on the answer's usage object (what `parse_response` uses)."""
-        usage_in = self.codec.usage_in
+        usage_in = getattr(self.codec, "usage_in", None)     # other operations' codecs: the whole parse
         if usage_in is None:
-            return self.codec.parse_response(obj).usage
+            return self.parse_response(obj).usage
         return usage_in(obj.get(self.usage_field) or {})
 
     def render_response(self, resp, model: str, req=None) -> bytes:
