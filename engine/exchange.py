@@ -53,7 +53,7 @@ import trio
 from busbar import admission, ir, lifecycle, resume, tenancy
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
-from busbar.outcome import Answered, Broken, Failed, Outcome
+from busbar.outcome import Answered, Broken, Failed, Lost, Outcome
 from busbar.protocols.base import JSON_CT, Headers
 from busbar.records import AttemptRecord, RequestRecord
 from busbar.relay import relay_buffered, relay_stream
@@ -102,6 +102,8 @@ class Exchange:
         self.cache_assembler: Assembler | None = None    # a streamed miss's answer, folded as it is relayed
         # where signed reasoning this client cannot carry is kept for its next turn (None: not needed)
         self.reasoning = None
+        self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
+        self._race: Race | None = None      # the attempts racing now (a hedge started)
 
     # ---- the journey -----------------------------------------------------
     async def run(self) -> None:
@@ -164,6 +166,9 @@ class Exchange:
             self.resume_policy = self.plan.pipeline.streaming.resume
         if not self.client.carries_signed_reasoning and self.model not in self.gw.no_reasoning_store:
             self.reasoning = self.gw.reasoning_store
+        self.hedging = self.gw.hedging.get(self.model)
+        if self.hedging is not None:
+            self.hedging.credit()            # each request earns the pool its share of hedges
         self.lifecycle.fire("route", self.model)
 
     async def _dispatch(self) -> None:
@@ -187,19 +192,65 @@ class Exchange:
         else:
             if step.candidates and not await self._reserve(step):
                 return       # no room on those keys across the replicas: the plan is asked again
-            t0 = trio.current_time()
-            rec = AttemptRecord(step.member_id, step.key_id)
-            self.record.attempts.append(rec)
-            if self.span is None:
+            if self.hedging is None or self.resuming is not None or self.responder.started:
+                return await self._leg(step)
+            await self._hedged(step)
+
+    async def _leg(self, step: Attempt, race: "Race | None" = None) -> None:
+        """One attempt and its settlement (with its trace span when tracing);
+        in a race, a leg the winner cancelled settles as `Lost`."""
+        t0 = trio.current_time()
+        rec = AttemptRecord(step.member_id, step.key_id, hedge=step.kind == "hedge")
+        self.record.attempts.append(rec)
+        span = None
+        if self.span is not None:
+            span, self.traceparent = self.gw.telemetry.start_attempt(self.span, step.member_id, step.protocol,
+                                                                     step.model)
+        try:
+            if race is None:
                 outcome = await self._attempt(step, rec, t0)
-                return await self.settle(step, rec, outcome, t0)
-            tel = self.gw.telemetry
-            span, self.traceparent = tel.start_attempt(self.span, step.member_id, step.protocol, step.model)
-            try:
-                outcome = await self._attempt(step, rec, t0)
-                await self.settle(step, rec, outcome, t0)
-            finally:
-                tel.end_attempt(span, rec, self.record.usage, retried=self.lifecycle.state == "failing_over")
+            else:
+                outcome = None
+                with race.enter(rec) as scope:
+                    outcome = await self._attempt(step, rec, t0)
+                if outcome is None and scope.cancelled_caught:
+                    outcome = Lost(rec.usage)
+                race.leave(rec)
+            await self.settle(step, rec, outcome, t0)
+        finally:
+            if span is not None:
+                self.gw.telemetry.end_attempt(span, rec, self.record.usage,
+                                              retried=self.lifecycle.state == "failing_over")
+
+    async def _hedged(self, first: Attempt) -> None:
+        """`dispatch.hedge`: the first attempt, and after the hedge delay
+        without first content, up to `max` more members racing it in this
+        request's nursery; the first to commit wins and cancels the others
+        (`commit` -> `Race.claim`).  Never once content went out."""
+        state = self.hedging
+        race = self._race = Race()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._leg, first, race)
+                for _ in range(state.policy.max):
+                    delay = state.delay()
+                    if delay is None:
+                        break
+                    with trio.move_on_after(delay):
+                        await race.changed.wait()
+                    if race.winner is not None or not race.live or self.responder.started or self.plan.done:
+                        break
+                    if not state.take():
+                        break                  # the pool's hedge budget is spent
+                    step = self.plan.hedge(trio.current_time())
+                    if step is None:
+                        state.tokens += 1.0     # nobody to hedge with: the token stays
+                        state.started -= 1
+                        break
+                    race.changed = trio.Event()
+                    nursery.start_soon(self._leg, step, race)
+        finally:
+            self._race = None
 
     async def _reserve(self, attempt: Attempt) -> bool:
         """Keys whose quota other replicas share: one atomic take in the cluster
@@ -301,13 +352,15 @@ class Exchange:
         come back as values; a cancellation (client gone, deadline) or a bug
         of ours frees the attempt (in-flight slot, breaker probe) unblamed."""
         provider = self.gw.providers[attempt.provider]
-        self.lifecycle.fire("dispatch", attempt.member_id)
+        # a hedge joins the attempt already dispatched (dispatched -> dispatched)
+        self.lifecycle.fire("hedge" if attempt.kind == "hedge" else "dispatch", attempt.member_id)
         timeouts = self.plan.pipeline.timeouts
         try:
             up = self.client.peer(provider, attempt.model)   # the member's dialect for this call
             if up is None:       # its protocol has no endpoint for it (token counting: an estimate)
                 return await self._answer_locally(attempt, rec, provider, t0)
             target, headers, body = self._build(attempt, provider, up)
+            stops, warnings = self.stops, self._warnings     # this attempt's (a hedge builds its own)
             pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
             try:
                 wait = timeouts.first_byte
@@ -322,7 +375,7 @@ class Exchange:
                 if not 200 <= response.status < 400:
                     return await self._read_error(provider, response)
                 relay = relay_stream if self.stream else relay_buffered
-                return await relay(self, attempt, rec, up, response, t0)
+                return await relay(self, attempt, rec, up, response, t0, stops, warnings)
             except UpstreamError as exc:
                 # a relay lets nothing through after its commit; this is before it
                 return Failed(Fault(FaultClass.SERVER, response.status, str(exc)))
@@ -414,8 +467,13 @@ class Exchange:
             fault = dataclasses.replace(fault, message=scrubbed)
         return fault
 
-    def commit(self, rec: AttemptRecord, status: int, ttfb: float) -> None:
-        """The relay's commit point: from here the client sees this answer."""
+    def commit(self, rec: AttemptRecord, status: int, ttfb: float, warnings=None) -> None:
+        """The relay's commit point: from here the client sees this answer
+        (in a race, the other attempts are cancelled here, before any byte)."""
+        if self._race is not None:
+            self._race.claim(rec)
+        if warnings is not None:
+            self._warnings = warnings
         rec.outcome = "ok"
         rec.status = status
         self.record.ttfb_ms = ttfb * 1000
@@ -450,7 +508,18 @@ class Exchange:
         now = trio.current_time()
         rec.ms = (now - t0) * 1000
         kind = type(outcome)
+        if kind is Lost:
+            # cancelled when another attempt committed first: released
+            # unblamed by `_attempt`; what it was billed is hedge waste
+            rec.outcome = "hedge_lost"
+            u = outcome.usage
+            rec.waste_tokens = u.input_tokens + u.output_tokens if u is not None else 0
+            return
         if kind is Answered:
+            if self.hedging is not None:
+                self.hedging.observe(outcome.ttfb)
+                if rec.hedge:
+                    self.hedging.won += 1
             # reported at the end, so in-flight counts cover the whole answer;
             # and complete before a stream's closing chunk: a client that has
             # its answer may hang up before that last write, which is no failure
@@ -487,9 +556,14 @@ class Exchange:
         rec.status = fault.status
         rec.message = fault.message[:200]
         note = f"{attempt.member_id}: {fault.cls.value}"
+        race = self._race
         if consequence.retry:
+            if race is not None and race.live:
+                return                  # another attempt still races: the request waits for it
             self.lifecycle.fire("fault", note)
             return
+        if race is not None:
+            race.cancel_all()           # the request ends with this error
         # not retried: the client gets this error in its own protocol; same
         # protocol and an HTTP error: the vendor's own body, untouched
         self.lifecycle.fire("rejected", note)
@@ -602,6 +676,43 @@ class Exchange:
             await self.responder.end()
         except ClientGone:
             pass
+
+
+class Race:
+    """The attempts of one request racing after a hedge: each runs in its
+    own cancel scope; the first to commit (`claim`) cancels the others
+    before any byte goes out; `changed` wakes the hedge timer when an
+    attempt commits or ends."""
+
+    __slots__ = ("scopes", "winner", "changed")
+
+    def __init__(self):
+        self.scopes: dict[int, trio.CancelScope] = {}
+        self.winner: AttemptRecord | None = None
+        self.changed = trio.Event()
+
+    @property
+    def live(self) -> int:
+        return len(self.scopes)
+
+    def enter(self, rec: AttemptRecord) -> trio.CancelScope:
+        scope = self.scopes[id(rec)] = trio.CancelScope()
+        return scope
+
+    def leave(self, rec: AttemptRecord) -> None:
+        self.scopes.pop(id(rec), None)
+        self.changed.set()
+
+    def claim(self, rec: AttemptRecord) -> None:
+        self.winner = rec
+        for key, scope in self.scopes.items():
+            if key != id(rec):
+                scope.cancel()
+        self.changed.set()
+
+    def cancel_all(self) -> None:
+        for scope in self.scopes.values():
+            scope.cancel()
 
 
 # The driver step for each state the request can be in between steps; the

@@ -120,6 +120,10 @@ class Gateway:
         self.reasoning_store = reasoning if reasoning is not None else ReasoningStore()
         self.no_reasoning_store = frozenset(name for name, pool in config.pools.items()
                                             if pool.get("keep_reasoning") is False)
+        # per pool with `dispatch.hedge` in its pipeline: the hedge budget and its measured TTFB
+        from busbar.routing.hedge import HedgeState
+        self.hedging = {name: HedgeState(self.router.pipeline_for(name).dispatch.hedge)
+                        for name in config.pools if self.router.pipeline_for(name).dispatch.hedge is not None}
         # pools that take requests without a client key (`auth: false`, or the
         # deprecated pipeline `received.checks` without `auth`)
         self.open_pools = frozenset(name for name, pool in config.pools.items()

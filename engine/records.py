@@ -17,6 +17,9 @@ class AttemptRecord:
     status: int = 0
     ms: float = 0.0
     message: str = ""
+    hedge: bool = False           # started as a hedge (dispatch.hedge)
+    usage: object = None          # ir.Usage this attempt's stream reported before its commit
+    waste_tokens: int = 0         # a hedge loser's reported tokens (billed, not used)
 
 
 @dataclass(slots=True)
@@ -48,7 +51,9 @@ class RequestRecord:
                 "status": self.status, "ms": round(self.ms, 3),
                 "ttfb_ms": None if self.ttfb_ms is None else round(self.ttfb_ms, 3),
                 "attempts": [{"member": a.member, "key": a.key, "outcome": a.outcome, "status": a.status,
-                              "ms": round(a.ms, 3), **({"message": a.message} if a.message else {})}
+                              "ms": round(a.ms, 3), **({"message": a.message} if a.message else {}),
+                              **({"hedge": True} if a.hedge else {}),
+                              **({"waste_tokens": a.waste_tokens} if a.waste_tokens else {})}
                              for a in self.attempts],
                 "final_member": next((a.member for a in reversed(self.attempts) if a.outcome == "ok"), None),
                 "path": self.lifecycle.describe(), "state": self.lifecycle.state,

@@ -42,8 +42,10 @@ def _server(message: str, status: int = 0) -> Failed:
     return Failed(Fault(FaultClass.SERVER, status, message))
 
 
-async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float) -> Outcome:
-    """`up` is the member's dialect for this call (`Dialect.peer`)."""
+async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, stops=None, warnings=()) -> Outcome:
+    """`up` is the member's dialect for this call (`Dialect.peer`); `stops`
+    the stop strings the gateway emulates for it, `warnings` what its
+    translation dropped (per attempt: hedged attempts run side by side)."""
     timeouts = x.plan.pipeline.timeouts
     try:
         with trio.fail_after(max(timeouts.idle, timeouts.first_byte)):
@@ -79,8 +81,8 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float) -
         try:
             resp_ir = up.parse_response(orjson.loads(data))
             x.record.usage = resp_ir.usage
-            if x.stops:
-                cut_response(resp_ir, x.stops)
+            if stops:
+                cut_response(resp_ir, stops)
             x.cache_response = resp_ir
             # the model that answered; the request says what the answer looks like
             out = x.client.render_response(resp_ir, resp_ir.model or attempt.model, x._ir)
@@ -92,12 +94,12 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float) -
             return _server(f"unparseable upstream response: {type(exc).__name__}", response.status)
         content_type = b"application/json"
     ttfb = trio.current_time() - t0
-    x.commit(rec, response.status, ttfb)
+    x.commit(rec, response.status, ttfb, warnings)
     await x.responder.send(200, [(b"content-type", content_type)] + x.answer_headers(attempt), out)
     return Answered(response.status, ttfb)
 
 
-async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> Outcome:
+async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, stops=None, warnings=()) -> Outcome:
     """Hold the upstream's events until the first content-bearing one, then
     commit: send the head and what was held, and relay the rest as it comes.
 
@@ -122,7 +124,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
         encoder, journal, splice = resume.encoder, resume.journal, resume.splice()
         first_by = resume.deadline       # the silence a resume may add
     relay = PassthroughRelay(up.stream_content_type) if same else None
-    stops = StopEmulation(x.stops) if x.stops and not same else None
+    stops = StopEmulation(stops) if stops and not same else None
     # a miss the response cache will store: the answer is folded as it goes out (per attempt)
     kept = x.cache_assembler = Assembler() if x.cache_lookup is not None else None
     # only answers with tool calls are kept, and only a request offering tools gets them
@@ -166,7 +168,9 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
             if ir.is_content(event):
                 committed = True
             if type(event) is ir.UsageEvent:
-                x.record.usage = event.usage
+                rec.usage = event.usage       # the request's once committed (a hedge may lose)
+            elif type(event) is ir.MessageStart and event.usage is not None and splice is None:
+                rec.usage = event.usage       # what the vendor bills already (a lost hedge's waste)
         if same:
             held.append(relay.take(chunk))
             if journal is not None:
@@ -184,8 +188,10 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float) -> 
     ttfb = trio.current_time() - t0
     if journal is not None:
         journal.extend(pending if same else held)
+    if rec.usage is not None:
+        x.record.usage = rec.usage
     if resume is None:
-        x.commit(rec, response.status, ttfb)
+        x.commit(rec, response.status, ttfb, warnings)
         # head and held content in one write: one send, and the client's first
         # read has content in it
         first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)

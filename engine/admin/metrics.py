@@ -58,6 +58,9 @@ class Metrics:
         self.attempts: dict[tuple, int] = {}       # (pool, member, outcome)
         self.failovers: dict[tuple, int] = {}      # (pool, member, fault): left this member for another
         self.tokens: dict[tuple, int] = {}         # (pool, member, kind)
+        self.hedges: dict[tuple, int] = {}         # (pool, result): hedges started that won / lost / failed
+        self.hedge_waste: dict[tuple, int] = {}    # (pool, member): tokens a lost attempt was billed
+        self.resumes: dict[tuple, int] = {}        # (pool, result): resumed / refused
         self.duration: dict[str, list] = {}        # pool -> histogram
         self.ttfb: dict[tuple, list] = {}          # (pool, member) -> histogram
         self.samples: dict[str, deque] = {}        # member -> recent TTFB ms
@@ -81,7 +84,8 @@ class Metrics:
     def adopt(self, old: "Metrics") -> None:
         """Carry the counters over a config reload."""
         for name in ("started", "total", "requests", "attempts", "failovers", "tokens", "duration", "ttfb",
-                     "samples", "_direct", "spend", "limited", "budget_alerts", "key_requests"):
+                     "samples", "_direct", "spend", "limited", "budget_alerts", "key_requests",
+                     "hedges", "hedge_waste", "resumes"):
             setattr(self, name, getattr(old, name))
 
     # ---- hot path ------------------------------------------------------------
@@ -123,6 +127,12 @@ class Metrics:
             for a in attempts:
                 k = (pool, label(a.member), a.outcome)
                 counts[k] = counts.get(k, 0) + 1
+                if a.hedge:
+                    result = "won" if a.outcome == "ok" else "lost" if a.outcome == "hedge_lost" else "failed"
+                    self.hedges[(pool, result)] = self.hedges.get((pool, result), 0) + 1
+                if a.waste_tokens:
+                    k = (pool, label(a.member))
+                    self.hedge_waste[k] = self.hedge_waste.get(k, 0) + a.waste_tokens
             if len(attempts) > 1:
                 fo = self.failovers
                 for a in attempts[:-1]:
@@ -166,6 +176,9 @@ class Metrics:
                 self.limited[k] = self.limited.get(k, 0) + 1
             for level in record.alerts:
                 self.budget_alerts[level] = self.budget_alerts.get(level, 0) + 1
+        for r in record.resumed:
+            k = (pool, "resumed" if "to" in r else "refused" if "refused" in r else "failed")
+            self.resumes[k] = self.resumes.get(k, 0) + 1
         usage = record.usage
         if usage is not None:
             t = self.tokens
@@ -245,6 +258,22 @@ class _Collector:
                                   "spent) per key or team.", labels=["level"])
         for level, n in list(m.budget_alerts.items()):
             fam.add_metric([level], n)
+        yield fam
+        fam = CounterMetricFamily("busbar_hedges", "Hedged attempts started (dispatch.hedge), by result: won "
+                                  "(answered), lost (cancelled when another attempt answered first), failed.",
+                                  labels=["pool", "result"])
+        for (pool, result), n in list(m.hedges.items()):
+            fam.add_metric([pool, result], n)
+        yield fam
+        fam = CounterMetricFamily("busbar_hedge_waste_tokens", "Tokens an attempt that lost a hedge race had been "
+                                  "billed (reported by its upstream before it was cancelled).", labels=["pool", "member"])
+        for (pool, member), n in list(m.hedge_waste.items()):
+            fam.add_metric([pool, member], n)
+        yield fam
+        fam = CounterMetricFamily("busbar_stream_resumes", "Streams broken after content went out, by result: "
+                                  "resumed on another member, refused (not continuable), failed.", labels=["pool", "result"])
+        for (pool, result), n in list(m.resumes.items()):
+            fam.add_metric([pool, result], n)
         yield fam
         fam = HistogramMetricFamily("busbar_request_duration_seconds", "Whole request, received to last byte.",
                                     labels=["pool"])

@@ -107,7 +107,7 @@ class Attempt:
         self.number = number      # 1-based, counts every attempt of the plan
         self.member = member
         self.key = key
-        self.kind = kind          # "member" | "key_rotation"
+        self.kind = kind          # "member" | "key_rotation" | "hedge"
         self._probe = probe       # the breaker's half-open probe
         self.charge = charge      # what it took of the key's quota (settled at report)
         # the vendor's rate-limit headers on its response (the driver sets it)
@@ -297,6 +297,22 @@ class Plan:
                         self._cooled.clear()
                         return Wait(soonest - now, f"pool {self._pool.name!r}: waiting for a member to recover")
             return self._exhaust(now, None, "")
+
+    def hedge(self, now: float) -> Attempt | None:
+        """Another member to race the outstanding attempt(s) (a hedge), or
+        None.  Never ends the plan, never waits, never falls back to another
+        pool; a hedge uses no member attempt of the retry budget (the
+        pipeline's `dispatch.hedge.max` and budget bound hedges)."""
+        if self.outcome is not None or now >= self.deadline_at:
+            return None
+        member = choose(self._pool, lambda leaf: self._usable(leaf, now), now, self._router.rng)
+        if member is None:
+            return None
+        ring = self._router.providers[member.provider].keys
+        key = ring.pick(member.model, now, self._failed_keys.get(member.target.key, ()), self.needs.tokens)
+        if key is None:
+            return None
+        return self._issue(member, key, "hedge", now)
 
     def _issue(self, member: Member, key: Key, kind: str, now: float) -> Attempt:
         t = member.target
