@@ -1,0 +1,106 @@
+"""Instructions per request, which machine load cannot change (issue 20, ADR 0014).
+
+The gateway (this tree, or `--baseline REV` laid out by bench_fast) runs under
+`valgrind --tool=callgrind` in front of bench/fast_upstream.py.  After a
+warm-up the counters are zeroed (`callgrind_control -z`), N identical
+keep-alive buffered same-protocol requests go through over loopback, and
+the dump's total instruction count divided by N is the figure.  Counts
+include the interpreter's and kernel-boundary (libc) work in the gateway
+process; the client and the upstream are other processes.
+
+    python bench/callgrind_requests.py                    # this tree
+    python bench/callgrind_requests.py --baseline main    # ... and main, same script
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fast import baseline_tree, gateway_config, start_upstream  # noqa: E402
+from bench_gateway import BODY, PY, free_port, wait_port  # noqa: E402
+
+REQUEST = ("POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+           f"authorization: Bearer bench\r\ncontent-length: {len(BODY)}\r\n\r\n{BODY}").encode()
+
+
+def requests(port: int, n: int) -> None:
+    """n sequential keep-alive requests; each answer read whole (content-length)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        for _ in range(n):
+            s.sendall(REQUEST)
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end >= 0:
+                    m = re.search(rb"content-length: *(\d+)", buf[:end], re.I)
+                    total = end + 4 + int(m.group(1))
+                    if len(buf) >= total:
+                        assert buf.startswith(b"HTTP/1.1 200"), buf[:200]
+                        buf = buf[total:]
+                        break
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("gateway closed the connection")
+                buf += chunk
+
+
+def instructions(pythonpath: Path | None, upstream_port: int, config: Path, n: int, out: Path) -> int:
+    port = free_port()
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
+                             PY, "-m", "busbar.cli", "serve", "--config", str(config), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=180)
+        requests(port, 50)                      # warm-up: imports, pools, caches
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        requests(port, n)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    dumps = sorted(Path(out.parent).glob(out.name + f".{proc.pid}.*"))
+    totals = [int(m.group(1)) for d in dumps
+              if (m := re.search(r"^totals: (\d+)", d.read_text(errors="replace"), re.M))]
+    return totals[0] if totals else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=300)
+    parser.add_argument("--baseline", help="a git revision measured the same way (before/after)")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="callgrind-"))
+    upstream_port = free_port()
+    upstream = start_upstream(upstream_port)
+    try:
+        wait_port(upstream_port)
+        config = gateway_config(tmp, upstream_port)
+        trees = {"this tree": None}
+        if args.baseline:
+            trees[args.baseline] = baseline_tree(args.baseline, tmp)
+        result = {}
+        for label, path in trees.items():
+            total = instructions(path, upstream_port, config, args.n, tmp / label.replace(" ", "_"))
+            result[label] = {"instructions_per_request": round(total / args.n), "requests": args.n}
+    finally:
+        upstream.terminate()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
