@@ -9,8 +9,10 @@ the `Gateway` they started with, so they finish on their own config.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
+import ssl
 
 import trio
 
@@ -18,6 +20,7 @@ from busbar.cluster import build_sync
 from busbar.config import Config, ConfigError, load_config, parse_config
 from busbar.cache import Caches
 from busbar.gateway import Gateway
+from busbar.limits import DEFAULT_MAX_CONCURRENT, DEFAULT_POOL_SHARE, PoolShares
 from busbar.protocols.routes import guess_protocol
 from busbar.selfhosted import BackendWatcher
 from busbar.server import HttpServer
@@ -39,18 +42,24 @@ class App:
         self.caches = Caches()        # response cache entries and counters, kept across reloads too
         from busbar.reasoning_store import ReasoningStore
         self.reasoning = ReasoningStore()    # signed reasoning for clients that cannot carry it (issue 19)
-        self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted,
-                               caches=self.caches, reasoning=self.reasoning)
-        self.gateway.app = self
         # routing state shared with the other replicas (Redis backend); None: this process only
         self.cluster = build_sync(config.state)
+        opts = config.server
+        # load shedding: requests served at once, and each pool's share of them
+        # (server.* keys take effect at start; a reload keeps these)
+        max_requests = opts.get("max_concurrent_requests", DEFAULT_MAX_CONCURRENT)
+        self.shares = PoolShares(max_requests, opts.get("pool_share", DEFAULT_POOL_SHARE))
+        self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted,
+                               caches=self.caches, reasoning=self.reasoning, shares=self.shares)
+        self.gateway.app = self
         if self.cluster is not None:
             self.cluster.attach(self.gateway.router)
-        opts = config.server
         self.server = HttpServer(self.handle, max_body_bytes=opts.get("max_body_bytes", 8 * 1024 * 1024),
                                  header_timeout=opts.get("header_timeout", 30.0),
                                  keepalive_timeout=opts.get("keepalive_timeout", 75.0),
-                                 on_error=_render_server_error)
+                                 on_error=_render_server_error, max_requests=max_requests,
+                                 max_connections=opts.get("max_client_connections"),
+                                 check_head=self.check_head, tls=server_tls(config))
         # /admin* and /metrics on their own socket unless `admin.listen: public`
         self.admin_server = None if self.gateway.admin.on_public_port else HttpServer(
             self.handle_admin, max_body_bytes=64 * 1024, header_timeout=opts.get("header_timeout", 30.0))
@@ -67,6 +76,9 @@ class App:
             with trio.CancelScope() as self._admin_scope:
                 await admin.run()
                 await trio.sleep_forever()      # an Admin with nothing to flush returns at once
+
+    def check_head(self, request):
+        return self.gateway.check_head(request)
 
     async def handle(self, request, responder) -> None:
         # read once: a reload mid-request must not switch this request's gateway
@@ -91,7 +103,7 @@ class App:
         old = self.gateway
         try:
             new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted, caches=self.caches,
-                          reasoning=self.reasoning)
+                          reasoning=self.reasoning, shares=self.shares)
         except ConfigError:
             raise
         except Exception as exc:   # whatever fails to build is a rejected config, never a dead server
@@ -152,10 +164,54 @@ class App:
             await trio.to_thread.run_sync(telemetry.shutdown_all)
 
 
+def server_tls(config: Config) -> ssl.SSLContext | None:
+    """`server.tls: {cert, key}` as a server context (HTTP/1.1 over ALPN), or
+    None; a file that cannot be loaded is a ConfigError naming the key."""
+    tls = config.server.get("tls")
+    if not tls:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.set_alpn_protocols(["http/1.1"])      # an HTTP/2-first client (ALPN h2) falls back to HTTP/1.1
+    try:
+        ctx.load_cert_chain(tls["cert"], tls["key"])
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{config.source}: server.tls",
+                          f"cannot load the certificate {tls['cert']!r} and key {tls['key']!r}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    return ctx
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_admin_exposure(config: Config, admin, host: str) -> None:
+    """The admin API can drain members and reload the config: without
+    `admin.key` it may only listen on loopback (ConfigError otherwise), and
+    even there a warning says so."""
+    if not admin.enabled or admin.key:
+        return
+    from busbar.admin import PUBLIC, parse_listen
+    where = host if admin.listen == PUBLIC else parse_listen(admin.listen)[0]
+    shown = f"the gateway's port on {host}" if admin.listen == PUBLIC else admin.listen
+    if not is_loopback(where):
+        raise ConfigError(f"{config.source}: admin.key",
+                          f"admin is enabled on {shown}, which is not a loopback address, without admin.key: "
+                          "anyone who reaches it could drain members and reload the config; set admin.key "
+                          "(e.g. ${BUSBAR_ADMIN_KEY}) or listen on 127.0.0.1")
+    log.warning("admin API on %s has no admin.key: anyone on this host can drain members and reload", shown)
+
+
 def _render_server_error(request, status, message):
     from busbar.faults import ClientError
     from busbar.protocols import get_dialect
-    kinds = {400: "invalid_request", 408: "timeout", 413: "request_too_large", 431: "request_too_large"}
+    kinds = {400: "invalid_request", 408: "timeout", 413: "request_too_large", 431: "request_too_large",
+             503: "overloaded"}
     protocol = guess_protocol(request.path if request is not None else None)
     return get_dialect(protocol).render_error(ClientError(status, message, kinds.get(status, "invalid_request")))
 
@@ -170,6 +226,7 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
     app.server.reuse_port = reuse_port
     try:
         await app.load_minted_keys()
+        check_admin_exposure(config, app.gateway.admin, host)
         async with trio.open_nursery() as nursery:
             if app.cluster is not None:     # the current routing state first (bounded wait), then serve
                 await nursery.start(app.cluster.run)

@@ -53,13 +53,14 @@ import trio
 from busbar import admission, ir, lifecycle, resume, tenancy
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
-from busbar.outcome import Answered, Broken, Failed, Lost, Outcome
+from busbar.limits import DIRECT_ROUTES
+from busbar.outcome import Answered, Broken, Failed, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
 from busbar.records import AttemptRecord, RequestRecord
 from busbar.relay import relay_buffered, relay_stream
 from busbar.routing import Attempt, Exhausted, Wait
 from busbar.server import ClientGone, HttpRequest, Responder
-from busbar.upstream import UpstreamError
+from busbar.upstream import SlotTimeout, UpstreamError
 
 if TYPE_CHECKING:
     from busbar.gateway import Gateway
@@ -104,6 +105,7 @@ class Exchange:
         self.reasoning = None
         self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
         self._race: Race | None = None      # the attempts racing now (a hedge started)
+        self.share: str | None = None       # the pool whose concurrency share this request holds
 
     # ---- the journey -----------------------------------------------------
     async def run(self) -> None:
@@ -124,6 +126,8 @@ class Exchange:
             self.record.error = err.message
             await self.end_stream_with_error(err, self._stream_encoder())
         finally:
+            if self.share is not None:
+                self.gw.shares.leave(self.share)
             if self.tenancy_admission is not None:
                 await self._settle_tenancy()
         if self._deadline.cancelled_caught and not life.finished:
@@ -161,6 +165,15 @@ class Exchange:
             raise ClientError(404, f"The model `{self.model}` does not exist: it is neither a pool "
                                    f"({', '.join(self.gw.router.pool_names()) or 'none configured'}) nor "
                                    "provider/model.", "not_found", param="model", code="model_not_found") from None
+        shares = self.gw.shares
+        if shares is not None:
+            # one pool's flood cannot take every slot of the gateway: shed past its share
+            share = self.model if self.model in self.gw.router.pools else DIRECT_ROUTES
+            if not shares.enter(share):
+                raise ClientError(503, f"The pool `{self.model}` is at its share of the gateway's concurrency "
+                                       f"({shares.cap} requests in flight); retry shortly.", "overloaded",
+                                  retry_after=1)
+            self.share = share
         self._deadline.deadline = trio.current_time() + self.plan.pipeline.deadline
         if self.stream:
             self.resume_policy = self.plan.pipeline.streaming.resume
@@ -367,8 +380,10 @@ class Exchange:
                 if self.resuming is not None:
                     wait = max(0.0, min(wait, self.resuming.deadline - trio.current_time()))
                 response = await pool.request(b"POST", target, headers, body, connect_timeout=timeouts.connect,
-                                              response_timeout=wait)
+                                              response_timeout=wait, slot_wait=self.gw.slot_wait)
                 attempt.vendor_quota = provider.dialect.rate_limits(response.headers)   # corrects the key's counts
+            except SlotTimeout as exc:
+                return Saturated(exc.waited)
             except UpstreamError as exc:
                 return Failed(Fault(FaultClass.SERVER, 0, str(exc)))
             try:
@@ -535,6 +550,13 @@ class Exchange:
             if self.cache_lookup is not None:
                 await self._store_answer(attempt)
             return
+        if kind is Saturated:
+            # busy, not broken: this member sits the request out, unblamed
+            self.plan.saturated(attempt, now)
+            rec.outcome = "saturated"
+            rec.message = f"no connection slot within {outcome.waited:g}s"
+            self.lifecycle.fire("fault", f"{attempt.member_id}: saturated")
+            return
         fault = outcome.fault
         consequence = self.plan.report(attempt, fault, now)
         if consequence.alert:
@@ -608,6 +630,9 @@ class Exchange:
         elif fault is not None:
             err = self.client.fault_to_client_error(fault)
             err.message = f"All members of `{self.model}` failed; last error: {fault.message}"
+        elif step.kind == "saturated":
+            err = ClientError(503, f"Every member of `{self.model}` is busy ({step.reason}); retry shortly.",
+                              "overloaded", retry_after=1)
         else:
             err = ClientError(503, f"No member of `{self.model}` can take this request: {step.reason}.", "overloaded")
         return err

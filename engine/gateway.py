@@ -39,7 +39,7 @@ from busbar.config import Config, ConfigError
 from busbar.redact import Redactor
 from busbar.exchange import Exchange
 from busbar.faults import ClientError
-from busbar.protocols import get_dialect
+from busbar.protocols import PROTOCOLS, get_dialect
 from busbar.protocols.base import JSON_CT
 from busbar.protocols.listing import Listing
 from busbar.protocols.routes import guess_protocol, match_route
@@ -52,6 +52,8 @@ from busbar.server import ClientGone, HttpRequest, Responder
 from busbar.upstream import UpstreamClient
 
 __all__ = ["Gateway", "Provider", "RequestRecord", "AttemptRecord", "guess_protocol"]
+
+DEFAULT_SLOT_WAIT = 5.0      # server.slot_wait, seconds
 
 log = logging.getLogger("busbar.gateway")
 access_log = logging.getLogger("busbar.access")
@@ -80,8 +82,13 @@ class Gateway:
     upstream connections.  `handle` is the HTTP handler."""
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200,
-                 state=None, minted=None, caches=None, reasoning=None):
+                 state=None, minted=None, caches=None, reasoning=None, shares=None):
         self.config = config
+        # load shedding (docs/reliability.md): each pool's share of the
+        # concurrency limit (the app's busbar.limits.PoolShares, None: no
+        # shares), and how long an attempt may wait for an upstream slot
+        self.shares = shares
+        self.slot_wait = float(config.server.get("slot_wait", DEFAULT_SLOT_WAIT))
         self.router = Router.from_config(config.raw)
         self.state = state
         # replicas sharing a state backend share upstream key quotas too (ADR 0017)
@@ -155,6 +162,53 @@ class Gateway:
         await self.upstream.aclose()
 
     # ---- HTTP entry ------------------------------------------------------
+    def check_head(self, request: HttpRequest) -> tuple[int, list, bytes] | None:
+        """Authenticate from the head alone, before the body is read (the
+        server's `check_head`): a client without a valid gateway key gets its
+        401 at once and its body is never parsed.  None: go on (no client
+        keys, a signed request (verified with its body), or a model that may
+        name an open pool and is only known from the body)."""
+        if self.tenancy is None or not self.tenancy.required:
+            return None
+        route = match_route(request.path)
+        if route is None:
+            return None
+        protocol, params = route
+        dialect = get_dialect(protocol)
+        if dialect.signed_requests and self.aws_secrets:
+            return None
+        if self.open_pools:
+            model = params.get("model")
+            if model is None or model in self.open_pools:
+                return None
+        try:
+            key = self.tenancy.authenticate(dialect.inbound_key(request.headers, request.query))
+        except ClientError as err:
+            return self._refused(protocol, dialect, err)
+        # admission need not check again (None: only the shared key store can tell; admit asks it)
+        request.authenticated = key is not None
+        return None
+
+    def _refused(self, protocol: str, dialect, err: ClientError) -> tuple[int, list, bytes]:
+        """A request answered from its head: still recorded (admin, access
+        log, metrics see refused credentials like any other request)."""
+        record = RequestRecord(f"{self._id_prefix}-{next(self._ids):x}", protocol)
+        record.lifecycle.fail(err.message[:120])
+        record.status = err.status
+        record.error = err.message
+        record.ms = 0.0
+        self._finish(record)
+        status, headers, body = dialect.render_error(err)
+        return status, headers + [(b"x-busbar-request-id", record.id.encode())], body
+
+    def _any_key(self, request: HttpRequest) -> str | None:
+        """The key however a protocol's SDK sends it (a route every SDK shares)."""
+        for protocol in PROTOCOLS:
+            key = get_dialect(protocol).inbound_key(request.headers, request.query)
+            if key:
+                return key
+        return None
+
     async def handle(self, request: HttpRequest, responder: Responder) -> None:
         route = match_route(request.path)
         if route is None:
@@ -232,6 +286,11 @@ class Gateway:
         if request.method == b"GET":
             listed = self.listing.answer(request.path, request.headers)
             if listed is not None:
+                if self.tenancy is not None and self.tenancy.required:     # the lists are for key holders too
+                    try:
+                        await self.tenancy.identify(self._any_key(request))
+                    except ClientError as err:
+                        return await responder.send(*get_dialect(guess_protocol(request.path)).render_error(err))
                 return await responder.send(*listed)
         if request.path in (b"/healthz", b"/health"):
             return await responder.send(200, [JSON_CT], b'{"status":"ok"}')

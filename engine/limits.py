@@ -37,3 +37,37 @@ class PrecommitBound:
             return Fault(FaultClass.SERVER, 0, f"upstream sent {self.events} events before any content "
                                                f"(limit {self.max_events})")
         return None
+
+
+DEFAULT_MAX_CONCURRENT = 1024       # server.max_concurrent_requests
+DEFAULT_POOL_SHARE = 0.8            # server.pool_share
+DIRECT_ROUTES = "(direct)"          # every provider/model route counts as one pool here
+
+
+class PoolShares:
+    """Each pool's share of the gateway's concurrency limit
+    (`server.max_concurrent_requests` x `server.pool_share`), so one pool's
+    flood cannot take every slot: past its share a pool's requests are shed
+    (503 + Retry-After) while other pools keep the rest.  Held by the app
+    (kept across reloads, so requests started before one leave correctly)."""
+
+    __slots__ = ("cap", "held")
+
+    def __init__(self, limit: int = DEFAULT_MAX_CONCURRENT, share: float = DEFAULT_POOL_SHARE):
+        self.cap = max(1, int(limit * share))
+        self.held: dict[str, int] = {}
+
+    def enter(self, pool: str) -> bool:
+        """Take a slot for `pool`; False when it already holds its share."""
+        held = self.held.get(pool, 0)
+        if held >= self.cap:
+            return False
+        self.held[pool] = held + 1
+        return True
+
+    def leave(self, pool: str) -> None:
+        held = self.held[pool] - 1
+        if held:
+            self.held[pool] = held
+        else:
+            del self.held[pool]        # only pools with requests in flight are kept

@@ -60,4 +60,12 @@ class Lost:
     usage: object = None
 
 
-Outcome = Answered | Failed | Broken | Lost
+class Saturated:
+    """No upstream connection slot freed up within `server.slot_wait`: the
+    member is busy, not failing.  It sits out this request (unblamed: no
+    breaker, no key penalty) and the request fails over."""
+
+    waited: float
+
+
+Outcome = Answered | Failed | Broken | Lost | Saturated

@@ -17,11 +17,15 @@ Contract for handlers:
 """
 from __future__ import annotations
 
-import functools
+import errno
 import logging
+import os
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Awaitable, Callable
+
+import socket as _socket
 
 import h11
 import trio
@@ -56,6 +60,7 @@ class HttpRequest:
     client: str = ""
     keep_alive: bool = True
     http10: bool = False
+    authenticated: bool = False     # the handler's head check already accepted its credentials
 
 
 _UNSAFE_VALUE = re.compile(rb"[\x00\r\n]")
@@ -151,24 +156,65 @@ class Responder:
 
 
 Handler = Callable[[HttpRequest, Responder], Awaitable[None]]
+# an answer decided from the head alone (e.g. 401 before reading a body), or None to go on
+HeadCheck = Callable[[HttpRequest], "tuple[int, Headers, bytes] | None"]
+
+# accept(2) errors that mean "out of resources", not "this listener is broken"
+ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+ACCEPT_BACKOFF = (0.001, 0.1)       # seconds between accepts while out of fds: first, longest
+FD_LOG_EVERY = 60.0                 # seconds between "out of fds" log lines while it lasts
+SHED_IDLE_ON_EMFILE = 16            # idle keep-alives closed per EMFILE episode step
+MAX_REFUSALS = 128                  # over-limit connections answered 503 at once; past it closed at once
+REFUSAL_READ_SECONDS = 0.5          # how long a refused connection may take to show its request line
+RETRY_AFTER_SECONDS = 1             # Retry-After on a shed request or connection
+
+
+def default_max_connections() -> int:
+    """80 % of the process's fd limit: the rest stays for upstream
+    connections, files and the listener (server.max_client_connections)."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1024
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(1, int(soft * 0.8))
 
 
 class HttpServer:
     def __init__(self, handler: Handler, *, max_body_bytes: int = 8 * 1024 * 1024,
                  header_timeout: float = 30.0, keepalive_timeout: float = 75.0,
-                 on_error: Callable[[HttpRequest | None, int, str], tuple[int, Headers, bytes]] | None = None):
+                 on_error: Callable[[HttpRequest | None, int, str], tuple[int, Headers, bytes]] | None = None,
+                 max_connections: int | None = None, max_requests: int | None = None,
+                 check_head: HeadCheck | None = None, tls: ssl.SSLContext | None = None):
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
-        # renders a server-level error (malformed HTTP, too large, timeout)
+        # renders a server-level error (malformed HTTP, too large, timeout, overload)
         # in the protocol the path implies; plain JSON when unknown
         self.on_error = on_error or _plain_error
+        # load shedding (docs/reliability.md): connections held open at once
+        # (past it: idle keep-alives closed first, then 503 and close), and
+        # requests served at once (past it: 503 + Retry-After, no queue)
+        self.max_connections = max_connections or default_max_connections()
+        self.max_requests = max_requests or 1 << 30
+        self.check_head = check_head
+        self.tls = tls               # an ssl.SSLContext: serve HTTPS on every listener
         self.accepting = True
         self.reuse_port = False      # several worker processes share the port (busbar serve --workers N)
         self._accept_scope: trio.CancelScope | None = None
         self.active_connections = 0
         self.active_requests = 0
+        self.shed_connections = 0    # refused at accept (over max_connections or out of fds)
+        self.shed_requests = 0       # answered 503 over max_requests
+        # keep-alive connections waiting for their next request, oldest first:
+        # the first to close when connections or fds run short
+        self._idle: dict[int, trio.CancelScope] = {}
+        self._refusing = 0
+        self._reserve_fd: int | None = None    # one fd kept free to answer 503 while out of fds
+        self._fd_logged_at: float | None = None
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until cancelled.  `stop_accepting()` closes the
@@ -177,31 +223,152 @@ class HttpServer:
             listeners = [await _reuse_port_listener(host, port)]
         else:
             listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as accepting:
-                self._accept_scope = accepting.cancel_scope
-                await accepting.start(functools.partial(trio.serve_listeners, self._connection, listeners,
-                                                        handler_nursery=connections))
-                task_status.started([l.socket.getsockname() for l in listeners])
-            for listener in listeners:
-                await listener.aclose()
+        self._reserve_fd = _open_reserve()
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    self._accept_scope = accepting.cancel_scope
+                    for listener in listeners:
+                        accepting.start_soon(self._accept, listener, connections)
+                    task_status.started([l.socket.getsockname() for l in listeners])
+                for listener in listeners:
+                    await listener.aclose()
+        finally:
+            if self._reserve_fd is not None:
+                os.close(self._reserve_fd)
+                self._reserve_fd = None
 
     def stop_accepting(self) -> None:
         self.accepting = False
         if self._accept_scope is not None:
             self._accept_scope.cancel()
 
+    # ---- accepting, and shedding at the door ----------------------------
+    async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        """Accept forever.  Over `max_connections`, an idle keep-alive makes
+        room (closed), else the newcomer gets a quick 503 and is closed.  Out
+        of fds (EMFILE), the loop backs off instead of spinning, closes idle
+        keep-alives, answers the waiting connection 503 on a reserved fd, and
+        logs one line (then at most one a minute while it lasts)."""
+        backoff = ACCEPT_BACKOFF[0]
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                # accept fails at once while the fd table is full, whether or not
+                # anyone is waiting: wait for a real newcomer (no spinning), then
+                # make room (idle keep-alives) or shed it (503 on the reserved fd)
+                await trio.lowlevel.wait_readable(listener.socket)
+                if not self._out_of_fds(exc):
+                    self._shed_on_reserve(listener)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF[1])
+                continue
+            backoff = ACCEPT_BACKOFF[0]
+            if self.active_connections >= self.max_connections and not self.shed_idle(1):
+                self.shed_connections += 1
+                if self._refusing < MAX_REFUSALS:
+                    connections.start_soon(self._refuse, stream)
+                else:
+                    await trio.aclose_forcefully(stream)
+                continue
+            connections.start_soon(self._connection, stream)
+
+    def shed_idle(self, count: int) -> int:
+        """Close up to `count` keep-alive connections that wait for a next
+        request (oldest first); how many were closed."""
+        closed = 0
+        while closed < count and self._idle:
+            _, scope = _pop_oldest(self._idle)
+            scope.cancel()
+            closed += 1
+        return closed
+
+    def _out_of_fds(self, exc: OSError) -> int:
+        """Log (at most once a minute) and close idle keep-alives; how many
+        were closed."""
+        now = trio.current_time()
+        closed = self.shed_idle(SHED_IDLE_ON_EMFILE)
+        if self._fd_logged_at is None or now - self._fd_logged_at >= FD_LOG_EVERY:
+            self._fd_logged_at = now
+            log.error("accept: out of file descriptors (%s: %s; %d connections open, limit %d): closing idle "
+                      "keep-alives and answering new connections 503 until fds free up (logged once a minute)",
+                      errno.errorcode.get(exc.errno, exc.errno), os.strerror(exc.errno), self.active_connections,
+                      self.max_connections)
+        return closed
+
+    def _shed_on_reserve(self, listener: trio.SocketListener) -> None:
+        """Give the reserved fd back, accept the waiting connection on it,
+        answer 503 and close it, then reserve the fd again."""
+        if self._reserve_fd is None:
+            return
+        os.close(self._reserve_fd)
+        self._reserve_fd = None
+        try:
+            try:
+                sock, _ = listener.socket._sock.accept()
+            except (BlockingIOError, OSError):
+                return
+            self.shed_connections += 1
+            with sock:
+                sock.setblocking(False)
+                try:
+                    sock.recv(65536)         # what already arrived: closing over unread bytes would reset
+                except OSError:
+                    pass
+                try:
+                    sock.send(_plain_overload(close=True))
+                    sock.shutdown(_socket.SHUT_WR)
+                except OSError:
+                    pass
+        finally:
+            self._reserve_fd = _open_reserve()
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        """An over-limit connection: read its request line (briefly) so the
+        503 is in its protocol, answer with Retry-After, close."""
+        self._refusing += 1
+        try:
+            if self.tls is not None:
+                return          # no handshake for a refused connection: a plaintext answer would be noise
+            head = b""
+            with trio.move_on_after(REFUSAL_READ_SECONDS):
+                while b"\r\n" not in head and len(head) < 8192:
+                    data = await stream.receive_some(8192)
+                    if not data:
+                        break
+                    head += data
+            path = head.split(b" ", 2)[1].partition(b"?")[0] if head.count(b" ") >= 2 else b""
+            request = HttpRequest(b"", path, b"", [], b"") if path else None
+            await self._send_error(stream, request, 503, "The gateway is at its connection limit; retry shortly.",
+                                   [(b"retry-after", b"%d" % RETRY_AFTER_SECONDS)], timeout=1)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(stream)
+
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.active_connections += 1
         try:
             sock = stream.socket
             try:
-                import socket as _s
-                sock.setsockopt(_s.IPPROTO_TCP, _s.TCP_NODELAY, 1)
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
                 peer = sock.getpeername()
                 client = f"{peer[0]}:{peer[1]}"
             except OSError:
                 client = ""
+            if self.tls is not None:
+                stream = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
+                with trio.move_on_after(self.header_timeout) as handshake:
+                    try:
+                        await stream.do_handshake()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        return     # not TLS, or a failed handshake: nothing to answer in HTTP
+                if handshake.cancelled_caught:
+                    return
             async with trio.open_nursery() as nursery:
                 reader = _Reader(stream, READ_AHEAD_LIMIT + self.max_body_bytes)
                 nursery.start_soon(reader.run)
@@ -216,29 +383,39 @@ class HttpServer:
                 await stream.aclose()
 
     async def _serve_connection(self, stream: trio.SocketStream, reader: "_Reader", client: str) -> None:
+        served = 0
         while self.accepting:
             # a fresh parser per request: responses bypass h11, so its
             # server-side state never reaches DONE; leftover bytes carry over
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
             request: HttpRequest | None = None
+            idle = served and not reader.buffered
             try:
-                # An idle keep-alive connection may wait `keepalive_timeout`
-                # for its next request; once a request's first bytes arrived,
-                # all of it (head and body) must arrive within `header_timeout`.
+                # A keep-alive connection may wait `keepalive_timeout` for its
+                # next request (and is the first closed when connections or
+                # fds run short); a new connection gets `header_timeout` for its
+                # first request, and once a request's first bytes arrived, all
+                # of it (head and body) must arrive within `header_timeout`.
                 with trio.CancelScope() as scope:
-                    scope.deadline = trio.current_time() + (
-                        self.header_timeout if reader.buffered else self.keepalive_timeout)
+                    scope.deadline = trio.current_time() + (self.keepalive_timeout if idle else self.header_timeout)
+                    if idle:
+                        self._idle[id(scope)] = scope
                     request = await self._read_request(conn, reader, client, scope)
                 if scope.cancelled_caught:
                     raise trio.TooSlowError
             except trio.TooSlowError:
-                if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
-                    return  # idle keep-alive connection: close quietly
+                if served and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                    return  # idle keep-alive connection (timed out or shed): close quietly
                 await self._send_error(stream, None, 408, "Timed out reading the request.")
                 return
             except _BodyTooLarge as exc:
                 await self._send_error(stream, exc.request, 413,
                                        f"Request body exceeds the {self.max_body_bytes} byte limit.")
+                await _drain(reader)
+                return
+            except _AnsweredEarly as exc:
+                # decided from the head (e.g. 401): the body is never read, only drained
+                await self._send_raw(stream, exc.answer)
                 await _drain(reader)
                 return
             except _Http2Preface:
@@ -249,12 +426,28 @@ class HttpServer:
                     return
                 await self._send_error(stream, None, exc.error_status_hint, f"Malformed HTTP request: {exc}")
                 return
+            finally:
+                if idle:
+                    self._idle.pop(id(scope), None)
             if request is None:
                 return  # clean EOF between requests
+            served += 1
             reader.unread(conn.trailing_data[0])
             close = not request.keep_alive or not self.accepting
             responder = Responder(stream, close, head_only=request.method == b"HEAD",
                                   http10=request.http10)
+            if self.active_requests >= self.max_requests:
+                # shed, never queue: the client's protocol, Retry-After, the connection kept
+                self.shed_requests += 1
+                status, headers, body = self.on_error(
+                    request, 503, "The gateway is at its concurrency limit; retry shortly.")
+                try:
+                    await responder.send(status, headers + [(b"retry-after", b"%d" % RETRY_AFTER_SECONDS)], body)
+                except ClientGone:
+                    return
+                if close:
+                    return
+                continue
             self.active_requests += 1
             try:
                 # The reader cancels this scope if the client goes away, which
@@ -281,6 +474,7 @@ class HttpServer:
                 data = await reader.read()
                 if data and head is None and not body_parts:
                     scope.deadline = min(scope.deadline, trio.current_time() + self.header_timeout)
+                    self._idle.pop(id(scope), None)     # a request is arriving: no longer sheddable
                     if data.startswith(H2_PREFACE[:len(data)]) and conn.their_state is h11.IDLE:
                         raise _Http2Preface()
                 conn.receive_data(data)
@@ -304,6 +498,10 @@ class HttpServer:
                         expect = True
                 if b"content-length" in names and b"transfer-encoding" in names:
                     head.keep_alive = False    # RFC 9112 6.1: a smuggling attempt; serve this one, then close
+                if self.check_head is not None:
+                    answer = self.check_head(head)
+                    if answer is not None:
+                        raise _AnsweredEarly(answer)
                 if expect and not head.http10:
                     try:
                         await reader.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -322,11 +520,16 @@ class HttpServer:
             if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
 
-    async def _send_error(self, stream, request, status, message) -> None:
+    async def _send_error(self, stream, request, status, message, extra: Headers = (), timeout: float = 5) -> None:
         status, headers, body = self.on_error(request, status, message)
+        await self._send_raw(stream, (status, headers + list(extra), body), timeout)
+
+    async def _send_raw(self, stream, answer: tuple[int, Headers, bytes], timeout: float = 5) -> None:
+        """A whole answer that ends the connection."""
+        status, headers, body = answer
         data = response_head(status, headers + [(b"content-length", b"%d" % len(body))], close=True) + body
         try:
-            with trio.move_on_after(5):
+            with trio.move_on_after(timeout):
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -455,6 +658,31 @@ async def _drain(reader: "_Reader") -> None:
 class _BodyTooLarge(Exception):
     def __init__(self, request):
         self.request = request
+
+
+class _AnsweredEarly(Exception):
+    """`check_head` answered the request from its head alone."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+
+def _pop_oldest(idle: dict):
+    key = next(iter(idle))
+    return key, idle.pop(key)
+
+
+def _open_reserve() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _plain_overload(close: bool) -> bytes:
+    body = b'{"error":{"message":"The gateway is out of connections; retry shortly.","type":"overloaded"}}'
+    return response_head(503, [(b"content-type", b"application/json"), (b"retry-after", b"%d" % RETRY_AFTER_SECONDS),
+                               (b"content-length", b"%d" % len(body))], close) + body
 
 
 def _plain_error(request, status, message):

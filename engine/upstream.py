@@ -39,6 +39,16 @@ class UpstreamError(Exception):
         self.timeout = timeout
 
 
+class SlotTimeout(Exception):
+    """No connection slot (the provider's `max_connections`) freed up within
+    `slot_wait`: the member is saturated, not failing; the caller tries
+    another member without blaming this one."""
+
+    def __init__(self, waited: float):
+        super().__init__(f"no upstream connection slot within {waited:g}s (provider max_connections reached)")
+        self.waited = waited
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     scheme: str
@@ -201,9 +211,14 @@ class ConnectionPool:
                 pass
 
     async def request(self, method: bytes, target: bytes, headers: Headers, body: bytes, *,
-                      connect_timeout: float = 10.0, response_timeout: float = 600.0) -> UpstreamResponse:
+                      connect_timeout: float = 10.0, response_timeout: float = 600.0,
+                      slot_wait: float | None = None) -> UpstreamResponse:
         """Send one request and return once the response head arrived.
 
+        Waits at most `slot_wait` seconds for a connection slot, then raises
+        `SlotTimeout` (None: as long as it takes).  Sending the request and
+        receiving the response head share `response_timeout`, so an upstream
+        that stops reading our body is as bounded as one that never answers.
         A reused idle connection the server had already closed is detected
         (nothing of the response arrived) and the request is resent once on
         a fresh connection; any other failure raises `UpstreamError`.
@@ -211,7 +226,13 @@ class ConnectionPool:
         # built before taking a slot: an unsafe request (UnsafeRequest) is
         # refused here and never reaches a connection
         data = serialize_request(method, target, self.origin.host_header, headers, body)
-        await self._slots.acquire()
+        try:
+            self._slots.acquire_nowait()          # the common case: a slot is free, no wait
+        except trio.WouldBlock:
+            with trio.move_on_after(float("inf") if slot_wait is None else slot_wait) as waiting:
+                await self._slots.acquire()
+            if waiting.cancelled_caught:
+                raise SlotTimeout(slot_wait) from None
         try:
             for attempt in range(2):
                 # a retry after a stale connection always takes a fresh one
@@ -241,9 +262,11 @@ class ConnectionPool:
 
     async def _exchange(self, conn: _Connection, method: bytes, data: bytes, response_timeout) -> UpstreamResponse:
         buf = b""
+        sent = False
         try:
-            await sockio.send_all(conn.stream, data)
             with trio.fail_after(response_timeout):
+                await sockio.send_all(conn.stream, data)
+                sent = True
                 while True:
                     chunk = await sockio.receive_some(conn.stream, READ_SIZE)
                     if not chunk:
@@ -259,7 +282,8 @@ class ConnectionPool:
                     return UpstreamResponse(head.status, head.headers, self, conn, BodyDecoder(head),
                                             head.keep_alive, buf[used:])
         except trio.TooSlowError:
-            raise UpstreamError("upstream did not answer in time", timeout=True) from None
+            raise UpstreamError("upstream did not answer in time" if sent else
+                                "upstream stopped reading the request (send timed out)", timeout=True) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as exc:
             if conn.reused and not buf:
                 raise _StaleConnection() from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import h11
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from busbar.http11 import UnsafeRequest, serialize_request
@@ -36,6 +36,9 @@ def _one_request(target: bytes) -> h11.Request:
 @settings(max_examples=300, deadline=None)
 @given(protocol=st.sampled_from(DIALECTS), model=st.text(min_size=1, max_size=80), stream=st.booleans(),
        base=st.sampled_from(["", "/v1", "/proxy/"]))
+@example(protocol="bedrock", model=".", stream=False, base="")      # dot segments: quoting leaves them alone
+@example(protocol="bedrock", model="..", stream=True, base="/v1")
+@example(protocol="gemini", model="..", stream=False, base="")
 def test_any_model_stays_inside_its_path_segment(protocol, model, stream, base):
     dialect = get_dialect(protocol)
     path = dialect.upstream_path(base, model, stream)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from functools import cache
+from urllib.parse import quote
 from typing import Any, Callable, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import orjson
@@ -27,6 +28,14 @@ from busbar import resources
 from busbar.faults import ClientError, Fault, FaultClass, VendorQuota, parse_retry_after
 from busbar.protocols.common import RenderCtx
 from busbar.routing import Needs
+
+
+def path_segment(value: str) -> str:
+    """`value` as exactly one path segment: percent-quoted whole, and a bare
+    `.` or `..` (which quoting leaves alone and a server would resolve as a
+    directory step) written as `%2E` escapes."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from urllib.parse import quote
 
 import orjson
 
@@ -20,7 +19,8 @@ from busbar.aws.sigv4 import Credentials, SignatureError, sign, verify
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import Codec, ErrorRow, ErrorTable, Dialect, Headers, StreamError, classify_generic, header
+from busbar.protocols.base import (Codec, ErrorRow, ErrorTable, Dialect, Headers, StreamError, classify_generic, header,
+                                   path_segment)
 
 P = "bedrock"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -140,7 +140,7 @@ class BedrockDialect(Dialect):
     # ---- outbound --------------------------------------------------------
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         action = "converse-stream" if stream else "converse"
-        return f"{base_path.rstrip('/')}/model/{quote(model, safe='')}/{action}"
+        return f"{base_path.rstrip('/')}/model/{path_segment(model)}/{action}"
 
     def auth_headers(self, key: str | None) -> Headers:
         return []

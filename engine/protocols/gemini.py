@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from urllib.parse import quote
 
 import orjson
 
@@ -22,7 +21,7 @@ from busbar.protocols import casing
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
 from busbar.protocols.base import (Codec, Dialect, ErrorRow, ErrorTable, Headers, StreamError, bearer_token,
-                                   classify_generic, header, query_param)
+                                   classify_generic, header, path_segment, query_param)
 
 P = "gemini"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -117,7 +116,7 @@ class GeminiDialect(Dialect):
         action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
         # quoted whole (as Bedrock does): a client-chosen model must never
         # add a path segment, a query, or a line to the upstream request
-        return f"{base_path.rstrip('/')}/v1beta/models/{quote(model, safe='')}{action}"
+        return f"{base_path.rstrip('/')}/v1beta/models/{path_segment(model)}{action}"
 
     def auth_headers(self, key: str | None) -> Headers:
         return [(b"x-goog-api-key", key.encode())] if key else []

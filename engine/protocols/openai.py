@@ -12,7 +12,8 @@ from busbar import ir
 from busbar.faults import ClientError, VendorQuota
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
-from busbar.protocols.base import Codec, ErrorRow, ErrorTable, Dialect, Endpoint, Headers, StreamError, header, int_header
+from busbar.protocols.base import (Codec, ErrorRow, ErrorTable, Dialect, Endpoint, Headers, StreamError, header,
+                                   int_header, path_segment)
 
 P = "openai"
 # sampling knobs: IR field -> this dialect's name (None: it has none)
@@ -816,7 +817,7 @@ class _DeploymentPaths(OpenAIDialect):
     """Upstream addressing only: BASE/deployments/MODEL/chat/completions."""
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
-        return f"{base_path.rstrip('/')}/deployments/{quote(model, safe='')}/chat/completions"
+        return f"{base_path.rstrip('/')}/deployments/{path_segment(model)}/chat/completions"
 
 
 _DEPLOYMENTS = _DeploymentPaths()

@@ -152,7 +152,8 @@ class Exhausted:
     """The plan is over without a success.
 
     `kind`: unavailable (every capable member is benched, open or already
-    tried), incapable (no member can take this request: context, capabilities),
+    tried), saturated (unavailable, and the members tried had no free
+    connection slot: answer 503 with Retry-After), incapable (no member can take this request: context, capabilities),
     budget (retry budget spent), deadline (pipeline deadline passed).
     `retry_after` (seconds) is set when every capable member is benched and
     says when the first comes back: answer 429 with it.
@@ -192,6 +193,7 @@ class Plan:
         self._rotate: Member | None = None
         self._wait_limit: float | None = None
         self._outstanding: dict[int, Attempt] = {}
+        self._saturated = 0     # members left out because their connection slots were full
 
     def __repr__(self) -> str:
         return (f"Plan({self.route!r}, attempts={self.member_attempts}+{self.key_rotations}, "
@@ -405,6 +407,10 @@ class Plan:
                 kind = "incapable"
                 larger = " (a larger context)" if self._min_context > self.needs.tokens else ""
                 reason = f"no member of pool {self.route!r} can take this request{larger}: {self.needs.describe()}"
+            elif self._saturated and self.last_fault is None and retry_after is None:
+                kind = "saturated"
+                reason = (f"every member of pool {self.route!r} is unavailable or at its connection limit "
+                          f"({self._saturated} saturated)")
             else:
                 kind = "unavailable"
                 if retry_after is not None:
@@ -483,6 +489,19 @@ class Plan:
         if penalty == "cool_key":
             self._cooled.add(t.key)
         return Consequence(Action.FAILOVER, **done)
+
+    def saturated(self, attempt: Attempt, now: float) -> None:
+        """`attempt`'s member had no free connection slot in time: free the
+        attempt unblamed (like `release`) and leave the member out of this
+        plan; it does not spend the retry budget (the plan visits each member
+        at most once, so this is bounded)."""
+        self.release(attempt, now)
+        attempt.key.quota.settle(attempt.charge, 0)      # nothing was sent: its tokens are given back
+        self.history[-1] = (attempt.member.id, attempt.key.id, "saturated")
+        self._tried.add(attempt.member.target.key)
+        self._saturated += 1
+        if attempt.kind == "member":
+            self.member_attempts -= 1
 
     def release(self, attempt: Attempt, now: float) -> None:
         """An attempt abandoned without an outcome (client gone, hedge lost,
