@@ -60,6 +60,7 @@ class Lost:
     usage: object = None
 
 
+@dataclass(frozen=True, slots=True)
 class Saturated:
     """No upstream connection slot freed up within `server.slot_wait`: the
     member is busy, not failing.  It sits out this request (unblamed: no
