@@ -50,6 +50,9 @@ def cmd_serve(args) -> int:
             _, _, addrs, app = await nursery.start(functools.partial(
                 run_gateway, config_path=args.config, reuse_port=args.reuse_port), config, host, port)
             print(serving_banner(config, host, addrs[0][1], app.admin_addrs), file=sys.stderr, flush=True)
+            from busbar.config import advisories
+            for note in advisories(config):
+                print(f"warning: {note}", file=sys.stderr, flush=True)
 
     return _run_reporting_config_errors(main)
 

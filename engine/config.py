@@ -194,10 +194,16 @@ class Config:
 def advisories(config: Config) -> list[str]:
     """What `busbar validate` warns about without refusing the config: a pool
     of embedding members (any declares `dimensions`) is expected to hold one
-    model family, so its members should answer with vectors of one size."""
+    model family, so its members should answer with vectors of one size; a
+    cache asking for semantic matching, which is not built yet, says that it
+    serves exact matches only (rather than quietly doing so)."""
     from busbar.protocols.operation import operation_dialect
     notes = []
     for name, pool in config.pools.items():
+        cache = pool.get("cache")
+        if isinstance(cache, dict) and cache.get("mode") == "semantic":
+            notes.append(f"pools.{name}.cache.mode: semantic matching is not available yet (ADR 0016); this pool's "
+                         "cache serves exact matches only")
         members = [m for m in pool.get("members", ()) if isinstance(m, dict) and "provider" in m]
         sizes = {f"{m['provider']}/{m['model']}": m["dimensions"] for m in members if "dimensions" in m}
         if not sizes:

@@ -226,3 +226,17 @@ def test_a_bad_cache_section_names_its_yaml_path(cache, message):
               "pools": {"smart": {"members": [{"provider": "o", "model": "m"}], "cache": cache}}}
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(config, "t")
+
+
+def test_a_semantic_cache_says_it_serves_exact_matches_only():
+    """Semantic matching is not built (ADR 0016): validate and serve say so
+    instead of a semantic pool quietly behaving as an exact one."""
+    from busbar.config import advisories, parse_config
+    pools = {"smart": {"members": [{"provider": "o", "model": "m"}]},
+             "emb": {"members": [{"provider": "o", "model": "e"}]}}
+    config = {"providers": {"o": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1", "key": "k"}},
+              "pools": pools}
+    assert not any("cache" in note for note in advisories(parse_config(config, "t")))
+    pools["smart"]["cache"] = {"mode": "semantic", "embed_pool": "emb", "threshold": 0.9}
+    [note] = [n for n in advisories(parse_config(config, "t")) if "cache" in n]
+    assert note.startswith("pools.smart.cache.mode: semantic matching is not available yet")
