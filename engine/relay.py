@@ -125,8 +125,9 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
         first_by = resume.deadline       # the silence a resume may add
     relay = PassthroughRelay(up.stream_content_type) if same else None
     stops = StopEmulation(stops) if stops and not same else None
-    # a miss the response cache will store: the answer is folded as it goes out (per attempt)
-    kept = x.cache_assembler = Assembler() if x.cache_lookup is not None else None
+    # a miss the response cache will store: the answer is folded as it goes out (per attempt;
+    # the request's own once this attempt wins the commit, so a racing hedge cannot replace it)
+    kept = Assembler() if x.cache_lookup is not None else None
     # only answers with tool calls are kept, and only a request offering tools gets them
     capture = StreamCapture() if x.reasoning is not None and not same and x._ir is not None and x._ir.tools else None
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
@@ -192,6 +193,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
         x.record.usage = rec.usage
     if resume is None:
         x.commit(rec, response.status, ttfb, warnings)
+        x.cache_assembler = kept
         # head and held content in one write: one send, and the client's first
         # read has content in it
         first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
@@ -201,6 +203,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
         await x.responder.start(200, head + x.answer_headers(attempt), first)
     else:
         x.commit_continuation(rec, response.status, ttfb, splice)
+        x.cache_assembler = kept
         await x.responder.write(b"".join(encoder.encode(e) for e in held))
     try:
         while not upstream_done:

@@ -137,3 +137,26 @@ async def test_the_budget_caps_hedges_over_200_requests():
     assert len(records) == 200 and len(hedged) == state.started
     assert 15 <= state.started <= 21                  # 0.1 x 200 + 1 at most
     assert answers.count("fast") == state.won <= state.started
+
+
+@pytest.mark.integration
+async def test_a_cached_pool_stores_the_winner_when_the_later_hedge_loses():
+    """The first member is slow but still first; the hedge started after it is
+    slower and loses.  The answer kept for the cache is the winner's: the next
+    identical request is a hit that reaches no vendor.  (The relay hands its
+    folded answer to the request only once its attempt has won the commit.)"""
+    import httpx
+    a, b = MockVendor(reply="first wins", latency=0.4), MockVendor(reply="hedge", latency=30)
+    cfg = config()
+    cfg["pools"]["smart"]["cache"] = {"mode": "exact", "ttl": 60}
+    body = {"model": "smart", "messages": [{"role": "user", "content": "q"}], "stream": True}
+    async with gateway_with(cfg, a=a, b=b) as gw:
+        async with httpx.AsyncClient(timeout=10) as http:
+            miss = await http.post(gw.url + "/v1/chat/completions", json=body)
+            record = await last_record(gw)
+            hit = await http.post(gw.url + "/v1/chat/completions", json=body)
+    assert [(x["member"], x["outcome"]) for x in record["attempts"]] == [
+        ("smart/first/m1", "ok"), ("smart/second/m2", "hedge_lost")]
+    assert miss.headers["x-busbar-cache"] == "miss" and "first" in miss.text
+    assert hit.headers["x-busbar-cache"] == "hit"
+    assert len(a.received) == 1 and len(b.received) == 1          # the hit reached no vendor
