@@ -224,8 +224,15 @@ class Exchange:
                 outcome = await self._attempt(step, rec, t0)
             else:
                 outcome = None
-                with race.enter(rec) as scope:
-                    outcome = await self._attempt(step, rec, t0)
+                try:
+                    with race.enter(rec) as scope:
+                        outcome = await self._attempt(step, rec, t0)
+                except trio.Cancelled:
+                    # the request's own scope was cancelled too (it ended while this leg,
+                    # already beaten, was still unwinding): it lost all the same
+                    if race.winner is not None and race.winner is not rec:
+                        self._lost(rec, rec.usage)
+                    raise
                 if outcome is None and scope.cancelled_caught:
                     outcome = Lost(rec.usage)
                 race.leave(rec)
@@ -517,6 +524,14 @@ class Exchange:
                 log.exception("request %s: tenancy settle failed", self.record.id)
 
     # ---- the funnel ------------------------------------------------------
+    @staticmethod
+    def _lost(rec: AttemptRecord, usage: ir.Usage | None) -> None:
+        """A leg another attempt beat to the commit: released unblamed by
+        `_attempt`; what it was billed is hedge waste.  Never checkpoints
+        (it also runs while the leg's cancellation unwinds)."""
+        rec.outcome = "hedge_lost"
+        rec.waste_tokens = usage.input_tokens + usage.output_tokens if usage is not None else 0
+
     async def settle(self, attempt: Attempt, rec: AttemptRecord, outcome: Outcome, t0: float) -> None:
         """Every attempt's outcome, in one place: report to the router, move
         the lifecycle, fill the attempt record, log the alert line."""
@@ -524,12 +539,7 @@ class Exchange:
         rec.ms = (now - t0) * 1000
         kind = type(outcome)
         if kind is Lost:
-            # cancelled when another attempt committed first: released
-            # unblamed by `_attempt`; what it was billed is hedge waste
-            rec.outcome = "hedge_lost"
-            u = outcome.usage
-            rec.waste_tokens = u.input_tokens + u.output_tokens if u is not None else 0
-            return
+            return self._lost(rec, outcome.usage)
         if kind is Answered:
             if self.hedging is not None:
                 self.hedging.observe(outcome.ttfb)
