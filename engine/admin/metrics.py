@@ -222,59 +222,34 @@ class _Collector:
     def collect(self):
         m = self.m
         gw = m.gateway
-        fam = CounterMetricFamily("busbar_requests", "Finished client requests.",
-                                  labels=["pool", "member", "client_protocol", "upstream_protocol", "status",
-                                          "fault"])
-        for (pool, member, cp, up, status, fault), n in list(m.requests.items()):
-            fam.add_metric([pool, member, cp, up, str(status), fault], n)
-        yield fam
-        fam = CounterMetricFamily("busbar_attempts", "Upstream attempts by outcome (ok, a fault class, cancelled).",
-                                  labels=["pool", "member", "outcome"])
-        for (pool, member, outcome), n in list(m.attempts.items()):
-            fam.add_metric([pool, member, outcome], n)
-        yield fam
-        fam = CounterMetricFamily("busbar_failovers", "Attempts that failed and were retried elsewhere.",
-                                  labels=["pool", "member", "fault"])
-        for (pool, member, fault), n in list(m.failovers.items()):
-            fam.add_metric([pool, member, fault], n)
-        yield fam
-        fam = CounterMetricFamily("busbar_tokens", "Tokens reported by upstreams (input includes cached, "
-                                  "output includes reasoning).", labels=["pool", "member", "kind"])
-        for (pool, member, kind), n in list(m.tokens.items()):
-            fam.add_metric([pool, member, kind], n)
-        yield fam
-        fam = CounterMetricFamily("busbar_spend_usd", "Spend of each client key in USD, priced from the answering "
-                                  "member's price when the request ended.", labels=["key", "pool"])
-        for (key, pool), usd in list(m.spend.items()):
-            fam.add_metric([key, pool], usd)
-        yield fam
-        fam = CounterMetricFamily("busbar_key_limited", "Requests of each client key refused by its limits or "
-                                  "budget (reason: rpm, tpm, parallel, budget; the team's count for its keys).",
-                                  labels=["key", "reason"])
-        for (key, reason), n in list(m.limited.items()):
-            fam.add_metric([key, reason], n)
-        yield fam
-        fam = CounterMetricFamily("busbar_budget_alerts", "Soft budget alerts (budget.alert of the period's budget "
-                                  "spent) per key or team.", labels=["level"])
-        for level, n in list(m.budget_alerts.items()):
-            fam.add_metric([level], n)
-        yield fam
-        fam = CounterMetricFamily("busbar_hedges", "Hedged attempts started (dispatch.hedge), by result: won "
-                                  "(answered), lost (cancelled when another attempt answered first), failed.",
-                                  labels=["pool", "result"])
-        for (pool, result), n in list(m.hedges.items()):
-            fam.add_metric([pool, result], n)
-        yield fam
-        fam = CounterMetricFamily("busbar_hedge_waste_tokens", "Tokens an attempt that lost a hedge race had been "
-                                  "billed (reported by its upstream before it was cancelled).", labels=["pool", "member"])
-        for (pool, member), n in list(m.hedge_waste.items()):
-            fam.add_metric([pool, member], n)
-        yield fam
-        fam = CounterMetricFamily("busbar_stream_resumes", "Streams broken after content went out, by result: "
-                                  "resumed on another member, refused (not continuable), failed.", labels=["pool", "result"])
-        for (pool, result), n in list(m.resumes.items()):
-            fam.add_metric([pool, result], n)
-        yield fam
+        # (name, help, labels, the Metrics dict counting per label tuple)
+        counted = (
+            ("busbar_requests", "Finished client requests.",
+             ["pool", "member", "client_protocol", "upstream_protocol", "status", "fault"], m.requests),
+            ("busbar_attempts", "Upstream attempts by outcome (ok, a fault class, cancelled).",
+             ["pool", "member", "outcome"], m.attempts),
+            ("busbar_failovers", "Attempts that failed and were retried elsewhere.",
+             ["pool", "member", "fault"], m.failovers),
+            ("busbar_tokens", "Tokens reported by upstreams (input includes cached, output includes reasoning).",
+             ["pool", "member", "kind"], m.tokens),
+            ("busbar_spend_usd", "Spend of each client key in USD, priced from the answering member's price "
+             "when the request ended.", ["key", "pool"], m.spend),
+            ("busbar_key_limited", "Requests of each client key refused by its limits or budget (reason: rpm, "
+             "tpm, parallel, budget; the team's count for its keys).", ["key", "reason"], m.limited),
+            ("busbar_budget_alerts", "Soft budget alerts (budget.alert of the period's budget spent) per key "
+             "or team.", ["level"], m.budget_alerts),
+            ("busbar_hedges", "Hedged attempts started (dispatch.hedge), by result: won (answered), lost "
+             "(cancelled when another attempt answered first), failed.", ["pool", "result"], m.hedges),
+            ("busbar_hedge_waste_tokens", "Tokens an attempt that lost a hedge race had been billed (reported "
+             "by its upstream before it was cancelled).", ["pool", "member"], m.hedge_waste),
+            ("busbar_stream_resumes", "Streams broken after content went out, by result: resumed on another "
+             "member, refused (not continuable), failed.", ["pool", "result"], m.resumes),
+        )
+        for name, what, labels, counts in counted:
+            fam = CounterMetricFamily(name, what, labels=labels)
+            for key, n in list(counts.items()):
+                fam.add_metric([str(v) for v in key] if isinstance(key, tuple) else [str(key)], n)
+            yield fam
         fam = HistogramMetricFamily("busbar_request_duration_seconds", "Whole request, received to last byte.",
                                     labels=["pool"])
         for pool, h in list(m.duration.items()):
