@@ -108,3 +108,25 @@ async def test_crafted_model_cannot_poison_the_next_clients_answer():
     assert [r["model"] for r in vendor.received] == [ATTACK, "gemini-pro", "gemini-pro", "gemini-pro"]
     assert all(r["path"].startswith("/v1beta/models/") for r in vendor.received)
     assert "\r" not in vendor.received[0]["path"] and " " not in vendor.received[0]["path"]
+
+
+@pytest.mark.pure
+@settings(max_examples=200, deadline=None)
+@given(model=st.text(min_size=1, max_size=60))
+@example(model=".")
+@example(model="..")
+@example(model="a/../b?x#y")
+def test_operation_paths_keep_the_model_in_one_segment(model):
+    """Embeddings, rerank and token counting build their vendor paths with the
+    chat dialects' builders, so a model cannot step out of its segment there either."""
+    from busbar.protocols.counting import GeminiCount
+    from busbar.protocols.embeddings.bedrock import TitanEmbed
+    from busbar.protocols.embeddings.gemini import GeminiEmbedBatch
+    for dialect, prefix in ((GeminiCount(), "/v1beta/models/"), (GeminiEmbedBatch(), "/v1beta/models/"),
+                            (TitanEmbed(), "/model/")):
+        path = dialect.upstream_path("/base", model, False)
+        _one_request(path.encode())
+        segment = path[len("/base" + prefix):]
+        assert "/" not in segment.rsplit("/", 1)[0] if prefix == "/model/" else "/" not in segment
+        assert "?" not in path and "#" not in path
+        assert segment.split("/")[0].split(":")[0] not in (".", "..")

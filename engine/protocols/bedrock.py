@@ -100,6 +100,13 @@ class SigV4Signer:
             "POST", path, "", headers, body, credentials=self.credentials, region=self.region, host=self.host)]
 
 
+
+def model_path(base_path: str, model: str, action: str) -> str:
+    """`{base}/model/{modelId}/{action}` for every Bedrock call (Converse,
+    ConverseStream, InvokeModel), the model id quoted as one segment."""
+    return f"{base_path.rstrip('/')}/model/{path_segment(model)}/{action}"
+
+
 class BedrockDialect(Dialect):
     name = "bedrock"
     request_name = "Converse request"
@@ -139,8 +146,7 @@ class BedrockDialect(Dialect):
 
     # ---- outbound --------------------------------------------------------
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
-        action = "converse-stream" if stream else "converse"
-        return f"{base_path.rstrip('/')}/model/{path_segment(model)}/{action}"
+        return model_path(base_path, model, "converse-stream" if stream else "converse")
 
     def auth_headers(self, key: str | None) -> Headers:
         return []

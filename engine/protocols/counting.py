@@ -122,10 +122,8 @@ class GeminiCount(_Counting):
     request_name = "countTokens request"
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
-        from urllib.parse import quote
-        if model.startswith("models/"):
-            model = model[7:]
-        return f"{base_path.rstrip('/')}/v1beta/models/{quote(model, safe='')}:countTokens"
+        from busbar.protocols.gemini import model_path
+        return model_path(base_path, model, ":countTokens")
 
     def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes:
         inner = obj.get("generateContentRequest")

@@ -77,6 +77,17 @@ ERRORS = ErrorTable("gemini", {
 }, read={"UNAVAILABLE": 503})
 
 
+
+def model_path(base_path: str, model: str, action: str) -> str:
+    """`{base}/v1beta/models/{model}{action}` for every Gemini call (chat,
+    embeddings, token counting).  The model (a `models/` prefix dropped) is
+    quoted as one segment: a client-chosen model must never add a path
+    segment, a query, or a line to the upstream request."""
+    if model.startswith("models/"):
+        model = model[7:]
+    return f"{base_path.rstrip('/')}/v1beta/models/{path_segment(model)}{action}"
+
+
 class GeminiDialect(Dialect):
     name = "gemini"
     vision_markers = (b'"inline_data"', b'"inlineData"')
@@ -111,12 +122,7 @@ class GeminiDialect(Dialect):
 
     # ---- outbound --------------------------------------------------------
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
-        if model.startswith("models/"):
-            model = model[7:]
-        action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
-        # quoted whole (as Bedrock does): a client-chosen model must never
-        # add a path segment, a query, or a line to the upstream request
-        return f"{base_path.rstrip('/')}/v1beta/models/{path_segment(model)}{action}"
+        return model_path(base_path, model, ":streamGenerateContent?alt=sse" if stream else ":generateContent")
 
     def auth_headers(self, key: str | None) -> Headers:
         return [(b"x-goog-api-key", key.encode())] if key else []

@@ -7,9 +7,8 @@ rerank (`query` + `documents`).  A client's body says which it is
 (`BedrockEmbed.for_model`).  Chat on invoke is not served: Converse is."""
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from busbar.faults import ClientError
+from busbar.protocols import bedrock
 from busbar.protocols.embeddings import cohere
 from busbar.protocols.embeddings import ir as eir
 from busbar.protocols.operation import OpCodec, OperationDialect, bad
@@ -82,7 +81,7 @@ class _BedrockOperation(OperationDialect):
     protocol = "bedrock"
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
-        return f"{base_path.rstrip('/')}/model/{quote(model, safe='')}/invoke"
+        return bedrock.model_path(base_path, model, "invoke")
 
     def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes:
         return body    # the model is in the path

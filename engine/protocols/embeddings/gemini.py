@@ -3,10 +3,9 @@ google-genai's `models.embed_content` calls).  Members are always called with
 the batch form; a client's single call is translated to it and back."""
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import orjson
 
+from busbar.protocols import gemini
 from busbar.protocols.embeddings import ir as eir
 from busbar.protocols.operation import OpCodec, OperationDialect, bad
 
@@ -100,9 +99,7 @@ class GeminiEmbedBatch(OperationDialect):
     request_name = "batchEmbedContents request"
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
-        if model.startswith("models/"):
-            model = model[7:]
-        return f"{base_path.rstrip('/')}/v1beta/models/{quote(model, safe='')}:batchEmbedContents"
+        return gemini.model_path(base_path, model, ":batchEmbedContents")
 
     def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes:
         # each request names the model again, and Gemini wants it to be the path's
