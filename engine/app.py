@@ -165,20 +165,16 @@ class App:
 
 
 def server_tls(config: Config) -> ssl.SSLContext | None:
-    """`server.tls: {cert, key}` as a server context (HTTP/1.1 over ALPN), or
-    None; a file that cannot be loaded is a ConfigError naming the key."""
+    """`server.tls: {cert, key}` as a server context (busbar.tls), or None;
+    a file that cannot be loaded is a ConfigError naming its YAML path."""
     tls = config.server.get("tls")
     if not tls:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.set_alpn_protocols(["http/1.1"])      # an HTTP/2-first client (ALPN h2) falls back to HTTP/1.1
+    from busbar.tls import TlsFileError, server_context
     try:
-        ctx.load_cert_chain(tls["cert"], tls["key"])
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{config.source}: server.tls",
-                          f"cannot load the certificate {tls['cert']!r} and key {tls['key']!r}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
-    return ctx
+        return server_context(tls)
+    except TlsFileError as exc:
+        raise ConfigError(f"{config.source}: {exc.path}", exc.message) from None
 
 
 def is_loopback(host: str) -> bool:

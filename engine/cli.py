@@ -79,14 +79,15 @@ def _run_reporting_config_errors(main) -> int:
 def serving_banner(config, host: str, port: int, admin_addrs=()) -> str:
     """What `busbar serve` says once it listens: where, which pools, and
     where admin and metrics answer."""
-    lines = [f"busbar: serving {config.source} on http://{host}:{port}"]
+    scheme = "https" if config.server.get("tls") else "http"
+    lines = [f"busbar: serving {config.source} on {scheme}://{host}:{port}"]
     for name, pool in config.pools.items():
         lines.append(f"  pool {name}: {len(pool['members'])} member(s), strategy {pool.get('strategy', 'weighted')}")
     if admin_addrs:
         admin_host, admin_port = admin_addrs[0][:2]
         lines.append(f"  admin and metrics: http://{admin_host}:{admin_port} (/metrics, /admin)")
     else:
-        lines.append(f"  admin and metrics: on http://{host}:{port} (admin.listen: public)")
+        lines.append(f"  admin and metrics: on {scheme}://{host}:{port} (admin.listen: public)")
     return "\n".join(lines)
 
 

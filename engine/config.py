@@ -220,6 +220,23 @@ def advisories(config: Config) -> list[str]:
     return notes
 
 
+def _tls_problems(data: dict, invalid: set) -> list[Problem]:
+    """`server.tls` cert and key loaded as the server will load them (a
+    missing file, a key not matching its certificate: named by YAML path);
+    providers' `ca_bundle` files are checked by `build_provider`."""
+    server = data.get("server")
+    tls = server.get("tls") if isinstance(server, dict) else None
+    if not isinstance(tls, dict) or any(path[:2] == ("server", "tls") or path in ((), ("server",))
+                                        for path in invalid):
+        return []
+    from busbar.tls import TlsFileError, server_context
+    try:
+        server_context(tls)
+    except TlsFileError as exc:
+        return [(_path_parts(exc.path), exc.message)]
+    return []
+
+
 def _reference_problems(data: dict, invalid: set) -> list[Problem]:
     """Unknown providers/pools and providers that cannot be built.  Runs
     beside the schema check (so both kinds are reported at once): skips
@@ -288,6 +305,7 @@ def _parse_config(data: Any, source: str, marks: dict | None) -> Config:
         _raise_problems(problems + [(_path_parts(exc.path), exc.message)], source, marks)
     schema = schema_problems(data, "config.schema.json")
     problems += schema + _reference_problems(data, {path for path, _ in schema})
+    problems += _tls_problems(data, {path for path, _ in schema})
     _raise_problems(problems, source, marks)
     config = Config(data, source)
     # Routing and pipelines validate their own semantics (cycles, rule

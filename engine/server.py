@@ -362,12 +362,7 @@ class HttpServer:
                 client = ""
             if self.tls is not None:
                 stream = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
-                with trio.move_on_after(self.header_timeout) as handshake:
-                    try:
-                        await stream.do_handshake()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        return     # not TLS, or a failed handshake: nothing to answer in HTTP
-                if handshake.cancelled_caught:
+                if not await self._handshake(stream):
                     return
             async with trio.open_nursery() as nursery:
                 reader = _Reader(stream, READ_AHEAD_LIMIT + self.max_body_bytes)
@@ -381,6 +376,39 @@ class HttpServer:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
                 await stream.aclose()
+
+    async def _handshake(self, stream: trio.SSLStream) -> bool:
+        """The TLS handshake of a new connection, within `header_timeout`
+        (one that never completes is closed then).  Plain HTTP sent to the
+        TLS port gets a plaintext 400 saying to use https, then the close;
+        any other failed handshake is closed (nothing to say in HTTP)."""
+        with trio.move_on_after(self.header_timeout):
+            try:
+                await stream.do_handshake()
+                return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                cause = exc.__cause__
+                if isinstance(cause, ssl.SSLError) and cause.reason == "HTTP_REQUEST":
+                    await self._plain_http_on_tls(stream.transport_stream)
+        return False
+
+    async def _plain_http_on_tls(self, transport: trio.abc.Stream) -> None:
+        status, headers, body = self.on_error(
+            None, 400, "This port serves HTTPS (server.tls); the request was sent as plain HTTP: use https://.")
+        data = response_head(status, headers + [(b"content-length", b"%d" % len(body))], close=True) + body
+        try:
+            with trio.move_on_after(2):
+                await transport.send_all(data)
+                await transport.send_eof()
+                # the rest of the request is still unread: closing over it would reset the answer away
+                drained = 0
+                while drained < 65536:
+                    piece = await transport.receive_some(65536)
+                    if not piece:
+                        break
+                    drained += len(piece)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
     async def _serve_connection(self, stream: trio.SocketStream, reader: "_Reader", client: str) -> None:
         served = 0

@@ -80,6 +80,9 @@ class MockVendor:
     # "running": 0, "waiting": 0, "kv": 0.1, "ready": true, "models": [...],
     # "loaded": [...], "vram": bytes (ollama), "gpu": {"util": 50, "used": 1000, "free": 7000}}.
     backend: dict | None = None
+    # an ssl.SSLContext (server side): serve HTTPS, as the real vendors do
+    # (tests make a throwaway CA and certificate with trustme)
+    tls: object = None
     _replies: dict = field(default_factory=dict, repr=False)   # rendered buffered replies (benchmarks hit one)
 
     # ---- scripting -------------------------------------------------------
@@ -105,7 +108,7 @@ class MockVendor:
 
     # ---- serving ---------------------------------------------------------
     def server(self) -> HttpServer:
-        return HttpServer(self.handle, max_body_bytes=64 * 1024 * 1024)
+        return HttpServer(self.handle, max_body_bytes=64 * 1024 * 1024, tls=self.tls)
 
     async def serve(self, host: str = "127.0.0.1", port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED):
         server = self.server()
@@ -120,7 +123,7 @@ class MockVendor:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}"
 
     async def handle(self, request: HttpRequest, responder: Responder) -> None:
         path = request.path.decode("latin-1")
