@@ -1,20 +1,25 @@
-"""Token counting: Anthropic `POST /v1/messages/count_tokens` and Gemini
-`:countTokens`.
+"""Token counting on each vendor's own path: Anthropic `POST
+/v1/messages/count_tokens`, Gemini `:countTokens`, OpenAI Responses `POST
+/v1/responses/input_tokens` and Bedrock `POST /model/{modelId}/count-tokens`.
 
 The request is the chat IR (`busbar.ir.Request`): parsed by the client's chat
 codec, rendered by the member's, so a count can be forwarded to a member of
-the same protocol or translated to the other protocol that counts.  A member
-whose protocol has no counting endpoint (OpenAI, Cohere, Bedrock Converse)
-is not called: the gateway answers an estimate, marked with
+the same protocol or translated to any other protocol that counts.  A member
+that cannot count (OpenAI Chat Completions, Cohere, a Bedrock model other than
+Claude) is not called: the gateway answers an estimate, marked with
 `x-busbar-estimate: true` (`OperationDialect.local_headers`).  No I/O here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import base64
+import binascii
+
 import orjson
 
 from busbar import ir
+from busbar.faults import ClientError
 from busbar.protocols.operation import OpCodec, OperationDialect, bad
 
 # the Messages fields count_tokens takes (sampling and max_tokens are refused there)
@@ -98,6 +103,8 @@ def _gemini_parse(dialect, obj: dict, params) -> ir.Request:
         if not isinstance(obj.get("contents"), list):
             raise bad("contents", "contents or generateContentRequest is required")
         inner = {"contents": obj["contents"]}
+    elif isinstance(inner, dict):
+        inner = {k: v for k, v in inner.items() if k != "model"}    # the path's model (the pool) counts
     return dialect.wire.parse_request(inner, params)
 
 
@@ -133,8 +140,129 @@ class GeminiCount(_Counting):
         return orjson.dumps({**obj, "generateContentRequest": {**inner, "model": name}})
 
 
+# ---- OpenAI Responses -------------------------------------------------------
+# what `responses.input_tokens.count` takes (sampling, max_output_tokens, stream are not counted)
+_RESPONSES_COUNT_KEYS = ("model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
+                         "reasoning", "text", "truncation")
+# server-side state only OpenAI can resolve: counted by a Responses member, never translated or estimated
+_RESPONSES_STATE = ("previous_response_id", "conversation")
+
+
+def _responses_parse(dialect, obj: dict, params) -> ir.Request:
+    for field in _RESPONSES_STATE:
+        if obj.get(field) is not None:
+            raise ClientError(400, f"{field} names state kept by OpenAI, which only a Responses member can count; "
+                                   "this pool's member would have to translate or estimate it. Send the input "
+                                   "items themselves.", "invalid_request", param=field)
+    inp = obj.get("input")
+    if inp is not None and not isinstance(inp, (str, list)):
+        raise bad("input", "must be a string or an array of input items")
+    return dialect.wire.parse_request(obj, params)
+
+
+def _responses_render(req: ir.Request, model: str, ctx) -> dict:
+    from busbar.protocols import get_dialect
+    body = get_dialect("responses").codec.render_request(req, model, None, ctx)
+    return {k: v for k, v in body.items() if k in _RESPONSES_COUNT_KEYS}
+
+
+def _responses_parse_response(obj: dict) -> CountResponse:
+    return CountResponse(int(obj["input_tokens"]))
+
+
+def _responses_render_response(resp: CountResponse, model: str, req=None) -> dict:
+    return {"object": "response.input_tokens", "input_tokens": resp.input_tokens}
+
+
+class ResponsesCount(_Counting):
+    protocol = "responses"
+    request_name = "input_tokens request"
+
+    def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
+        return base_path.rstrip("/") + "/responses/input_tokens"
+
+
+# ---- Bedrock ---------------------------------------------------------------
+# what CountTokens' `converse` input takes of a Converse request
+_CONVERSE_COUNT_KEYS = ("messages", "system", "toolConfig", "additionalModelRequestFields")
+
+
+def _bedrock_parse(dialect, obj: dict, params) -> ir.Request:
+    inp = obj.get("input")
+    if not isinstance(inp, dict) or len(inp) != 1 or not ({"converse", "invokeModel"} & inp.keys()):
+        raise bad("input", "exactly one of input.converse or input.invokeModel is required")
+    converse = inp.get("converse")
+    if converse is not None:
+        if not isinstance(converse, dict) or not isinstance(converse.get("messages"), list):
+            raise bad("input.converse.messages", "an array of messages is required")
+        return dialect.wire.parse_request(converse, params)
+    return _invoke_body(inp["invokeModel"], params)
+
+
+def _invoke_body(invoke, params) -> ir.Request:
+    """An InvokeModel body (base64, as the JSON protocol carries blobs): a
+    Claude Messages body, a Converse-shaped one (Nova), or a bare prompt
+    (Titan `inputText`, Llama / Mistral `prompt`)."""
+    from busbar.protocols import get_dialect
+    raw = invoke.get("body") if isinstance(invoke, dict) else None
+    try:
+        body = orjson.loads(base64.b64decode(raw, validate=True)) if isinstance(raw, str) else None
+    except (binascii.Error, ValueError):
+        body = None
+    if not isinstance(body, dict):
+        raise bad("input.invokeModel.body", "the model's InvokeModel request body (JSON, base64-encoded) is required")
+    if isinstance(body.get("messages"), list):
+        if "anthropic_version" in body:        # Claude's Messages body (its Bedrock envelope fields dropped)
+            claude = {k: v for k, v in body.items() if k not in ("anthropic_version", "anthropic_beta")}
+            return get_dialect("anthropic").parse_request({**claude, "max_tokens": 1}, params)
+        return get_dialect("bedrock").parse_request(body, params)      # Nova's, Converse-shaped
+    prompt = body.get("inputText", body.get("prompt"))
+    if isinstance(prompt, str):
+        return ir.Request([ir.Message(ir.USER, [ir.Text(prompt)])])
+    raise bad("input.invokeModel.body", "a Claude `messages`, Converse-shaped `messages`, `inputText` or `prompt` "
+                                        "body is required")
+
+
+def _bedrock_render(req: ir.Request, model: str, ctx) -> dict:
+    from busbar.protocols import get_dialect
+    body = get_dialect("bedrock").codec.render_request(req, model, None, ctx)
+    return {"input": {"converse": {k: v for k, v in body.items() if k in _CONVERSE_COUNT_KEYS}}}
+
+
+def _bedrock_parse_response(obj: dict) -> CountResponse:
+    return CountResponse(int(obj["inputTokens"]))
+
+
+def _bedrock_render_response(resp: CountResponse, model: str, req=None) -> dict:
+    return {"inputTokens": resp.input_tokens}
+
+
+class BedrockCount(_Counting):
+    protocol = "bedrock"
+    request_name = "CountTokens request"
+
+    def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
+        from busbar.protocols.bedrock import model_path
+        return model_path(base_path, model, "count-tokens")
+
+    def passthrough_body(self, body: bytes, obj: dict, model: str) -> bytes:
+        return body    # the model is in the path
+
+    def for_model(self, model: str):
+        # Bedrock counts tokens for Anthropic's Claude models (ids, inference
+        # profiles and ARNs name them); other models get the estimate
+        return self if "anthropic." in model else None
+
+
 AnthropicCount.codec = OpCodec(_anthropic_parse, _anthropic_render, _anthropic_parse_response,
                                _anthropic_render_response)
 GeminiCount.codec = OpCodec(_gemini_parse, _gemini_render, _gemini_parse_response, _gemini_render_response)
+ResponsesCount.codec = OpCodec(_responses_parse, _responses_render, _responses_parse_response,
+                               _responses_render_response)
+BedrockCount.codec = OpCodec(_bedrock_parse, _bedrock_render, _bedrock_parse_response, _bedrock_render_response)
 
-DIALECTS = {("anthropic", "count"): AnthropicCount(), ("gemini", "count"): GeminiCount()}
+# OpenAI Chat Completions and Cohere have no endpoint that counts a prompt (Cohere's v1
+# /tokenize counts one text without the chat template, and answers token ids Busbar cannot
+# make): their members get the estimate, and Busbar serves neither as a counting route.
+DIALECTS = {("anthropic", "count"): AnthropicCount(), ("gemini", "count"): GeminiCount(),
+            ("responses", "count"): ResponsesCount(), ("bedrock", "count"): BedrockCount()}

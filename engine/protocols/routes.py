@@ -22,11 +22,14 @@ OPERATION_ROUTES = {
     b"/v2/embed": ("cohere", "embed"),
     b"/v2/rerank": ("cohere", "rerank"),
     b"/v1/messages/count_tokens": ("anthropic", "count"),
+    b"/v1/responses/input_tokens": ("responses", "count"),
+    b"/responses/input_tokens": ("responses", "count"),
 }
 _GEMINI = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^/:]+(?:/[^/:]+)*):(?P<action>generateContent|"
                      r"streamGenerateContent|embedContent|batchEmbedContents|countTokens)$")
 _GEMINI_OPERATIONS = {"embedContent": "embed_one", "batchEmbedContents": "embed", "countTokens": "count"}
-_BEDROCK = re.compile(r"^/model/(?P<model>.+)/(?P<action>converse|converse-stream|invoke)$")
+_BEDROCK = re.compile(r"^/model/(?P<model>.+)/(?P<action>converse|converse-stream|invoke|count-tokens)$")
+_BEDROCK_OPERATIONS = {"invoke": "invoke", "count-tokens": "count"}
 
 
 def match_route(path: bytes) -> tuple[str, dict] | None:
@@ -45,8 +48,8 @@ def match_route(path: bytes) -> tuple[str, dict] | None:
         m = _BEDROCK.match(text)
         if m:
             params = {"model": unquote(m["model"]), "action": m["action"]}
-            if m["action"] == "invoke":
-                params["operation"] = "invoke"
+            if m["action"] in _BEDROCK_OPERATIONS:
+                params["operation"] = _BEDROCK_OPERATIONS[m["action"]]
             return "bedrock", params
         return None
     m = _GEMINI.match(text)
