@@ -42,6 +42,8 @@ class App:
         self.caches = Caches()        # response cache entries and counters, kept across reloads too
         from busbar.reasoning_store import ReasoningStore
         self.reasoning = ReasoningStore()    # signed reasoning for clients that cannot carry it (issue 19)
+        from busbar.item_store import ItemStore
+        self.items = ItemStore()             # Responses output items by the ids the gateway minted (issue 19)
         # routing state shared with the other replicas (Redis backend); None: this process only
         self.cluster = build_sync(config.state)
         opts = config.server
@@ -50,7 +52,8 @@ class App:
         max_requests = opts.get("max_concurrent_requests", DEFAULT_MAX_CONCURRENT)
         self.shares = PoolShares(max_requests, opts.get("pool_share", DEFAULT_POOL_SHARE))
         self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted,
-                               caches=self.caches, reasoning=self.reasoning, shares=self.shares)
+                               caches=self.caches, reasoning=self.reasoning, shares=self.shares,
+                               items=self.items)
         self.gateway.app = self
         if self.cluster is not None:
             self.cluster.attach(self.gateway.router)
@@ -103,7 +106,7 @@ class App:
         old = self.gateway
         try:
             new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted, caches=self.caches,
-                          reasoning=self.reasoning, shares=self.shares)
+                          reasoning=self.reasoning, shares=self.shares, items=self.items)
         except ConfigError:
             raise
         except Exception as exc:   # whatever fails to build is a rejected config, never a dead server

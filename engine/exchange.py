@@ -53,6 +53,7 @@ import trio
 from busbar import admission, ir, lifecycle, resume, tenancy
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
+from busbar.item_store import key_of
 from busbar.limits import DIRECT_ROUTES
 from busbar.outcome import Answered, Broken, Failed, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
@@ -103,6 +104,12 @@ class Exchange:
         self.cache_assembler: Assembler | None = None    # a streamed miss's answer, folded as it is relayed
         # where signed reasoning this client cannot carry is kept for its next turn (None: not needed)
         self.reasoning = None
+        self._restored = False              # the parsed request got its kept reasoning back
+        # where a Responses client's translated answers keep their output items (busbar.item_store)
+        self.items = None
+        self.item_scope = "-"               # whose items: the caller's key id
+        self.minted_refs = False            # it referenced items the gateway minted: always translated
+        self.unresolved: list[tuple[str, str]] = []   # (client path, id) of references nobody here knows
         self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
         self._race: Race | None = None      # the attempts racing now (a hedge started)
         self.share: str | None = None       # the pool whose concurrency share this request holds
@@ -179,10 +186,82 @@ class Exchange:
             self.resume_policy = self.plan.pipeline.streaming.resume
         if not self.client.carries_signed_reasoning and self.model not in self.gw.no_reasoning_store:
             self.reasoning = self.gw.reasoning_store
+        if self.client.mints_items:
+            self.items = self.gw.item_store
+            self.item_scope = self.record.tenant or self.record.client_key_id or "-"
+            if self.client.reference_marker in self.request.body:
+                await self._resolve_references()
         self.hedging = self.gw.hedging.get(self.model)
         if self.hedging is not None:
             self.hedging.credit()            # each request earns the pool its share of hedges
         self.lifecycle.fire("route", self.model)
+
+    async def _resolve_references(self) -> None:
+        """Earlier items the request sends back by id (Responses `item_reference`,
+        busbar.item_store) put back in their place: the ones this replica holds, then
+        the cluster's.  One of them found: every member gets the request translated
+        (a vendor never saw the gateway's ids).  One nobody here knows stays as it is,
+        for a member of the client's own protocol (its vendor's id); `_build` refuses
+        it to any other."""
+        refs = self.client.references(self.obj)
+        if not refs:
+            return
+        store, scope = self.gw.item_store, self.item_scope
+        found: dict[str, bytes] = {}
+        missing = []
+        for path, item_id in refs:
+            data = store.get(key_of(scope, item_id))
+            if data is None:
+                missing.append((path, item_id))
+            else:
+                found[item_id] = data
+        if missing and self.gw.shared_items is not None:
+            got = await self.gw.shared_items.get_many(list(dict.fromkeys(key_of(scope, i) for _, i in missing)))
+            for key, data in got.items():
+                store.put(key, data)
+            still = []
+            for path, item_id in missing:
+                data = got.get(key_of(scope, item_id))
+                if data is None:
+                    still.append((path, item_id))
+                else:
+                    found[item_id] = data
+            missing = still
+        self.unresolved = missing
+        if found:
+            self.obj = self.client.with_references(self.obj, found)
+            self.minted_refs = True
+            store.resolved += len(refs) - len(missing)
+
+    def _passthrough(self, up) -> bool:
+        """Whether this attempt's member gets the client's own bytes."""
+        return up is self.client and self.resuming is None and not self.minted_refs
+
+    async def _fetch_reasoning(self) -> None:
+        """A tool-result turn whose calls this replica did not answer: their kept
+        reasoning from the cluster (busbar.state.shared), before `_build` restores it."""
+        if self._ir is None:
+            self._ir = self.client.parse_request(self.obj, self.params)
+        keys = self.reasoning.missing(self._ir)
+        if keys:
+            for key, data in (await self.gw.shared_reasoning.get_many(keys)).items():
+                self.reasoning.put_encoded(key, data)
+
+    async def keep_for_next_turn(self, items, reasoning_keys) -> None:
+        """What the client may send back by id on its next turn: the answer's output
+        items (Responses) and its kept reasoning, written to the cluster too, before the
+        client sees the answer end (its next turn may reach another replica).  Bounded
+        by the backend's timeout; never fails the answer."""
+        if items:
+            kept = self.items.keep(self.item_scope, items)
+            if kept and self.gw.shared_items is not None:
+                with trio.CancelScope(shield=True):
+                    await self.gw.shared_items.put_many(kept, self.items.ttl_s)
+        if reasoning_keys and self.gw.shared_reasoning is not None:
+            entries = [(key, self.reasoning.encoded(key)) for key in reasoning_keys]
+            with trio.CancelScope(shield=True):
+                await self.gw.shared_reasoning.put_many([e for e in entries if e[1] is not None],
+                                                        self.reasoning.ttl_s)
 
     async def _dispatch(self) -> None:
         """`routed` / `failing_over`: the plan says what comes next (after the
@@ -379,6 +458,9 @@ class Exchange:
             up = self.client.peer(provider, attempt.model)   # the member's dialect for this call
             if up is None:       # its protocol has no endpoint for it (token counting: an estimate)
                 return await self._answer_locally(attempt, rec, provider, t0)
+            if (not self._restored and self.reasoning is not None and self.gw.shared_reasoning is not None
+                    and not self._passthrough(up)):
+                await self._fetch_reasoning()
             target, headers, body = self._build(attempt, provider, up)
             stops, warnings = self.stops, self._warnings     # this attempt's (a hedge builds its own)
             pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
@@ -427,15 +509,23 @@ class Exchange:
     def _build(self, attempt: Attempt, provider: "Provider", up) -> tuple[bytes, Headers, bytes]:
         """The upstream request for `up` (the member's dialect for this call):
         passthrough (only `model` rewritten) or translated."""
-        same = up is self.client and self.resuming is None
+        same = self._passthrough(up)
         if same:
             body = up.passthrough_body(self.request.body, self.obj, attempt.model)
             self._warnings = []
         else:
-            if self._ir is None:
-                self._ir = self.client.parse_request(self.obj, self.params)
-                if self.reasoning is not None:    # the signed reasoning of earlier turns, given back
+            if self.unresolved and up is not self.client:
+                path, item_id = self.unresolved[0]
+                raise ClientError(400, f"Item with id '{item_id}' not found: the gateway resolves only the ids "
+                                       "it issued in its own answers to this caller, for "
+                                       f"{self.items.ttl_s / 3600:g} h, and a `{provider.protocol}` member "
+                                       "cannot resolve it.", param=path)
+            if self._ir is None or not self._restored:
+                if self._ir is None:
+                    self._ir = self.client.parse_request(self.obj, self.params)
+                if self.reasoning is not None and not self._restored:   # earlier turns' signed reasoning
                     self._ir = self.reasoning.restore(self._ir)
+                self._restored = True
                 if self.resuming is not None:
                     self.resuming.request = resume.continuation(self._ir, self.resuming.partial)
             policy = self.gw.pool_policies.get(self.model, "degrade")

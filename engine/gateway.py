@@ -82,7 +82,7 @@ class Gateway:
     upstream connections.  `handle` is the HTTP handler."""
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200,
-                 state=None, minted=None, caches=None, reasoning=None, shares=None):
+                 state=None, minted=None, caches=None, reasoning=None, shares=None, items=None):
         self.config = config
         # load shedding (docs/reliability.md): each pool's share of the
         # concurrency limit (the app's busbar.limits.PoolShares, None: no
@@ -127,6 +127,13 @@ class Gateway:
         self.reasoning_store = reasoning if reasoning is not None else ReasoningStore()
         self.no_reasoning_store = frozenset(name for name, pool in config.pools.items()
                                             if pool.get("keep_reasoning") is False)
+        # output items of translated Responses answers, for the client's `item_reference`s (the App's too)
+        from busbar.item_store import ItemStore
+        self.item_store = items if items is not None else ItemStore()
+        # both stores shared with the other replicas when the state backend is Redis (None: this process)
+        from busbar.state.shared import shared_entries
+        self.shared_items = shared_entries(state, "items")
+        self.shared_reasoning = shared_entries(state, "reasoning")
         # per pool with `dispatch.hedge` in its pipeline: the hedge budget and its measured TTFB
         from busbar.routing.hedge import HedgeState
         self.hedging = {name: HedgeState(self.router.pipeline_for(name).dispatch.hedge)

@@ -10,13 +10,17 @@ assistant turn holding one of those ids gets them back (before its tool calls, r
 an unsigned `reasoning_content` replay) before it is rendered for the member.
 
 Bounded: `max_entries` (oldest first out), `max_entry_chars` per answer (larger ones are
-not kept), a TTL.  I/O-free, clock injected.  Per process: replicas behind a load
-balancer without session affinity do not see each other's entries (ADR 0013).
+not kept), a TTL.  I/O-free, clock injected.  Per process; with Redis configured the
+exchange also writes each kept entry to the cluster (`encoded`) and, on a tool-result
+turn whose calls this replica does not hold (`missing`), fetches them (`put_encoded`)
+before `restore` (busbar.state.shared, ADR 0013).
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+
+import orjson
 from collections import OrderedDict
 from typing import Callable, Iterable
 
@@ -51,30 +55,70 @@ class ReasoningStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def keep(self, parts: Iterable, shown_id: Callable[[str], str] = lambda i: i) -> bool:
+    def keep(self, parts: Iterable, shown_id: Callable[[str], str] = lambda i: i) -> list[str]:
         """An answer's content as the member sent it: keep its signed reasoning and
-        tool-call extras under each tool-call id (and the id as the client saw it)."""
+        tool-call extras under each tool-call id (and the id as the client saw it).
+        Returns the keys it was kept under (empty: nothing to keep)."""
         parts = list(parts)
         calls = [p for p in parts if type(p) is ir.ToolCall]
         if not calls:
-            return False
+            return []
         reasoning = tuple(p for p in parts if _signed(p))
         extras = {c.id: c.extras for c in calls if c.extras}
         if not reasoning and not extras:
-            return False
+            return []
         size = sum(len(getattr(p, "text", "")) + len(getattr(p, "signature", None) or getattr(p, "data", ""))
                    for p in reasoning)
         if size > self.max_entry_chars:
-            return False
+            return []
         entry = _Entry(reasoning, extras, self._now() + self.ttl_s)
+        keys = []
         for call in calls:
-            for key in {call.id, shown_id(call.id)}:
-                self._entries[key] = entry
-                self._entries.move_to_end(key)
+            for key in (call.id, shown_id(call.id)):
+                if key not in keys:
+                    keys.append(key)
+                    self._put(key, entry)
+        self.kept += 1
+        return keys
+
+    def _put(self, key: str, entry: "_Entry") -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-        self.kept += 1
+
+    # ---- the cluster's copy (busbar.state.shared) -------------------------
+    def encoded(self, key: str) -> bytes | None:
+        """The entry under `key` as the cluster stores it (JSON)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        return orjson.dumps({"r": [_part_out(p) for p in entry.reasoning], "x": entry.extras})
+
+    def put_encoded(self, key: str, data: bytes) -> bool:
+        """An entry another replica kept (`encoded`), held here from now on."""
+        try:
+            obj = orjson.loads(data)
+            entry = _Entry(tuple(_part_in(p) for p in obj["r"]), obj["x"], self._now() + self.ttl_s)
+        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+            return False      # not ours (another version's format): as if absent
+        self._put(key, entry)
         return True
+
+    def missing(self, request: ir.Request) -> list[str]:
+        """The tool-call ids of the request's assistant turns that this store does
+        not hold: what to ask the cluster for (only tool-result turns have any)."""
+        now = self._now()
+        out = []
+        for message in request.messages:
+            if message.role != ir.ASSISTANT:
+                continue
+            for part in message.content:
+                if type(part) is ir.ToolCall:
+                    entry = self._entries.get(part.id)
+                    if entry is None or entry.expires <= now:
+                        out.append(part.id)
+        return out
 
     def restore(self, request: ir.Request) -> ir.Request:
         """`request` with each assistant turn whose tool calls the store knows given back
@@ -105,6 +149,19 @@ class ReasoningStore:
                         return entry
                     del self._entries[part.id]
         return None
+
+
+def _part_out(part) -> list:
+    if type(part) is ir.Reasoning:
+        return ["r", part.text, part.signature, part.origin, part.extras]
+    return ["x", part.data, None, part.origin, part.extras]
+
+
+def _part_in(row: list):
+    kind, text, signature, origin, extras = row
+    if kind == "r":
+        return ir.Reasoning(text, signature, origin, extras)
+    return ir.RedactedReasoning(text, origin, extras)
 
 
 def _with_extras(call: ir.ToolCall, extras: dict) -> ir.ToolCall:

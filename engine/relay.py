@@ -85,14 +85,20 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
                 cut_response(resp_ir, stops)
             x.cache_response = resp_ir
             # the model that answered; the request says what the answer looks like
-            out = x.client.render_response(resp_ir, resp_ir.model or attempt.model, x._ir)
-            if x.reasoning is not None:       # what the client's protocol cannot carry, for its next turn
-                x.reasoning.keep(resp_ir.content, x.client.shown_call_id)
+            model = resp_ir.model or attempt.model
+            if x.items is not None:           # its items, under the ids minted here, for item_reference
+                out, items = x.client.render_response_items(resp_ir, model, x._ir)
+            else:
+                out, items = x.client.render_response(resp_ir, model, x._ir), None
+            # what the client's protocol cannot carry, for its next turn
+            kept = x.reasoning.keep(resp_ir.content, x.client.shown_call_id) if x.reasoning is not None else None
         except ClientError:
             raise
         except Exception as exc:  # upstream garbage: the member's fault
             return _server(f"unparseable upstream response: {type(exc).__name__}", response.status)
         content_type = b"application/json"
+        if items or kept:
+            await x.keep_for_next_turn(items, kept)
     ttfb = trio.current_time() - t0
     x.commit(rec, response.status, ttfb, warnings)
     await x.responder.send(200, [(b"content-type", content_type)] + x.answer_headers(attempt), out)
@@ -130,6 +136,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     kept = Assembler() if x.cache_lookup is not None else None
     # only answers with tool calls are kept, and only a request offering tools gets them
     capture = StreamCapture() if x.reasoning is not None and not same and x._ir is not None and x._ir.tools else None
+    # translated for a Responses client: its output items are kept once the answer ends
+    keeping = not same and (x.items is not None or capture is not None)
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
     pending: list = []       # with a journal: the held IR events, journaled at the commit
     bound = PrecommitBound()  # what `held` may grow to: past it, the member's fault
@@ -197,6 +205,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
         # head and held content in one write: one send, and the client's first
         # read has content in it
         first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
+        if keeping and _ends(held):
+            keeping = await _keep(x, encoder, capture)
         head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
         if journal is not None:     # resume on: the trailer says whether the stream was resumed
             head.append((b"trailer", b"x-busbar-resumed"))
@@ -204,7 +214,10 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     else:
         x.commit_continuation(rec, response.status, ttfb, splice)
         x.cache_assembler = kept
-        await x.responder.write(b"".join(encoder.encode(e) for e in held))
+        out = b"".join(encoder.encode(e) for e in held)
+        if keeping and _ends(held):
+            keeping = await _keep(x, encoder, capture)
+        await x.responder.write(out)
     try:
         while not upstream_done:
             with trio.fail_after(timeouts.idle):
@@ -245,6 +258,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
             out = relay.take(chunk) if same else b"".join(encoder.encode(e) for e in events)
             if capture is not None:
                 capture.feed(events)
+            if keeping and _ends(events):     # before the client sees the end: its next turn may follow at once
+                keeping = await _keep(x, encoder, capture)
             if broken is not None:
                 out = x.gw.scrub_bytes(out)     # a vendor error event may echo the key
             await x.responder.write(out)
@@ -264,19 +279,38 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
                     x.record.usage = event.usage
             if kept is not None:
                 kept.feed(tail)
-            if not same:
-                await x.responder.write(b"".join(encoder.encode(e) for e in tail))
             if capture is not None:
                 capture.feed(tail)
+            if not same:
+                out = b"".join(encoder.encode(e) for e in tail)
+                if keeping and _ends(tail):
+                    keeping = await _keep(x, encoder, capture)
+                await x.responder.write(out)
         if not same:
-            await x.responder.write(encoder.finish())
-        if capture is not None:
-            x.reasoning.keep(capture.parts(), x.client.shown_call_id)
+            out = encoder.finish()
+            if keeping:
+                keeping = await _keep(x, encoder, capture)
+            await x.responder.write(out)
     except trio.TooSlowError:
         return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
     except (UpstreamError, StreamError) as exc:
         return Broken(Fault(FaultClass.SERVER, 0, str(exc)), ttfb, encoder, journal, not same)
     return Answered(response.status, ttfb, chunked=True)
+
+
+def _ends(events: list) -> bool:
+    return any(type(e) is ir.MessageStop for e in events)
+
+
+async def _keep(x: "Exchange", encoder, capture) -> bool:
+    """A translated stream's answer is whole (its stop encoded, not yet sent): keep
+    what its client may send back by id (busbar.item_store, busbar.reasoning_store).
+    Returns False: done, not again."""
+    items = encoder.output_items() if x.items is not None else None
+    keys = x.reasoning.keep(capture.parts(), x.client.shown_call_id) if capture is not None else None
+    if items or keys:
+        await x.keep_for_next_turn(items, keys)
+    return False
 
 
 def _fault_of(dialect, event: ir.ErrorEvent) -> Fault:

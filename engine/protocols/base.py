@@ -384,6 +384,21 @@ class Dialect:
         """The tool-call id as this protocol's answers show it to a client."""
         return call_id
 
+    # True when a client of this protocol may send earlier output back by the
+    # id the answer showed (Responses `item_reference`): a translated answer's
+    # items are kept under the ids the gateway minted (busbar.item_store).
+    mints_items: ClassVar[bool] = False
+    reference_marker: ClassVar[bytes | None] = None    # in the raw body when it may hold a reference
+
+    def references(self, obj: dict) -> list[tuple[str, str]]:
+        """(client path, id) of each reference to an earlier item in the request."""
+        return []
+
+    def with_references(self, obj: dict, found: dict[str, bytes]) -> dict:
+        """`obj` with each reference whose id is in `found` (id -> the item's JSON)
+        replaced by the item; the others stay as they are."""
+        return obj
+
     # ---- inbound ---------------------------------------------------------
     def inbound_key(self, headers: Headers, query: bytes) -> str | None:
         return bearer_token(headers)
@@ -530,6 +545,11 @@ class Dialect:
 
     def render_response(self, resp, model: str, req=None) -> bytes:
         return orjson.dumps(self.codec.render_response(resp, model))
+
+    def render_response_items(self, resp, model: str, req=None) -> tuple[bytes, list]:
+        """`render_response` and the output items it showed under minted ids
+        (`mints_items`); other protocols show none."""
+        return self.render_response(resp, model, req), []
 
     # ---- operations ------------------------------------------------------
     # Chat is one operation; embeddings, rerank and token counting are others

@@ -67,6 +67,31 @@ class ResponsesDialect(OpenAIDialect):
     def stream_encoder_options(self, obj: dict) -> dict:
         return {}     # Responses streams always end with the usage-bearing response.completed
 
+    # earlier output sent back by id (`store: true` clients, e.g. the Vercel AI SDK)
+    mints_items = True
+    reference_marker = b'"item_reference"'
+
+    def references(self, obj: dict) -> list[tuple[str, str]]:
+        inp = obj.get("input")
+        if not isinstance(inp, list):
+            return []
+        return [(f"input[{i}].id", item.get("id")) for i, item in enumerate(inp)
+                if isinstance(item, dict) and item.get("type") == "item_reference" and isinstance(item.get("id"), str)]
+
+    def with_references(self, obj: dict, found: dict[str, bytes]) -> dict:
+        if not found:
+            return obj
+        items = []
+        for item in obj["input"]:
+            data = found.get(item.get("id")) if isinstance(item, dict) and item.get("type") == "item_reference" \
+                else None
+            items.append(item if data is None else orjson.loads(data))
+        return {**obj, "input": items}
+
+    def render_response_items(self, resp, model: str, req=None) -> tuple[bytes, list]:
+        body = _render_response(resp, model)
+        return orjson.dumps(body), body["output"]
+
 
 
 # ---------------------------------------------------------------------------
@@ -920,6 +945,9 @@ class StreamEncoder(s.Encoder):
             r = self._response("incomplete", self._output, usage, incomplete={"reason": "content_filter"})
             return out + self._ev("response.incomplete", {"response": r})
         return out + self._ev("response.completed", {"response": self._response("completed", self._output, usage)})
+
+    def output_items(self) -> list:
+        return [item for _, item in self._output]
 
     def _error(self, kind: str, message: str) -> bytes:
         code = ERRORS.row(kind, "api_error").event

@@ -160,6 +160,11 @@ class Encoder:
     def finish(self) -> bytes:
         return b""
 
+    def output_items(self) -> list:
+        """The output items this stream showed under ids the gateway minted
+        (Responses: its `response.completed` output), for `busbar.item_store`."""
+        return []
+
     def error(self, kind: str, message: str) -> bytes:
         """The protocol's error event ending the stream; only the first call
         (or encoded ErrorEvent) produces bytes, so a stream ends once."""

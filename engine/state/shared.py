@@ -1,0 +1,87 @@
+"""Entries a replica keeps for a client's next turn, shared through the cluster backend.
+
+The item store (`busbar.item_store`: Responses output items by the ids the gateway minted)
+and the reasoning store (`busbar.reasoning_store`: signed reasoning by tool-call id) are
+per process; with Redis configured they are also written here, so the replica a client's
+next turn reaches can resolve what another one minted.  Each value is bytes under
+`<prefix>:<kind>:<key>` with Redis' own expiry (the store's TTL); a put of an answer's
+entries is one script (one round trip), a lookup one MGET.
+
+Only turns that need an entry the replica does not hold wait on Redis (references,
+tool-result turns), never longer than the backend's timeout; while Redis is unavailable
+both stores serve from this replica's own entries (logged once per outage).
+"""
+from __future__ import annotations
+
+import logging
+
+from busbar.state.redis import RedisUnavailable
+from busbar.state.resp import RespError
+
+log = logging.getLogger("busbar.state")
+
+# KEYS the entries; ARGV their values, then the ttl in ms
+PUT_LUA = """
+local ttl = ARGV[#ARGV]
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'PX', ttl) end
+return #KEYS
+"""
+
+
+class SharedEntries:
+    """One kind of entry (`items`, `reasoning`) over the app's RedisState (its
+    connections, prefix, timeout and outage handling)."""
+
+    def __init__(self, state, kind: str):
+        self.state = state
+        self.kind = kind
+        self._base = f"{kind}:"
+        self.down = False
+        self.fetched = self.missed = self.put_total = 0     # for tests and admin
+
+    async def get_many(self, keys: list[str]) -> dict[str, bytes]:
+        """The values Redis holds for `keys` (absent ones left out); {} while it is down."""
+        if not keys:
+            return {}
+        names = [self.state.prefix + ":" + self._base + key for key in keys]
+        try:
+            values = await self.state.command("MGET", *names)
+        except (RedisUnavailable, RespError) as error:
+            self._unavailable(error)
+            return {}
+        self._available()
+        found = {key: value for key, value in zip(keys, values) if value is not None}
+        self.fetched += len(found)
+        self.missed += len(keys) - len(found)
+        return found
+
+    async def put_many(self, entries: list[tuple[str, bytes]], ttl_s: float) -> bool:
+        if not entries:
+            return True
+        try:
+            await self.state.run_script(PUT_LUA, tuple(self._base + key for key, _ in entries),
+                                        *(value for _, value in entries), max(1, int(ttl_s * 1000)))
+        except (RedisUnavailable, RespError) as error:
+            self._unavailable(error)
+            return False
+        self._available()
+        self.put_total += len(entries)
+        return True
+
+    def _unavailable(self, error: Exception) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("state: %s entries not shared (redis: %s); this replica serves its own until it "
+                        "returns", self.kind, type(error).__name__)
+
+    def _available(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("state: %s entries shared through redis again", self.kind)
+
+
+def shared_entries(state, kind: str) -> SharedEntries | None:
+    """The shared entries of `kind` when the app's state backend is Redis, else None."""
+    if state is None or state.status().get("backend") != "redis":
+        return None
+    return SharedEntries(state, kind)

@@ -1,0 +1,163 @@
+"""Responses `item_reference`s to items the gateway minted (issue 19): the bounded store,
+the resolution in `input`, and over sockets with the openai SDK as the client against
+members that are not OpenAI Responses (and one that is: passthrough untouched)."""
+from __future__ import annotations
+
+import openai
+import orjson
+import pytest
+
+from busbar.item_store import ItemStore, key_of
+from busbar.mock import MockVendor
+from busbar.protocols.responses import dialect as responses
+from harness import gateway_with, sdk
+from test_translation_e2e import config_for
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+MSG = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+       "content": [{"type": "output_text", "text": "earlier", "annotations": []}]}
+
+
+@pytest.mark.pure
+def test_kept_without_bookkeeping_and_bounded_by_entries_bytes_and_ttl():
+    clock = Clock()
+    store = ItemStore(max_entries=2, max_bytes=400, max_item_bytes=200, ttl_s=10, now=clock)
+    kept = store.keep("k", [MSG, {"type": "message"}])           # an item without an id is not kept
+    assert [key for key, _ in kept] == ["k/msg_1"]
+    assert orjson.loads(store.get("k/msg_1")) == {k: v for k, v in MSG.items() if k not in ("id", "status")}
+    assert store.get("other/msg_1") is None                      # another caller's scope
+    assert not store.keep("k", [{"id": "big", "type": "message", "content": "x" * 300}])
+    for i in range(3):
+        store.keep("k", [{**MSG, "id": f"m{i}"}])
+    assert len(store) == 2 and store.get("k/m0") is None         # oldest out
+    store.keep("k", [{**MSG, "id": "wide", "content": [{"type": "output_text", "text": "y" * 150}]}] * 1)
+    assert store.size <= 400
+    clock.t = 11.0
+    assert store.get("k/wide") is None and store.get("k/m2") is None
+
+
+@pytest.mark.pure
+def test_references_are_found_and_replaced_in_place_others_kept():
+    obj = {"model": "m", "input": [{"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"},
+                                   {"type": "item_reference", "id": "vendor_9"}, {"role": "user", "content": "more"}]}
+    assert responses.references(obj) == [("input[1].id", "msg_1"), ("input[2].id", "vendor_9")]
+    store = ItemStore()
+    store.keep("-", [MSG])
+    out = responses.with_references(obj, {"msg_1": store.get(key_of("-", "msg_1"))})
+    assert out["input"][1]["role"] == "assistant" and out["input"][2] == obj["input"][2]
+    assert obj["input"][1]["type"] == "item_reference"                  # the client's object is not changed
+    req = responses.parse_request(out)
+    assert [m.role for m in req.messages[:2]] == ["user", "assistant"]
+
+
+def _responses_config(vendor: str) -> dict:
+    return config_for(vendor)
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("vendor", ["anthropic", "gemini"])
+async def test_openai_sdk_sends_an_item_reference_the_member_sees_the_item(vendor, stream):
+    mock = MockVendor(reply="first answer")
+    async with gateway_with(config_for(vendor), a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+
+        def turn(input_):
+            if not stream:
+                return client.responses.create(model="smart", input=input_)
+            with client.responses.stream(model="smart", input=input_) as events:
+                return events.get_final_response()
+
+        first = await sdk(lambda: turn("hello"))
+        item = first.output[0]
+        assert item.type == "message" and item.id
+        second = await sdk(lambda: turn([{"role": "user", "content": "hello"},
+                                         {"type": "item_reference", "id": item.id},
+                                         {"role": "user", "content": "and again"}]))
+        assert second.output_text == "first answer"
+        store = gw.app.items
+    sent = mock.received[-1]["body"]
+    assert "first answer" in orjson.dumps(sent).decode()          # the referenced item reached the vendor
+    assert store.resolved == 1
+
+
+@pytest.mark.sdk
+async def test_an_unknown_item_reference_is_a_400_naming_its_input_path():
+    mock = MockVendor(reply="x")
+    async with gateway_with(config_for("anthropic"), a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk(lambda: client.responses.create(model="smart", input=[
+                {"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_nobody_made_this"}]))
+    assert info.value.body["param"] == "input[1].id"
+    assert "msg_nobody_made_this" in info.value.body["message"]
+    assert mock.received == []
+
+
+@pytest.mark.integration
+async def test_a_responses_member_gets_vendor_references_byte_for_byte_and_minted_ones_resolved():
+    """Same protocol: a reference the gateway did not mint is the vendor's own (it
+    resolves it): the bytes go through untouched.  One the gateway minted (an earlier
+    turn answered by an Anthropic member) is put back in place, so the vendor never
+    sees an id it did not issue."""
+    import httpx
+
+    mock = MockVendor(reply="from the vendor")
+    config = config_for("responses")
+    config["providers"]["claude"] = {"protocol": "anthropic", "base_url": "{a}", "key": "k2"}
+    config["pools"]["claude"] = {"members": [{"provider": "claude", "model": "c", "max_tokens": 64}]}
+    async with gateway_with(config, a=mock) as gw:
+        async with httpx.AsyncClient(base_url=gw.url + "/v1", timeout=30) as client:
+            raw = (b'{"model": "smart", "input": [{"role": "user", "content": "hi"},'
+                   b' {"type": "item_reference", "id": "msg_vendor_own"}]}')
+            r = await client.post("/responses", content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 200
+            assert mock.received[-1]["body"] == orjson.loads(raw.replace(b'"smart"', b'"upstream-model"'))
+            first = (await client.post("/responses", json={"model": "claude", "input": "hi"})).json()
+            minted = first["output"][0]["id"]
+            r = await client.post("/responses", json={"model": "smart", "input": [
+                {"role": "user", "content": "hi"}, {"type": "item_reference", "id": minted},
+                {"type": "item_reference", "id": "msg_vendor_own"}]})
+            assert r.status_code == 200, r.text
+    sent = mock.received[-1]["body"]["input"]
+    assert sent[1]["role"] == "assistant" and "from the vendor" in orjson.dumps(sent[1]).decode()
+    assert "id" not in sent[1]
+    assert sent[2] == {"type": "item_reference", "id": "msg_vendor_own"}
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["buffered", "streamed"])
+@pytest.mark.parametrize("vendor", ["anthropic", "gemini"])
+async def test_vercel_ai_sdk_two_turns_with_default_store_true(vendor, mode):
+    """`@ai-sdk/openai`'s Responses provider sends the first answer's text back as an
+    item_reference (its default `store: true`); the member (not OpenAI) sees the text."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import trio
+
+    js = Path(__file__).parent / "js"
+    if shutil.which("node") is None or not (js / "node_modules").is_dir():
+        pytest.skip("node or the JS SDKs (tests/js, npm ci) are not installed")
+    mock = MockVendor(reply="the first answer")
+    async with gateway_with(config_for(vendor), a=mock) as gw:
+        with trio.fail_after(120):
+            done = await trio.run_process(["node", str(js / "vercel_store.mjs"), gw.url, "smart", mode],
+                                          capture_stdout=True, capture_stderr=True, check=False)
+        store = gw.app.items
+    row = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert row["ok"], row.get("error") or done.stderr.decode()[-2000:]
+    assert row["first"] == row["second"] == "the first answer"
+    assert row["itemIds"], "the SDK kept no item id to refer to"
+    assert store.resolved >= 1                               # the second turn referred to the first answer
+    sent = orjson.dumps(mock.received[-1]["body"]).decode()
+    assert sent.count("the first answer") == 1 and "and again" in sent
