@@ -1,6 +1,10 @@
-"""Cost of tenancy on the hot path: admit + settle per request (memory backend).
+"""Cost of tenancy on the hot path: admit + settle per request (memory backend);
+with --redis, how fast a minted key's creation and revocation reach another
+replica's cache (two MintedKeys behind two RoutingSyncs, one real redis-server,
+in one process: from the start of A's write to B's cache changing).
 
-    python bench/bench_tenancy.py      # median µs per request over several runs; goal <= 10 µs
+    python bench/bench_tenancy.py            # median µs per request over several runs; goal <= 10 µs
+    python bench/bench_tenancy.py --redis    # + propagation p50/p99 (needs redis-server)
 """
 import statistics
 import time
@@ -45,7 +49,7 @@ def _minted_tenancy():
     from busbar.tenancy import hash_secret
     from busbar.tenancy.minted import MintedKeys
     registry = MintedKeys(None)
-    registry._index([{"id": "app-1", "key_sha256": hash_secret("bb-minted-secret"), "created": 0, "revoked": None}])
+    registry.apply(0, {"id": "app-1", "key_sha256": hash_secret("bb-minted-secret"), "created": 0, "revoked": None})
     return Tenancy.from_config({"keys": ["plain-key"]}, minted=registry)
 
 
@@ -56,5 +60,65 @@ async def _plain(tenancy, secret="plain-key") -> float:
     return (time.perf_counter() - t0) / N * 1e6
 
 
+def propagation(n: int = 200) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_gateway import free_port, wait_port
+    from busbar.cluster import RoutingSync
+    from busbar.state.redis import RedisState
+    from busbar.tenancy.minted import MintedKeys, RedisKeyStore
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "", "--dir", tmp],
+                                 stdout=subprocess.DEVNULL)
+        try:
+            wait_port(port)
+
+            async def run():
+                url = f"redis://127.0.0.1:{port}/0"
+                replicas = []
+                async with trio.open_nursery() as nursery:
+                    for _ in range(2):
+                        keys = MintedKeys(RedisKeyStore(RedisState(url, "bench", timeout_s=1.0)))
+                        sync = RoutingSync(url, "bench", timeout_s=1.0)
+                        keys.follow(sync)
+                        await nursery.start(sync.run)
+                        nursery.start_soon(keys.run)
+                        replicas.append(keys)
+                    a, b = replicas
+                    minted, revoked = [], []
+                    for i in range(n):
+                        t = time.perf_counter()
+                        record, _ = await a.create({"id": f"k{i}"})
+                        while f"k{i}" not in b.records:
+                            await trio.sleep(0)
+                        minted.append(time.perf_counter() - t)
+                        t = time.perf_counter()
+                        await a.revoke(f"k{i}")
+                        while record["key_sha256"] in b.by_hash:
+                            await trio.sleep(0)
+                        revoked.append(time.perf_counter() - t)
+                    nursery.cancel_scope.cancel()
+                return minted, revoked
+            minted, revoked = trio.run(run)
+        finally:
+            redis.kill()
+            redis.wait()
+
+    def pct(values, q):
+        values = sorted(values)
+        return values[min(len(values) - 1, int(q * len(values)))] * 1e6
+    for name, values in (("mint", minted), ("revoke", revoked)):
+        print(f"{name} on A (from the start of its write) -> B's cache: p50 {pct(values, 0.5):.0f} µs, "
+              f"p99 {pct(values, 0.99):.0f} µs, max {max(values) * 1e6:.0f} µs (n={len(values)})")
+
+
 if __name__ == "__main__":
+    import sys
     main()
+    if "--redis" in sys.argv:
+        propagation()

@@ -73,8 +73,7 @@ def authenticate(gw: "Gateway", request: HttpRequest, dialect) -> str | None:
     if gw.tenancy is None or not gw.tenancy.required:
         return None
     key = dialect.inbound_key(request.headers, request.query)
-    # 401 in the client's protocol for missing / unknown / expired (a shared key store's answer comes in admit);
-    # skipped when the server's head check already accepted it (Gateway.check_head)
+    # 401 in the client's protocol for missing / unknown / expired; skipped when the server's head check already accepted it (Gateway.check_head)
     if not request.authenticated:
         gw.tenancy.authenticate(key)
     return key

@@ -46,6 +46,7 @@ class App:
         self.items = ItemStore()             # Responses output items by the ids the gateway minted (issue 19)
         # routing state shared with the other replicas (Redis backend); None: this process only
         self.cluster = build_sync(config.state)
+        self.minted.follow(self.cluster)   # minted keys' changes ride the cluster's subscription (Redis store)
         opts = config.server
         # load shedding: requests served at once, and each pool's share of them
         # (server.* keys take effect at start; a reload keeps these)

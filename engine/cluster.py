@@ -17,6 +17,11 @@ Here, in the background:
   Redis was away, and everything still active, so a restarted Redis is rebuilt),
   then load the hash: a replica that starts or reconnects has the current state,
   not only the changes it happened to hear;
+* other channels: `follow(channel, follower)` puts another publisher's channel
+  on the same subscribed connection (minted client keys,
+  busbar.tenancy.minted): its messages go to `follower.on_message(data)`, and
+  `follower.on_subscribed(up)` hears each (re)subscribe (reload your snapshot
+  now) and each loss of the subscription;
 * probes: a past-due breaker asks for a grant; the grant is a lease
   `SET <prefix>:probe:<provider>/<model> <node> NX PX` (short until the probe
   leaves, then extended to the probe's expected answer time, deleted when its
@@ -106,6 +111,7 @@ class RoutingSync:
         self._wake = trio.Event()
         self._due_changed = trio.Event()
         self._resync = True
+        self._followers: dict[bytes, object] = {}          # channel -> follower (see follow)
         self._conn: RespConnection | None = None
         self._down_since: float | None = None
         self.connected = False
@@ -118,6 +124,11 @@ class RoutingSync:
         """Share `router`'s state (at start, and after every reload)."""
         self.router = router
         router.coordinate(self.emit)
+
+    def follow(self, channel: str, follower) -> None:
+        """Deliver `channel`'s messages to `follower` (before `run`: the
+        channels are subscribed together, on one connection)."""
+        self._followers[channel.encode()] = follower
 
     def emit(self, change: Change) -> None:
         """The router's outbox: file the change and return at once."""
@@ -242,14 +253,17 @@ class RoutingSync:
     async def _subscribe_once(self) -> None:
         conn = await RespConnection.open(self.host, self.port, self.db, self._password)
         try:
-            await conn.send("SUBSCRIBE", self.channel)
-            await conn.read()                 # ["subscribe", channel, 1]
+            await conn.send("SUBSCRIBE", self.channel, *self._followers)
+            for _ in range(1 + len(self._followers)):
+                await conn.read()             # ["subscribe", channel, n] for each
         except BaseException:
             await conn.aclose()
             raise
         self._sub = conn
         self._resync = True          # the worker republishes and loads the hash (it owns the other connection)
         self._wake.set()
+        for follower in self._followers.values():
+            follower.on_subscribed(True)
 
     async def _listen(self) -> None:
         """The subscribed connection: other replicas' changes, as they happen."""
@@ -276,11 +290,17 @@ class RoutingSync:
                     pinged = False
                     message = await self._sub.read()
                     if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
-                        self._receive(message[2])
+                        follower = self._followers.get(message[1])
+                        if follower is not None:
+                            follower.on_message(message[2])
+                        else:
+                            self._receive(message[2])
             except _DOWN as error:
                 await self._sub.aclose()
                 self._sub = None
                 self._went_down(error)
+                for follower in self._followers.values():
+                    follower.on_subscribed(False)
 
     def _receive(self, data: bytes) -> None:
         try:

@@ -189,11 +189,11 @@ class Gateway:
             if model is None or model in self.open_pools:
                 return None
         try:
-            key = self.tenancy.authenticate(dialect.inbound_key(request.headers, request.query))
+            self.tenancy.authenticate(dialect.inbound_key(request.headers, request.query))
         except ClientError as err:
             return self._refused(protocol, dialect, err)
-        # admission need not check again (None: only the shared key store can tell; admit asks it)
-        request.authenticated = key is not None
+        # admission need not check again
+        request.authenticated = True
         return None
 
     def _refused(self, protocol: str, dialect, err: ClientError) -> tuple[int, list, bytes]:
@@ -295,7 +295,7 @@ class Gateway:
             if listed is not None:
                 if self.tenancy is not None and self.tenancy.required:     # the lists are for key holders too
                     try:
-                        await self.tenancy.identify(self._any_key(request))
+                        self.tenancy.authenticate(self._any_key(request))
                     except ClientError as err:
                         return await responder.send(*get_dialect(guess_protocol(request.path)).render_error(err))
                 return await responder.send(*listed)

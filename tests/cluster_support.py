@@ -26,7 +26,8 @@ class Replica:
     def __init__(self, tmp_path, name: str, config: dict, workers: int = 1) -> None:
         self.name, self.port, self.workers = name, free_port(), workers
         self.config_path = tmp_path / f"{name}.yaml"
-        self.config_path.write_text(yaml.safe_dump({**config, "admin": {"listen": "public", "enabled": True}}))
+        admin = {**config.get("admin", {}), "listen": "public", "enabled": True}     # (admin.key kept)
+        self.config_path.write_text(yaml.safe_dump({**config, "admin": admin}))
         self.log_path = tmp_path / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 

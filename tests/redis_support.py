@@ -58,3 +58,25 @@ def redis_server(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+async def command_counts(url: str) -> dict[str, int]:
+    """Calls per command redis-server has served (its own INFO commandstats)."""
+    from busbar.state.resp import RespConnection, parse_redis_url
+    host, port, db, _ = parse_redis_url(url)
+    conn = await RespConnection.open(host, port, db)
+    try:
+        info = (await conn.call("INFO", "commandstats")).decode()
+    finally:
+        await conn.aclose()
+    counts = {}
+    for line in info.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, stats = line[len("cmdstat_"):].partition(":")
+            counts[name] = int(stats.split("calls=")[1].split(",")[0])
+    return counts
+
+
+def delta(before: dict[str, int], after: dict[str, int], *, ignore=("info",)) -> dict[str, int]:
+    """Commands served between two `command_counts` (our own INFO calls left out)."""
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0) and k not in ignore}

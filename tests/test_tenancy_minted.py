@@ -163,12 +163,14 @@ async def test_minted_keys_in_redis_are_shared_by_replicas_at_once(redis_server,
             r = await http.post(one.url + "/admin/keys", headers=ADMIN, json={"id": "shared-1"})
             assert r.status_code == 201, r.text
             secret = r.json()["key"]
-            # the other replica accepts it on the very next request, and lists it within a refresh
+            # the other replica takes it from the pub/sub message (its cache; no lookup per request)
+            await eventually(lambda: "shared-1" in two.app.minted.records, "two receives the minted key")
             assert await sdk(lambda: openai_chat(two.url, "smart", "x", api_key=secret)) == "hi"
             assert (await http.post(two.url + "/admin/keys", headers=ADMIN, json={"id": "shared-1"})).status_code == 409
             r = await http.delete(one.url + "/admin/keys/shared-1", headers=ADMIN)
             assert r.status_code == 200
-            with pytest.raises(openai.AuthenticationError):       # revoked on one, refused by two at once
+            await eventually(lambda: not two.app.minted.by_hash, "two receives the revocation")
+            with pytest.raises(openai.AuthenticationError):       # revoked on one, refused by two
                 await sdk(lambda: openai_chat(two.url, "smart", "x", api_key=secret))
     assert not (tmp_path / "unused.sqlite").exists()
     # a restart reads them back from Redis
@@ -176,6 +178,16 @@ async def test_minted_keys_in_redis_are_shared_by_replicas_at_once(redis_server,
         listed = (await httpx.AsyncClient().get(three.url + "/admin/keys", headers=ADMIN)).json()["keys"]
         assert [k["id"] for k in listed if k["source"] == "minted"] == ["shared-1"]
         assert listed[-1]["revoked"]
+
+
+async def eventually(check, what: str, timeout: float = 30.0) -> None:
+    """A liveness guard for a loaded box (not a timing assertion)."""
+    import trio
+    with trio.move_on_after(timeout):
+        while not check():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"never happened: {what}")
 
 
 def _keys_cli(*args, config):

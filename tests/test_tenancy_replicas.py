@@ -39,3 +39,125 @@ async def test_rpm_is_exact_across_two_replicas_sharing_redis(redis_server):
             nursery.start_soon(fire, two.url)
     assert statuses.count(200) == 10 and statuses.count(429) == 20
     assert len(vendor.received) == 10                      # refused requests never went upstream
+
+
+ADMIN = {"authorization": "Bearer admin-secret"}
+
+
+def minted_config(redis_url: str, vendor_url: str, prefix: str) -> dict:
+    return {
+        "providers": {"oai": {"protocol": "openai", "base_url": vendor_url + "/v1", "key": "sk-upstream"}},
+        "pools": {"smart": {"members": [{"provider": "oai", "model": "gpt-4o"}]}},
+        "admin": {"enabled": True, "key": "admin-secret", "usage_db": "off"},
+        # a generous timeout: a loaded 2-core box must not trip the degraded mode by accident
+        "state": {"backend": "redis", "url": redis_url, "prefix": prefix, "timeout_ms": 1000},
+    }
+
+
+async def _minted_ids(url: str) -> dict:
+    async with httpx.AsyncClient(timeout=30) as client:
+        keys = (await client.get(url + "/admin/keys", headers=ADMIN)).json()["keys"]
+    return {k["id"]: k for k in keys if k["source"] == "minted"}
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+async def test_a_key_minted_on_one_serve_process_works_on_another_without_a_redis_lookup_per_request(
+        tmp_path, redis_server):
+    """Two `busbar serve` processes, one redis-server: a key minted on A is
+    taken by B from the pub/sub message (B lists it, the SDK works on B); B's
+    requests with it send Redis nothing; a revocation on A is refused by B
+    once the message arrived."""
+    import openai
+
+    from cluster_support import Replica, eventually, start_all
+    from redis_support import command_counts, delta
+    vendor = MockVendor(reply="hi")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vendor.serve)
+        config = minted_config(redis_server.url, vendor.url, "mk")
+        a, b = Replica(tmp_path, "A", config), Replica(tmp_path, "B", config)
+        try:
+            await start_all(a, b)
+            async with httpx.AsyncClient(timeout=30) as client:
+                r = await client.post(a.url + "/admin/keys", headers=ADMIN, json={"id": "app-1", "pools": ["smart"]})
+            assert r.status_code == 201, r.text
+            secret = r.json()["key"]
+
+            async def listed_on_b():
+                return "app-1" in await _minted_ids(b.url)
+            await eventually(listed_on_b, "B receives the minted key")
+            sdk_b = openai.OpenAI(base_url=b.url + "/v1", api_key=secret, max_retries=0)
+
+            def chat():
+                return sdk_b.chat.completions.create(
+                    model="smart", messages=[{"role": "user", "content": "x"}]).choices[0].message.content
+            assert await trio.to_thread.run_sync(chat) == "hi"
+
+            before = await command_counts(redis_server.url)
+            for _ in range(20):
+                assert await trio.to_thread.run_sync(chat) == "hi"
+            served = delta(before, await command_counts(redis_server.url), ignore=("info", "get", "ping"))
+            # nothing per request (a reconcile's one GET of the revision, or a PING on an idle
+            # subscription, may fall in the window: neither is per request)
+            assert served == {}, served
+
+            async with httpx.AsyncClient(timeout=30) as client:
+                assert (await client.delete(a.url + "/admin/keys/app-1", headers=ADMIN)).status_code == 200
+
+            async def refused_on_b():
+                try:
+                    await trio.to_thread.run_sync(chat)
+                except openai.AuthenticationError:
+                    return True
+                return False
+            await eventually(refused_on_b, "B refuses the key revoked on A")
+            assert (await _minted_ids(b.url))["app-1"]["revoked"]
+            async with httpx.AsyncClient(timeout=30) as client:
+                state = (await client.get(b.url + "/admin/api/state", headers=ADMIN)).json()
+            assert state["minted_keys"]["subscribed"] and state["minted_keys"]["applied_total"] >= 2
+        finally:
+            logs = [r.stop() for r in (a, b) if r.proc is not None]
+            nursery.cancel_scope.cancel()
+    for log in logs:
+        assert "Traceback" not in log and secret not in log, log
+
+
+@pytest.mark.sdk
+async def test_a_key_whose_message_has_not_arrived_is_refused_without_asking_redis(tmp_path, redis_server):
+    """The window between a mint on another replica and its message here: the
+    key is unknown, so 401 (the SDK's AuthenticationError) with no Redis round
+    trip; the reconcile (the safety net for a message never received) then
+    takes it from the store."""
+    import openai
+
+    from busbar.state.resp import RespConnection
+    from busbar.tenancy import hash_secret
+    from busbar.tenancy.minted import _WRITE_LUA
+    from clients import openai_chat
+    from harness import sdk
+    from redis_support import command_counts, delta
+    config = minted_config(redis_server.url, "{a}", "window")
+    config["auth"] = {"keys": [{"id": "cfg", "key": "config-key-1"}]}     # client keys required
+    async with gateway_with(config, a=MockVendor(reply="hi")) as gw:
+        minted = gw.app.minted
+        assert minted.followed
+        # a record written the way another replica writes it, published on a channel nobody hears
+        secret = "bb-written-elsewhere-0123456789"
+        record = {"id": "elsewhere", "key_sha256": hash_secret(secret), "created": 1.0, "revoked": None}
+        conn = await RespConnection.open("127.0.0.1", redis_server.port)
+        await conn.call("EVAL", _WRITE_LUA, 3, "window:client_keys", "window:client_keys:live",
+                        "window:client_keys:rev", "elsewhere", record["key_sha256"],
+                        __import__("orjson").dumps(record), "nobody-listens", "insert")
+        await conn.aclose()
+        before = await command_counts(redis_server.url)
+        for _ in range(3):
+            with pytest.raises(openai.AuthenticationError):
+                await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key=secret))
+        assert delta(before, await command_counts(redis_server.url), ignore=("info", "get", "ping")) == {}
+        minted.reconcile_every = 0.05         # the reconcile sees the revision moved, and reloads
+        minted._reload.set()                  # (wake the sleeping loop so the new period applies)
+        with trio.fail_after(30):
+            while "elsewhere" not in minted.records:
+                await trio.sleep(0.02)
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key=secret)) == "hi"

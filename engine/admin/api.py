@@ -210,6 +210,7 @@ def state(admin) -> dict:
         "reloads": getattr(app, "reloads", 0),
         "state": app.state.status() if hasattr(app, "state") else {"backend": "memory", "degraded": False},
         "cluster": app.cluster.status() if getattr(app, "cluster", None) is not None else None,
+        "minted_keys": app.minted.status() if getattr(app, "minted", None) is not None else None,
         "config": getattr(gw.config, "source", ""),
         "graphviz": diagram.have_graphviz(),
         "pools": snap["pools"],

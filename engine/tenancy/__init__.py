@@ -214,9 +214,9 @@ class Tenancy:
         """Clients must present a key: the config lists some, or some were minted."""
         return bool(self.by_hash) or (self.minted is not None and self.minted.active)
 
-    def authenticate(self, secret: str | None) -> ClientKey | None:
-        """The key `secret` belongs to, from this process's view; None when
-        only the shared key store can tell (a minted key: `admit` asks it)."""
+    def authenticate(self, secret: str | None) -> ClientKey:
+        """The key `secret` belongs to (config keys, then this process's cache
+        of the minted keys: never a store round trip), or the 401."""
         if not secret:
             raise ClientError(401, "Missing API key: send the gateway key the way your SDK sends its vendor key.",
                               "authentication")
@@ -224,8 +224,6 @@ class Tenancy:
         key = self.by_hash.get(digest)
         if key is None and self.minted is not None:
             key = self.minted.by_hash.get(digest)
-            if self.minted.shared:
-                return None
         return self._checked(key, digest)
 
     def by_id(self, key_id: str) -> ClientKey | None:
@@ -237,15 +235,6 @@ class Tenancy:
             raise ClientError(401, "Invalid or missing API key for this gateway.", "authentication")
         if key.expires is not None and self.wall() >= key.expires:
             raise ClientError(401, f"The API key `{key.id}` has expired.", "authentication")
-        return key
-
-    async def identify(self, secret: str | None) -> ClientKey:
-        """`authenticate`, asking a shared key store about minted keys (so a
-        revocation on another replica counts at once)."""
-        key = self.authenticate(secret)
-        if key is None:
-            digest = hash_secret(secret)
-            key = self._checked(await self.minted.confirm(digest), digest)
         return key
 
     def permit(self, key: ClientKey, pool: str, known_pool: bool) -> None:
@@ -262,7 +251,7 @@ class Tenancy:
                     billing_status: int = 429, key: ClientKey | None = None) -> Admission:
         """`key`: already authenticated (a verified signature's access key pair), else `secret` is."""
         if key is None:
-            key = self.authenticate(secret) or await self.identify(secret)
+            key = self.authenticate(secret)
         elif key.expires is not None and self.wall() >= key.expires:
             raise ClientError(401, f"The API key `{key.id}` has expired.", "authentication")
         self.permit(key, pool, known_pool)

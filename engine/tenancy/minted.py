@@ -10,9 +10,18 @@ that outlives restarts and hot reloads (the App owns it, like `busbar.state`):
   call in a worker thread (`trio.to_thread`).  This process sees its own
   changes at once; other workers on the same file within `REFRESH_EVERY`.
 * `RedisKeyStore` (`state.backend: redis`): two hashes under the state
-  prefix.  Shared by every replica; `shared = True` makes the tenancy core
-  confirm a minted (or locally unknown) key with Redis on each request, so a
-  revocation anywhere takes effect at once everywhere.
+  prefix, shared by every replica.  Every write is one Lua script that stamps
+  the record with a revision (`INCR`), stores it as "rev\\njson" (the routing
+  hash's "rank\\nvalue" shape) and PUBLISHes it on `<prefix>:client_keys`.
+
+The request path never waits on a store: `by_hash` is this process's cache of
+the whole table.  With Redis it is kept current by the cluster sync's
+subscribed connection (`busbar.cluster.RoutingSync.follow`: the messages as
+they come; a full reload each time the subscription is (re)made, so nothing
+published while it was away is missed) and a reconcile every
+`RECONCILE_EVERY` (one GET of the revision counter; a reload when it moved).
+A key the cache does not know is refused (401) without asking Redis: a key
+minted on another replica works here once its message arrived.
 
 The file is created by the first mint, never by merely starting up.
 """
@@ -30,7 +39,8 @@ import trio
 
 log = logging.getLogger("busbar.tenancy")
 
-REFRESH_EVERY = 1.0          # seconds between re-reads of the store (other workers' / replicas' changes)
+REFRESH_EVERY = 1.0          # seconds between re-reads of a SQLite store (other workers on the same file)
+RECONCILE_EVERY = 30.0       # seconds between checks of a Redis store's revision (a lost message's safety net)
 SECRET_PREFIX = "bb-"        # minted secrets are recognisable (secret scanners, our own log greps)
 FIELDS = ("pools", "direct", "team", "expires", "limits", "budget", "over_budget")
 DEFAULT_DB = "busbar-keys.sqlite"
@@ -83,24 +93,32 @@ class SqliteKeyStore:
                     raise KeyStoreError(f"key store {self.path}: {exc}") from exc
         return trio.to_thread.run_sync(call)
 
-    async def load(self) -> list[dict]:
-        rows = await self._run(lambda c: c.execute("SELECT record, created, revoked FROM client_keys").fetchall())
-        return [{**orjson.loads(r), "created": c, "revoked": v} for r, c, v in rows or ()]
+    refresh_every = REFRESH_EVERY
+    channel = None                   # no messages: other workers' changes come with the next re-read
 
-    async def insert(self, record: dict) -> bool:
-        """False when the id or the hash is taken."""
+    async def load(self) -> list[tuple[int, dict]]:
+        """Every record, with its revision (SQLite keeps none: 0, the re-read always wins)."""
+        rows = await self._run(lambda c: c.execute("SELECT record, created, revoked FROM client_keys").fetchall())
+        return [(0, {**orjson.loads(r), "created": c, "revoked": v}) for r, c, v in rows or ()]
+
+    async def revision(self) -> int | None:
+        return None                      # unknown: always re-read
+
+    async def insert(self, record: dict) -> int | None:
+        """The record's revision, None when the id or the hash is taken."""
         def write(conn):
             try:
                 conn.execute("INSERT INTO client_keys (id, sha256, record, created, revoked) VALUES (?, ?, ?, ?, ?)",
                              (record["id"], record["key_sha256"], _body(record), record["created"], None))
             except sqlite3.IntegrityError:
-                return False
-            return True
+                return None
+            return 0
         return await self._run(write, create=True)
 
-    async def update(self, record: dict) -> None:
+    async def update(self, record: dict) -> int:
         await self._run(lambda c: c.execute("UPDATE client_keys SET record = ?, revoked = ? WHERE id = ?",
                                             (_body(record), record["revoked"], record["id"])), create=True)
+        return 0
 
     def close(self) -> None:
         with self._lock:
@@ -109,31 +127,43 @@ class SqliteKeyStore:
                 self._conn = None
 
 
-# Lua: insert only if neither the id nor the hash is taken (atomic across replicas)
-_INSERT_LUA = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
-return 1
+# Every write: the next revision, the record as "rev\njson" in the records hash, the live
+# index, and a PUBLISH of "rev\njson" on the channel, atomically (the shape of
+# busbar.cluster's PUBLISH_LUA).  KEYS records, live, rev; ARGV id, sha256, json, channel, mode
+# (insert: only if neither the id nor the hash is taken, else 0; revoke: drop the hash from
+# the live index; update).  Returns the revision.
+_WRITE_LUA = """
+if ARGV[5] == 'insert' and (redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
+                            or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1) then return 0 end
+local rev = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], ARGV[1], rev .. '\\n' .. ARGV[3])
+if ARGV[5] == 'revoke' then redis.call('HDEL', KEYS[2], ARGV[2]) else redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) end
+redis.call('PUBLISH', ARGV[4], rev .. '\\n' .. ARGV[3])
+return rev
 """
-# Lua: the record of a live key by hash, in one round trip
-_CONFIRM_LUA = """
-local id = redis.call('HGET', KEYS[2], ARGV[1])
-if not id then return false end
-return redis.call('HGET', KEYS[1], id)
-"""
+
+
+def parse_entry(raw: bytes) -> tuple[int, dict]:
+    """A records-hash value or a message: "rev\\njson" (plain JSON from before revisions: 0)."""
+    if raw[:1] != b"{":
+        rev, _, raw = raw.partition(b"\n")
+        return int(rev), orjson.loads(raw)
+    return 0, orjson.loads(raw)
 
 
 class RedisKeyStore:
-    """`{prefix}:client_keys` id -> record JSON, `{prefix}:client_keys:live` sha256 -> id (live keys only)."""
+    """`{prefix}:client_keys` id -> "rev\\njson", `{prefix}:client_keys:live` sha256 -> id (live
+    keys only), `{prefix}:client_keys:rev` the last revision; changes on the channel
+    `{prefix}:client_keys`."""
 
-    shared = True
+    refresh_every = RECONCILE_EVERY
 
     def __init__(self, state, *, timeout_s: float = 1.0):
         self.state = state             # busbar.state.redis.RedisState: its connections and outage handling
         self.timeout_s = timeout_s
-        self.records_key = f"{state.prefix}:client_keys"
+        self.records_key = self.channel = f"{state.prefix}:client_keys"
         self.live_key = f"{state.prefix}:client_keys:live"
+        self.rev_key = f"{state.prefix}:client_keys:rev"
 
     async def _call(self, *args, timeout_s: float | None = None):
         from busbar.state.redis import RedisUnavailable
@@ -142,23 +172,22 @@ class RedisKeyStore:
         except RedisUnavailable as exc:
             raise KeyStoreError(f"key store redis {self.state.host}:{self.state.port} unavailable") from exc
 
-    async def load(self) -> list[dict]:
+    async def load(self) -> list[tuple[int, dict]]:
         flat = await self._call("HGETALL", self.records_key) or []
-        return [orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)]
+        return [parse_entry(flat[i + 1]) for i in range(0, len(flat), 2)]
 
-    async def insert(self, record: dict) -> bool:
-        return bool(await self._call("EVAL", _INSERT_LUA, 2, self.records_key, self.live_key,
-                                     record["id"], record["key_sha256"], orjson.dumps(record)))
+    async def revision(self) -> int | None:
+        return int(await self._call("GET", self.rev_key) or 0)
 
-    async def update(self, record: dict) -> None:
-        await self._call("HSET", self.records_key, record["id"], orjson.dumps(record))
-        if record.get("revoked") is not None:
-            await self._call("HDEL", self.live_key, record["key_sha256"])
+    async def _write(self, record: dict, mode: str) -> int:
+        return int(await self._call("EVAL", _WRITE_LUA, 3, self.records_key, self.live_key, self.rev_key,
+                                    record["id"], record["key_sha256"], orjson.dumps(record), self.channel, mode))
 
-    async def confirm(self, digest: str, timeout_s: float) -> dict | None:
-        raw = await self._call("EVAL", _CONFIRM_LUA, 2, self.records_key, self.live_key, digest,
-                               timeout_s=timeout_s)
-        return orjson.loads(raw) if raw else None
+    async def insert(self, record: dict) -> int | None:
+        return await self._write(record, "insert") or None
+
+    async def update(self, record: dict) -> int:
+        return await self._write(record, "update" if record.get("revoked") is None else "revoke")
 
     def close(self) -> None:
         return None
@@ -188,17 +217,26 @@ def build_store(auth: dict, admin: dict | None, state) -> "SqliteKeyStore | Redi
 # The registry
 # ---------------------------------------------------------------------------
 class MintedKeys:
-    """Minted keys in memory (by hash, for the request path) over a store."""
+    """Minted keys in memory (by hash, for the request path) over a store.
+
+    The cache is the whole table; each record carries the store's revision
+    and a newer revision always wins, so messages, reloads and this process's
+    own writes can arrive in any order and agree."""
 
     def __init__(self, store, *, wall=time.time):
         self.store = store
-        self.shared = bool(store is not None and store.shared)
         self.wall = wall
         self.records: dict[str, dict] = {}     # id -> record (revoked ones too: ids are never reused)
+        self.revs: dict[str, int] = {}         # id -> the store's revision of that record
         self.by_hash: dict = {}                # sha256 -> ClientKey, live keys only
         self.reserved: frozenset = frozenset()  # the config's key ids (the gateway sets them)
-        self.confirm_timeout_s = 0.05
+        self.reconcile_every = getattr(store, "refresh_every", REFRESH_EVERY)
+        self.followed = False                  # a subscription delivers the other replicas' changes
+        self.subscribed = False                # ... and is up now
+        self.applied_total = 0                 # changes taken from messages
+        self.reloads_total = 0
         self._shadowed: set = set()
+        self._reload = trio.Event()
 
     @property
     def active(self) -> bool:
@@ -210,62 +248,117 @@ class MintedKeys:
         """The config's key ids: minted keys never take them (ids are unique)."""
         if config_ids != self.reserved:
             self.reserved = config_ids
-            self._index(list(self.records.values()))
+            self._index()
 
     def live_ids(self) -> set:
         return {r["id"] for r in self.records.values() if r.get("revoked") is None}
 
-    def _index(self, records: list[dict]) -> None:
-        from busbar.tenancy import key_from_config
-        self.records = {r["id"]: r for r in records}
+    # ---- the cache ---------------------------------------------------------------
+    def _index(self) -> None:
         self.by_hash = {}
-        for r in records:
-            if r.get("revoked") is None and r["id"] in self.reserved:
-                if r["id"] not in self._shadowed:
-                    self._shadowed.add(r["id"])
-                    log.warning("minted key %r is shadowed by the config key of the same id; it is not accepted",
-                                r["id"])
-            elif r.get("revoked") is None:
-                key = key_from_config(r, 0, minted=True)
-                self.by_hash[key.sha256] = key
+        for record in self.records.values():
+            self._index_one(record)
+
+    def _index_one(self, record: dict) -> None:
+        from busbar.tenancy import key_from_config
+        if record.get("revoked") is not None:
+            return
+        if record["id"] in self.reserved:
+            if record["id"] not in self._shadowed:
+                self._shadowed.add(record["id"])
+                log.warning("minted key %r is shadowed by the config key of the same id; it is not accepted",
+                            record["id"])
+            return
+        key = key_from_config(record, 0, minted=True)
+        self.by_hash[key.sha256] = key
+
+    def apply(self, rev: int, record: dict) -> bool:
+        """One record at a revision: taken when it is not older than the one
+        held (False: ignored).  O(1): the other keys stay as they are."""
+        key_id = record["id"]
+        if rev < self.revs.get(key_id, -1):
+            return False
+        old = self.records.get(key_id)
+        if old is not None:
+            self.by_hash.pop(old["key_sha256"].lower(), None)
+        self.records[key_id] = record
+        self.revs[key_id] = rev
+        self._index_one(record)
+        return True
 
     async def load(self) -> None:
-        if self.store is not None:
-            self._index(await self.store.load())
+        """The store's whole table, merged by revision (records are never
+        deleted, so a merge is a reload), or taken as it is when the store's
+        revision went back (a flushed or restarted Redis without persistence:
+        what it no longer has is gone for every replica)."""
+        if self.store is None:
+            return
+        known = max(self.revs.values(), default=0)     # before asking: messages may come in meanwhile
+        revision = await self.store.revision()
+        entries = await self.store.load()
+        if revision is not None and revision < known:
+            log.warning("minted keys: the store's revision went back (%d < %d); taking its table as it is",
+                        revision, known)
+            self.records, self.revs = {}, {}
+            self.by_hash = {}
+        for rev, record in entries:
+            self.apply(rev, record)
+        self.reloads_total += 1
+
+    # ---- keeping it current ------------------------------------------------------
+    def follow(self, sync) -> None:
+        """Take the other replicas' changes from `sync`'s subscribed connection
+        (busbar.cluster.RoutingSync), when the store publishes them."""
+        channel = getattr(self.store, "channel", None)
+        if channel is not None and sync is not None:
+            sync.follow(channel, self)
+            self.followed = True
+
+    def on_message(self, data: bytes) -> None:
+        """A change another replica (or this one) published."""
+        try:
+            rev, record = parse_entry(data)
+            record["id"], record["key_sha256"]
+        except (ValueError, KeyError, TypeError):
+            log.debug("minted keys: ignored a message this version cannot read")
+            return
+        if self.apply(rev, record):
+            self.applied_total += 1
+
+    def on_subscribed(self, up: bool) -> None:
+        """The subscription was made (again: reload now, messages may have been
+        missed while it was away) or lost."""
+        self.subscribed = up
+        if up:
+            self._reload.set()
 
     async def run(self) -> None:
-        """Re-read the store every REFRESH_EVERY (other workers' and replicas' changes)."""
+        """Reload when the subscription is (re)made; reconcile every
+        `reconcile_every` (with a revision counter: only when it moved)."""
         if self.store is None:
             return
         failing = False
         while True:
-            await trio.sleep(REFRESH_EVERY)
+            with trio.move_on_after(self.reconcile_every):
+                await self._reload.wait()
+            full, self._reload = self._reload.is_set(), trio.Event()
             try:
-                await self.load()
+                if not full:
+                    known = max(self.revs.values(), default=0)
+                    revision = await self.store.revision()
+                    full = revision is None or revision != known
+                if full:
+                    await self.load()
                 failing = False
             except KeyStoreError as exc:
                 if not failing:
                     log.warning("minted keys: cannot refresh (%s); serving the last known keys", exc)
                 failing = True
 
-    # ---- the request path (shared stores only) ---------------------------------
-    async def confirm(self, digest: str):
-        """The store's word on a hash (shared stores): the live ClientKey or
-        None.  When the store cannot answer, the last known local view."""
-        from busbar.tenancy import key_from_config
-        try:
-            record = await self.store.confirm(digest, self.confirm_timeout_s)
-        except KeyStoreError:
-            return self.by_hash.get(digest)
-        if record is None or record.get("revoked") is not None or record["id"] in self.reserved:
-            self.by_hash.pop(digest, None)
-            return None
-        key = self.by_hash.get(digest)
-        if key is None or self.records.get(record["id"]) != record:
-            key = key_from_config(record, 0, minted=True)
-            self.records[record["id"]] = record
-            self.by_hash[digest] = key
-        return key
+    def status(self) -> dict:
+        return {"keys": len(self.records), "live": len(self.by_hash), "followed": self.followed,
+                "subscribed": self.subscribed, "applied_total": self.applied_total,
+                "reloads_total": self.reloads_total}
 
     # ---- admin -------------------------------------------------------------------
     async def create(self, spec: dict) -> tuple[dict, str]:
@@ -278,10 +371,11 @@ class MintedKeys:
         secret = new_secret()
         record = {"id": key_id, "key_sha256": hash_secret(secret), "created": round(self.wall(), 3),
                   "revoked": None, **{f: spec[f] for f in FIELDS if f in spec}}
-        if not await self.store.insert(record):
+        rev = await self.store.insert(record)
+        if rev is None:
             await self.load()           # another replica took the id a moment ago
             raise KeyError(key_id)
-        self._index(list(self.records.values()) + [record])
+        self.apply(rev, record)
         return record, secret
 
     async def update(self, key_id: str, changes: dict) -> dict:
@@ -292,16 +386,14 @@ class MintedKeys:
                     record.pop(name, None)
                 else:
                     record[name] = changes[name]
-        await self.store.update(record)
-        self._index([record if r["id"] == key_id else r for r in self.records.values()])
+        self.apply(await self.store.update(record), record)
         return record
 
     async def revoke(self, key_id: str) -> dict:
         record = self.records[key_id]
         if record.get("revoked") is None:
             record = {**record, "revoked": round(self.wall(), 3)}
-            await self.store.update(record)
-            self._index([record if r["id"] == key_id else r for r in self.records.values()])
+            self.apply(await self.store.update(record), record)
         return record
 
 
