@@ -1,7 +1,10 @@
 """Embeddings route overhead: `POST /v1/embeddings` straight to the simulated
-vendor vs through the gateway (same-protocol passthrough, and translated to a
-Cohere member), next to the chat passthrough under the same load, interleaved run by run so a shared
-machine's noise hits every variant alike (issue 18, ADR 0018).
+vendor vs through the gateway (same-protocol passthrough, translated to a
+Cohere member, and split into one call per text for a Titan member), token
+counting (`POST /v1/responses/input_tokens` forwarded to a Responses member,
+and estimated for a Chat Completions member), next to the chat passthrough
+under the same load, interleaved run by run so a shared machine's noise hits
+every variant alike (issue 18, ADR 0018).
 
     python bench/bench_embeddings.py [--runs 3] [--duration 4]
 
@@ -25,6 +28,7 @@ from bench_gateway import (PY, ROOT, cpu_seconds, free_port, lua_for, med, stop_
 
 BODY = {"model": "{pool}", "input": ["The quick brown fox jumps over the lazy dog."] * 4, "dimensions": 256}
 CHAT = {"model": "same-chat", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+COUNT = {"model": "{pool}", "instructions": "Be brief.", "input": [{"role": "user", "content": "How many tokens?"}]}
 
 
 def main() -> int:
@@ -38,10 +42,16 @@ def main() -> int:
     config.write_text("providers:\n"
                       f"  oai: {{protocol: openai, base_url: 'http://127.0.0.1:{mock_port}/v1', key: sk-bench}}\n"
                       f"  coh: {{protocol: cohere, base_url: 'http://127.0.0.1:{mock_port}', key: co-bench}}\n"
+                      f"  rsp: {{protocol: responses, base_url: 'http://127.0.0.1:{mock_port}/v1', key: sk-bench}}\n"
+                      f"  aws: {{protocol: bedrock, base_url: 'http://127.0.0.1:{mock_port}', region: us-east-1, "
+                      "access_key_id: AKIDBENCH, secret_access_key: bench-secret}\n"
                       "pools:\n"
                       "  same: {members: [{provider: oai, model: text-embedding-3-small, dimensions: 256}]}\n"
                       "  cross: {members: [{provider: coh, model: embed-v4.0, dimensions: 256}]}\n"
+                      "  titan: {members: [{provider: aws, model: 'amazon.titan-embed-text-v2:0', dimensions: 256}]}\n"
                       "  same-chat: {members: [{provider: oai, model: gpt-4o}]}\n"
+                      "  count-same: {members: [{provider: rsp, model: gpt-4.1}]}\n"
+                      "  count-estimate: {members: [{provider: oai, model: gpt-4o}]}\n"
                       "admin: {listen: public}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([PY, "-m", "busbar.cli", "mock", "--port", str(mock_port)], env=env,
@@ -52,15 +62,24 @@ def main() -> int:
         wait_port(mock_port)
         wait_port(gw_port)
         scripts = {name: lua_for(tmp, name, json.dumps(BODY).replace("{pool}", pool))
-                   for name, pool in (("direct", "text-embedding-3-small"), ("same", "same"), ("cross", "cross"))}
+                   for name, pool in (("direct", "text-embedding-3-small"), ("same", "same"), ("cross", "cross"),
+                                      ("titan", "titan"))}
+        scripts.update({name: lua_for(tmp, name, json.dumps(COUNT).replace("{pool}", pool))
+                        for name, pool in (("count_direct", "gpt-4.1"), ("count_same", "count-same"),
+                                           ("count_estimate", "count-estimate"))})
         scripts["chat_direct"] = scripts["chat_same"] = lua_for(tmp, "chat", CHAT)
         urls = {"direct": f"http://127.0.0.1:{mock_port}/v1/embeddings",
                 "same": f"http://127.0.0.1:{gw_port}/v1/embeddings",
                 "cross": f"http://127.0.0.1:{gw_port}/v1/embeddings",
+                "titan": f"http://127.0.0.1:{gw_port}/v1/embeddings",        # 4 texts: 4 Titan calls
+                "count_direct": f"http://127.0.0.1:{mock_port}/v1/responses/input_tokens",
+                "count_same": f"http://127.0.0.1:{gw_port}/v1/responses/input_tokens",
+                "count_estimate": f"http://127.0.0.1:{gw_port}/v1/responses/input_tokens",
                 # the chat passthrough under the same load: what the embeddings figures compare to
                 "chat_direct": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
                 "chat_same": f"http://127.0.0.1:{gw_port}/v1/chat/completions"}
-        baseline = {"same": "direct", "cross": "direct", "chat_same": "chat_direct"}
+        baseline = {"same": "direct", "cross": "direct", "titan": "direct", "chat_same": "chat_direct",
+                    "count_same": "count_direct", "count_estimate": "count_direct"}
         for name in urls:                                      # warm up, and fail loudly on a broken route
             out = wrk(urls[name], 1, 1, scripts[name])
             if out["errors"]:
@@ -84,10 +103,10 @@ def main() -> int:
         report = {name: {k: med(v) for k, v in r.items() if v} for name, r in results.items()}
         out_path = ROOT / "bench" / "results" / "embeddings.json"
         out_path.write_text(json.dumps(report, indent=2))
-        print(f"{'variant':<10} {'p50 c=1 ms':>16} {'added p50 ms':>16} {'RPS c=8':>14} {'gw CPU µs/req':>16}")
+        print(f"{'variant':<15} {'p50 c=1 ms':>16} {'added p50 ms':>16} {'RPS c=8':>14} {'gw CPU µs/req':>16}")
         for name, r in report.items():
             cell = lambda key, d=3: f"{r[key][0]:.{d}f} ±{r[key][1]:.{d}f}" if key in r else "-"  # noqa: E731
-            print(f"{name:<10} {cell('p50'):>16} {cell('added'):>16} {cell('rps8', 0):>14} {cell('cpu', 0):>16}")
+            print(f"{name:<15} {cell('p50'):>16} {cell('added'):>16} {cell('rps8', 0):>14} {cell('cpu', 0):>16}")
         return 0
     finally:
         stop_all(procs)

@@ -58,7 +58,7 @@ from busbar.limits import DIRECT_ROUTES
 from busbar.outcome import Answered, Broken, Failed, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
 from busbar.records import AttemptRecord, RequestRecord
-from busbar.relay import relay_buffered, relay_stream
+from busbar.relay import read_answer, relay_buffered, relay_stream
 from busbar.routing import Attempt, Exhausted, Wait
 from busbar.server import ClientGone, HttpRequest, Responder
 from busbar.upstream import SlotTimeout, UpstreamError
@@ -461,6 +461,10 @@ class Exchange:
             if (not self._restored and self.reasoning is not None and self.gw.shared_reasoning is not None
                     and not self._passthrough(up)):
                 await self._fetch_reasoning()
+            if up.inputs_per_call is not None and up is not self.client:
+                parts = up.split(self._parsed())
+                if len(parts) > 1:      # more inputs than the member takes per call (Titan)
+                    return await self._fan_out(attempt, rec, provider, up, parts, t0)
             target, headers, body = self._build(attempt, provider, up)
             stops, warnings = self.stops, self._warnings     # this attempt's (a hedge builds its own)
             pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
@@ -497,19 +501,79 @@ class Exchange:
         """A member whose protocol has no endpoint for this call: the client's
         dialect answers instead (an estimate, marked in a header) or refuses
         (a ClientError naming the member's protocol)."""
-        if self._ir is None:
-            self._ir = self.client.parse_request(self.obj, self.params)
-        resp = self.client.local_answer(self._ir, provider.protocol)
+        resp = self.client.local_answer(self._parsed(), provider.protocol)
         body = self.client.render_response(resp, attempt.model, self._ir)
         ttfb = trio.current_time() - t0
         self.commit(rec, 200, ttfb)
         await self.responder.send(200, [JSON_CT] + self.answer_headers(attempt) + self.client.local_headers(), body)
         return Answered(200, ttfb)
 
-    def _build(self, attempt: Attempt, provider: "Provider", up) -> tuple[bytes, Headers, bytes]:
+    def _parsed(self):
+        """The client's request as IR (parsed once, on first need)."""
+        if self._ir is None:
+            self._ir = self.client.parse_request(self.obj, self.params)
+        return self._ir
+
+    async def _fan_out(self, attempt: Attempt, rec: AttemptRecord, provider: "Provider", up, parts: list,
+                       t0: float) -> Outcome:
+        """A member that takes fewer inputs per call than the request has
+        (Amazon Titan embeds one text): one upstream call per part, at most
+        `up.parallel_calls` at a time, answered as one in input order with
+        the usage summed.  The attempt is all its calls: the first failure
+        cancels the rest and is the attempt's outcome, so the batch fails
+        over whole and nothing reaches the client before every part is in."""
+        timeouts = self.plan.pipeline.timeouts
+        pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
+        calls = [self._build(attempt, provider, up, part) for part in parts]   # signed now, sent soon
+        warnings = self._warnings
+        limiter = trio.CapacityLimiter(up.parallel_calls)
+        answers: list = [None] * len(calls)
+        failed: list[Outcome] = []
+
+        async def call(i: int, target: bytes, headers: Headers, body: bytes) -> None:
+            async with limiter:
+                try:
+                    response = await pool.request(b"POST", target, headers, body, connect_timeout=timeouts.connect,
+                                                  response_timeout=timeouts.first_byte, slot_wait=self.gw.slot_wait)
+                except SlotTimeout as exc:
+                    outcome: Outcome = Saturated(exc.waited)
+                except UpstreamError as exc:
+                    outcome = Failed(Fault(FaultClass.SERVER, 0, str(exc)))
+                else:
+                    try:
+                        attempt.vendor_quota = provider.dialect.rate_limits(response.headers)
+                        if 200 <= response.status < 400:
+                            answer = await read_answer(self, up, response)
+                            if not isinstance(answer, Failed):
+                                answers[i] = answer
+                                return
+                            outcome = answer
+                        else:
+                            outcome = await self._read_error(provider, response)
+                    finally:
+                        await response.aclose()
+            failed.append(outcome)
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for i, (target, headers, body) in enumerate(calls):
+                nursery.start_soon(call, i, target, headers, body)
+        if failed:
+            return failed[0]
+        resp = up.join(answers)
+        self.record.usage = resp.usage
+        self.cache_response = resp
+        out = self.client.render_response(resp, resp.model or attempt.model, self._ir)
+        ttfb = trio.current_time() - t0
+        self.commit(rec, 200, ttfb, warnings)
+        await self.responder.send(200, [JSON_CT] + self.answer_headers(attempt), out)
+        return Answered(200, ttfb)
+
+    def _build(self, attempt: Attempt, provider: "Provider", up, part=None) -> tuple[bytes, Headers, bytes]:
         """The upstream request for `up` (the member's dialect for this call):
-        passthrough (only `model` rewritten) or translated."""
-        same = self._passthrough(up)
+        passthrough (only `model` rewritten) or translated; `part`: one of
+        `up.split`'s requests instead of the whole (`_fan_out`)."""
+        same = part is None and self._passthrough(up)
         if same:
             body = up.passthrough_body(self.request.body, self.obj, attempt.model)
             self._warnings = []
@@ -530,6 +594,8 @@ class Exchange:
                     self.resuming.request = resume.continuation(self._ir, self.resuming.partial)
             policy = self.gw.pool_policies.get(self.model, "degrade")
             req, self.stops = self._ir if self.resuming is None else self.resuming.request, None
+            if part is not None:
+                req = part
             if up.stop_emulated and req.stop:     # the member has no stop: the relay cuts the answer
                 req, self.stops = dataclasses.replace(req, stop=None), req.stop
             body, warnings = up.render_request(req, attempt.model,

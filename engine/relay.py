@@ -105,6 +105,23 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
     return Answered(response.status, ttfb)
 
 
+async def read_answer(x: "Exchange", up, response):
+    """One buffered 2xx answer of `up`'s, read and parsed to its IR (the
+    calls of a split batch, `Exchange._fan_out`), or `Failed`: the member's
+    fault, nothing having gone to the client."""
+    timeouts = x.plan.pipeline.timeouts
+    try:
+        with trio.fail_after(max(timeouts.idle, timeouts.first_byte)):
+            data = await response.read(MAX_UPSTREAM_BODY)
+        return up.parse_response(orjson.loads(data))
+    except trio.TooSlowError:
+        return _server("upstream response stalled")
+    except UpstreamError as exc:
+        return _server(f"upstream response broke off: {exc}", response.status)
+    except Exception as exc:  # upstream garbage
+        return _server(f"unparseable upstream response: {type(exc).__name__}", response.status)
+
+
 async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, stops=None, warnings=()) -> Outcome:
     """Hold the upstream's events until the first content-bearing one, then
     commit: send the head and what was held, and relay the rest as it comes.

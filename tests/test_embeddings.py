@@ -41,8 +41,13 @@ def test_openai_request_translates_to_every_member_protocol():
                    "embedding_types": ["float"], "output_dimension": 32}
     _, _, _, aws, _ = roundtrip("openai", "embed", body, "bedrock", "cohere.embed-english-v3")
     assert "model" not in aws and aws["texts"] == ["a b", "c"]
-    with pytest.raises(ClientError, match="one text per call"):
-        roundtrip("openai", "embed", body, "bedrock", "amazon.titan-embed-text-v2:0")
+    titan = operation_dialect("bedrock", "embed").for_model("amazon.titan-embed-text-v2:0")
+    parts = titan.split(get_dialect("openai", "embed").parse_request(body, {}))   # one call per text
+    assert [orjson.loads(titan.render_request(p, "amazon.titan-embed-text-v2:0")[0]) for p in parts] == [
+        {"inputText": "a b", "dimensions": 32}, {"inputText": "c", "dimensions": 32}]
+    joined = titan.join([eir.EmbedResponse([[1.0]], "", 3), eir.EmbedResponse([[2.0]], "", 4)])
+    assert (joined.vectors, joined.input_tokens) == ([[1.0], [2.0]], 7)
+    assert titan.join([eir.EmbedResponse([[1.0]], "", 3), eir.EmbedResponse([[2.0]])]).input_tokens is None
     _, _, _, titan, _ = roundtrip("openai", "embed", {**body, "input": "one"}, "bedrock", "amazon.titan-embed-text-v2:0")
     assert titan == {"inputText": "one", "dimensions": 32}
 

@@ -48,7 +48,7 @@ async def test_openai_embeddings_float_and_base64(member):
     vendor = MockVendor()
     async with gateway_with(CONFIG, v=vendor) as gw:
         client = oai(gw.url)
-        texts = ["the cat sat"] if member == "titan" else ["the cat sat", "on the mat"]
+        texts = ["the cat sat", "on the mat"]        # a Titan member gets one call per text
         floats = await sdk(lambda: client.embeddings.create(model=f"emb-{member}", input=texts, dimensions=64,
                                                             encoding_format="float"))
         b64 = await sdk(lambda: client.embeddings.create(model=f"emb-{member}", input=texts, dimensions=64,
@@ -80,7 +80,7 @@ def genai_client(url):
 
 
 @pytest.mark.sdk
-@pytest.mark.parametrize("member", ["gem", "oai", "coh", "cohere-aws"])
+@pytest.mark.parametrize("member", ["gem", "oai", "coh", "cohere-aws", "titan"])
 async def test_genai_embed_content(member):
     from google.genai import types
     vendor = MockVendor()
@@ -179,7 +179,7 @@ async def test_boto3_invoke_model_titan_body(member):
 @pytest.mark.parametrize("member", ["cohere-aws", "coh", "oai", "titan"])
 async def test_boto3_invoke_model_cohere_body(member):
     vendor = MockVendor()
-    texts = ["hello there"] if member == "titan" else ["hello there", "general kenobi"]
+    texts = ["hello there", "general kenobi"]
     async with gateway_with(CONFIG, v=vendor) as gw:
         def call():
             out = bedrock_client(gw.url).invoke_model(
@@ -199,8 +199,6 @@ async def test_errors_come_in_the_callers_protocol():
     async with gateway_with(CONFIG, v=vendor) as gw:
         with pytest.raises(openai.NotFoundError):
             await sdk(lambda: oai(gw.url).embeddings.create(model="no-such-pool", input="x"))
-        with pytest.raises(openai.BadRequestError, match="one text per call"):
-            await sdk(lambda: oai(gw.url).embeddings.create(model="emb-titan", input=["a", "b"]))
         with pytest.raises(cohere.BadRequestError):
             await sdk(lambda: cohere_client(gw.url).embed(model="emb-oai", texts=["x"], input_type="search_query",
                                                           embedding_types=["int8"]))
@@ -228,3 +226,60 @@ async def test_a_failing_member_fails_over_and_counts_toward_its_breaker():
     assert [(a["member"], a["outcome"]) for a in record["attempts"]] == [("emb/coh/embed-v4.0", "server"),
                                                                           ("emb/oai/text-embedding-3-small", "ok")]
     assert [r["path"] for r in vendor.received] == ["/v2/embed", "/v1/embeddings"]
+
+
+TITAN = MEMBERS["titan"]["model"]
+BATCH = [f"text number {i} about cats" for i in range(10)]
+
+
+@pytest.mark.sdk
+async def test_a_batch_to_a_titan_member_is_one_call_per_text_in_order_with_the_usage_summed():
+    vendor = MockVendor(latency=0.02)
+    async with gateway_with(CONFIG, v=vendor) as gw:
+        result = await sdk(lambda: oai(gw.url).embeddings.create(model="emb-titan", input=BATCH, dimensions=64,
+                                                                 encoding_format="float"))
+        record = await last_record(gw)
+    assert [d.index for d in result.data] == list(range(len(BATCH)))
+    assert all(close(d.embedding, mock_vector(t, 64)) for d, t in zip(result.data, BATCH))
+    # the simulated Titan counts max(1, len // 4) tokens per text: the answer's usage is their sum
+    assert result.usage.prompt_tokens == sum(max(1, len(t) // 4) for t in BATCH)
+    assert sorted(r["body"]["inputText"] for r in vendor.received) == sorted(BATCH)
+    assert {r["path"] for r in vendor.received} == {"/model/amazon.titan-embed-text-v2%3A0/invoke"}
+    assert all(r["body"] == {"inputText": r["body"]["inputText"], "dimensions": 64} for r in vendor.received)
+    assert vendor.peak_in_flight <= 4           # TitanEmbed.parallel_calls
+    assert [(a["member"], a["outcome"]) for a in record["attempts"]] == [(f"emb-titan/aws/{TITAN}", "ok")]
+
+
+TITAN_FIRST = {"providers": PROVIDERS,
+               "pools": {"emb": {"members": [MEMBERS["titan"] | {"priority": 1}, MEMBERS["oai"] | {"priority": 2}],
+                                 "strategy": "ordered"}}}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fault", [{"status": 503}, {"status": 429}, {"reset": "before"}])
+async def test_one_failed_titan_call_fails_the_whole_batch_over(fault):
+    vendor = MockVendor()
+    vendor.fail_next({**fault, "model": TITAN})
+    async with gateway_with(TITAN_FIRST, v=vendor) as gw:
+        result = await sdk(lambda: oai(gw.url).embeddings.create(model="emb", input=BATCH[:6], dimensions=64,
+                                                                 encoding_format="float"))
+        record = await last_record(gw)
+    assert all(close(d.embedding, mock_vector(t, 64)) for d, t in zip(result.data, BATCH[:6]))
+    attempts = [(a["member"], a["outcome"]) for a in record["attempts"]]
+    assert attempts[0][0] == f"emb/aws/{TITAN}" and attempts[0][1] != "ok"
+    assert attempts[1:] == [("emb/oai/text-embedding-3-small", "ok")]
+    assert vendor.received[-1]["path"] == "/v1/embeddings" and vendor.received[-1]["body"]["input"] == BATCH[:6]
+    assert result.model == "text-embedding-3-small"     # the whole answer from the member that took over
+
+
+@pytest.mark.sdk
+async def test_a_batch_of_one_failing_titan_member_is_an_error_in_the_callers_protocol():
+    import cohere
+    vendor = MockVendor()
+    vendor.fail_next({"status": 400, "model": TITAN})
+    async with gateway_with(CONFIG, v=vendor) as gw:
+        with pytest.raises(cohere.BadRequestError):
+            await sdk(lambda: cohere_client(gw.url).embed(model="emb-titan", texts=BATCH[:3],
+                                                          input_type="search_query", embedding_types=["float"]))
+        record = await last_record(gw)
+    assert record["status"] == 400

@@ -69,6 +69,8 @@ class MockVendor:
     # the turns that carried it back
     think: bool = False
     thoughts_seen: int = 0
+    in_flight: int = 0                # vendor calls being answered now, and the most at once
+    peak_in_flight: int = 0
     # A request ending in an assistant turn (a prefill, or a resumed stream's
     # continuation) whose text starts `reply` is answered with the rest of
     # `reply`, as a model continuing its own answer does; `restate` > 0
@@ -129,6 +131,14 @@ class MockVendor:
         path = request.path.decode("latin-1")
         if path.startswith("/_mock/"):
             return await self._control(path, request, responder)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await self._answer(path, request, responder)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, path: str, request: HttpRequest, responder: Responder) -> None:
         if request.method == b"GET" and self.backend is not None:
             return await responder.send(*backend_page(self.backend, path))
         endpoint = vendors.match_route(request.path) or _azure_route(path)
@@ -384,12 +394,17 @@ def _split(text: str, chunks: int | None) -> list[str]:
 
 # Azure OpenAI: the openai protocol with the model as a deployment in the
 # path, `api-version` in the query and the key in an `api-key` header.
-_AZURE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/chat/completions$")
+_AZURE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<call>chat/completions|embeddings)$")
 
 
 def _azure_route(path: str) -> tuple[str, dict] | None:
     m = _AZURE.match(path)
-    return ("openai", {"deployment": unquote(m["deployment"])}) if m else None
+    if not m:
+        return None
+    params = {"deployment": unquote(m["deployment"])}
+    if m["call"] == "embeddings":
+        params["operation"] = "embed"
+    return "openai", params
 
 
 def _header(request: HttpRequest, name: bytes) -> str | None:

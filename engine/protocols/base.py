@@ -564,6 +564,13 @@ class Dialect:
         call with; None when its protocol has no endpoint for it."""
         return provider.dialect
 
+    # A member dialect that takes at most this many inputs per call (Amazon
+    # Titan embeddings: one); a larger batch goes out as `split(req)` calls,
+    # at most `parallel_calls` at a time, answered as `join(answers)`
+    # (`Exchange._fan_out`).  None: the whole request is one call (chat).
+    inputs_per_call: ClassVar[int | None] = None
+    parallel_calls: ClassVar[int] = 1
+
     # ---- streaming -------------------------------------------------------
     # The codec's decoder and encoder are incremental and I/O-free (see
     # `busbar.protocols.streaming`).

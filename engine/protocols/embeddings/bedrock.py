@@ -4,7 +4,9 @@ InvokeModel's body is the model family's own: Amazon Titan embeddings
 (`inputText`), Cohere embed (`texts`, as Cohere's v2 without `model`) and
 rerank (`query` + `documents`).  A client's body says which it is
 (`BedrockInvoke.for_body`); a member's model id says which to send
-(`BedrockEmbed.for_model`).  Chat on invoke is not served: Converse is."""
+(`BedrockEmbed.for_model`).  Titan embeds one text per call: a batch for a
+Titan member is split into one call per text (`split` / `join`, sent by
+`Exchange._fan_out`).  Chat on invoke is not served: Converse is."""
 from __future__ import annotations
 
 from busbar.faults import ClientError
@@ -23,11 +25,8 @@ def _parse_titan(obj: dict) -> eir.EmbedRequest:
 
 
 def _render_titan(req: eir.EmbedRequest, model: str, ctx) -> dict:
-    texts = eir.text_inputs(req, "bedrock")
-    if len(texts) != 1:
-        raise ClientError(400, f"Amazon Titan embeds one text per call; this request has {len(texts)} "
-                               "(send them one at a time, or route to a pool whose members batch).", param="input")
-    body: dict = {"inputText": texts[0]}
+    [text] = eir.text_inputs(req, "bedrock")         # one per call: `TitanEmbed.split` made it so
+    body: dict = {"inputText": text}
     if req.dimensions is not None:
         body["dimensions"] = req.dimensions
     if req.input_type is not None:
@@ -90,6 +89,14 @@ class _BedrockOperation(OperationDialect):
 class TitanEmbed(_BedrockOperation):
     operation = "embed"
     request_name = "Titan embeddings body"
+    inputs_per_call = 1
+    parallel_calls = 4          # a batch's calls in flight at once, per attempt
+
+    def split(self, req: eir.EmbedRequest) -> list[eir.EmbedRequest]:
+        return eir.split(req, self.inputs_per_call)
+
+    def join(self, parts: list[eir.EmbedResponse]) -> eir.EmbedResponse:
+        return eir.join(parts)
 
 
 class CohereEmbedOnBedrock(_BedrockOperation):

@@ -8,6 +8,7 @@ protocol maps to its own names.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import sys
 from array import array
 from dataclasses import dataclass, field
@@ -76,6 +77,19 @@ def text_inputs(req: EmbedRequest, target: str) -> list[str]:
         raise ClientError(400, f"Embedding types {', '.join(map(str, other))} cannot be made from a {target} member's "
                                "vectors (the gateway renders float and base64).", param="embedding_types")
     return req.inputs
+
+
+def split(req: EmbedRequest, size: int) -> list[EmbedRequest]:
+    """The request as requests of at most `size` inputs each, in order."""
+    return [dataclasses.replace(req, inputs=req.inputs[i:i + size]) for i in range(0, len(req.inputs), size)]
+
+
+def join(parts: list[EmbedResponse]) -> EmbedResponse:
+    """The answers to `split`'s requests as one: vectors in input order, the
+    usage summed (unknown if any part's is)."""
+    tokens = [p.input_tokens for p in parts]
+    return EmbedResponse([v for p in parts for v in p.vectors], parts[0].model,
+                         None if None in tokens else sum(tokens), parts[0].id)
 
 
 _SWAP = sys.byteorder != "little"
