@@ -60,6 +60,16 @@ def test_catalog_entry_addresses_the_vendor_as_its_docs_say(entry, extra, model,
 
 
 @pytest.mark.pure
+def test_azure_deployments_address_embeddings_as_they_address_chat():
+    from busbar.protocols import get_dialect
+    _, provider = _provider({"catalog": "azure-openai", "key": "K", "base_url": "https://acme.openai.azure.com/openai"})
+    assert provider.endpoint.path("my-emb", False, get_dialect("openai", "embed")) == \
+        "/openai/deployments/my-emb/embeddings?api-version=2024-10-21"
+    _, plain = _provider({"catalog": "openai", "key": "K"})
+    assert plain.endpoint.path("text-embedding-3-small", False, get_dialect("openai", "embed")) == "/v1/embeddings"
+
+
+@pytest.mark.pure
 def test_bedrock_region_fills_the_host_and_signs():
     config, provider = _provider({"catalog": "bedrock", "region": "eu-west-3", "access_key_id": "AKIDEXAMPLE",
                                   "secret_access_key": "secret"})

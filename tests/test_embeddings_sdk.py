@@ -283,3 +283,25 @@ async def test_a_batch_of_one_failing_titan_member_is_an_error_in_the_callers_pr
                                                           input_type="search_query", embedding_types=["float"]))
         record = await last_record(gw)
     assert record["status"] == 400
+
+
+AZURE = {"providers": {"az": {"catalog": "azure-openai", "base_url": "{v}/openai", "key": "azure-key"}},
+         "pools": {"emb-az": {"members": [{"provider": "az", "model": "prod-embedding-3", "dimensions": 64}]}}}
+
+
+@pytest.mark.sdk
+async def test_azure_openai_embeddings_go_to_the_deployment_path():
+    vendor = MockVendor(keys=["azure-key"])
+    async with gateway_with(AZURE, v=vendor) as gw:
+        same = await sdk(lambda: oai(gw.url).embeddings.create(model="emb-az", input=["the cat sat", "on the mat"],
+                                                               dimensions=64, encoding_format="float"))
+        translated = await sdk(lambda: cohere_client(gw.url).embed(
+            model="emb-az", texts=["the cat sat"], input_type="search_query", embedding_types=["float"],
+            output_dimension=64))
+    assert close(same.data[1].embedding, mock_vector("on the mat", 64))
+    assert close(translated.embeddings.float_[0], mock_vector("the cat sat", 64))
+    assert len(vendor.received) == 2
+    for seen in vendor.received:        # as the chat calls go: the deployment in the path, api-version, api-key
+        assert seen["path"] == "/openai/deployments/prod-embedding-3/embeddings"
+        assert seen["query"] == "api-version=2024-10-21"
+        assert seen["headers"]["api-key"] == "azure-key" and "authorization" not in seen["headers"]

@@ -261,8 +261,12 @@ class Endpoint:
         self.query = query          # appended to every path (`api-version=...`)
 
     def path(self, model: str, stream: bool, dialect=None) -> str:
-        """`dialect`: another operation's (embeddings...) on this provider."""
-        path = (dialect or self.dialect).upstream_path(self.base_path, model, stream)
+        """`dialect`: another operation's (embeddings...) on this provider,
+        addressed as this provider addresses its calls (`operation_path`)."""
+        if dialect is None:
+            path = self.dialect.upstream_path(self.base_path, model, stream)
+        else:
+            path = self.dialect.operation_path(dialect, self.base_path, model, stream)
         if self.query:
             path += ("&" if "?" in path else "?") + self.query
         return path
@@ -452,6 +456,12 @@ class Dialect:
     # ---- outbound --------------------------------------------------------
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         raise NotImplementedError
+
+    def operation_path(self, dialect, base_path: str, model: str, stream: bool) -> str:
+        """Where another operation's call (`dialect`: embeddings, counting)
+        goes on a provider this dialect addresses: by default its own path
+        under the same base (Azure deployments put the model first)."""
+        return dialect.upstream_path(base_path, model, stream)
 
     def build_endpoint(self, spec: dict, base_path: str) -> "Endpoint":
         """How one provider's requests are addressed and authenticated,

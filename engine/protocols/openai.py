@@ -813,11 +813,20 @@ class StreamEncoder(s.Encoder):
                                               "code": row.code}}) + b"\n\n"
 
 
+def deployment_base(base_path: str, model: str) -> str:
+    """Azure OpenAI's base for one deployment: every call's own path goes under it."""
+    return f"{base_path.rstrip('/')}/deployments/{path_segment(model)}"
+
+
 class _DeploymentPaths(OpenAIDialect):
-    """Upstream addressing only: BASE/deployments/MODEL/chat/completions."""
+    """Upstream addressing only: BASE/deployments/MODEL/ then the call's own
+    path (chat/completions; embeddings: `operation_path`)."""
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
-        return f"{base_path.rstrip('/')}/deployments/{path_segment(model)}/chat/completions"
+        return super().upstream_path(deployment_base(base_path, model), model, stream)
+
+    def operation_path(self, dialect, base_path: str, model: str, stream: bool) -> str:
+        return dialect.upstream_path(deployment_base(base_path, model), model, stream)
 
 
 _DEPLOYMENTS = _DeploymentPaths()
