@@ -266,9 +266,11 @@ def _reference_problems(data: dict, invalid: set) -> list[Problem]:
         if any(path[:2] == ("providers", name) or path == ("providers",) or path == () for path in invalid):
             continue
         try:
-            build_provider(name, provider)
+            build_provider(name, provider, data.get("upstream") if isinstance(data.get("upstream"), dict) else None)
         except ProviderError as exc:
-            problems.append((_path_parts(exc.path), exc.message))
+            problem = (_path_parts(exc.path), exc.message)
+            if problem not in problems:      # a bad upstream.ca_bundle: said once, not per provider
+                problems.append(problem)
     return problems
 
 

@@ -467,7 +467,7 @@ class Exchange:
                     return await self._fan_out(attempt, rec, provider, up, parts, t0)
             target, headers, body = self._build(attempt, provider, up)
             stops, warnings = self.stops, self._warnings     # this attempt's (a hedge builds its own)
-            pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
+            pool = self.gw.upstream.pool(provider.origin, provider.max_connections, provider.transport)
             try:
                 wait = timeouts.first_byte
                 if self.resuming is not None:

@@ -94,7 +94,8 @@ class Gateway:
         # replicas sharing a state backend share upstream key quotas too (ADR 0017)
         self.router.shared_quota = bool(getattr(state, "shared", False))
         self.upstream = upstream or UpstreamClient()
-        self.providers = {name: build_provider(name, spec) for name, spec in config.providers.items()}
+        self.providers = {name: build_provider(name, spec, config.raw.get("upstream"))
+                          for name, spec in config.providers.items()}
         # self-hosted backends scraped in the background (busbar.selfhosted)
         self.watch_specs = [w for name, spec in config.providers.items()
                             if (w := WatchSpec.from_config(name, spec)) is not None]

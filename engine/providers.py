@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from busbar.faults import FaultClass
 from busbar.protocols import get_dialect
 from busbar.protocols.base import Endpoint, Headers
-from busbar.upstream import Origin
+from busbar.tls import TlsFileError, client_context
+from busbar.upstream import DIRECT, Origin, Transport
 
 
 class ProviderError(ValueError):
@@ -36,9 +37,28 @@ class Provider:
     signer: object = None                # callable(path, headers, body) -> Headers, or None
     max_connections: int | None = None   # concurrent upstream connections to this provider
     endpoint: Endpoint = None            # upstream path and auth header (protocol defaults + provider config)
+    transport: Transport = DIRECT        # TLS trust (ca_bundle): part of the upstream pool's key
 
 
-def build_provider(name: str, spec: dict) -> Provider:
+def build_transport(name: str, spec: dict, defaults: dict | None = None) -> Transport:
+    """The provider's `ca_bundle`, else the top-level `upstream.ca_bundle`,
+    else the system store; the bundle is loaded now, so a bad file is a
+    config error naming where it was set."""
+    defaults = defaults or {}
+    if spec.get("ca_bundle"):
+        ca_bundle, where = spec["ca_bundle"], f"providers.{name}.ca_bundle"
+    else:
+        ca_bundle, where = defaults.get("ca_bundle"), "upstream.ca_bundle"
+    if not ca_bundle:
+        return DIRECT
+    try:
+        return Transport(ca_bundle, client_context(ca_bundle, where))
+    except TlsFileError as exc:
+        raise ProviderError(exc.path, exc.message) from None
+
+
+def build_provider(name: str, spec: dict, defaults: dict | None = None) -> Provider:
+    """`defaults` is the config's top-level `upstream:` section."""
     rules = []
     for i, rule in enumerate(spec.get("errors", ())):
         try:
@@ -51,5 +71,6 @@ def build_provider(name: str, spec: dict) -> Provider:
     origin = Origin.from_url(spec["base_url"])
     signer = dialect.build_signer(spec, origin.host_header.decode())
     endpoint = dialect.build_endpoint(spec, origin.base_path)
+    transport = build_transport(name, spec, defaults)
     return Provider(name, spec["protocol"], dialect, origin, headers, rules, signer, spec.get("max_connections"),
-                    endpoint)
+                    endpoint, transport)

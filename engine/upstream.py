@@ -15,7 +15,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ import trio
 
 from busbar import sockio
 from busbar.http11 import BodyDecoder, ProtocolError, parse_head, serialize_request
+from busbar.tls import client_context, describe_handshake_error
 
 Headers = list[tuple[bytes, bytes]]
 READ_SIZE = 65536
@@ -68,6 +69,20 @@ class Origin:
         default = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
         host_header = (host if default else f"{host}:{port}").encode("idna")
         return cls(scheme, host, port, parts.path.rstrip("/"), host_header)
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How a provider's connections are made beyond its origin: the CA
+    bundle its TLS trusts (None: the system store).  Part of the pool's key,
+    so two providers on one origin with different trust never share a
+    connection; the context itself is not (a reload that reads the same
+    bundle path keeps the pool and its connections)."""
+    ca_bundle: str | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, hash=False)
+
+
+DIRECT = Transport()
 
 
 class _Connection:
@@ -157,8 +172,10 @@ class ConnectionPool:
     """Keep-alive connections to one origin."""
 
     def __init__(self, origin: Origin, *, max_connections: int = 256, ssl_context: ssl.SSLContext | None = None,
-                 keepalive_expiry: float = 30.0):
+                 keepalive_expiry: float = 30.0, transport: Transport = DIRECT):
         self.origin = origin
+        self.ca_bundle = transport.ca_bundle
+        ssl_context = ssl_context or transport.ssl_context
         self.max_connections = max_connections
         self._idle: list[_Connection] = []
         self._open = 0
@@ -173,11 +190,20 @@ class ConnectionPool:
                 stream = await trio.open_tcp_stream(self.origin.host, self.origin.port)
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.origin.scheme == "https":
-                    ctx = self._ssl or ssl.create_default_context()
-                    stream = trio.SSLStream(stream, ctx, server_hostname=self.origin.host, https_compatible=True)
-                    await stream.do_handshake()
+                    stream = trio.SSLStream(stream, self._ssl or client_context(), server_hostname=self.origin.host,
+                                            https_compatible=True)
+                    try:
+                        await stream.do_handshake()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        await trio.aclose_forcefully(stream)
+                        raise _HandshakeFailed(describe_handshake_error(exc)) from None
         except trio.TooSlowError:
             raise UpstreamError(f"connect to {self.origin.host}:{self.origin.port} timed out", timeout=True) from None
+        except _HandshakeFailed as exc:
+            trust = f"the CA bundle {self.ca_bundle!r}" if self.ca_bundle else "the system trust store"
+            hint = f" (checked against {trust}; a private CA goes in the provider's ca_bundle)" \
+                if "certificate verify failed" in str(exc) else ""
+            raise UpstreamError(f"TLS handshake with {self.origin.host}:{self.origin.port} failed: {exc}{hint}") from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {self.origin.host}:{self.origin.port}: {exc.strerror or exc}") from None
         return _Connection(stream)
@@ -308,19 +334,25 @@ class _StaleConnection(Exception):
     pass
 
 
+class _HandshakeFailed(Exception):
+    pass
+
+
 class UpstreamClient:
     """One pool per origin, created on first use."""
 
     def __init__(self, *, max_connections: int = 256):
         self.max_connections = max_connections
-        self._pools: dict[Origin, ConnectionPool] = {}
+        self._pools: dict[tuple[Origin, Transport], ConnectionPool] = {}
 
-    def pool(self, origin: Origin, max_connections: int | None = None) -> ConnectionPool:
-        """The pool for `origin`, created on first use with `max_connections`
-        (the provider's limit) or the client's default."""
-        pool = self._pools.get(origin)
+    def pool(self, origin: Origin, max_connections: int | None = None, transport: Transport = DIRECT) -> ConnectionPool:
+        """The pool for `origin` reached through `transport` (its TLS trust),
+        created on first use with `max_connections` (the provider's limit) or
+        the client's default."""
+        pool = self._pools.get((origin, transport))
         if pool is None:
-            pool = self._pools[origin] = ConnectionPool(origin, max_connections=max_connections or self.max_connections)
+            pool = self._pools[(origin, transport)] = ConnectionPool(
+                origin, max_connections=max_connections or self.max_connections, transport=transport)
         return pool
 
     async def aclose(self) -> None:

@@ -17,7 +17,7 @@ import trio
 import trustme
 
 from busbar.mock import MockVendor
-from harness import free_port, gateway_with, sdk, wait_port
+from harness import free_port, gateway_with, last_record, sdk, wait_port
 
 OPENAI = {"providers": {"a": {"protocol": "openai", "base_url": "{a}/v1", "key": "vendor-key"}},
           "pools": {"smart": {"members": [{"provider": "a", "model": "m"}]}}}
@@ -227,3 +227,111 @@ import sys, trio
 from busbar.mock import MockVendor
 trio.run(MockVendor().serve, "127.0.0.1", int(sys.argv[1]))
 """
+
+
+# ---- upstream TLS: a vendor served over https with a throwaway CA --------------------
+
+@pytest.fixture(scope="module")
+def vendor_tls(ca) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def _attempts(record) -> list[tuple[str, str]]:
+    return [(a["member"].split("/", 1)[1], a["outcome"]) for a in record["attempts"]]   # pool/provider/model
+
+
+@pytest.mark.sdk
+async def test_upstream_tls_needs_the_ca_bundle_and_fails_over_without_it(vendor_tls, ca_file):
+    """Two providers on the same https vendor: `untrusted` (the system store,
+    which does not know the test CA) and `trusted` (`ca_bundle`).  The
+    untrusted member's handshake fails as its transport fault, the request
+    fails over; the trusted one is served over TLS (its own connection pool:
+    the trust is part of the pool's key)."""
+    import openai
+    config = {
+        "providers": {
+            "untrusted": {"protocol": "openai", "base_url": "{secure}/v1", "key": "vendor-key"},
+            "trusted": {"protocol": "openai", "base_url": "{secure}/v1", "key": "vendor-key", "ca_bundle": ca_file},
+            "plain": {"protocol": "openai", "base_url": "{plain}/v1", "key": "vendor-key"},
+        },
+        "pools": {
+            "failover": {"strategy": "ordered", "members": [{"provider": "untrusted", "model": "m", "priority": 0},
+                                                            {"provider": "plain", "model": "m", "priority": 1}]},
+            "lonely": {"members": [{"provider": "untrusted", "model": "m"}]},
+            "verified": {"members": [{"provider": "trusted", "model": "m"}]},
+        },
+    }
+    secure, plain = MockVendor(reply="from the tls vendor", tls=vendor_tls), MockVendor(reply="from the plain vendor")
+    async with gateway_with(config, secure=secure, plain=plain) as gw:
+        assert gw.vendors["secure"].url.startswith("https://")
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+
+        def ask(pool, **kw):
+            return client.chat.completions.create(model=pool, messages=[{"role": "user", "content": "hi"}], **kw)
+
+        answer = await sdk(lambda: ask("failover"))
+        assert answer.choices[0].message.content == "from the plain vendor"
+        record = await last_record(gw)
+        assert _attempts(record) == [("untrusted/m", "server"), ("plain/m", "ok")]
+        message = record["attempts"][0]["message"]
+        assert "TLS handshake with 127.0.0.1" in message and "certificate verify failed" in message, message
+        assert "ca_bundle" in message
+
+        chunks = await sdk(lambda: list(ask("failover", stream=True)))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "from the plain vendor"
+        assert _attempts(await last_record(gw)) == [("untrusted/m", "server"), ("plain/m", "ok")]
+
+        # no member left: a clear error in the client's protocol, never a 500
+        with pytest.raises(openai.APIStatusError) as failed:
+            await sdk(lambda: ask("lonely"))
+        assert failed.value.status_code in (502, 503)
+        assert not secure.received          # no request ever reached the vendor untrusted
+
+        answer = await sdk(lambda: ask("verified"))
+        assert answer.choices[0].message.content == "from the tls vendor"
+        chunks = await sdk(lambda: list(ask("verified", stream=True)))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "from the tls vendor"
+        assert len(secure.received) == 2
+        assert _attempts(await last_record(gw)) == [("trusted/m", "ok")]
+
+
+@pytest.mark.sdk
+async def test_upstream_ca_bundle_default_applies_to_every_provider(vendor_tls, ca_file):
+    import anthropic
+    config = {"upstream": {"ca_bundle": ca_file},
+              "providers": {"a": {"protocol": "anthropic", "base_url": "{secure}", "key": "vendor-key"}},
+              "pools": {"claude": {"members": [{"provider": "a", "model": "c"}]}}}
+    async with gateway_with(config, secure=MockVendor(reply="trusted by default", tls=vendor_tls)) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+        message = await sdk(lambda: client.messages.create(model="claude", max_tokens=64,
+                                                           messages=[{"role": "user", "content": "hi"}]))
+        assert message.content[0].text == "trusted by default"
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("where", ["providers.a.ca_bundle", "upstream.ca_bundle"])
+def test_a_bad_ca_bundle_is_a_config_error_naming_where_it_was_set(tmp_path, where):
+    from busbar.config import ConfigError, parse_config
+    junk = tmp_path / "junk.pem"
+    junk.write_text("no certificates here\n")
+    for path, says in ((str(tmp_path / "missing.pem"), "does not exist"), (str(junk), "cannot load the CA bundle")):
+        config = {"providers": {"a": {"protocol": "openai", "base_url": "https://vendor.test/v1", "key": "k"}},
+                  "pools": {"p": {"members": [{"provider": "a", "model": "m"}]}}}
+        if where == "upstream.ca_bundle":
+            config["upstream"] = {"ca_bundle": path}
+            config["providers"]["b"] = {"protocol": "openai", "base_url": "https://other.test/v1", "key": "k"}
+        else:
+            config["providers"]["a"]["ca_bundle"] = path
+        with pytest.raises(ConfigError) as error:
+            parse_config(config, "test-config")
+        assert error.value.problems == [(f"test-config: {where}", error.value.message)]   # once, not per provider
+        assert says in error.value.message
