@@ -1,0 +1,125 @@
+"""The item store and the reasoning store shared through Redis (issue 19): two `busbar serve`
+processes on one real redis-server; what the first minted, the second resolves.  Requests
+that need neither store never ask Redis, and an outage leaves each replica its own entries."""
+from __future__ import annotations
+
+import socket
+from contextlib import asynccontextmanager
+
+import openai
+import pytest
+import trio
+
+from busbar.mock import MockVendor
+from cluster_support import Replica, start_all
+from harness import sdk
+from redis_support import needs_redis, redis_server  # noqa: F401  (fixture)
+from test_thinking_multiturn import CHAT_TOOL
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_redis]
+
+
+def config(redis_url: str, vendor: MockVendor) -> dict:
+    return {"providers": {"claude": {"protocol": "anthropic", "base_url": vendor.url, "key": "vendor-key"}},
+            "pools": {"smart": {"members": [{"provider": "claude", "model": "claude-sonnet-4", "max_tokens": 4096}]}},
+            # generous: a loaded 2-core box must not trip the degraded mode by accident
+            "state": {"backend": "redis", "url": redis_url, "prefix": "stores", "timeout_ms": 1000}}
+
+
+@asynccontextmanager
+async def setup(tmp_path, redis_url: str, **vendor_options):
+    vendor = MockVendor(**vendor_options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vendor.serve)
+        running = [Replica(tmp_path, name, config(redis_url, vendor)) for name in ("A", "B")]
+        try:
+            await start_all(*running)
+            yield vendor, running
+        finally:
+            logs = [r.stop() for r in running]
+            nursery.cancel_scope.cancel()
+        for log in logs:
+            assert "Traceback" not in log, log
+
+
+def redis_calls(port: int, command: str) -> int:
+    """How many times Redis ran `command` (INFO commandstats)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"INFO commandstats\r\n")
+        data = b""
+        while b"\r\n" not in data or len(data) < data.index(b"\r\n") + 2 + int(data[1:data.index(b"\r\n")]):
+            data += s.recv(65536)
+    for line in data.decode().splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def responses(replica: Replica) -> openai.OpenAI:
+    return openai.OpenAI(base_url=replica.url + "/v1", api_key="k", max_retries=0)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "streamed"])
+async def test_the_second_replica_resolves_an_item_reference_the_first_minted(tmp_path, redis_server, stream):
+    async with setup(tmp_path, redis_server.url, reply="said by A's member") as (vendor, (a, b)):
+        def first():
+            if not stream:
+                return responses(a).responses.create(model="smart", input="hello")
+            with responses(a).responses.stream(model="smart", input="hello") as events:
+                return events.get_final_response()
+        answer = await sdk(first)
+        ref = answer.output[0].id
+        second = await sdk(lambda: responses(b).responses.create(model="smart", input=[
+            {"role": "user", "content": "hello"}, {"type": "item_reference", "id": ref},
+            {"role": "user", "content": "again"}]))
+        assert second.output_text == "said by A's member"
+        sent = vendor.received[-1]["body"]["messages"]
+        assert sent[1]["role"] == "assistant" and "said by A's member" in str(sent[1])
+
+
+async def test_the_second_replica_gives_back_the_signed_reasoning_the_first_kept(tmp_path, redis_server):
+    """A Chat Completions client, thinking and tools: turn 1 on A, its tool results on B;
+    the vendor (which refuses a tool-result turn without its signed block) sees it."""
+    async with setup(tmp_path, redis_server.url, use_tools=True, think=True) as (vendor, (a, b)):
+        messages = [{"role": "user", "content": "Weather in Paris?"}]
+
+        def ask(replica):
+            client = openai.OpenAI(base_url=replica.url + "/v1", api_key="k", max_retries=0)
+            return client.chat.completions.create(model="smart", messages=messages, tools=[CHAT_TOOL],
+                                                  reasoning_effort="high").choices[0].message
+        message = (await sdk(lambda: ask(a))).model_dump(exclude_none=True)
+        call = message["tool_calls"][0]
+        messages += [message, {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]
+        done = await sdk(lambda: ask(b))
+    assert done.content == "tool said: sunny"
+    assert vendor.thoughts_seen == 1
+
+
+async def test_no_redis_lookup_without_references_or_tool_results(tmp_path, redis_server):
+    async with setup(tmp_path, redis_server.url, reply="plain") as (vendor, (a, b)):
+        before = redis_calls(redis_server.port, "mget")
+        for replica in (a, b):
+            await sdk(lambda: responses(replica).responses.create(model="smart", input="hello"))
+            await sdk(lambda: openai.OpenAI(base_url=replica.url + "/v1", api_key="k", max_retries=0)
+                      .chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}]))
+        assert redis_calls(redis_server.port, "mget") == before
+        assert len(vendor.received) == 4
+
+
+async def test_a_redis_outage_leaves_each_replica_its_own_items(tmp_path, redis_server):
+    async with setup(tmp_path, redis_server.url, reply="kept locally") as (vendor, (a, b)):
+        redis_server.stop()
+        refs = []
+        for _ in range(2):
+            answer = await sdk(lambda: responses(a).responses.create(model="smart", input="hello"))
+            refs.append(answer.output[0].id)
+        again = await sdk(lambda: responses(a).responses.create(model="smart", input=[
+            {"role": "user", "content": "hello"}, {"type": "item_reference", "id": refs[0]},
+            {"role": "user", "content": "again"}]))
+        assert again.output_text == "kept locally"
+        with pytest.raises(openai.BadRequestError) as info:       # B cannot know it: a 400, not a 500
+            await sdk(lambda: responses(b).responses.create(model="smart", input=[
+                {"role": "user", "content": "hello"}, {"type": "item_reference", "id": refs[1]}]))
+        assert info.value.body["param"] == "input[1].id"
+        a.stop()
+        assert a.log_path.read_text().count("items entries not shared") == 1
