@@ -68,3 +68,16 @@ def test_stream_capture_rebuilds_the_parts_from_events():
     assert capture.parts() == [SIGNED, CALL]
     capture.feed([ir.BlockStart(3, ir.Reasoning("", None, "anthropic")), ir.ReasoningDelta(3, "y" * 60)])
     assert capture.overflow and capture.parts() == []
+
+
+def test_an_entry_travels_encoded_to_another_store_and_restores_the_same():
+    one, two = ReasoningStore(), ReasoningStore()
+    call = ir.ToolCall("c9", "f", {}, extras={"gemini": {"thoughtSignature": "TS"}})
+    keys = one.keep([SIGNED, ir.RedactedReasoning("DATA", "anthropic"), call], shown_id=lambda i: "shown-" + i)
+    assert keys == ["c9", "shown-c9"]
+    request = _turn(ir.ToolCall("shown-c9", "f", {}))
+    assert two.missing(request) == ["shown-c9"]
+    assert two.put_encoded("shown-c9", one.encoded("shown-c9"))
+    assert two.missing(request) == []
+    assert two.restore(request) == one.restore(request)
+    assert not two.put_encoded("x", b"not an entry")
