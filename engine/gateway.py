@@ -60,14 +60,29 @@ access_log = logging.getLogger("busbar.access")
 
 
 def _secrets(config: dict) -> Redactor:
-    """The redactor of every credential in the config (provider keys and
-    AWS secrets, gateway client keys, the admin key)."""
+    """The redactor of every credential in the config: provider keys, AWS
+    secrets and session tokens, configured `headers:` values (they usually
+    carry a vendor key or an org token), a password in a URL (base_url,
+    state.url), gateway client keys and AWS pairs, the admin key."""
+    from urllib.parse import urlsplit
     secrets = set()
+
+    def url_password(url) -> None:
+        try:
+            password = urlsplit(url).password if isinstance(url, str) else None
+        except ValueError:
+            password = None
+        if password:
+            secrets.add(password)
+
     for provider in config.get("providers", {}).values():
         secrets.update(map(key_secret, provider.get("keys", ())))
         for name in ("key", "secret_access_key", "session_token"):
             if provider.get(name):
                 secrets.add(provider[name])
+        secrets.update(v for v in (provider.get("headers") or {}).values() if isinstance(v, str))
+        url_password(provider.get("base_url"))
+    url_password((config.get("state") or {}).get("url"))
     auth = config.get("auth", {})
     secrets.update(k if isinstance(k, str) else k.get("key", "") for k in auth.get("keys", ()))
     secrets.update(c["secret_access_key"] for c in auth.get("aws_credentials", ()))
