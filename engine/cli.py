@@ -201,8 +201,87 @@ def _admin_target(args) -> tuple[str, str | None]:
     return url.rstrip("/"), key or os.environ.get("BUSBAR_ADMIN_KEY")
 
 
+def _limit(value: str) -> int | None:
+    """A limit flag of `keys update`: a positive integer, or `none` (remove that limit)."""
+    if value.lower() in ("none", "off", "-"):
+        return None
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a limit is a positive integer, or `none` to remove it")
+    return number
+
+
+def _update_changes(args, current: dict) -> dict:
+    """`busbar keys update`'s flags as a PATCH body against the key's current
+    fields: limits change one by one (the others stay), a budget keeps its
+    period unless --period says otherwise, `--no-X` removes a field."""
+    changes: dict = {}
+    if args.all_pools:
+        changes["pools"] = None
+    elif args.pool:
+        changes["pools"] = args.pool
+    if args.direct is not None:
+        changes["direct"] = args.direct
+    for name in ("team", "expires"):
+        if getattr(args, f"no_{name}"):
+            changes[name] = None
+        elif getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    limits = dict(current.get("limits") or {})
+    given = [name for name in ("rpm", "tpm", "parallel") if hasattr(args, name)]     # (absent unless given)
+    for name in given:
+        if getattr(args, name) is None:
+            limits.pop(name, None)
+        else:
+            limits[name] = getattr(args, name)
+    if given:
+        changes["limits"] = limits or None
+    if args.no_budget:
+        changes["budget"] = None
+    elif args.budget_usd is not None or args.budget_tokens is not None or args.period is not None:
+        budget = dict(current.get("budget") or {})
+        if args.budget_usd is not None or args.budget_tokens is not None:
+            budget.pop("usd", None), budget.pop("tokens", None)
+            budget.update({"usd": args.budget_usd} if args.budget_usd is not None else {"tokens": args.budget_tokens})
+        if not ("usd" in budget or "tokens" in budget):
+            raise ValueError("--period changes a budget's period: the key has no budget; give --budget-usd or "
+                             "--budget-tokens too")
+        budget["period"] = args.period or budget.get("period", "month")
+        changes["budget"] = budget
+    if args.no_downgrade:
+        changes["over_budget"] = None
+    elif args.downgrade:
+        changes["over_budget"] = {**(current.get("over_budget") or {}), "downgrade": args.downgrade}
+    if not changes:
+        raise ValueError("nothing to change: give at least one of --pool/--all-pools, --direct/--no-direct, "
+                         "--team/--no-team, --expires/--no-expires, --rpm/--tpm/--parallel, "
+                         "--budget-usd/--budget-tokens/--period/--no-budget, --downgrade/--no-downgrade")
+    return changes
+
+
+def _update_flags(k) -> None:
+    k.add_argument("--pool", action="append", help="a pool the key may use (repeatable; replaces the list)")
+    k.add_argument("--all-pools", action="store_true", help="remove the pool restriction (every pool)")
+    k.add_argument("--direct", dest="direct", action="store_true", default=None, help="allow provider/model routes")
+    k.add_argument("--no-direct", dest="direct", action="store_false", help="forbid provider/model routes")
+    k.add_argument("--team", help="a team of auth.teams")
+    k.add_argument("--no-team", action="store_true", help="take the key out of its team")
+    k.add_argument("--expires", help="ISO date or date-time")
+    k.add_argument("--no-expires", action="store_true", help="the key never expires")
+    for name in ("rpm", "tpm", "parallel"):
+        k.add_argument(f"--{name}", type=_limit, default=argparse.SUPPRESS, metavar="N|none",
+                       help=f"set {name} (the other limits stay), or `none` to remove it")
+    k.add_argument("--budget-usd", type=float)
+    k.add_argument("--budget-tokens", type=int)
+    k.add_argument("--period", choices=["day", "week", "month", "total"],
+                   help="the budget's period (default: the key's current one, else month)")
+    k.add_argument("--no-budget", action="store_true", help="remove the budget")
+    k.add_argument("--downgrade", metavar="POOL", help="over budget: route to this pool instead of refusing")
+    k.add_argument("--no-downgrade", action="store_true", help="over budget: refuse again")
+
+
 def cmd_keys(args) -> int:
-    """`busbar keys create|list|revoke`: the running gateway's client keys, through its admin API."""
+    """`busbar keys create|list|update|revoke`: the running gateway's client keys, through its admin API."""
     import httpx
     from urllib.parse import quote
     try:
@@ -231,21 +310,38 @@ def cmd_keys(args) -> int:
         call = ("POST", "/admin/keys", spec)
     elif args.action == "list":
         call = ("GET", "/admin/keys", None)
+    elif args.action == "update":
+        call = ("PATCH", f"/admin/keys/{quote(args.key_id, safe='')}", None)
     else:
         call = ("DELETE", f"/admin/keys/{quote(args.key_id, safe='')}", None)
     method, path, body = call
-    try:
-        response = httpx.request(method, url + path, headers=headers, json=body, timeout=10)
-    except httpx.HTTPError as exc:
-        print(f"busbar keys {args.action}: cannot reach the admin API at {url}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        data = response.json()
-    except ValueError:
-        data = {"error": response.text.strip()}
-    if response.status_code >= 400:
-        print(f"busbar keys {args.action}: {response.status_code} {data.get('error', data)}", file=sys.stderr)
-        return 1
+
+    def request(method, path, body):
+        try:
+            response = httpx.request(method, url + path, headers=headers, json=body, timeout=10)
+        except httpx.HTTPError as exc:
+            print(f"busbar keys {args.action}: cannot reach the admin API at {url}: {exc}", file=sys.stderr)
+            return None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {"error": response.text.strip()}
+        if response.status_code >= 400:
+            print(f"busbar keys {args.action}: {response.status_code} {data.get('error', data)}", file=sys.stderr)
+            return False
+        return data
+    if args.action == "update":        # the key's current fields first: limits change one by one
+        current = request("GET", path, None)
+        if not current:
+            return 2 if current is None else 1
+        try:
+            body = _update_changes(args, current)
+        except ValueError as exc:
+            print(f"busbar keys update: {exc}", file=sys.stderr)
+            return 1
+    data = request(method, path, body)
+    if not data:
+        return 2 if data is None else 1
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -254,6 +350,10 @@ def cmd_keys(args) -> int:
         print(data["key"])
     elif args.action == "revoke":
         print(f"revoked {data['id']}")
+    elif args.action == "update":
+        print(f"updated {data['id']}: pools={','.join(data.get('pools') or ['*'])} team={data.get('team') or '-'} "
+              f"limits={_limits_text(data.get('limits'))} budget={_budget_text(data)} "
+              f"expires={data.get('expires') or '-'}")
     else:
         rows = [[k["id"], k["source"], ",".join(k.get("pools") or ["*"]), k.get("team") or "-",
                  _limits_text(k.get("limits")), _budget_text(k), "revoked" if k.get("revoked") else "live"]
@@ -461,9 +561,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--key", help="the admin key (default $BUSBAR_ADMIN_KEY)")
         p.set_defaults(func=cmd_drain)
 
-    p = sub.add_parser("keys", help="mint, list and revoke client keys of a running gateway (its admin API)")
+    p = sub.add_parser("keys", help="mint, list, update and revoke client keys of a running gateway (its admin API)")
     keys = p.add_subparsers(dest="action", required=True)
     for action, what in (("create", "mint a key; prints its secret once"), ("list", "every key, config and minted"),
+                         ("update", "change a minted key's pools, limits, budget, expiry or team (PATCH)"),
                          ("revoke", "revoke a minted key (refused from the next request on)")):
         k = keys.add_parser(action, help=what)
         k.add_argument("--config", help="the gateway's config file: its admin.listen and admin.key")
@@ -472,8 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         k.add_argument("--key", help="the admin key (default from --config, else $BUSBAR_ADMIN_KEY)")
         k.add_argument("--json", action="store_true", help="print the API's JSON answer")
         k.set_defaults(func=cmd_keys)
-        if action == "revoke":
+        if action in ("revoke", "update"):
             k.add_argument("key_id", metavar="ID")
+        if action == "update":
+            _update_flags(k)
         if action != "create":
             continue
         k.add_argument("--id", help="the key's id (default: generated)")

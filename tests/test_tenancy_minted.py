@@ -262,3 +262,62 @@ def test_busbar_keys_cli_create_list_revoke_across_a_process_restart(tmp_path, m
                 proc.kill()
     unreachable = _keys_cli("list", config=config)
     assert unreachable.returncode == 2 and "cannot reach the admin API" in unreachable.stderr
+
+
+def _keys_cli_at(url, *args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "busbar.cli", "keys", *args, "--admin", url, "--key", "admin-secret"],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+async def test_busbar_keys_update_changes_limits_one_by_one_budget_team_pools_and_expiry(tmp_path):
+    import trio
+    cfg = config(tmp_path / "keys.sqlite", teams={"plat": {"limits": {"rpm": 1000}}})
+    async with gateway_with(cfg, a=MockVendor(reply="hi")) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            r = await http.post("/admin/keys", headers=ADMIN, json={
+                "id": "app-1", "pools": ["smart"], "limits": {"rpm": 50, "tpm": 100000},
+                "budget": {"usd": 10, "period": "week"}})
+            secret = r.json()["key"]
+
+        def cli(*args):
+            return trio.to_thread.run_sync(lambda: _keys_cli_at(gw.url, *args))
+        done = await cli("update", "app-1", "--rpm", "1", "--budget-usd", "5")
+        assert done.returncode == 0, done.stderr
+        assert "updated app-1" in done.stdout and "rpm=1 tpm=100000" in done.stdout and secret not in done.stdout
+        record = gw.app.minted.records["app-1"]
+        assert record["limits"] == {"rpm": 1, "tpm": 100000}               # tpm stayed
+        assert record["budget"] == {"usd": 5.0, "period": "week"}          # the period stayed
+        # the new rpm holds from the next request on
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key=secret)) == "hi"
+        with pytest.raises(openai.RateLimitError):
+            await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key=secret))
+        done = await cli("update", "app-1", "--rpm", "none", "--no-budget", "--pool", "cheap", "--team", "plat",
+                         "--json")
+        assert done.returncode == 0, done.stderr
+        record = gw.app.minted.records["app-1"]
+        assert record["limits"] == {"tpm": 100000} and "budget" not in record
+        assert record["pools"] == ["cheap"] and record["team"] == "plat"
+        assert await sdk(lambda: openai_chat(gw.url, "cheap", "x", api_key=secret)) == "hi"
+        with pytest.raises(openai.PermissionDeniedError):
+            await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key=secret))
+        done = await cli("update", "app-1", "--all-pools", "--expires", "2020-01-01")
+        assert done.returncode == 0, done.stderr
+        with pytest.raises(openai.AuthenticationError):                    # expired
+            await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key=secret))
+        done = await cli("update", "app-1", "--no-expires", "--no-team")
+        assert done.returncode == 0 and "team=-" in done.stdout and "expires=-" in done.stdout
+        assert await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key=secret)) == "hi"
+        # what is refused, and how
+        nothing = await cli("update", "app-1")
+        assert nothing.returncode == 1 and "nothing to change" in nothing.stderr
+        unknown = await cli("update", "nope", "--rpm", "3")
+        assert unknown.returncode == 1 and "404" in unknown.stderr
+        bad = await cli("update", "app-1", "--team", "ghosts")
+        assert bad.returncode == 1 and "no team 'ghosts'" in bad.stderr
+        period_only = await cli("update", "app-1", "--period", "day")
+        assert period_only.returncode == 1 and "has no budget" in period_only.stderr
+        assert (await cli("update", "app-1", "--rpm", "0")).returncode == 2        # argparse: not a limit
