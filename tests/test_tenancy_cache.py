@@ -105,3 +105,18 @@ async def test_ids_of_config_keys_shadow_minted_ones_also_when_they_arrive_by_me
     Tenancy.from_config({"keys": [{"id": "team-a", "key": "config-key-a"}]}, minted=keys)
     keys.on_message(message(1, record("team-a", "bb-other")))
     assert not keys.by_hash and "team-a" in keys.records
+
+
+async def test_without_a_key_store_the_alert_marker_lives_in_the_state_backend_a_reload_does_not_refire():
+    from busbar.ir import Usage
+    from busbar.state import MemoryState
+    state = MemoryState()
+    auth = {"keys": [{"id": "k", "key": "client-secret-k", "budget": {"tokens": 200, "alert": 0.25}}]}
+    fired = []
+    for _ in range(2):                               # the second Tenancy is what a hot reload builds
+        tenancy = Tenancy.from_config(auth, state)
+        for _ in range(3):
+            adm = await tenancy.admit("client-secret-k", "smart", 0)
+            await tenancy.settle(adm, Usage(20, 0))
+            fired.append(adm.alerts)
+    assert fired == [[], [], ["k"], [], [], []]      # crossed at 60 of 200 (alert 25 %), once

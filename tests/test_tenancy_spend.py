@@ -18,6 +18,7 @@ from busbar.cli import main as cli
 from busbar.mock import MockVendor
 from clients import anthropic_messages, openai_chat
 from harness import gateway_with, sdk
+from redis_support import redis_server  # noqa: F401  (fixture)
 
 ADMIN = {"authorization": "Bearer admin-secret"}
 
@@ -130,3 +131,69 @@ def test_busbar_usage_cli_shows_usd_with_a_config(tmp_path, capsys):
     assert out[1].split()[-1] == "3.500000"                       # 1M x 2.5 + 0.1M x 10 per 1M
     assert cli(["usage", "--db", str(db), "--config", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"][0]["usd"] == pytest.approx(3.5)
+
+
+def _alerts(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "busbar.alert" and "has used" in r.getMessage()]
+
+
+def alert_config(**auth) -> dict:
+    return {
+        "providers": {"oai": {"protocol": "openai", "base_url": "{a}/v1", "key": "sk-upstream"}},
+        "pools": {"smart": {"members": [{"provider": "oai", "model": "gpt-4o"}]}},
+        "auth": {"keys": [{"id": "metered", "key": "client-secret-m",
+                           "budget": {"tokens": 100000, "period": "month", "alert": 0.001}}], **auth},
+        "admin": {"enabled": True, "key": "admin-secret", "usage_db": "off"},
+    }
+
+
+async def _until_alerted(gw, caplog, want: int) -> None:
+    for _ in range(20):
+        await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key="client-secret-m"))
+        if len(_alerts(caplog)) >= want:
+            return
+    raise AssertionError("the budget alert never fired")
+
+
+async def _past_threshold(gw, requests: int = 3) -> float:
+    """A few more requests; the level's spend (over the threshold, so each settle checks the marker)."""
+    for _ in range(requests):
+        await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key="client-secret-m"))
+    return (await gw.app.gateway.tenancy.usage_of("metered"))["budget"]["spent"]
+
+
+@pytest.mark.sdk
+async def test_a_budget_alert_fires_once_per_period_across_a_hot_reload_and_a_restart(tmp_path, caplog):
+    """The marker lives in the embedded store (the key store's SQLite file):
+    neither a reload (a new Tenancy) nor a restart (memory counters start at
+    zero and cross the threshold again) fires it a second time."""
+    caplog.set_level(logging.WARNING, logger="busbar.alert")
+    cfg = alert_config(keys_db=str(tmp_path / "keys.sqlite"))
+    vendor = MockVendor(reply="hi")
+    async with gateway_with(cfg, a=vendor) as gw:
+        await _until_alerted(gw, caplog, 1)
+        assert await _past_threshold(gw) >= 100           # later settles over the threshold: no second alert
+        gw.app.reload({**cfg, "providers": {"oai": {**cfg["providers"]["oai"], "base_url": vendor.url + "/v1"}}})
+        assert gw.app.gateway.tenancy.alerted == set()    # a new Tenancy: its own memory is empty
+        await _past_threshold(gw)
+        assert len(_alerts(caplog)) == 1
+    async with gateway_with(cfg, a=vendor) as gw:         # a restart: the memory counters begin at 0
+        assert (await gw.app.gateway.tenancy.usage_of("metered"))["budget"]["spent"] == 0
+        spent = await _past_threshold(gw, 8)
+        assert spent >= 100                               # crossed the threshold again ...
+        assert len(_alerts(caplog)) == 1                  # ... and the marker said it had fired this period
+
+
+@pytest.mark.sdk
+async def test_a_budget_alert_fires_once_across_replicas_sharing_redis_and_their_restart(redis_server, caplog):
+    caplog.set_level(logging.WARNING, logger="busbar.alert")
+    cfg = alert_config()
+    cfg["state"] = {"backend": "redis", "url": redis_server.url, "prefix": "alerts", "timeout_ms": 1000}
+    vendor = MockVendor(reply="hi")
+    async with gateway_with(cfg, a=vendor) as one, gateway_with(cfg, a=vendor) as two:
+        await _until_alerted(one, caplog, 1)
+        await _past_threshold(two)                        # the shared counter is past it on two as well
+        assert len(_alerts(caplog)) == 1
+    async with gateway_with(cfg, a=vendor) as three:
+        await _past_threshold(three)
+    assert len(_alerts(caplog)) == 1

@@ -355,22 +355,38 @@ class Tenancy:
             if amount:
                 key, ttl = self._budget_key(level)
                 total = await self.state.add_counter(key, amount, ttl)
-                if self._maybe_alert(level, total):
+                if total >= level.budget.alert * level.budget.limit and await self._first_alert(level, key, ttl):
+                    self._alert(level, total)
                     adm.alerts.append(level.id)
         return cost
 
-    def _maybe_alert(self, level: Level, total: float) -> bool:
-        budget = level.budget
-        mark = f"{level.id}:{self._budget_key(level)[0]}"
-        if total < budget.alert * budget.limit or mark in self.alerted:
+    async def _first_alert(self, level: Level, budget_key: str, ttl: float) -> bool:
+        """Whether this crossing of `level`'s soft alert is the period's first.
+        Remembered here (no I/O on later settles) and in the key store (SQLite
+        or Redis: a reload, a restart or another replica does not fire it
+        again); without a key store, in the state backend (kept across reloads,
+        shared through Redis)."""
+        mark = f"{level.id}:{budget_key}"
+        if mark in self.alerted:
             return False
         self.alerted.add(mark)
+        store = getattr(self.minted, "store", None)
+        try:
+            if store is not None:
+                return await store.claim_alert(mark, ttl, self.wall())
+            return (await self.state.take_counter(f"tenancy:alerted:{mark}", 1, 1, ttl)).ok
+        except Exception as exc:        # a store that cannot answer: alert (twice at worst), never fail the settle
+            import logging
+            logging.getLogger("busbar.tenancy").warning("budget alert marker not stored (%s)", exc)
+            return True
+
+    def _alert(self, level: Level, total: float) -> None:
+        budget = level.budget
         self._count("budget_alert")
         import logging
         logging.getLogger("busbar.alert").warning(
             "tenancy: `%s` has used %.0f%% of its %s budget (%g of %g %s)", level.id,
             100 * total / budget.limit, budget.period, total, budget.limit, budget.unit)
-        return True
 
     async def usage_of(self, level_id: str) -> dict:
         keys = list(self.by_hash.values()) + (list(self.minted.by_hash.values()) if self.minted is not None else [])

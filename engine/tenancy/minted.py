@@ -120,6 +120,21 @@ class SqliteKeyStore:
                                             (_body(record), record["revoked"], record["id"])), create=True)
         return 0
 
+    async def claim_alert(self, mark: str, ttl_s: float, wall: float) -> bool:
+        """True for the first claim of a budget alert `mark` (level + period);
+        marks past their period are dropped on the way."""
+        def claim(conn):
+            conn.execute(self.ALERTS)
+            conn.execute("DELETE FROM budget_alerts WHERE expires < ?", (wall,))
+            return conn.execute("INSERT OR IGNORE INTO budget_alerts (mark, expires) VALUES (?, ?)",
+                                (mark, wall + ttl_s)).rowcount == 1
+        return bool(await self._run(claim, create=True))
+
+    ALERTS = """CREATE TABLE IF NOT EXISTS budget_alerts (
+        mark TEXT PRIMARY KEY,           -- level id and budget period: its soft alert fired
+        expires REAL NOT NULL            -- unix seconds: the period's end plus a grace
+    )"""
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -178,6 +193,12 @@ class RedisKeyStore:
 
     async def revision(self) -> int | None:
         return int(await self._call("GET", self.rev_key) or 0)
+
+    async def claim_alert(self, mark: str, ttl_s: float, wall: float) -> bool:
+        """True for the first claim of a budget alert `mark` on any replica."""
+        reply = await self._call("SET", f"{self.records_key}:alerted:{mark}", 1, "NX", "PX",
+                                 max(1, int(ttl_s * 1000)))
+        return reply is not None
 
     async def _write(self, record: dict, mode: str) -> int:
         return int(await self._call("EVAL", _WRITE_LUA, 3, self.records_key, self.live_key, self.rev_key,
