@@ -761,7 +761,8 @@ class Exchange:
                 502, f"Upstream stream failed after content was sent; its continuation failed: {fault.message}",
                 "upstream"), self._stream_encoder())
         if outcome.body is not None and self.gw.providers[attempt.provider].protocol == self.client.name:
-            headers = [(k, v) for k, v in outcome.headers if k in (b"content-type", b"retry-after")]
+            kept = (b"content-type", b"retry-after") + self.client.error_headers_kept
+            headers = [(k, v) for k, v in outcome.headers if k in kept]
             self.record.status = outcome.status
             await self.responder.send(outcome.status, headers or [JSON_CT], self.gw.scrub_bytes(outcome.body))
         else:

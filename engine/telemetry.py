@@ -29,7 +29,7 @@ log = logging.getLogger("busbar.telemetry")
 
 # gen_ai.system / gen_ai.provider.name per wire protocol (GenAI semantic conventions' well-known values)
 GENAI_SYSTEM = {"openai": "openai", "responses": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini",
-                "bedrock": "aws.bedrock", "cohere": "cohere"}
+                "bedrock": "aws.bedrock", "cohere": "cohere", "bedrock-invoke": "aws.bedrock"}
 TRACES_PATH = "/v1/traces"
 
 

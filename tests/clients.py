@@ -1,4 +1,4 @@
-"""The six official SDKs as clients of a gateway: one blocking call each,
+"""The official SDKs as clients of a gateway (one per protocol): one blocking call each,
 returning (text, stop-ish, usage) so tests can compare across protocols."""
 from __future__ import annotations
 
@@ -78,6 +78,42 @@ def bedrock_converse(url, model, text, stream=False, **kw):
     return "".join(block.get("text", "") for block in result["output"]["message"]["content"])
 
 
+def bedrock_invoke(url, model, text, stream=False, **kw):
+    """boto3's InvokeModel with an Anthropic Messages body, as Claude on Bedrock takes it."""
+    import base64
+    import json
+
+    import boto3
+    client = boto3.client("bedrock-runtime", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id=kw.pop("access_key_id", "AKIDGATEWAY"),
+                          aws_secret_access_key=kw.pop("secret_access_key", "gateway-secret"))
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 256,
+                       "messages": [{"role": "user", "content": text}], **kw})
+    if stream:
+        parts = []
+        for event in client.invoke_model_with_response_stream(modelId=model, body=body)["body"]:
+            chunk = json.loads(event["chunk"]["bytes"])
+            if chunk["type"] == "content_block_delta" and chunk["delta"]["type"] == "text_delta":
+                parts.append(chunk["delta"]["text"])
+        return "".join(parts)
+    result = json.loads(client.invoke_model(modelId=model, body=body)["body"].read())
+    return "".join(block["text"] for block in result["content"] if block["type"] == "text")
+
+
+def anthropic_bedrock(url, model, text, stream=False, **kw):
+    """The anthropic SDK's AnthropicBedrock client (what Claude Code's Bedrock mode is built on)."""
+    import anthropic
+    client = anthropic.AnthropicBedrock(base_url=url, aws_region="us-east-1", max_retries=0,
+                                        aws_access_key=kw.pop("access_key_id", "AKIDGATEWAY"),
+                                        aws_secret_key=kw.pop("secret_access_key", "gateway-secret"))
+    if stream:
+        with client.messages.stream(model=model, max_tokens=256, messages=[{"role": "user", "content": text}],
+                                    **kw) as s:
+            return "".join(s.text_stream)
+    message = client.messages.create(model=model, max_tokens=256, messages=[{"role": "user", "content": text}], **kw)
+    return "".join(block.text for block in message.content if block.type == "text")
+
+
 CLIENTS = {
     "openai": openai_chat,
     "anthropic": anthropic_messages,
@@ -85,4 +121,5 @@ CLIENTS = {
     "gemini": gemini_generate,
     "cohere": cohere_chat,
     "bedrock": bedrock_converse,
+    "bedrock-invoke": bedrock_invoke,
 }

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the IR and the six wire protocols.
+"""Hypothesis strategies for the IR and the seven wire protocols.
 
 Built bottom-up like the schemas they mirror: leaves (text, ids, base64
 blobs), parts (text, image, document, tool call, tool result, reasoning),
@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 from busbar import ir
 from busbar.protocols import get_dialect
 
-PROTOCOLS = ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")
+PROTOCOLS = ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere", "bedrock-invoke")
+# protocols whose body is another's (same IR subset, same lossy corners)
+FAMILY = {"bedrock-invoke": "anthropic"}
+
+
+def family(proto: str) -> str:
+    """The protocol whose body `proto` speaks (itself for six of the seven)."""
+    return FAMILY.get(proto, proto)
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ CAPS: dict[str, Caps] = {
         resp_stops=frozenset({ir.StopReason.END_TURN, ir.StopReason.MAX_TOKENS, ir.StopReason.STOP_SEQUENCE,
                               ir.StopReason.OTHER})),
 }
+CAPS["bedrock-invoke"] = CAPS["anthropic"]      # Claude's InvokeModel body is Anthropic Messages
 
 # ---------------------------------------------------------------------------
 # leaves

@@ -143,8 +143,13 @@ MERGES = {"openai": {ir.Text, ir.Refusal, ir.Reasoning}, "gemini": {ir.Text, ir.
 FIT = {"openai": openai.fit_id, "anthropic": anthropic.fit_id, "bedrock": bedrock.fit_id}
 
 
+# protocols whose stream events are another's (Claude's InvokeModel chunks are Messages events)
+FAMILY = {"bedrock-invoke": "anthropic"}
+
+
 def stop_for(proto: str, stop: SR, has_tools: bool, has_refusal: bool) -> SR:
     """The stop reason a `proto` round trip yields for `stop`."""
+    proto = FAMILY.get(proto, proto)
     if proto == "openai":
         out = SR.END_TURN if stop is SR.REFUSAL and has_refusal else openai.FINISH_IN[openai.FINISH_OUT[stop]]
     elif proto == "anthropic":
@@ -165,6 +170,7 @@ def stop_for(proto: str, stop: SR, has_tools: bool, has_refusal: bool) -> SR:
 
 
 def usage_for(proto: str, u: ir.Usage) -> ir.Usage:
+    proto = FAMILY.get(proto, proto)
     return ir.Usage(u.input_tokens, u.output_tokens, u.cached_tokens,
                     0 if proto in ("gemini", "cohere") else u.cache_creation_tokens,
                     0 if proto in ("bedrock", "cohere") else u.reasoning_tokens, u.total)
@@ -173,6 +179,7 @@ def usage_for(proto: str, u: ir.Usage) -> ir.Usage:
 def canonical(proto: str, events: list) -> list:
     """`events` reduced to what a `proto` stream can carry, in the event form
     its decoder produces (block boundaries, deltas one to one)."""
+    proto = FAMILY.get(proto, proto)
     blocks, rest = _blocks(events)
     out_blocks: list[Block] = []
     for b in blocks:
@@ -305,6 +312,16 @@ def wire_events(proto: str, data: bytes) -> list[tuple[str | None, object]]:
             kind, name = m.kind()
             out.append((name, orjson.loads(m.payload) if m.payload else None))
         return out
+    if proto == "bedrock-invoke":        # chunk frames: base64 Messages events (named by their type)
+        out = []
+        for m in es.decode_all(data):
+            kind, name = m.kind()
+            if name == "chunk":
+                obj = orjson.loads(base64.b64decode(orjson.loads(m.payload)["bytes"]))
+                out.append((obj["type"], obj))
+            else:
+                out.append((name, orjson.loads(m.payload) if m.payload else None))
+        return out
     sse = SSESplitter()
     events = sse.feed(data)
     assert sse.pending == b"", "stream ends inside an event"
@@ -326,9 +343,12 @@ def validator(proto: str, name: str | None = None):
 
 def assert_schema_valid(proto: str, data: bytes) -> None:
     for name, obj in wire_events(proto, data):
-        if proto in ("anthropic", "responses"):
+        schema_of = proto
+        if proto == "bedrock-invoke" and name.endswith("Exception"):
+            schema_of = "bedrock"            # an exception frame: Bedrock's, as ConverseStream's
+        elif proto in ("anthropic", "responses", "bedrock-invoke"):
             assert name == obj["type"], (name, obj)
-        errors = sorted(validator(proto, name).iter_errors(obj), key=str)
+        errors = sorted(validator(schema_of, name).iter_errors(obj), key=str)
         assert not errors, f"{proto} event {obj} invalid: {errors[0].message}"
 
 
@@ -459,6 +479,20 @@ FIXTURES = {
         {"type": "message-end", "id": None, "delta": {"finish_reason": "TOOL_CALL", "usage": {
             "billed_units": {"input_tokens": 20.0, "output_tokens": 7.0}, "tokens": {"input_tokens": 20.0, "output_tokens": 7.0}}}}]),
 }
+
+def _chunks(sse: bytes) -> bytes:
+    """A Messages SSE stream as Bedrock's InvokeModelWithResponseStream sends it."""
+    frames = b""
+    for event in SSESplitter().feed(sse):
+        data = event.data
+        if data == b'{"type":"message_stop"}':
+            data = orjson.dumps({"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+                "inputTokenCount": 20, "outputTokenCount": 7, "invocationLatency": 800, "firstByteLatency": 300}})
+        frames += es.encode(es.event_message("chunk", orjson.dumps({"bytes": base64.b64encode(data).decode()})))
+    return frames
+
+
+FIXTURES["bedrock-invoke"] = _chunks(FIXTURES["anthropic"])
 FIXTURE_SUMMARY = {"text": "Let me check.", "calls": [("get_weather", {"location": "Paris"})],
                    "stop": SR.TOOL_USE, "usage": (20, 7)}
 

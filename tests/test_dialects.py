@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 from busbar.faults import ClientError
-from busbar.protocols import PROTOCOLS, get_dialect
+from busbar.protocols import PROTOCOLS, get_dialect, module_name
 from busbar.protocols.base import DialectContract
 
 pytestmark = pytest.mark.pure
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.pure
 def test_every_dialect_meets_the_contract_with_its_own_codec(protocol):
     dialect = get_dialect(protocol)
     assert isinstance(dialect, DialectContract)
-    module = importlib.import_module(f"busbar.protocols.{protocol}")
+    module = importlib.import_module(module_name(protocol))
     codec = dialect.codec
     assert codec.decoder is module.StreamDecoder and codec.encoder is module.StreamEncoder
     assert codec.parse_request is module._parse_request and codec.render_response is module._render_response

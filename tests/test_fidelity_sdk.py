@@ -154,5 +154,5 @@ async def test_unknown_bedrock_shaped_paths_answer_in_bedrocks_error_shape():
             profiles = await http.get(gw.url + "/inference-profiles")
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert exc.value.response["Error"]["Code"] == "ValidationException"
-    assert "call Converse for chat models" in exc.value.response["Error"]["Message"]
+    assert "call Converse" in exc.value.response["Error"]["Message"]
     assert profiles.status_code == 404 and profiles.headers["x-amzn-errortype"].endswith("Exception")

@@ -1,5 +1,5 @@
 """Streaming codecs: encode -> split anywhere -> decode laws, chunk-split
-invariance, any-to-any translation of all 36 protocol pairs, and the
+invariance, any-to-any translation of all 49 protocol pairs, and the
 stream-event JSON Schemas.  Pure: no server, no sockets."""
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ PARAMS = {"model": "pool-model"}
 def params(proto: str, req) -> dict:
     """Path parameters: Gemini and Bedrock carry the stream flag in the path."""
     action = {"gemini": ("generateContent", "streamGenerateContent"),
-              "bedrock": ("converse", "converse-stream")}.get(proto, (None, None))[req.stream]
+              "bedrock": ("converse", "converse-stream"),
+              "bedrock-invoke": ("invoke", "invoke-with-response-stream")}.get(proto, (None, None))[req.stream]
     return {**PARAMS, "action": action}
 
 

@@ -14,7 +14,7 @@ from tests import strategies as S
 
 pytestmark = pytest.mark.pure
 
-OA, RS, AN, GE, BR, CO = (get_dialect(p) for p in S.PROTOCOLS)
+OA, RS, AN, GE, BR, CO = (get_dialect(p) for p in ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere"))
 
 
 def render(d, req, **kw):

@@ -8,13 +8,14 @@ from clients import CLIENTS
 from busbar.mock import MockVendor
 from harness import gateway_with, last_record, sdk
 
-PROTOCOLS = ["openai", "anthropic", "responses", "gemini", "cohere", "bedrock"]
+PROTOCOLS = ["openai", "anthropic", "responses", "gemini", "cohere", "bedrock", "bedrock-invoke"]
+SIGNED = ("bedrock", "bedrock-invoke")      # the gateway signs these members' requests (SigV4)
 
 
 def config_for(vendor_protocol: str) -> dict:
     base = "{a}/v1" if vendor_protocol in ("openai", "responses") else "{a}"
     provider = {"protocol": vendor_protocol, "base_url": base}
-    if vendor_protocol == "bedrock":
+    if vendor_protocol in SIGNED:
         provider.update(region="us-east-1", access_key_id="AKIDVENDOR", secret_access_key="vendor-secret")
     else:
         provider["key"] = "vendor-key"
@@ -36,7 +37,7 @@ async def test_buffered_any_to_any(client, vendor):
     seen = mock.received[-1]
     assert seen["protocol"] == vendor
     assert seen["model"] == "upstream-model"
-    if vendor != "bedrock":
+    if vendor not in SIGNED:
         assert seen["key"] == "vendor-key"
 
 
@@ -78,7 +79,7 @@ def failover_config(first: str, second: str) -> dict:
         url = "{a}" if name == "first" else "{b}"
         base = url + "/v1" if protocol in ("openai", "responses") else url
         providers[name] = {"protocol": protocol, "base_url": base}
-        if protocol == "bedrock":
+        if protocol in SIGNED:
             providers[name].update(region="us-east-1", access_key_id="AKIDVENDOR", secret_access_key="vendor-secret")
         else:
             providers[name]["key"] = "k"
@@ -90,6 +91,7 @@ def failover_config(first: str, second: str) -> dict:
 @pytest.mark.parametrize("client,first,second", [
     ("openai", "anthropic", "gemini"), ("anthropic", "openai", "bedrock"), ("gemini", "cohere", "openai"),
     ("bedrock", "responses", "anthropic"), ("cohere", "bedrock", "openai"), ("responses", "cohere", "gemini"),
+    ("bedrock-invoke", "bedrock-invoke", "anthropic"), ("anthropic", "bedrock-invoke", "bedrock"),
 ])
 async def test_stream_failover_before_first_byte_across_protocols(client, first, second):
     a = MockVendor(aws_credentials={"AKIDVENDOR": "vendor-secret"})
@@ -105,7 +107,8 @@ async def test_stream_failover_before_first_byte_across_protocols(client, first,
 
 @pytest.mark.sdk
 @pytest.mark.parametrize("client,vendor", [("openai", "gemini"), ("anthropic", "cohere"), ("gemini", "anthropic"),
-                                           ("bedrock", "openai"), ("cohere", "bedrock"), ("responses", "anthropic")])
+                                           ("bedrock", "openai"), ("cohere", "bedrock"), ("responses", "anthropic"),
+                                           ("bedrock-invoke", "openai"), ("bedrock-invoke", "bedrock-invoke")])
 async def test_stream_failure_after_content_raises_in_every_sdk(client, vendor):
     a = MockVendor(reply="a b c d e f g h i j", aws_credentials={"AKIDVENDOR": "vendor-secret"})
     a.fail_next({"reset": "during", "after": 5})

@@ -200,14 +200,14 @@ def _sdk_exception(proto: str, status: int, headers: list, body: bytes):
             client = cohere.ClientV2(api_key="k", base_url="http://test", max_retries=0,
                                      httpx_client=httpx.Client(transport=transport))
             client.chat(model="m", messages=[{"role": "user", "content": "hi"}])
-        elif proto == "bedrock":
-            return _boto_exception(status, hdrs, body)
+        elif proto in ("bedrock", "bedrock-invoke"):
+            return _boto_exception(status, hdrs, body, invoke=proto == "bedrock-invoke")
     except Exception as exc:    # noqa: BLE001 - the point is which class
         return exc
     return None
 
 
-def _boto_exception(status, headers, body):
+def _boto_exception(status, headers, body, invoke=False):
     import boto3
     from botocore.awsrequest import AWSResponse
     from botocore.config import Config
@@ -225,9 +225,14 @@ def _boto_exception(status, headers, body):
     def send(request, **_):
         return AWSResponse(request.url, status, dict(headers), Raw(body))
     client.meta.events.register("before-send.bedrock-runtime.Converse", send)
+    client.meta.events.register("before-send.bedrock-runtime.InvokeModel", send)
     try:
-        client.converse(modelId="anthropic.claude-3-haiku-20240307-v1:0",
-                        messages=[{"role": "user", "content": [{"text": "hi"}]}])
+        if invoke:
+            client.invoke_model(modelId="anthropic.claude-3-haiku-20240307-v1:0", body=b'{"anthropic_version": '
+                                b'"bedrock-2023-05-31", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}')
+        else:
+            client.converse(modelId="anthropic.claude-3-haiku-20240307-v1:0",
+                            messages=[{"role": "user", "content": [{"text": "hi"}]}])
     except Exception as exc:    # noqa: BLE001
         return exc
     return None
@@ -254,6 +259,7 @@ def _expected(proto: str, fault_name: str):
         "bedrock": {k: BotoError for k in FAULTS},
     }
     table["responses"] = table["openai"]
+    table["bedrock-invoke"] = table["bedrock"]
     return table[proto][fault_name]
 
 
@@ -276,13 +282,13 @@ def test_fault_reaches_the_client_sdk_as_its_usual_exception(proto, fault_name):
     assert isinstance(exc, _expected(proto, fault_name)), (proto, fault_name, type(exc), exc)
     if fault_name == "context":
         assert fault.message in str(exc) or fault.message in str(getattr(exc, "body", ""))
-    if proto == "bedrock":
+    if proto in ("bedrock", "bedrock-invoke"):
         assert exc.response["Error"]["Code"] == BOTO_CODES[fault_name]
         assert type(exc).__name__ == BOTO_CODES[fault_name]
         assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == status
     if proto == "gemini":
         assert exc.code == status
-    if fault_name == "rate" and proto != "bedrock":
+    if fault_name == "rate" and proto not in ("bedrock", "bedrock-invoke"):
         assert (b"retry-after", b"7") in headers
 
 

@@ -29,7 +29,7 @@ def _load(proto: str, body: bytes):
         from openai.types.responses import Response
         m = Response.model_validate(obj)
         return m.output_text, [o.arguments for o in m.output if o.type == "function_call"]
-    if proto == "anthropic":
+    if proto in ("anthropic", "bedrock-invoke"):      # Claude on Bedrock answers InvokeModel with the Message
         from anthropic.types import Message
         m = Message.model_validate(obj)
         return "".join(b.text for b in m.content if b.type == "text"), \

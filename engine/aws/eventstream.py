@@ -270,6 +270,29 @@ def _encode_header(name: str, value: HeaderLike) -> bytes:
                     "bool or HeaderValue (e.g. HeaderValue.integer(5))")
 
 
+def header_block(headers: dict[str, HeaderLike]) -> bytes:
+    """The encoded headers of a message, to frame many payloads with (`frame`)."""
+    block = b"".join([_encode_header(name, value) for name, value in headers.items()])
+    if len(block) > MAX_HEADERS_LENGTH:
+        raise EventStreamError(f"headers are {len(block)} bytes; the limit is {MAX_HEADERS_LENGTH}")
+    return block
+
+
+def frame(block: bytes, payload: bytes, *, max_frame_length: int = DEFAULT_MAX_FRAME_LENGTH) -> bytes:
+    """`encode` for a header block made once (`header_block`): a stream that
+    sends one kind of event many times frames each payload without
+    re-encoding the same headers."""
+    total_length = MIN_FRAME_LENGTH + len(block) + len(payload)
+    if total_length > max_frame_length:
+        raise EventStreamError(f"frame would be {total_length} bytes; the limit is {max_frame_length}")
+    lengths = _pack_lengths(total_length, len(block))
+    out = lengths + _pack_u32(_crc32(lengths)) + block + payload
+    return out + _pack_u32(_crc32(out))
+
+
+_pack_lengths, _pack_u32, _crc32 = _LENGTHS.pack, _U32.pack, zlib.crc32
+
+
 def encode(message: Message, *, max_frame_length: int = DEFAULT_MAX_FRAME_LENGTH) -> bytes:
     """Frame one message.
 

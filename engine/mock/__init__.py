@@ -27,6 +27,7 @@ send OpenAI's / Anthropic's rate-limit headers); `GET /_mock/keys` and
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ class MockVendor:
             status, headers, body = vendor.error("invalid", "Malformed JSON body")
             return await responder.send(status, headers, body)
         key = vendor.key(request) if "deployment" not in params else _header(request, b"api-key")
-        if protocol == "bedrock" and key is None:
+        if vendor.dialect.signed_requests and key is None:
             key = _aws_access_key(request)
         model = params.get("model") or params.get("deployment") or obj.get("model") or "unknown"
         stream = vendor.is_stream(params, obj, request)
@@ -162,6 +163,7 @@ class MockVendor:
                 del self.received[: self.max_records // 2]
             self.received.append({"protocol": protocol, "path": path, "query": request.query.decode("latin-1"),
                                   "model": model, "key": key, "stream": stream, "body": obj,
+                                  "raw": request.body.decode("utf-8", "replace"),     # the bytes, to compare
                                   "headers": {k.decode(): v.decode("latin-1") for k, v in request.headers},
                                   "at": time.monotonic()})
         if self.latency:
@@ -189,15 +191,21 @@ class MockVendor:
             if fault.get("retry_after") is not None:
                 headers = headers + [(b"retry-after", str(fault["retry_after"]).encode())]
             return await responder.send(status, headers, body)
-        if protocol == "bedrock" and self.aws_credentials:
+        if vendor.dialect.signed_requests and self.aws_credentials:
             denied = self._check_signature(request, vendor)
             if denied is not None:
                 return await responder.send(*denied)
         if "operation" in params:        # embeddings, rerank, token counting
             return await responder.send(*vendor.answer_operation(params, obj, model))
+        try:
+            body_dialect = vendor.dialect.for_body(obj)    # InvokeModel: an embeddings or a Messages body
+        except ClientError as err:
+            return await responder.send(*vendor.dialect.render_error(err))
+        if body_dialect is not vendor.dialect:
+            return await responder.send(*vendor.answer_operation(params, obj, model, body_dialect))
         thought = None
         if self.think:
-            thought = vendors.ir.Reasoning(f"Thinking it over ({self.name}).", self.signature, protocol)
+            thought = vendors.ir.Reasoning(f"Thinking it over ({self.name}).", self.signature, vendor.dialect.family)
             refused = self._check_thought(vendor, obj, params)
             if refused is not None:
                 return await responder.send(*refused)
@@ -232,6 +240,8 @@ class MockVendor:
             if fault and fault.get("reset") == "during":
                 await responder.send_truncated(status, headers, body, len(body) // 2)
                 raise AbortConnection()
+            if self.record:      # what was answered, to check a passthrough's bytes against
+                self.received[-1]["answer_sha256"] = hashlib.sha256(body).hexdigest()
             return await responder.send(status, headers + quota_headers, body)
         pieces = _split(text, self.chunks)
         framed = vendor.stream_frames(model, pieces, usage_in, obj, fault, thought)
@@ -243,6 +253,7 @@ class MockVendor:
             cut = fault is not None and (fault.get("reset") == "during" or fault.get("malformed")
                                          or "stall" in fault)
             self.received[-1]["streamed"] = "".join(s for _, s in (framed[:after] if cut else framed))
+            self.received[-1]["answer_sha256"] = hashlib.sha256(b"".join(frames[:after] if cut else frames)).hexdigest()
         for i, frame in enumerate(frames):
             if i == after:
                 if fault.get("reset") == "during":

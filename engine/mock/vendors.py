@@ -87,6 +87,7 @@ VENDOR_ERRORS = {
         "server": (500, "api_error", "internal server error", None),
     },
 }
+VENDOR_ERRORS["bedrock-invoke"] = VENDOR_ERRORS["bedrock"]      # InvokeModel: the same service, the same errors
 
 
 class Vendor:
@@ -279,13 +280,15 @@ class Vendor:
             frames.append((data, "".join(e.text for e in group if type(e) is ir.TextDelta)))
         return [f for f in frames if f[0]]
 
-    def answer_operation(self, params: dict, obj: dict, model: str):
+    def answer_operation(self, params: dict, obj: dict, model: str, dialect=None):
         """Embeddings, rerank and token counts, deterministic: the same text
-        gets the same vector on every vendor path (`mock_vector`)."""
+        gets the same vector on every vendor path (`mock_vector`).  `dialect`:
+        the body's own, when the path serves several (Bedrock's InvokeModel)."""
         from busbar.protocols import counting
         from busbar.protocols.embeddings import ir as eir
         try:
-            dialect = get_dialect(self.protocol, params["operation"]).for_body(obj)
+            if dialect is None:
+                dialect = get_dialect(self.protocol, params["operation"]).for_body(obj)
             req = dialect.parse_request(obj, params)
         except ClientError as err:
             return self.dialect.render_error(err)
@@ -306,12 +309,12 @@ class Vendor:
         return 200, [(b"content-type", b"application/json")], dialect.render_response(resp, model, req)
 
     def garbage(self) -> bytes:
-        if self.protocol == "bedrock":
+        if self.dialect.stream_content_type == b"application/vnd.amazon.eventstream":
             return b"\x00\x00\x00\x30\x00\x00\x00\x10garbage-not-a-valid-eventstream-frame"
         return b'data: {"choices": [{"delta": {"content": \n\n'
 
 
-DEFAULT_DIMENSIONS = {"openai": 1536, "gemini": 768, "cohere": 1024, "bedrock": 1024}
+DEFAULT_DIMENSIONS = {"openai": 1536, "gemini": 768, "cohere": 1024, "bedrock": 1024, "bedrock-invoke": 1024}
 
 
 def mock_vector(text: str, dims: int) -> list[float]:
@@ -342,4 +345,5 @@ def _thought_events(thought: ir.Reasoning | None) -> list:
     return out + [ir.BlockStop(0)]
 
 
-VENDORS = {name: Vendor(name) for name in ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")}
+VENDORS = {name: Vendor(name) for name in ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere",
+                                           "bedrock-invoke")}

@@ -1,13 +1,19 @@
-"""The six wire protocols, one module each, around one IR (`busbar.ir`).
+"""The seven wire protocols, one module each, around one IR (`busbar.ir`).
 
-`get_dialect(name)` returns the module's stateless `dialect` singleton.
+`get_dialect(name)` returns the module's stateless `dialect` singleton (the
+module of `bedrock-invoke` is `bedrock_invoke`).
 """
 from __future__ import annotations
 
 import importlib
 from functools import cache
 
-PROTOCOLS = ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")
+PROTOCOLS = ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere", "bedrock-invoke")
+
+
+def module_name(protocol: str) -> str:
+    """The module that speaks `protocol` (`bedrock-invoke` -> busbar.protocols.bedrock_invoke)."""
+    return "busbar.protocols." + protocol.replace("-", "_")
 
 
 @cache
@@ -22,4 +28,4 @@ def get_dialect(name: str, operation: str | None = None):
         if found is None:
             raise KeyError(f"protocol {name!r} has no {operation!r} operation")
         return found
-    return importlib.import_module(f"busbar.protocols.{name}").dialect
+    return importlib.import_module(module_name(name)).dialect

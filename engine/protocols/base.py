@@ -383,6 +383,16 @@ class Dialect:
     carries_signed_reasoning: ClassVar[bool] = True
     # Client-facing error statuses: what status each kind is sent with.
     kind_status: ClassVar[dict[str, int]] = KIND_STATUS
+    # Headers of a vendor's error answer that carry part of the error (Bedrock's
+    # exception name), kept with its body when it goes to a same-protocol client.
+    error_headers_kept: ClassVar[tuple[bytes, ...]] = ()
+
+    @property
+    def family(self) -> str:
+        """The protocol whose body this dialect speaks, and so whose IR extras
+        and reasoning origins it reads and writes: its own name, except where a
+        body is another's (Claude's InvokeModel body is Anthropic's)."""
+        return self.name
 
     def shown_call_id(self, call_id: str) -> str:
         """The tool-call id as this protocol's answers show it to a client."""

@@ -111,6 +111,7 @@ class BedrockDialect(Dialect):
     name = "bedrock"
     request_name = "Converse request"
     kind_status = ERRORS.status
+    error_headers_kept = (b"x-amzn-errortype",)     # botocore names the exception from it
 
     # ---- inbound ---------------------------------------------------------
     def inbound_key(self, headers: Headers, query: bytes) -> str | None:
@@ -818,20 +819,35 @@ class StreamDecoder:
                 out.append(ir.MessageStop(self._stop, self._seq))
 
     def _error(self, mt, h: dict, payload: bytes, out: list) -> None:
-        if mt == "exception":
-            et = h.get(":exception-type") or "internalServerException"
-            obj = s.loads(payload) if payload else {}
-            message = str(obj.get("message") or obj.get("Message") or et) if isinstance(obj, dict) else et
-            status = ERRORS.status_of(et)
-        elif mt == "error":
-            et = str(h.get(":error-code") or "InternalFailure")
-            message = str(h.get(":error-message") or et)
-            status = 500
-        else:
-            raise StreamError(f"eventstream frame with :message-type {mt!r}")
-        name = et[:1].upper() + et[1:]          # the exception's name as x-amzn-ErrorType spells it
         self._done = True
-        out.append(s.error_event(dialect, status, message, name, orjson.dumps({"message": message, "__type": name})))
+        out.append(exception_event(mt, h, payload))
+
+
+def exception_event(mt, h: dict, payload: bytes) -> ir.ErrorEvent:
+    """An eventstream `exception` (modelled: `:exception-type`, `{"message"}`)
+    or `error` frame (`:error-code`, `:error-message`) as the ErrorEvent that
+    ends a stream, its `raw` naming the exception the way
+    `BedrockDialect.classify` reads it (ConverseStream and
+    InvokeModelWithResponseStream share them)."""
+    if mt == "exception":
+        et = h.get(":exception-type") or "internalServerException"
+        obj = s.loads(payload) if payload else {}
+        message = str(obj.get("message") or obj.get("Message") or et) if isinstance(obj, dict) else et
+        status = ERRORS.status_of(et)
+    elif mt == "error":
+        et = str(h.get(":error-code") or "InternalFailure")
+        message = str(h.get(":error-message") or et)
+        status = 500
+    else:
+        raise StreamError(f"eventstream frame with :message-type {mt!r}")
+    name = et[:1].upper() + et[1:]          # the exception's name as x-amzn-ErrorType spells it
+    return s.error_event(dialect, status, message, name, orjson.dumps({"message": message, "__type": name}))
+
+
+def exception_frame(kind: str, message: str) -> bytes:
+    """The exception frame that ends a Bedrock stream with an error of `kind`
+    (botocore raises it as EventStreamError)."""
+    return es.encode(es.exception_message(ERRORS.row(kind, "api_error").event, s.dumps({"message": message})))
 
 
 def _frame(event_type: str, payload: bytes) -> bytes:
@@ -931,8 +947,7 @@ class StreamEncoder(s.Encoder):
         return out + _frame("messageStop", s.dumps(stop)) + _frame("metadata", s.dumps(meta))
 
     def _error(self, kind: str, message: str) -> bytes:
-        name = ERRORS.row(kind, "api_error").event
-        return es.encode(es.exception_message(name, s.dumps({"message": message})))
+        return exception_frame(kind, message)
 
 
 BedrockDialect.codec = Codec(_parse_request, _render_request, _parse_response, _render_response,

@@ -61,6 +61,7 @@ class OperationDialect(Dialect):
         self.kind_status = self.wire.kind_status
         self.forward_headers = self.wire.forward_headers
         self.signed_requests = self.wire.signed_requests
+        self.error_headers_kept = self.wire.error_headers_kept
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.protocol}/{self.operation}>"

@@ -28,8 +28,12 @@ OPERATION_ROUTES = {
 _GEMINI = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^/:]+(?:/[^/:]+)*):(?P<action>generateContent|"
                      r"streamGenerateContent|embedContent|batchEmbedContents|countTokens)$")
 _GEMINI_OPERATIONS = {"embedContent": "embed_one", "batchEmbedContents": "embed", "countTokens": "count"}
-_BEDROCK = re.compile(r"^/model/(?P<model>.+)/(?P<action>converse|converse-stream|invoke|count-tokens)$")
-_BEDROCK_OPERATIONS = {"invoke": "invoke", "count-tokens": "count"}
+_BEDROCK = re.compile(r"^/model/(?P<model>.+)/(?P<action>converse|converse-stream|invoke|invoke-with-response-stream|"
+                      r"count-tokens)$")
+_BEDROCK_OPERATIONS = {"count-tokens": "count"}
+# InvokeModel: an Anthropic Messages body (the bedrock-invoke dialect), or an
+# embeddings / rerank body, which that dialect's `for_body` hands on
+_INVOKE = frozenset({"invoke", "invoke-with-response-stream"})
 
 
 def match_route(path: bytes) -> tuple[str, dict] | None:
@@ -48,6 +52,8 @@ def match_route(path: bytes) -> tuple[str, dict] | None:
         m = _BEDROCK.match(text)
         if m:
             params = {"model": unquote(m["model"]), "action": m["action"]}
+            if m["action"] in _INVOKE:
+                return "bedrock-invoke", params
             if m["action"] in _BEDROCK_OPERATIONS:
                 params["operation"] = _BEDROCK_OPERATIONS[m["action"]]
             return "bedrock", params

@@ -1,0 +1,356 @@
+"""Bedrock InvokeModel with an Anthropic Messages body (issue 19: Claude Code's
+Bedrock mode, the anthropic SDK's AnthropicBedrock, boto3 invoke_model): the
+seventh dialect, `bedrock-invoke`, inbound and outbound.
+
+Oracles: botocore (its eventstream parser and bedrock-runtime service model),
+the anthropic SDK's own Bedrock stream decoder and client, the JSON Schemas."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import orjson
+import pytest
+
+from busbar import ir
+from busbar.aws import eventstream as es
+from busbar.faults import ClientError
+from busbar.mock import MockVendor
+from busbar.protocols import get_dialect
+from busbar.protocols.embeddings import bedrock as embed_bedrock
+from clients import CLIENTS, anthropic_bedrock
+from harness import gateway_with, last_record, sdk
+from test_translation_e2e import config_for
+import strategies as S
+
+INV, AN, BR = get_dialect("bedrock-invoke"), get_dialect("anthropic"), get_dialect("bedrock")
+EPH = {"type": "ephemeral"}
+# what Claude Code sends in Bedrock mode, in its shape (system blocks with cache marks,
+# betas in the body, tools, thinking, metadata)
+CLAUDE_CODE_BODY = {
+    "anthropic_version": "bedrock-2023-05-31",
+    "anthropic_beta": ["claude-code-20250219", "interleaved-thinking-2025-05-14"],
+    "max_tokens": 32000,
+    "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": EPH}],
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "list the files", "cache_control": EPH}]}],
+    "tools": [{"name": "Bash", "description": "Run a command",
+               "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}],
+    "thinking": {"type": "enabled", "budget_tokens": 4096},
+    "metadata": {"user_id": "user_abc"},
+    "temperature": 1,
+}
+
+
+def _signed(vendor: str) -> dict:
+    config = config_for(vendor)
+    if vendor == "bedrock-invoke":
+        config["pools"]["smart"]["members"][0]["model"] = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    return config
+
+
+# ---------------------------------------------------------------------------
+# the codec (pure)
+
+
+@pytest.mark.pure
+def test_a_claude_code_body_round_trips_and_is_the_anthropic_body_without_the_envelope():
+    req = INV.parse_request(CLAUDE_CODE_BODY, {"model": "smart", "action": "invoke"})
+    body, warnings = INV.render_request(req, "ignored-model")
+    assert warnings == []
+    assert orjson.loads(body) == CLAUDE_CODE_BODY
+    assert next(iter(orjson.loads(body))) == "anthropic_version"
+    S.assert_valid("bedrock-invoke", "request", orjson.loads(body))
+    # to Claude on Anthropic: the same body, with `model`, without Bedrock's envelope fields
+    direct, warnings = AN.render_request(req, "claude-sonnet-4-5")
+    direct = orjson.loads(direct)
+    assert warnings == []
+    assert direct["model"] == "claude-sonnet-4-5"
+    assert "anthropic_version" not in direct and "anthropic_beta" not in direct
+    assert {k: v for k, v in direct.items() if k != "model"} == {
+        k: v for k, v in CLAUDE_CODE_BODY.items() if k not in ("anthropic_version", "anthropic_beta")}
+
+
+@pytest.mark.pure
+def test_an_anthropic_body_renders_for_invoke_without_model_or_stream():
+    obj = {"model": "smart", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    req = AN.parse_request(obj, {})
+    out = orjson.loads(INV.render_request(req, "anthropic.claude-x")[0])
+    assert out == {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 10,
+                   "messages": [{"role": "user", "content": "hi"}]}
+    S.assert_valid("bedrock-invoke", "request", out)
+
+
+@pytest.mark.pure
+def test_cache_breakpoints_and_signed_thinking_cross_to_converse_and_back():
+    """Invoke -> Converse (Claude on Bedrock's other API): cachePoint markers, and
+    the thinking signature goes as it is (Claude signs it, whichever API)."""
+    body = dict(CLAUDE_CODE_BODY, messages=CLAUDE_CODE_BODY["messages"] + [
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "EqQBsig"},
+                                          {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.txt"}]}])
+    req = INV.parse_request(body, {"action": "invoke"})
+    conv = orjson.loads(BR.render_request(req, "us.anthropic.claude-sonnet-4-5-20250929-v1:0")[0])
+    assert conv["system"] == [{"text": "You are Claude Code."}, {"cachePoint": {"type": "default"}}]
+    assert conv["messages"][1]["content"][0] == {"reasoningContent": {"reasoningText": {"text": "hm",
+                                                                                        "signature": "EqQBsig"}}}
+    back = orjson.loads(INV.render_request(BR.parse_request(conv, {"action": "converse"}), "m")[0])
+    assert back["system"] == CLAUDE_CODE_BODY["system"]
+    assert back["messages"][1]["content"][0]["signature"] == "EqQBsig"
+
+
+@pytest.mark.pure
+def test_the_body_picks_the_dialect():
+    assert INV.for_body(CLAUDE_CODE_BODY) is INV
+    assert INV.for_body({"max_tokens": 5, "messages": []}) is INV
+    assert INV.for_body({"inputText": "x"}) is embed_bedrock.TITAN
+    assert INV.for_body({"texts": ["x"], "input_type": "search_query"}) is embed_bedrock.COHERE_EMBED
+    assert INV.for_body({"query": "q", "documents": ["d"]}) is embed_bedrock.COHERE_RERANK
+    for other in ({"schemaVersion": "messages-v1", "messages": [], "max_tokens": 5}, {"prompt": "x"}, {"messages": []}):
+        with pytest.raises(ClientError) as exc:
+            INV.for_body(other)
+        assert exc.value.status == 400 and "anthropic_version" in exc.value.message and "Converse" in exc.value.message
+
+
+@pytest.mark.pure
+def test_a_malformed_body_names_where():
+    with pytest.raises(ClientError) as exc:
+        INV.parse_request({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": [{"content": "x"}]})
+    assert exc.value.message.endswith("messages[0]: 'role' is a required property"), exc.value.message
+    with pytest.raises(ClientError, match="anthropic_beta"):
+        INV.parse_request({"anthropic_version": "bedrock-2023-05-31", "anthropic_beta": "x", "max_tokens": 5,
+                           "messages": [{"role": "user", "content": "x"}]})
+
+
+def _oracle_events(data: bytes) -> list:
+    """The anthropic SDK's own Bedrock stream decoder (botocore underneath) over `data`."""
+    from anthropic.lib.bedrock._stream_decoder import AWSEventStreamDecoder
+    return list(AWSEventStreamDecoder().iter_bytes(iter([data])))
+
+
+@pytest.mark.pure
+def test_stream_frames_are_what_the_anthropic_sdk_and_botocore_read():
+    events = [ir.MessageStart("msg_1", "m", ir.Usage(12)), ir.BlockStart(0, ir.Text("")), ir.TextDelta(0, "Hel"),
+              ir.TextDelta(0, "lo"), ir.BlockStop(0), ir.UsageEvent(ir.Usage(12, 3)), ir.MessageStop(ir.StopReason.END_TURN)]
+    enc = INV.stream_encoder("claude")
+    data = b"".join(enc.encode(e) for e in events) + enc.finish()
+    frames = es.decode_all(data)
+    assert {(m.headers[":message-type"], m.headers[":event-type"]) for m in frames} == {("event", "chunk")}
+    sse = _oracle_events(data)
+    assert [e.event for e in sse] == ["message_start", "content_block_start", "content_block_delta",
+                                      "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    assert [json.loads(e.data)["type"] for e in sse] == [e.event for e in sse]
+    stop = json.loads(sse[-1].data)
+    assert stop["amazon-bedrock-invocationMetrics"]["inputTokenCount"] == 12
+    assert stop["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 3
+    # and it decodes back to the same events
+    from stream_support import decode
+    back = decode("bedrock-invoke", data)
+    assert [type(e) for e in back] == [type(e) for e in events]
+    assert "".join(e.text for e in back if type(e) is ir.TextDelta) == "Hello"
+
+
+@pytest.mark.pure
+def test_a_stream_error_is_an_exception_frame_both_sdks_raise_on():
+    enc = INV.stream_encoder("claude")
+    data = enc.encode(ir.MessageStart("msg_1", "m")) + enc.error("rate_limit", "slow down")
+    last = es.decode_all(data)[-1]
+    assert last.headers[":message-type"] == "exception"
+    assert last.headers[":exception-type"] == "throttlingException"
+    err = _oracle_events(data)[-1]
+    assert err.event == "error" and json.loads(err.data)["error"] == {"type": "throttlingException",
+                                                                      "message": "slow down"}
+    from stream_support import decode
+    got = decode("bedrock-invoke", data)[-1]
+    assert type(got) is ir.ErrorEvent and got.status == 429 and got.fault.cls.value == "rate"
+
+
+@pytest.mark.pure
+def test_routes():
+    from busbar.protocols.routes import guess_protocol, match_route
+    assert match_route(b"/model/smart/invoke") == ("bedrock-invoke", {"model": "smart", "action": "invoke"})
+    assert match_route(b"/model/us.anthropic.claude%3A0/invoke-with-response-stream") == (
+        "bedrock-invoke", {"model": "us.anthropic.claude:0", "action": "invoke-with-response-stream"})
+    assert match_route(b"/model/smart/converse") == ("bedrock", {"model": "smart", "action": "converse"})
+    for path in (b"/model/smart/invoke-async", b"/guardrail/g1/version/1/apply", b"/async-invoke",
+                 b"/inference-profiles/x/y", b"/model/smart"):
+        assert guess_protocol(path) == "bedrock"
+    assert INV.upstream_path("/", "anthropic.claude-x:0", True) == "/model/anthropic.claude-x%3A0/invoke-with-response-stream"
+    assert INV.upstream_path("", "a", False) == "/model/a/invoke"
+
+
+# ---------------------------------------------------------------------------
+# over sockets: boto3 and AnthropicBedrock against every kind of member
+
+
+VENDORS = ["openai", "gemini", "anthropic", "bedrock", "bedrock-invoke", "responses", "cohere"]
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_anthropic_bedrock_client_against_every_member(vendor, stream):
+    mock = MockVendor(reply="The quick brown fox.", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(_signed(vendor), a=mock) as gw:
+        text = await sdk(lambda: anthropic_bedrock(gw.url, "smart", "hello there", stream))
+        record = await last_record(gw)
+    assert text == "The quick brown fox."
+    assert record["state"] == "done" and record["client_protocol"] == "bedrock-invoke"
+    assert mock.received[-1]["protocol"] == vendor and mock.received[-1]["stream"] is stream
+
+
+@pytest.mark.sdk
+async def test_same_dialect_passthrough_is_byte_for_byte_and_signed_again():
+    """A bedrock-invoke client and a Claude-on-Bedrock invoke member: the body the
+    vendor gets is the client's bytes (the model only in the path), re-signed with
+    the provider's credentials (the mock verifies them); the answer is the vendor's bytes."""
+    import boto3
+    mock = MockVendor(reply="passed through", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    raw = (b'{ "anthropic_version":"bedrock-2023-05-31" , "anthropic_beta": ["context-1m-2025-08-07"],'
+           b'"max_tokens": 64, "messages": [{"role":"user","content":"hi \\u00e9"}], "top_k": 3}')
+    async with gateway_with(_signed("bedrock-invoke"), a=mock) as gw:
+        client = boto3.client("bedrock-runtime", endpoint_url=gw.url, region_name="us-east-1",
+                              aws_access_key_id="AKIDGATEWAY", aws_secret_access_key="gateway-secret")
+        answer = await sdk(lambda: client.invoke_model(modelId="smart", body=raw)["body"].read())
+        seen = mock.received[-1]
+        chunks = await sdk(lambda: list(client.invoke_model_with_response_stream(modelId="smart", body=raw)["body"]))
+        seen_stream = mock.received[-1]
+    assert seen["raw"].encode() == raw and seen_stream["raw"].encode() == raw
+    assert seen["path"] == "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke"
+    assert seen_stream["path"].endswith("/invoke-with-response-stream")
+    assert "Credential=AKIDVENDOR/" in seen["headers"]["authorization"]
+    assert hashlib.sha256(answer).hexdigest() == seen["answer_sha256"]
+    assert json.loads(answer)["content"][0]["text"] == "passed through"
+    texts = [json.loads(c["chunk"]["bytes"]) for c in chunks]
+    assert "".join(t["delta"]["text"] for t in texts if t["type"] == "content_block_delta") == "passed through"
+
+
+@pytest.mark.sdk
+async def test_passthrough_stream_bytes_are_the_vendors():
+    import httpx
+    mock = MockVendor(reply="one two three", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    body = orjson.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+                         "messages": [{"role": "user", "content": "x"}]})
+    async with gateway_with(_signed("bedrock-invoke"), a=mock) as gw:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(gw.url + "/model/smart/invoke-with-response-stream", content=body,
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/vnd.amazon.eventstream"
+    assert hashlib.sha256(response.content).hexdigest() == mock.received[-1]["answer_sha256"]
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("vendor", ["openai", "anthropic", "bedrock-invoke"])
+async def test_a_tool_round_trip_with_anthropic_bedrock(vendor):
+    import anthropic
+    mock = MockVendor(use_tools=True, aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    tool = {"name": "get_weather", "description": "Weather in a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+    async with gateway_with(_signed(vendor), a=mock) as gw:
+        client = anthropic.AnthropicBedrock(base_url=gw.url, aws_region="us-east-1", aws_access_key="AKIDGATEWAY",
+                                            aws_secret_key="gateway-secret", max_retries=0)
+        messages = [{"role": "user", "content": "Weather in Paris?"}]
+        first = await sdk(lambda: client.messages.create(model="smart", max_tokens=256, tools=[tool], messages=messages))
+        call = next(b for b in first.content if b.type == "tool_use")
+        assert call.input == {"city": "Paris"} and first.stop_reason == "tool_use"
+        messages += [{"role": "assistant", "content": first.content},
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]}]
+
+        def streamed():
+            with client.messages.stream(model="smart", max_tokens=256, tools=[tool], messages=messages) as s:
+                return s.get_final_message()
+        second = await sdk(streamed)
+    assert second.content[-1].text == "tool said: sunny"
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("client,vendor", [("bedrock-invoke", "openai"), ("bedrock-invoke", "bedrock-invoke"),
+                                           ("bedrock", "bedrock")])
+async def test_vendor_errors_reach_boto3_in_bedrocks_shape(client, vendor):
+    """Translated, or the vendor's own error passed through with its x-amzn-ErrorType
+    (botocore names the exception from that header, not from the body)."""
+    import botocore.exceptions
+    mock = MockVendor(aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    mock.fail_next({"error": "invalid"})
+    async with gateway_with(_signed(vendor), a=mock) as gw:
+        with pytest.raises(botocore.exceptions.ClientError) as exc:
+            await sdk(lambda: CLIENTS[client](gw.url, "smart", "x"))
+        with pytest.raises(botocore.exceptions.ClientError) as missing:
+            await sdk(lambda: CLIENTS[client](gw.url, "no-such-pool", "x"))
+    assert exc.value.response["Error"]["Code"] == "ValidationException"
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert "no-such-pool" in missing.value.response["Error"]["Message"]
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("vendor", ["openai", "bedrock-invoke"])
+async def test_a_stream_broken_after_content_raises_in_boto3_and_anthropic_bedrock(vendor):
+    """An in-stream vendor error after content: an exception frame, which boto3
+    raises as EventStreamError and AnthropicBedrock as an API error."""
+    import anthropic
+    import botocore.exceptions
+    mock = MockVendor(reply="a b c d e f", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    mock.fail_next({"error_event": "overloaded", "after": 3}, {"error_event": "overloaded", "after": 3})
+    async with gateway_with(_signed(vendor), a=mock) as gw:
+        with pytest.raises(botocore.exceptions.EventStreamError) as boto_exc:
+            await sdk(lambda: CLIENTS["bedrock-invoke"](gw.url, "smart", "x", stream=True))
+        with pytest.raises(anthropic.APIError):
+            await sdk(lambda: anthropic_bedrock(gw.url, "smart", "x", stream=True))
+        record = await last_record(gw)
+    assert record["state"] == "failed"
+    assert boto_exc.value.response["Error"]["Code"].endswith("Exception")
+
+
+@pytest.mark.sdk
+async def test_embeddings_on_invoke_still_answer_from_a_titan_member():
+    import boto3
+    config = {"providers": {"aws": {"protocol": "bedrock", "base_url": "{a}", "region": "us-east-1",
+                                    "access_key_id": "AKIDVENDOR", "secret_access_key": "vendor-secret"}},
+              "pools": {"emb": {"members": [{"provider": "aws", "model": "amazon.titan-embed-text-v2:0"}]}}}
+    mock = MockVendor(aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(config, a=mock) as gw:
+        client = boto3.client("bedrock-runtime", endpoint_url=gw.url, region_name="us-east-1",
+                              aws_access_key_id="AKIDGATEWAY", aws_secret_access_key="gateway-secret")
+        out = await sdk(lambda: json.loads(client.invoke_model(modelId="emb", body=json.dumps(
+            {"inputText": "hello world"}))["body"].read()))
+    assert len(out["embedding"]) == 1024 and out["inputTextTokenCount"] > 0
+
+
+@pytest.mark.sdk
+async def test_signed_invoke_is_verified_and_a_bedrock_api_key_can_be_a_gateway_key():
+    import anthropic
+    import botocore.exceptions
+    config = {**config_for("anthropic"), "auth": {
+        "keys": [{"id": "team", "key": "gw-key-1"}],
+        "aws_credentials": [{"access_key_id": "AKIDGATEWAY", "secret_access_key": "gateway-secret", "key_id": "team"}]}}
+    mock = MockVendor(reply="ok")
+    async with gateway_with(config, a=mock) as gw:
+        assert await sdk(lambda: CLIENTS["bedrock-invoke"](gw.url, "smart", "x")) == "ok"
+        with pytest.raises(botocore.exceptions.ClientError) as exc:
+            await sdk(lambda: CLIENTS["bedrock-invoke"](gw.url, "smart", "x", secret_access_key="wrong"))
+        assert exc.value.response["Error"]["Code"] == "InvalidSignatureException"
+    config["auth"].pop("aws_credentials")
+    async with gateway_with(config, a=mock) as gw:
+        client = anthropic.AnthropicBedrock(base_url=gw.url, aws_region="us-east-1", api_key="gw-key-1", max_retries=0)
+        message = await sdk(lambda: client.messages.create(model="smart", max_tokens=16,
+                                                           messages=[{"role": "user", "content": "x"}]))
+        assert message.content[0].text == "ok"
+        bad = anthropic.AnthropicBedrock(base_url=gw.url, aws_region="us-east-1", api_key="nope", max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            await sdk(lambda: bad.messages.create(model="smart", max_tokens=16,
+                                                  messages=[{"role": "user", "content": "x"}]))
+    assert refused.value.status_code in (401, 403)
+    assert refused.value.response.headers["x-amzn-errortype"].endswith("Exception")
+
+
+@pytest.mark.sdk
+async def test_anthropic_beta_in_the_body_reaches_an_invoke_member():
+    """Betas ride in the body on InvokeModel: passed through as they are, and kept
+    when the IR is rendered for an invoke member again (a resumed stream, a hedge)."""
+    mock = MockVendor(reply="ok", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(_signed("bedrock-invoke"), a=mock) as gw:
+        await sdk(lambda: CLIENTS["bedrock-invoke"](gw.url, "smart", "x", anthropic_beta=["context-1m-2025-08-07"]))
+    assert mock.received[-1]["body"]["anthropic_beta"] == ["context-1m-2025-08-07"]
+    req = INV.parse_request(mock.received[-1]["body"], {"action": "invoke"})
+    assert orjson.loads(INV.render_request(req, "m")[0])["anthropic_beta"] == ["context-1m-2025-08-07"]
