@@ -42,7 +42,10 @@ def test_openai_request_translates_to_every_member_protocol():
     _, _, _, aws, _ = roundtrip("openai", "embed", body, "bedrock", "cohere.embed-english-v3")
     assert "model" not in aws and aws["texts"] == ["a b", "c"]
     titan = operation_dialect("bedrock", "embed").for_model("amazon.titan-embed-text-v2:0")
-    parts = titan.split(get_dialect("openai", "embed").parse_request(body, {}))   # one call per text
+    whole = get_dialect("openai", "embed").parse_request(body, {})
+    parts = titan.split(whole)                                   # one call per text, all else the same
+    assert [eir.EmbedRequest(whole.inputs, p.input_type, p.dimensions, p.encodings, p.truncate, p.model)
+            for p in parts] == [whole, whole] and [p.inputs for p in parts] == [["a b"], ["c"]]
     assert [orjson.loads(titan.render_request(p, "amazon.titan-embed-text-v2:0")[0]) for p in parts] == [
         {"inputText": "a b", "dimensions": 32}, {"inputText": "c", "dimensions": 32}]
     joined = titan.join([eir.EmbedResponse([[1.0]], "", 3), eir.EmbedResponse([[2.0]], "", 4)])
