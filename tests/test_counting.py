@@ -15,19 +15,33 @@ from busbar.protocols.counting import estimate
 from busbar.protocols.routes import match_route
 
 PROMPT = "How many tokens is this question, roughly?"
-# the same prompt (a system text and one user turn) in each client's counting body
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+# the same prompt (a system text, one user turn, one tool) in each client's counting body
 BODIES = {
-    "anthropic": {"model": "p", "system": "Be brief.", "messages": [{"role": "user", "content": PROMPT}]},
+    "anthropic": {"model": "p", "system": "Be brief.", "messages": [{"role": "user", "content": PROMPT}],
+                  "tools": [{"name": "weather", "description": "The weather.", "input_schema": SCHEMA}]},
     "gemini": {"generateContentRequest": {"model": "models/p", "systemInstruction": {"parts": [{"text": "Be brief."}]},
-                                          "contents": [{"role": "user", "parts": [{"text": PROMPT}]}]}},
-    "responses": {"model": "p", "instructions": "Be brief.", "input": PROMPT, "max_output_tokens": 9},
+                                          "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
+                                          "tools": [{"functionDeclarations": [
+                                              {"name": "weather", "description": "The weather.",
+                                               "parameters": SCHEMA}]}]}},
+    "responses": {"model": "p", "instructions": "Be brief.", "input": PROMPT, "max_output_tokens": 9,
+                  "tools": [{"type": "function", "name": "weather", "description": "The weather.",
+                             "parameters": SCHEMA}]},
     "bedrock": {"input": {"converse": {"system": [{"text": "Be brief."}],
-                                       "messages": [{"role": "user", "content": [{"text": PROMPT}]}]}}},
+                                       "messages": [{"role": "user", "content": [{"text": PROMPT}]}],
+                                       "toolConfig": {"tools": [{"toolSpec": {
+                                           "name": "weather", "description": "The weather.",
+                                           "inputSchema": {"json": SCHEMA}}}]}}}},
 }
 
 
 def _prompt(req):
     return [t.text for t in req.system], [(m.role, [p.text for p in m.content]) for m in req.messages]
+
+
+def _tools(req):
+    return [(t.name, t.description, t.parameters) for t in req.tools]
 
 
 @pytest.mark.pure
@@ -39,7 +53,9 @@ def test_a_count_translates_between_every_pair_of_counting_protocols(client, mem
     up = get_dialect(member, "count")
     wire, warnings = up.render_request(req, "m")
     back = up.parse_request(orjson.loads(wire), {})
-    assert _prompt(back) == _prompt(req) and warnings == []
+    assert _prompt(back) == _prompt(req)
+    assert all(w.startswith("dropped hint") for w in warnings)    # e.g. Responses' strict flag to Gemini
+    assert _tools(back) == _tools(req) == [("weather", "The weather.", SCHEMA)]
     assert estimate(back) == estimate(req)
     assert up.codec.parse_response(orjson.loads(up.render_response(up.codec.parse_response(
         {"anthropic": {"input_tokens": 7}, "gemini": {"totalTokens": 7}, "responses": {"input_tokens": 7},
@@ -50,9 +66,9 @@ def test_a_count_translates_between_every_pair_of_counting_protocols(client, mem
 def test_the_counting_bodies_keep_only_what_each_endpoint_takes():
     req = get_dialect("responses", "count").parse_request({**BODIES["responses"], "temperature": 0.2}, {})
     resp_body = orjson.loads(get_dialect("responses", "count").render_request(req, "gpt-4.1")[0])
-    assert set(resp_body) == {"model", "input", "instructions"}     # no max_output_tokens, no temperature
+    assert set(resp_body) == {"model", "input", "instructions", "tools"}    # no max_output_tokens, no temperature
     br_body = orjson.loads(get_dialect("bedrock", "count").render_request(req, "x")[0])
-    assert set(br_body["input"]["converse"]) == {"messages", "system"}    # no inferenceConfig
+    assert set(br_body["input"]["converse"]) == {"messages", "system", "toolConfig"}    # no inferenceConfig
     assert get_dialect("responses", "count").render_response(
         get_dialect("responses", "count").local_answer(req, "openai"), "p") == \
         orjson.dumps({"object": "response.input_tokens", "input_tokens": estimate(req)})
