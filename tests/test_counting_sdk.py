@@ -271,3 +271,17 @@ async def test_responses_and_bedrock_count_errors_are_the_callers_protocol():
         assert "invokeModel" in exc.value.response["Error"]["Message"]
         record = await last_record(gw)
     assert record["status"] == 400
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("pool", ["resp", "br-claude", "br-llama"])
+async def test_genai_count_tokens_to_responses_and_bedrock_members(pool):
+    from google import genai
+    from google.genai import types
+    vendor = MockVendor()
+    async with gateway_with(MORE, v=vendor) as gw:
+        client = genai.Client(api_key="client-key", http_options=types.HttpOptions(base_url=gw.url))
+        result = await sdk(lambda: client.models.count_tokens(model=pool, contents="How many tokens is this?"))
+    body = {"contents": [{"role": "user", "parts": [{"text": "How many tokens is this?"}]}]}
+    assert result.total_tokens == expected("gemini", body)
+    assert [r["path"] for r in vendor.received] == COUNT_PATHS[pool]
