@@ -166,9 +166,17 @@ class Exchange:
             self.record.tenant = self.tenancy_admission.key.id
             self.record.team = self.tenancy_admission.key.team
         try:
+            # a key's own `direct` decides provider/model routes (permitted above), else server.direct_routes
+            direct = self.tenancy_admission.key.direct if self.tenancy_admission is not None else None
             self.plan = self.gw.router.start(self.model, self.client.needs(self.request.body, self.obj),
-                                             trio.current_time())
+                                             trio.current_time(), direct=direct)
         except KeyError:
+            provider, sep, _ = self.model.partition("/")
+            if sep and provider in self.gw.providers:
+                raise ClientError(404, f"The model `{self.model}` names a provider/model route, and those are off "
+                                       "(server.direct_routes: false; a client key may allow them with "
+                                       "`direct: true`).", "not_found", param="model",
+                                  code="model_not_found") from None
             raise ClientError(404, f"The model `{self.model}` does not exist: it is neither a pool "
                                    f"({', '.join(self.gw.router.pool_names()) or 'none configured'}) nor "
                                    "provider/model.", "not_found", param="model", code="model_not_found") from None

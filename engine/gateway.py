@@ -120,6 +120,8 @@ class Gateway:
         # limits live in the app's state backend (kept across reloads; shared through Redis when configured)
         # keys minted at run time (busbar.tenancy.minted) are the App's, kept across reloads like the state
         self.tenancy = Tenancy.from_config(auth, state, minted=minted) if auth.get("keys") or minted else None
+        if self.tenancy is not None:       # a key without `direct` follows the server's flag
+            self.tenancy.direct_routes = self.router.direct_routes
         if minted is not None:
             taken = [k.id for k in self.tenancy.by_hash.values() if k.id in minted.live_ids()]
             if taken:

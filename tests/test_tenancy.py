@@ -171,3 +171,19 @@ def test_price_charges_cache_reads_and_writes_once_at_their_rates():
     assert Price(1.0, 2.0).cost(Usage(1000, 0, cached_tokens=500)) == pytest.approx(1000 / 1e6)
     # reasoning priced apart only when given
     assert Price(1.0, 2.0, reasoning=4.0).cost(Usage(0, 100, reasoning_tokens=40)) == pytest.approx((60 * 2 + 40 * 4) / 1e6)
+
+
+def test_a_keys_direct_overrides_the_server_flag_either_way():
+    t, _ = make({"keys": [{"id": "on", "key": "k-on", "direct": True}, {"id": "off", "key": "k-off", "direct": False},
+                          {"id": "unset", "key": "k-unset"}, "k-plain"]})
+    for server_flag in (False, True):
+        t.direct_routes = server_flag
+        trio.run(lambda: t.admit("k-on", "oai/gpt-4o", 10, known_pool=False))
+        err = refusal(t, "k-off", "oai/gpt-4o", 10, known_pool=False)
+        assert err.status == 403 and "`oai/gpt-4o`" in err.message and "direct: false" in err.message
+        for unset in ("k-unset", "k-plain"):
+            if server_flag:
+                trio.run(lambda: t.admit(unset, "oai/gpt-4o", 10, known_pool=False))
+            else:
+                err = refusal(t, unset, "oai/gpt-4o", 10, known_pool=False)
+                assert err.status == 403 and "server.direct_routes is off" in err.message

@@ -104,7 +104,8 @@ class Metrics:
             return name or "-"
         provider, sep, model = name.partition("/")
         router = self._router
-        if not sep or not model or not getattr(router, "direct_routes", True) or provider not in router.providers:
+        if not sep or not model or provider not in router.providers or not (
+                getattr(router, "direct_routes", True) or router.direct_route_known(name)):
             return UNKNOWN
         if len(self._direct) >= MAX_DIRECT_LABELS or len(name) > MAX_LABEL_CHARS:
             return DIRECT_OTHER

@@ -693,11 +693,18 @@ class Router:
     def has_route(self, model: str) -> bool:
         return self._node(model) is not None
 
-    def _node(self, model: str) -> PoolNode | None:
+    def direct_route_known(self, model: str) -> bool:
+        """`model` is a direct route this router has served (and still caches)."""
+        return model in self._direct
+
+    def _node(self, model: str, direct: bool | None = None) -> PoolNode | None:
+        """The pool `model` names, else a direct provider/model route when
+        `direct` allows it (None: server.direct_routes decides; a client key's
+        own `direct: true|false` overrides it)."""
         node = self.pools.get(model)
         if node is not None:
             return node
-        if not self.direct_routes:
+        if not (self.direct_routes if direct is None else direct):
             return None
         provider, sep, upstream = model.partition("/")
         if not sep or not upstream or provider not in self.providers:
@@ -724,10 +731,10 @@ class Router:
             self._direct.popitem(last=False)
         return node
 
-    def start(self, model: str, needs: Needs | None = None, now: float = 0.0) -> Plan:
-        """A plan for one request to `model` (a pool name or provider/model).
-        Raises KeyError when there is no such route."""
-        node = self._node(model)
+    def start(self, model: str, needs: Needs | None = None, now: float = 0.0, *, direct: bool | None = None) -> Plan:
+        """A plan for one request to `model` (a pool name or provider/model;
+        `direct` as in `_node`).  Raises KeyError when there is no such route."""
+        node = self._node(model, direct)
         if node is None:
             raise KeyError(model)
         return Plan(self, node, needs or Needs(), now)

@@ -115,7 +115,7 @@ class ClientKey:
     sha256: str
     level: Level
     pools: frozenset | None = None     # None: every pool
-    direct: bool = False               # provider/model routes allowed
+    direct: bool | None = None         # provider/model routes: allowed, refused, or (None) as server.direct_routes
     expires: float | None = None       # epoch seconds
     team: str | None = None
     minted: bool = False               # made at run time (busbar.tenancy.minted), not in the config
@@ -149,7 +149,8 @@ def key_from_config(spec, index: int, *, minted: bool = False) -> ClientKey:
                   (spec.get("over_budget") or {}).get("downgrade"))
     pools = spec.get("pools")
     return ClientKey(spec["id"], digest.lower(), level, frozenset(pools) if pools is not None else None,
-                     bool(spec.get("direct", False)), _expiry(spec.get("expires")), spec.get("team"), minted)
+                     None if spec.get("direct") is None else bool(spec["direct"]), _expiry(spec.get("expires")),
+                     spec.get("team"), minted)
 
 
 def period_bounds(period: str, wall: float) -> tuple[str, float]:
@@ -237,11 +238,17 @@ class Tenancy:
             raise ClientError(401, f"The API key `{key.id}` has expired.", "authentication")
         return key
 
+    # provider/model routes for a key that does not say (`direct` unset): server.direct_routes (the Gateway sets it)
+    direct_routes = False
+
     def permit(self, key: ClientKey, pool: str, known_pool: bool) -> None:
         if not known_pool and "/" in pool:
-            if not key.direct:
-                raise ClientError(403, f"The key `{key.id}` may not call provider/model routes such as `{pool}`.",
-                                  "permission")
+            allowed = self.direct_routes if key.direct is None else key.direct
+            if not allowed:
+                why = ("its `direct: false`" if key.direct is False else
+                       "server.direct_routes is off and the key has no `direct: true`")
+                raise ClientError(403, f"The key `{key.id}` may not call provider/model routes such as `{pool}` "
+                                       f"({why}).", "permission")
             return
         if key.pools is not None and pool not in key.pools:
             raise ClientError(403, f"The key `{key.id}` may not use the pool `{pool}`.", "permission")
