@@ -99,6 +99,7 @@ def test_which_members_count_and_which_get_the_estimate():
         ("bedrock", "us.anthropic.claude-sonnet-4-20250514-v1:0"),
         ("bedrock", "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-5-haiku-20241022-v1:0"),
         ("bedrock", "meta.llama3-70b-instruct-v1:0"), ("bedrock", "amazon.nova-pro-v1:0"),
+        ("bedrock-invoke", "anthropic.claude-3-5-haiku-20241022-v1:0"),
         ("openai", "gpt-4o"), ("cohere", "command-a-03-2025")]}
     assert [k for k, v in counts.items() if not v] == [
         ("bedrock", "meta.llama3-70b-instruct-v1:0"), ("bedrock", "amazon.nova-pro-v1:0"),

@@ -126,6 +126,8 @@ MORE = {
         "coh": {"protocol": "cohere", "base_url": "{v}", "key": "ck"},
         "aws": {"protocol": "bedrock", "base_url": "{v}", "region": "us-east-1",
                 "access_key_id": "AKIDUPSTREAM", "secret_access_key": "upstream-secret"},
+        "awsi": {"protocol": "bedrock-invoke", "base_url": "{v}", "region": "us-east-1",
+                 "access_key_id": "AKIDUPSTREAM", "secret_access_key": "upstream-secret"},
     },
     "pools": {
         **CONFIG["pools"],
@@ -133,6 +135,7 @@ MORE = {
         "command": {"members": [{"provider": "coh", "model": "command-a-03-2025"}]},
         "br-claude": {"members": [{"provider": "aws", "model": "us.anthropic.claude-sonnet-4-20250514-v1:0"}]},
         "br-llama": {"members": [{"provider": "aws", "model": "meta.llama3-70b-instruct-v1:0"}]},
+        "br-invoke": {"members": [{"provider": "awsi", "model": "anthropic.claude-3-5-haiku-20241022-v1:0"}]},
     },
 }
 # where a count reaches the simulated vendors, per pool ([]: estimated by the gateway)
@@ -141,6 +144,7 @@ COUNT_PATHS = {
     "claude": ["/v1/messages/count_tokens"],
     "gemini": ["/v1beta/models/gemini-2.5-flash:countTokens"],
     "br-claude": ["/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/count-tokens"],
+    "br-invoke": ["/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/count-tokens"],      # invokeModel input
     "gpt": [], "command": [], "br-llama": [],
 }
 RESPONSES_INPUT = [{"role": "user", "content": "How many tokens is this question, roughly?"}]
@@ -181,6 +185,12 @@ async def test_openai_responses_input_tokens_count(pool):
         assert vendor.received[0]["body"] == {"input": {"converse": {
             "messages": [{"role": "user", "content": [{"text": RESPONSES_INPUT[0]["content"]}]}],
             "system": [{"text": "Be brief."}]}}}
+    elif pool == "br-invoke":   # the InvokeModel body that member would be sent, counted
+        import base64
+        import json
+        body = json.loads(base64.b64decode(vendor.received[0]["body"]["input"]["invokeModel"]["body"]))
+        assert body["anthropic_version"] == "bedrock-2023-05-31" and body["system"] == "Be brief."
+        assert "AKIDUPSTREAM" in vendor.received[0]["headers"]["authorization"]
 
 
 CONVERSE = {"messages": [{"role": "user", "content": [{"text": "How many tokens is this question, roughly?"}]}],
@@ -188,7 +198,7 @@ CONVERSE = {"messages": [{"role": "user", "content": [{"text": "How many tokens 
 
 
 @pytest.mark.sdk
-@pytest.mark.parametrize("pool", ["br-claude", "claude", "resp", "gemini", "gpt", "br-llama"])
+@pytest.mark.parametrize("pool", ["br-claude", "claude", "resp", "gemini", "gpt", "br-llama", "br-invoke"])
 async def test_boto3_count_tokens_converse(pool):
     vendor = MockVendor()
     async with gateway_with(MORE, v=vendor) as gw:
@@ -211,7 +221,7 @@ CLAUDE_BODY = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "sy
 
 
 @pytest.mark.sdk
-@pytest.mark.parametrize("pool", ["br-claude", "claude", "resp", "br-llama"])
+@pytest.mark.parametrize("pool", ["br-claude", "claude", "resp", "br-llama", "br-invoke"])
 async def test_boto3_count_tokens_invoke_model_body(pool):
     import json
     vendor = MockVendor()
@@ -228,7 +238,7 @@ async def test_boto3_count_tokens_invoke_model_body(pool):
 
 
 @pytest.mark.sdk
-@pytest.mark.parametrize("pool", ["resp", "br-claude"])
+@pytest.mark.parametrize("pool", ["resp", "br-claude", "br-invoke"])
 async def test_anthropic_count_tokens_to_responses_and_bedrock_members(pool):
     vendor = MockVendor()
     async with gateway_with(MORE, v=vendor) as gw:

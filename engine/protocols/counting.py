@@ -20,6 +20,7 @@ import orjson
 
 from busbar import ir
 from busbar.faults import ClientError
+from busbar.protocols.common import RenderCtx
 from busbar.protocols.operation import OpCodec, OperationDialect, bad
 
 # the Messages fields count_tokens takes (sampling and max_tokens are refused there)
@@ -254,15 +255,40 @@ class BedrockCount(_Counting):
         return self if "anthropic." in model else None
 
 
+class BedrockInvokeCount(BedrockCount):
+    """A `bedrock-invoke` member (Claude through InvokeModel): CountTokens
+    with the InvokeModel body it would be sent, so the count is of the same
+    bytes as the call."""
+    protocol = "bedrock-invoke"
+
+    def for_model(self, model: str):
+        return self                     # the protocol is Claude's Messages body
+
+    def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
+                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
+        # the body is Anthropic's, so Anthropic's extras are this dialect's own (as in bedrock_invoke)
+        ctx = RenderCtx("anthropic", unsupported, model)
+        return orjson.dumps(self.codec.render_request(req, model, ctx)), ctx.warnings
+
+
+def _bedrock_invoke_render(req: ir.Request, model: str, ctx) -> dict:
+    from busbar.protocols import bedrock_invoke
+    body = orjson.dumps(bedrock_invoke._render_request(req, model, 1, ctx))    # max_tokens: the body requires one
+    return {"input": {"invokeModel": {"body": base64.b64encode(body).decode("ascii")}}}
+
+
 AnthropicCount.codec = OpCodec(_anthropic_parse, _anthropic_render, _anthropic_parse_response,
                                _anthropic_render_response)
 GeminiCount.codec = OpCodec(_gemini_parse, _gemini_render, _gemini_parse_response, _gemini_render_response)
 ResponsesCount.codec = OpCodec(_responses_parse, _responses_render, _responses_parse_response,
                                _responses_render_response)
 BedrockCount.codec = OpCodec(_bedrock_parse, _bedrock_render, _bedrock_parse_response, _bedrock_render_response)
+BedrockInvokeCount.codec = OpCodec(_bedrock_parse, _bedrock_invoke_render, _bedrock_parse_response,
+                                   _bedrock_render_response)
 
 # OpenAI Chat Completions and Cohere have no endpoint that counts a prompt (Cohere's v1
 # /tokenize counts one text without the chat template, and answers token ids Busbar cannot
 # make): their members get the estimate, and Busbar serves neither as a counting route.
 DIALECTS = {("anthropic", "count"): AnthropicCount(), ("gemini", "count"): GeminiCount(),
-            ("responses", "count"): ResponsesCount(), ("bedrock", "count"): BedrockCount()}
+            ("responses", "count"): ResponsesCount(), ("bedrock", "count"): BedrockCount(),
+            ("bedrock-invoke", "count"): BedrockInvokeCount()}
