@@ -168,7 +168,8 @@ class Gateway:
         self.listeners: list = []     # callables(record) notified when a request finishes
         self._ids = itertools.count(1)
         self._id_prefix = f"{int(time.time()) & 0xFFFFFF:06x}"
-        self.listing = Listing(self.router.pool_names(), int(time.time()))   # GET .../models, each SDK's shape
+        self.listing = Listing(self.router.pool_names(), int(time.time()),    # GET .../models, each SDK's shape
+                               {name: [leaf.model for leaf in node.leaves] for name, node in self.router.pools.items()})
         from busbar.admin import Admin   # /admin, /metrics, usage accounting (ADR 0007: where they listen)
         self.admin = Admin(self)
         if self.admin.observing:
@@ -309,20 +310,26 @@ class Gateway:
         if request.path.startswith((b"/admin", b"/metrics")) and await self.admin.handle(request, responder):
             return
         if request.method == b"GET":
-            listed = self.listing.answer(request.path, request.headers)
+            listed = self.listing.answer(request.path, request.headers, request.query)
             if listed is not None:
-                if self.tenancy is not None and self.tenancy.required:     # the lists are for key holders too
-                    try:
+                protocol, answer = listed
+                dialect = get_dialect(protocol)
+                try:                 # the lists are for key holders too
+                    if dialect.signed_requests and self.aws_secrets:
+                        dialect.verify_signed("GET", request.path.decode("latin-1"), request.query.decode("latin-1"),
+                                              request.headers, request.body, self.aws_secrets.get)
+                    elif self.tenancy is not None and self.tenancy.required:
                         self.tenancy.authenticate(self._any_key(request))
-                    except ClientError as err:
-                        return await responder.send(*get_dialect(guess_protocol(request.path)).render_error(err))
-                return await responder.send(*listed)
+                except ClientError as err:
+                    return await responder.send(*dialect.render_error(err))
+                return await responder.send(*answer)
         if request.path in (b"/healthz", b"/health"):
             return await responder.send(200, [JSON_CT], b'{"status":"ok"}')
-        protocol = guess_protocol(request.path)
+        dialect = get_dialect(guess_protocol(request.path))
         err = ClientError(404, f"No route for {request.method.decode()} {request.path.decode('latin-1')}. "
-                               "Busbar serves the vendors' own paths, e.g. POST /v1/chat/completions, "
-                               "/v1/messages, /v1/responses, /v1beta/models/{model}:generateContent, "
-                               "/model/{modelId}/converse, /v2/chat.", "not_found")
-        status, headers, body = get_dialect(protocol).render_error(err)
+                               + (dialect.no_route_hint or
+                                  "Busbar serves the vendors' own paths, e.g. POST /v1/chat/completions, "
+                                  "/v1/messages, /v1/responses, /v1beta/models/{model}:generateContent, "
+                                  "/model/{modelId}/converse, /v2/chat."), "not_found", code=dialect.no_route_code)
+        status, headers, body = dialect.render_error(err)
         await responder.send(status, headers, body)

@@ -172,8 +172,11 @@ def test_routes():
         "bedrock-invoke", {"model": "us.anthropic.claude:0", "action": "invoke-with-response-stream"})
     assert match_route(b"/model/smart/converse") == ("bedrock", {"model": "smart", "action": "converse"})
     for path in (b"/model/smart/invoke-async", b"/guardrail/g1/version/1/apply", b"/async-invoke",
-                 b"/inference-profiles/x/y", b"/model/smart"):
-        assert guess_protocol(path) == "bedrock"
+                 b"/inference-profiles/x/y", b"/model/smart", b"/custom-models", b"/model-invocation-jobs",
+                 b"/provisioned-model-throughputs", b"/guardrails"):
+        assert guess_protocol(path) == "bedrock", path
+    assert guess_protocol(b"/models") == guess_protocol(b"/nope") == "openai"
+    assert INV.inbound_model({"model": "arn:aws:bedrock:us-east-1:1:application-inference-profile/smart"}, {}) == "smart"
     assert INV.upstream_path("/", "anthropic.claude-x:0", True) == "/model/anthropic.claude-x%3A0/invoke-with-response-stream"
     assert INV.upstream_path("", "a", False) == "/model/a/invoke"
 
@@ -354,3 +357,96 @@ async def test_anthropic_beta_in_the_body_reaches_an_invoke_member():
     assert mock.received[-1]["body"]["anthropic_beta"] == ["context-1m-2025-08-07"]
     req = INV.parse_request(mock.received[-1]["body"], {"action": "invoke"})
     assert orjson.loads(INV.render_request(req, "m")[0])["anthropic_beta"] == ["context-1m-2025-08-07"]
+
+
+# ---------------------------------------------------------------------------
+# Bedrock's control plane: the pools as inference profiles and foundation models
+
+
+LISTED = {"providers": {"up": {"protocol": "anthropic", "base_url": "{a}", "key": "k"},
+                        "oai": {"protocol": "openai", "base_url": "{a}/v1", "key": "k"}},
+          "pools": {"smart": {"members": [{"provider": "up", "model": "claude-sonnet-4-5"},
+                                          {"provider": "oai", "model": "gpt-4o"}]},
+                    "cheap": {"members": [{"provider": "oai", "model": "gpt-4o-mini"}]}}}
+
+
+def _control(url: str, **kw):
+    import boto3
+    return boto3.client("bedrock", endpoint_url=url, region_name=kw.pop("region", "eu-west-3"),
+                        aws_access_key_id="AKIDGATEWAY", aws_secret_access_key=kw.pop("secret", "gateway-secret"))
+
+
+@pytest.mark.sdk
+async def test_boto3_lists_the_pools_as_inference_profiles_and_foundation_models():
+    async with gateway_with(LISTED, a=MockVendor(reply="ok")) as gw:
+        client = _control(gw.url)
+        profiles = await sdk(lambda: client.list_inference_profiles()["inferenceProfileSummaries"])
+        system = await sdk(lambda: client.list_inference_profiles(typeEquals="SYSTEM_DEFINED")["inferenceProfileSummaries"])
+        application = await sdk(lambda: client.list_inference_profiles(typeEquals="APPLICATION"))
+        pages = await sdk(lambda: [p["inferenceProfileSummaries"][0]["inferenceProfileId"] for p in
+                                   client.get_paginator("list_inference_profiles").paginate(
+                                       PaginationConfig={"PageSize": 1})])
+        one = await sdk(lambda: client.get_inference_profile(inferenceProfileIdentifier="smart"))
+        models = await sdk(lambda: client.list_foundation_models()["modelSummaries"])
+        anthropic_only = await sdk(lambda: client.list_foundation_models(byProvider="Anthropic")["modelSummaries"])
+        detail = await sdk(lambda: client.get_foundation_model(modelIdentifier="cheap")["modelDetails"])
+        import botocore.exceptions
+        with pytest.raises(botocore.exceptions.ClientError) as missing:
+            await sdk(lambda: client.get_inference_profile(inferenceProfileIdentifier="nope"))
+        # the listed ARN is a model id InvokeModel takes
+        arn = profiles[0]["inferenceProfileArn"]
+        text = await sdk(lambda: CLIENTS["bedrock-invoke"](gw.url, arn, "x"))
+    assert [p["inferenceProfileId"] for p in profiles] == ["smart", "cheap"] == pages
+    assert system == profiles and application["inferenceProfileSummaries"] == []
+    smart = profiles[0]
+    assert smart["status"] == "ACTIVE" and smart["type"] == "SYSTEM_DEFINED"
+    assert arn == "arn:aws:bedrock:eu-west-3:000000000000:inference-profile/smart"
+    assert [m["modelArn"] for m in smart["models"]] == ["arn:aws:bedrock:eu-west-3::foundation-model/claude-sonnet-4-5",
+                                                        "arn:aws:bedrock:eu-west-3::foundation-model/gpt-4o"]
+    assert one["inferenceProfileId"] == "smart" and one["models"] == smart["models"]
+    assert [m["modelId"] for m in models] == ["smart", "cheap"] and anthropic_only == []
+    assert detail["modelId"] == "cheap" and detail["responseStreamingSupported"] is True
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert "smart, cheap" in missing.value.response["Error"]["Message"]
+    assert text == "ok"
+
+
+@pytest.mark.sdk
+async def test_listing_checks_the_signature_when_the_gateway_verifies_sigv4():
+    import botocore.exceptions
+    config = {**LISTED, "auth": {"aws_credentials": [{"access_key_id": "AKIDGATEWAY",
+                                                      "secret_access_key": "gateway-secret"}]}}
+    async with gateway_with(config, a=MockVendor()) as gw:
+        listed = await sdk(lambda: _control(gw.url).list_inference_profiles()["inferenceProfileSummaries"])
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            await sdk(lambda: _control(gw.url, secret="wrong").list_inference_profiles())
+    assert len(listed) == 2
+    assert refused.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+
+@pytest.mark.sdk
+async def test_operations_not_served_answer_in_bedrocks_shape_naming_what_is():
+    import boto3
+    import botocore.exceptions
+    async with gateway_with(LISTED, a=MockVendor()) as gw:
+        runtime = boto3.client("bedrock-runtime", endpoint_url=gw.url, region_name="us-east-1",
+                               aws_access_key_id="AKIDGATEWAY", aws_secret_access_key="gateway-secret")
+        calls = [
+            lambda: runtime.apply_guardrail(guardrailIdentifier="g1", guardrailVersion="1", source="INPUT",
+                                            content=[{"text": {"text": "x"}}]),
+            lambda: runtime.start_async_invoke(modelId="smart", modelInput={}, outputDataConfig={
+                "s3OutputDataConfig": {"s3Uri": "s3://b/k"}}),
+            lambda: runtime.list_async_invokes(),
+            lambda: _control(gw.url).list_guardrails(),
+            lambda: _control(gw.url).list_custom_models(),
+        ]
+        errors = []
+        for call in calls:
+            with pytest.raises(botocore.exceptions.ClientError) as exc:
+                await sdk(call)
+            errors.append(exc.value.response)
+    for response in errors:
+        assert response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert response["Error"]["Code"] == "UnknownOperationException"
+        assert "/invoke-with-response-stream" in response["Error"]["Message"]
+        assert "guardrails" in response["Error"]["Message"]

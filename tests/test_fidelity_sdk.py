@@ -139,9 +139,9 @@ async def test_one_rule_for_the_answers_model(vendor):
 
 
 async def test_unknown_bedrock_shaped_paths_answer_in_bedrocks_error_shape():
-    """InvokeModel with a chat body (served for embedding/rerank models only) and
-    GET /inference-profiles, as Claude Code's Bedrock mode calls them: botocore
-    reads a Bedrock error, not OpenAI's."""
+    """InvokeModel with a body of no model family Busbar serves, and an operation it
+    does not serve (ApplyGuardrail): botocore reads a Bedrock error, not OpenAI's;
+    GET /inference-profiles, as Claude Code's Bedrock mode calls it, lists the pools."""
     import boto3
     import botocore.exceptions
     async with gateway_with(config_for("openai"), a=MockVendor()) as gw:
@@ -152,7 +152,9 @@ async def test_unknown_bedrock_shaped_paths_answer_in_bedrocks_error_shape():
         import httpx
         async with httpx.AsyncClient() as http:
             profiles = await http.get(gw.url + "/inference-profiles")
+            guardrail = await http.post(gw.url + "/guardrail/g1/version/1/apply", json={})
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert exc.value.response["Error"]["Code"] == "ValidationException"
     assert "call Converse" in exc.value.response["Error"]["Message"]
-    assert profiles.status_code == 404 and profiles.headers["x-amzn-errortype"].endswith("Exception")
+    assert profiles.status_code == 200 and profiles.json()["inferenceProfileSummaries"][0]["inferenceProfileId"] == "smart"
+    assert guardrail.status_code == 404 and guardrail.headers["x-amzn-errortype"] == "UnknownOperationException"

@@ -427,6 +427,11 @@ class Dialect:
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
         raise NotImplementedError
 
+    # A request on a path of this vendor's shape that no route serves: what the
+    # 404 says is served (None: the gateway's general list), and its error code.
+    no_route_hint: ClassVar[str | None] = None
+    no_route_code: ClassVar[str | None] = None
+
     def error_headers(self, err: ClientError) -> Headers:
         headers = [JSON_CT]
         if err.retry_after is not None:

@@ -101,6 +101,13 @@ class SigV4Signer:
 
 
 
+def resource_id(model: str) -> str:
+    """The id an ARN names (`arn:aws:bedrock:us-east-1:1234:inference-profile/smart` -> `smart`;
+    an application inference profile's, a foundation model's), so a client may
+    address a pool by the ARN its listing shows; a plain id as it is."""
+    return model.rsplit("/", 1)[-1] if model.startswith("arn:") else model
+
+
 def model_path(base_path: str, model: str, action: str) -> str:
     """`{base}/model/{modelId}/{action}` for every Bedrock call (Converse,
     ConverseStream, InvokeModel), the model id quoted as one segment."""
@@ -130,10 +137,16 @@ class BedrockDialect(Dialect):
 
     def inbound_model(self, params: dict, obj: dict) -> str | None:
         model = params.get("model")
-        return model if isinstance(model, str) else None
+        return resource_id(model) if isinstance(model, str) else None
 
     def inbound_stream(self, params: dict, obj: dict) -> bool:
         return params.get("action") == "converse-stream"
+
+    no_route_code = "UnknownOperationException"
+    no_route_hint = ("Busbar serves Bedrock's POST /model/{modelId}/converse, /converse-stream, /invoke, "
+                     "/invoke-with-response-stream and /count-tokens, and GET /inference-profiles and "
+                     "/foundation-models (the pools); other Bedrock operations (guardrails, async invoke, "
+                     "batch and customization jobs, ...) are not served.")
 
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]:
         # an AWS exception name given explicitly (e.g. by the SigV4 verifier) wins

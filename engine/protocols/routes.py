@@ -70,10 +70,14 @@ def match_route(path: bytes) -> tuple[str, dict] | None:
 # Paths that look like a protocol's even when no route matched (a typo'd
 # suffix), and the protocol of last resort: where a server-level error
 # (no route, bad HTTP) is rendered.
-_PREFIXES = ((b"/v1/messages", "anthropic"),
-             # Bedrock's runtime and control-plane shapes (InvokeModel, inference profiles...)
-             (b"/model/", "bedrock"), (b"/inference-profiles", "bedrock"), (b"/foundation-models", "bedrock"),
-             (b"/async-invoke", "bedrock"), (b"/guardrail", "bedrock"),
+# Bedrock's runtime (bedrock-runtime) and control-plane (bedrock) paths, by their
+# first segment in botocore's service models
+_BEDROCK_PREFIXES = (b"/model/", b"/model-", b"/inference-profiles", b"/foundation-model", b"/async-invoke",
+                     b"/guardrail", b"/custom-models", b"/imported-models", b"/evaluation-job",
+                     b"/provisioned-model-throughput", b"/prompt-routers", b"/marketplace-model",
+                     b"/automated-reasoning-policies", b"/advanced-prompt-optimization-job",
+                     b"/logging/modelinvocations")
+_PREFIXES = ((b"/v1/messages", "anthropic"), *((p, "bedrock") for p in _BEDROCK_PREFIXES),
              (b"/v1beta/", "gemini"), (b"/v2/", "cohere"))
 DEFAULT_PROTOCOL = "openai"
 
