@@ -57,19 +57,19 @@ def admit(gw: "Gateway", request: HttpRequest, dialect, params: dict, record: Re
     stream = dialect.inbound_stream(params, obj)
     record.pool = model
     record.stream = stream
-    signed = dialect.signed_requests and gw.aws_secrets
+    signed = dialect.signed_requests and gw.signed_clients
     if signed:      # `key` is the verified access key id: limits apply when it maps to a client key
-        return Admitted(obj, model, stream, None, gw.aws_key_ids.get(key) if key is not None else None)
+        return Admitted(obj, model, stream, None, gw.aws_key_id(key) if key is not None else None)
     return Admitted(obj, model, stream, key)
 
 
 def authenticate(gw: "Gateway", request: HttpRequest, dialect) -> str | None:
     """The client's credential (key, or access key id of a signed request),
     None when the gateway has no client keys."""
-    if dialect.signed_requests and gw.aws_secrets:
+    if dialect.signed_requests and gw.signed_clients:
         return dialect.verify_signed(request.method.decode(), request.path.decode("latin-1"),
                                      request.query.decode("latin-1"), request.headers, request.body,
-                                     gw.aws_secrets.get)
+                                     gw.aws_secret)
     if gw.tenancy is None or not gw.tenancy.required:
         return None
     key = dialect.inbound_key(request.headers, request.query)

@@ -307,6 +307,8 @@ def cmd_keys(args) -> int:
             spec["budget"] = {unit: amount, "period": args.period}
         if args.downgrade:
             spec["over_budget"] = {"downgrade": args.downgrade}
+        if args.aws:
+            spec["aws"] = True
         call = ("POST", "/admin/keys", spec)
     elif args.action == "list":
         call = ("GET", "/admin/keys", None)
@@ -347,6 +349,9 @@ def cmd_keys(args) -> int:
         return 0
     if args.action == "create":
         print(f"created key {data['id']}; its secret (shown only now, store it safely):")
+        if data.get("aws_access_key_id"):
+            print(f"aws_access_key_id     {data['aws_access_key_id']}")
+            print(f"aws_secret_access_key {data['aws_secret_access_key']}")
         print(data["key"])
     elif args.action == "revoke":
         print(f"revoked {data['id']}")
@@ -591,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         k.add_argument("--budget-tokens", type=int)
         k.add_argument("--period", default="month", choices=["day", "week", "month", "total"])
         k.add_argument("--downgrade", metavar="POOL", help="over budget: route to this pool instead of refusing")
+        k.add_argument("--aws", action="store_true",
+                       help="also a SigV4 access key pair for Bedrock clients (needs auth.aws_master_secret)")
 
     p = sub.add_parser("catalog", help="list the provider catalog (presets for `providers.x.catalog`)")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")

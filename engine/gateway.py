@@ -86,6 +86,8 @@ def _secrets(config: dict) -> Redactor:
     auth = config.get("auth", {})
     secrets.update(k if isinstance(k, str) else k.get("key", "") for k in auth.get("keys", ()))
     secrets.update(c["secret_access_key"] for c in auth.get("aws_credentials", ()))
+    if auth.get("aws_master_secret"):
+        secrets.add(auth["aws_master_secret"])
     admin_key = (config.get("admin") or {}).get("key")
     if admin_key:
         secrets.add(admin_key)
@@ -134,6 +136,8 @@ class Gateway:
         self.aws_secrets = {c["access_key_id"]: c["secret_access_key"] for c in auth.get("aws_credentials", ())}
         # signed (SigV4) clients: an access key pair may stand for a client key (its pools, limits, budget)
         self.aws_key_ids = {c["access_key_id"]: c["key_id"] for c in auth.get("aws_credentials", ()) if "key_id" in c}
+        # ... and minted keys may carry a pair whose secret derives from auth.aws_master_secret (ADR 0011)
+        self.signed_clients = bool(self.aws_secrets) or bool(self.tenancy is not None and self.tenancy.aws_master)
         for i, c in enumerate(auth.get("aws_credentials", ())):
             if "key_id" in c and (self.tenancy is None or self.tenancy.by_id(c["key_id"]) is None):
                 raise ConfigError(f"{config.source}: auth.aws_credentials[{i}].key_id",
@@ -201,7 +205,7 @@ class Gateway:
             return None
         protocol, params = route
         dialect = get_dialect(protocol)
-        if dialect.signed_requests and self.aws_secrets:
+        if dialect.signed_requests and self.signed_clients:
             return None
         if self.open_pools:
             model = params.get("model")
@@ -214,6 +218,23 @@ class Gateway:
         # admission need not check again
         request.authenticated = True
         return None
+
+    def aws_secret(self, access_key_id: str) -> str | None:
+        """The secret of a signing client's access key id: the config's
+        `auth.aws_credentials`, else a live minted key's derived one."""
+        secret = self.aws_secrets.get(access_key_id)
+        if secret is None and self.tenancy is not None:
+            pair = self.tenancy.minted_pair(access_key_id)
+            secret = pair[0] if pair is not None else None
+        return secret
+
+    def aws_key_id(self, access_key_id: str) -> str | None:
+        """The client key a verified access key id stands for (None: unlimited)."""
+        key_id = self.aws_key_ids.get(access_key_id)
+        if key_id is None and access_key_id not in self.aws_secrets and self.tenancy is not None:
+            pair = self.tenancy.minted_pair(access_key_id)
+            key_id = pair[1] if pair is not None else None
+        return key_id
 
     def _refused(self, protocol: str, dialect, err: ClientError) -> tuple[int, list, bytes]:
         """A request answered from its head: still recorded (admin, access

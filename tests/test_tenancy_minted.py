@@ -321,3 +321,76 @@ async def test_busbar_keys_update_changes_limits_one_by_one_budget_team_pools_an
         period_only = await cli("update", "app-1", "--period", "day")
         assert period_only.returncode == 1 and "has no budget" in period_only.stderr
         assert (await cli("update", "app-1", "--rpm", "0")).returncode == 2        # argparse: not a limit
+
+
+MASTER = "master-secret-for-sigv4-pairs-0123456789"
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+async def test_a_minted_key_with_a_sigv4_pair_signs_boto3_requests_and_its_revocation_ends_them(tmp_path, caplog):
+    """POST /admin/keys {aws: true}: an access key id (kept) and its secret
+    (shown once, derived from auth.aws_master_secret, stored nowhere); boto3
+    signs with it and gets the key's pools and limits; revoking the key
+    refuses the pair; another gateway with the same master (a restart) verifies it."""
+    from botocore.exceptions import ClientError as BotoError
+    from clients import bedrock_converse
+    caplog.set_level(logging.DEBUG, logger="busbar")
+    db = tmp_path / "keys.sqlite"
+    cfg = config(db, keys=[{"id": "team-a", "key": "config-key-a"}], aws_master_secret=MASTER)
+    vendor = MockVendor(reply="hi")
+    async with gateway_with(cfg, a=vendor) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            r = await http.post("/admin/keys", headers=ADMIN,
+                                json={"id": "bedrock-app", "pools": ["smart"], "limits": {"rpm": 2}, "aws": True})
+            assert r.status_code == 201, r.text
+            made = r.json()
+            access, secret = made["aws_access_key_id"], made["aws_secret_access_key"]
+            assert access.startswith("BBKA") and len(access) == 20 and len(secret) == 40
+            listed = (await http.get("/admin/keys/bedrock-app", headers=ADMIN)).json()
+            assert listed["aws_access_key_id"] == access and "aws_secret_access_key" not in listed
+            assert secret not in (await http.get("/admin/api/state", headers=ADMIN)).text
+
+        def converse(model="smart", **kw):
+            return bedrock_converse(gw.url, model, "hello", **{"access_key_id": access, "secret_access_key": secret,
+                                                               **kw})
+        assert await sdk(converse) == "hi"
+        assert gw.gateway.recent[-1]["key_id"] == "bedrock-app"
+        with pytest.raises(BotoError) as info:                     # the key's pools
+            await sdk(lambda: converse("cheap"))
+        assert info.value.response["Error"]["Code"] == "AccessDeniedException"
+        with pytest.raises(BotoError) as info:                     # a wrong secret: a signature failure
+            await sdk(lambda: converse(secret_access_key=secret[:-1] + ("A" if secret[-1] != "A" else "B")))
+        assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
+        assert await sdk(converse) == "hi"
+        with pytest.raises(BotoError) as info:                     # its rpm (2)
+            await sdk(converse)
+        assert info.value.response["Error"]["Code"] == "ThrottlingException"
+    # nothing secret at rest: the store holds the access key id, never the pair's secret
+    raw = db.read_bytes()
+    assert access.encode() in raw and secret.encode() not in raw and MASTER.encode() not in raw
+    async with gateway_with(cfg, a=vendor) as gw:                  # a restart derives the same secret
+        assert await sdk(converse) == "hi"
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            assert (await http.delete("/admin/keys/bedrock-app", headers=ADMIN)).status_code == 200
+            with pytest.raises(BotoError) as info:                 # revoked: the pair is unknown
+                await sdk(converse)
+            assert info.value.response["Error"]["Code"] == "UnrecognizedClientException"
+            r = await http.post("/admin/keys", headers=ADMIN, json={"aws": "yes"})
+            assert r.status_code == 400
+        import trio
+        made = await trio.to_thread.run_sync(lambda: _keys_cli_at(gw.url, "create", "--id", "cli-aws", "--aws"))
+        assert made.returncode == 0, made.stderr
+        lines = made.stdout.splitlines()
+        cli_access = next(l.split()[1] for l in lines if l.startswith("aws_access_key_id"))
+        cli_secret = next(l.split()[1] for l in lines if l.startswith("aws_secret_access_key"))
+        assert await sdk(lambda: bedrock_converse(gw.url, "smart", "hello", access_key_id=cli_access,
+                                                  secret_access_key=cli_secret)) == "hi"
+    async with gateway_with(config(db), a=vendor) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            r = await http.post("/admin/keys", headers=ADMIN, json={"id": "no-master", "aws": True})
+            assert r.status_code == 400 and "aws_master_secret" in r.json()["error"]
+        refused = await trio.to_thread.run_sync(lambda: _keys_cli_at(gw.url, "create", "--aws"))
+        assert refused.returncode == 1 and "aws_master_secret" in refused.stderr
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert secret not in logs and MASTER not in logs

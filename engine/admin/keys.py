@@ -1,7 +1,10 @@
 """`/admin/keys`: the gateway's client keys, and minting them at run time.
 
-    POST   /admin/keys          {id?, pools?, direct?, team?, expires?, limits?, budget?, over_budget?}
+    POST   /admin/keys          {id?, pools?, direct?, team?, expires?, limits?, budget?, over_budget?, aws?}
                                 -> 201 {..., "key": "bb-..."}  (the secret, this once; only its sha256 is kept)
+                                with "aws": true also a SigV4 pair for Bedrock clients:
+                                "aws_access_key_id" (kept, listed) and "aws_secret_access_key" (this
+                                once; derived from auth.aws_master_secret, never stored)
     GET    /admin/keys          every key: the config's (`source: config`) and the minted ones
     GET    /admin/keys/{id}     one key
     PATCH  /admin/keys/{id}     change a minted key's fields (null removes one)
@@ -165,13 +168,25 @@ def _body(request):
 
 
 async def _create(gateway, minted, request, responder, send_json) -> None:
+    master = gateway.config.auth.get("aws_master_secret")
     try:
-        spec = check_spec(_body(request), gateway)
+        body = _body(request)
+        aws = body.pop("aws", False) if isinstance(body, dict) else False
+        if not isinstance(aws, bool):
+            raise BadKey("aws: true (give the key a SigV4 access key pair) or false")
+        if aws and not master:
+            raise BadKey("aws: minted keys get SigV4 pairs only when auth.aws_master_secret is set in the config "
+                         "(their secrets derive from it; nothing secret is stored)")
+        spec = check_spec(body, gateway)
     except BadKey as exc:
         return await send_json(responder, 400, {"error": str(exc)})
     try:
-        record, secret = await minted.create(spec)
+        record, secret = await minted.create(spec, aws=aws)
     except KeyError as exc:
         return await send_json(responder, 409, {"error": f"the id {exc.args[0]!r} is taken (ids are unique across "
                                                 "config and minted keys, revoked ones included)"})
-    await send_json(responder, 201, {**public_view(record), "source": "minted", "key": secret})
+    answer = {**public_view(record), "source": "minted", "key": secret}
+    if aws:
+        from busbar.tenancy.minted import derive_aws_secret
+        answer["aws_secret_access_key"] = derive_aws_secret(master, record["aws_access_key_id"])
+    await send_json(responder, 201, answer)

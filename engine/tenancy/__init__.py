@@ -187,8 +187,11 @@ class Admission:
 class Tenancy:
     """The key registry and the admission / settle pair (see the module docstring)."""
 
-    def __init__(self, keys: list[ClientKey], teams: dict[str, Level], state, *, wall=time.time, minted=None):
+    def __init__(self, keys: list[ClientKey], teams: dict[str, Level], state, *, wall=time.time, minted=None,
+                 aws_master: str | None = None):
         self.by_hash = {k.sha256: k for k in keys}
+        self.by_key_id = {k.id: k for k in keys}
+        self.aws_master = aws_master        # auth.aws_master_secret: minted keys' SigV4 pairs (None: none)
         self.minted = minted                # busbar.tenancy.minted.MintedKeys (the App's; None: none)
         if minted is not None:
             minted.reserve(frozenset(k.id for k in keys))
@@ -207,7 +210,8 @@ class Tenancy:
         teams = {name: Level(name, Limits.from_config(t.get("limits")), Budget.from_config(t.get("budget")),
                              (t.get("over_budget") or {}).get("downgrade"))
                  for name, t in (auth.get("teams") or {}).items()}
-        return cls(keys, teams, state if state is not None else MemoryState(), wall=wall, minted=minted)
+        return cls(keys, teams, state if state is not None else MemoryState(), wall=wall, minted=minted,
+                   aws_master=auth.get("aws_master_secret"))
 
     # ---- who ---------------------------------------------------------------
     @property
@@ -228,8 +232,22 @@ class Tenancy:
         return self._checked(key, digest)
 
     def by_id(self, key_id: str) -> ClientKey | None:
-        """A config key by id (the key a signed request's access key pair stands for)."""
-        return next((k for k in self.by_hash.values() if k.id == key_id), None)
+        """A live key by id, config or minted (the key a signed request's access key pair stands for)."""
+        key = self.by_key_id.get(key_id)
+        if key is None and self.minted is not None:
+            key = self.minted.by_id.get(key_id)
+        return key
+
+    def minted_pair(self, access_key_id: str) -> tuple[str, str] | None:
+        """(secret, key id) of a live minted key's SigV4 access key id, else
+        None.  The secret is derived from `auth.aws_master_secret`, never stored."""
+        if self.aws_master is None or self.minted is None:
+            return None
+        key = self.minted.by_access_key.get(access_key_id)
+        if key is None:
+            return None
+        from busbar.tenancy.minted import derive_aws_secret
+        return derive_aws_secret(self.aws_master, access_key_id), key.id
 
     def _checked(self, key: ClientKey | None, digest: str) -> ClientKey:
         if key is None or not hmac.compare_digest(key.sha256, digest):

@@ -27,6 +27,9 @@ The file is created by the first mint, never by merely starting up.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -52,6 +55,23 @@ class KeyStoreError(Exception):
 
 def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+# SigV4 pairs of minted keys (Bedrock clients): the access key id is random and
+# stored with the key (it is not secret); its secret is derived, never stored.
+ACCESS_KEY_PREFIX = "BBKA"
+
+
+def new_access_key_id() -> str:
+    """20 characters like an AWS access key id: BBKA + 16 of base32."""
+    return ACCESS_KEY_PREFIX + base64.b32encode(secrets.token_bytes(10)).decode()
+
+
+def derive_aws_secret(master: str, access_key_id: str) -> str:
+    """The pair's secret: HMAC-SHA256(auth.aws_master_secret, access key id),
+    40 characters of base64 like an AWS secret access key."""
+    digest = hmac.new(master.encode(), b"busbar sigv4 secret\n" + access_key_id.encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()[:40]
 
 
 # ---------------------------------------------------------------------------
@@ -250,6 +270,8 @@ class MintedKeys:
         self.records: dict[str, dict] = {}     # id -> record (revoked ones too: ids are never reused)
         self.revs: dict[str, int] = {}         # id -> the store's revision of that record
         self.by_hash: dict = {}                # sha256 -> ClientKey, live keys only
+        self.by_id: dict = {}                  # id -> ClientKey, live keys only
+        self.by_access_key: dict = {}          # SigV4 access key id -> ClientKey, live keys with a pair
         self.reserved: frozenset = frozenset()  # the config's key ids (the gateway sets them)
         self.reconcile_every = getattr(store, "refresh_every", REFRESH_EVERY)
         self.followed = False                  # a subscription delivers the other replicas' changes
@@ -276,7 +298,7 @@ class MintedKeys:
 
     # ---- the cache ---------------------------------------------------------------
     def _index(self) -> None:
-        self.by_hash = {}
+        self.by_hash, self.by_id, self.by_access_key = {}, {}, {}
         for record in self.records.values():
             self._index_one(record)
 
@@ -292,6 +314,9 @@ class MintedKeys:
             return
         key = key_from_config(record, 0, minted=True)
         self.by_hash[key.sha256] = key
+        self.by_id[key.id] = key
+        if record.get("aws_access_key_id"):
+            self.by_access_key[record["aws_access_key_id"]] = key
 
     def apply(self, rev: int, record: dict) -> bool:
         """One record at a revision: taken when it is not older than the one
@@ -302,6 +327,8 @@ class MintedKeys:
         old = self.records.get(key_id)
         if old is not None:
             self.by_hash.pop(old["key_sha256"].lower(), None)
+            self.by_id.pop(key_id, None)
+            self.by_access_key.pop(old.get("aws_access_key_id"), None)
         self.records[key_id] = record
         self.revs[key_id] = rev
         self._index_one(record)
@@ -321,7 +348,7 @@ class MintedKeys:
             log.warning("minted keys: the store's revision went back (%d < %d); taking its table as it is",
                         revision, known)
             self.records, self.revs = {}, {}
-            self.by_hash = {}
+            self._index()
         for rev, record in entries:
             self.apply(rev, record)
         self.reloads_total += 1
@@ -382,9 +409,11 @@ class MintedKeys:
                 "reloads_total": self.reloads_total}
 
     # ---- admin -------------------------------------------------------------------
-    async def create(self, spec: dict) -> tuple[dict, str]:
+    async def create(self, spec: dict, *, aws: bool = False) -> tuple[dict, str]:
         """A new key from `spec` (validated by the caller): (record, secret).
-        Raises KeyError when the id is taken (config or minted)."""
+        `aws`: with a SigV4 access key id too (`aws_access_key_id`; its secret
+        is `derive_aws_secret`'s, the caller shows it).  Raises KeyError when
+        the id is taken (config or minted)."""
         from busbar.tenancy import hash_secret
         key_id = spec.get("id") or f"key-{secrets.token_hex(4)}"
         if key_id in self.reserved or key_id in self.records:
@@ -392,6 +421,8 @@ class MintedKeys:
         secret = new_secret()
         record = {"id": key_id, "key_sha256": hash_secret(secret), "created": round(self.wall(), 3),
                   "revoked": None, **{f: spec[f] for f in FIELDS if f in spec}}
+        if aws:
+            record["aws_access_key_id"] = new_access_key_id()
         rev = await self.store.insert(record)
         if rev is None:
             await self.load()           # another replica took the id a moment ago
