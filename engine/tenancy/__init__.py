@@ -192,6 +192,7 @@ class Tenancy:
         self.by_hash = {k.sha256: k for k in keys}
         self.by_key_id = {k.id: k for k in keys}
         self.aws_master = aws_master        # auth.aws_master_secret: minted keys' SigV4 pairs (None: none)
+        self._derived: dict[str, str] = {}  # access key id -> its derived secret (one HMAC per pair and config)
         self.minted = minted                # busbar.tenancy.minted.MintedKeys (the App's; None: none)
         if minted is not None:
             minted.reserve(frozenset(k.id for k in keys))
@@ -243,11 +244,14 @@ class Tenancy:
         None.  The secret is derived from `auth.aws_master_secret`, never stored."""
         if self.aws_master is None or self.minted is None:
             return None
-        key = self.minted.by_access_key.get(access_key_id)
+        key = self.minted.by_access_key.get(access_key_id)       # live keys only: a revoked pair is unknown
         if key is None:
             return None
-        from busbar.tenancy.minted import derive_aws_secret
-        return derive_aws_secret(self.aws_master, access_key_id), key.id
+        secret = self._derived.get(access_key_id)
+        if secret is None:
+            from busbar.tenancy.minted import derive_aws_secret
+            secret = self._derived[access_key_id] = derive_aws_secret(self.aws_master, access_key_id)
+        return secret, key.id
 
     def _checked(self, key: ClientKey | None, digest: str) -> ClientKey:
         if key is None or not hmac.compare_digest(key.sha256, digest):
