@@ -63,7 +63,7 @@ def _secrets(config: dict) -> Redactor:
     """The redactor of every credential in the config: provider keys, AWS
     secrets and session tokens, configured `headers:` values (they usually
     carry a vendor key or an org token), a password in a URL (base_url,
-    state.url), gateway client keys and AWS pairs, the admin key."""
+    proxy, state.url), gateway client keys and AWS pairs, the admin key."""
     from urllib.parse import urlsplit
     secrets = set()
 
@@ -82,7 +82,9 @@ def _secrets(config: dict) -> Redactor:
                 secrets.add(provider[name])
         secrets.update(v for v in (provider.get("headers") or {}).values() if isinstance(v, str))
         url_password(provider.get("base_url"))
+        url_password(provider.get("proxy"))
     url_password((config.get("state") or {}).get("url"))
+    url_password((config.get("upstream") or {}).get("proxy"))
     auth = config.get("auth", {})
     secrets.update(k if isinstance(k, str) else k.get("key", "") for k in auth.get("keys", ()))
     secrets.update(c["secret_access_key"] for c in auth.get("aws_credentials", ()))

@@ -14,7 +14,7 @@ from busbar.faults import FaultClass
 from busbar.protocols import get_dialect
 from busbar.protocols.base import Endpoint, Headers
 from busbar.tls import TlsFileError, client_context
-from busbar.upstream import DIRECT, Origin, Transport
+from busbar.upstream import DIRECT, Origin, Proxy, Transport
 
 
 class ProviderError(ValueError):
@@ -40,21 +40,56 @@ class Provider:
     transport: Transport = DIRECT        # TLS trust (ca_bundle): part of the upstream pool's key
 
 
-def build_transport(name: str, spec: dict, defaults: dict | None = None) -> Transport:
+def build_transport(name: str, spec: dict, defaults: dict | None = None, host: str = "") -> Transport:
     """The provider's `ca_bundle`, else the top-level `upstream.ca_bundle`,
-    else the system store; the bundle is loaded now, so a bad file is a
-    config error naming where it was set."""
+    else the system store (the bundle is loaded now, so a bad file is a
+    config error naming where it was set); its `proxy`, else
+    `upstream.proxy` unless `host` is in `upstream.no_proxy` (`proxy: none`
+    connects directly)."""
     defaults = defaults or {}
     if spec.get("ca_bundle"):
         ca_bundle, where = spec["ca_bundle"], f"providers.{name}.ca_bundle"
     else:
         ca_bundle, where = defaults.get("ca_bundle"), "upstream.ca_bundle"
-    if not ca_bundle:
+    context = None
+    if ca_bundle:
+        try:
+            context = client_context(ca_bundle, where)
+        except TlsFileError as exc:
+            raise ProviderError(exc.path, exc.message) from None
+    if spec.get("proxy"):
+        url, where = spec["proxy"], f"providers.{name}.proxy"
+    elif defaults.get("proxy") and not bypasses_proxy(host, defaults.get("no_proxy")):
+        url, where = defaults["proxy"], "upstream.proxy"
+    else:
+        url = None
+    proxy = None
+    if url and url != "none":
+        try:
+            proxy = Proxy.from_url(url)
+        except ValueError as exc:
+            raise ProviderError(where, str(exc)) from None
+    if ca_bundle is None and proxy is None:
         return DIRECT
-    try:
-        return Transport(ca_bundle, client_context(ca_bundle, where))
-    except TlsFileError as exc:
-        raise ProviderError(exc.path, exc.message) from None
+    return Transport(ca_bundle, context, proxy)
+
+
+def bypasses_proxy(host: str, no_proxy) -> bool:
+    """`host` matches `upstream.no_proxy` (a list or a comma-separated string,
+    as NO_PROXY is): `*`, the host itself, or a domain suffix (`corp.example`
+    and `.corp.example` both match `api.corp.example`)."""
+    if not no_proxy:
+        return False
+    entries = no_proxy.split(",") if isinstance(no_proxy, str) else no_proxy
+    host = host.lower().strip("[]")
+    for entry in entries:
+        entry = entry.strip().lower()
+        if entry == "*":
+            return True
+        suffix = entry.lstrip("*").lstrip(".").strip("[]")
+        if suffix and (host == suffix or host.endswith("." + suffix)):
+            return True
+    return False
 
 
 def build_provider(name: str, spec: dict, defaults: dict | None = None) -> Provider:
@@ -71,6 +106,6 @@ def build_provider(name: str, spec: dict, defaults: dict | None = None) -> Provi
     origin = Origin.from_url(spec["base_url"])
     signer = dialect.build_signer(spec, origin.host_header.decode())
     endpoint = dialect.build_endpoint(spec, origin.base_path)
-    transport = build_transport(name, spec, defaults)
+    transport = build_transport(name, spec, defaults, origin.host)
     return Provider(name, spec["protocol"], dialect, origin, headers, rules, signer, spec.get("max_connections"),
                     endpoint, transport)

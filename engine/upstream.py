@@ -72,14 +72,50 @@ class Origin:
 
 
 @dataclass(frozen=True, slots=True)
+class Proxy:
+    """An HTTP egress proxy (`http://[user:password@]host:port`): an https
+    upstream is reached through a CONNECT tunnel (TLS end to end, the proxy
+    sees only the host and port), a plain http one by absolute-form requests.
+    `authorization` is the Proxy-Authorization value (Basic) when the URL has
+    credentials."""
+    host: str
+    port: int
+    authorization: bytes | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> "Proxy":
+        import base64
+        from urllib.parse import unquote
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "http":
+            raise ValueError(f"the proxy must be an http:// URL (TLS to the proxy is not supported), not {url!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise ValueError("the proxy URL needs a host and a port (http://host:port)")
+        auth = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            auth = b"Basic " + base64.b64encode(pair)
+        return cls(parts.hostname, port, auth)
+
+    def __str__(self) -> str:            # never the credentials
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Transport:
     """How a provider's connections are made beyond its origin: the CA
-    bundle its TLS trusts (None: the system store).  Part of the pool's key,
-    so two providers on one origin with different trust never share a
-    connection; the context itself is not (a reload that reads the same
-    bundle path keeps the pool and its connections)."""
+    bundle its TLS trusts (None: the system store) and the egress proxy
+    (None: connect directly).  Part of the pool's key, so two providers on
+    one origin with different trust or proxies never share a connection; the
+    context itself is not (a reload that reads the same bundle path keeps the
+    pool and its connections)."""
     ca_bundle: str | None = None
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False, hash=False)
+    proxy: Proxy | None = None
 
 
 DIRECT = Transport()
@@ -175,6 +211,7 @@ class ConnectionPool:
                  keepalive_expiry: float = 30.0, transport: Transport = DIRECT):
         self.origin = origin
         self.ca_bundle = transport.ca_bundle
+        self.proxy = transport.proxy
         ssl_context = ssl_context or transport.ssl_context
         self.max_connections = max_connections
         self._idle: list[_Connection] = []
@@ -185,10 +222,19 @@ class ConnectionPool:
         self._close_later: list[_Connection] = []
 
     async def _connect(self, timeout: float) -> _Connection:
+        proxy = self.proxy
         try:
             with trio.fail_after(timeout):
-                stream = await trio.open_tcp_stream(self.origin.host, self.origin.port)
+                if proxy is None:
+                    stream = await trio.open_tcp_stream(self.origin.host, self.origin.port)
+                else:
+                    try:
+                        stream = await trio.open_tcp_stream(proxy.host, proxy.port)
+                    except OSError as exc:
+                        raise UpstreamError(f"cannot connect to the proxy {proxy}: {exc.strerror or exc}") from None
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if proxy is not None and self.origin.scheme == "https":
+                    await self._tunnel(stream, proxy)
                 if self.origin.scheme == "https":
                     stream = trio.SSLStream(stream, self._ssl or client_context(), server_hostname=self.origin.host,
                                             https_compatible=True)
@@ -198,7 +244,9 @@ class ConnectionPool:
                         await trio.aclose_forcefully(stream)
                         raise _HandshakeFailed(describe_handshake_error(exc)) from None
         except trio.TooSlowError:
-            raise UpstreamError(f"connect to {self.origin.host}:{self.origin.port} timed out", timeout=True) from None
+            via = f" through the proxy {proxy}" if proxy is not None else ""
+            raise UpstreamError(f"connect to {self.origin.host}:{self.origin.port}{via} timed out",
+                                timeout=True) from None
         except _HandshakeFailed as exc:
             trust = f"the CA bundle {self.ca_bundle!r}" if self.ca_bundle else "the system trust store"
             hint = f" (checked against {trust}; a private CA goes in the provider's ca_bundle)" \
@@ -207,6 +255,35 @@ class ConnectionPool:
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {self.origin.host}:{self.origin.port}: {exc.strerror or exc}") from None
         return _Connection(stream)
+
+    async def _tunnel(self, stream: trio.SocketStream, proxy: Proxy) -> None:
+        """CONNECT host:port through the proxy; any answer but 2xx fails the
+        attempt (a transport fault: the request fails over)."""
+        authority = f"{self.origin.host}:{self.origin.port}".encode("idna")
+        head = b"CONNECT " + authority + b" HTTP/1.1\r\nhost: " + authority + b"\r\n"
+        if proxy.authorization is not None:
+            head += b"proxy-authorization: " + proxy.authorization + b"\r\n"
+        buf = b""
+        try:
+            await stream.send_all(head + b"\r\n")
+            while True:
+                chunk = await stream.receive_some(READ_SIZE)
+                if not chunk:
+                    raise ProtocolError("the proxy closed the connection")
+                buf += chunk
+                parsed = parse_head(buf, b"HEAD")      # a CONNECT answer's body is the tunnel, never framed
+                if parsed is not None:
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as exc:
+            await trio.aclose_forcefully(stream)
+            raise UpstreamError(f"CONNECT to {self.origin.host}:{self.origin.port} through the proxy {proxy} "
+                                f"failed: {exc}") from None
+        answer, used = parsed
+        if not 200 <= answer.status < 300 or buf[used:]:
+            await trio.aclose_forcefully(stream)
+            reason = buf.split(b"\r\n", 1)[0].decode("latin-1")[13:80] or str(answer.status)
+            raise UpstreamError(f"the proxy {proxy} refused CONNECT to {self.origin.host}:{self.origin.port}: "
+                                f"{answer.status} {reason}".rstrip())
 
     def _release(self, conn: _Connection) -> None:
         conn.reused = True
@@ -252,6 +329,8 @@ class ConnectionPool:
         # built before taking a slot: an unsafe request (UnsafeRequest) is
         # refused here and never reaches a connection
         data = serialize_request(method, target, self.origin.host_header, headers, body)
+        if self.proxy is not None and self.origin.scheme == "http":
+            data = self._absolute_form(method, data)
         try:
             self._slots.acquire_nowait()          # the common case: a slot is free, no wait
         except trio.WouldBlock:
@@ -285,6 +364,14 @@ class ConnectionPool:
         except BaseException:
             self._slots.release()
             raise
+
+    def _absolute_form(self, method: bytes, data: bytes) -> bytes:
+        """A plain-http request for the proxy: the target in absolute form
+        (`POST http://host:port/path`), with the proxy's credentials."""
+        start = len(method) + 1              # serialize_request began with "METHOD /target"
+        auth = b"" if self.proxy.authorization is None else b"proxy-authorization: " + self.proxy.authorization + b"\r\n"
+        line_end = data.index(b"\r\n") + 2
+        return (data[:start] + b"http://" + self.origin.host_header + data[start:line_end] + auth + data[line_end:])
 
     async def _exchange(self, conn: _Connection, method: bytes, data: bytes, response_timeout) -> UpstreamResponse:
         buf = b""
