@@ -1,0 +1,145 @@
+"""ADR 0013's item-store cost (issue 19): what a Responses client's translated answer pays
+to keep its output items, and a turn carrying `item_reference`s pays to resolve them; then
+the cluster copy of both stores (busbar.state.shared) against a redis-server started here.
+Medians of 5 runs x N, µs per call (wall; the Redis rows also CPU).
+
+Usage: python bench/bench_item_store.py [N]      (the Redis rows need redis-server on PATH)
+"""
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import orjson
+import trio
+
+from busbar import ir
+from busbar.item_store import ItemStore, key_of
+from busbar.protocols.responses import dialect as responses
+from busbar.reasoning_store import ReasoningStore
+from busbar.state.redis import RedisState
+from busbar.state.shared import SharedEntries
+
+
+def measure(label, fn, n):
+    for _ in range(min(1000, n)):
+        fn()
+    runs = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        runs.append((time.perf_counter() - t) / n * 1e6)
+    print(f"{label:64s} {statistics.median(runs):7.2f} µs (spread {min(runs):.2f}-{max(runs):.2f}, median of 5 x {n})")
+
+
+async def ameasure(label, op, n):
+    for _ in range(min(200, n)):
+        await op()
+    runs = []
+    for _ in range(5):
+        t, c = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            await op()
+        runs.append(((time.perf_counter() - t) / n * 1e6, (time.process_time() - c) / n * 1e6))
+    wall = sorted(r[0] for r in runs)
+    print(f"{label:64s} {statistics.median(wall):7.1f} µs (spread {wall[0]:.1f}-{wall[-1]:.1f}; "
+          f"cpu {statistics.median(r[1] for r in runs):.1f} µs, median of 5 x {n})")
+
+
+def answer(i: int) -> ir.Response:
+    return ir.Response(f"msg_{i:020d}", "m", [
+        ir.Reasoning("think " * 100, "S" * 400, "anthropic"), ir.Text("hello " * 60),
+        ir.ToolCall(f"toolu_{i}", "get_weather", {"city": "Paris"})], ir.StopReason.TOOL_USE, None, ir.Usage(10, 20))
+
+
+def main(n):
+    store = ItemStore()
+    text_only = ir.Response("msg_plain", "m", [ir.Text("hello " * 60)], ir.StopReason.END_TURN, None, ir.Usage(10, 20))
+    three = answer(0)
+
+    measure("render_response (a text answer), no keeping: the baseline",
+            lambda: responses.render_response(text_only, "m"), n)
+    measure("render_response_items + keep (a text answer: 1 item)",
+            lambda: store.keep("key", responses.render_response_items(text_only, "m")[1]), n)
+    measure("render_response (reasoning + text + call), no keeping",
+            lambda: responses.render_response(three, "m"), n)
+    measure("render_response_items + keep (reasoning + text + call: 3 items)",
+            lambda: store.keep("key", responses.render_response_items(three, "m")[1]), n)
+    _, rendered = responses.render_response_items(three, "m")
+    measure("  of which keep alone (3 items: dumps, bounds, LRU)", lambda: store.keep("key", rendered), n)
+
+    _, items = responses.render_response_items(answer(1), "m")
+    store.keep("key", items)
+    history = [{"role": "user", "content": f"turn {i}"} for i in range(8)]
+    refs = [{"type": "item_reference", "id": item["id"]} for item in items]
+    obj = {"model": "m", "input": history[:4] + refs + history[4:]}
+    no_refs = {"model": "m", "input": history}
+    body, plain = orjson.dumps(obj), orjson.dumps(no_refs)
+
+    measure("a body without references: the marker check only", lambda: responses.reference_marker in plain, n)
+
+    def resolve():
+        found = {}
+        for _, item_id in responses.references(obj):
+            data = store.get(key_of("key", item_id))
+            if data is not None:
+                found[item_id] = data
+        return responses.with_references(obj, found)
+    measure("resolve 3 references in an 11-item input (find, get, put in place)", resolve, n)
+    measure("  for scale: parse_request of the resolved input", lambda: responses.parse_request(resolve()), n)
+
+    reasoning = ReasoningStore()
+    keys = reasoning.keep(three.content)
+    turn = ir.Request([ir.Message(ir.USER, [ir.Text("go")]), ir.Message(ir.ASSISTANT, [three.content[2]]),
+                       ir.Message(ir.USER, [ir.ToolResult("toolu_0", [ir.Text("sunny")])])])
+    measure("reasoning: missing() on a tool-result turn (held locally)", lambda: reasoning.missing(turn), n)
+    measure("reasoning: encoded() of one entry (for the cluster)", lambda: reasoning.encoded(keys[0]), n)
+    data = reasoning.encoded(keys[0])
+    measure("reasoning: put_encoded() of one entry (from the cluster)",
+            lambda: ReasoningStore().put_encoded("k", data), max(1, n // 4))
+
+
+async def redis_rows(port: int, n: int) -> None:
+    state = RedisState(f"redis://127.0.0.1:{port}/0", "bench", timeout_s=1.0)
+    shared = SharedEntries(state, "items")
+    store = ItemStore()
+    _, items = responses.render_response_items(answer(7), "m")
+    kept = store.keep("key", items)
+    await ameasure("cluster: put one answer's 3 items (one script)", lambda: shared.put_many(kept, 3600), n)
+    names = [key for key, _ in kept]
+    await ameasure("cluster: MGET of 3 references", lambda: shared.get_many(names), n)
+    await ameasure("cluster: MGET of 1 id absent", lambda: shared.get_many(["key/none"]), n)
+    await state.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    main(n)
+    exe = shutil.which("redis-server")
+    if exe is None:
+        sys.exit("(redis-server not installed: no cluster rows)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", d], stdout=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            trio.run(redis_rows, port, max(1, n // 10))
+        finally:
+            proc.kill()
+            proc.wait()
