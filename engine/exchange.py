@@ -606,8 +606,11 @@ class Exchange:
                 req = part
             if up.stop_emulated and req.stop:     # the member has no stop: the relay cuts the answer
                 req, self.stops = dataclasses.replace(req, stop=None), req.stop
-            body, warnings = up.render_request(req, attempt.model,
-                                               max_tokens_default=attempt.max_tokens, unsupported=policy)
+            try:
+                body, warnings = up.render_request(req, attempt.model,
+                                                   max_tokens_default=attempt.max_tokens, unsupported=policy)
+            except ClientError as err:      # named in the client's terms, not the IR's
+                raise self.client.client_error(err, self.obj) from None
             self._warnings = warnings
             if warnings:
                 log.warning("request %s: dropped fields not expressible in %s: %s", self.record.id, up.name,

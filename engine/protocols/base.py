@@ -324,6 +324,20 @@ class DialectContract(Protocol):
 
     # translation and streams
     def parse_request(self, obj: dict, params: dict | None = None): ...
+    def client_error(self, err: ClientError, obj: dict) -> ClientError:
+        """A translation error (a renderer names the IR's path, `messages[1].content[0]...`)
+        naming the path in this client's body `obj` instead (busbar.protocols.paths),
+        in its `param` and its message; found only now, so a request that translates
+        pays nothing for it."""
+        if not err.param:
+            return err
+        from busbar.protocols.paths import client_path
+        path = client_path(self.name, self.codec.parse_request, obj, err.param)
+        if path is not None and path != err.param:
+            err.message = err.message.replace(f"'{err.param}'", f"'{path}'")
+            err.param = path
+        return err
+
     def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
                        unsupported: str = "reject") -> tuple[bytes, list[str]]: ...
     def parse_response(self, obj: dict): ...
@@ -546,6 +560,20 @@ class Dialect:
                                    + (where or f"unexpected shape ({type(exc).__name__})")) from None
         req.stream = self.inbound_stream(params or {}, obj)   # Gemini and Bedrock say it in the path
         return req
+
+    def client_error(self, err: ClientError, obj: dict) -> ClientError:
+        """A translation error (a renderer names the IR's path, `messages[1].content[0]...`)
+        naming the path in this client's body `obj` instead (busbar.protocols.paths),
+        in its `param` and its message; found only now, so a request that translates
+        pays nothing for it."""
+        if not err.param:
+            return err
+        from busbar.protocols.paths import client_path
+        path = client_path(self.name, self.codec.parse_request, obj, err.param)
+        if path is not None and path != err.param:
+            err.message = err.message.replace(f"'{err.param}'", f"'{path}'")
+            err.param = path
+        return err
 
     def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
                        unsupported: str = "reject") -> tuple[bytes, list[str]]:
