@@ -270,6 +270,7 @@ def shape_of(protocol: str) -> Shape | None:
     global _SHAPES
     if _SHAPES is None:
         _SHAPES = _shapes()
+        _SHAPES["bedrock-invoke"] = _SHAPES["anthropic"]     # InvokeModel for Claude: a Messages body
     return _SHAPES.get(protocol)
 
 
