@@ -6,8 +6,7 @@
    latency at c=1 and RPS at c=8 for a cache hit vs the same request passed
    through to the upstream (an uncached pool), and for misses (every request
    new) vs the uncached pool, so the miss path's extra cost shows.
-3. Semantic lookup: nearest neighbour over 10k and 100k cached prompt
-   embeddings (`--semantic`; see busbar.cache.semantic).
+The semantic cache's index and lookup cost: bench/bench_semantic.py (ADR 0020).
 
     python bench/bench_cache.py [--duration 3] [--runs 3]
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -125,52 +123,10 @@ def sockets(duration: float, runs: int) -> dict:
     return out
 
 
-def semantic_lookup(dims: int = 384, queries: int = 200) -> dict:
-    """Nearest cached prompt among 10k / 100k unit vectors: numpy brute force
-    (one matrix-vector product, float32) vs usearch's HNSW index, when
-    installed (`pip install numpy usearch`; neither is a dependency yet)."""
-    import numpy as np
-    out: dict = {}
-    rng = np.random.default_rng(7)
-    for n in (10_000, 100_000):
-        data = rng.standard_normal((n, dims), dtype=np.float32)
-        data /= np.linalg.norm(data, axis=1, keepdims=True)
-        qs = data[rng.integers(0, n, queries)] + 0.05 * rng.standard_normal((queries, dims), dtype=np.float32)
-        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
-        times = []
-        for q in qs:
-            t0 = time.perf_counter()
-            scores = data @ q
-            best = int(np.argmax(scores))
-            times.append((time.perf_counter() - t0) * 1e6)
-        row = {"numpy_p50_us": statistics.median(times), "numpy_p99_us": sorted(times)[int(0.99 * len(times))],
-               "numpy_mib": data.nbytes / 2**20}
-        try:
-            from usearch.index import Index
-            index = Index(ndim=dims, metric="cos", dtype="f32")
-            t0 = time.perf_counter()
-            index.add(np.arange(n), data)
-            row["usearch_build_s"] = time.perf_counter() - t0
-            times, agree = [], 0
-            for q in qs:
-                t0 = time.perf_counter()
-                found = index.search(q, 1)
-                times.append((time.perf_counter() - t0) * 1e6)
-                agree += int(found.keys[0]) == int(np.argmax(data @ q))
-            row.update(usearch_p50_us=statistics.median(times), usearch_p99_us=sorted(times)[int(0.99 * len(times))],
-                       usearch_recall_at_1=agree / queries)
-        except ImportError:
-            pass
-        out[str(n)] = row
-        print(f"semantic n={n:6d} dims={dims}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=3)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--semantic", action="store_true", help="also time the semantic nearest-neighbour lookup")
     args = parser.parse_args()
     import os
     results = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_avg": os.getloadavg()[0]}
@@ -183,8 +139,6 @@ def main() -> int:
             print(f"{c:3s} {name:24s} p50 {r['p50_ms'][0]:6.3f} ms ±{r['p50_ms'][1]:.3f}  "
                   f"rps {r['rps'][0]:8.0f} ±{r['rps'][1]:.0f}  cpu {r['cpu_us_per_request'][0]:6.0f} µs/req "
                   f"±{r['cpu_us_per_request'][1]:.0f}  errors {r['errors']}")
-    if args.semantic:
-        results["semantic"] = semantic_lookup()
     results["load_avg_after"] = os.getloadavg()[0]
     print(f"load average {results['load_avg']:.1f} -> {results['load_avg_after']:.1f}")
     out = Path(__file__).resolve().parent / "results" / f"cache-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -194,16 +194,10 @@ class Config:
 def advisories(config: Config) -> list[str]:
     """What `busbar validate` warns about without refusing the config: a pool
     of embedding members (any declares `dimensions`) is expected to hold one
-    model family, so its members should answer with vectors of one size; a
-    cache asking for semantic matching, which is not built yet, says that it
-    serves exact matches only (rather than quietly doing so)."""
+    model family, so its members should answer with vectors of one size."""
     from busbar.protocols.operation import operation_dialect
     notes = []
     for name, pool in config.pools.items():
-        cache = pool.get("cache")
-        if isinstance(cache, dict) and cache.get("mode") == "semantic":
-            notes.append(f"pools.{name}.cache.mode: semantic matching is not available yet (ADR 0016); this pool's "
-                         "cache serves exact matches only")
         members = [m for m in pool.get("members", ()) if isinstance(m, dict) and "provider" in m]
         sizes = {f"{m['provider']}/{m['model']}": m["dimensions"] for m in members if "dimensions" in m}
         if not sizes:
@@ -237,6 +231,47 @@ def _tls_problems(data: dict, invalid: set) -> list[Problem]:
     return []
 
 
+def _semantic_problems(pool_name: str, cache: dict, pools: dict, providers: dict) -> list[Problem]:
+    """A semantic cache's `embed_pool` must be another pool of this config
+    whose members are embedding models (a name that says `embed`, or a
+    declared `dimensions`) on a protocol with an embeddings endpoint; the
+    index needs numpy (the `busbar[semantic]` extra)."""
+    from busbar.cache.semantic import available
+    from busbar.protocols.operation import operation_dialect
+    where = ("pools", pool_name, "cache", "embed_pool")
+    name = cache["embed_pool"]
+    problems: list[Problem] = []
+    if not available():
+        problems.append((("pools", pool_name, "cache", "mode"), "semantic matching needs numpy, which is not "
+                         "installed: pip install 'busbar[semantic]' (or use mode: exact)"))
+    if name == pool_name:
+        return problems + [(where, "a pool cannot embed its own prompts; name a pool of embedding models")]
+    if name not in pools:
+        return problems + [(where, f"unknown pool {name!r}; defined: {', '.join(pools)}")]
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in seen or not isinstance(pools.get(current), dict):
+            continue
+        seen.add(current)
+        for member in pools[current].get("members") or ():
+            if not isinstance(member, dict):
+                continue
+            if "pool" in member:
+                todo.append(member["pool"])
+                continue
+            provider, model = member.get("provider"), str(member.get("model", ""))
+            protocol = (providers.get(provider) or {}).get("protocol") if isinstance(providers, dict) else None
+            if protocol and operation_dialect(protocol, "embed") is None:
+                problems.append((where, f"pool {name!r}: member {provider}/{model} speaks {protocol}, which has no "
+                                        "embeddings endpoint; name a pool of embedding models"))
+            elif "embed" not in model.lower() and "dimensions" not in member:
+                problems.append((where, f"pool {name!r}: member {provider}/{model} is not an embedding model (its "
+                                        "name does not say `embed` and it declares no `dimensions`); name a pool of "
+                                        "embedding models, or declare the member's `dimensions`"))
+    return problems
+
+
 def _reference_problems(data: dict, invalid: set) -> list[Problem]:
     """Unknown providers/pools and providers that cannot be built.  Runs
     beside the schema check (so both kinds are reported at once): skips
@@ -254,6 +289,9 @@ def _reference_problems(data: dict, invalid: set) -> list[Problem]:
                 problems.append((where, f"unknown provider {member['provider']!r}; defined: {', '.join(providers)}"))
             if "pool" in member and member["pool"] not in pools:
                 problems.append((where, f"unknown pool {member['pool']!r}; defined: {', '.join(pools)}"))
+        cache = pool.get("cache") if isinstance(pool, dict) else None
+        if isinstance(cache, dict) and cache.get("mode") == "semantic" and isinstance(cache.get("embed_pool"), str):
+            problems += _semantic_problems(pool_name, cache, pools, providers)
         exhausted = pool.get("on_exhausted") if isinstance(pool, dict) else None
         fallback = exhausted.get("pool") if isinstance(exhausted, dict) else None
         if fallback is not None and fallback not in pools:

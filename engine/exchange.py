@@ -387,6 +387,12 @@ class Exchange:
         lookup = self.cache_lookup = cache.decide(self.model, self.request.headers, self._ir, scope,
                                                   self.client.varying_headers)
         entry = await cache.get(lookup)
+        if entry is None and lookup.text is not None:
+            # semantic: the last user text embedded by the embedding pool (bounded; a failure is a miss)
+            policy = lookup.policy
+            t0 = trio.current_time()
+            vector = await self.gw.embed(policy.embed_pool, lookup.text, policy.embed_timeout_ms / 1000)
+            entry = await cache.nearest(lookup, vector, trio.current_time() - t0)
         self.record.cache = lookup.status
         if entry is None:
             return False
@@ -439,8 +445,11 @@ class Exchange:
         self.gw.cache.count_hit(self.cache_lookup, entry, sent, self.gw.prices.get(entry.member))
 
     def cache_headers(self) -> Headers:
-        return [(b"x-busbar-pool", self.model.encode("utf-8", "replace")),
-                (b"x-busbar-cache", self.cache_lookup.status.encode())]
+        lookup = self.cache_lookup
+        head = [(b"x-busbar-pool", self.model.encode("utf-8", "replace")), (b"x-busbar-cache", lookup.status.encode())]
+        if lookup.similarity is not None:
+            head.append((b"x-busbar-cache-similarity", b"%.4f" % lookup.similarity))
+        return head
 
     async def _store_answer(self, attempt: Attempt) -> None:
         """After a miss was answered: keep it (never fails the request)."""

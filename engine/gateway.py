@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 from collections import deque
 
@@ -48,7 +49,7 @@ from busbar.records import AttemptRecord, RequestRecord
 from busbar.routing import Router
 from busbar.routing.quota import key_secret
 from busbar.selfhosted import WatchSpec
-from busbar.server import ClientGone, HttpRequest, Responder
+from busbar.server import CapturedResponder, ClientGone, HttpRequest, Responder
 from busbar.upstream import UpstreamClient
 
 __all__ = ["Gateway", "Provider", "RequestRecord", "AttemptRecord", "guess_protocol"]
@@ -314,6 +315,40 @@ class Gateway:
             if exchange is not None and exchange.span is not None:
                 self.telemetry.end_request(exchange.span, record)
             self._finish(record)
+
+    async def embed(self, pool: str, text: str, timeout: float) -> list | None:
+        """`text` embedded by this gateway's own pool `pool` (the semantic
+        cache's prompts): an OpenAI embeddings request driven in process
+        through `handle`, so routing, keys, the breaker, fault attribution,
+        records and metrics are the embedding pool's, as for any client's call.
+        None when it fails or takes longer than `timeout` seconds: the caller
+        treats that as a cache miss (the request it serves never fails for it)."""
+        body = orjson.dumps({"model": pool, "input": [text], "encoding_format": "base64"})
+        request = HttpRequest(b"POST", b"/v1/embeddings", b"", [(b"content-type", b"application/json"),
+                                                               (b"user-agent", b"busbar-semantic-cache")],
+                              body, client="internal", authenticated=True)
+        answer = CapturedResponder()
+        with trio.move_on_after(timeout):
+            try:
+                await self.handle(request, answer)
+            except (ClientGone, Exception):
+                log.exception("semantic cache: embedding through pool %s failed", pool)
+                return None
+        if answer.status != 200 or not answer.body:
+            return None
+        try:
+            item = orjson.loads(answer.body)["data"][0]["embedding"]
+            if isinstance(item, str):
+                import base64
+                from array import array
+                vector = array("f")
+                vector.frombytes(base64.b64decode(item))
+                if sys.byteorder != "little":
+                    vector.byteswap()
+                return vector
+            return item
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+            return None
 
     @property
     def recent(self) -> list[dict]:

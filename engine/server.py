@@ -155,6 +155,39 @@ class Responder:
             await self._write(b"0\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in trailers or ()) + b"\r\n")
 
 
+class CapturedResponder(Responder):
+    """A responder with no socket: what an in-process request was answered
+    (the gateway calling one of its own pools, `Gateway.embed`)."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self):
+        super().__init__(None)
+        self.status = 0
+        self.headers: Headers = []
+        self.body = b""
+
+    async def _write(self, data: bytes) -> None:
+        raise AssertionError("a captured response is not serialised")
+
+    async def send(self, status: int, headers: Headers, body: bytes) -> None:
+        self._started = self._finished = True
+        self.status, self.headers, self.body = status, headers, body
+
+    async def send_truncated(self, status: int, headers: Headers, body: bytes, keep: int) -> None:
+        await self.send(status, headers, body[:keep])
+
+    async def start(self, status: int, headers: Headers, first: bytes = b"") -> None:
+        self._started = True
+        self.status, self.headers, self.body = status, headers, first
+
+    async def write(self, data: bytes) -> None:
+        self.body += data
+
+    async def end(self, trailers: Headers | None = None) -> None:
+        self._finished = True
+
+
 Handler = Callable[[HttpRequest, Responder], Awaitable[None]]
 # an answer decided from the head alone (e.g. 401 before reading a body), or None to go on
 HeadCheck = Callable[[HttpRequest], "tuple[int, Headers, bytes] | None"]

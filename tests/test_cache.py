@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 from busbar import ir
 from busbar.cache import CachePolicy, Caches, ResponseCache
-from busbar.cache.canonical import partition, prompt_text, request_digest
+from busbar.cache.canonical import request_digest, semantic_split
 from busbar.cache.entry import Assembler, Entry, decode, encode, response_events
 from busbar.cache.store import MemoryStore
 from busbar.protocols import get_dialect
@@ -70,17 +70,30 @@ def test_what_decides_the_answer_is_in_the_key_and_attribution_is_not():
     assert len({request_digest(r) for r in other} | {key}) == len(other) + 1
 
 
-def test_the_semantic_partition_separates_tools_system_and_formats_but_not_wording():
+def test_the_semantic_partition_separates_everything_but_the_last_user_text():
     base = parsed("anthropic")
     reworded = dataclasses.replace(base, messages=[ir.Message("user", [ir.Text("France's capital city?")])])
-    assert partition(reworded) == partition(base) and prompt_text(reworded) != prompt_text(base)
+    (part, text), (part2, text2) = semantic_split(base), semantic_split(reworded)
+    assert part == part2 and (text, text2) == ("Capital of France?", "France's capital city?")
+    # every protocol's spelling of the same question is in one partition
+    assert len({semantic_split(parsed(p))[0] for p in WIRE}) == 1
+    two_turns = [ir.Message("user", [ir.Text("Hi")]), ir.Message("assistant", [ir.Text("Hello")])]
     for changed in (dataclasses.replace(base, tools=[ir.Tool("f", None)]),
                     dataclasses.replace(base, system=[ir.Text("Be verbose.")]),
                     dataclasses.replace(base, response_format=ir.ResponseFormat("json_object")),
-                    dataclasses.replace(base, messages=base.messages + [ir.Message("assistant", [ir.Text("Paris")])])):
-        assert partition(changed) != partition(base)
+                    dataclasses.replace(base, max_tokens=65),
+                    dataclasses.replace(base, temperature=0.5),
+                    dataclasses.replace(base, messages=two_turns + base.messages)):
+        assert semantic_split(changed)[0] != part
+    # an earlier turn's wording is part of the partition, not of the embedded text
+    other_history = [ir.Message("user", [ir.Text("Hey")]), ir.Message("assistant", [ir.Text("Hello")])]
+    assert semantic_split(dataclasses.replace(base, messages=two_turns + base.messages))[0] != \
+        semantic_split(dataclasses.replace(base, messages=other_history + base.messages))[0]
+    # only cached exactly: a last turn that is not the user's text
     with_image = dataclasses.replace(base, messages=[ir.Message("user", [ir.Image(url="https://x/y.png")])])
-    assert prompt_text(with_image) is None          # only cached exactly
+    assistant_last = dataclasses.replace(base, messages=base.messages + [ir.Message("assistant", [ir.Text("P")])])
+    assert semantic_split(with_image) is None and semantic_split(assistant_last) is None
+    assert semantic_split(dataclasses.replace(base, messages=[ir.Message("user", [ir.Text("  ")])])) is None
 
 
 @given(S.ir_response(S.CAPS["anthropic"]))
@@ -228,15 +241,124 @@ def test_a_bad_cache_section_names_its_yaml_path(cache, message):
         parse_config(config, "t")
 
 
-def test_a_semantic_cache_says_it_serves_exact_matches_only():
-    """Semantic matching is not built (ADR 0016): validate and serve say so
-    instead of a semantic pool quietly behaving as an exact one."""
+SEMANTIC_PROVIDERS = {"o": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1", "key": "k"},
+                      "a": {"protocol": "anthropic", "base_url": "http://127.0.0.1:9", "key": "k"}}
+
+
+@pytest.mark.parametrize("embed_pool, members, message", [
+    ("nope", [], "pools.smart.cache.embed_pool: unknown pool 'nope'; defined: smart, emb"),
+    ("smart", [], "pools.smart.cache.embed_pool: a pool cannot embed its own prompts"),
+    ("emb", [{"provider": "o", "model": "gpt-4o"}],
+     "pools.smart.cache.embed_pool: pool 'emb': member o/gpt-4o is not an embedding model"),
+    ("emb", [{"provider": "a", "model": "claude-embed"}],
+     "pools.smart.cache.embed_pool: pool 'emb': member a/claude-embed speaks anthropic, which has no embeddings"),
+])
+def test_a_semantic_cache_needs_a_pool_of_embedding_models(embed_pool, members, message):
+    from busbar.config import ConfigError, parse_config
+    config = {"providers": SEMANTIC_PROVIDERS,
+              "pools": {"smart": {"members": [{"provider": "o", "model": "gpt-4o"}],
+                                  "cache": {"mode": "semantic", "embed_pool": embed_pool}},
+                        "emb": {"members": members or [{"provider": "o", "model": "text-embedding-3-small"}]}}}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(config, "t")
+
+
+@pytest.mark.parametrize("threshold, message", [
+    (0, "pools.smart.cache.threshold: 0 is less than or equal to the minimum of 0"),
+    (1.5, "pools.smart.cache.threshold: 1.5 is greater than the maximum of 1"),
+])
+def test_a_semantic_threshold_is_in_zero_to_one(threshold, message):
+    from busbar.config import ConfigError, parse_config
+    config = {"providers": SEMANTIC_PROVIDERS,
+              "pools": {"smart": {"members": [{"provider": "o", "model": "gpt-4o"}],
+                                  "cache": {"mode": "semantic", "embed_pool": "emb", "threshold": threshold}},
+                        "emb": {"members": [{"provider": "o", "model": "text-embedding-3-small"}]}}}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(config, "t")
+
+
+def test_a_valid_semantic_cache_has_no_advisory():
     from busbar.config import advisories, parse_config
-    pools = {"smart": {"members": [{"provider": "o", "model": "m"}]},
-             "emb": {"members": [{"provider": "o", "model": "e"}]}}
-    config = {"providers": {"o": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1", "key": "k"}},
-              "pools": pools}
-    assert not any("cache" in note for note in advisories(parse_config(config, "t")))
-    pools["smart"]["cache"] = {"mode": "semantic", "embed_pool": "emb", "threshold": 0.9}
-    [note] = [n for n in advisories(parse_config(config, "t")) if "cache" in n]
-    assert note.startswith("pools.smart.cache.mode: semantic matching is not available yet")
+    config = {"providers": SEMANTIC_PROVIDERS,
+              "pools": {"smart": {"members": [{"provider": "o", "model": "gpt-4o"}],
+                                  "cache": {"mode": "semantic", "embed_pool": "emb", "threshold": 1}},
+                        # a self-hosted model whose name does not say embed declares its dimensions
+                        "emb": {"members": [{"provider": "o", "model": "bge-small-en", "dimensions": 384}]}}}
+    assert advisories(parse_config(config, "t")) == []
+
+
+def _vec(*hot, dims=8):
+    v = [0.0] * dims
+    for i, x in hot:
+        v[i] = x
+    return v
+
+
+def test_the_index_finds_the_nearest_prompt_of_its_own_partition_only():
+    from busbar.cache.semantic import SemanticIndex
+    index = SemanticIndex()
+    index.add("p1", "k-a", _vec((0, 1.0)))
+    index.add("p1", "k-b", _vec((1, 1.0)))
+    index.add("p2", "k-c", _vec((0, 1.0)))
+    key, score = index.search("p1", _vec((0, 1.0), (1, 0.1)), 0.95)     # not normalised: the index does
+    assert key == "k-a" and 0.99 < score <= 1.0
+    assert index.search("p1", _vec((0, 1.0), (1, 1.0)), 0.95) is None     # cosine 0.707: below
+    assert index.search("p1", _vec((0, 1.0), (1, 1.0)), 0.7)[0] in ("k-a", "k-b")
+    assert index.search("p3", _vec((0, 1.0)), 0.5) is None                # another partition: nothing
+    assert index.search("p1", [0.0] * 8, 0.5) is None and index.search("p1", [1.0] * 3, 0.5) is None
+    index.discard("k-a")
+    assert index.search("p1", _vec((0, 1.0)), 0.5) is None and len(index) == 2
+    index.discard("k-c")
+    assert "p2" not in index.parts
+
+
+def test_the_index_grows_reuses_rows_and_keeps_max_entries():
+    from busbar.cache.semantic import SemanticIndex
+    index = SemanticIndex(max_entries=50)
+    for i in range(60):
+        index.add("p", f"k{i}", _vec((i % 8, 1.0), (8 + i % 24, 2.0), dims=32))
+    assert len(index) == 50 and "k0" not in index.where and "k59" in index.where     # oldest first
+    assert index.search("p", _vec((59 % 8, 1.0), (8 + 59 % 24, 2.0), dims=32), 0.999)[0] in ("k35", "k59")
+    for i in range(10, 60):
+        index.discard(f"k{i}")
+    assert len(index) == 0 and not index.parts
+    index.add("p", "again", _vec((0, 1.0), dims=32))
+    index.add("p", "again", _vec((1, 1.0), dims=32))                 # a key is indexed once
+    assert len(index) == 1 and index.search("p", _vec((1, 1.0), dims=32), 0.9)[0] == "again"
+
+
+async def test_a_semantic_lookup_serves_the_nearest_cached_answer_above_the_threshold():
+    cache = ResponseCache.from_config({"smart": {"cache": {"mode": "semantic", "embed_pool": "emb",
+                                                           "threshold": 0.9}}}, Caches())
+    first = cache.decide("smart", [], parsed("openai"), "alice")
+    assert first.text == "Capital of France?" and first.partition
+    assert await cache.get(first) is None
+    assert await cache.nearest(first, _vec((0, 1.0))) is None
+    assert await cache.put(first, ir.Response("r", "m", [ir.Text("Paris")]), "m")
+    other = dataclasses.replace(parsed("anthropic"), messages=[ir.Message("user", [ir.Text("France's capital?")])])
+    near = cache.decide("smart", [], other, "alice")
+    assert near.partition == first.partition and await cache.get(near) is None
+    hit = await cache.nearest(near, _vec((0, 1.0), (1, 0.2)))
+    assert hit.response.content == [ir.Text("Paris")] and near.status == "hit" and near.similarity > 0.9
+    far = cache.decide("smart", [], other, "alice")
+    assert await cache.nearest(far, _vec((0, 1.0), (1, 1.0))) is None and far.status == "miss"
+    # never across client keys or system prompts, however close
+    for request, scope in ((other, "bob"), (dataclasses.replace(other, system=[ir.Text("Be long.")]), "alice")):
+        lookup = cache.decide("smart", [], request, scope)
+        assert await cache.nearest(lookup, _vec((0, 1.0))) is None
+    # the embedding pool failed: a miss
+    down = cache.decide("smart", [], other, "alice")
+    assert await cache.nearest(down, None) is None
+    st = cache.stats["smart"]
+    assert (st.semantic_hits, st.semantic_misses, st.semantic_unavailable, st.hits, st.misses) == (1, 4, 1, 1, 5)
+
+
+async def test_an_evicted_entry_leaves_the_semantic_index():
+    cache = ResponseCache.from_config({"smart": {"cache": {"mode": "semantic", "embed_pool": "emb",
+                                                           "max_entries": 1}}}, Caches())
+    for n, text in enumerate(("one", "two")):
+        req = dataclasses.replace(parsed("openai"), messages=[ir.Message("user", [ir.Text(text)])])
+        lookup = cache.decide("smart", [], req, "-")
+        await cache.nearest(lookup, _vec((n, 1.0)))
+        await cache.put(lookup, ir.Response("r", "m", [ir.Text(text)]), "m")
+    assert len(cache.indexes["smart"]) == 1 and len(cache.stores["smart"]) == 1

@@ -24,7 +24,7 @@ from bisect import bisect_left
 from collections import deque
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -375,6 +375,26 @@ def _cache_families(gw):
         if held is not None:
             entries.add_metric([pool], held)
     yield from (lookups, stored, hit_bytes, stored_bytes, saved, spend, entries)
+    if not cache.indexes:
+        return
+    semantic = CounterMetricFamily("busbar_cache_semantic_lookups", "Exact misses of semantic pools looked up by "
+                                   "embedding: hit (a close cached prompt), miss, unavailable (the embedding pool "
+                                   "failed or timed out: a miss).", labels=["pool", "result"])
+    seconds = SummaryMetricFamily("busbar_cache_semantic_seconds", "Time a semantic lookup added to an exact miss: "
+                                  "the embedding call, the index search (with the entry fetch).",
+                                  labels=["pool", "stage"])
+    indexed = GaugeMetricFamily("busbar_cache_semantic_index_entries", "Prompt embeddings in this process's index.",
+                                labels=["pool"])
+    for pool, index in list(cache.indexes.items()):
+        st = cache.stats[pool]
+        for result, n in (("hit", st.semantic_hits), ("miss", st.semantic_misses),
+                          ("unavailable", st.semantic_unavailable)):
+            semantic.add_metric([pool, result], n)
+        searched = st.semantic_hits + st.semantic_misses
+        seconds.add_metric([pool, "embed"], searched + st.semantic_unavailable, st.embed_seconds)
+        seconds.add_metric([pool, "search"], searched, st.search_seconds)
+        indexed.add_metric([pool], len(index))
+    yield from (semantic, seconds, indexed)
 
 
 def _buckets(h: list) -> list[tuple[str, float]]:

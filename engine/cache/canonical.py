@@ -9,9 +9,9 @@ pool, whichever client protocol carried them: the form is built from the IR
 A protocol's own extras stay in: a field without IR meaning may still change
 the answer (`logprobs`, a server tool).  Numbers are normalised (0 == 0.0).
 
-`partition` is the part of the form a semantic hit must match exactly: all
-but the conversation's text (tools, system prompt, response format,
-sampling, reasoning, stops, extras, non-text parts); `prompt_text` is what is
+`semantic_split` is the part of the form a semantic hit must match exactly
+(all but the last user text: tools, system prompt, response format,
+sampling, reasoning, stops, extras, earlier turns) and the text that is
 embedded.  Pure functions (bench/bench_cache.py has their cost).
 """
 from __future__ import annotations
@@ -91,24 +91,26 @@ def request_digest(request: ir.Request) -> str:
     return digest(canonical(request))
 
 
-def prompt_text(request: ir.Request) -> str | None:
-    """The conversation's text as one string to embed (`role: text` lines),
-    or None when a message holds anything but text (tool calls and results,
-    images, documents): such requests are only cached exactly."""
-    lines = []
-    for message in request.messages:
-        texts = []
-        for part in message.content:
-            if type(part) is not ir.Text:
-                return None
-            texts.append(part.text)
-        lines.append(f"{message.role}: {' '.join(texts)}")
-    return "\n".join(lines) if lines else None
-
-
-def partition(request: ir.Request) -> str:
-    """The digest of everything a semantic hit must share with the entry:
-    the request without its messages' text (each message's role still counts,
-    so a two-turn conversation never matches a one-turn one)."""
-    shape = dataclasses.replace(request, messages=[ir.Message(m.role, [], m.extras) for m in request.messages])
-    return digest(canonical(shape))
+def semantic_split(request: ir.Request) -> tuple[str, str] | None:
+    """(partition, text) of a request the semantic cache can match: `text`
+    is its last message's text, when that message is the user's and holds
+    only text; `partition` the digest of everything else (system prompt,
+    tools, response format, sampling, reasoning, extras, every earlier turn
+    and each message's role): a semantic hit must share all of it.  None:
+    the request is only cached exactly (no messages, a last turn of tool
+    results, images or documents)."""
+    if not request.messages:
+        return None
+    last = request.messages[-1]
+    if last.role != "user" or not last.content:
+        return None
+    texts = []
+    for part in last.content:
+        if type(part) is not ir.Text:
+            return None
+        texts.append(part.text)
+    text = "\n".join(texts)
+    if not text.strip():
+        return None
+    shape = dataclasses.replace(request, messages=request.messages[:-1] + [ir.Message("user", [], last.extras)])
+    return digest(canonical(shape)), text

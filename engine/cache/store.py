@@ -26,6 +26,7 @@ class MemoryStore:
         self._now = now
         self._entries: OrderedDict[str, tuple[float, int, Entry]] = OrderedDict()   # key -> (expires, bytes, entry)
         self.bytes = 0
+        self.dropped: Callable[[str], None] | None = None   # told of every key that leaves (the semantic index)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -42,7 +43,7 @@ class MemoryStore:
 
     def put_now(self, key: str, entry: Entry, ttl: float, max_entries: int, size: int) -> None:
         if key in self._entries:
-            self._drop(key)
+            self.bytes -= self._entries.pop(key)[1]     # replaced, not dropped
         self._entries[key] = (self._now() + ttl, size, entry)
         self.bytes += size
         while len(self._entries) > max_entries:
@@ -50,6 +51,8 @@ class MemoryStore:
 
     def _drop(self, key: str) -> None:
         self.bytes -= self._entries.pop(key)[1]
+        if self.dropped is not None:
+            self.dropped(key)
 
     def sweep(self) -> int:
         """Drop expired entries (lookups drop them lazily; this bounds the
@@ -123,3 +126,58 @@ class RedisStore:
         except (RedisUnavailable, RespError):
             return 0
         return len(data)
+
+
+# KEYS[1] the pool's vector feed (a stream); ARGV key, partition, vector bytes, ttl_ms, max_entries
+FEED_PUSH_LUA = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', tonumber(ARGV[5]), '*', 'k', ARGV[1], 'p', ARGV[2], 'v', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+"""
+
+# KEYS[1] the feed; ARGV the first id to read ('-' or '(<last id>'), how many
+FEED_PULL_LUA = """
+return redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+"""
+
+FEED_BATCH = 256        # feed records read per lookup (a new replica catches up over its first lookups)
+
+
+class VectorFeed:
+    """The semantic cache's embeddings in Redis, for the other replicas: every
+    fill appends (entry key, partition, float32 vector) to the pool's stream
+    (trimmed to about `max_entries`, expiring with the entries' TTL); each
+    replica reads what is new since its last id before it searches and adds it
+    to its own index.  The entries themselves are the RedisStore's."""
+
+    def __init__(self, state, pool: str):
+        self.state = state
+        self.stream = f"cache:{pool}:vectors"
+
+    async def push(self, key: str, partition: str, vector, ttl: float, max_entries: int) -> bool:
+        import numpy as np
+        data = np.asarray(vector, dtype="<f4").tobytes()
+        try:
+            await self.state.run_script(FEED_PUSH_LUA, (self.stream,), key, partition, data,
+                                        max(1, int(ttl * 1000)), max_entries)
+        except (RedisUnavailable, RespError):
+            return False
+        return True
+
+    async def pull(self, last: bytes | None, count: int = FEED_BATCH) -> tuple[bytes | None, list]:
+        """(the last id read, [(key, partition, vector)]) since `last` (None: from the start)."""
+        import numpy as np
+        try:
+            records = await self.state.run_script(FEED_PULL_LUA, (self.stream,),
+                                                  b"-" if last is None else b"(" + last, count)
+        except (RedisUnavailable, RespError):
+            return None, []
+        rows = []
+        for record_id, fields in records or ():
+            last = record_id
+            values = dict(zip(fields[::2], fields[1::2]))
+            try:
+                rows.append((values[b"k"].decode(), values[b"p"].decode(), np.frombuffer(values[b"v"], dtype="<f4")))
+            except (KeyError, ValueError, UnicodeDecodeError):
+                continue
+        return last, rows
