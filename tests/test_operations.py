@@ -82,7 +82,7 @@ async def test_reload_wraps_any_build_error_as_a_rejected_config(monkeypatch):
     async with gateway_with(two_vendor_config(), a=a, b=b) as gw:
         import busbar.gateway
 
-        def broken(name, spec):
+        def broken(name, spec, *defaults):
             raise RuntimeError("cannot build provider " + name)
         monkeypatch.setattr(busbar.gateway, "build_provider", broken)
         with pytest.raises(ConfigError) as exc:
