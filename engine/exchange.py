@@ -83,7 +83,8 @@ class Exchange:
         self.request = request
         self.responder = responder
         self.client = dialect
-        self.params = params
+        carried = dialect.header_params(request.headers)     # request headers that are part of the request
+        self.params = {**params, **carried} if carried else params
         self.record = record
         self.lifecycle: lifecycle.Lifecycle = record.lifecycle
         self.obj: dict = {}
@@ -591,6 +592,7 @@ class Exchange:
         passthrough (only `model` rewritten) or translated; `part`: one of
         `up.split`'s requests instead of the whole (`_fan_out`)."""
         same = part is None and self._passthrough(up)
+        carried: Headers = []
         if same:
             body = up.passthrough_body(self.request.body, self.obj, attempt.model)
             self._warnings = []
@@ -620,6 +622,7 @@ class Exchange:
                                                    max_tokens_default=attempt.max_tokens, unsupported=policy)
             except ClientError as err:      # named in the client's terms, not the IR's
                 raise self.client.client_error(err, self.obj) from None
+            carried = up.request_headers(req)       # what the member's protocol says in headers (beta flags)
             self._warnings = warnings
             if warnings:
                 log.warning("request %s: dropped fields not expressible in %s: %s", self.record.id, up.name,
@@ -634,6 +637,7 @@ class Exchange:
             headers.extend(forwarded)
         else:
             headers.extend(auth)
+            headers.extend(carried)
         headers.extend(provider.extra_headers)
         if self.traceparent is not None:     # W3C trace context: this attempt's span is the parent upstream
             headers.append((b"traceparent", self.traceparent))

@@ -450,3 +450,59 @@ async def test_operations_not_served_answer_in_bedrocks_shape_naming_what_is():
         assert response["Error"]["Code"] == "UnknownOperationException"
         assert "/invoke-with-response-stream" in response["Error"]["Message"]
         assert "guardrails" in response["Error"]["Message"]
+
+
+# ---------------------------------------------------------------------------
+# beta flags: Anthropic's header, InvokeModel's body field, Converse's additionalModelRequestFields
+
+
+@pytest.mark.pure
+def test_beta_flags_cross_between_the_header_and_the_body_fields():
+    header = AN.header_params([(b"anthropic-beta", b"interleaved-thinking-2025-05-14, oauth-2025-04-20"),
+                               (b"anthropic-beta", b"context-1m-2025-08-07")])
+    assert header == {"beta": ["interleaved-thinking-2025-05-14", "oauth-2025-04-20", "context-1m-2025-08-07"]}
+    req = AN.parse_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, header)
+    body, warnings = INV.render_request(req, "anthropic.claude-x", unsupported="reject")
+    assert orjson.loads(body)["anthropic_beta"] == ["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"]
+    assert warnings == ["dropped hint 'anthropic-beta': the beta 'oauth-2025-04-20' is not one Claude on Bedrock serves"]
+    conv = orjson.loads(BR.render_request(req, "us.anthropic.claude-sonnet-4-5-20250929-v1:0")[0])
+    assert conv["additionalModelRequestFields"]["anthropic_beta"] == ["interleaved-thinking-2025-05-14",
+                                                                      "context-1m-2025-08-07"]
+    assert "additionalModelRequestFields" not in orjson.loads(BR.render_request(req, "amazon.nova-pro-v1:0")[0])
+    assert AN.request_headers(req) == [(b"anthropic-beta", b"interleaved-thinking-2025-05-14,oauth-2025-04-20,"
+                                                           b"context-1m-2025-08-07")]
+    # a Bedrock client's own flags: to the Anthropic API as its header, back to Bedrock as they are
+    inv = INV.parse_request(dict(CLAUDE_CODE_BODY), {"action": "invoke"})
+    assert AN.request_headers(inv) == [(b"anthropic-beta", b"claude-code-20250219,interleaved-thinking-2025-05-14")]
+    assert orjson.loads(INV.render_request(inv, "m")[0])["anthropic_beta"] == CLAUDE_CODE_BODY["anthropic_beta"]
+    converse = BR.parse_request({"messages": [{"role": "user", "content": [{"text": "x"}]}],
+                                 "additionalModelRequestFields": {"anthropic_beta": ["context-1m-2025-08-07"]}},
+                                {"action": "converse"})
+    assert AN.request_headers(converse) == [(b"anthropic-beta", b"context-1m-2025-08-07")]
+    assert orjson.loads(INV.render_request(converse, "m")[0])["anthropic_beta"] == ["context-1m-2025-08-07"]
+    assert INV.request_headers(inv) == [] and get_dialect("openai").request_headers(inv) == []
+
+
+@pytest.mark.sdk
+async def test_an_anthropic_clients_betas_reach_claude_on_bedrock_and_back():
+    """The anthropic SDK's `betas=` (its header) to a Claude-on-Bedrock invoke member:
+    the flags Bedrock serves in the body, the others named in x-busbar-warning; an
+    AnthropicBedrock client's flags (the body field) to Claude on Anthropic as its header."""
+    import anthropic
+    mock = MockVendor(reply="ok", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(_signed("bedrock-invoke"), a=mock) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+        raw = await sdk(lambda: client.beta.messages.with_raw_response.create(
+            model="smart", max_tokens=16, messages=[{"role": "user", "content": "x"}],
+            betas=["context-1m-2025-08-07", "files-api-2025-04-14"]))
+    assert mock.received[-1]["body"]["anthropic_beta"] == ["context-1m-2025-08-07"]
+    assert "files-api-2025-04-14" in raw.headers["x-busbar-warning"]
+    mock = MockVendor(reply="ok")
+    async with gateway_with(config_for("anthropic"), a=mock) as gw:
+        bedrock_client = anthropic.AnthropicBedrock(base_url=gw.url, aws_region="us-east-1", max_retries=0,
+                                                    aws_access_key="AKIDGATEWAY", aws_secret_key="gateway-secret")
+        await sdk(lambda: bedrock_client.beta.messages.create(model="smart", max_tokens=16, betas=["context-1m-2025-08-07"],
+                                                               messages=[{"role": "user", "content": "x"}]))
+    seen = mock.received[-1]
+    assert seen["headers"]["anthropic-beta"] == "context-1m-2025-08-07"
+    assert "anthropic_beta" not in seen["body"] and "anthropic_version" not in seen["body"]

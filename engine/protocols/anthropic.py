@@ -127,6 +127,24 @@ class AnthropicDialect(Dialect):
         }})
         return err.status, self.error_headers(err), body
 
+    # Beta flags: the `anthropic-beta` header here, a body field on Bedrock's
+    # InvokeModel (busbar.protocols.bedrock_invoke); both ride as IR notes:
+    # `$header_beta` (this header) and `$beta` (the body field).
+    def header_params(self, headers: Headers) -> dict:
+        betas = [b.strip() for k, v in headers if k == b"anthropic-beta"
+                 for b in v.decode("latin-1").split(",") if b.strip()]
+        return {"beta": betas} if betas else {}
+
+    def parse_request(self, obj: dict, params: dict | None = None):
+        req = super().parse_request(obj, params)
+        if params and params.get("beta"):
+            req.extras = c.with_note(req.extras, P, "$header_beta", params["beta"])
+        return req
+
+    def request_headers(self, req) -> Headers:
+        betas = betas_of(req)
+        return [(b"anthropic-beta", ",".join(betas).encode("latin-1"))] if betas else []
+
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         return base_path.rstrip("/") + "/v1/messages"
 
@@ -141,6 +159,13 @@ class AnthropicDialect(Dialect):
         if isinstance(error, dict):
             return str(error.get("message") or ""), error.get("type")
         return "", None
+
+def betas_of(req) -> list[str]:
+    """Every beta flag the request carries (the header's, then the body field's), once each."""
+    header_betas = c.note(req.extras, P, "$header_beta") or ()
+    body_betas = c.note(req.extras, P, "$beta") or ()
+    return list(dict.fromkeys([*header_betas, *body_betas]))
+
 
 # ---------------------------------------------------------------------------
 # parsing (requests and responses share the block parser)

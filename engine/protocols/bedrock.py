@@ -101,6 +101,40 @@ class SigV4Signer:
 
 
 
+# Anthropic beta flags Claude on Bedrock serves (AWS's Claude Messages API
+# guide); Bedrock refuses any other with "invalid beta flag".  A flag from
+# an Anthropic client's header that is not listed is dropped with a hint;
+# the flags a Bedrock client sent itself go as they are.
+BEDROCK_BETAS = frozenset({
+    "computer-use-2024-10-22", "computer-use-2025-01-24", "computer-use-2025-11-24",
+    "token-efficient-tools-2025-02-19", "interleaved-thinking-2025-05-14", "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14", "context-1m-2025-08-07", "context-management-2025-06-27",
+    "effort-2025-11-24", "tool-search-tool-2025-10-19", "tool-examples-2025-10-29",
+    "fine-grained-tool-streaming-2025-05-14",
+})
+
+
+def claude_model(model: str) -> bool:
+    """Whether a Bedrock model id (or inference profile, or ARN) is a Claude model."""
+    low = model.lower()
+    return "anthropic." in low or "claude" in low
+
+
+def claude_betas(req, ctx: c.RenderCtx) -> list[str]:
+    """The beta flags to send Claude on Bedrock: those a Bedrock client gave
+    (`$beta`), then those of an Anthropic client's header (`$header_beta`)
+    that Bedrock serves; the others are reported as dropped hints."""
+    betas = list(c.note(req.extras, "anthropic", "$beta") or ())
+    for flag in c.note(req.extras, "anthropic", "$header_beta") or ():
+        if flag in betas:
+            continue
+        if flag in BEDROCK_BETAS:
+            betas.append(flag)
+        else:
+            ctx.hint("anthropic-beta", f"the beta {flag!r} is not one Claude on Bedrock serves")
+    return betas
+
+
 def resource_id(model: str) -> str:
     """The id an ARN names (`arn:aws:bedrock:us-east-1:1234:inference-profile/smart` -> `smart`;
     an application inference profile's, a foundation model's), so a client may
@@ -347,6 +381,11 @@ def _parse_request(obj: dict) -> ir.Request:
         top_k = amrf.pop("top_k", None)
         if top_k is not None:
             req.top_k = top_k
+        beta = amrf.pop("anthropic_beta", None)
+        if isinstance(beta, list) and beta:     # Claude's beta flags: the Anthropic family's note (anthropic.betas_of)
+            extras.setdefault("anthropic", {})["$beta"] = beta
+        elif beta is not None:
+            amrf["anthropic_beta"] = beta
         th = amrf.pop("thinking", None)
         if isinstance(th, dict):
             req.reasoning = ir.ReasoningConfig(enabled=th.get("type") != "disabled",
@@ -593,6 +632,9 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
             ctx.hint("reasoning", "thinking enabled without a budget or effort")
         if cfg.effort is not None and cfg.effort != "none":
             oc["effort"] = cfg.effort
+    betas = claude_betas(req, ctx) if claude_model(model) else None
+    if betas:
+        amrf["anthropic_beta"] = betas
     if amrf:
         body["additionalModelRequestFields"] = amrf
     rf = req.response_format

@@ -31,7 +31,7 @@ from busbar.protocols import anthropic
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
 from busbar.protocols.base import Codec, Headers, StreamError, bearer_token, locate_malformed
-from busbar.protocols.bedrock import BedrockDialect, exception_event, exception_frame, model_path
+from busbar.protocols.bedrock import BedrockDialect, claude_betas, exception_event, exception_frame, model_path
 
 P = anthropic.P                   # the body's family: extras, signatures and cache marks are Anthropic's
 NAME = "bedrock-invoke"
@@ -121,9 +121,9 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     del body["model"]
     body.pop("stream", None)
     out: dict = {"anthropic_version": BEDROCK_VERSION}
-    beta = c.note(req.extras, P, "$beta")
-    if beta:
-        out["anthropic_beta"] = beta
+    betas = claude_betas(req, ctx)
+    if betas:
+        out["anthropic_beta"] = betas
     out.update(body)
     return out
 
