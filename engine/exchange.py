@@ -53,7 +53,7 @@ import trio
 from busbar import admission, ir, lifecycle, resume, tenancy
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
-from busbar.item_store import key_of
+from busbar.item_store import decode, key_of
 from busbar.limits import DIRECT_ROUTES
 from busbar.outcome import Answered, Broken, Failed, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
@@ -110,6 +110,8 @@ class Exchange:
         self.items = None
         self.item_scope = "-"               # whose items: the caller's key id
         self.minted_refs = False            # it referenced items the gateway minted: always translated
+        self.ir_obj: dict | None = None     # the body the IR is parsed from, when it differs from `obj`
+        self.keep_vendor_items = False      # a same-protocol member's own items are kept too (mixed pool)
         self.unresolved: list[tuple[str, str]] = []   # (client path, id) of references nobody here knows
         self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
         self._race: Race | None = None      # the attempts racing now (a hedge started)
@@ -198,6 +200,8 @@ class Exchange:
         if self.client.mints_items:
             self.items = self.gw.item_store
             self.item_scope = self.record.tenant or self.record.client_key_id or "-"
+            protocols = self.gw.pool_protocols.get(self.model, ())
+            self.keep_vendor_items = self.client.name in protocols and len(protocols) > 1
             if self.client.reference_marker in self.request.body:
                 await self._resolve_references()
         self.hedging = self.gw.hedging.get(self.model)
@@ -237,10 +241,15 @@ class Exchange:
                     found[item_id] = data
             missing = still
         self.unresolved = missing
-        if found:
-            self.obj = self.client.with_references(self.obj, found)
-            self.minted_refs = True
-            store.resolved += len(refs) - len(missing)
+        if not found:
+            return
+        store.resolved += len(refs) - len(missing)
+        items = {item_id: decode(data) for item_id, data in found.items()}
+        resolved = self.client.with_references(self.obj, {item_id: d for item_id, (d, _) in items.items()})
+        if any(not vendor for _, vendor in items.values()):
+            self.obj, self.minted_refs = resolved, True
+        else:        # only the vendor's own: its member still gets the bytes; the others, the items
+            self.ir_obj = resolved
 
     def _passthrough(self, up) -> bool:
         """Whether this attempt's member gets the client's own bytes."""
@@ -250,19 +259,22 @@ class Exchange:
         """A tool-result turn whose calls this replica did not answer: their kept
         reasoning from the cluster (busbar.state.shared), before `_build` restores it."""
         if self._ir is None:
-            self._ir = self.client.parse_request(self.obj, self.params)
+            self._ir = self._parse()
         keys = self.reasoning.missing(self._ir)
         if keys:
             for key, data in (await self.gw.shared_reasoning.get_many(keys)).items():
                 self.reasoning.put_encoded(key, data)
 
-    async def keep_for_next_turn(self, items, reasoning_keys) -> None:
+    def _parse(self):
+        return self.client.parse_request(self.obj if self.ir_obj is None else self.ir_obj, self.params)
+
+    async def keep_for_next_turn(self, items, reasoning_keys, vendor: bool = False) -> None:
         """What the client may send back by id on its next turn: the answer's output
         items (Responses) and its kept reasoning, written to the cluster too, before the
         client sees the answer end (its next turn may reach another replica).  Bounded
         by the backend's timeout; never fails the answer."""
         if items:
-            kept = self.items.keep(self.item_scope, items)
+            kept = self.items.keep(self.item_scope, items, vendor)
             if kept and self.gw.shared_items is not None:
                 with trio.CancelScope(shield=True):
                     await self.gw.shared_items.put_many(kept, self.items.ttl_s)
@@ -379,7 +391,7 @@ class Exchange:
         cache = self.gw.cache
         if self._ir is None:
             try:
-                self._ir = self.client.parse_request(self.obj, self.params)
+                self._ir = self._parse()
             except ClientError:
                 self._ir = None       # passthrough may still serve it; the cache can't key it
         if self._ir is not None and type(self._ir) is not ir.Request:
@@ -529,7 +541,7 @@ class Exchange:
     def _parsed(self):
         """The client's request as IR (parsed once, on first need)."""
         if self._ir is None:
-            self._ir = self.client.parse_request(self.obj, self.params)
+            self._ir = self._parse()
         return self._ir
 
     async def _fan_out(self, attempt: Attempt, rec: AttemptRecord, provider: "Provider", up, parts: list,
@@ -605,7 +617,7 @@ class Exchange:
                                        "cannot resolve it.", param=path)
             if self._ir is None or not self._restored:
                 if self._ir is None:
-                    self._ir = self.client.parse_request(self.obj, self.params)
+                    self._ir = self._parse()
                 if self.reasoning is not None and not self._restored:   # earlier turns' signed reasoning
                     self._ir = self.reasoning.restore(self._ir)
                 self._restored = True
@@ -621,7 +633,7 @@ class Exchange:
                 body, warnings = up.render_request(req, attempt.model,
                                                    max_tokens_default=attempt.max_tokens, unsupported=policy)
             except ClientError as err:      # named in the client's terms, not the IR's
-                raise self.client.client_error(err, self.obj) from None
+                raise self.client.client_error(err, self.obj if self.ir_obj is None else self.ir_obj) from None
             carried = up.request_headers(req)       # what the member's protocol says in headers (beta flags)
             self._warnings = warnings
             if warnings:

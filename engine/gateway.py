@@ -158,6 +158,10 @@ class Gateway:
         # both stores shared with the other replicas when the state backend is Redis (None: this process)
         from busbar.state.shared import shared_entries
         self.shared_items = shared_entries(state, "items")
+        # the protocols each pool's members speak: a pool mixing a client's own protocol with others
+        # keeps that vendor's items too (a failed-over turn may reference them)
+        self.pool_protocols = {name: frozenset(leaf.protocol for leaf in node.leaves)
+                               for name, node in self.router.pools.items()}
         self.shared_reasoning = shared_entries(state, "reasoning")
         # per pool with `dispatch.hedge` in its pipeline: the hedge budget and its measured TTFB
         from busbar.routing.hedge import HedgeState

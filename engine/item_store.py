@@ -9,6 +9,11 @@ their `id` and `status`) under the ids it minted, and resolves a later reference
 the item back in its place in `input` before the request is parsed
 (`busbar.protocols.responses.resolve_references`).
 
+In a pool that also has an OpenAI Responses member, that member's own (passed-through)
+answers are kept too, marked as the vendor's (`VENDOR` before the JSON): the vendor
+resolves its ids itself, so a reference to one leaves the request passed through untouched,
+and only a turn that fails over to a member of another protocol is given the item.
+
 Keys are scoped by the caller (its gateway key id, `-` without keys), so one key cannot
 read another's items by id.  Values are the item's JSON bytes: what the bounds count and
 what the cluster backend shares (`busbar.state.shared.SharedEntries`).
@@ -30,6 +35,14 @@ MAX_ITEM_BYTES = 1024 * 1024
 TTL_S = 3600.0
 
 _BOOKKEEPING = ("id", "status")      # the vendor's store fields: not part of an input item
+VENDOR = b"v"                        # a value's mark: an item the vendor minted (and resolves) itself
+
+
+def decode(data: bytes) -> tuple[bytes, bool]:
+    """A stored value as (the item's JSON, whether the vendor minted it)."""
+    if data[:1] == VENDOR:
+        return data[1:], True
+    return data, False
 
 
 def key_of(scope: str, item_id: str) -> str:
@@ -55,15 +68,17 @@ class ItemStore:
         """Bytes held (the items' JSON)."""
         return self._bytes
 
-    def keep(self, scope: str, items: Iterable[dict]) -> list[tuple[str, bytes]]:
-        """Keep each output item that has an `id` under (scope, id); returns the
-        (key, value) pairs kept, for the cluster backend."""
+    def keep(self, scope: str, items: Iterable[dict], vendor: bool = False) -> list[tuple[str, bytes]]:
+        """Keep each output item that has an `id` under (scope, id) (`vendor`: ids the
+        vendor minted); returns the (key, value) pairs kept, for the cluster backend."""
         kept = []
         for item in items:
-            item_id = item.get("id")
+            item_id = item.get("id") if isinstance(item, dict) else None
             if not isinstance(item_id, str) or not item_id:
                 continue
             data = orjson.dumps({k: v for k, v in item.items() if k not in _BOOKKEEPING})
+            if vendor:
+                data = VENDOR + data
             if len(data) > self.max_item_bytes:
                 continue
             key = key_of(scope, item_id)

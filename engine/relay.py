@@ -65,6 +65,9 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
             return _server("upstream sent a response that is not JSON", response.status)
         out = data
         content_type = response.header(b"content-type") or b"application/json"
+        if x.keep_vendor_items and isinstance(obj, dict) and isinstance(obj.get("output"), list):
+            # the vendor's own items, for a next turn that fails over to a member of another protocol
+            await x.keep_for_next_turn(obj["output"], None, vendor=True)
         if x.cache_lookup is not None:       # the cache keeps the answer's IR
             try:
                 resp_ir = up.parse_response(obj)
@@ -153,8 +156,11 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     kept = Assembler() if x.cache_lookup is not None else None
     # only answers with tool calls are kept, and only a request offering tools gets them
     capture = StreamCapture() if x.reasoning is not None and not same and x._ir is not None and x._ir.tools else None
-    # translated for a Responses client: its output items are kept once the answer ends
-    keeping = not same and (x.items is not None or capture is not None)
+    # translated for a Responses client: its output items are kept once the answer ends (passed
+    # through in a mixed pool: the vendor's own items, marked as such)
+    keeping = (x.items is not None or capture is not None) if not same else x.keep_vendor_items
+    source = decoder if same else encoder        # who knows the output items
+    ended = False                                # the answer's stop went by before the commit
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
     pending: list = []       # with a journal: the held IR events, journaled at the commit
     bound = PrecommitBound()  # what `held` may grow to: past it, the member's fault
@@ -197,6 +203,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
                 rec.usage = event.usage       # the request's once committed (a hedge may lose)
             elif type(event) is ir.MessageStart and event.usage is not None and splice is None:
                 rec.usage = event.usage       # what the vendor bills already (a lost hedge's waste)
+        if keeping and not ended:
+            ended = _ends(events)
         if same:
             held.append(relay.take(chunk))
             if journal is not None:
@@ -222,8 +230,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
         # head and held content in one write: one send, and the client's first
         # read has content in it
         first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
-        if keeping and _ends(held):
-            keeping = await _keep(x, encoder, capture)
+        if keeping and ended:
+            keeping = await _keep(x, source, capture, same)
         head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
         if journal is not None:     # resume on: the trailer says whether the stream was resumed
             head.append((b"trailer", b"x-busbar-resumed"))
@@ -232,8 +240,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
         x.commit_continuation(rec, response.status, ttfb, splice)
         x.cache_assembler = kept
         out = b"".join(encoder.encode(e) for e in held)
-        if keeping and _ends(held):
-            keeping = await _keep(x, encoder, capture)
+        if keeping and ended:
+            keeping = await _keep(x, source, capture, same)
         await x.responder.write(out)
     try:
         while not upstream_done:
@@ -276,7 +284,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
             if capture is not None:
                 capture.feed(events)
             if keeping and _ends(events):     # before the client sees the end: its next turn may follow at once
-                keeping = await _keep(x, encoder, capture)
+                keeping = await _keep(x, source, capture, same)
             if broken is not None:
                 out = x.gw.scrub_bytes(out)     # a vendor error event may echo the key
             await x.responder.write(out)
@@ -301,13 +309,15 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
             if not same:
                 out = b"".join(encoder.encode(e) for e in tail)
                 if keeping and _ends(tail):
-                    keeping = await _keep(x, encoder, capture)
+                    keeping = await _keep(x, source, capture, same)
                 await x.responder.write(out)
         if not same:
             out = encoder.finish()
             if keeping:
-                keeping = await _keep(x, encoder, capture)
+                keeping = await _keep(x, source, capture, same)
             await x.responder.write(out)
+        elif keeping:
+            keeping = await _keep(x, source, capture, same)
     except trio.TooSlowError:
         return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
     except (UpstreamError, StreamError) as exc:
@@ -319,14 +329,15 @@ def _ends(events: list) -> bool:
     return any(type(e) is ir.MessageStop for e in events)
 
 
-async def _keep(x: "Exchange", encoder, capture) -> bool:
-    """A translated stream's answer is whole (its stop encoded, not yet sent): keep
-    what its client may send back by id (busbar.item_store, busbar.reasoning_store).
+async def _keep(x: "Exchange", source, capture, vendor: bool) -> bool:
+    """A stream's answer is whole (its stop encoded or decoded, not yet sent): keep
+    what its client may send back by id (busbar.item_store, busbar.reasoning_store);
+    `source` is the client's encoder, or on passthrough the vendor's decoder (`vendor`).
     Returns False: done, not again."""
-    items = encoder.output_items() if x.items is not None else None
+    items = source.output_items() if x.items is not None else None
     keys = x.reasoning.keep(capture.parts(), x.client.shown_call_id) if capture is not None else None
     if items or keys:
-        await x.keep_for_next_turn(items, keys)
+        await x.keep_for_next_turn(items, keys, vendor)
     return False
 
 

@@ -161,3 +161,43 @@ async def test_vercel_ai_sdk_two_turns_with_default_store_true(vendor, mode):
     assert store.resolved >= 1                               # the second turn referred to the first answer
     sent = orjson.dumps(mock.received[-1]["body"]).decode()
     assert sent.count("the first answer") == 1 and "and again" in sent
+
+
+def _mixed_pool() -> dict:
+    """OpenAI Responses first, Claude behind it: the common failover of a Responses client."""
+    config = config_for("responses")
+    config["providers"]["claude"] = {"protocol": "anthropic", "base_url": "{a}", "key": "k2"}
+    config["pools"]["smart"] = {"strategy": "ordered", "members": [
+        {"provider": "up", "model": "upstream-model", "id": "oai", "max_tokens": 64},
+        {"provider": "claude", "model": "claude-x", "id": "claude", "priority": 1, "max_tokens": 64}]}
+    return config
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "streamed"])
+async def test_a_vendor_reference_stays_byte_for_byte_and_still_resolves_after_a_failover(stream):
+    """In a pool mixing an OpenAI Responses member with others, that vendor's own items are
+    kept too (marked as its own): a reference to one still goes to it untouched (it resolves
+    its ids), and a turn that fails over to Claude gets the item in its place."""
+    mock = MockVendor(reply="the vendor's answer")
+    async with gateway_with(_mixed_pool(), a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+
+        def first():
+            if not stream:
+                return client.responses.create(model="smart", input="hello")
+            with client.responses.stream(model="smart", input="hello") as events:
+                return events.get_final_response()
+        answer = await sdk(first)
+        assert mock.received[-1]["protocol"] == "responses"
+        turn = [{"role": "user", "content": "hello"}, {"type": "item_reference", "id": answer.output[0].id},
+                {"role": "user", "content": "again"}]
+        await sdk(lambda: client.responses.create(model="smart", input=turn))
+        assert mock.received[-1]["protocol"] == "responses"
+        assert mock.received[-1]["body"]["input"] == turn                   # untouched: the vendor resolves it
+        mock.fail_next({"status": 500, "model": "upstream-model"})
+        again = await sdk(lambda: client.responses.create(model="smart", input=turn))
+    assert again.output_text == "the vendor's answer"
+    seen = mock.received[-1]
+    assert seen["protocol"] == "anthropic"
+    assert seen["body"]["messages"][1]["role"] == "assistant" and "the vendor's answer" in str(seen["body"]["messages"][1])

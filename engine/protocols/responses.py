@@ -594,7 +594,7 @@ class StreamDecoder(s.SSEDecoder):
     item; a tool call or reasoning block is one item.  Deltas carry the
     content; a `*.done` event supplies it only when no delta did."""
 
-    __slots__ = ("_blocks", "_next", "_tools", "_done")
+    __slots__ = ("_blocks", "_next", "_tools", "_done", "_output")
     protocol = P
 
     def __init__(self):
@@ -604,6 +604,10 @@ class StreamDecoder(s.SSEDecoder):
         self._next = 0
         self._tools = False
         self._done = False
+        self._output = None          # response.completed's output, as sent
+
+    def output_items(self) -> list:
+        return self._output if isinstance(self._output, list) else []
 
     def _open(self, key: tuple, part, out: list) -> list:
         b = self._blocks[key] = [self._next, False]
@@ -674,6 +678,7 @@ class StreamDecoder(s.SSEDecoder):
             out.append(ir.MessageStart(r.get("id") or "", r.get("model") or ""))
         elif kind == "response.completed" or kind == "response.incomplete":
             r = obj.get("response") or {}
+            self._output = r.get("output")
             self._close_all(out)
             u = r.get("usage")
             if u:

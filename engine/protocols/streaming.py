@@ -83,6 +83,11 @@ class SSEDecoder:
             self._failed = True
             raise StreamError(f"malformed {self.protocol} stream event: {exc!r}"[:300]) from None
 
+    def output_items(self) -> list:
+        """The answer's output items as the vendor sent them (Responses: its
+        `response.completed` output), for `busbar.item_store`."""
+        return []
+
     def close(self) -> list[ir.Event]:
         out: list = []
         if self._sse.pending.strip():
