@@ -44,6 +44,7 @@ def admit(gw: "Gateway", request: HttpRequest, dialect, params: dict, record: Re
         raise ClientError(415, f"Content-Type must be application/json, got {content_type.decode('latin-1')!r}.",
                           "invalid_request")
     obj = load_json_object(request.body)
+    dialect.check_body_shape(obj)       # the passthrough guard: fields the gateway relies on, by JSON type
     model = dialect.inbound_model(params, obj)
     # the top-level `auth` decides; a pool may opt out (`auth: false`)
     key = None

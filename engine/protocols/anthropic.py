@@ -108,6 +108,8 @@ class AnthropicDialect(Dialect):
     name = "anthropic"
     vision_markers = (b'"image"',)
     request_name = "Messages request"
+    body_shape = {"model": (str,), "stream": (bool,), "messages": (list,), "system": (str, list),
+                  "max_tokens": (int,), "tools": (list,)}
     forward_headers = (b"anthropic-version", b"anthropic-beta")
     varying_headers = (b"anthropic-beta",)
     kind_status = ERRORS.status

@@ -290,6 +290,18 @@ class Codec(NamedTuple):
     usage_in: Callable[[dict], Any] | None = None              # wire usage object -> ir.Usage
 
 
+_JSON_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
+                    dict: "an object"}
+
+
+def _json_type_name(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    return _JSON_TYPE_NAMES.get(type(value), "a number")
+
+
 @runtime_checkable
 class DialectContract(Protocol):
     """What the driver (`busbar.exchange`, `busbar.admission`, `busbar.relay`,
@@ -428,6 +440,27 @@ class Dialect:
         """`obj` with each reference whose id is in `found` (id -> the item's JSON)
         replaced by the item; the others stay as they are."""
         return obj
+
+    # The passthrough guard (issue 12): the JSON types of the body fields the
+    # gateway itself reads or relies on, checked before anything is routed,
+    # so a same-protocol body (forwarded as sent, never parsed) cannot make a
+    # vendor answer in a shape the gateway does not expect (`"stream": "yes"`
+    # streamed to a gateway waiting for JSON) and blame a healthy member.
+    # null counts as absent.  Each protocol lists its own fields.
+    body_shape: ClassVar[dict[str, tuple[type, ...]]] = {"model": (str,), "stream": (bool,)}
+
+    def check_body_shape(self, obj: dict) -> None:
+        """A 400 in this protocol naming the first field of the wrong JSON type
+        (a boolean is not an integer here, as in JSON)."""
+        get = obj.get
+        for name, types in self.body_shape.items():
+            value = get(name)
+            if value is not None and type(value) not in types:
+                if isinstance(value, types) and type(value) is not bool:
+                    continue        # a subclass (never from JSON parsing)
+                wanted = " or ".join(_JSON_TYPE_NAMES[t] for t in types)
+                raise ClientError(400, f"Invalid {self.request_name}: `{name}` must be {wanted}, not "
+                                       f"{_json_type_name(value)}.", "invalid_request", param=name)
 
     # ---- inbound ---------------------------------------------------------
     def inbound_key(self, headers: Headers, query: bytes) -> str | None:

@@ -151,6 +151,8 @@ def model_path(base_path: str, model: str, action: str) -> str:
 class BedrockDialect(Dialect):
     name = "bedrock"
     request_name = "Converse request"
+    # model and streaming are in the path
+    body_shape = {"messages": (list,), "system": (list,), "inferenceConfig": (dict,), "toolConfig": (dict,)}
     kind_status = ERRORS.status
     error_headers_kept = (b"x-amzn-errortype",)     # botocore names the exception from it
 

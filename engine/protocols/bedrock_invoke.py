@@ -49,6 +49,8 @@ def is_messages_body(obj: dict) -> bool:
 class BedrockInvokeDialect(BedrockDialect):
     name = NAME
     request_name = "InvokeModel (Anthropic Messages) body"
+    body_shape = {"messages": (list,), "system": (str, list), "max_tokens": (int,), "tools": (list,),
+                  "anthropic_version": (str,)}
     family = P
     tool_fields = ("tools",)
     vision_markers = (b'"image"',)

@@ -53,6 +53,7 @@ class CohereDialect(Dialect):
     json_fields = ("response_format",)
     vision_markers = (b'"image_url"',)
     request_name = "v2 chat request"
+    body_shape = {"model": (str,), "stream": (bool,), "messages": (list,), "tools": (list,)}
     kind_status = ERRORS.status
     carries_signed_reasoning = False
 

@@ -93,6 +93,9 @@ class GeminiDialect(Dialect):
     vision_markers = (b'"inline_data"', b'"inlineData"')
     json_markers = (b'"responseMimeType"',)
     request_name = "generateContent request"
+    # model and streaming are in the path
+    body_shape = {"contents": (list,), "systemInstruction": (dict,), "system_instruction": (dict,),
+                  "generationConfig": (dict,), "generation_config": (dict,), "tools": (list,)}
     kind_status = ERRORS.status
     usage_field = "usageMetadata"
     daily_quota_reset = "00:00 America/Los_Angeles"   # when AI Studio's per-day quotas reset

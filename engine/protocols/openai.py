@@ -95,6 +95,8 @@ class OpenAIDialect(Dialect):
     name = "openai"
     request_name = "Chat Completions request"
     kind_status = ERRORS.status
+    body_shape = {"model": (str,), "stream": (bool,), "messages": (list,), "stream_options": (dict,),
+                  "tools": (list,)}
     forward_headers = (b"openai-organization", b"openai-project")
     carries_signed_reasoning = False      # reasoning_content has no signature
 

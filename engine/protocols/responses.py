@@ -54,6 +54,8 @@ ERRORS = ErrorTable("responses", {
 class ResponsesDialect(OpenAIDialect):
     name = "responses"
     request_name = "Responses request"
+    body_shape = {"model": (str,), "stream": (bool,), "input": (str, list), "instructions": (str,),
+                  "tools": (list,)}
     kind_status = ERRORS.status
     forward_headers = (b"openai-organization", b"openai-project")
 
