@@ -51,11 +51,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from busbar import admission, ir, lifecycle, resume, tenancy
+from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
 from busbar.item_store import decode, key_of
 from busbar.limits import DIRECT_ROUTES
-from busbar.outcome import Answered, Broken, Failed, Lost, Outcome, Saturated
+from busbar.outcome import Answered, Broken, Failed, Inexpressible, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
 from busbar.records import AttemptRecord, RequestRecord
 from busbar.relay import read_answer, relay_buffered, relay_stream
@@ -92,6 +93,7 @@ class Exchange:
         self.stream = False
         self.plan = None
         self._ir = None
+        self._inexpressible: ClientError | None = None   # the last member render that refused the request
         self.stops: list[str] | None = None   # stop strings the gateway emulates for this attempt's member
         self._warnings: list[str] = []   # fields translation dropped for the member that answers
         self._deadline = trio.CancelScope()
@@ -171,8 +173,11 @@ class Exchange:
         try:
             # a key's own `direct` decides provider/model routes (permitted above), else server.direct_routes
             direct = self.tenancy_admission.key.direct if self.tenancy_admission is not None else None
-            self.plan = self.gw.router.start(self.model, self.client.needs(self.request.body, self.obj),
-                                             trio.current_time(), direct=direct)
+            needs = self.client.needs(self.request.body, self.obj)
+            refused = self._expressible(direct)
+            if refused:
+                needs = dataclasses.replace(needs, refused=refused)
+            self.plan = self.gw.router.start(self.model, needs, trio.current_time(), direct=direct)
         except KeyError:
             provider, sep, _ = self.model.partition("/")
             if sep and provider in self.gw.providers:
@@ -207,7 +212,65 @@ class Exchange:
         self.hedging = self.gw.hedging.get(self.model)
         if self.hedging is not None:
             self.hedging.credit()            # each request earns the pool its share of hedges
-        self.lifecycle.fire("route", self.model)
+        note = self.model
+        if self.record.filtered:
+            note += "; skipped (cannot express it): " + ", ".join(
+                f"{f['member']} ({f['protocol']}: {f['field']})" for f in self.record.filtered)
+        self.lifecycle.fire("route", note[:300])
+
+    def _expressible(self, direct: bool | None) -> frozenset[str]:
+        """The member protocols that cannot say this request
+        (busbar.protocols.expressible), for routing to skip; each skipped
+        member goes on the request's record.  When no member of the route
+        can say it, the request is refused here, naming the field, in the
+        client's protocol (a pool with `unsupported: drop` prefers the
+        members that can and otherwise sends it with the drops).  Free when
+        every member speaks the client's protocol (passthrough says anything)."""
+        try:
+            members = self.gw.router.members(self.model, direct)
+        except KeyError:
+            return frozenset()          # no such route: `start` says so
+        client = self.client.name
+        foreign = {m.protocol for m in members if m.protocol != client}
+        if not foreign:
+            return frozenset()
+        req = self._request_ir()
+        if req is None:
+            return frozenset()
+        policy = self.gw.pool_policies.get(self.model, "degrade")
+        features = expressible.required(req, policy)
+        if not features:
+            return frozenset()
+        why = {}
+        for protocol in foreign:
+            refusal = expressible.refusal(features, protocol)
+            if refusal is not None:
+                why[protocol] = refusal
+        if not why:
+            return frozenset()
+        skipped = [m for m in members if m.protocol in why]
+        if len(skipped) == len(members) and policy == "drop":
+            return frozenset()          # nobody can: sent anyway, with the drops in warnings
+        self.record.filtered = [{"member": m.id, "protocol": m.protocol, "field": why[m.protocol][0],
+                                 "reason": why[m.protocol][1]} for m in skipped]
+        if len(skipped) == len(members):
+            first = skipped[0]
+            field, reason = why[first.protocol]
+            raise ClientError(400, f"Field '{field}' cannot be translated to the {first.protocol} protocol: {reason}; "
+                                   f"no member of `{self.model}` can express it ("
+                                   + ", ".join(f"{m.id}: {m.protocol}" for m in skipped) + ").", param=field)
+        return frozenset(why)
+
+    def _request_ir(self):
+        """The client's request as chat IR, parsed once for every attempt; None
+        when it is another operation or does not parse (a passthrough member
+        may still take it; a translated one refuses it at its render)."""
+        if self._ir is None:
+            try:
+                self._ir = self.client.parse_request(self.obj, self.params)
+            except ClientError:
+                return None
+        return self._ir if type(self._ir) is ir.Request else None
 
     async def _resolve_references(self) -> None:
         """Earlier items the request sends back by id (Responses `item_reference`,
@@ -495,7 +558,12 @@ class Exchange:
                 parts = up.split(self._parsed())
                 if len(parts) > 1:      # more inputs than the member takes per call (Titan)
                     return await self._fan_out(attempt, rec, provider, up, parts, t0)
-            target, headers, body = self._build(attempt, provider, up)
+            try:
+                target, headers, body = self._build(attempt, provider, up)
+            except ClientError as err:
+                if up is self.client or not self._restored:
+                    raise               # the client's request itself (it does not parse), not this member
+                return Inexpressible(err)
             stops, warnings = self.stops, self._warnings     # this attempt's (a hedge builds its own)
             pool = self.gw.upstream.pool(provider.origin, provider.max_connections, provider.transport)
             try:
@@ -759,6 +827,18 @@ class Exchange:
             rec.message = f"no connection slot within {outcome.waited:g}s"
             self.lifecycle.fire("fault", f"{attempt.member_id}: saturated")
             return
+        if kind is Inexpressible:
+            # its render refused what routing's check let through: another member may say it
+            err = self._inexpressible = outcome.error
+            self.plan.inexpressible(attempt, now)
+            rec.outcome = "inexpressible"
+            rec.message = err.message[:200]
+            self.record.filtered.append({"member": attempt.member_id, "protocol": attempt.protocol,
+                                         "field": err.param, "reason": err.message[:200]})
+            log.info("request %s: %s cannot express it: %s", self.record.id, attempt.member_id, err.message)
+            if self._race is None or not self._race.live:
+                self.lifecycle.fire("fault", f"{attempt.member_id}: inexpressible")
+            return
         fault = outcome.fault
         consequence = self.plan.report(attempt, fault, now)
         if consequence.alert:
@@ -819,6 +899,8 @@ class Exchange:
 
     def _exhausted_error(self, step: Exhausted) -> ClientError:
         fault = step.last_fault
+        if fault is None and self._inexpressible is not None:
+            return self._inexpressible        # no member left that can say it: the render's own 400
         if step.kind == "incapable" and fault is None:
             # no member is large (or able) enough: the request's problem, not a backend's
             return ClientError(400, step.reason[:1].upper() + step.reason[1:] + ".", "invalid_request", param="messages",

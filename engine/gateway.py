@@ -146,6 +146,11 @@ class Gateway:
                 raise ConfigError(f"{config.source}: auth.aws_credentials[{i}].key_id",
                                   f"no client key with id {c['key_id']!r} in auth.keys")
         self.pool_policies = {name: pool.get("unsupported", "degrade") for name, pool in config.pools.items()}
+        # what each member protocol cannot express, compiled from its renderer now rather
+        # than on a request (busbar.protocols.expressible: routing skips those members)
+        from busbar.protocols import expressible
+        for protocol in {spec["protocol"] for spec in config.providers.values()}:
+            expressible.cannot(protocol)
         # signed reasoning kept for clients whose protocol cannot carry it (kept across reloads
         # by the App); pools may turn it off (`keep_reasoning: false`)
         from busbar.reasoning_store import ReasoningStore

@@ -69,4 +69,15 @@ class Saturated:
     waited: float
 
 
-Outcome = Answered | Failed | Broken | Lost | Saturated
+@dataclass(frozen=True, slots=True)
+class Inexpressible:
+    """The member's protocol could not express the request: its render
+    refused it (a feature the routing check `busbar.protocols.expressible`
+    has no exemplar for).  Nothing was sent; the member sits out this
+    request unblamed and the request goes to a member that can say it, or
+    ends with this error when none is left."""
+
+    error: object               # the render's ClientError, naming the field
+
+
+Outcome = Answered | Failed | Broken | Lost | Saturated | Inexpressible

@@ -45,6 +45,9 @@ class RequestRecord:
     # each resume of a broken stream: {"from", "to", "after_chars", "trimmed", "fault", "added_ms"}
     resumed: list = field(default_factory=list)
     cache: str = ""               # the response cache's verdict (hit, miss, refresh, bypass, skip); "" without one
+    # members routing skipped because their protocol cannot express the request:
+    # {"member", "protocol", "field" (IR path), "reason"} (busbar.protocols.expressible)
+    filtered: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "client_protocol": self.client_protocol, "pool": self.pool, "stream": self.stream,
@@ -61,6 +64,7 @@ class RequestRecord:
                 **({"key_id": self.tenant, "cost_usd": self.cost_usd} if self.tenant else {}),
                 **({"resumed": self.resumed} if self.resumed else {}),
                 **({"cache": self.cache} if self.cache else {}),
+                **({"filtered": self.filtered} if self.filtered else {}),
                 **({"error": self.error} if self.error else {})}
 
 

@@ -72,7 +72,9 @@ class PlanError(RuntimeError):
 class Needs:
     """What a request requires of a member.  `tokens` is the gateway's
     estimate of prompt plus requested output; a member whose `context` is
-    smaller is skipped.  Members that declare no capabilities take anything."""
+    smaller is skipped.  Members that declare no capabilities take anything.
+    `refused`: the member protocols that cannot express this request
+    (`busbar.protocols.expressible`); members speaking them are skipped."""
 
     tokens: int = 0
     tools: bool = False
@@ -80,6 +82,7 @@ class Needs:
     json: bool = False
     reasoning: bool = False
     documents: bool = False
+    refused: frozenset[str] = frozenset()
 
     def capabilities(self) -> frozenset[str]:
         return frozenset(name for name in ("tools", "vision", "json", "reasoning", "documents")
@@ -87,6 +90,8 @@ class Needs:
 
     def describe(self) -> str:
         parts = [f"~{self.tokens} tokens"] if self.tokens else []
+        if self.refused:
+            parts.append("not expressible in " + "/".join(sorted(self.refused)))
         return ", ".join(parts + sorted(self.capabilities())) or "nothing special"
 
 
@@ -174,6 +179,7 @@ class Plan:
         self.pipeline: Pipeline = node.pipeline
         self.needs = needs
         self._caps = needs.capabilities()
+        self._refused = needs.refused
         self._min_context = needs.tokens
         self.started = now
         self.deadline_at = now + self.pipeline.deadline
@@ -213,6 +219,8 @@ class Plan:
 
     # ---- which members can go ------------------------------------------
     def _capable(self, leaf: Member) -> bool:
+        if self._refused and leaf.protocol in self._refused:
+            return False
         return leaf.capable(self._caps, self._min_context)
 
     def _usable(self, leaf: Member, now: float) -> bool:
@@ -503,6 +511,17 @@ class Plan:
         if attempt.kind == "member":
             self.member_attempts -= 1
 
+    def inexpressible(self, attempt: Attempt, now: float) -> None:
+        """`attempt`'s member cannot express the request (its protocol's
+        render refused it before anything was sent): freed unblamed, left
+        out of this plan, its retry budget given back."""
+        self.release(attempt, now)
+        attempt.key.quota.settle(attempt.charge, 0)
+        self.history[-1] = (attempt.member.id, attempt.key.id, "inexpressible")
+        self._tried.add(attempt.member.target.key)
+        if attempt.kind == "member":
+            self.member_attempts -= 1
+
     def release(self, attempt: Attempt, now: float) -> None:
         """An attempt abandoned without an outcome (client gone, hedge lost,
         cancelled): free its in-flight slot and breaker probe, blame nobody."""
@@ -538,6 +557,7 @@ class Router:
         # attempts on keys with limits carry candidates for the cluster to choose from
         self.shared_quota = False
         self._direct: OrderedDict[str, PoolNode] = OrderedDict()
+        self._route_members: dict[str, tuple[Member, ...]] = {}
         self._members_by_target: dict[tuple[str, str], Member] = {}
         for node in self.pools.values():
             for leaf in node.leaves:
@@ -738,6 +758,29 @@ class Router:
         if node is None:
             raise KeyError(model)
         return Plan(self, node, needs or Needs(), now)
+
+    def members(self, model: str, direct: bool | None = None) -> tuple[Member, ...]:
+        """Every member a request to `model` may reach: its pool's, then its
+        fallback pools' (in that order, each once).  Raises KeyError
+        (`direct` as for `start`)."""
+        found = self._route_members.get(model)
+        if found is not None:
+            return found
+        node = self._node(model, direct)
+        if node is None:
+            raise KeyError(model)
+        leaves: list[Member] = []
+        seen: set[str] = set()
+        while node.name not in seen:
+            seen.add(node.name)
+            leaves.extend(leaf for leaf in node.leaves if all(leaf is not other for other in leaves))
+            if node.on_exhausted.action != "fallback":
+                break
+            node = self.pools[node.on_exhausted.pool]
+        found = tuple(leaves)
+        if model in self.pools:          # direct routes come and go (LRU): not kept here
+            self._route_members[model] = found
+        return found
 
     def pipeline_for(self, model: str) -> Pipeline:
         node = self._node(model)

@@ -1,0 +1,218 @@
+"""Members that can say it (issue 19): routing skips the members whose
+protocol cannot express a request, and refuses it, naming the field, only
+when no member can.  The check (busbar.protocols.expressible) is compiled
+from each protocol's own renderer; the property test proves the two agree."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from busbar import ir
+from busbar.faults import ClientError
+from busbar.mock import MockVendor
+from busbar.protocols import expressible, get_dialect
+from busbar.routing import Needs, Router
+from harness import gateway_with, last_record, sdk
+from strategies import CAPS, PROTOCOLS, ir_request
+
+
+def _renders(req: ir.Request, protocol: str, policy: str = "degrade") -> bool:
+    dialect = get_dialect(protocol)
+    if dialect.stop_emulated:      # the gateway cuts the answer itself (busbar.protocols.stops)
+        req.stop = None
+    try:
+        dialect.render_request(req, "model", max_tokens_default=64, unsupported=policy)
+    except ClientError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# the check agrees with the renderers
+
+@pytest.mark.pure
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(PROTOCOLS).flatmap(lambda p: ir_request(CAPS[p])), st.sampled_from(PROTOCOLS))
+def test_the_check_says_exactly_what_the_renderer_refuses(req, target):
+    """Any request any protocol can send, to any target: the routing check
+    refuses it iff the target's own render would (no member skipped that
+    could have answered, none picked that would have refused)."""
+    says = expressible.refusal(expressible.required(req), target) is None
+    assert says == _renders(req, target), (target, expressible.required(req))
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("protocol,body,refused,field", [
+    # a Gemini client's vendor-only field with a meaning: nobody else can say it
+    ("gemini", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]},
+     {"openai", "responses", "anthropic", "bedrock", "cohere"}, "safetySettings"),
+    # LangChain's empty safetySettings and candidateCount 1 say nothing: everyone can
+    ("gemini", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "safetySettings": [],
+                "generationConfig": {"candidateCount": 1}}, set(), None),
+    # OpenAI's logit_bias: only Chat Completions
+    ("openai", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"50256": -100}},
+     {"responses", "anthropic", "gemini", "bedrock", "cohere"}, "logit_bias"),
+    # Claude Code's context_management degrades (the default policy) rather than refusing
+    ("anthropic", {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}],
+                   "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}, set(), None),
+    # a named tool choice: everyone but Cohere
+    ("openai", {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                "tool_choice": {"type": "function", "function": {"name": "f"}}}, {"cohere"}, "tool_choice"),
+    # an image by URL: everyone but Bedrock
+    ("openai", {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is it"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
+     {"bedrock"}, "messages[0].content[1].url"),
+])
+def test_wire_requests_with_vendor_fields(protocol, body, refused, field):
+    req = get_dialect(protocol).parse_request(body, {"model": "m", "action": "generateContent"})
+    features = expressible.required(req)
+    for target in PROTOCOLS:
+        if target == protocol:
+            continue
+        refusal = expressible.refusal(features, target)
+        assert (refusal is None) == (target not in refused) == _renders(req, target), target
+        if refusal is not None:
+            assert refusal[0] == field
+
+
+@pytest.mark.pure
+def test_under_reject_degradable_features_count():
+    body = {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}],
+            "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}
+    req = get_dialect("anthropic").parse_request(body)
+    features = expressible.required(req, "reject")
+    assert expressible.refusal(features, "openai") == ("context_management",
+                                                       "anthropic-only field, no openai equivalent")
+    assert not _renders(req, "openai", "reject")
+    assert expressible.refusal(features, "anthropic") is None
+
+
+# ---------------------------------------------------------------------------
+# routing skips the refused protocols (I/O-free, injected)
+
+CONFIG = {
+    "providers": {"co": {"protocol": "cohere", "base_url": "{a}", "key": "k1"},
+                  "oa": {"protocol": "openai", "base_url": "{b}/v1", "key": "k2"}},
+    "pools": {"mixed": {"members": [{"provider": "co", "model": "command-a"},
+                                    {"provider": "oa", "model": "gpt-x"}]},
+              "only_cohere": {"members": [{"provider": "co", "model": "command-a"}]}},
+}
+
+
+@pytest.mark.pure
+def test_a_plan_never_picks_a_refused_protocol():
+    import random
+    router = Router.from_config({**CONFIG, "providers": {
+        "co": {"protocol": "cohere", "base_url": "http://a", "key": "k"},
+        "oa": {"protocol": "openai", "base_url": "http://b", "key": "k"}}}, rng=random.Random(3))
+    picked = set()
+    for _ in range(50):
+        plan = router.start("mixed", Needs(refused=frozenset({"cohere"})), 0.0)
+        step = plan.next(0.0)
+        picked.add(step.member.protocol)
+        plan.report(step, None, 0.0)
+    assert picked == {"openai"}
+    plan = router.start("only_cohere", Needs(refused=frozenset({"cohere"})), 0.0)
+    step = plan.next(0.0)
+    assert step.kind == "incapable" and "not expressible in cohere" in step.reason
+    assert [m.protocol for m in router.members("mixed")] == ["cohere", "openai"]
+
+
+# ---------------------------------------------------------------------------
+# over sockets, with the official SDKs
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "look it up",
+                                           "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+
+
+@pytest.mark.sdk
+async def test_named_tool_choice_goes_to_the_member_that_can_say_it():
+    """Pool [cohere, openai], an Anthropic client forcing a named tool:
+    every request goes to the OpenAI member (both translated), none fails."""
+    import anthropic
+    a, b = MockVendor(reply="from cohere"), MockVendor(reply="from openai")
+    async with gateway_with(CONFIG, a=a, b=b) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="client-key", max_retries=0)
+        for _ in range(12):
+            msg = await sdk(lambda: client.messages.create(
+                model="mixed", max_tokens=64, messages=[{"role": "user", "content": "find x"}],
+                tools=[{"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}],
+                tool_choice={"type": "tool", "name": "lookup"}))
+            assert msg.type == "message"
+        record = await last_record(gw)
+        assert not a.received and len(b.received) == 12
+        # the same pool without a named choice uses both members
+        for _ in range(12):
+            await sdk(lambda: client.messages.create(model="mixed", max_tokens=64,
+                                                     messages=[{"role": "user", "content": "hi"}]))
+    assert a.received and all(r["protocol"] == "cohere" for r in a.received)
+    assert record["final_member"] == "mixed/oa/gpt-x"
+    assert record["filtered"] == [{"member": "mixed/co/command-a", "protocol": "cohere", "field": "tool_choice",
+                                   "reason": "Cohere cannot force a specific tool"}]
+    route = next(s for s in record["path"] if s["state"] == "routed")
+    assert "mixed/co/command-a (cohere: tool_choice)" in route["note"]
+
+
+@pytest.mark.sdk
+async def test_image_url_goes_to_anthropic_not_bedrock():
+    import openai
+    config = {"providers": {
+        "br": {"protocol": "bedrock", "base_url": "{a}", "region": "us-east-1", "access_key_id": "AKIDVENDOR",
+               "secret_access_key": "vendor-secret"},
+        "an": {"protocol": "anthropic", "base_url": "{b}", "key": "k"}},
+        "pools": {"claude": {"strategy": "round_robin", "members": [
+            {"provider": "br", "model": "anthropic.claude-x"}, {"provider": "an", "model": "claude-x"}]}}}
+    a = MockVendor(reply="from bedrock", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    b = MockVendor(reply="from anthropic")
+    async with gateway_with(config, a=a, b=b) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="client-key", max_retries=0)
+        for _ in range(8):
+            out = await sdk(lambda: client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]))
+            assert out.choices[0].message.content == "from anthropic"
+        record = await last_record(gw)
+    assert not a.received and len(b.received) == 8
+    assert record["filtered"][0]["member"] == "claude/br/anthropic.claude-x"
+    assert record["filtered"][0]["field"] == "messages[0].content[1].url"
+
+
+@pytest.mark.sdk
+async def test_no_member_can_say_it_is_a_400_naming_the_field():
+    import openai
+    a, b = MockVendor(), MockVendor()
+    async with gateway_with(CONFIG, a=a, b=b) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="client-key", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as exc:
+            await sdk(lambda: client.chat.completions.create(
+                model="only_cohere", messages=[{"role": "user", "content": "find x"}], tools=TOOLS,
+                tool_choice={"type": "function", "function": {"name": "lookup"}}))
+        record = await last_record(gw)
+    err = exc.value.body
+    assert err["param"] == "tool_choice"
+    assert "cannot be translated to the cohere protocol" in err["message"]
+    assert "no member of `only_cohere` can express it" in err["message"]
+    assert not a.received
+    assert record["status"] == 400 and record["state"] == "failed" and not record["attempts"]
+    assert record["filtered"] == [{"member": "only_cohere/co/command-a", "protocol": "cohere",
+                                   "field": "tool_choice", "reason": "Cohere cannot force a specific tool"}]
+
+
+@pytest.mark.sdk
+async def test_a_pool_that_drops_prefers_members_that_can_and_else_sends_with_the_drop():
+    import openai
+    config = {**CONFIG, "pools": {**CONFIG["pools"],
+                                  "dropping": {"unsupported": "drop", "members": [{"provider": "co", "model": "c"}]}}}
+    a, b = MockVendor(reply="dropped it"), MockVendor()
+    async with gateway_with(config, a=a, b=b) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="client-key", max_retries=0)
+        raw = await sdk(lambda: client.chat.completions.with_raw_response.create(
+            model="dropping", messages=[{"role": "user", "content": "find x"}], tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "lookup"}}))
+        record = await last_record(gw)
+    assert raw.parse().choices[0].message.content == "dropped it"
+    assert "dropped 'tool_choice'" in raw.headers["x-busbar-warning"]
+    assert "filtered" not in record
