@@ -216,3 +216,36 @@ async def test_a_pool_that_drops_prefers_members_that_can_and_else_sends_with_th
     assert raw.parse().choices[0].message.content == "dropped it"
     assert "dropped 'tool_choice'" in raw.headers["x-busbar-warning"]
     assert "filtered" not in record
+
+
+@pytest.mark.sdk
+async def test_a_render_refusal_the_check_missed_sits_the_member_out_unblamed():
+    """A text/plain document whose data is not base64 UTF-8: the check (by
+    kind) lets Anthropic have it, its render refuses the bytes.  The member
+    sits out unblamed (no breaker, no budget) and the next member answers;
+    with no other member, the render's own 400 names the field."""
+    import openai
+    config = {"providers": {"an": {"protocol": "anthropic", "base_url": "{a}", "key": "k"},
+                            "ge": {"protocol": "gemini", "base_url": "{b}", "key": "k"}},
+              "pools": {"p": {"strategy": "ordered", "members": [{"provider": "an", "model": "claude-x", "priority": 0},
+                                                                 {"provider": "ge", "model": "gem-x", "priority": 1}]},
+                        "alone": {"members": [{"provider": "an", "model": "claude-x"}]}}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "read it"}, {"type": "file", "file": {
+        "file_data": "data:text/plain;base64,@@not-base64@@", "filename": "a.txt"}}]}]
+    a, b = MockVendor(), MockVendor(reply="from gemini")
+    async with gateway_with(config, a=a, b=b) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="client-key", max_retries=0)
+        out = await sdk(lambda: client.chat.completions.create(model="p", messages=messages))
+        record = await last_record(gw)
+        with pytest.raises(openai.BadRequestError) as exc:
+            await sdk(lambda: client.chat.completions.create(model="alone", messages=messages))
+        alone = await last_record(gw)
+        breaker = gw.gateway.router.snapshot(0)["pools"]["p"]["members"][0]["breaker"]
+    assert out.choices[0].message.content == "from gemini"
+    assert not a.received and len(b.received) == 1
+    assert [(x["member"], x["outcome"]) for x in record["attempts"]] == [("p/an/claude-x", "inexpressible"),
+                                                                       ("p/ge/gem-x", "ok")]
+    assert record["filtered"][0]["field"] == "messages[0].content[1].data"
+    assert exc.value.body["param"] == "messages[0].content[1].data"
+    assert alone["status"] == 400 and alone["attempts"][0]["outcome"] == "inexpressible"
+    assert breaker["state"] == "closed"
