@@ -1,9 +1,10 @@
 """ADR 0022's expressibility check per request (pure, no I/O): what routing pays to
 skip the members whose protocol cannot say a request.  Median of 5 runs x N, µs per call.
 
-The IR parse is not counted: a request to a pool with a member of another protocol
-is parsed for that member's render anyway; the check adds `required` once and
-`refusal` once per distinct member protocol.  A pool whose members all speak the
+The IR parse is shown apart: a request to a pool with a member of another protocol
+is parsed for that member's render anyway (the check parses it first, once); it is
+extra only when a same-protocol (passthrough) member of a mixed pool answers.  The
+check adds `required` once and `refusal` once per distinct member protocol.  A pool whose members all speak the
 client's protocol pays nothing (the check is skipped).
 
 Usage: python bench/bench_expressible.py [N]
@@ -65,6 +66,10 @@ def main(n):
         expressible.refusal(f, "cohere")
         expressible.refusal(f, "anthropic")
     measure("a pool of two other protocols: required + 2 x refusal", two_member_pool, n)
+    openai = get_dialect("openai")
+    obj = orjson.loads(orjson.dumps(OPENAI))
+    measure("parse_request (paid extra only when a passthrough member answers)",
+            lambda: openai.parse_request(obj), n)
     small = get_dialect("anthropic").parse_request({"model": "m", "max_tokens": 9,
                                                     "messages": [{"role": "user", "content": "say hi"}]})
     measure("a one-turn text request: required + 2 x refusal",
