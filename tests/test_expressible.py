@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from busbar import ir
 from busbar.faults import ClientError
 from busbar.mock import MockVendor
-from busbar.protocols import expressible, get_dialect
+from busbar.protocols import PROTOCOLS as TARGETS, expressible, get_dialect
 from busbar.routing import Needs, Router
 from harness import gateway_with, last_record, sdk
 from strategies import CAPS, PROTOCOLS, ir_request
@@ -32,7 +32,7 @@ def _renders(req: ir.Request, protocol: str, policy: str = "degrade") -> bool:
 
 @pytest.mark.pure
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.sampled_from(PROTOCOLS).flatmap(lambda p: ir_request(CAPS[p])), st.sampled_from(PROTOCOLS))
+@given(st.sampled_from(PROTOCOLS).flatmap(lambda p: ir_request(CAPS[p])), st.sampled_from(TARGETS))
 def test_the_check_says_exactly_what_the_renderer_refuses(req, target):
     """Any request any protocol can send, to any target: the routing check
     refuses it iff the target's own render would (no member skipped that
@@ -46,13 +46,13 @@ def test_the_check_says_exactly_what_the_renderer_refuses(req, target):
     # a Gemini client's vendor-only field with a meaning: nobody else can say it
     ("gemini", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
                 "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]},
-     {"openai", "responses", "anthropic", "bedrock", "cohere"}, "safetySettings"),
+     {"openai", "responses", "anthropic", "bedrock", "cohere", "bedrock-invoke"}, "safetySettings"),
     # LangChain's empty safetySettings and candidateCount 1 say nothing: everyone can
     ("gemini", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "safetySettings": [],
                 "generationConfig": {"candidateCount": 1}}, set(), None),
     # OpenAI's logit_bias: only Chat Completions
     ("openai", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"50256": -100}},
-     {"responses", "anthropic", "gemini", "bedrock", "cohere"}, "logit_bias"),
+     {"responses", "anthropic", "gemini", "bedrock", "cohere", "bedrock-invoke"}, "logit_bias"),
     # Claude Code's context_management degrades (the default policy) rather than refusing
     ("anthropic", {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}],
                    "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}, set(), None),
@@ -69,7 +69,7 @@ def test_the_check_says_exactly_what_the_renderer_refuses(req, target):
 def test_wire_requests_with_vendor_fields(protocol, body, refused, field):
     req = get_dialect(protocol).parse_request(body, {"model": "m", "action": "generateContent"})
     features = expressible.required(req)
-    for target in PROTOCOLS:
+    for target in TARGETS:
         if target == protocol:
             continue
         refusal = expressible.refusal(features, target)
