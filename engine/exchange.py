@@ -256,9 +256,10 @@ class Exchange:
         if len(skipped) == len(members):
             first = skipped[0]
             field, reason = why[first.protocol]
-            raise ClientError(400, f"Field '{field}' cannot be translated to the {first.protocol} protocol: {reason}; "
-                                   f"no member of `{self.model}` can express it ("
-                                   + ", ".join(f"{m.id}: {m.protocol}" for m in skipped) + ").", param=field)
+            raise self.client.client_error(ClientError(
+                400, f"Field '{field}' cannot be translated to the {first.protocol} protocol: {reason}; "
+                     f"no member of `{self.model}` can express it ("
+                + ", ".join(f"{m.id}: {m.protocol}" for m in skipped) + ").", param=field), self.obj)
         return frozenset(why)
 
     def _request_ir(self):

@@ -245,7 +245,30 @@ async def test_a_render_refusal_the_check_missed_sits_the_member_out_unblamed():
     assert not a.received and len(b.received) == 1
     assert [(x["member"], x["outcome"]) for x in record["attempts"]] == [("p/an/claude-x", "inexpressible"),
                                                                        ("p/ge/gem-x", "ok")]
-    assert record["filtered"][0]["field"] == "messages[0].content[1].data"
-    assert exc.value.body["param"] == "messages[0].content[1].data"
+    # the render's refusal, named in the client's terms (busbar.protocols.paths)
+    assert record["filtered"][0]["field"] == "messages[0].content[1]"
+    assert exc.value.body["param"] == "messages[0].content[1]"
     assert alone["status"] == 400 and alone["attempts"][0]["outcome"] == "inexpressible"
     assert breaker["state"] == "closed"
+
+
+@pytest.mark.sdk
+async def test_the_400_names_the_field_in_the_clients_terms():
+    """A google-genai client sending an image by URL to a pool of Bedrock
+    only: refused before any attempt, the field named as the client sent it."""
+    from google import genai
+    from google.genai import errors, types
+    config = {"providers": {"br": {"protocol": "bedrock", "base_url": "{a}", "region": "us-east-1",
+                                   "access_key_id": "AKIDVENDOR", "secret_access_key": "vendor-secret"}},
+              "pools": {"br-only": {"members": [{"provider": "br", "model": "anthropic.claude-x"}]}}}
+    a = MockVendor(aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(config, a=a) as gw:
+        client = genai.Client(api_key="client-key", http_options=types.HttpOptions(base_url=gw.url))
+        with pytest.raises(errors.ClientError) as exc:
+            await sdk(lambda: client.models.generate_content(model="br-only", contents=[
+                "what is it", types.Part.from_uri(file_uri="https://example.com/cat.png", mime_type="image/png")]))
+        record = await last_record(gw)
+    assert exc.value.code == 400
+    assert "Field 'contents[0].parts[1].fileData.file_uri'" in exc.value.message, exc.value.message   # as it sent it
+    assert "no member of `br-only` can express it" in exc.value.message
+    assert not a.received and record["filtered"][0]["protocol"] == "bedrock"
