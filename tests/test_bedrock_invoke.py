@@ -99,6 +99,18 @@ def test_cache_breakpoints_and_signed_thinking_cross_to_converse_and_back():
 
 
 @pytest.mark.pure
+def test_the_anthropic_sdks_own_version_is_kept_for_bedrock():
+    """AnthropicBedrock sends its API version date as anthropic_version (not AWS's
+    bedrock-2023-05-31): an invoke member gets it back as the client sent it."""
+    from anthropic._constants import ANTHROPIC_API_VERSION
+    body = {"anthropic_version": ANTHROPIC_API_VERSION, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    req = INV.parse_request(body, {"action": "invoke"})
+    assert orjson.loads(INV.render_request(req, "m")[0])["anthropic_version"] == ANTHROPIC_API_VERSION
+    assert "anthropic_version" not in orjson.loads(AN.render_request(req, "m")[0])
+    S.assert_valid("bedrock-invoke", "request", body)
+
+
+@pytest.mark.pure
 def test_the_body_picks_the_dialect():
     assert INV.for_body(CLAUDE_CODE_BODY) is INV
     assert INV.for_body({"max_tokens": 5, "messages": []}) is INV
@@ -506,3 +518,33 @@ async def test_an_anthropic_clients_betas_reach_claude_on_bedrock_and_back():
     seen = mock.received[-1]
     assert seen["headers"]["anthropic-beta"] == "context-1m-2025-08-07"
     assert "anthropic_beta" not in seen["body"] and "anthropic_version" not in seen["body"]
+
+
+@pytest.mark.integration
+async def test_the_simulated_bedrock_refuses_an_invoke_body_with_model_or_stream_as_bedrock_does():
+    """So a gateway that leaked Anthropic's envelope into InvokeModel would fail here."""
+    import httpx
+    mock = MockVendor()
+    async with trio_vendor(mock) as url:
+        async with httpx.AsyncClient() as http:
+            bad = await http.post(url + "/model/anthropic.claude-x/invoke", json={
+                "model": "m", "stream": True, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+            good = await http.post(url + "/model/anthropic.claude-x/invoke", json={
+                "anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    assert bad.status_code == 400 and bad.headers["x-amzn-errortype"] == "ValidationException"
+    assert "extraneous key [model]" in bad.json()["message"] and "[anthropic_version] not found" in bad.json()["message"]
+    assert good.status_code == 200 and good.json()["type"] == "message"
+
+
+from contextlib import asynccontextmanager  # noqa: E402
+
+
+@asynccontextmanager
+async def trio_vendor(mock):
+    import trio
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mock.serve, "127.0.0.1", 0)
+        try:
+            yield mock.url
+        finally:
+            nursery.cancel_scope.cancel()

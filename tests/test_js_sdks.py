@@ -1,6 +1,6 @@
 """The official JavaScript SDKs and the Vercel AI SDK as clients (issue 19):
 each drives text and a tool round trip, buffered and streamed, against
-simulated vendors of all six protocols, sending back its own response objects.
+simulated vendors of all seven protocols, sending back its own response objects.
 `.ci/run` installs them with `npm ci` into tests/js (package-lock.json); one
 node process per SDK runs all its cases (tests/js/sdk_matrix.mjs)."""
 from __future__ import annotations
@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.sdk, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
               pytest.mark.skipif(not (JS / "node_modules").is_dir(),
                                  reason="JS SDKs not installed (run `npm ci` in tests/js; .ci/run does)")]
-VENDORS = ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere")
-SDKS = ("openai-chat", "openai-responses", "anthropic", "google-genai", "cohere", "bedrock",
+VENDORS = ("openai", "responses", "anthropic", "gemini", "bedrock", "cohere", "bedrock-invoke")
+SDKS = ("openai-chat", "openai-responses", "anthropic", "google-genai", "cohere", "bedrock", "bedrock-invoke",
         "ai-openai-chat", "ai-openai-responses", "ai-anthropic", "ai-google")
 REPLY = "Hello from the simulated vendor."
 
@@ -30,7 +30,7 @@ def config() -> dict:
     providers, pools = {}, {}
     for proto in VENDORS:
         provider = {"protocol": proto, "base_url": "{a}/v1" if proto in ("openai", "responses") else "{a}"}
-        if proto == "bedrock":
+        if proto in ("bedrock", "bedrock-invoke"):
             provider.update(region="us-east-1", access_key_id="AKIDVENDOR", secret_access_key="vendor-secret")
         else:
             provider["key"] = "vendor-key"

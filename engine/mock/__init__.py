@@ -203,6 +203,9 @@ class MockVendor:
             return await responder.send(*vendor.dialect.render_error(err))
         if body_dialect is not vendor.dialect:
             return await responder.send(*vendor.answer_operation(params, obj, model, body_dialect))
+        refused = vendor.refusal(obj)
+        if refused is not None:
+            return await responder.send(*refused)
         thought = None
         if self.think:
             thought = vendors.ir.Reasoning(f"Thinking it over ({self.name}).", self.signature, vendor.dialect.family)

@@ -4,6 +4,7 @@ the official SDKs accept), plus each vendor's real error bodies (statuses
 and strings from shared/reference/protocols.md)."""
 from __future__ import annotations
 
+import re
 import uuid
 
 import orjson
@@ -145,6 +146,24 @@ class Vendor:
                     (b"anthropic-ratelimit-requests-remaining", str(remaining).encode()),
                     (b"anthropic-ratelimit-requests-reset", at.encode())]
         return []
+
+    def refusal(self, obj: dict):
+        """The vendor's own 400 for a body it refuses before reading it, or None:
+        Claude on Bedrock's InvokeModel checks its envelope (no `model`, no
+        `stream`, an `anthropic_version`: `bedrock-2023-05-31`, or the dated API
+        version the anthropic SDK's AnthropicBedrock sends), as Bedrock does."""
+        if self.protocol != "bedrock-invoke":
+            return None
+        problems = [f"#: extraneous key [{k}] is not permitted" for k in ("model", "stream") if k in obj]
+        version = obj.get("anthropic_version")
+        if version is None:
+            problems.append("#: required key [anthropic_version] not found")
+        elif not isinstance(version, str) or not re.fullmatch(r"(bedrock-)?\d{4}-\d{2}-\d{2}", version):
+            problems.append(f"#/anthropic_version: {version} is not a valid version")
+        if not problems:
+            return None
+        return self.error("invalid", "Malformed input request: " + ", ".join(problems)
+                          + ", please reformat your input and try again.")
 
     def last_user_text(self, obj: dict, params: dict) -> str:
         try:

@@ -2,8 +2,9 @@
 `/model/{modelId}/invoke-with-response-stream`): the seventh dialect.
 
 The body is Anthropic Messages (the Anthropic codec parses and renders it)
-with Bedrock's three differences: `anthropic_version: "bedrock-2023-05-31"`
-in the body, no `model` (it is in the path) and no `stream` (the path says
+with Bedrock's three differences: `anthropic_version` in the body
+(`"bedrock-2023-05-31"` in AWS's guide; the anthropic SDK's AnthropicBedrock
+sends its own API version date, kept as it is), no `model` (it is in the path) and no `stream` (the path says
 it), and the beta flags as a body field `anthropic_beta` instead of the
 `anthropic-beta` header.  Everything around the body is Bedrock's
 (`BedrockDialect`): SigV4 (`busbar.aws.sigv4`), the model and the stream
@@ -108,13 +109,19 @@ class BedrockInvokeDialect(BedrockDialect):
 
 def _parse_request(obj: dict) -> ir.Request:
     beta = obj.get("anthropic_beta")
-    if "anthropic_version" in obj or beta is not None:
+    version = obj.get("anthropic_version")
+    if version is not None or beta is not None:
         obj = {k: v for k, v in obj.items() if k not in _BEDROCK_KEYS}
     req = anthropic._parse_request(obj)
     if beta:
         if not isinstance(beta, list) or not all(isinstance(b, str) for b in beta):
             raise c.bad("anthropic_beta", "must be an array of strings")
         req.extras = c.with_note(req.extras, P, "$beta", beta)
+    if version is not None and version != BEDROCK_VERSION:
+        if not isinstance(version, str):
+            raise c.bad("anthropic_version", "must be a string")
+        # the anthropic SDK's AnthropicBedrock sends its API version date here; kept for Bedrock
+        req.extras = c.with_note(req.extras, P, "$bedrock_version", version)
     return req
 
 
@@ -122,7 +129,7 @@ def _render_request(req: ir.Request, model: str, max_tokens_default, ctx: c.Rend
     body = anthropic._render_request(req, model, max_tokens_default, ctx)
     del body["model"]
     body.pop("stream", None)
-    out: dict = {"anthropic_version": BEDROCK_VERSION}
+    out: dict = {"anthropic_version": c.note(req.extras, P, "$bedrock_version") or BEDROCK_VERSION}
     betas = claude_betas(req, ctx)
     if betas:
         out["anthropic_beta"] = betas

@@ -171,6 +171,47 @@ async function bedrock() {
   };
 }
 
+// Claude on Bedrock as @aws-sdk/client-bedrock-runtime's InvokeModel takes it: an
+// Anthropic Messages body (anthropic_version, no model), streamed as chunk events
+// whose bytes are each Messages event's JSON.
+async function bedrockInvoke() {
+  const { BedrockRuntimeClient, InvokeModelCommand, InvokeModelWithResponseStreamCommand } =
+    await import("@aws-sdk/client-bedrock-runtime");
+  const { NodeHttpHandler } = await import("@smithy/node-http-handler");
+  const client = new BedrockRuntimeClient({ region: "us-east-1", endpoint: url, maxAttempts: 1,
+    credentials: { accessKeyId: "AKIDGATEWAY", secretAccessKey: "gateway-secret" }, requestHandler: new NodeHttpHandler() });
+  const tools = [{ ...TOOL, input_schema: SCHEMA }];
+  const decoder = new TextDecoder();
+  async function ask(stream, modelId, body) {
+    const input = { modelId, contentType: "application/json", accept: "application/json",
+                    body: JSON.stringify({ anthropic_version: "bedrock-2023-05-31", max_tokens: 256, ...body }) };
+    if (!stream) return JSON.parse(decoder.decode((await client.send(new InvokeModelCommand(input))).body));
+    const content = [];
+    for await (const ev of (await client.send(new InvokeModelWithResponseStreamCommand(input))).body) {
+      if (!ev.chunk) throw new Error("stream event " + JSON.stringify(ev));
+      const e = JSON.parse(decoder.decode(ev.chunk.bytes));
+      if (e.type === "content_block_start") content[e.index] = { ...e.content_block, ...(e.content_block.type === "tool_use" ? { input: "" } : {}) };
+      else if (e.type === "content_block_delta" && e.delta.type === "text_delta") content[e.index].text += e.delta.text;
+      else if (e.type === "content_block_delta" && e.delta.type === "input_json_delta") content[e.index].input += e.delta.partial_json;
+    }
+    for (const b of content) if (b?.type === "tool_use") b.input = JSON.parse(b.input || "{}");
+    return { role: "assistant", content: content.filter(Boolean) };
+  }
+  const text = (m) => m.content.filter((b) => b.type === "text").map((b) => b.text).join("");
+  return {
+    async text(model, stream) { return text(await ask(stream, model, { messages: [{ role: "user", content: "hello" }] })); },
+    async tool(model, stream) {
+      const messages = [{ role: "user", content: PROMPT }];
+      const first = await ask(stream, model, { messages, tools });
+      const use = first.content.find((b) => b.type === "tool_use");
+      if (use.input.city !== "Paris") throw new Error("bad arguments " + JSON.stringify(use.input));
+      messages.push({ role: "assistant", content: first.content });
+      messages.push({ role: "user", content: [{ type: "tool_result", tool_use_id: use.id, content: "sunny" }] });
+      return text(await ask(stream, model, { messages, tools }));
+    },
+  };
+}
+
 async function vercel(which) {
   const { generateText, streamText, tool, stepCountIs } = await import("ai");
   const { z } = await import("zod");
@@ -207,7 +248,7 @@ async function vercel(which) {
 
 const SDKS = {
   "openai-chat": openaiChat, "openai-responses": openaiResponses, "anthropic": anthropicMessages,
-  "google-genai": googleGenai, "cohere": cohere, "bedrock": bedrock,
+  "google-genai": googleGenai, "cohere": cohere, "bedrock": bedrock, "bedrock-invoke": bedrockInvoke,
   "ai-openai-chat": () => vercel("openai-chat"), "ai-openai-responses": () => vercel("openai-responses"),
   "ai-anthropic": () => vercel("anthropic"), "ai-google": () => vercel("google"),
 };
