@@ -548,3 +548,21 @@ async def trio_vendor(mock):
             yield mock.url
         finally:
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.sdk
+async def test_a_cached_pool_answers_invoke_clients_from_the_cache_buffered_and_streamed():
+    config = {"providers": {"oai": {"protocol": "openai", "base_url": "{a}/v1", "key": "k"}},
+              "pools": {"smart": {"members": [{"provider": "oai", "model": "gpt-4o"}],
+                                  "cache": {"mode": "exact", "ttl": 3600, "max_entries": 100}}}}
+    mock = MockVendor(reply="cached words here")
+    async with gateway_with(config, a=mock) as gw:
+        first = await sdk(lambda: CLIENTS["bedrock-invoke"](gw.url, "smart", "same question"))
+        again = await sdk(lambda: CLIENTS["bedrock-invoke"](gw.url, "smart", "same question"))
+        hit = await last_record(gw)
+        streamed = await sdk(lambda: CLIENTS["bedrock-invoke"](gw.url, "smart", "same question", stream=True))
+        replayed = await last_record(gw)
+        via_sdk = await sdk(lambda: anthropic_bedrock(gw.url, "smart", "same question", True))
+    assert first == again == streamed == via_sdk == "cached words here"
+    assert hit["cache"] == "hit" and replayed["cache"] == "hit"
+    assert len(mock.received) == 1

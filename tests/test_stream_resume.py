@@ -11,7 +11,7 @@ from busbar.mock import MockVendor
 from clients import CLIENTS
 from harness import gateway_with, last_record, sdk
 
-PROTOCOLS = ["openai", "anthropic", "responses", "gemini", "cohere", "bedrock"]
+PROTOCOLS = ["openai", "anthropic", "responses", "gemini", "cohere", "bedrock", "bedrock-invoke"]
 REPLY = "The quick brown fox jumps over the lazy dog and keeps running far away"
 RESUME = {"streaming": {"resume": {"max": 1, "max_added_ms": 10000}}}
 
@@ -20,7 +20,7 @@ def config(first: str, second: str, pipeline: dict | None = RESUME) -> dict:
     providers = {}
     for name, protocol, base in (("first", first, "{a}"), ("second", second, "{b}")):
         providers[name] = {"protocol": protocol, "base_url": base}
-        if protocol == "bedrock":
+        if protocol in ("bedrock", "bedrock-invoke"):
             providers[name].update(region="us-east-1", access_key_id="AKIDVENDOR", secret_access_key="vendor-secret")
         else:
             providers[name]["key"] = "k"
@@ -47,6 +47,7 @@ def assistant_turn(protocol: str, body: dict) -> str:
     ("openai", "openai", "anthropic"), ("anthropic", "anthropic", "openai"), ("responses", "responses", "gemini"),
     ("gemini", "gemini", "cohere"), ("cohere", "cohere", "bedrock"), ("bedrock", "bedrock", "responses"),
     ("openai", "gemini", "openai"), ("anthropic", "bedrock", "anthropic"),
+    ("bedrock-invoke", "bedrock-invoke", "anthropic"), ("anthropic", "bedrock-invoke", "bedrock-invoke"),
 ])
 async def test_a_stream_cut_mid_answer_is_resumed_on_another_member(client, first, second):
     a, b = vendors()
