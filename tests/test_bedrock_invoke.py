@@ -566,3 +566,47 @@ async def test_a_cached_pool_answers_invoke_clients_from_the_cache_buffered_and_
     assert first == again == streamed == via_sdk == "cached words here"
     assert hit["cache"] == "hit" and replayed["cache"] == "hit"
     assert len(mock.received) == 1
+
+
+# ---------------------------------------------------------------------------
+# Claude Code itself in Bedrock mode (issue 19): `claude -p` with CLAUDE_CODE_USE_BEDROCK and
+# the gateway as its Bedrock endpoint, against a pool of each vendor protocol
+
+
+from pathlib import Path  # noqa: E402
+
+CLAUDE_BIN = Path(__file__).parent / "js" / "node_modules" / "@anthropic-ai" / "claude-code" / "bin" / "claude.exe"
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+@pytest.mark.skipif(not CLAUDE_BIN.is_file(), reason="Claude Code not installed (npm ci in tests/js; .ci/run does)")
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_claude_code_in_bedrock_mode_through_a_pool_of_every_protocol(vendor, tmp_path):
+    """Its telemetry and non-essential traffic off by its documented variables, a
+    temporary HOME, dangerous tools disallowed; SigV4-signed with a gateway pair."""
+    import trio
+    reply = "Hello from the simulated vendor."
+    mock = MockVendor(reply=reply, aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    config = {**_signed(vendor), "auth": {"aws_credentials": [{"access_key_id": "AKIDGATEWAY",
+                                                               "secret_access_key": "gateway-secret"}]}}
+    async with gateway_with(config, a=mock) as gw:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CLAUDE_CODE_USE_BEDROCK": "1",
+               "ANTHROPIC_BEDROCK_BASE_URL": gw.url, "AWS_REGION": "us-east-1",
+               "AWS_ACCESS_KEY_ID": "AKIDGATEWAY", "AWS_SECRET_ACCESS_KEY": "gateway-secret",
+               "ANTHROPIC_MODEL": "smart", "ANTHROPIC_SMALL_FAST_MODEL": "smart",
+               "ANTHROPIC_DEFAULT_HAIKU_MODEL": "smart", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+        with trio.fail_after(180):
+            done = await trio.run_process(
+                [str(CLAUDE_BIN), "-p", "say hello", "--output-format", "stream-json", "--verbose",
+                 "--disallowedTools", "Bash,Edit,Write,NotebookEdit,WebFetch,WebSearch"],
+                env=env, cwd=str(tmp_path), capture_stdout=True, capture_stderr=True, check=False)
+        records = [r for r in gw.gateway.recent if r["pool"] == "smart"]
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    result = next((e for e in lines if e.get("type") == "result"), None)
+    assert done.returncode == 0 and result is not None, done.stderr.decode()[-2000:]
+    assert result["is_error"] is False and result["result"] == reply, result
+    assert records and all(r["state"] == "done" and r["client_protocol"] == "bedrock-invoke" for r in records)
+    assert {r["protocol"] for r in mock.received} == {vendor}
+    assert all(r["stream"] for r in mock.received)       # Claude Code streams (invoke-with-response-stream)
