@@ -490,7 +490,11 @@ class Exchange:
                                                                             - entry.created))]
         client = self.client
         if not self.stream:
-            body = client.render_response(response, model, self._ir)
+            if self.items is not None:       # fresh ids: kept like any answer's, for item_reference
+                body, items = client.render_response_items(response, model, self._ir)
+                await self.keep_for_next_turn(items, None)
+            else:
+                body = client.render_response(response, model, self._ir)
             await self.responder.send(200, [JSON_CT] + head, body)
             sent = len(body)
         else:
@@ -500,6 +504,8 @@ class Exchange:
             head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")] + head
             if not delay:
                 body = b"".join(encoder.encode(e) for e in events) + encoder.finish()
+                if self.items is not None:
+                    await self.keep_for_next_turn(encoder.output_items(), None)
                 await self.responder.start(200, head, body)
                 sent = len(body)
             else:
@@ -509,6 +515,8 @@ class Exchange:
                 sent = len(data)
                 for event in events[first + 1:]:
                     data = encoder.encode(event)
+                    if type(event) is ir.MessageStop and self.items is not None:
+                        await self.keep_for_next_turn(encoder.output_items(), None)
                     if data:
                         if ir.is_content(event):
                             await trio.sleep(delay)

@@ -201,3 +201,30 @@ async def test_a_vendor_reference_stays_byte_for_byte_and_still_resolves_after_a
     seen = mock.received[-1]
     assert seen["protocol"] == "anthropic"
     assert seen["body"]["messages"][1]["role"] == "assistant" and "the vendor's answer" in str(seen["body"]["messages"][1])
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "streamed"])
+async def test_an_answer_the_cache_replays_can_be_referenced_too(stream):
+    mock = MockVendor(reply="cached answer")
+    config = config_for("anthropic")
+    config["pools"]["smart"]["cache"] = {"mode": "exact", "ttl": 60}
+    async with gateway_with(config, a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+
+        def ask():
+            if not stream:
+                return client.responses.with_raw_response.create(model="smart", input="hello")
+            return client.responses.with_raw_response.create(model="smart", input="hello", stream=True)
+        await sdk(ask)
+        hit = await sdk(ask)
+        assert hit.headers["x-busbar-cache"] == "hit"
+        if stream:
+            final = [e for e in hit.parse() if e.type == "response.completed"][0].response
+        else:
+            final = hit.parse()
+        again = await sdk(lambda: client.responses.create(model="smart", input=[
+            {"role": "user", "content": "hello"}, {"type": "item_reference", "id": final.output[0].id},
+            {"role": "user", "content": "more"}]))
+    assert again.output_text == "cached answer"
+    assert "cached answer" in str(mock.received[-1]["body"]["messages"][1])
