@@ -192,6 +192,22 @@ class WatchSpec:
 HISTORY = 120
 
 
+def httpx_options(transport) -> dict:
+    """httpx.AsyncClient arguments for a provider's `upstream.Transport`:
+    its CA bundle's context and its egress proxy (credentials as a header)."""
+    import httpx
+    if transport is None:
+        return {}
+    options: dict = {}
+    if transport.ssl_context is not None:
+        options["verify"] = transport.ssl_context
+    proxy = transport.proxy
+    if proxy is not None:
+        headers = {"proxy-authorization": proxy.authorization.decode()} if proxy.authorization else None
+        options["proxy"] = httpx.Proxy(f"http://{proxy.host}:{proxy.port}", headers=headers)
+    return options
+
+
 class BackendWatcher:
     """Scrapes every self-hosted provider of the current gateway.  Owned by
     the app's nursery; reads `app.gateway` each round, so a reload's new
@@ -212,28 +228,42 @@ class BackendWatcher:
     async def run(self) -> None:
         while not self.app.gateway.watch_specs:     # nothing self-hosted (yet: a reload may add some)
             await trio.sleep(1.0)
-        import httpx
-        async with httpx.AsyncClient() as client:
-            async with trio.open_nursery() as nursery:
-                started: set[str] = set()
-                while True:
-                    for spec in self.app.gateway.watch_specs:
-                        if spec.provider not in started:
-                            started.add(spec.provider)
-                            nursery.start_soon(self._watch, client, spec.provider)
-                    await trio.sleep(1.0)
+        async with trio.open_nursery() as nursery:
+            started: set[str] = set()
+            while True:
+                for spec in self.app.gateway.watch_specs:
+                    if spec.provider not in started:
+                        started.add(spec.provider)
+                        nursery.start_soon(self._watch, spec.provider)
+                await trio.sleep(1.0)
 
     def _spec(self, provider: str) -> WatchSpec | None:
         return next((s for s in self.app.gateway.watch_specs if s.provider == provider), None)
 
-    async def _watch(self, client, provider: str) -> None:
-        while True:
-            spec = self._spec(provider)
-            if spec is None:             # removed by a reload
-                await trio.sleep(1.0)
-                continue
-            await self.scrape(client, spec)
-            await trio.sleep(spec.interval)
+    async def _watch(self, provider: str) -> None:
+        """Scrape one provider, through its transport (its `ca_bundle` and
+        `proxy`, as its requests go); a reload that changes them gets a new
+        client at the next scrape."""
+        import httpx
+        client, transport = None, None
+        try:
+            while True:
+                spec = self._spec(provider)
+                if spec is None:             # removed by a reload
+                    await trio.sleep(1.0)
+                    continue
+                built = self.app.gateway.providers.get(provider)
+                wanted = built.transport if built is not None else None
+                if client is None or wanted != transport:
+                    if client is not None:
+                        await client.aclose()
+                    client, transport = httpx.AsyncClient(**httpx_options(wanted)), wanted
+                await self.scrape(client, spec)
+                await trio.sleep(spec.interval)
+        finally:
+            if client is not None:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
 
     async def scrape(self, client, spec: WatchSpec) -> None:
         router = self.app.gateway.router

@@ -208,3 +208,29 @@ def test_no_proxy_matching_and_proxy_url_errors():
     with pytest.raises(ConfigError) as error:
         parse_config(config, "test-config")
     assert error.value.where == "test-config: providers.a.proxy"
+
+
+@pytest.mark.integration
+async def test_self_hosted_telemetry_is_scraped_with_the_providers_trust_and_proxy(tls):
+    """The background scrape of a self-hosted backend (vLLM's /metrics and
+    model listing) goes the way the provider's requests go: its ca_bundle
+    verifies the backend's certificate, its proxy carries the calls."""
+    server_ctx, ca_file = tls
+    proxy = TinyProxy(auth=AUTH)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(proxy.serve)
+        spec = {"kind": "vllm", "interval": 0.1, "timeout": 2.0}
+        config = {"providers": {"gpu": {"catalog": "vllm", "base_url": "{v}/v1", "telemetry": spec,
+                                        "ca_bundle": ca_file,
+                                        "proxy": f"http://egress:{PASSWORD}@127.0.0.1:{port}"}},
+                  "pools": {"local": {"strategy": "least_loaded", "members": [{"provider": "gpu", "model": "llama"}]}}}
+        backend = MockVendor(reply="hi", tls=server_ctx,
+                             backend={"kind": "vllm", "models": ["llama"], "running": 3, "waiting": 7})
+        async with gateway_with(config, v=backend) as gw:
+            target = gw.gateway.router.targets[("gpu", "llama")]
+            with trio.fail_after(15):
+                while target.load is None:
+                    await trio.sleep(0.05)
+            assert target.load.waiting == 7 and not target.unready
+        nursery.cancel_scope.cancel()
+    assert proxy.seen and all(seen == (b"CONNECT", f"127.0.0.1:{backend.port}".encode(), AUTH) for seen in proxy.seen)
