@@ -10,6 +10,7 @@ process; the client and the upstream are other processes.
 
     python bench/callgrind_requests.py                    # this tree
     python bench/callgrind_requests.py --baseline main    # ... and main, same script
+    python bench/callgrind_requests.py --variant http_parser=h11   # ... and this tree with a server option
 """
 from __future__ import annotations
 
@@ -61,10 +62,13 @@ def instructions(pythonpath: Path | None, upstream_port: int, config: Path, n: i
         env["PYTHONPATH"] = str(pythonpath)
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
                              PY, "-m", "busbar.cli", "serve", "--config", str(config), "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(f"{out}.log", "wb"))
     try:
         wait_port(port, timeout=180)
-        requests(port, 50)                      # warm-up: imports, pools, caches
+        try:
+            requests(port, 50)                  # warm-up: imports, pools, caches
+        except (RuntimeError, OSError) as exc:
+            raise RuntimeError(f"{exc}; the gateway's log: {out}.log") from exc
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         requests(port, n)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
@@ -82,6 +86,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=300)
     parser.add_argument("--baseline", help="a git revision measured the same way (before/after)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="also measure this tree with server.KEY: VALUE (repeatable)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="callgrind-"))
     upstream_port = free_port()
@@ -89,12 +95,18 @@ def main() -> int:
     try:
         wait_port(upstream_port)
         config = gateway_config(tmp, upstream_port)
-        trees = {"this tree": None}
+        runs = {"this tree": (None, config)}
+        for variant in args.variant:
+            key, _, value = variant.partition("=")
+            path = tmp / f"variant-{key}.yaml"
+            path.write_text(config.read_text() + f"server: {{{key}: {value}}}\n")
+            runs[f"this tree, server.{key}: {value}"] = (None, path)
         if args.baseline:
-            trees[args.baseline] = baseline_tree(args.baseline, tmp)
+            runs[args.baseline] = (baseline_tree(args.baseline, tmp), config)
         result = {}
-        for label, path in trees.items():
-            total = instructions(path, upstream_port, config, args.n, tmp / label.replace(" ", "_"))
+        for label, (path, run_config) in runs.items():
+            total = instructions(path, upstream_port, run_config, args.n,
+                                 tmp / re.sub(r"[^A-Za-z0-9]+", "_", label))
             result[label] = {"instructions_per_request": round(total / args.n), "requests": args.n}
     finally:
         upstream.terminate()

@@ -23,6 +23,7 @@ from busbar.gateway import Gateway
 from busbar.limits import DEFAULT_MAX_CONCURRENT, DEFAULT_POOL_SHARE, PoolShares
 from busbar.protocols.routes import guess_protocol
 from busbar.selfhosted import BackendWatcher
+from busbar.http_in import DEFAULT as DEFAULT_PARSER
 from busbar.server import HttpServer
 from busbar.state import build_state
 from busbar.upstream import UpstreamClient
@@ -63,10 +64,12 @@ class App:
                                  keepalive_timeout=opts.get("keepalive_timeout", 75.0),
                                  on_error=_render_server_error, max_requests=max_requests,
                                  max_connections=opts.get("max_client_connections"),
-                                 check_head=self.check_head, tls=server_tls(config))
+                                 check_head=self.check_head, tls=server_tls(config),
+                                 http_parser=opts.get("http_parser", DEFAULT_PARSER))
         # /admin* and /metrics on their own socket unless `admin.listen: public`
         self.admin_server = None if self.gateway.admin.on_public_port else HttpServer(
-            self.handle_admin, max_body_bytes=64 * 1024, header_timeout=opts.get("header_timeout", 30.0))
+            self.handle_admin, max_body_bytes=64 * 1024, header_timeout=opts.get("header_timeout", 30.0),
+            http_parser=opts.get("http_parser", DEFAULT_PARSER))
         self.admin_addrs: list = []
         self.reloads = 0
         self.watcher = None               # busbar.selfhosted.BackendWatcher, once run_gateway starts it

@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 server: h11 state machines on trio sockets.
+"""A lean HTTP/1.1 server on trio sockets; requests parsed by `busbar.http_in`
+(h11, or httptools with h11's decisions: `server.http_parser`, ADR 0023).
 
 One nursery owns the listeners; each connection is a task; each request is
 handled by an `async handler(request, responder)`.  Measured against
@@ -27,10 +28,9 @@ from typing import Awaitable, Callable
 
 import socket as _socket
 
-import h11
 import trio
 
-from busbar import sockio
+from busbar import http_in, sockio
 
 log = logging.getLogger("busbar.server")
 
@@ -55,7 +55,7 @@ class HttpRequest:
     method: bytes
     path: bytes          # without the query string
     query: bytes
-    headers: Headers     # lower-case names, as h11 normalises them
+    headers: Headers     # lower-case names, values without surrounding whitespace (as h11 reads them)
     body: bytes
     client: str = ""
     keep_alive: bool = True
@@ -87,8 +87,7 @@ def response_head(status: int, headers: Headers, close: bool = False) -> bytes:
 
 
 class Responder:
-    """Writes one response.  h11 parses requests; responses are serialised
-    here directly (a fixed, simple format: content-length or chunked), which
+    """Writes one response.  Responses are serialised here directly (a fixed, simple format: content-length or chunked), which
     halves the per-request HTTP cost (docs/adr/0002-http-stack.md)."""
 
     __slots__ = ("_stream", "_started", "_finished", "_gone", "_close", "_head_only", "_http10", "extra_headers")
@@ -220,7 +219,8 @@ class HttpServer:
                  header_timeout: float = 30.0, keepalive_timeout: float = 75.0,
                  on_error: Callable[[HttpRequest | None, int, str], tuple[int, Headers, bytes]] | None = None,
                  max_connections: int | None = None, max_requests: int | None = None,
-                 check_head: HeadCheck | None = None, tls: ssl.SSLContext | None = None):
+                 check_head: HeadCheck | None = None, tls: ssl.SSLContext | None = None,
+                 http_parser: str = http_in.DEFAULT):
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.header_timeout = header_timeout
@@ -235,6 +235,7 @@ class HttpServer:
         self.max_requests = max_requests or 1 << 30
         self.check_head = check_head
         self.tls = tls               # an ssl.SSLContext: serve HTTPS on every listener
+        self.parser = http_in.PARSERS[http_parser]     # the request parser class (ADR 0023)
         self.accepting = True
         self.reuse_port = False      # several worker processes share the port (busbar serve --workers N)
         self._accept_scope: trio.CancelScope | None = None
@@ -446,9 +447,8 @@ class HttpServer:
     async def _serve_connection(self, stream: trio.SocketStream, reader: "_Reader", client: str) -> None:
         served = 0
         while self.accepting:
-            # a fresh parser per request: responses bypass h11, so its
-            # server-side state never reaches DONE; leftover bytes carry over
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+            # a fresh parser per request; leftover bytes (pipelining) carry over
+            conn = self.parser(http_in.MAX_HEAD_BYTES)
             request: HttpRequest | None = None
             idle = served and not reader.buffered
             try:
@@ -465,7 +465,7 @@ class HttpServer:
                 if scope.cancelled_caught:
                     raise trio.TooSlowError
             except trio.TooSlowError:
-                if served and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                if served and conn.idle:
                     return  # idle keep-alive connection (timed out or shed): close quietly
                 await self._send_error(stream, None, 408, "Timed out reading the request.")
                 return
@@ -482,10 +482,10 @@ class HttpServer:
             except _Http2Preface:
                 await _refuse_http2(stream)
                 return
-            except h11.RemoteProtocolError as exc:
-                if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+            except http_in.ParseError as exc:
+                if conn.idle:
                     return
-                await self._send_error(stream, None, exc.error_status_hint, f"Malformed HTTP request: {exc}")
+                await self._send_error(stream, None, exc.status, f"Malformed HTTP request: {exc}")
                 return
             finally:
                 if idle:
@@ -493,7 +493,7 @@ class HttpServer:
             if request is None:
                 return  # clean EOF between requests
             served += 1
-            reader.unread(conn.trailing_data[0])
+            reader.unread(conn.trailing)
             close = not request.keep_alive or not self.accepting
             responder = Responder(stream, close, head_only=request.method == b"HEAD",
                                   http10=request.http10)
@@ -524,62 +524,63 @@ class HttpServer:
             if request_scope.cancelled_caught or responder._gone or not responder._finished or close:
                 return
 
-    async def _read_request(self, conn: h11.Connection, reader: "_Reader", client: str,
+    async def _read_request(self, conn, reader: "_Reader", client: str,
                             scope: trio.CancelScope) -> HttpRequest | None:
         head = None
         body_parts: list[bytes] = []
         size = 0
         while True:
             event = conn.next_event()
-            if event is h11.NEED_DATA:
+            if event is http_in.NEED_DATA:
                 data = await reader.read()
                 if data and head is None and not body_parts:
                     scope.deadline = min(scope.deadline, trio.current_time() + self.header_timeout)
                     self._idle.pop(id(scope), None)     # a request is arriving: no longer sheddable
-                    if data.startswith(H2_PREFACE[:len(data)]) and conn.their_state is h11.IDLE:
+                    if conn.idle and data.startswith(H2_PREFACE[:len(data)]):
                         raise _Http2Preface()
                 conn.receive_data(data)
                 continue
-            if isinstance(event, h11.Request):
-                target = event.target
-                if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-                    # absolute-form (RFC 9112 3.2.2): the path is what routes
-                    target = b"/" + target.split(b"/", 3)[3] if target.count(b"/") >= 3 else b"/"
-                path, _, query = target.partition(b"?")
-                head = HttpRequest(event.method, path, query, event.headers, b"", client)
-                head.keep_alive = _keep_alive(event)
-                head.http10 = event.http_version == b"1.0"
-                names = set()
-                expect = False
-                for name, value in event.headers:
-                    names.add(name)
-                    if name == b"content-length" and int(value) > self.max_body_bytes:
-                        raise _BodyTooLarge(head)
-                    if name == b"expect" and value.lower() == b"100-continue":
-                        expect = True
-                if b"content-length" in names and b"transfer-encoding" in names:
-                    head.keep_alive = False    # RFC 9112 6.1: a smuggling attempt; serve this one, then close
-                if self.check_head is not None:
-                    answer = self.check_head(head)
-                    if answer is not None:
-                        raise _AnsweredEarly(answer)
-                if expect and not head.http10:
-                    try:
-                        await reader.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return None
-                continue
-            if isinstance(event, h11.Data):
-                size += len(event.data)
+            if type(event) is bytes:
+                size += len(event)
                 if size > self.max_body_bytes:
                     raise _BodyTooLarge(head)
-                body_parts.append(event.data)
+                body_parts.append(event)
                 continue
-            if isinstance(event, h11.EndOfMessage):
-                head.body = b"".join(body_parts)
+            if event is http_in.END:
+                head.body = b"".join(body_parts) if len(body_parts) != 1 else body_parts[0]
                 return head
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            if event is http_in.CLOSED:
                 return None
+            target = event.target
+            if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+                # absolute-form (RFC 9112 3.2.2): the path is what routes
+                target = b"/" + target.split(b"/", 3)[3] if target.count(b"/") >= 3 else b"/"
+            path, _, query = target.partition(b"?")
+            head = HttpRequest(event.method, path, query, event.headers, b"", client)
+            head.keep_alive = http_in.keep_alive(event)
+            head.http10 = event.http_version == b"1.0"
+            te = expect = False
+            length = None
+            for name, value in event.headers:
+                if name == b"content-length":
+                    length = value
+                    if int(value) > self.max_body_bytes:
+                        raise _BodyTooLarge(head)
+                elif name == b"transfer-encoding":
+                    te = True
+                elif name == b"expect" and value.lower() == b"100-continue":
+                    expect = True
+            if te and length is not None:
+                head.keep_alive = False    # RFC 9112 6.1: a smuggling attempt; serve this one, then close
+            if self.check_head is not None:
+                answer = self.check_head(head)
+                if answer is not None:
+                    raise _AnsweredEarly(answer)
+            if expect and not head.http10:
+                try:
+                    await reader.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
 
     async def _send_error(self, stream, request, status, message, extra: Headers = (), timeout: float = 5) -> None:
         status, headers, body = self.on_error(request, status, message)
@@ -594,16 +595,6 @@ class HttpServer:
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-
-
-def _keep_alive(event: h11.Request) -> bool:
-    connection = b""
-    for name, value in event.headers:
-        if name == b"connection":
-            connection += value.lower()
-    if event.http_version == b"1.0":
-        return b"keep-alive" in connection
-    return b"close" not in connection
 
 
 async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
