@@ -170,6 +170,15 @@ class Exchange:
             self.model = self.tenancy_admission.pool     # over_budget downgrade
             self.record.tenant = self.tenancy_admission.key.id
             self.record.team = self.tenancy_admission.key.team
+        if self.client.mints_items:       # before routing: what members can say depends on the items
+            self.items = self.gw.item_store
+            self.item_scope = self.record.tenant or self.record.client_key_id or "-"
+            protocols = self.gw.pool_protocols.get(self.model, ())
+            self.keep_vendor_items = self.client.name in protocols and len(protocols) > 1
+            if self.client.reference_marker in self.request.body:
+                await self._resolve_references()
+                if self.unresolved and protocols and self.client.name not in protocols:
+                    raise self._unknown_item(self.unresolved[0], protocols)
         try:
             # a key's own `direct` decides provider/model routes (permitted above), else server.direct_routes
             direct = self.tenancy_admission.key.direct if self.tenancy_admission is not None else None
@@ -202,13 +211,6 @@ class Exchange:
             self.resume_policy = self.plan.pipeline.streaming.resume
         if not self.client.carries_signed_reasoning and self.model not in self.gw.no_reasoning_store:
             self.reasoning = self.gw.reasoning_store
-        if self.client.mints_items:
-            self.items = self.gw.item_store
-            self.item_scope = self.record.tenant or self.record.client_key_id or "-"
-            protocols = self.gw.pool_protocols.get(self.model, ())
-            self.keep_vendor_items = self.client.name in protocols and len(protocols) > 1
-            if self.client.reference_marker in self.request.body:
-                await self._resolve_references()
         self.hedging = self.gw.hedging.get(self.model)
         if self.hedging is not None:
             self.hedging.credit()            # each request earns the pool its share of hedges
@@ -259,7 +261,8 @@ class Exchange:
             raise self.client.client_error(ClientError(
                 400, f"Field '{field}' cannot be translated to the {first.protocol} protocol: {reason}; "
                      f"no member of `{self.model}` can express it ("
-                + ", ".join(f"{m.id}: {m.protocol}" for m in skipped) + ").", param=field), self.obj)
+                + ", ".join(f"{m.id}: {m.protocol}" for m in skipped) + ").", param=field),
+                self.obj if self.ir_obj is None else self.ir_obj)
         return frozenset(why)
 
     def _request_ir(self):
@@ -268,7 +271,7 @@ class Exchange:
         may still take it; a translated one refuses it at its render)."""
         if self._ir is None:
             try:
-                self._ir = self.client.parse_request(self.obj, self.params)
+                self._ir = self._parse()
             except ClientError:
                 return None
         return self._ir if type(self._ir) is ir.Request else None
@@ -314,6 +317,12 @@ class Exchange:
             self.obj, self.minted_refs = resolved, True
         else:        # only the vendor's own: its member still gets the bytes; the others, the items
             self.ir_obj = resolved
+
+    def _unknown_item(self, ref: tuple[str, str], protocols) -> ClientError:
+        path, item_id = ref
+        return ClientError(400, f"Item with id '{item_id}' not found: the gateway resolves only the ids it issued "
+                                f"in its own answers to this caller, for {self.items.ttl_s / 3600:g} h, and a "
+                                f"{' or '.join(sorted(protocols))} member cannot resolve it.", param=path)
 
     def _passthrough(self, up) -> bool:
         """Whether this attempt's member gets the client's own bytes."""
@@ -686,12 +695,6 @@ class Exchange:
             body = up.passthrough_body(self.request.body, self.obj, attempt.model)
             self._warnings = []
         else:
-            if self.unresolved and up is not self.client:
-                path, item_id = self.unresolved[0]
-                raise ClientError(400, f"Item with id '{item_id}' not found: the gateway resolves only the ids "
-                                       "it issued in its own answers to this caller, for "
-                                       f"{self.items.ttl_s / 3600:g} h, and a `{provider.protocol}` member "
-                                       "cannot resolve it.", param=path)
             if self._ir is None or not self._restored:
                 if self._ir is None:
                     self._ir = self._parse()
@@ -700,6 +703,9 @@ class Exchange:
                 self._restored = True
                 if self.resuming is not None:
                     self.resuming.request = resume.continuation(self._ir, self.resuming.partial)
+            if self.unresolved and up is not self.client:
+                # only the vendor that minted it can resolve it: this member is passed over (Inexpressible)
+                raise self._unknown_item(self.unresolved[0], (provider.protocol,))
             policy = self.gw.pool_policies.get(self.model, "degrade")
             req, self.stops = self._ir if self.resuming is None else self.resuming.request, None
             if part is not None:

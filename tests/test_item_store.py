@@ -228,3 +228,22 @@ async def test_an_answer_the_cache_replays_can_be_referenced_too(stream):
             {"role": "user", "content": "more"}]))
     assert again.output_text == "cached answer"
     assert "cached answer" in str(mock.received[-1]["body"]["messages"][1])
+
+
+@pytest.mark.sdk
+async def test_a_reference_only_its_vendor_knows_passes_over_a_member_that_cannot_resolve_it():
+    """Claude first, OpenAI Responses second: a reference the gateway never saw is the
+    vendor's; Claude cannot be given it, so the request goes to the Responses member,
+    byte for byte, without a call to Claude."""
+    mock = MockVendor(reply="resolved by the vendor")
+    config = _mixed_pool()
+    config["pools"]["smart"]["members"][0]["priority"] = 1
+    config["pools"]["smart"]["members"][1]["priority"] = 0
+    async with gateway_with(config, a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        turn = [{"role": "user", "content": "hello"}, {"type": "item_reference", "id": "msg_only_the_vendor_knows"},
+                {"role": "user", "content": "again"}]
+        answer = await sdk(lambda: client.responses.create(model="smart", input=turn))
+    assert answer.output_text == "resolved by the vendor"
+    assert [r["protocol"] for r in mock.received] == ["responses"]
+    assert mock.received[-1]["body"]["input"] == turn
