@@ -27,7 +27,7 @@ def config(first="openai", second="openai", hedge=None) -> dict:
 
 def upstream_pool(gw, vendor):
     """The gateway's connection pool to `vendor` (busbar.upstream)."""
-    return next(p for origin, p in gw.gateway.upstream._pools.items() if origin.port == vendor.port)
+    return next(p for p in gw.gateway.upstream._pools.values() if p.origin.port == vendor.port)
 
 
 # ---- pure: the per-pool state --------------------------------------------------------
