@@ -91,3 +91,20 @@ def test_codex_namespace_tools_are_flattened():
     assert [t.name for t in req.tools] == ["shell", "search"]
     body, warnings = get_dialect("anthropic").render_request(req, "claude", unsupported="reject")
     assert warnings == [] and b'"search"' in body
+
+
+def test_codex_hosted_web_search_degrades_and_is_refused_under_reject():
+    """Codex CLI offers `{"type": "web_search", "external_web_access": false}` on
+    every turn: to a protocol without it, the tool is left out with a warning
+    (ADR 0022); a pool with `unsupported: reject` refuses it."""
+    obj = {"model": "m", "input": "hi", "tools": [
+        {"type": "function", "name": "shell", "parameters": {"type": "object"}, "strict": False},
+        {"type": "web_search", "external_web_access": False}]}
+    for dst in ("openai", "anthropic", "gemini", "bedrock", "cohere"):
+        body, warnings = translate("responses", obj, dst, "degrade")
+        assert b"shell" in body and b"web_search" not in body, dst
+        assert [w for w in warnings if w.startswith("degraded")] == [
+            "degraded 'tools[1].web_search': hosted web search unavailable; the tool is left out"], dst
+    with pytest.raises(ClientError) as exc:
+        translate("responses", obj, "anthropic", "reject")
+    assert exc.value.param == "tools[1].web_search"     # the IR path (the gateway names it in the client's terms)

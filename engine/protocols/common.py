@@ -160,6 +160,8 @@ DEGRADABLE: dict[str, dict[str, str]] = {
     "responses": {
         "defer_loading": "tool search unavailable; the tool is sent up front",
         "tool_search": "tool search unavailable; all tools are sent up front",
+        # Codex CLI offers it on every turn (`external_web_access: false`: cached results only)
+        "web_search*": "hosted web search unavailable; the tool is left out",
         "context_management": "server-side compaction skipped; the whole conversation is sent",
     },
 }
