@@ -190,6 +190,33 @@ def test_the_memory_store_drops_the_least_recently_used_past_max_entries():
     assert store.sweep() == 3 and store.bytes == 0
 
 
+def test_the_memory_store_keeps_max_bytes_least_recently_used_first():
+    store = MemoryStore(Clock())
+    for name in "abc":
+        assert store.put_now(name, entry(name), ttl=60, max_entries=10, size=40, max_bytes=100)
+    assert {k for k in "abc" if store.get_now(k)} == set("bc") and store.bytes == 80
+    assert store.get_now("b") is not None                       # c is now the oldest use
+    assert store.put_now("d", entry("d"), ttl=60, max_entries=10, size=60, max_bytes=100)
+    assert {k for k in "bcd" if store.get_now(k)} == {"b", "d"} and store.bytes == 100     # c went
+    assert not store.put_now("e", entry("e"), ttl=60, max_entries=10, size=101, max_bytes=100)   # too big alone
+    assert store.get_now("e") is None and store.get_now("d") is not None
+    assert store.clear() == 2 and len(store) == 0 and store.bytes == 0
+
+
+async def test_clearing_a_pool_empties_its_store_and_semantic_index():
+    cache = ResponseCache.from_config({"smart": {"cache": {"mode": "semantic", "embed_pool": "emb"}},
+                                       "other": {"cache": {"mode": "exact"}}}, Caches())
+    for pool in ("smart", "other"):
+        lookup = cache.decide(pool, [], parsed("openai"), "-")
+        if lookup.text is not None:
+            await cache.nearest(lookup, _vec((0, 1.0)))
+        assert await cache.put(lookup, ir.Response("r", "m", [ir.Text("Paris")]), "m")
+    assert len(cache.indexes["smart"]) == 1 and cache.bytes_held("smart") > 0
+    assert await cache.clear("smart") == {"smart": 1}
+    assert cache.entries("smart") == 0 and len(cache.indexes["smart"]) == 0 and cache.entries("other") == 1
+    assert await cache.clear() == {"smart": 0, "other": 1}
+
+
 def _cache(**policy) -> ResponseCache:
     return ResponseCache({"smart": CachePolicy("smart", **policy)}, Caches(now=Clock(), wall=Clock()))
 

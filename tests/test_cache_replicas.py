@@ -53,3 +53,18 @@ async def test_a_redis_outage_is_a_miss_not_a_failed_request(redis_server):
         assert await sdk(lambda: openai_ask(gw.url, "q")) == ("q", "miss")
         assert (await last_record(gw))["status"] == 200
     assert len(vendor.received) == 2
+
+
+async def test_redis_keeps_max_bytes_and_one_delete_clears_every_replica(redis_server):
+    import httpx
+    vendor = MockVendor()
+    cfg = {**config(redis_server.url, max_bytes=1500), "admin": {"key": "admin-secret", "enabled": True}}
+    async with gateway_with(cfg, a=vendor) as one, gateway_with(cfg, a=vendor) as two:
+        for n in range(6):
+            assert (await sdk(lambda: openai_ask(one.url, f"question number {n}")))[1] == "miss"
+        assert (await sdk(lambda: openai_ask(two.url, "question number 5")))[1] == "hit"
+        assert (await sdk(lambda: openai_ask(two.url, "question number 0")))[1] == "miss"   # over max_bytes: gone
+        async with httpx.AsyncClient(base_url=one.url) as client:
+            cleared = await client.delete("/admin/cache", headers={"authorization": "Bearer admin-secret"})
+            assert cleared.status_code == 200 and cleared.json()["cleared"]["smart"] >= 1
+        assert (await sdk(lambda: openai_ask(two.url, "question number 5")))[1] == "miss"

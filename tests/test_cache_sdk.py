@@ -184,3 +184,36 @@ async def test_embeddings_through_a_cached_pool_are_not_cached_and_not_broken():
             assert len(result.data) == 1 and result.data[0].embedding
         assert (await last_record(gw)).get("cache") is None
     assert len(vendor.received) == 2
+
+
+async def test_max_bytes_bounds_a_pool_and_the_admin_api_invalidates_it():
+    vendor = MockVendor()
+    cfg = config({"mode": "exact", "max_bytes": 1500}, admin={"key": "admin-secret", "enabled": True})
+    async with gateway_with(cfg, a=vendor) as gw:
+        for n in range(6):
+            assert (await sdk(lambda: openai_ask(gw.url, f"question number {n}")))[1] == "miss"
+        held = gw.gateway.cache.bytes_held("smart")
+        assert 0 < held <= 1500 and gw.gateway.cache.entries("smart") < 6     # the oldest went
+        assert (await sdk(lambda: openai_ask(gw.url, "question number 5")))[1] == "hit"
+        assert (await sdk(lambda: openai_ask(gw.url, "question number 0")))[1] == "miss"
+        admin = {"authorization": "Bearer admin-secret"}
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            assert (await client.delete("/admin/cache")).status_code == 401            # the key is required
+            state = (await client.get("/admin/cache", headers=admin)).json()["pools"]["smart"]
+            assert state["bytes"] == gw.gateway.cache.bytes_held("smart") and state["max_bytes"] == 1500
+            unknown = await client.delete("/admin/cache", params={"pool": "nope"}, headers=admin)
+            assert unknown.status_code == 404 and "smart" in unknown.json()["error"]
+            cleared = await client.delete("/admin/cache", params={"pool": "smart"}, headers=admin)
+            assert cleared.status_code == 200 and cleared.json()["cleared"]["smart"] >= 1
+        assert gw.gateway.cache.entries("smart") == 0
+        assert (await sdk(lambda: openai_ask(gw.url, "question number 5")))[1] == "miss"
+
+
+async def test_invalidating_the_cache_needs_an_admin_key_configured():
+    async with gateway_with(config(admin={"enabled": True}), a=MockVendor()) as gw:
+        await sdk(lambda: openai_ask(gw.url, "kept"))
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            refused = await client.delete("/admin/cache")
+            assert refused.status_code == 403 and "admin.key" in refused.json()["error"]
+            assert (await client.get("/admin/cache")).json()["pools"]["smart"]["entries"] == 1
+        assert (await sdk(lambda: openai_ask(gw.url, "kept")))[1] == "hit"

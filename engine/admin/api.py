@@ -60,6 +60,8 @@ async def handle(admin, request, responder) -> None:
                                                      "or add ?key=<key>"},
                            [(b"www-authenticate", b'Bearer realm="busbar admin"')])
     path = request.path.decode("latin-1")
+    if path == "/admin/cache":
+        return await cache_route(admin, request, responder, query)
     if path == "/admin/keys" or path.startswith("/admin/keys/"):
         from busbar.admin import keys
         return await keys.route(admin, request, responder, path, _json)
@@ -119,10 +121,48 @@ async def operate(admin, responder, path: str) -> None:
                        [(b"allow", b"GET")])
 
 
+async def cache_route(admin, request, responder, query: dict) -> None:
+    """GET /admin/cache: each cached pool's entries, bytes and counters.
+    DELETE /admin/cache[?pool=NAME]: invalidate every entry of one pool or of
+    all (in Redis mode: for every replica).  Deleting needs the admin key
+    configured (`admin.key`), even on a loopback listener."""
+    cache = admin.gateway.cache
+    pool = query.get("pool")
+    if pool is not None and pool not in cache.policies:
+        return await _json(responder, 404, {"error": f"pool {pool!r} keeps no cache; cached pools: "
+                                                     f"{', '.join(cache.policies) or 'none'}"})
+    if request.method == b"DELETE":
+        if admin.key is None:
+            return await _json(responder, 403, {"error": "DELETE /admin/cache needs an admin key: set admin.key in "
+                                                         "the config and send it as `Authorization: Bearer <key>`"})
+        cleared = await cache.clear(pool)
+        if any(n is None for n in cleared.values()):
+            return await _json(responder, 503, {"error": "the cache's Redis is unavailable; nothing was cleared "
+                                                         "there", "cleared": cleared})
+        return await _json(responder, 200, {"ok": True, "cleared": cleared})
+    if request.method != b"GET":
+        return await _json(responder, 405, {"error": f"{request.method.decode()} not allowed on /admin/cache; "
+                                                     "use GET or DELETE"}, [(b"allow", b"GET, DELETE")])
+    pools = {}
+    for name, policy in cache.policies.items():
+        if pool is not None and name != pool:
+            continue
+        st = cache.stats[name]
+        index = cache.indexes.get(name)
+        pools[name] = {"mode": policy.mode, "entries": cache.entries(name), "bytes": cache.bytes_held(name),
+                       "max_entries": policy.max_entries, "max_bytes": policy.max_bytes or None,
+                       "backend": "memory" if cache.entries(name) is not None else "redis",
+                       "hits": st.hits, "misses": st.misses, "stored": st.stored,
+                       **({"index_entries": len(index), "semantic_hits": st.semantic_hits,
+                           "semantic_misses": st.semantic_misses, "semantic_unavailable": st.semantic_unavailable}
+                          if index is not None else {})}
+    return await _json(responder, 200, {"pools": pools})
+
+
 ROUTES = ["/admin", "/admin/api/state", "/admin/api/requests", "/admin/api/requests/{id}",
           "/admin/api/diagram?pool=&request=&format=svg|mermaid|dot|png", "/admin/events",
           "/admin/usage?since=&until=&group_by=", "/admin/keys (GET, POST)", "/admin/keys/{id} (GET, PATCH, DELETE)",
-          "/metrics"]
+          "/admin/cache (GET, DELETE ?pool=)", "/metrics"]
 
 
 async def not_found(responder, path: bytes) -> None:

@@ -60,13 +60,14 @@ class CachePolicy:
     embed_pool: str | None = None
     threshold: float = 0.95
     embed_timeout_ms: float = 1000.0
+    max_bytes: int = 0            # bytes of encoded entries kept for the pool (0: no bound but max_entries)
 
     @classmethod
     def from_config(cls, pool: str, spec: dict) -> "CachePolicy":
         return cls(pool, spec.get("mode", "exact"), float(spec.get("ttl", 3600)), int(spec.get("max_entries", 100_000)),
                    bool(spec.get("shared", False)), float(spec.get("max_temperature", 0.0)),
                    float(spec.get("replay_delay_ms", 0.0)), spec.get("embed_pool"), float(spec.get("threshold", 0.95)),
-                   float(spec.get("embed_timeout_ms", 1000.0)))
+                   float(spec.get("embed_timeout_ms", 1000.0)), int(spec.get("max_bytes", 0)))
 
     @property
     def semantic(self) -> bool:
@@ -287,7 +288,7 @@ class ResponseCache:
             return False
         policy = lookup.policy
         size = await self.stores[policy.pool].put(lookup.key, Entry(response, member, self.caches.wall()),
-                                                  policy.ttl, policy.max_entries)
+                                                  policy.ttl, policy.max_entries, policy.max_bytes)
         if size:
             stats.stored += 1
             stats.stored_bytes += size
@@ -297,6 +298,26 @@ class ResponseCache:
                 if feed is not None:
                     await feed.push(lookup.key, lookup.partition, lookup.vector, policy.ttl, policy.max_entries)
         return bool(size)
+
+    async def clear(self, pool: str | None = None) -> dict[str, int | None]:
+        """Invalidate: drop every entry of `pool` (None: of every cached pool)
+        and its semantic index.  Per pool, how many entries went (None: Redis
+        is unavailable and nothing was dropped there).  In Redis mode every
+        replica loses them at once; the other replicas' indexes forget their
+        vectors as lookups find the entries gone."""
+        out: dict[str, int | None] = {}
+        for name in [pool] if pool is not None else list(self.policies):
+            store = self.stores[name]
+            out[name] = store.clear() if isinstance(store, MemoryStore) else await store.clear()
+            index = self.indexes.get(name)
+            if index is not None:
+                index.clear()
+        return out
+
+    def bytes_held(self, pool: str) -> int | None:
+        """Encoded bytes held in this process (None: they are in Redis)."""
+        store = self.stores.get(pool)
+        return store.bytes if isinstance(store, MemoryStore) else None
 
     def entries(self, pool: str) -> int | None:
         """Entries held in this process (None: they are in Redis)."""

@@ -4,8 +4,10 @@
 the entry objects themselves are kept (a hit decodes nothing).  `RedisStore`
 keeps the encoded entry under the state backend's prefix with Redis' own
 expiry, and an LRU index per pool (a sorted set scored by last use) that
-trims the pool to `max_entries`; each get and put is one Lua script, so
-replicas sharing the Redis share hits.  While Redis is unavailable a lookup
+trims the pool to `max_entries` and, with `max_bytes`, to that many bytes of
+encoded entries (a hash of each entry's size and a running total); each get
+and put is one Lua script, so replicas sharing the Redis share hits.
+`clear` empties a pool (the admin API's invalidation).  While Redis is unavailable a lookup
 is a miss and a store is skipped: the cache never fails a request.
 """
 from __future__ import annotations
@@ -41,13 +43,26 @@ class MemoryStore:
         self._entries.move_to_end(key)
         return item[2]
 
-    def put_now(self, key: str, entry: Entry, ttl: float, max_entries: int, size: int) -> None:
+    def put_now(self, key: str, entry: Entry, ttl: float, max_entries: int, size: int, max_bytes: int = 0) -> bool:
+        """Keep `entry` (`size`: its encoded bytes), then drop the least
+        recently used past `max_entries` or `max_bytes` (0: no byte bound).
+        False: larger than `max_bytes` on its own, not kept."""
+        if max_bytes and size > max_bytes:
+            return False
         if key in self._entries:
             self.bytes -= self._entries.pop(key)[1]     # replaced, not dropped
         self._entries[key] = (self._now() + ttl, size, entry)
         self.bytes += size
-        while len(self._entries) > max_entries:
+        while len(self._entries) > max_entries or (max_bytes and self.bytes > max_bytes):
             self._drop(next(iter(self._entries)))
+        return True
+
+    def clear(self) -> int:
+        """Drop every entry; returns how many there were."""
+        n = len(self._entries)
+        for key in list(self._entries):
+            self._drop(key)
+        return n
 
     def _drop(self, key: str) -> None:
         self.bytes -= self._entries.pop(key)[1]
@@ -67,10 +82,9 @@ class MemoryStore:
     async def get(self, key: str) -> Entry | None:
         return self.get_now(key)
 
-    async def put(self, key: str, entry: Entry, ttl: float, max_entries: int) -> int:
+    async def put(self, key: str, entry: Entry, ttl: float, max_entries: int, max_bytes: int = 0) -> int:
         size = len(encode(entry))
-        self.put_now(key, entry, ttl, max_entries, size)
-        return size
+        return size if self.put_now(key, entry, ttl, max_entries, size, max_bytes) else 0
 
 
 # KEYS[1] entry, KEYS[2] the pool's LRU index; ARGV none
@@ -83,22 +97,55 @@ end
 return v
 """
 
-# KEYS[1] entry, KEYS[2] index; ARGV value, ttl_ms, max_entries
+# KEYS[1] entry, KEYS[2] index, KEYS[3] sizes (hash), KEYS[4] total bytes; ARGV value, ttl_ms,
+# max_entries, max_bytes (0: none).  Returns 1 when stored, 0 when larger than max_bytes alone.
 PUT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local ttl = tonumber(ARGV[2])
+local size = string.len(ARGV[1])
+local max_bytes = tonumber(ARGV[4])
+if max_bytes > 0 and size > max_bytes then return 0 end
+local function forget(k)
+  local s = redis.call('HGET', KEYS[3], k)
+  if s then
+    redis.call('HDEL', KEYS[3], k)
+    redis.call('DECRBY', KEYS[4], tonumber(s))
+  end
+end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - ttl / 1000)
+for _, k in ipairs(dead) do forget(k) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl / 1000)
+forget(KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now, KEYS[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl / 1000)
+redis.call('HSET', KEYS[3], KEYS[1], size)
+local total = redis.call('INCRBY', KEYS[4], size)
 local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
-if over > 0 then
-  local victims = redis.call('ZRANGE', KEYS[2], 0, over - 1)
-  redis.call('DEL', unpack(victims))
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+while over > 0 or (max_bytes > 0 and total > max_bytes) do
+  local victim = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if not victim or victim == KEYS[1] then break end
+  redis.call('DEL', victim)
+  redis.call('ZREM', KEYS[2], victim)
+  local s = redis.call('HGET', KEYS[3], victim)
+  if s then
+    redis.call('HDEL', KEYS[3], victim)
+    total = redis.call('DECRBY', KEYS[4], tonumber(s))
+  end
+  over = over - 1
 end
-redis.call('PEXPIRE', KEYS[2], ttl)
-return over
+for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+return 1
+"""
+
+# KEYS[1] index, KEYS[2] sizes, KEYS[3] total, KEYS[4] the vector feed: every entry of the pool
+CLEAR_LUA = """
+local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
+for i = 1, #keys, 1000 do
+  redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys)))
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return #keys
 """
 
 
@@ -109,7 +156,10 @@ class RedisStore:
     def __init__(self, state, pool: str):
         self.state = state
         self.index = f"cache:{pool}:lru"
+        self.sizes = f"cache:{pool}:sizes"
+        self.total = f"cache:{pool}:bytes"
         self.prefix = f"cache:{pool}:"
+        self.feed = f"cache:{pool}:vectors"
 
     async def get(self, key: str) -> Entry | None:
         try:
@@ -118,14 +168,22 @@ class RedisStore:
             return None
         return decode(data) if data is not None else None
 
-    async def put(self, key: str, entry: Entry, ttl: float, max_entries: int) -> int:
+    async def put(self, key: str, entry: Entry, ttl: float, max_entries: int, max_bytes: int = 0) -> int:
         data = encode(entry)
         try:
-            await self.state.run_script(PUT_LUA, (self.prefix + key, self.index), data,
-                                        max(1, int(ttl * 1000)), max_entries)
+            stored = await self.state.run_script(PUT_LUA, (self.prefix + key, self.index, self.sizes, self.total),
+                                                 data, max(1, int(ttl * 1000)), max_entries, max_bytes)
         except (RedisUnavailable, RespError):
             return 0
-        return len(data)
+        return len(data) if stored else 0
+
+    async def clear(self) -> int | None:
+        """Drop every entry of the pool (all replicas see it); None while Redis is unavailable."""
+        try:
+            return await self.state.run_script(CLEAR_LUA, (self.index, self.sizes, self.total, self.feed),
+                                               timeout_s=5.0)
+        except (RedisUnavailable, RespError):
+            return None
 
 
 # KEYS[1] the pool's vector feed (a stream); ARGV key, partition, vector bytes, ttl_ms, max_entries
@@ -140,7 +198,8 @@ FEED_PULL_LUA = """
 return redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
 """
 
-FEED_BATCH = 256        # feed records read per lookup (a new replica catches up over its first lookups)
+FEED_BATCH = 64         # feed records read per lookup (a new replica catches up over its first lookups)
+FEED_TIMEOUT = 0.25     # seconds: a feed call moves vectors (up to 64 x 6 KiB), more than the backend's usual call
 
 
 class VectorFeed:
@@ -159,7 +218,7 @@ class VectorFeed:
         data = np.asarray(vector, dtype="<f4").tobytes()
         try:
             await self.state.run_script(FEED_PUSH_LUA, (self.stream,), key, partition, data,
-                                        max(1, int(ttl * 1000)), max_entries)
+                                        max(1, int(ttl * 1000)), max_entries, timeout_s=FEED_TIMEOUT)
         except (RedisUnavailable, RespError):
             return False
         return True
@@ -169,7 +228,8 @@ class VectorFeed:
         import numpy as np
         try:
             records = await self.state.run_script(FEED_PULL_LUA, (self.stream,),
-                                                  b"-" if last is None else b"(" + last, count)
+                                                  b"-" if last is None else b"(" + last, count,
+                                                  timeout_s=FEED_TIMEOUT)
         except (RedisUnavailable, RespError):
             return None, []
         rows = []

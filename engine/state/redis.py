@@ -337,20 +337,23 @@ class RedisState:
     async def _script(self, lua: str, key: str, *args):
         return await self._script_keys(lua, [self.prefix + ":" + key], *args)
 
-    async def _script_keys(self, lua: str, keys: list[str], *args):
+    async def _script_keys(self, lua: str, keys: list[str], *args, timeout_s: float | None = None):
         try:
-            return await self._call("EVALSHA", _SHA[lua], len(keys), *keys, *args)
+            return await self._call("EVALSHA", _SHA[lua], len(keys), *keys, *args, timeout_s=timeout_s)
         except RespError as error:
             if not str(error).startswith("NOSCRIPT"):   # flushed or restarted: load it again
                 raise
-            return await self._call("EVAL", lua, len(keys), *keys, *args)
+            return await self._call("EVAL", lua, len(keys), *keys, *args, timeout_s=timeout_s)
 
-    async def run_script(self, lua: str, keys: tuple[str, ...], *args):
+    async def run_script(self, lua: str, keys: tuple[str, ...], *args, timeout_s: float | None = None):
         """A Lua script of another user of the shared Redis (the response
-        cache) on `keys` (prefixed here); raises RedisUnavailable while it is down."""
+        cache) on `keys` (prefixed here); raises RedisUnavailable while it is
+        down.  `timeout_s`: a longer bound than the backend's for calls that
+        move more data (the semantic cache's vectors) or run off the request
+        path (clearing a pool)."""
         if lua not in _SHA:
             _SHA[lua] = hashlib.sha1(lua.encode()).hexdigest()
-        return await self._script_keys(lua, [self.prefix + ":" + key for key in keys], *args)
+        return await self._script_keys(lua, [self.prefix + ":" + key for key in keys], *args, timeout_s=timeout_s)
 
     async def command(self, *args, timeout_s: float | None = None):
         """One Redis command on the backend's connections (other stores on the
