@@ -123,3 +123,43 @@ def test_sweep_drops_only_what_is_indistinguishable_from_absent():
 
 def test_memory_state_is_a_state_backend():
     assert isinstance(MemoryState(), StateBackend)
+
+
+# ---- batches: MemoryState's inlined take_all / apply_all obey the per-op laws -------------
+from hypothesis import given as _given, settings as _settings, strategies as _st  # noqa: E402
+
+_op = _st.one_of(
+    _st.tuples(_st.just("bucket"), _st.sampled_from(["b1", "b2"]), _st.integers(0, 6),
+               _st.sampled_from([0.5, 2.0]), _st.sampled_from([3.0, 8.0])),
+    _st.tuples(_st.just("counter"), _st.sampled_from(["c1", "c2"]), _st.integers(-1, 3),
+               _st.sampled_from([None, 2.0, 5.0]), _st.sampled_from([1.0, 30.0])))
+
+
+@pytest.mark.pure
+@_settings(max_examples=300, deadline=None)
+@_given(_st.lists(_st.tuples(_st.booleans(), _st.lists(_op, max_size=5), _st.floats(0, 3)), max_size=8))
+def test_batched_takes_and_applies_equal_the_generic_forms_over_single_ops(steps):
+    import trio
+
+    from busbar.state import apply_all, take_all
+    from busbar.state.memory import MemoryState as Memory
+
+    async def run():
+        clock = [0.0]
+        batched, single = Memory(now=lambda: clock[0]), Memory(now=lambda: clock[0])
+        for is_take, ops, later in steps:
+            clock[0] += later
+            if is_take:
+                got, want = await batched.take_all(ops), await take_all(single, ops)
+                assert (got is None) == (want is None)
+                if got is not None:
+                    assert got[0] == want[0] and got[1].ok == want[1].ok
+                    assert got[1].level == pytest.approx(want[1].level)
+                    assert got[1].retry_after == pytest.approx(want[1].retry_after)
+            else:
+                assert await batched.apply_all(ops) == pytest.approx(await apply_all(single, ops))
+            for mine, theirs in ((batched._buckets, single._buckets), (batched._counters, single._counters)):
+                assert mine.keys() == theirs.keys()
+                for key, value in mine.items():
+                    assert value == pytest.approx(theirs[key])
+    trio.run(run)

@@ -95,6 +95,42 @@ class StateBackend(Protocol):
         ...
 
 
+# ---- batches: one call for a request's limits (tenancy admits a key and its team at once) ----
+# An op is ("bucket", key, amount, rate, burst) or ("counter", key, amount, limit | None, ttl_s).
+
+async def take_all(state, ops: list[tuple]) -> tuple[int, Taken] | None:
+    """Take every op, all or nothing: None when all were taken, else (index,
+    Taken) of the first refused one, the ones before it given back.  The
+    generic form over the protocol; a backend may answer the batch in one go
+    (MemoryState: synchronously)."""
+    for i, op in enumerate(ops):
+        if op[0] == "bucket":
+            taken = await state.take_bucket(op[1], op[2], op[3], op[4])
+        else:
+            taken = await state.take_counter(op[1], op[2], op[3], op[4])
+        if not taken.ok:
+            await apply_all(state, [negate(o) for o in reversed(ops[:i])])
+            return i, taken
+    return None
+
+
+async def apply_all(state, ops: list[tuple]) -> list[float]:
+    """Apply every op unconditionally (settle, refund: amounts may be < 0; a
+    counter's limit is ignored); the level / total after each."""
+    out = []
+    for op in ops:
+        if op[0] == "bucket":
+            out.append(await state.settle_bucket(op[1], op[2], op[3], op[4]))
+        else:
+            out.append(await state.add_counter(op[1], op[2], op[4]))
+    return out
+
+
+def negate(op: tuple) -> tuple:
+    """The op that gives `op` back."""
+    return (op[0], op[1], -op[2], op[3], op[4])
+
+
 from busbar.state.memory import MemoryState  # noqa: E402  (re-exported for callers)
 
 
@@ -114,4 +150,5 @@ def build_state(section: dict | None) -> StateBackend:
     )
 
 
-__all__ = ["StateBackend", "Taken", "QuotaAsk", "QuotaTaken", "QUOTA_WINDOW", "MemoryState", "build_state"]
+__all__ = ["StateBackend", "Taken", "QuotaAsk", "QuotaTaken", "QUOTA_WINDOW", "MemoryState", "build_state",
+           "take_all", "apply_all", "negate"]

@@ -57,11 +57,67 @@ class MemoryState:
         return Taken(False, tokens, bucket_retry_after(tokens, amount, rate, burst))
 
     async def settle_bucket(self, key: str, amount: float, rate: float, burst: float) -> float:
+        return self.settle_bucket_now(key, amount, rate, burst)
+
+    def settle_bucket_now(self, key: str, amount: float, rate: float, burst: float) -> float:
         now = self._now()
         tokens = min(burst, self._refilled(key, rate, burst, now) - amount)
         self._store_bucket(key, tokens, rate, burst, now)
         self._wrote(now)
         return tokens
+
+    # -- batches (busbar.state.take_all / apply_all, answered without awaiting each op) --
+
+    async def take_all(self, ops: list[tuple]) -> tuple[int, Taken] | None:
+        # one clock reading for the batch, the bucket and counter laws inlined (the hot path of
+        # tenancy: a key and its team); the same laws as take_bucket_now / take_counter_now
+        now = self._now()
+        buckets, counters = self._buckets, self._counters
+        for i, (kind, key, amount, a, b) in enumerate(ops):
+            if kind == "bucket":            # a: rate, b: burst
+                tokens, at, _ = buckets.get(key) or (b, now, now)
+                tokens = min(b, tokens + (now - at) * a) if now > at else min(b, tokens)
+                if tokens < amount:
+                    self._apply_now([(o[0], o[1], -o[2], o[3], o[4]) for o in reversed(ops[:i])], now)
+                    return i, Taken(False, tokens, bucket_retry_after(tokens, amount, a, b))
+                tokens -= amount
+                buckets[key] = (tokens, now, now + (b - tokens) / a if a > 0 else math.inf)
+            else:                           # a: limit (None: none), b: ttl_s
+                total, expires_at = counters.get(key) or (0.0, 0.0)
+                if expires_at <= now:
+                    total, expires_at = 0.0, 0.0
+                if a is not None and total + amount > a:
+                    self._apply_now([(o[0], o[1], -o[2], o[3], o[4]) for o in reversed(ops[:i])], now)
+                    return i, Taken(False, total, expires_at - now if expires_at else math.inf)
+                counters[key] = (total + amount, max(expires_at, now + b))
+        self._wrote(now, len(ops))
+        return None
+
+    async def apply_all(self, ops: list[tuple]) -> list[float]:
+        return self._apply_now(ops, self._now())
+
+    def _apply_now(self, ops: list[tuple], now: float) -> list[float]:
+        buckets, counters, out = self._buckets, self._counters, []
+        for kind, key, amount, a, b in ops:
+            if kind == "bucket":            # settle: may go below 0 (a debt), capped at the burst
+                tokens, at, _ = buckets.get(key) or (b, now, now)
+                tokens = min(b, min(b, tokens + max(0.0, now - at) * a) - amount)
+                buckets[key] = (tokens, now, now + (b - tokens) / a if a > 0 else math.inf)
+                out.append(tokens)
+            else:
+                total, expires_at = counters.get(key) or (0.0, 0.0)
+                if expires_at <= now:
+                    total, expires_at = 0.0, 0.0
+                total += amount
+                counters[key] = (total, max(expires_at, now + b))
+                out.append(total)
+        if ops:
+            self._wrote(now, len(ops))
+        return out
+
+    async def get_counters(self, keys: list[str]) -> list[float]:
+        now = self._now()
+        return [self._total(key, now)[0] for key in keys]
 
     # -- period counters -----------------------------------------------------------
 
@@ -86,6 +142,9 @@ class MemoryState:
         return Taken(True, total, 0.0)
 
     async def add_counter(self, key: str, amount: float, ttl_s: float) -> float:
+        return self.add_counter_now(key, amount, ttl_s)
+
+    def add_counter_now(self, key: str, amount: float, ttl_s: float) -> float:
         now = self._now()
         total, expires_at = self._total(key, now)
         total += amount
@@ -154,9 +213,10 @@ class MemoryState:
 
     # -- housekeeping --------------------------------------------------------------
 
-    def _wrote(self, now: float) -> None:
-        self._writes += 1
-        if self._writes % _SWEEP_EVERY == 0:
+    def _wrote(self, now: float, n: int = 1) -> None:
+        before = self._writes
+        self._writes += n
+        if self._writes // _SWEEP_EVERY != before // _SWEEP_EVERY:
             self.sweep(now)
 
     def sweep(self, now: float | None = None) -> None:

@@ -272,6 +272,19 @@ class RedisState:
             return await self.local.get_counter(key)
         return float(value) if value is not None else 0.0
 
+    # -- batches: the generic forms (one script per op; busbar.state.take_all) ---------
+
+    async def take_all(self, ops: list[tuple]):
+        from busbar.state import take_all
+        return await take_all(self, ops)
+
+    async def apply_all(self, ops: list[tuple]) -> list[float]:
+        from busbar.state import apply_all
+        return await apply_all(self, ops)
+
+    async def get_counters(self, keys: list[str]) -> list[float]:
+        return [await self.get_counter(key) for key in keys]
+
     # -- upstream key quotas (one EVALSHA per request on a key with limits) -------------
 
     def _quota_keys(self, ask: QuotaAsk) -> list[str]:

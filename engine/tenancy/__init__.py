@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 from busbar.faults import ClientError
+from busbar.state import negate
 
 PERIODS = ("day", "week", "month", "total")
 _GRACE = 3600.0
@@ -107,6 +108,18 @@ class Level:
     limits: Limits = Limits()
     budget: Budget | None = None
     downgrade: str | None = None
+    # the limits as batch ops, built once: (reason, kind, state key, rate | limit, burst | ttl, amount cap)
+    ops: tuple = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        limits, ops = self.limits, []
+        if limits.rpm:
+            ops.append(("rpm", "bucket", f"tenancy:{self.id}:rpm", limits.rpm / 60.0, limits.rpm, None))
+        if limits.tpm:      # a request larger than the limit waits for a full bucket (amount capped)
+            ops.append(("tpm", "bucket", f"tenancy:{self.id}:tpm", limits.tpm / 60.0, limits.tpm, limits.tpm))
+        if limits.parallel:
+            ops.append(("parallel", "counter", f"tenancy:{self.id}:parallel", limits.parallel, _PARALLEL_TTL, None))
+        object.__setattr__(self, "ops", tuple(ops))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +215,7 @@ class Tenancy:
         self.limited: dict[str, int] = {}   # refusals by reason (metrics)
         self.alerted: set[str] = set()
         self.spend_usd = 0.0
-        self._periods: dict[str, tuple[str, float]] = {}   # level id -> (budget key, period end)
+        self._periods: dict[tuple, tuple[str, float]] = {}   # (level id, unit, period) -> (budget key, period end)
 
     @classmethod
     def from_config(cls, auth: dict, state=None, *, wall=time.time, minted=None) -> "Tenancy":
@@ -287,10 +300,27 @@ class Tenancy:
         levels = (key.level,) + ((self.teams[key.team],) if key.team in self.teams else ())
         admission = Admission(key, levels, pool, estimate)
         try:
+            # every level's limits in one batch (all or nothing: the state gives back what it took)
+            ops, taken = [], admission.taken
             for level in levels:
-                await self._take_limits(admission, level)
-            for level in levels:
-                if level.budget is not None and await self._spent(level) >= level.budget.limit:
+                for reason, kind, state_key, a, b, cap in level.ops:
+                    op = (kind, state_key, 1 if cap is None else min(estimate, cap), a, b)
+                    ops.append(op)
+                    taken.append((reason, level, op))
+            if ops:
+                refused = await self.state.take_all(ops)
+                if refused is not None:
+                    i, answer = refused
+                    reason, level, _ = taken[i]
+                    taken.clear()                 # (given back by take_all)
+                    self._refuse(reason, level, 1.0 if reason == "parallel" else answer.retry_after)
+            budgeted = [level for level in levels if level.budget is not None]
+            if budgeted:
+                wall = self.wall()
+                spent = await self.state.get_counters([self._budget_key(level, wall)[0] for level in budgeted])
+                for level, used in zip(budgeted, spent):
+                    if used < level.budget.limit:
+                        continue
                     if level.downgrade and not admission.downgraded:
                         admission.pool, admission.downgraded = level.downgrade, True
                         continue
@@ -307,28 +337,6 @@ class Tenancy:
             raise
         return admission
 
-    async def _take_limits(self, adm: Admission, level: Level) -> None:
-        limits, state = level.limits, self.state
-        if limits.rpm:
-            key = f"tenancy:{level.id}:rpm"
-            taken = await state.take_bucket(key, 1, limits.rpm / 60.0, limits.rpm)
-            if not taken.ok:
-                self._refuse("rpm", level, taken.retry_after)
-            adm.taken.append(("bucket", key, 1, limits.rpm / 60.0, limits.rpm))
-        if limits.tpm:
-            key = f"tenancy:{level.id}:tpm"
-            amount = min(adm.estimate, limits.tpm)     # a request larger than the limit waits for a full bucket
-            taken = await state.take_bucket(key, amount, limits.tpm / 60.0, limits.tpm)
-            if not taken.ok:
-                self._refuse("tpm", level, taken.retry_after)
-            adm.taken.append(("tpm", key, amount, limits.tpm / 60.0, limits.tpm))
-        if limits.parallel:
-            key = f"tenancy:{level.id}:parallel"
-            taken = await state.take_counter(key, 1, limits.parallel, _PARALLEL_TTL)
-            if not taken.ok:
-                self._refuse("parallel", level, 1.0)
-            adm.taken.append(("counter", key, 1))
-
     def _refuse(self, reason: str, level: Level, retry_after: float) -> None:
         self._count(reason)
         retry = retry_after if retry_after != float("inf") else 60.0
@@ -341,21 +349,20 @@ class Tenancy:
         self.limited[reason] = self.limited.get(reason, 0) + 1
 
     async def _give_back(self, adm: Admission) -> None:
-        for kind, key, amount, *bucket in reversed(adm.taken):
-            if kind == "counter":
-                await self.state.add_counter(key, -amount, _PARALLEL_TTL)
-            else:
-                await self.state.settle_bucket(key, -amount, *bucket)
-        adm.taken.clear()
+        if adm.taken:
+            await self.state.apply_all([negate(op) for _, _, op in reversed(adm.taken)])
+            adm.taken.clear()
 
-    def _budget_key(self, level: Level) -> tuple[str, float]:
-        # the period's key is computed once per period (calendar math is most of the cost)
-        wall = self.wall()
-        cached = self._periods.get(level.id)
+    def _budget_key(self, level: Level, wall: float | None = None) -> tuple[str, float]:
+        # the period's key is computed once per period (calendar math is most of the cost);
+        # by id, unit and period, so a minted key whose budget changes period gets its new key
+        wall = self.wall() if wall is None else wall
+        slot = (level.id, level.budget.unit, level.budget.period)
+        cached = self._periods.get(slot)
         if cached is None or wall >= cached[1]:
             label, remaining = period_bounds(level.budget.period, wall)
-            cached = self._periods[level.id] = (f"tenancy:{level.id}:budget:{level.budget.unit}:{label}",
-                                                wall + remaining)
+            cached = self._periods[slot] = (f"tenancy:{level.id}:budget:{level.budget.unit}:{label}",
+                                            wall + remaining)
         return cached[0], cached[1] - wall + _GRACE
 
     async def _spent(self, level: Level) -> float:
@@ -370,23 +377,32 @@ class Tenancy:
             return 0.0
         adm.settled = True
         tokens = usage.input_tokens + usage.output_tokens if usage is not None else 0
-        for kind, key, amount, *bucket in adm.taken:
-            if kind == "counter":
-                await self.state.add_counter(key, -amount, _PARALLEL_TTL)
-            elif kind == "tpm" and usage is not None:
-                await self.state.settle_bucket(key, tokens - amount, *bucket)
+        ops = []                   # one batch: the parallel slots back, tpm to the real usage, the budgets
+        for reason, _, op in adm.taken:
+            if reason == "parallel":
+                ops.append(negate(op))
+            elif reason == "tpm" and usage is not None:
+                ops.append(("bucket", op[1], tokens - op[2], op[3], op[4]))
         cost = price.cost(usage) if (price is not None and usage is not None) else 0.0
         self.spend_usd += cost
+        charged, wall = [], None
         for level in adm.levels:
             if level.budget is None:
                 continue
             amount = cost if level.budget.unit == "usd" else tokens
             if amount:
-                key, ttl = self._budget_key(level)
-                total = await self.state.add_counter(key, amount, ttl)
-                if total >= level.budget.alert * level.budget.limit and await self._first_alert(level, key, ttl):
-                    self._alert(level, total)
-                    adm.alerts.append(level.id)
+                wall = self.wall() if wall is None else wall
+                key, ttl = self._budget_key(level, wall)
+                charged.append((level, key, ttl, len(ops)))
+                ops.append(("counter", key, amount, None, ttl))
+        if not ops:
+            return cost
+        totals = await self.state.apply_all(ops)
+        for level, key, ttl, i in charged:
+            total = totals[i]
+            if total >= level.budget.alert * level.budget.limit and await self._first_alert(level, key, ttl):
+                self._alert(level, total)
+                adm.alerts.append(level.id)
         return cost
 
     async def _first_alert(self, level: Level, budget_key: str, ttl: float) -> bool:
