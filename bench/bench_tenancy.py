@@ -5,6 +5,7 @@ in one process: from the start of A's write to B's cache changing).
 
     python bench/bench_tenancy.py            # median µs per request over several runs; goal <= 10 µs
     python bench/bench_tenancy.py --redis    # + propagation p50/p99 (needs redis-server)
+    python bench/bench_tenancy.py --callgrind  # instructions per admit+settle (key + team), load-proof
 """
 import statistics
 import time
@@ -117,8 +118,30 @@ def propagation(n: int = 200) -> None:
               f"p99 {pct(values, 0.99):.0f} µs, max {max(values) * 1e6:.0f} µs (n={len(values)})")
 
 
+def instructions() -> None:
+    """Instructions per request under callgrind: (runs of 2,500 - runs of 500) / 2,000,
+    so start-up and import costs cancel out."""
+    import re
+    import subprocess
+    import sys
+    counts = []
+    for n in (500, 2500):
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                              __file__, "--one-run", str(n)], capture_output=True, text=True).stderr
+        counts.append(int(re.search(r"Collected : (\d+)", out).group(1)))
+    print(f"admit+settle (key + team, rpm+tpm+parallel+usd budget): {(counts[1] - counts[0]) / 2000:,.0f} "
+          "instructions per request (callgrind)")
+
+
 if __name__ == "__main__":
     import sys
+    if "--one-run" in sys.argv:
+        N = int(sys.argv[sys.argv.index("--one-run") + 1])
+        trio.run(one_run, Tenancy.from_config(AUTH), Price(2.5, 10.0, 1.25), Usage(200, 100, cached_tokens=50))
+        sys.exit(0)
+    if "--callgrind" in sys.argv:
+        instructions()
+        sys.exit(0)
     main()
     if "--redis" in sys.argv:
         propagation()

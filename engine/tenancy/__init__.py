@@ -108,17 +108,19 @@ class Level:
     limits: Limits = Limits()
     budget: Budget | None = None
     downgrade: str | None = None
-    # the limits as batch ops, built once: (reason, kind, state key, rate | limit, burst | ttl, amount cap)
+    # the limits as busbar.state batch ops, built once: (reason, op, amount cap); the op's amount
+    # is 1, except tpm's: the request's estimate, capped at the limit (set per request)
     ops: tuple = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         limits, ops = self.limits, []
         if limits.rpm:
-            ops.append(("rpm", "bucket", f"tenancy:{self.id}:rpm", limits.rpm / 60.0, limits.rpm, None))
+            ops.append(("rpm", ("bucket", f"tenancy:{self.id}:rpm", 1, limits.rpm / 60.0, limits.rpm), None))
         if limits.tpm:      # a request larger than the limit waits for a full bucket (amount capped)
-            ops.append(("tpm", "bucket", f"tenancy:{self.id}:tpm", limits.tpm / 60.0, limits.tpm, limits.tpm))
+            ops.append(("tpm", ("bucket", f"tenancy:{self.id}:tpm", 0, limits.tpm / 60.0, limits.tpm), limits.tpm))
         if limits.parallel:
-            ops.append(("parallel", "counter", f"tenancy:{self.id}:parallel", limits.parallel, _PARALLEL_TTL, None))
+            ops.append(("parallel", ("counter", f"tenancy:{self.id}:parallel", 1, limits.parallel, _PARALLEL_TTL),
+                        None))
         object.__setattr__(self, "ops", tuple(ops))
 
 
@@ -303,8 +305,9 @@ class Tenancy:
             # every level's limits in one batch (all or nothing: the state gives back what it took)
             ops, taken = [], admission.taken
             for level in levels:
-                for reason, kind, state_key, a, b, cap in level.ops:
-                    op = (kind, state_key, 1 if cap is None else min(estimate, cap), a, b)
+                for reason, op, cap in level.ops:
+                    if cap is not None:
+                        op = (op[0], op[1], min(estimate, cap), op[3], op[4])
                     ops.append(op)
                     taken.append((reason, level, op))
             if ops:
