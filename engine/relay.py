@@ -48,10 +48,12 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
     translation dropped (per attempt: hedged attempts run side by side)."""
     timeouts = x.plan.pipeline.timeouts
     try:
-        with trio.fail_after(max(timeouts.idle, timeouts.first_byte)):
-            data = await response.read(MAX_UPSTREAM_BODY)
-    except trio.TooSlowError:
-        return _server("upstream response stalled")
+        data = response.read_now(MAX_UPSTREAM_BODY)   # came with the head: nothing to wait for, no timeout
+        if data is None:
+            with trio.CancelScope(deadline=trio.current_time() + max(timeouts.idle, timeouts.first_byte)) as waiting:
+                data = await response.read(MAX_UPSTREAM_BODY)
+            if waiting.cancelled_caught:
+                return _server("upstream response stalled")
     except UpstreamError as exc:
         # headers came, the body broke off: the member's fault, and nothing
         # has gone to the client yet
