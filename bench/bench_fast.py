@@ -33,11 +33,12 @@ CONCURRENCY = (1, 8, 20, 32, 128)
 def baseline_tree(ref: str, tmp: Path) -> Path:
     """A PYTHONPATH entry whose `busbar` is revision `ref` of this repository
     (laid out as the wheel lays it: engine/ as busbar, its data inside)."""
-    src = tmp / "baseline-src"
+    tag = "".join(c if c.isalnum() else "_" for c in ref)
+    src = tmp / f"baseline-src-{tag}"
     src.mkdir()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    pkg = tmp / "baseline-pkg"
+    pkg = tmp / f"baseline-pkg-{tag}"
     shutil.copytree(src / "engine", pkg / "busbar")
     for data in ("schemas", "pipelines"):
         if (src / data).is_dir() and not (pkg / "busbar" / data).exists():

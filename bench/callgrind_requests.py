@@ -85,7 +85,8 @@ def instructions(pythonpath: Path | None, upstream_port: int, config: Path, n: i
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=300)
-    parser.add_argument("--baseline", help="a git revision measured the same way (before/after)")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="a git revision measured the same way (before/after; repeatable)")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                         help="also measure this tree with server.KEY: VALUE (repeatable)")
     args = parser.parse_args()
@@ -101,8 +102,8 @@ def main() -> int:
             path = tmp / f"variant-{key}.yaml"
             path.write_text(config.read_text() + f"server: {{{key}: {value}}}\n")
             runs[f"this tree, server.{key}: {value}"] = (None, path)
-        if args.baseline:
-            runs[args.baseline] = (baseline_tree(args.baseline, tmp), config)
+        for rev in args.baseline:
+            runs[rev] = (baseline_tree(rev, tmp), config)
         result = {}
         for label, (path, run_config) in runs.items():
             total = instructions(path, upstream_port, run_config, args.n,

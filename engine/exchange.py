@@ -723,7 +723,11 @@ class Exchange:
                 log.warning("request %s: dropped fields not expressible in %s: %s", self.record.id, up.name,
                             ", ".join(warnings))
         path = provider.endpoint.path(attempt.model, self.stream, None if up is provider.dialect else up)
-        headers: Headers = [JSON_CT, (b"accept", b"text/event-stream" if self.stream else b"application/json")]
+        fixed = provider.fixed_heads
+        if fixed is not None:       # content type, accept, extra_headers: rendered once for the provider
+            headers: Headers = [fixed[1 if self.stream else 0]]
+        else:
+            headers = [JSON_CT, (b"accept", b"text/event-stream" if self.stream else b"application/json")]
         auth = provider.endpoint.auth(attempt.key_secret)
         if same and up.forward_headers:
             forwarded = [(k, v) for k, v in self.request.headers if k in up.forward_headers]
@@ -733,7 +737,8 @@ class Exchange:
         else:
             headers.extend(auth)
             headers.extend(carried)
-        headers.extend(provider.extra_headers)
+        if fixed is None:
+            headers.extend(provider.extra_headers)
         if self.traceparent is not None:     # W3C trace context: this attempt's span is the parent upstream
             headers.append((b"traceparent", self.traceparent))
         if provider.signer is not None:

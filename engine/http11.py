@@ -36,11 +36,34 @@ class UnsafeRequest(ValueError):
     header, a header name that is not a token."""
 
 
+class HeaderBlock(bytes):
+    """Header lines rendered and checked once (`header_block`), e.g. a
+    provider's fixed headers at config compile; an item of a request's
+    header list that `serialize_request` splices in as it is."""
+
+
+def header_block(headers: Headers) -> HeaderBlock:
+    """`headers` as wire lines, checked as `serialize_request` checks them
+    (raises UnsafeRequest)."""
+    parts = []
+    for name, value in headers:
+        if _UNSAFE_VALUE.search(value) or not _TOKEN.fullmatch(name):
+            raise UnsafeRequest(f"header {name[:40]!r} has a line break, a NUL or a bad name")
+        parts += (name, b": ", value, b"\r\n")
+    return HeaderBlock(b"".join(parts))
+
+
 def serialize_request(method: bytes, target: bytes, host: bytes, headers: Headers, body: bytes) -> bytes:
+    """One request's bytes.  `headers` are (name, value) pairs, checked here,
+    or `HeaderBlock`s, checked when they were built."""
     if not target.startswith(b"/") or _UNSAFE_TARGET.search(target):
         raise UnsafeRequest(f"request target {target[:80]!r} is not a safe origin-form path")
     parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\ncontent-length: %d\r\n" % len(body)]
-    for name, value in headers:
+    for item in headers:
+        if type(item) is HeaderBlock:
+            parts.append(item)
+            continue
+        name, value = item
         if _UNSAFE_VALUE.search(value) or not _TOKEN.fullmatch(name):
             raise UnsafeRequest(f"header {name[:40]!r} has a line break, a NUL or a bad name")
         parts += (name, b": ", value, b"\r\n")

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from busbar.faults import FaultClass
+from busbar.http11 import UnsafeRequest, header_block
 from busbar.protocols import get_dialect
 from busbar.protocols.base import Endpoint, Headers
 from busbar.tls import TlsFileError, client_context
@@ -38,6 +39,18 @@ class Provider:
     max_connections: int | None = None   # concurrent upstream connections to this provider
     endpoint: Endpoint = None            # upstream path and auth header (protocol defaults + provider config)
     transport: Transport = DIRECT        # TLS trust (ca_bundle): part of the upstream pool's key
+    # the request headers every call carries (content type, accept, extra_headers), rendered and
+    # checked once per provider: [buffered, streamed]; None when a signer must see them as pairs
+    fixed_heads: tuple | None = None
+
+    def __post_init__(self):
+        if self.signer is None:
+            try:
+                self.fixed_heads = tuple(
+                    header_block([(b"content-type", b"application/json"), (b"accept", accept)] + list(self.extra_headers))
+                    for accept in (b"application/json", b"text/event-stream"))
+            except UnsafeRequest:
+                self.fixed_heads = None      # refused per request, as before
 
 
 def build_transport(name: str, spec: dict, defaults: dict | None = None, host: str = "") -> Transport:

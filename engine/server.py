@@ -39,6 +39,10 @@ READ_SIZE = 65536
 SERVER_HEADER = (b"server", b"busbar")
 _REASONS = {s.value: s.phrase.encode() for s in __import__("http").HTTPStatus}
 _REASONS[529] = b"Overloaded"
+# every status line, built once
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in _REASONS.items()}
+_TAIL = b"server: busbar\r\n\r\n"
+_TAIL_CLOSE = b"server: busbar\r\nconnection: close\r\n\r\n"
 
 
 class ClientGone(Exception):
@@ -74,15 +78,13 @@ def response_head(status: int, headers: Headers, close: bool = False) -> bytes:
     """Serialise a status line and headers.  A value that carries a line
     break or NUL (e.g. a client-chosen model echoed in x-busbar-pool) has
     those bytes percent-escaped: no value can add a header or a response."""
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+    parts = [line]
     for name, value in headers:
         if _UNSAFE_VALUE.search(value):
             value = _UNSAFE_VALUE.sub(_escape_unsafe, value)
-        parts.append(name + b": " + value + b"\r\n")
-    parts.append(b"server: busbar\r\n")
-    if close:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(_TAIL_CLOSE if close else _TAIL)
     return b"".join(parts)
 
 

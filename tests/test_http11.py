@@ -172,3 +172,29 @@ def test_response_serialiser_agrees_with_h11(status, headers, body, close):
     else:
         assert client.their_state is h11.DONE
         client.start_next_cycle()     # keep-alive: the connection is reusable
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(header_names, header_values), max_size=5), st.integers(0, 5))
+def test_a_header_block_is_the_same_bytes_as_its_pairs(headers, at):
+    """A provider's fixed headers rendered once (`header_block`) and spliced
+    into a request write the same request as the pairs checked per call."""
+    from busbar.http11 import header_block
+    at = min(at, len(headers))
+    spliced = headers[:at] + [header_block(headers[at:])]
+    assert serialize_request(b"POST", b"/v1/x", b"h", spliced, b"{}") == \
+        serialize_request(b"POST", b"/v1/x", b"h", headers, b"{}")
+
+
+def test_a_provider_with_an_unsafe_extra_header_still_refuses_it_per_request():
+    from busbar.http11 import UnsafeRequest, header_block
+    with pytest.raises(UnsafeRequest):
+        header_block([(b"x-ok", b"1"), (b"x-bad", b"a\r\nevil: 1")])
+    from busbar.providers import Provider
+    bad = Provider("p", "openai", None, None,
+                   [(b"x-bad", b"a\r\nevil: 1")], [])
+    assert bad.fixed_heads is None
+    good = Provider("p", "openai", None, None, [(b"x-extra", b"1")], [])
+    assert good.fixed_heads[0] == b"content-type: application/json\r\naccept: application/json\r\nx-extra: 1\r\n"
+    assert good.fixed_heads[1].startswith(b"content-type: application/json\r\naccept: text/event-stream\r\n")
+    assert Provider("p", "bedrock", None, None, [], [], signer=object()).fixed_heads is None   # SigV4 signs pairs
