@@ -78,8 +78,6 @@ def derive_aws_secret(master: str, access_key_id: str) -> str:
 # Stores: records are dicts {id, key_sha256, created, revoked, <FIELDS>}
 # ---------------------------------------------------------------------------
 class SqliteKeyStore:
-    shared = False
-
     SCHEMA = """CREATE TABLE IF NOT EXISTS client_keys (
         id TEXT PRIMARY KEY,
         sha256 TEXT NOT NULL UNIQUE,     -- the secret's hash; the secret itself is never stored
