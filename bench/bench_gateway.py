@@ -49,6 +49,8 @@ PROTOCOL_REQUESTS = {
     "gemini": ("/v1beta/models/{pool}:generateContent", {"contents": [{"role": "user", "parts": [{"text": "{text}"}]}]}),
     "cohere": ("/v2/chat", {"model": "{pool}", "messages": [{"role": "user", "content": "{text}"}]}),
     "bedrock": ("/model/{pool}/converse", {"messages": [{"role": "user", "content": [{"text": "{text}"}]}]}),
+    "bedrock-invoke": ("/model/{pool}/invoke", {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+                                                "messages": [{"role": "user", "content": "{text}"}]}),
 }
 PROTOCOLS = list(PROTOCOL_REQUESTS)
 WORDS = " ".join(f"w{i:02d}" for i in range(64))   # echoed back by the paced vendor as 64 chunks
@@ -63,6 +65,8 @@ def request_for(protocol: str, pool: str, stream: bool, text: str = "hi") -> tup
             path = path.replace(":generateContent", ":streamGenerateContent?alt=sse")
         elif protocol == "bedrock":
             path = path.replace("/converse", "/converse-stream")
+        elif protocol == "bedrock-invoke":
+            path = path.replace("/invoke", "/invoke-with-response-stream")
         else:
             body["stream"] = True
     return path, body
@@ -188,8 +192,8 @@ def main() -> int:
     for name, port in providers.items():
         for proto in PROTOCOLS:
             base = f"http://127.0.0.1:{port}" + ("/v1" if proto in ("openai", "responses") else "")
-            extra = ", region: us-east-1, access_key_id: AKIDBENCH, secret_access_key: bench" if proto == "bedrock" \
-                else ", key: sk-bench"
+            extra = ", region: us-east-1, access_key_id: AKIDBENCH, secret_access_key: bench" \
+                if proto in ("bedrock", "bedrock-invoke") else ", key: sk-bench"
             lines.append(f"  {name}-{proto}: {{protocol: {proto}, base_url: '{base}'{extra}}}")
     lines.append("admin: {listen: public}")      # workers share the port; no fixed admin port
     lines.append("pools:")
@@ -264,7 +268,9 @@ def main() -> int:
         # 5. cross-protocol cost
         results["cross_protocol"] = {}
         for label, client, vendor in (("openai->openai", "openai", "openai"), ("openai->anthropic", "openai", "anthropic"),
-                                      ("anthropic->gemini", "anthropic", "gemini")):
+                                      ("anthropic->gemini", "anthropic", "gemini"),
+                                      ("bedrock-invoke->bedrock-invoke", "bedrock-invoke", "bedrock-invoke"),
+                                      ("bedrock-invoke->anthropic", "bedrock-invoke", "anthropic")):
             path, body = request_for(client, f"fast-to-{vendor}", False)
             s = lua_for(tmp, label.replace(">", ""), body)
             url = f"http://127.0.0.1:{gw1}{path}"
@@ -280,8 +286,8 @@ def main() -> int:
         for label, row in results["cross_protocol"].items():
             row["added_vs_passthrough_p50_ms"] = row["p50_ms_c1"][0] - base
 
-        check_alive(procs, "the 6x6 matrix")
-        # the 6x6 matrix: which pairs work, buffered and streamed
+        check_alive(procs, "the 7x7 matrix")
+        # the 7x7 matrix: which pairs work, buffered and streamed
         matrix, errors = {}, {}
         import httpx
         with httpx.Client(timeout=10) as http:
@@ -372,7 +378,7 @@ def report(r: dict) -> None:
         print(f"   {label:<18} p50 {fmt(row['p50_ms_c1'])} ms (+{row['added_vs_passthrough_p50_ms']:.3f} vs passthrough) | "
               f"{row['rps_c32'][0]:.0f} RPS | errors {row['errors']} | stream TTFB {row['stream_ttfb_ms']:.2f} ms, "
               f"gap p99 {row['stream_gap_p99_ms']:.2f} ms")
-    print("\n   6x6 matrix (client -> vendor: buffered/streamed)")
+    print("\n   7x7 matrix (client -> vendor: buffered/streamed)")
     print("   " + " " * 10 + "".join(f"{v:>14}" for v in PROTOCOLS))
     for client in PROTOCOLS:
         print(f"   {client:<10}" + "".join(f"{'/'.join(r['matrix'][f'{client}->{v}']):>14}" for v in PROTOCOLS))

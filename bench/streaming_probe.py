@@ -2,6 +2,7 @@
 so the client adds as little as possible of its own)."""
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
@@ -12,6 +13,20 @@ import trio
 WORDS = " ".join(f"w{i:02d}" for i in range(64))
 BODY = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": WORDS}]}
 FIRST_CONTENT = b"w00"
+
+
+def _base64_needles(needle: bytes) -> list[bytes]:
+    """`needle` as it shows inside base64 at each of the three alignments (the
+    characters that depend on it alone): Bedrock InvokeModel streams carry each
+    event's JSON base64-encoded in an eventstream `chunk` frame."""
+    out = []
+    for a in range(3):
+        encoded = base64.b64encode(b"\0" * a + needle + b"\0\0\0")
+        out.append(encoded[-(-a * 8 // 6):(a + len(needle)) * 8 // 6])
+    return out
+
+
+FIRST_ENCODED = _base64_needles(b'"text":"' + FIRST_CONTENT)
 
 
 def request_bytes(path: str, body: dict, extra: str = "") -> bytes:
@@ -45,7 +60,7 @@ async def timed_stream(port: int, path: str, body: dict, extra: str = "") -> tup
             if not buf:
                 continue
         if not seen_content:
-            seen_content = FIRST_CONTENT in buf
+            seen_content = FIRST_CONTENT in buf or any(n in buf for n in FIRST_ENCODED)
         if seen_content:
             arrivals.append(now)
         if buf.endswith(b"0\r\n\r\n"):
