@@ -4,9 +4,10 @@
 The body is Anthropic Messages (the Anthropic codec parses and renders it)
 with Bedrock's three differences: `anthropic_version` in the body
 (`"bedrock-2023-05-31"` in AWS's guide; the anthropic SDK's AnthropicBedrock
-sends its own API version date, kept as it is), no `model` (it is in the path) and no `stream` (the path says
-it), and the beta flags as a body field `anthropic_beta` instead of the
-`anthropic-beta` header.  Everything around the body is Bedrock's
+sends its own API version date, kept as it is), no `model` (it is in the
+path) and no `stream` (the path says it), and the beta flags as a body field
+`anthropic_beta` instead of the `anthropic-beta` header (notes both ways,
+`bedrock.claude_betas`).  Everything around the body is Bedrock's
 (`BedrockDialect`): SigV4 (`busbar.aws.sigv4`), the model and the stream
 flag in the path, restJson errors (`x-amzn-ErrorType` + `{"message"}`), and
 an eventstream answer whose `chunk` events carry, base64 in their `bytes`
