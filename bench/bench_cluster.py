@@ -32,7 +32,7 @@ import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_gateway import LUA, free_port, lua_for, wait_port, wrk  # noqa: E402
+from bench_gateway import LUA, cpu_seconds, free_port, lua_for, wait_port, wrk  # noqa: E402
 
 from busbar.cluster import RoutingSync  # noqa: E402
 from busbar.routing import Needs, Router  # noqa: E402
@@ -233,6 +233,24 @@ def redis_commands(port: int) -> int:
     return trio.run(info)
 
 
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of a gateway and its worker processes (`--workers N` forks them), by pid."""
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    out = {}
+    for p in pids:
+        try:
+            out[p] = cpu_seconds(p)
+        except OSError:
+            pass
+    return out
+
+
 def rps_rows(variants: dict, args, script: str, redis_port: int) -> dict:
     """All gateways up at once, wrk runs interleaved (the box's load drifts; each variant sees
     the same drift).  Also counts the Redis commands a variant's runs caused."""
@@ -246,8 +264,15 @@ def rps_rows(variants: dict, args, script: str, redis_port: int) -> dict:
         for _ in range(args.runs):
             for label, (_, port) in procs.items():
                 before = redis_commands(redis_port)
-                rows[label].append(wrk(f"http://127.0.0.1:{port}/v1/chat/completions", args.connections,
-                                       args.duration, script))
+                cpu_before = tree_cpu(procs[label][0].pid)
+                row = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", args.connections, args.duration, script)
+                cpu_after = tree_cpu(procs[label][0].pid)
+                used = [cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after]
+                row["cpu_us_per_request"] = 1e6 * sum(used) / max(1, row["requests"])
+                # per process that served (the supervisor of --workers N hardly runs): CPU share of the run
+                row["busy_cores"] = sorted((u / args.duration for u in used if u > 0.05 * args.duration),
+                                           reverse=True)
+                rows[label].append(row)
                 commands[label] += redis_commands(redis_port) - before - 1     # the INFO itself
     finally:
         for proc, _ in procs.values():
@@ -302,6 +327,8 @@ def main() -> int:
             print(f"   {label:18s} RPS {med(runs, 'rps')}   p50 {med(runs, 'p50_ms')} ms   "
                   f"p99 {med(runs, 'p99_ms')} ms   errors {errors}   redis commands {commands[label]} "
                   f"for {requests} requests")
+            print(f"   {'':18s} CPU {med(runs, 'cpu_us_per_request')} µs/request   busy cores per process "
+                  f"(last run) {', '.join(f'{c:.2f}' for c in runs[-1]['busy_cores'])}")
         memory = statistics.median(r["rps"] for r in rows["memory, 1 worker"])
         redis = statistics.median(r["rps"] for r in rows["redis, 1 worker"])
         print(f"   redis vs memory: {100 * (redis - memory) / memory:+.1f} % RPS")
