@@ -104,8 +104,8 @@ HINTS: dict[str, frozenset[str]] = {
     "openai": frozenset({"stream_options", "store", "service_tier", "safety_identifier",
                          "prompt_cache_key", "prompt_cache_retention", "name", "annotations"}),
     "responses": frozenset({"stream_options", "store", "service_tier", "safety_identifier",
-                            "prompt_cache_key", "prompt_cache_retention", "include", "status",
-                            "id", "annotations", "logprobs", "phase", "background"}),
+                            "prompt_cache_key", "prompt_cache_retention", "include",
+                            "annotations", "logprobs", "phase", "background"}),
     "anthropic": frozenset({"cache_control", "service_tier", "citations", "context",
                             "inference_geo", "speed", "caller"}),
     "gemini": frozenset({"thoughtSignature", "cachedContent", "labels", "videoMetadata",
@@ -118,7 +118,8 @@ HINTS: dict[str, frozenset[str]] = {
 # Fields SDKs add to what they send back (presentation helpers) and pure
 # bookkeeping: no meaning for any vendor, dropped without a warning.
 SILENT: dict[str, frozenset[str]] = {
-    "responses": frozenset({"parsed_arguments", "parsed", "client_metadata"}),   # openai JS helpers; Codex CLI
+    # openai JS helpers; Codex CLI; the id/status every SDK echoes on items it sends back
+    "responses": frozenset({"parsed_arguments", "parsed", "client_metadata", "id", "status"}),
     "anthropic": frozenset({"eager_input_streaming"}),                          # Vercel AI SDK streaming hint
 }
 
