@@ -538,7 +538,9 @@ class HttpServer:
                 if data and head is None and not body_parts:
                     scope.deadline = min(scope.deadline, trio.current_time() + self.header_timeout)
                     self._idle.pop(id(scope), None)     # a request is arriving: no longer sheddable
-                    if conn.idle and data.startswith(H2_PREFACE[:len(data)]):
+                    # "PRI" is where HTTP/2 and HTTP/1 part: a shorter prefix ("P",
+                    # "PR") may still be POST/PUT/PATCH, so it goes to the h1 parser
+                    if conn.idle and len(data) >= 3 and data.startswith(H2_PREFACE[:len(data)]):
                         raise _Http2Preface()
                 conn.receive_data(data)
                 continue

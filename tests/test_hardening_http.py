@@ -134,3 +134,14 @@ async def test_http2_prior_knowledge_gets_goaway_http_1_1_required():
     assert [kind for kind, _ in frames] == [0x4, 0x7]          # SETTINGS, GOAWAY
     goaway = frames[1][1]
     assert int.from_bytes(goaway[4:8], "big") == 0xD and b"HTTP/1.1" in goaway[8:]
+
+
+async def test_a_request_whose_first_segment_is_a_lone_p_is_http1_not_http2():
+    # "P" is a prefix of the h2 preface and of POST: a client writing byte by byte is served
+    async with gateway_with(CONFIG, a=MockVendor()) as gw:
+        stream = await _connect(gw)
+        await stream.send_all(b"P")
+        await trio.sleep(0.05)
+        await stream.send_all(b"OST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                              b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(CHAT) + CHAT)
+        assert (await _read_all(stream)).startswith(b"HTTP/1.1 200")
