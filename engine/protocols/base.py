@@ -338,19 +338,7 @@ class DialectContract(Protocol):
 
     # translation and streams
     def parse_request(self, obj: dict, params: dict | None = None): ...
-    def client_error(self, err: ClientError, obj: dict) -> ClientError:
-        """A translation error (a renderer names the IR's path, `messages[1].content[0]...`)
-        naming the path in this client's body `obj` instead (busbar.protocols.paths),
-        in its `param` and its message; found only now, so a request that translates
-        pays nothing for it."""
-        if not err.param:
-            return err
-        from busbar.protocols.paths import client_path
-        path = client_path(self.name, self.codec.parse_request, obj, err.param)
-        if path is not None and path != err.param:
-            err.message = err.message.replace(f"'{err.param}'", f"'{path}'")
-            err.param = path
-        return err
+    def client_error(self, err: ClientError, obj: dict) -> ClientError: ...
 
     def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
                        unsupported: str = "reject") -> tuple[bytes, list[str]]: ...
