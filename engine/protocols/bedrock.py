@@ -753,25 +753,13 @@ def usage_in(u: dict) -> ir.Usage:
 _TEXT, _TOOL, _REASONING, _REDACTED = 1, 2, 3, 4
 
 
-class StreamDecoder:
-    """ConverseStream frames -> IR.  Text and reasoning blocks start with
-    their first delta (Bedrock has no text contentBlockStart); the stop
-    reason (messageStop) is held until the usage (metadata) that follows it.
-    Exception and error frames become an ErrorEvent whose `raw` names the
-    exception the way `BedrockDialect.classify` reads it; the `p` padding of
-    real payloads is ignored."""
+class FrameDecoder:
+    """Eventstream framing and its failures, shared by the ConverseStream and
+    InvokeModel stream decoders: `feed` hands each frame to `_message`; a
+    framing or payload error fails the decoder for good."""
 
-    __slots__ = ("_frames", "_blocks", "_next", "_stop", "_seq", "_tools", "_done", "_failed")
-
-    def __init__(self):
-        self._frames = es.Decoder()
-        self._blocks: dict[int, list] = {}    # open blocks: contentBlockIndex -> [IR index, kind]
-        self._next = 0
-        self._stop: SR | None = None
-        self._seq: str | None = None
-        self._tools = False
-        self._done = False
-        self._failed = False
+    __slots__ = ("_frames", "_failed")
+    _what = "eventstream event"       # named in a malformed payload's error
 
     def feed(self, data: bytes) -> list[ir.Event]:
         if self._failed:
@@ -788,15 +776,43 @@ class StreamDecoder:
             raise StreamError(f"malformed eventstream frame: {exc}") from None
         except s.MALFORMED as exc:
             self._failed = True
-            raise StreamError(f"malformed ConverseStream event: {exc!r}"[:300]) from None
+            raise StreamError(f"malformed {self._what}: {exc!r}"[:300]) from None
         return out
 
-    def close(self) -> list[ir.Event]:
+    def _close_frames(self) -> None:
         try:
             self._frames.close()
         except es.EventStreamError as exc:
             self._failed = True
             raise StreamError(str(exc)) from None
+
+    def _message(self, m: es.Message, out: list) -> None:
+        raise NotImplementedError
+
+
+class StreamDecoder(FrameDecoder):
+    """ConverseStream frames -> IR.  Text and reasoning blocks start with
+    their first delta (Bedrock has no text contentBlockStart); the stop
+    reason (messageStop) is held until the usage (metadata) that follows it.
+    Exception and error frames become an ErrorEvent whose `raw` names the
+    exception the way `BedrockDialect.classify` reads it; the `p` padding of
+    real payloads is ignored."""
+
+    __slots__ = ("_blocks", "_next", "_stop", "_seq", "_tools", "_done")
+    _what = "ConverseStream event"
+
+    def __init__(self):
+        self._frames = es.Decoder()
+        self._blocks: dict[int, list] = {}    # open blocks: contentBlockIndex -> [IR index, kind]
+        self._next = 0
+        self._stop: SR | None = None
+        self._seq: str | None = None
+        self._tools = False
+        self._done = False
+        self._failed = False
+
+    def close(self) -> list[ir.Event]:
+        self._close_frames()
         out: list = []
         if not self._done:
             if self._stop is None:

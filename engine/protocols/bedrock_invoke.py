@@ -33,7 +33,7 @@ from busbar.protocols import anthropic
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
 from busbar.protocols.base import Codec, Headers, StreamError, bearer_token, locate_malformed
-from busbar.protocols.bedrock import BedrockDialect, claude_betas, exception_event, exception_frame, model_path
+from busbar.protocols.bedrock import BedrockDialect, FrameDecoder, claude_betas, exception_event, exception_frame, model_path
 
 P = anthropic.P                   # the body's family: extras, signatures and cache marks are Anthropic's
 NAME = "bedrock-invoke"
@@ -146,53 +146,35 @@ _render_response = anthropic._render_response
 # streaming: eventstream `chunk` frames around Messages events
 
 
-class StreamDecoder:
+class StreamDecoder(FrameDecoder):
     """InvokeModelWithResponseStream frames -> IR: each `chunk` event's
     `bytes` (base64) is one Messages stream event's JSON, fed to the
     Anthropic decoder; exception and error frames end the stream with an
     ErrorEvent as Bedrock's ConverseStream decoder reads them."""
 
-    __slots__ = ("_frames", "_inner", "_failed")
+    __slots__ = ("_inner",)
+    _what = "InvokeModel stream chunk"
 
     def __init__(self):
         self._frames = es.Decoder()
         self._inner = anthropic.StreamDecoder()
         self._failed = False
 
-    def feed(self, data: bytes) -> list[ir.Event]:
-        if self._failed:
-            raise StreamError("decoder already failed")
-        out: list = []
+    def _message(self, m, out: list) -> None:
         inner = self._inner
-        try:
-            for m in self._frames.feed(data):
-                if inner._done:
-                    continue
-                h = m.headers
-                mt = h.get(":message-type")
-                if mt != "event":
-                    inner._done = True
-                    out.append(exception_event(mt, h, m.payload))
-                elif h.get(":event-type") == "chunk":
-                    inner._event(None, base64.b64decode(s.loads(m.payload)["bytes"]), out)
-                # other event types: none are defined; ignored like unknown SSE events
-        except StreamError:
-            self._failed = True
-            raise
-        except es.EventStreamError as exc:
-            self._failed = True
-            raise StreamError(f"malformed eventstream frame: {exc}") from None
-        except s.MALFORMED as exc:
-            self._failed = True
-            raise StreamError(f"malformed InvokeModel stream chunk: {exc!r}"[:300]) from None
-        return out
+        if inner._done:
+            return
+        h = m.headers
+        mt = h.get(":message-type")
+        if mt != "event":
+            inner._done = True
+            out.append(exception_event(mt, h, m.payload))
+        elif h.get(":event-type") == "chunk":
+            inner._event(None, base64.b64decode(s.loads(m.payload)["bytes"]), out)
+        # other event types: none are defined; ignored like unknown SSE events
 
     def close(self) -> list[ir.Event]:
-        try:
-            self._frames.close()
-        except es.EventStreamError as exc:
-            self._failed = True
-            raise StreamError(str(exc)) from None
+        self._close_frames()
         out: list = []
         try:
             self._inner._end(out)
