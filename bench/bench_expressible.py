@@ -9,7 +9,6 @@ client's protocol pays nothing (the check is skipped).
 
 Usage: python bench/bench_expressible.py [N]
 """
-import statistics
 import sys
 import time
 
@@ -17,17 +16,12 @@ import orjson
 
 from busbar.protocols import PROTOCOLS, expressible, get_dialect
 
+import microbench  # bench/microbench.py: the shared timing loop
+
+
 
 def measure(label, fn, n):
-    for _ in range(1000):
-        fn()
-    runs = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        runs.append((time.perf_counter() - t) / n * 1e6)
-    print(f"{label:62s} {statistics.median(runs):7.2f} µs (spread {min(runs):.2f}-{max(runs):.2f}, median of 5 x {n})")
+    return microbench.measure(label, fn, n, width=62)
 
 
 # ~1 KB OpenAI request (the one docs/translation.md's render figures use): system

@@ -23,17 +23,12 @@ from busbar.reasoning_store import ReasoningStore
 from busbar.state.redis import RedisState
 from busbar.state.shared import SharedEntries
 
+import microbench  # bench/microbench.py: the shared timing loop
+
+
 
 def measure(label, fn, n):
-    for _ in range(min(1000, n)):
-        fn()
-    runs = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        runs.append((time.perf_counter() - t) / n * 1e6)
-    print(f"{label:64s} {statistics.median(runs):7.2f} µs (spread {min(runs):.2f}-{max(runs):.2f}, median of 5 x {n})")
+    return microbench.measure(label, fn, n, width=64)
 
 
 async def ameasure(label, op, n):

@@ -3,24 +3,17 @@ translated request pays.  Median of 5 runs x N, µs per call.
 
 Usage: python bench/bench_reasoning_store.py [N]
 """
-import statistics
 import sys
-import time
 
 from busbar import ir
 from busbar.reasoning_store import ReasoningStore, StreamCapture
 
+import microbench  # bench/microbench.py: the shared timing loop
+
+
 
 def measure(label, fn, n):
-    for _ in range(1000):
-        fn()
-    runs = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        runs.append((time.perf_counter() - t) / n * 1e6)
-    print(f"{label:58s} {statistics.median(runs):7.2f} µs (spread {min(runs):.2f}-{max(runs):.2f}, median of 5 x {n})")
+    return microbench.measure(label, fn, n, width=58)
 
 
 def main(n):
