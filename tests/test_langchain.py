@@ -74,7 +74,9 @@ def _no_tracing(monkeypatch):
 
 
 def _needs(client: str):
-    pytest.importorskip(MODULES[client], reason=f"{MODULES[client]} not installed (the test extra)")
+    where = ("`pip install --no-deps langchain-cohere` (its cohere<6 pin would downgrade the SDK; .ci/run does it)"
+             if client == "cohere" else "the test extra")
+    pytest.importorskip(MODULES[client], reason=f"{MODULES[client]} not installed: {where}")
 
 
 def _all_answered(gw, mock: MockVendor, vendor: str) -> None:
