@@ -583,7 +583,7 @@ class Exchange:
                     raise               # the client's request itself (it does not parse), not this member
                 return Inexpressible(err)
             stops, warnings = self.stops, self._warnings     # this attempt's (a hedge builds its own)
-            pool = self.gw.upstream.pool(provider.origin, provider.max_connections, provider.transport)
+            pool = self._pool(provider)
             try:
                 wait = timeouts.first_byte
                 if self.resuming is not None:
@@ -624,6 +624,11 @@ class Exchange:
         await self.responder.send(200, [JSON_CT] + self.answer_headers(attempt) + self.client.local_headers(), body)
         return Answered(200, ttfb)
 
+    def _pool(self, provider: "Provider"):
+        """The member's connection pool: its origin through its transport (TLS
+        trust, egress proxy), the one place an attempt's calls get it from."""
+        return self.gw.upstream.pool(provider.origin, provider.max_connections, provider.transport)
+
     def _parsed(self):
         """The client's request as IR (parsed once, on first need)."""
         if self._ir is None:
@@ -639,7 +644,7 @@ class Exchange:
         cancels the rest and is the attempt's outcome, so the batch fails
         over whole and nothing reaches the client before every part is in."""
         timeouts = self.plan.pipeline.timeouts
-        pool = self.gw.upstream.pool(provider.origin, provider.max_connections)
+        pool = self._pool(provider)
         calls = [self._build(attempt, provider, up, part) for part in parts]   # signed now, sent soon
         warnings = self._warnings
         limiter = trio.CapacityLimiter(up.parallel_calls)

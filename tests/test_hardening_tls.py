@@ -335,3 +335,22 @@ def test_a_bad_ca_bundle_is_a_config_error_naming_where_it_was_set(tmp_path, whe
             parse_config(config, "test-config")
         assert error.value.problems == [(f"test-config: {where}", error.value.message)]   # once, not per provider
         assert says in error.value.message
+
+
+@pytest.mark.sdk
+async def test_a_titan_batch_split_into_calls_uses_the_providers_ca_bundle(vendor_tls, ca_file):
+    """Each of a Titan batch's calls (one per text) reaches the member through
+    the provider's own transport, its CA bundle included, as a single call does."""
+    import openai
+    config = {"providers": {"aws": {"protocol": "bedrock", "base_url": "{secure}", "region": "us-east-1",
+                                    "access_key_id": "AKIDUPSTREAM", "secret_access_key": "upstream-secret",
+                                    "ca_bundle": ca_file}},
+              "pools": {"emb": {"members": [{"provider": "aws", "model": "amazon.titan-embed-text-v2:0",
+                                             "dimensions": 8}]}}}
+    secure = MockVendor(tls=vendor_tls)
+    async with gateway_with(config, secure=secure) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        answer = await sdk(lambda: client.embeddings.create(model="emb", input=["one", "two", "three"],
+                                                            dimensions=8, encoding_format="float"))
+    assert [d.index for d in answer.data] == [0, 1, 2]
+    assert len(secure.received) == 3
