@@ -382,9 +382,9 @@ class Gateway:
                 protocol, answer = listed
                 dialect = get_dialect(protocol)
                 try:                 # the lists are for key holders too
-                    if dialect.signed_requests and self.aws_secrets:
+                    if dialect.signed_requests and self.signed_clients:    # config pairs and minted ones
                         dialect.verify_signed("GET", request.path.decode("latin-1"), request.query.decode("latin-1"),
-                                              request.headers, request.body, self.aws_secrets.get)
+                                              request.headers, request.body, self.aws_secret)
                     elif self.tenancy is not None and self.tenancy.required:
                         self.tenancy.authenticate(self._any_key(request))
                 except ClientError as err:

@@ -394,3 +394,26 @@ async def test_a_minted_key_with_a_sigv4_pair_signs_boto3_requests_and_its_revoc
         assert refused.returncode == 1 and "aws_master_secret" in refused.stderr
     logs = "\n".join(r.getMessage() for r in caplog.records)
     assert secret not in logs and MASTER not in logs
+
+
+@pytest.mark.sdk
+async def test_a_minted_sigv4_pair_lists_the_inference_profiles(tmp_path):
+    """The control plane's lists check a signature the way requests do: a
+    minted pair (no auth.aws_credentials at all) is verified, a wrong secret refused."""
+    import boto3
+    from botocore.exceptions import ClientError as BotoError
+    cfg = config(tmp_path / "keys.sqlite", keys=[{"id": "team-a", "key": "config-key-a"}], aws_master_secret=MASTER)
+    async with gateway_with(cfg, a=MockVendor(reply="hi")) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            r = await http.post("/admin/keys", headers=ADMIN, json={"id": "lister", "aws": True})
+            assert r.status_code == 201, r.text
+            made = r.json()
+
+        def control(secret):
+            return boto3.client("bedrock", endpoint_url=gw.url, region_name="us-east-1",
+                                aws_access_key_id=made["aws_access_key_id"], aws_secret_access_key=secret)
+        profiles = await sdk(lambda: control(made["aws_secret_access_key"]).list_inference_profiles())
+        assert {p["inferenceProfileId"] for p in profiles["inferenceProfileSummaries"]} >= {"smart", "cheap"}
+        with pytest.raises(BotoError) as info:
+            await sdk(lambda: control("wrong" * 8).list_inference_profiles())
+        assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
