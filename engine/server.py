@@ -429,9 +429,8 @@ class HttpServer:
         return False
 
     async def _plain_http_on_tls(self, transport: trio.abc.Stream) -> None:
-        status, headers, body = self.on_error(
-            None, 400, "This port serves HTTPS (server.tls); the request was sent as plain HTTP: use https://.")
-        data = response_head(status, headers + [(b"content-length", b"%d" % len(body))], close=True) + body
+        data = _closing_answer(self.on_error(
+            None, 400, "This port serves HTTPS (server.tls); the request was sent as plain HTTP: use https://."))
         try:
             with trio.move_on_after(2):
                 await transport.send_all(data)
@@ -592,13 +591,18 @@ class HttpServer:
 
     async def _send_raw(self, stream, answer: tuple[int, Headers, bytes], timeout: float = 5) -> None:
         """A whole answer that ends the connection."""
-        status, headers, body = answer
-        data = response_head(status, headers + [(b"content-length", b"%d" % len(body))], close=True) + body
+        data = _closing_answer(answer)
         try:
             with trio.move_on_after(timeout):
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+def _closing_answer(answer: tuple[int, Headers, bytes]) -> bytes:
+    """A whole answer's bytes, content-length framed, that ends the connection."""
+    status, headers, body = answer
+    return response_head(status, headers + [(b"content-length", b"%d" % len(body))], close=True) + body
 
 
 async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
