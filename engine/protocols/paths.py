@@ -97,22 +97,18 @@ def _chat_assistant(item: dict, offset: int, plan: bool = False) -> Path:
     return places[offset] if offset < len(places) else []
 
 
-def _chat_part(item: dict, offset: int) -> Path:
+def _chat_part(item: dict, offset: int, plan: bool = False) -> Path:
+    """Chat (and Cohere, `plan`: its assistant turns may carry a tool_plan)."""
     role = item.get("role")
     if role == "tool":
         return []                        # the tool message is the tool result
     if role == "assistant":
-        return _chat_assistant(item, offset)
+        return _chat_assistant(item, offset, plan)
     return _content(item, offset)
 
 
 def _cohere_part(item: dict, offset: int) -> Path:
-    role = item.get("role")
-    if role == "tool":
-        return []
-    if role == "assistant":
-        return _chat_assistant(item, offset, plan=True)
-    return _content(item, offset)
+    return _chat_part(item, offset, plan=True)
 
 
 def _responses_part(item: dict, offset: int) -> Path:
@@ -238,7 +234,7 @@ def _shapes() -> dict[str, Shape]:
                            {**common, **_sampling(responses.SAMPLING), "reasoning": "reasoning",
                             "max_tokens": "max_output_tokens", "response_format": "text.format", "stop": "stop"},
                            {"content": "output"}),
-        "anthropic": Shape("messages", lambda item, offset: _content(item, offset), _listed("system"),
+        "anthropic": Shape("messages", _content, _listed("system"),
                            _plain_tools, {**common, **_sampling(anthropic.SAMPLING), "reasoning": "thinking",
                                           "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
                                           "response_format": "output_config.format"},
