@@ -57,9 +57,6 @@ class MemoryState:
         return Taken(False, tokens, bucket_retry_after(tokens, amount, rate, burst))
 
     async def settle_bucket(self, key: str, amount: float, rate: float, burst: float) -> float:
-        return self.settle_bucket_now(key, amount, rate, burst)
-
-    def settle_bucket_now(self, key: str, amount: float, rate: float, burst: float) -> float:
         now = self._now()
         tokens = min(burst, self._refilled(key, rate, burst, now) - amount)
         self._store_bucket(key, tokens, rate, burst, now)
@@ -142,9 +139,6 @@ class MemoryState:
         return Taken(True, total, 0.0)
 
     async def add_counter(self, key: str, amount: float, ttl_s: float) -> float:
-        return self.add_counter_now(key, amount, ttl_s)
-
-    def add_counter_now(self, key: str, amount: float, ttl_s: float) -> float:
         now = self._now()
         total, expires_at = self._total(key, now)
         total += amount
