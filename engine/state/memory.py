@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from busbar.state import QUOTA_WINDOW, QuotaAsk, QuotaTaken, Taken
+from busbar.state import QUOTA_WINDOW, QuotaAsk, QuotaTaken, Taken, negate
 
 # Expired entries are dropped lazily on access and by a sweep every this many writes,
 # so a stream of one-off keys (per-period counters) cannot grow memory without bound.
@@ -75,7 +75,7 @@ class MemoryState:
                 tokens, at, _ = buckets.get(key) or (b, now, now)
                 tokens = min(b, tokens + (now - at) * a) if now > at else min(b, tokens)
                 if tokens < amount:
-                    self._apply_now([(o[0], o[1], -o[2], o[3], o[4]) for o in reversed(ops[:i])], now)
+                    self._apply_now([negate(o) for o in reversed(ops[:i])], now)
                     return i, Taken(False, tokens, bucket_retry_after(tokens, amount, a, b))
                 tokens -= amount
                 buckets[key] = (tokens, now, now + (b - tokens) / a if a > 0 else math.inf)
@@ -84,7 +84,7 @@ class MemoryState:
                 if expires_at <= now:
                     total, expires_at = 0.0, 0.0
                 if a is not None and total + amount > a:
-                    self._apply_now([(o[0], o[1], -o[2], o[3], o[4]) for o in reversed(ops[:i])], now)
+                    self._apply_now([negate(o) for o in reversed(ops[:i])], now)
                     return i, Taken(False, total, expires_at - now if expires_at else math.inf)
                 counters[key] = (total + amount, max(expires_at, now + b))
         self._wrote(now, len(ops))
