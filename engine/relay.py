@@ -42,22 +42,30 @@ def _server(message: str, status: int = 0) -> Failed:
     return Failed(Fault(FaultClass.SERVER, status, message))
 
 
-async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, stops=None, warnings=()) -> Outcome:
-    """`up` is the member's dialect for this call (`Dialect.peer`); `stops`
-    the stop strings the gateway emulates for it, `warnings` what its
-    translation dropped (per attempt: hedged attempts run side by side)."""
-    timeouts = x.plan.pipeline.timeouts
+async def _read_body(x: "Exchange", response) -> bytes | Failed:
+    """A buffered answer's whole body, or `Failed` (the member's fault, nothing
+    having gone to the client): stalled past the idle/first-byte bound, or
+    broken off after the head."""
     try:
         data = response.read_now(MAX_UPSTREAM_BODY)   # came with the head: nothing to wait for, no timeout
         if data is None:
+            timeouts = x.plan.pipeline.timeouts
             with trio.CancelScope(deadline=trio.current_time() + max(timeouts.idle, timeouts.first_byte)) as waiting:
                 data = await response.read(MAX_UPSTREAM_BODY)
             if waiting.cancelled_caught:
                 return _server("upstream response stalled")
     except UpstreamError as exc:
-        # headers came, the body broke off: the member's fault, and nothing
-        # has gone to the client yet
         return _server(f"upstream response broke off: {exc}", response.status)
+    return data
+
+
+async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, stops=None, warnings=()) -> Outcome:
+    """`up` is the member's dialect for this call (`Dialect.peer`); `stops`
+    the stop strings the gateway emulates for it, `warnings` what its
+    translation dropped (per attempt: hedged attempts run side by side)."""
+    data = await _read_body(x, response)
+    if type(data) is Failed:
+        return data
     if up is x.client:
         # the bytes go out untouched, but only if they are JSON at all: a
         # garbage 200 is the member's fault and fails over (~2 µs to check)
@@ -114,15 +122,11 @@ async def read_answer(x: "Exchange", up, response):
     """One buffered 2xx answer of `up`'s, read and parsed to its IR (the
     calls of a split batch, `Exchange._fan_out`), or `Failed`: the member's
     fault, nothing having gone to the client."""
-    timeouts = x.plan.pipeline.timeouts
+    data = await _read_body(x, response)
+    if type(data) is Failed:
+        return data
     try:
-        with trio.fail_after(max(timeouts.idle, timeouts.first_byte)):
-            data = await response.read(MAX_UPSTREAM_BODY)
         return up.parse_response(orjson.loads(data))
-    except trio.TooSlowError:
-        return _server("upstream response stalled")
-    except UpstreamError as exc:
-        return _server(f"upstream response broke off: {exc}", response.status)
     except Exception as exc:  # upstream garbage
         return _server(f"unparseable upstream response: {type(exc).__name__}", response.status)
 
