@@ -6,6 +6,8 @@ names; whole bodies for successes: an error's message may quote the bytes
 h11 had when it refused, which depends on how TCP cut them), then the close."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import trio
 
@@ -60,7 +62,12 @@ def summary(wire: bytes) -> list:
                  for n, v in headers]
         length = next((int(v) for n, v in headers if n.lower() == b"content-length"), len(wire))
         body, wire = wire[:length], wire[length:]
-        out.append((lines[0], names, body if lines[0][9:10] == b"2" else None))
+        if lines[0][9:10] == b"2":
+            # a model list says when its gateway started: two gateways, two seconds apart maybe
+            body = re.sub(rb'"created":\d+', b'"created":0', body)
+        else:
+            body = None
+        out.append((lines[0], names, body))
         if not sep:
             break
     return out
