@@ -96,7 +96,7 @@ class Exchange:
         self._inexpressible: ClientError | None = None   # the last member render that refused the request
         self.stops: list[str] | None = None   # stop strings the gateway emulates for this attempt's member
         self._warnings: list[str] = []   # fields translation dropped for the member that answers
-        self._deadline = trio.CancelScope()
+        self._deadline: trio.CancelScope | None = None    # the pipeline's deadline, once routed
         self.span = None                 # the request's trace span (busbar.telemetry), None when tracing is off
         self.traceparent: bytes | None = None   # the current attempt's, sent upstream
         self.tenancy_admission = None       # what busbar.tenancy took for this request, settled at the end
@@ -123,12 +123,13 @@ class Exchange:
     async def run(self) -> None:
         life = self.lifecycle
         try:
-            with self._deadline:
-                while not life.finished:
-                    step = STEPS.get(life.state)
-                    if step is None:
-                        raise lifecycle.LifecycleError(life.state, "(no driver step)")
-                    await step(self)
+            await self._drive(until_planned=True)
+            if not life.finished:
+                # the pipeline's deadline runs from the plan on (its own scope:
+                # the request ends in a 504, the connection goes on)
+                self._deadline = trio.CancelScope(deadline=trio.current_time() + self.plan.pipeline.deadline)
+                with self._deadline:
+                    await self._drive(until_planned=False)
         except ClientError as err:
             if not self.responder.started or life.finished:
                 raise
@@ -142,13 +143,23 @@ class Exchange:
                 self.gw.shares.leave(self.share)
             if self.tenancy_admission is not None:
                 await self._settle_tenancy()
-        if self._deadline.cancelled_caught and not life.finished:
+        if self._deadline is not None and self._deadline.cancelled_caught and not life.finished:
             err = ClientError(504, f"The request exceeded the gateway deadline of {self.plan.pipeline.deadline:g}s.",
                               "timeout")
             if not self.responder.started:
                 raise err
             life.fail("deadline")
             await self.end_stream_with_error(err, self._stream_encoder())
+
+    async def _drive(self, until_planned: bool) -> None:
+        """Run the step the request's state names until it is finished (or,
+        `until_planned`, until it has a routing plan)."""
+        life = self.lifecycle
+        while not life.finished and not (until_planned and self.plan is not None):
+            step = STEPS.get(life.state)
+            if step is None:
+                raise lifecycle.LifecycleError(life.state, "(no driver step)")
+            await step(self)
 
     async def _receive(self) -> None:
         """`received`: admit the request, then route it to its pool's plan."""
@@ -206,7 +217,6 @@ class Exchange:
                                        f"({shares.cap} requests in flight); retry shortly.", "overloaded",
                                   retry_after=1)
             self.share = share
-        self._deadline.deadline = trio.current_time() + self.plan.pipeline.deadline
         if self.stream:
             self.resume_policy = self.plan.pipeline.streaming.resume
         if not self.client.carries_signed_reasoning and self.model not in self.gw.no_reasoning_store:
