@@ -6,6 +6,8 @@ in one process: from the start of A's write to B's cache changing).
     python bench/bench_tenancy.py            # median µs per request over several runs; goal <= 10 µs
     python bench/bench_tenancy.py --redis    # + propagation p50/p99 (needs redis-server)
     python bench/bench_tenancy.py --callgrind  # instructions per admit+settle (key + team), load-proof
+    python bench/bench_tenancy.py --redis-admit [N]  # admit+settle on the Redis backend: round trips
+                                             # per request, wall and CPU µs (needs redis-server)
 """
 import statistics
 import time
@@ -118,6 +120,73 @@ def propagation(n: int = 200) -> None:
               f"p99 {pct(values, 0.99):.0f} µs, max {max(values) * 1e6:.0f} µs (n={len(values)})")
 
 
+def _redis_server():
+    """A redis-server on a free loopback port in a temp dir: (process, url, temp dir)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_gateway import free_port, wait_port
+    port, tmp = free_port(), tempfile.TemporaryDirectory()
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", tmp.name], stdout=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, f"redis://127.0.0.1:{port}/0", tmp
+
+
+def redis_admit(n: int = 1000, runs: int = 7) -> None:
+    """The key+team stack's admit + settle on RedisState against a real redis-server:
+    Redis commands per request (its own INFO stats), wall and CPU µs per request,
+    sequential requests on one connection; median of `runs` x `n` with the spread."""
+    from busbar.state.redis import RedisState
+    proc, url, tmp = _redis_server()
+
+    async def evalsha_calls() -> int:       # redis-server's own count (scripts cannot call EVALSHA)
+        from busbar.state.resp import RespConnection
+        conn = await RespConnection.open("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0]))
+        info = (await conn.call("INFO", "commandstats")).decode()
+        await conn.aclose()
+        return int(info.split("cmdstat_evalsha:calls=")[1].split(",")[0]) if "cmdstat_evalsha:" in info else 0
+
+    async def run():
+        state = RedisState(url, "bench", timeout_s=1.0)
+        round_trips, call = [0], state._call
+
+        async def counted(*args, **kw):             # every command the backend sends is one round trip
+            round_trips[0] += 1
+            return await call(*args, **kw)
+        state._call = counted
+        tenancy = Tenancy.from_config(AUTH, state)
+        price, usage = Price(2.5, 10.0, 1.25), Usage(200, 100, cached_tokens=50)
+        for _ in range(200):                              # scripts loaded, connection warm
+            await tenancy.settle(await tenancy.admit("client-key-a", "smart", 300), usage, price)
+        walls, cpus, per_request = [], [], []
+        for _ in range(runs):
+            before, scripts = round_trips[0], await evalsha_calls()
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                await tenancy.settle(await tenancy.admit("client-key-a", "smart", 300), usage, price)
+            walls.append((time.perf_counter() - t) / n * 1e6)
+            cpus.append((time.process_time() - c) / n * 1e6)
+            per_request.append(((round_trips[0] - before) / n, (await evalsha_calls() - scripts) / n))
+        await state.aclose()
+        return walls, cpus, per_request
+    try:
+        walls, cpus, per_request = trio.run(run)
+    finally:
+        proc.kill()
+        proc.wait()
+        tmp.cleanup()
+    print(f"redis admit+settle (key + team, rpm+tpm+parallel+usd budget): "
+          f"{statistics.median(r[0] for r in per_request):.2f} round trips "
+          f"({statistics.median(r[1] for r in per_request):.2f} EVALSHA) per request; "
+          f"wall median {statistics.median(walls):.1f} µs (spread {min(walls):.1f}-{max(walls):.1f}), "
+          f"CPU median {statistics.median(cpus):.1f} µs (spread {min(cpus):.1f}-{max(cpus):.1f}) "
+          f"over {len(walls)} x {n}")
+
+
 def instructions() -> None:
     """Instructions per request under callgrind: (runs of 2,500 - runs of 500) / 2,000,
     so start-up and import costs cancel out."""
@@ -138,6 +207,10 @@ if __name__ == "__main__":
     if "--one-run" in sys.argv:
         N = int(sys.argv[sys.argv.index("--one-run") + 1])
         trio.run(one_run, Tenancy.from_config(AUTH), Price(2.5, 10.0, 1.25), Usage(200, 100, cached_tokens=50))
+        sys.exit(0)
+    if "--redis-admit" in sys.argv:
+        rest = sys.argv[sys.argv.index("--redis-admit") + 1:]
+        redis_admit(int(rest[0]) if rest and rest[0].isdigit() else 1000)
         sys.exit(0)
     if "--callgrind" in sys.argv:
         instructions()

@@ -150,12 +150,17 @@ def test_batched_takes_and_applies_equal_the_generic_forms_over_single_ops(steps
         for is_take, ops, later in steps:
             clock[0] += later
             if is_take:
-                got, want = await batched.take_all(ops), await take_all(single, ops)
+                reads = ["c1", "c2", "absent"]
+                (got, got_totals), (want, want_totals) = (await batched.take_all(ops, reads),
+                                                          await take_all(single, ops, reads))
                 assert (got is None) == (want is None)
                 if got is not None:
                     assert got[0] == want[0] and got[1].ok == want[1].ok
                     assert got[1].level == pytest.approx(want[1].level)
                     assert got[1].retry_after == pytest.approx(want[1].retry_after)
+                    assert got_totals == want_totals == []      # a refused batch reads nothing
+                else:
+                    assert got_totals == pytest.approx(want_totals)
             else:
                 assert await batched.apply_all(ops) == pytest.approx(await apply_all(single, ops))
             for mine, theirs in ((batched._buckets, single._buckets), (batched._counters, single._counters)):

@@ -98,11 +98,13 @@ class StateBackend(Protocol):
 # ---- batches: one call for a request's limits (tenancy admits a key and its team at once) ----
 # An op is ("bucket", key, amount, rate, burst) or ("counter", key, amount, limit | None, ttl_s).
 
-async def take_all(state, ops: list[tuple]) -> tuple[int, Taken] | None:
-    """Take every op, all or nothing: None when all were taken, else (index,
-    Taken) of the first refused one, the ones before it given back.  The
-    generic form over the protocol; a backend may answer the batch in one go
-    (MemoryState: synchronously)."""
+async def take_all(state, ops: list[tuple], reads: list[str] = ()) -> tuple[tuple[int, Taken] | None, list[float]]:
+    """Take every op, all or nothing, then read the counters `reads`:
+    (None, their totals) when every op was taken, else ((index, Taken) of the
+    first refused op, []), the ones before it given back (a refused batch
+    takes nothing).  The generic form over the protocol's single ops; a
+    backend answers a batch in one go (MemoryState: synchronously, RedisState:
+    one script, one round trip)."""
     for i, op in enumerate(ops):
         if op[0] == "bucket":
             taken = await state.take_bucket(op[1], op[2], op[3], op[4])
@@ -110,8 +112,8 @@ async def take_all(state, ops: list[tuple]) -> tuple[int, Taken] | None:
             taken = await state.take_counter(op[1], op[2], op[3], op[4])
         if not taken.ok:
             await apply_all(state, [negate(o) for o in reversed(ops[:i])])
-            return i, taken
-    return None
+            return (i, taken), []
+    return None, [await state.get_counter(key) for key in reads]
 
 
 async def apply_all(state, ops: list[tuple]) -> list[float]:

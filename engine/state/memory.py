@@ -65,7 +65,11 @@ class MemoryState:
 
     # -- batches (busbar.state.take_all / apply_all, answered without awaiting each op) --
 
-    async def take_all(self, ops: list[tuple]) -> tuple[int, Taken] | None:
+    async def take_all(self, ops: list[tuple], reads: list[str] = ()) -> tuple[tuple[int, Taken] | None, list[float]]:
+        return self.take_all_now(ops, reads)
+
+    def take_all_now(self, ops: list[tuple], reads: list[str] = ()) -> tuple[tuple[int, Taken] | None, list[float]]:
+        """Synchronous twin of take_all (busbar.state.take_all's contract)."""
         # one clock reading for the batch, the bucket and counter laws inlined (the hot path of
         # tenancy: a key and its team); the same laws as take_bucket_now / take_counter_now
         now = self._now()
@@ -75,8 +79,8 @@ class MemoryState:
                 tokens, at, _ = buckets.get(key) or (b, now, now)
                 tokens = min(b, tokens + (now - at) * a) if now > at else min(b, tokens)
                 if tokens < amount:
-                    self._apply_now([negate(o) for o in reversed(ops[:i])], now)
-                    return i, Taken(False, tokens, bucket_retry_after(tokens, amount, a, b))
+                    self.apply_now([negate(o) for o in reversed(ops[:i])], now)
+                    return (i, Taken(False, tokens, bucket_retry_after(tokens, amount, a, b))), []
                 tokens -= amount
                 buckets[key] = (tokens, now, now + (b - tokens) / a if a > 0 else math.inf)
             else:                           # a: limit (None: none), b: ttl_s
@@ -84,16 +88,19 @@ class MemoryState:
                 if expires_at <= now:
                     total, expires_at = 0.0, 0.0
                 if a is not None and total + amount > a:
-                    self._apply_now([negate(o) for o in reversed(ops[:i])], now)
-                    return i, Taken(False, total, expires_at - now if expires_at else math.inf)
+                    self.apply_now([negate(o) for o in reversed(ops[:i])], now)
+                    return (i, Taken(False, total, expires_at - now if expires_at else math.inf)), []
                 counters[key] = (total + amount, max(expires_at, now + b))
-        self._wrote(now, len(ops))
-        return None
+        if ops:
+            self._wrote(now, len(ops))
+        return None, [self._total(key, now)[0] for key in reads] if reads else []
 
     async def apply_all(self, ops: list[tuple]) -> list[float]:
-        return self._apply_now(ops, self._now())
+        return self.apply_now(ops)
 
-    def _apply_now(self, ops: list[tuple], now: float) -> list[float]:
+    def apply_now(self, ops: list[tuple], now: float | None = None) -> list[float]:
+        """Synchronous twin of apply_all."""
+        now = self._now() if now is None else now
         buckets, counters, out = self._buckets, self._counters, []
         for kind, key, amount, a, b in ops:
             if kind == "bucket":            # settle: may go below 0 (a debt), capped at the burst
@@ -113,6 +120,9 @@ class MemoryState:
         return out
 
     async def get_counters(self, keys: list[str]) -> list[float]:
+        return self.counters_now(keys)
+
+    def counters_now(self, keys: list[str]) -> list[float]:
         now = self._now()
         return [self._total(key, now)[0] for key in keys]
 

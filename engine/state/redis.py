@@ -1,6 +1,7 @@
 """The Redis state backend: the same laws as MemoryState, shared by every replica and worker.
 
-Each take is one Lua script (atomic in Redis, clock from Redis' TIME so replicas with
+Each take, and each batch of a request's limits (busbar.state.take_all / apply_all), is
+one Lua script, one round trip (atomic in Redis, clock from Redis' TIME so replicas with
 skewed clocks agree), so counters are exact across replicas: the overshoot bound while
 Redis answers is 0. A request never waits on Redis beyond `timeout_s` (default 5 ms):
 past it, or while Redis is down, the take is answered by policy `on_unavailable`:
@@ -23,44 +24,59 @@ from collections.abc import Callable
 
 import trio
 
-from busbar.state import QUOTA_WINDOW, QuotaAsk, QuotaTaken, Taken
+from busbar.state import QUOTA_WINDOW, QuotaAsk, QuotaTaken, Taken, negate
 from busbar.state.memory import MemoryState, bucket_retry_after
 from busbar.state.resp import RespConnection, RespError, parse_redis_url
 
 log = logging.getLogger("busbar.state")
 
-# KEYS[1] bucket hash; ARGV amount, rate, burst, force ("1": take even past empty: settle)
-BUCKET_LUA = """
+# The client-key limits (busbar.tenancy) and every single bucket / counter op: a batch of ops as
+# one script, one round trip, atomic in Redis (the same laws as MemoryState.take_all_now /
+# apply_now).  KEYS: the ops' keys, then counters to read; ARGV: mode ("take": all or nothing,
+# "apply": unconditional, amounts may be < 0), the op count, then per op kind ("b" bucket, "c"
+# counter), amount, rate | limit ("" none), burst | ttl_ms.  A take that refuses op i gives
+# back ops i-1..1 (reverse order, as MemoryState does) and returns {i, level, pttl}; otherwise
+# {0, levels after each op, totals read}.  Numbers travel as '%.17g' strings (exact doubles).
+LIMITS_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local amount, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local v = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(v[1]) or burst
-local at = tonumber(v[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local ok = 0
-if ARGV[4] == '1' or tokens >= amount then
-  tokens = math.min(burst, tokens - amount)
-  ok = 1
+local forced, n = ARGV[1] == 'apply', tonumber(ARGV[2])
+local function fmt(x) return string.format('%.17g', x) end
+local function op(i, amount, force)
+  local key, b = KEYS[i], 3 + (i - 1) * 4
+  if ARGV[b] == 'b' then
+    local rate, burst = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+    local v = redis.call('HMGET', key, 'tokens', 'at')
+    local tokens = tonumber(v[1]) or burst
+    local at = tonumber(v[2]) or now
+    tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+    if not force and tokens < amount then return false, fmt(tokens), 0 end
+    tokens = math.min(burst, tokens - amount)
+    redis.call('HSET', key, 'tokens', fmt(tokens), 'at', fmt(now))
+    if rate > 0 then redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000) end
+    return true, fmt(tokens), 0
+  end
+  local total = tonumber(redis.call('GET', key) or '0')
+  local limit, ttl = ARGV[b + 2], tonumber(ARGV[b + 3])
+  if not force and limit ~= '' and total + amount > tonumber(limit) then
+    return false, fmt(total), redis.call('PTTL', key)
+  end
+  local after = redis.call('INCRBYFLOAT', key, fmt(amount))
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+  return true, after, 0
 end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', now))
-if rate > 0 then
-  redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+local levels = {}
+for i = 1, n do
+  local ok, level, pttl = op(i, tonumber(ARGV[4 + (i - 1) * 4]), forced)
+  if not ok then
+    for j = i - 1, 1, -1 do op(j, -tonumber(ARGV[4 + (j - 1) * 4]), true) end
+    return {i, level, pttl}
+  end
+  levels[i] = level
 end
-return {ok, string.format('%.17g', tokens)}
-"""
-
-# KEYS[1] counter; ARGV amount, limit ("" none), ttl_ms
-COUNTER_LUA = """
-local total = tonumber(redis.call('GET', KEYS[1]) or '0')
-local amount = tonumber(ARGV[1])
-if ARGV[2] ~= '' and total + amount > tonumber(ARGV[2]) then
-  return {0, string.format('%.17g', total), redis.call('PTTL', KEYS[1])}
-end
-local after = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-local ttl = tonumber(ARGV[3])
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return {1, after, 0}
+local totals = {}
+for i = n + 1, #KEYS do totals[i - n] = redis.call('GET', KEYS[i]) or '0' end
+return {0, levels, totals}
 """
 
 # Upstream key quotas (ADR 0017).  Per ask i: KEYS log (ZSET of "<uid>|<tokens>" scored by
@@ -172,9 +188,10 @@ return out
 """
 
 _SHA = {lua: hashlib.sha1(lua.encode()).hexdigest()
-        for lua in (BUCKET_LUA, COUNTER_LUA, QUOTA_TAKE_LUA, QUOTA_SETTLE_LUA, QUOTA_READ_LUA)}
+        for lua in (LIMITS_LUA, QUOTA_TAKE_LUA, QUOTA_SETTLE_LUA, QUOTA_READ_LUA)}
 
 POLICIES = ("open", "local", "closed")
+_REPLAY_BATCH = 200     # counters per replay script: each well inside the timeout of a busy Redis
 
 
 class RedisUnavailable(Exception):
@@ -231,59 +248,76 @@ class RedisState:
     # -- the protocol ------------------------------------------------------------------
 
     async def take_bucket(self, key: str, amount: float, rate: float, burst: float) -> Taken:
+        op = ("bucket", key, amount, rate, burst)
         try:
-            ok, level = await self._script(BUCKET_LUA, key, amount, rate, burst, "0")
+            refused, levels, _ = await self._limits("take", [op])
         except RedisUnavailable:
-            return self._fallback_bucket(key, amount, rate, burst)
-        level = float(level)
-        if ok:
-            return Taken(True, level, 0.0)
-        return Taken(False, level, bucket_retry_after(level, amount, rate, burst))
+            return self._fallback_bucket(*op[1:])
+        return refused[1] if refused else Taken(True, levels[0], 0.0)
 
     async def settle_bucket(self, key: str, amount: float, rate: float, burst: float) -> float:
-        try:
-            _, level = await self._script(BUCKET_LUA, key, amount, rate, burst, "1")
-            return float(level)
-        except RedisUnavailable:
-            return await self.local.settle_bucket(key, amount, rate, burst)
+        return (await self.apply_all([("bucket", key, amount, rate, burst)]))[0]
 
     async def take_counter(self, key: str, amount: float, limit: float | None, ttl_s: float) -> Taken:
+        op = ("counter", key, amount, limit, ttl_s)
         try:
-            ok, total, pttl = await self._script(
-                COUNTER_LUA, key, amount, "" if limit is None else limit, max(1, int(ttl_s * 1000)))
+            refused, levels, _ = await self._limits("take", [op])
         except RedisUnavailable:
-            return self._fallback_counter(key, amount, limit, ttl_s)
-        if ok:
-            return Taken(True, float(total), 0.0)
-        return Taken(False, float(total), pttl / 1000 if pttl > 0 else math.inf)
+            return self._fallback_counter(*op[1:])
+        return refused[1] if refused else Taken(True, levels[0], 0.0)
 
     async def add_counter(self, key: str, amount: float, ttl_s: float) -> float:
-        try:
-            _, total, _ = await self._script(COUNTER_LUA, key, amount, "", max(1, int(ttl_s * 1000)))
-            return float(total)
-        except RedisUnavailable:
-            self._remember(key, amount, ttl_s)
-            return await self.local.add_counter(key, amount, ttl_s)
+        return (await self.apply_all([("counter", key, amount, None, ttl_s)]))[0]
 
     async def get_counter(self, key: str) -> float:
+        return (await self.get_counters([key]))[0]
+
+    # -- batches (busbar.state.take_all / apply_all): one script, one round trip ---------
+
+    async def take_all(self, ops: list[tuple], reads: list[str] = ()) -> tuple[tuple[int, Taken] | None, list[float]]:
+        if not ops and not reads:
+            return None, []
         try:
-            value = await self._call("GET", self.prefix + ":" + key)
+            refused, _, totals = await self._limits("take", ops, reads)
         except RedisUnavailable:
-            return await self.local.get_counter(key)
-        return float(value) if value is not None else 0.0
-
-    # -- batches: the generic forms (one script per op; busbar.state.take_all) ---------
-
-    async def take_all(self, ops: list[tuple]):
-        from busbar.state import take_all
-        return await take_all(self, ops)
+            return self._fallback_take_all(ops, reads)
+        return refused, totals
 
     async def apply_all(self, ops: list[tuple]) -> list[float]:
-        from busbar.state import apply_all
-        return await apply_all(self, ops)
+        if not ops:
+            return []
+        try:
+            return (await self._limits("apply", ops))[1]
+        except RedisUnavailable:
+            return self._fallback_apply(ops)
 
     async def get_counters(self, keys: list[str]) -> list[float]:
-        return [await self.get_counter(key) for key in keys]
+        try:
+            values = await self._call("MGET", *(self.prefix + ":" + key for key in keys))
+        except RedisUnavailable:
+            return self.local.counters_now(keys)
+        return [float(value) if value is not None else 0.0 for value in values]
+
+    async def _limits(self, mode: str, ops: list[tuple], reads: list[str] = ()):
+        """LIMITS_LUA on `ops` (then `reads`): (refused (index, Taken) | None, levels, totals)."""
+        prefix = self.prefix + ":"
+        keys, args = [prefix + op[1] for op in ops], [mode, len(ops)]
+        for kind, _, amount, a, b in ops:
+            if kind == "bucket":
+                args += ("b", amount, a, b)
+            else:
+                args += ("c", amount, "" if a is None else a, max(1, int(b * 1000)))
+        keys += [prefix + key for key in reads]
+        reply = await self._script_keys(LIMITS_LUA, keys, *args)
+        if reply[0]:
+            kind, _, amount, a, b = ops[reply[0] - 1]
+            level = float(reply[1])
+            if kind == "bucket":
+                retry = bucket_retry_after(level, amount, a, b)
+            else:
+                retry = reply[2] / 1000 if reply[2] > 0 else math.inf
+            return (reply[0] - 1, Taken(False, level, retry)), [], []
+        return None, [float(v) for v in reply[1]], [float(v) for v in reply[2]]
 
     # -- upstream key quotas (one EVALSHA per request on a key with limits) -------------
 
@@ -324,7 +358,7 @@ class RedisState:
         while self._idle:
             await self._idle.pop().aclose()
 
-    # -- degraded answers --------------------------------------------------------------
+    # -- degraded answers (the policy per op; a batch is the generic form over them) -----
 
     def _fallback_bucket(self, key, amount, rate, burst) -> Taken:
         self.fallback_ops_total += 1
@@ -341,14 +375,25 @@ class RedisState:
             self._remember(key, amount, ttl_s)
         return Taken(True, taken.level, 0.0) if self.on_unavailable == "open" else taken
 
+    def _fallback_take_all(self, ops: list[tuple], reads: list[str]):
+        for i, op in enumerate(ops):
+            taken = (self._fallback_bucket if op[0] == "bucket" else self._fallback_counter)(*op[1:])
+            if not taken.ok:
+                self._fallback_apply([negate(o) for o in reversed(ops[:i])])
+                return (i, taken), []
+        return None, self.local.counters_now(reads) if reads else []
+
+    def _fallback_apply(self, ops: list[tuple]) -> list[float]:
+        for kind, key, amount, _, ttl_s in ops:
+            if kind == "counter":
+                self._remember(key, amount, ttl_s)
+        return self.local.apply_now(ops)
+
     def _remember(self, key: str, amount: float, ttl_s: float) -> None:
         pending, _ = self._pending.get(key, (0.0, 0.0))
         self._pending[key] = (pending + amount, ttl_s)
 
     # -- talking to Redis --------------------------------------------------------------
-
-    async def _script(self, lua: str, key: str, *args):
-        return await self._script_keys(lua, [self.prefix + ":" + key], *args)
 
     async def _script_keys(self, lua: str, keys: list[str], *args, timeout_s: float | None = None):
         try:
@@ -414,13 +459,18 @@ class RedisState:
         outage = self._now() - (self._down_since or self._now())
         self._down_since = None
         pending, self._pending = self._pending, {}
-        for key, (amount, ttl_s) in pending.items():
+        ops = [("counter", key, amount, None, ttl_s) for key, (amount, ttl_s) in pending.items()]
+        reconciled = 0
+        for i in range(0, len(ops), _REPLAY_BATCH):       # a script per batch of counters the outage moved
+            batch = ops[i:i + _REPLAY_BATCH]
             try:
-                await self._script(COUNTER_LUA, key, amount, "", max(1, int(ttl_s * 1000)))
+                await self._limits("apply", batch)
+                reconciled += len(batch)
             except (RedisUnavailable, RespError):
-                self._remember(key, amount, ttl_s)
+                for _, key, amount, _, ttl_s in batch:
+                    self._remember(key, amount, ttl_s)
         log.warning("state: redis %s:%s back after %.1f s; %d counters reconciled",
-                    self.host, self.port, outage, len(pending) - len(self._pending))
+                    self.host, self.port, outage, reconciled)
 
 
 

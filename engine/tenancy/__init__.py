@@ -302,7 +302,8 @@ class Tenancy:
         levels = (key.level,) + ((self.teams[key.team],) if key.team in self.teams else ())
         admission = Admission(key, levels, pool, estimate)
         try:
-            # every level's limits in one batch (all or nothing: the state gives back what it took)
+            # every level's limits and budget reads in one batch (all or nothing: the state gives
+            # back what it took; one round trip with Redis)
             ops, taken = [], admission.taken
             for level in levels:
                 for reason, op, cap in level.ops:
@@ -310,17 +311,19 @@ class Tenancy:
                         op = (op[0], op[1], min(estimate, cap), op[3], op[4])
                     ops.append(op)
                     taken.append((reason, level, op))
-            if ops:
-                refused = await self.state.take_all(ops)
+            budgeted = [level for level in levels if level.budget is not None]
+            if budgeted:
+                wall = self.wall()
+                reads = [self._budget_key(level, wall)[0] for level in budgeted]
+            else:
+                reads = ()
+            if ops or reads:
+                refused, spent = await self.state.take_all(ops, reads)
                 if refused is not None:
                     i, answer = refused
                     reason, level, _ = taken[i]
                     taken.clear()                 # (given back by take_all)
                     self._refuse(reason, level, 1.0 if reason == "parallel" else answer.retry_after)
-            budgeted = [level for level in levels if level.budget is not None]
-            if budgeted:
-                wall = self.wall()
-                spent = await self.state.get_counters([self._budget_key(level, wall)[0] for level in budgeted])
                 for level, used in zip(budgeted, spent):
                     if used < level.budget.limit:
                         continue
