@@ -161,3 +161,84 @@ async def test_a_key_whose_message_has_not_arrived_is_refused_without_asking_red
             while "elsewhere" not in minted.records:
                 await trio.sleep(0.02)
         assert await sdk(lambda: openai_chat(gw.url, "smart", "x", api_key=secret)) == "hi"
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+async def test_a_key_and_team_limit_stack_is_one_script_per_admit_across_two_serve_processes(tmp_path, redis_server):
+    """Two `busbar serve` processes, one redis-server, a key with rpm N (plus tpm, parallel and a
+    USD budget, in a team with all four): the official OpenAI SDK sends 20 requests through
+    both at once.  The limit holds across the two (N admitted, not 2 x N), and Redis evaluates
+    one script per admit and one per settle (ADR 0010, 2026-12-02: one script per batch)."""
+    import time
+
+    import openai
+
+    from cluster_support import Replica, eventually, start_all
+    from redis_support import command_counts, delta
+    n = 6
+    vendor = MockVendor(reply="hi")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vendor.serve)
+        config = {
+            "providers": {"oai": {"protocol": "openai", "base_url": vendor.url + "/v1", "key": "sk-upstream"}},
+            "pools": {"smart": {"members": [{"provider": "oai", "model": "gpt-4o",
+                                             "price": {"input": 1.0, "output": 2.0}}]}},
+            "auth": {"teams": {"eng": {"limits": {"rpm": 1000, "tpm": 10**7, "parallel": 100},
+                                       "budget": {"usd": 1000, "period": "day"}}},
+                     "keys": [{"id": "metered", "key": "sk-metered", "team": "eng",
+                               "limits": {"rpm": n, "tpm": 10**7, "parallel": 50},
+                               "budget": {"usd": 100, "period": "day"}},
+                              {"id": "warm", "key": "sk-warm-key", "limits": {"rpm": 1000}}]},
+            "admin": {"usage_db": "off"},
+            # a generous timeout: a loaded 2-core box must not trip the degraded mode by accident
+            "state": {"backend": "redis", "url": redis_server.url, "prefix": "stack", "timeout_ms": 1000},
+        }
+        a, b = Replica(tmp_path, "A", config), Replica(tmp_path, "B", config)
+        try:
+            await start_all(a, b)
+
+            def chat(url, key):
+                client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+                try:
+                    return client.chat.completions.create(
+                        model="smart", messages=[{"role": "user", "content": "x"}]).choices[0].message.content
+                except openai.RateLimitError as refused:
+                    assert refused.response.headers.get("retry-after")
+                    return 429
+            assert await trio.to_thread.run_sync(chat, a.url, "sk-warm-key") == "hi"     # loads the script
+            assert await trio.to_thread.run_sync(chat, b.url, "sk-warm-key") == "hi"
+            warm = len(vendor.received)
+            await trio.sleep(0.3)                   # the warm requests' settles are in
+            before = await command_counts(redis_server.url)
+            answers = []
+
+            async def fire(url):
+                for _ in range(5):
+                    answers.append(await trio.to_thread.run_sync(chat, url, "sk-metered"))
+            started = time.monotonic()
+            async with trio.open_nursery() as clients:
+                for url in (a.url, b.url, a.url, b.url):
+                    clients.start_soon(fire, url)
+            elapsed = time.monotonic() - started
+            admitted, refused = answers.count("hi"), answers.count(429)
+            assert admitted + refused == 20
+            # the bucket is shared: N, plus what it refilled (N/60 per second) while the test ran
+            assert n <= admitted <= n + int(elapsed * n / 60), (admitted, elapsed)
+            assert len(vendor.received) - warm == admitted          # refused ones never went upstream
+
+            expected = 2 * admitted + refused       # one admit each, one settle per admitted request
+
+            async def all_settled():
+                served = delta(before, await command_counts(redis_server.url))
+                return served if served.get("evalsha") == expected else None
+            served = await eventually(all_settled, f"{expected} script evaluations")
+            await trio.sleep(0.3)
+            served = delta(before, await command_counts(redis_server.url))
+            assert served["evalsha"] == expected, served            # and no more after
+            assert "eval" not in served and "mget" not in served, served   # loaded once; reads in the script
+        finally:
+            logs = [r.stop() for r in (a, b) if r.proc is not None]
+            nursery.cancel_scope.cancel()
+    for log in logs:
+        assert "Traceback" not in log and "sk-metered" not in log, log

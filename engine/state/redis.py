@@ -292,6 +292,8 @@ class RedisState:
             return self._fallback_apply(ops)
 
     async def get_counters(self, keys: list[str]) -> list[float]:
+        if not keys:
+            return []
         try:
             values = await self._call("MGET", *(self.prefix + ":" + key for key in keys))
         except RedisUnavailable:
