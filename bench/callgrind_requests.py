@@ -11,6 +11,7 @@ process; the client and the upstream are other processes.
     python bench/callgrind_requests.py                    # this tree
     python bench/callgrind_requests.py --baseline main    # ... and main, same script
     python bench/callgrind_requests.py --variant http_parser=h11   # ... and this tree with a server option
+    python bench/callgrind_requests.py --body-kb 100      # a 100 KB prompt instead of the small request
 """
 from __future__ import annotations
 
@@ -29,17 +30,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fast import baseline_tree, gateway_config, start_upstream  # noqa: E402
 from bench_gateway import BODY, PY, free_port, wait_port  # noqa: E402
 
-REQUEST = ("POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-           f"authorization: Bearer bench\r\ncontent-length: {len(BODY)}\r\n\r\n{BODY}").encode()
+def chat_request(body: str = BODY) -> bytes:
+    return ("POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"authorization: Bearer bench\r\ncontent-length: {len(body.encode())}\r\n\r\n{body}").encode()
 
 
-def requests(port: int, n: int) -> None:
+def large_body(kb: int) -> str:
+    """A chat request of about `kb` KB: one long user turn, `model` last (as
+    the openai SDK orders it), the prompt size agents send."""
+    return json.dumps({"messages": [{"role": "user", "content": "word " * (kb * 1024 // 5)}], "model": "bench"})
+
+
+REQUEST = chat_request()
+
+
+def requests(port: int, n: int, request: bytes = REQUEST) -> None:
     """n sequential keep-alive requests; each answer read whole (content-length)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
         for _ in range(n):
-            s.sendall(REQUEST)
+            s.sendall(request)
             while True:
                 end = buf.find(b"\r\n\r\n")
                 if end >= 0:
@@ -55,7 +66,8 @@ def requests(port: int, n: int) -> None:
                 buf += chunk
 
 
-def instructions(pythonpath: Path | None, upstream_port: int, config: Path, n: int, out: Path) -> int:
+def instructions(pythonpath: Path | None, upstream_port: int, config: Path, n: int, out: Path,
+                 request: bytes = REQUEST) -> int:
     port = free_port()
     env = dict(os.environ, PYTHONHASHSEED="0")
     if pythonpath is not None:
@@ -66,11 +78,11 @@ def instructions(pythonpath: Path | None, upstream_port: int, config: Path, n: i
     try:
         wait_port(port, timeout=180)
         try:
-            requests(port, 50)                  # warm-up: imports, pools, caches
+            requests(port, 50, request)         # warm-up: imports, pools, caches
         except (RuntimeError, OSError) as exc:
             raise RuntimeError(f"{exc}; the gateway's log: {out}.log") from exc
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        requests(port, n)
+        requests(port, n, request)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
         time.sleep(0.5)
     finally:
@@ -89,7 +101,10 @@ def main() -> int:
                         help="a git revision measured the same way (before/after; repeatable)")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                         help="also measure this tree with server.KEY: VALUE (repeatable)")
+    parser.add_argument("--body-kb", type=int, default=0,
+                        help="send a chat request of about this many KB instead of the small one")
     args = parser.parse_args()
+    request = chat_request(large_body(args.body_kb)) if args.body_kb else REQUEST
     tmp = Path(tempfile.mkdtemp(prefix="callgrind-"))
     upstream_port = free_port()
     upstream = start_upstream(upstream_port)
@@ -107,7 +122,7 @@ def main() -> int:
         result = {}
         for label, (path, run_config) in runs.items():
             total = instructions(path, upstream_port, run_config, args.n,
-                                 tmp / re.sub(r"[^A-Za-z0-9]+", "_", label))
+                                 tmp / re.sub(r"[^A-Za-z0-9]+", "_", label), request)
             result[label] = {"instructions_per_request": round(total / args.n), "requests": args.n}
     finally:
         upstream.terminate()

