@@ -248,7 +248,8 @@ class HttpServer:
         self.shed_requests = 0       # answered 503 over max_requests
         # keep-alive connections waiting for their next request, oldest first:
         # the first to close when connections or fds run short
-        self._idle: dict[int, trio.CancelScope] = {}
+        # (scope, idle since): `_expire_idle` closes those past keepalive_timeout
+        self._idle: dict[int, tuple[trio.CancelScope, float]] = {}
         self._refusing = 0
         self._reserve_fd: int | None = None    # one fd kept free to answer 503 while out of fds
         self._fd_logged_at: float | None = None
@@ -263,6 +264,7 @@ class HttpServer:
         self._reserve_fd = _open_reserve()
         try:
             async with trio.open_nursery() as connections:
+                connections.start_soon(self._expire_idle)
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope
                     for listener in listeners:
@@ -313,12 +315,30 @@ class HttpServer:
                 continue
             connections.start_soon(self._connection, stream)
 
+    async def _expire_idle(self) -> None:
+        """Close keep-alive connections idle past `keepalive_timeout`, checked
+        a few times per timeout (at most once a second): the idle wait has
+        no deadline of its own, so a request on a kept-alive connection moves
+        no deadline at all (each move cost ~3 µs, ADR 0014)."""
+        tick = min(1.0, self.keepalive_timeout / 4)
+        while self.accepting or self.active_connections:     # after stop_accepting, until the last one ends
+            await trio.sleep(tick)
+            expired = trio.current_time() - self.keepalive_timeout
+            idle = self._idle
+            while idle:
+                key = next(iter(idle))       # oldest first: insertion order is idle order
+                scope, since = idle[key]
+                if since > expired:
+                    break
+                del idle[key]
+                scope.cancel()
+
     def shed_idle(self, count: int) -> int:
         """Close up to `count` keep-alive connections that wait for a next
         request (oldest first); how many were closed."""
         closed = 0
         while closed < count and self._idle:
-            _, scope = _pop_oldest(self._idle)
+            _, (scope, _since) = _pop_oldest(self._idle)
             scope.cancel()
             closed += 1
         return closed
@@ -453,7 +473,7 @@ class HttpServer:
         reader cancels it if the client goes away.  Either ends the
         connection, so a scope per phase (two per request, ~20 µs) was not
         needed (ADR 0014)."""
-        scope = trio.CancelScope()
+        scope = trio.CancelScope(deadline=trio.current_time() + self.header_timeout)   # the first request's
         turn = _Turn()
         with scope:
             await self._serve_requests(stream, reader, client, scope, turn)
@@ -468,14 +488,14 @@ class HttpServer:
             conn = turn.parser = self.parser(http_in.MAX_HEAD_BYTES)
             idle = turn.served and not reader.buffered
             # A keep-alive connection may wait `keepalive_timeout` for its next
-            # request (and is the first closed when connections or fds run
-            # short); a new connection gets `header_timeout` for its first
-            # request, and once a request's first bytes arrived, all of it
-            # (head and body) must arrive within `header_timeout`.
+            # request (`_expire_idle`; it is also the first closed when
+            # connections or fds run short); a new connection gets
+            # `header_timeout` for its first request (the scope's deadline), and
+            # once a request's first bytes arrived, all of it (head and body)
+            # must arrive within `header_timeout` (`_read_request`).
             turn.reading = True
-            scope.deadline = trio.current_time() + (self.keepalive_timeout if idle else self.header_timeout)
             if idle:
-                self._idle[id(scope)] = scope
+                self._idle[id(scope)] = (scope, trio.current_time())
             try:
                 request = await self._read_request(conn, reader, client, scope)
             except (_BodyTooLarge, _AnsweredEarly, _Http2Preface, http_in.ParseError) as refused:
@@ -489,7 +509,8 @@ class HttpServer:
             turn.reading = False
             if request is None:
                 return  # clean EOF between requests
-            scope.deadline = math.inf
+            if scope.deadline != math.inf:     # a read that had to wait: handling has no read timeout
+                scope.deadline = math.inf
             turn.served += 1
             reader.unread(conn.trailing)
             close = not request.keep_alive or not self.accepting
@@ -541,15 +562,17 @@ class HttpServer:
         head = None
         body_parts: list[bytes] = []
         size = 0
+        whole_by = None       # once its first bytes came: when all of the request must be in
         while True:
             event = conn.next_event()
             if event is http_in.NEED_DATA:
+                if whole_by is not None and whole_by < scope.deadline:
+                    scope.deadline = whole_by       # waiting for the rest (most requests come whole)
                 data = await reader.read()
-                if data and head is None and not body_parts:
+                if data and whole_by is None:
                     whole_by = trio.current_time() + self.header_timeout
-                    if whole_by < scope.deadline:     # only a keep-alive's longer wait tightens
-                        scope.deadline = whole_by
                     self._idle.pop(id(scope), None)     # a request is arriving: no longer sheddable
+                if data and head is None and not body_parts:
                     # "PRI" is where HTTP/2 and HTTP/1 part: a shorter prefix ("P",
                     # "PR") may still be POST/PUT/PATCH, so it goes to the h1 parser
                     if conn.idle and len(data) >= 3 and data.startswith(H2_PREFACE[:len(data)]):
