@@ -53,6 +53,15 @@ def test_the_check_says_exactly_what_the_renderer_refuses(req, target):
     # OpenAI's logit_bias: only Chat Completions
     ("openai", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"50256": -100}},
      {"responses", "anthropic", "gemini", "bedrock", "cohere", "bedrock-invoke"}, "logit_bias"),
+    # an Anthropic-only field: Claude's InvokeModel body is Anthropic's, so a bedrock-invoke
+    # member carries it (judged by its body's family, not its protocol's name); Converse cannot
+    ("anthropic", {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}],
+                   "container": "container_011"},
+     {"openai", "responses", "gemini", "bedrock", "cohere"}, "container"),
+    # and the other way: an AnthropicBedrock client's field reaches an Anthropic member
+    ("bedrock-invoke", {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 9,
+                        "messages": [{"role": "user", "content": "hi"}], "container": "container_011"},
+     {"openai", "responses", "gemini", "bedrock", "cohere"}, "container"),
     # Claude Code's context_management degrades (the default policy) rather than refusing
     ("anthropic", {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}],
                    "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}, set(), None),
@@ -154,6 +163,37 @@ async def test_named_tool_choice_goes_to_the_member_that_can_say_it():
                                    "reason": "Cohere cannot force a specific tool"}]
     route = next(s for s in record["path"] if s["state"] == "routed")
     assert "mixed/co/command-a (cohere: tool_choice)" in route["note"]
+
+
+@pytest.mark.sdk
+async def test_an_anthropic_only_field_reaches_claude_on_bedrock_invoke():
+    """Pool [Claude through Converse, Claude through InvokeModel], an
+    Anthropic client sending `container`: InvokeModel's body is Anthropic's
+    Messages body, so its member carries the field and answers every
+    request; the Converse member (same Claude, a body with no such field)
+    is skipped.  Judged by the body each member's dialect sends, not by
+    whether its model is Claude (before: both skipped, a 400)."""
+    import anthropic
+    creds = {"region": "us-east-1", "access_key_id": "AKIDVENDOR", "secret_access_key": "vendor-secret"}
+    model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    config = {"providers": {"conv": {"protocol": "bedrock", "base_url": "{a}", **creds},
+                            "inv": {"protocol": "bedrock-invoke", "base_url": "{b}", **creds}},
+              "pools": {"claude": {"strategy": "round_robin", "members": [
+                  {"provider": "conv", "model": model}, {"provider": "inv", "model": model}]}}}
+    a = MockVendor(reply="from converse", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    b = MockVendor(reply="from invoke", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(config, a=a, b=b) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="client-key", max_retries=0)
+        for _ in range(6):
+            msg = await sdk(lambda: client.messages.create(
+                model="claude", max_tokens=64, container="container_011",
+                messages=[{"role": "user", "content": "run it"}]))
+            assert msg.content[0].text == "from invoke"
+        record = await last_record(gw)
+    assert not a.received and len(b.received) == 6
+    assert all(r["protocol"] == "bedrock-invoke" and r["body"]["container"] == "container_011" for r in b.received)
+    assert record["filtered"] == [{"member": f"claude/conv/{model}", "protocol": "bedrock", "field": "container",
+                                   "reason": "anthropic-only field, no bedrock equivalent"}]
 
 
 @pytest.mark.sdk

@@ -634,7 +634,7 @@ class Dialect:
                        unsupported: str = "reject") -> tuple[bytes, list[str]]:
         """The upstream body for `model`, and the warnings for dropped fields
         (`unsupported="drop"`); with "reject" an inexpressible field is a 400."""
-        ctx = RenderCtx(self.name, unsupported, model)
+        ctx = RenderCtx(self.family, unsupported, model)     # the body's vendor-only fields are its own
         return orjson.dumps(self.codec.render_request(req, model, max_tokens_default, ctx)), ctx.warnings
 
     def parse_response(self, obj: dict):

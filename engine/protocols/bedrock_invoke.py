@@ -97,11 +97,6 @@ class BedrockInvokeDialect(BedrockDialect):
         req.stream = self.inbound_stream(params or {}, obj)
         return req
 
-    def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
-                       unsupported: str = "reject") -> tuple[bytes, list[str]]:
-        # rendered as the Anthropic body it is: Anthropic's extras are this dialect's own
-        ctx = c.RenderCtx(P, unsupported, model)
-        return s.dumps(_render_request(req, model, max_tokens_default, ctx)), ctx.warnings
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,8 @@ have answered.  So the gateway filters members *before* routing picks one:
   compiled on first use by rendering each exemplar with that protocol's own
   `render_request` (`cannot(protocol)`).  The per-request check is then set
   lookups.  Vendor-only fields follow the one rule `RenderCtx.foreign` applies
-  (accepted by their own protocol and where `common.CROSS_MAPPED` maps them).
+  (accepted by the protocol whose body carries them, `family`, and where
+  `common.CROSS_MAPPED` maps them).
 * A property test (tests/test_expressible.py) proves the check and the
   renderers agree on random requests from every protocol.
 
@@ -314,14 +315,24 @@ def cannot(protocol: str) -> dict[str, tuple[str, str]]:
     return out
 
 
+@cache
+def family(protocol: str) -> str:
+    """The protocol whose body `protocol` sends (`Dialect.family`): its
+    renders take that protocol's vendor-only fields as their own, as
+    `RenderCtx.foreign` does (Claude's InvokeModel body is Anthropic's)."""
+    from busbar.protocols import get_dialect
+    return get_dialect(protocol).family
+
+
 def refusal(features: dict[str, str], protocol: str) -> tuple[str, str] | None:
     """The first feature `protocol` cannot express, as (the IR path of the
     field its render would name, the reason); None when it can say them all."""
     missing = cannot(protocol)
+    body = family(protocol)
     for feature, path in features.items():
         if feature[:7] == "vendor.":
             proto, _, key = feature[7:].partition(":")
-            if proto != protocol and key not in c.CROSS_MAPPED.get((proto, protocol), ()):
+            if proto != body and key not in c.CROSS_MAPPED.get((proto, body), ()):
                 return path, f"{proto}-only field, no {protocol} equivalent"
         else:
             found = missing.get(feature)
