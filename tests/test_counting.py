@@ -106,6 +106,24 @@ def test_which_members_count_and_which_get_the_estimate():
         ("openai", "gpt-4o"), ("cohere", "command-a-03-2025")]
 
 
+@pytest.mark.pure
+def test_bedrock_counts_exactly_the_models_claude_model_says_are_claude():
+    """One predicate decides "is this Claude" for Bedrock (`bedrock.claude_model`:
+    beta flags, thinking signatures, counting).  Counting had its own
+    (`"anthropic." in model`), which took an id naming Claude without the
+    provider prefix for another model and estimated it: a Busbar pool's ARN as
+    its control plane lists it (`inference-profile/claude-pool`), an id as a
+    console shows it (`Anthropic.Claude-...`)."""
+    from busbar.protocols.bedrock import claude_model
+    count = get_dialect("bedrock", "count")
+    ids = ["us.anthropic.claude-sonnet-4-20250514-v1:0", "anthropic.claude-3-5-haiku-20241022-v1:0",
+           "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-5-haiku-20241022-v1:0",
+           "arn:aws:bedrock:us-east-1:000000000000:inference-profile/claude-pool",
+           "Anthropic.Claude-3-Haiku-20240307-v1:0",
+           "meta.llama3-70b-instruct-v1:0", "amazon.nova-pro-v1:0", "amazon.titan-text-express-v1"]
+    assert [m for m in ids if count.for_model(m) is not None] == [m for m in ids if claude_model(m)] == ids[:5]
+
+
 def _invoke(body) -> dict:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     return {"input": {"invokeModel": {"body": base64.b64encode(raw).decode()}}}

@@ -216,6 +216,23 @@ async def test_boto3_count_tokens_converse(pool):
             {"role": "user", "content": CONVERSE["messages"][0]["content"][0]["text"]}]}
 
 
+@pytest.mark.sdk
+async def test_a_claude_member_named_by_a_pool_arn_is_counted_not_estimated():
+    """A Bedrock member whose model id names Claude without the `anthropic.`
+    prefix (here the ARN Busbar's own control plane lists for a pool, as a
+    gateway in front of another one would use it): counted by the vendor,
+    as `bedrock.claude_model` says it is Claude (before: estimated)."""
+    arn = "arn:aws:bedrock:us-east-1:000000000000:inference-profile/claude-pool"
+    config = {**MORE, "pools": {"br-arn": {"members": [{"provider": "aws", "model": arn}]}}}
+    vendor = MockVendor()
+    async with gateway_with(config, v=vendor) as gw:
+        result = await sdk(lambda: bedrock_client(gw.url).count_tokens(modelId="br-arn", input={"converse": CONVERSE}))
+    assert result["inputTokens"] == expected("bedrock", {"input": {"converse": CONVERSE}})
+    assert result["ResponseMetadata"]["HTTPHeaders"].get("x-busbar-estimate") is None
+    assert [r["path"] for r in vendor.received] == [
+        "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A000000000000%3Ainference-profile%2Fclaude-pool/count-tokens"]
+
+
 CLAUDE_BODY = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "system": "Be brief.",
                "messages": [{"role": "user", "content": "How many tokens is this question, roughly?"}]}
 

@@ -453,7 +453,8 @@ def claude_signed(origin: str, ctx: RenderCtx) -> bool:
     differ)."""
     if {origin, ctx.target} != {"anthropic", "bedrock"}:
         return False
-    return ctx.target == "anthropic" or "claude" in ctx.model.lower()
+    from busbar.protocols.bedrock import claude_model      # (bedrock imports this module)
+    return ctx.target == "anthropic" or claude_model(ctx.model)
 
 
 # ---------------------------------------------------------------------------

@@ -250,9 +250,11 @@ class BedrockCount(_Counting):
         return body    # the model is in the path
 
     def for_model(self, model: str):
-        # Bedrock counts tokens for Anthropic's Claude models (ids, inference
-        # profiles and ARNs name them); other models get the estimate
-        return self if "anthropic." in model else None
+        # Bedrock counts tokens for Claude models only; other models get the
+        # estimate.  Whether an id is Claude is the one predicate every
+        # Bedrock Claude decision uses (beta flags, thinking signatures).
+        from busbar.protocols.bedrock import claude_model
+        return self if claude_model(model) else None
 
 
 class BedrockInvokeCount(BedrockCount):
