@@ -15,6 +15,7 @@ Insertion points: a bounded pre-commit buffer limits `held` in
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import orjson
@@ -172,163 +173,187 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     bound = PrecommitBound()  # what `held` may grow to: past it, the member's fault
     upstream_done = False
     committed = False
-    while not committed:
-        try:
-            wait_until = trio.current_time() + timeouts.first_byte
-            with trio.fail_at(wait_until if first_by is None else min(wait_until, first_by)):
-                chunk = await chunks.__anext__()
-            events = decoder.feed(chunk)
-        except StopAsyncIteration:
+    ttfb = 0.0
+    # One cancel scope bounds every read of this stream (first_byte before the
+    # commit, idle after it): `_next_chunk` moves its deadline around each read
+    # alone, so writes to the client never run under it.  Every path inside
+    # returns; leaving it otherwise means a read timed out.
+    with trio.CancelScope() as reading:
+        while not committed:
             try:
-                events = decoder.close()
+                deadline = trio.current_time() + timeouts.first_byte
+                chunk = await _next_chunk(chunks, reading, deadline if first_by is None else min(deadline, first_by))
+                if chunk is None:
+                    try:
+                        events = decoder.close()
+                    except StreamError as exc:
+                        return _server(f"upstream stream: {exc}")
+                    upstream_done = True
+                    chunk = b""
+                else:
+                    events = decoder.feed(chunk)
+            except UpstreamError as exc:
+                return _server(str(exc))
             except StreamError as exc:
-                return _server(f"upstream stream: {exc}")
-            upstream_done = True
-            chunk = b""
-        except trio.TooSlowError:
-            return _server("no first byte before timeout")
-        except UpstreamError as exc:
-            return _server(str(exc))
-        except StreamError as exc:
-            return _server(f"malformed upstream stream: {exc}")
-        if stops is not None:
-            events = stops.filter(events)
-            upstream_done = upstream_done or stops.done     # cut: the upstream is not read further
-        if splice is not None:
-            events = splice.feed(events)
-        if kept is not None:
-            kept.feed(events)
-        for event in events:
-            if type(event) is ir.ErrorEvent:
-                # an error before any content: the decoder classified it;
-                # it fails over or goes to the client as the pipeline says
-                return Failed(x.redact(_fault_of(up, event)))
-            if ir.is_content(event):
-                committed = True
-            if type(event) is ir.UsageEvent:
-                rec.usage = event.usage       # the request's once committed (a hedge may lose)
-            elif type(event) is ir.MessageStart and event.usage is not None and splice is None:
-                rec.usage = event.usage       # what the vendor bills already (a lost hedge's waste)
-        if keeping and not ended:
-            ended = _ends(events)
-        if same:
-            held.append(relay.take(chunk))
-            if journal is not None:
-                pending.extend(events)
-        else:
-            held.extend(events)
-            if capture is not None:
-                capture.feed(events)
-        too_much = bound.add(len(chunk), len(events))
-        if too_much is not None:
-            return Failed(too_much)
-        if upstream_done:
-            break
-    # commit: from here the client sees bytes and there is no failover
-    ttfb = trio.current_time() - t0
-    if journal is not None:
-        journal.extend(pending if same else held)
-    if rec.usage is not None:
-        x.record.usage = rec.usage
-    if resume is None:
-        x.commit(rec, response.status, ttfb, warnings)
-        x.cache_assembler = kept
-        # head and held content in one write: one send, and the client's first
-        # read has content in it
-        first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
-        if keeping and ended:
-            keeping = await _keep(x, source, capture, same)
-        head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
-        if journal is not None:     # resume on: the trailer says whether the stream was resumed
-            head.append((b"trailer", b"x-busbar-resumed"))
-        await x.responder.start(200, head + x.answer_headers(attempt), first)
-    else:
-        x.commit_continuation(rec, response.status, ttfb, splice)
-        x.cache_assembler = kept
-        out = b"".join(encoder.encode(e) for e in held)
-        if keeping and ended:
-            keeping = await _keep(x, source, capture, same)
-        await x.responder.write(out)
-    try:
-        while not upstream_done:
-            with trio.fail_after(timeouts.idle):
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-            events = decoder.feed(chunk)
+                return _server(f"malformed upstream stream: {exc}")
             if stops is not None:
                 events = stops.filter(events)
-                upstream_done = stops.done
+                upstream_done = upstream_done or stops.done     # cut: the upstream is not read further
             if splice is not None:
                 events = splice.feed(events)
             if kept is not None:
                 kept.feed(events)
-            broken = None
             for event in events:
-                kind = type(event)
-                if kind is ir.UsageEvent:
-                    x.record.usage = event.usage
-                elif kind is ir.ErrorEvent:
-                    broken = event
-            if journal is not None:
-                if broken is not None:
-                    # resume on: the vendor's error event stays here (the
-                    # stream may go on elsewhere); what came before it goes out
-                    events = [e for e in events if type(e) is not ir.ErrorEvent]
-                    if same:
-                        replay(encoder, journal)       # the client's stream so far, in encoder state
+                if type(event) is ir.ErrorEvent:
+                    # an error before any content: the decoder classified it;
+                    # it fails over or goes to the client as the pipeline says
+                    return Failed(x.redact(_fault_of(up, event)))
+                if ir.is_content(event):
+                    committed = True
+                if type(event) is ir.UsageEvent:
+                    rec.usage = event.usage       # the request's once committed (a hedge may lose)
+                elif type(event) is ir.MessageStart and event.usage is not None and splice is None:
+                    rec.usage = event.usage       # what the vendor bills already (a lost hedge's waste)
+            if keeping and not ended:
+                ended = _ends(events)
+            if same:
+                held.append(relay.take(chunk))
+                if journal is not None:
+                    pending.extend(events)
+            else:
+                held.extend(events)
+                if capture is not None:
+                    capture.feed(events)
+            too_much = bound.add(len(chunk), len(events))
+            if too_much is not None:
+                return Failed(too_much)
+            if upstream_done:
+                break
+        # commit: from here the client sees bytes and there is no failover
+        committed = True
+        ttfb = trio.current_time() - t0
+        if journal is not None:
+            journal.extend(pending if same else held)
+        if rec.usage is not None:
+            x.record.usage = rec.usage
+        if resume is None:
+            x.commit(rec, response.status, ttfb, warnings)
+            x.cache_assembler = kept
+            # head and held content in one write: one send, and the client's first
+            # read has content in it
+            first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
+            if keeping and ended:
+                keeping = await _keep(x, source, capture, same)
+            head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
+            if journal is not None:     # resume on: the trailer says whether the stream was resumed
+                head.append((b"trailer", b"x-busbar-resumed"))
+            await x.responder.start(200, head + x.answer_headers(attempt), first)
+        else:
+            x.commit_continuation(rec, response.status, ttfb, splice)
+            x.cache_assembler = kept
+            out = b"".join(encoder.encode(e) for e in held)
+            if keeping and ended:
+                keeping = await _keep(x, source, capture, same)
+            await x.responder.write(out)
+        try:
+            while not upstream_done:
+                chunk = await _next_chunk(chunks, reading, trio.current_time() + timeouts.idle)
+                if chunk is None:
+                    break
+                events = decoder.feed(chunk)
+                if stops is not None:
+                    events = stops.filter(events)
+                    upstream_done = stops.done
+                if splice is not None:
+                    events = splice.feed(events)
+                if kept is not None:
+                    kept.feed(events)
+                broken = None
+                for event in events:
+                    kind = type(event)
+                    if kind is ir.UsageEvent:
+                        x.record.usage = event.usage
+                    elif kind is ir.ErrorEvent:
+                        broken = event
+                if journal is not None:
+                    if broken is not None:
+                        # resume on: the vendor's error event stays here (the
+                        # stream may go on elsewhere); what came before it goes out
+                        events = [e for e in events if type(e) is not ir.ErrorEvent]
+                        if same:
+                            replay(encoder, journal)       # the client's stream so far, in encoder state
+                        journal.extend(events)
+                        await x.responder.write(b"".join(encoder.encode(e) for e in events))
+                        fault = _fault_of(up, broken)
+                        return Broken(x.redact(Fault(fault.cls, fault.status, f"upstream error mid-stream: {fault.message}",
+                                                     fault.retry_after, fault.code)), ttfb, encoder, journal)
                     journal.extend(events)
-                    await x.responder.write(b"".join(encoder.encode(e) for e in events))
+                    if journal.full:       # past its bound: no longer resumable
+                        journal = None
+                out = relay.take(chunk) if same else b"".join(encoder.encode(e) for e in events)
+                if capture is not None:
+                    capture.feed(events)
+                if keeping and _ends(events):     # before the client sees the end: its next turn may follow at once
+                    keeping = await _keep(x, source, capture, same)
+                if broken is not None:
+                    out = x.gw.scrub_bytes(out)     # a vendor error event may echo the key
+                await x.responder.write(out)
+                if broken is not None:
+                    # passthrough: the vendor's own error event already went out
                     fault = _fault_of(up, broken)
                     return Broken(x.redact(Fault(fault.cls, fault.status, f"upstream error mid-stream: {fault.message}",
-                                                 fault.retry_after, fault.code)), ttfb, encoder, journal)
-                journal.extend(events)
-                if journal.full:       # past its bound: no longer resumable
-                    journal = None
-            out = relay.take(chunk) if same else b"".join(encoder.encode(e) for e in events)
-            if capture is not None:
-                capture.feed(events)
-            if keeping and _ends(events):     # before the client sees the end: its next turn may follow at once
-                keeping = await _keep(x, source, capture, same)
-            if broken is not None:
-                out = x.gw.scrub_bytes(out)     # a vendor error event may echo the key
-            await x.responder.write(out)
-            if broken is not None:
-                # passthrough: the vendor's own error event already went out
-                fault = _fault_of(up, broken)
-                return Broken(x.redact(Fault(fault.cls, fault.status, f"upstream error mid-stream: {fault.message}",
-                                             fault.retry_after, fault.code)), ttfb, None if same else encoder)
-        if not upstream_done:
-            tail = decoder.close()
-            if stops is not None:
-                tail = stops.filter(tail)
-            if splice is not None:
-                tail = splice.feed(tail)
-            for event in tail:
-                if type(event) is ir.UsageEvent:
-                    x.record.usage = event.usage
-            if kept is not None:
-                kept.feed(tail)
-            if capture is not None:
-                capture.feed(tail)
+                                                 fault.retry_after, fault.code)), ttfb, None if same else encoder)
+            if not upstream_done:
+                tail = decoder.close()
+                if stops is not None:
+                    tail = stops.filter(tail)
+                if splice is not None:
+                    tail = splice.feed(tail)
+                for event in tail:
+                    if type(event) is ir.UsageEvent:
+                        x.record.usage = event.usage
+                if kept is not None:
+                    kept.feed(tail)
+                if capture is not None:
+                    capture.feed(tail)
+                if not same:
+                    out = b"".join(encoder.encode(e) for e in tail)
+                    if keeping and _ends(tail):
+                        keeping = await _keep(x, source, capture, same)
+                    await x.responder.write(out)
             if not same:
-                out = b"".join(encoder.encode(e) for e in tail)
-                if keeping and _ends(tail):
+                out = encoder.finish()
+                if keeping:
                     keeping = await _keep(x, source, capture, same)
                 await x.responder.write(out)
-        if not same:
-            out = encoder.finish()
-            if keeping:
+            elif keeping:
                 keeping = await _keep(x, source, capture, same)
-            await x.responder.write(out)
-        elif keeping:
-            keeping = await _keep(x, source, capture, same)
-    except trio.TooSlowError:
-        return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
-    except (UpstreamError, StreamError) as exc:
-        return Broken(Fault(FaultClass.SERVER, 0, str(exc)), ttfb, encoder, journal, not same)
-    return Answered(response.status, ttfb, chunked=True)
+        except (UpstreamError, StreamError) as exc:
+            return Broken(Fault(FaultClass.SERVER, 0, str(exc)), ttfb, encoder, journal, not same)
+        return Answered(response.status, ttfb, chunked=True)
+    # a read's deadline passed (the scope caught its own cancellation)
+    if not committed:
+        return _server("no first byte before timeout")
+    return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
+
+
+async def _next_chunk(chunks, reading: trio.CancelScope, deadline: float) -> bytes | None:
+    """The upstream body's next piece (None at its end), read under the
+    stream's one timeout scope `reading` with `deadline`; the deadline is
+    lifted again once the read returns, so nothing else runs under it.  One
+    deadline move per read instead of a fresh `fail_after` per chunk (a scope,
+    its status object, a generator context manager: ADR 0014)."""
+    reading.deadline = deadline
+    try:
+        chunk = await chunks.__anext__()
+    except StopAsyncIteration:
+        chunk = None
+    if reading.cancel_called:
+        # the deadline passed in the same scheduler round the piece came: a
+        # stall all the same (the scope cannot be un-cancelled); raise it here
+        await trio.lowlevel.checkpoint()
+    reading.deadline = math.inf
+    return chunk
 
 
 def _ends(events: list) -> bool:

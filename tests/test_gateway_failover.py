@@ -189,6 +189,43 @@ async def test_stall_before_first_byte_fails_over():
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "b was quick"
 
 
+async def test_idle_timeout_counts_from_the_last_chunk_not_the_streams_start():
+    """`timeouts.idle` bounds the silence between chunks: a stream whose
+    chunks come 0.12 s apart runs well past 0.3 s and completes."""
+    config = {**TWO_VENDORS, "pipelines": {"default": {"timeouts": {"idle": 0.3}}}}
+    a = MockVendor(reply="one two three four five six seven", chunk_delay=0.12)
+    async with gateway_with(config, a=a, b=MockVendor()) as gw:
+        start = trio.current_time()
+        chunks = await sdk(lambda: list(chat(oai(gw.url), stream=True)))
+        took = trio.current_time() - start
+        record = await last_record(gw)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three four five six seven"
+    assert took > 0.6 and [x["outcome"] for x in record["attempts"]] == ["ok"]
+
+
+async def test_a_stream_silent_past_idle_ends_with_an_error_in_the_clients_protocol():
+    """Content went out, then the upstream goes quiet past `timeouts.idle`:
+    the stream ends with the client protocol's error event (its SDK raises)
+    when the idle bound passes, not when the upstream speaks again."""
+    config = {**TWO_VENDORS, "pipelines": {"default": {"timeouts": {"idle": 0.3}}}}
+    a = MockVendor(reply="one two three four")
+    a.fail_next({"stall": 5, "after": 3})      # head, role and two words, then silence
+    async with gateway_with(config, a=a, b=MockVendor()) as gw:
+        got = []
+
+        def run():
+            for chunk in chat(oai(gw.url), stream=True):
+                got.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+        start = trio.current_time()
+        with pytest.raises(openai.APIError, match="stalled"):
+            await sdk(run)
+        took = trio.current_time() - start
+        record = await last_record(gw)
+    assert "".join(got).startswith("one")
+    assert took < 4      # the 5 s silence was not waited out
+    assert "stalled" in record["error"]
+
+
 async def test_all_members_failing_gives_error_in_client_protocol():
     a, b = MockVendor(), MockVendor()
     a.always = b.always = {"status": 500}
