@@ -27,7 +27,6 @@ from busbar.faults import ClientError, Fault, FaultClass
 from busbar.limits import PrecommitBound
 from busbar.outcome import Answered, Broken, Failed, Outcome
 from busbar.protocols.base import StreamError
-from busbar.protocols.sse import SSESplitter
 from busbar.protocols.stops import StopEmulation, cut_response
 from busbar.resume import Journal, replay
 from busbar.reasoning_store import StreamCapture
@@ -156,7 +155,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     else:
         encoder, journal, splice = resume.encoder, resume.journal, resume.splice()
         first_by = resume.deadline       # the silence a resume may add
-    relay = PassthroughRelay(up.stream_content_type) if same else None
+    relay = PassthroughRelay(up.stream_content_type, decoder) if same else None
     stops = StopEmulation(stops) if stops and not same else None
     # a miss the response cache will store: the answer is folded as it goes out (per attempt;
     # the request's own once this attempt wins the commit, so a racing hedge cannot replace it)
@@ -385,27 +384,33 @@ class PassthroughRelay:
     whole SSE events at a time (an incomplete event waits for its end, so an
     error event we append, or a resumed stream's continuation, can never
     land inside one).  Binary framings (Bedrock's eventstream: each frame
-    starts with its total length) go out whole frames at a time too."""
+    starts with its total length) go out whole frames at a time too.
 
-    __slots__ = ("splitter", "_frames")
+    An SSE stream is split once, by the decoder the relay reads it with
+    (`SSEDecoder.unfinished` says how much of what it was fed is an event
+    still arriving); `take(chunk)` is called after the decoder was fed it."""
 
-    def __init__(self, content_type: bytes):
-        self.splitter = SSESplitter() if content_type == b"text/event-stream" else None
-        self._frames = b""        # the start of a binary frame still arriving
+    __slots__ = ("_decoder", "_held")
+
+    def __init__(self, content_type: bytes, decoder):
+        self._decoder = decoder if content_type == b"text/event-stream" else None
+        self._held = b""          # the start of an event (or binary frame) still arriving
 
     def take(self, chunk: bytes) -> bytes:
         if not chunk:
             return chunk
-        if self.splitter is None:
+        if self._decoder is None:
             return self._whole_frames(chunk)
-        aligned = not self.splitter.pending
-        events = self.splitter.feed(chunk)
-        if aligned and not self.splitter.pending:
+        unfinished = self._decoder.unfinished
+        if not unfinished and not self._held:
             return chunk                      # the common case: whole events, as received
-        return b"".join(event.raw for event in events)
+        data = self._held + chunk if self._held else chunk
+        end = len(data) - unfinished
+        self._held = data[end:]
+        return data[:end]
 
     def _whole_frames(self, chunk: bytes) -> bytes:
-        data = self._frames + chunk if self._frames else chunk
+        data = self._held + chunk if self._held else chunk
         end, size = 0, len(data)
         while size - end >= 4:
             n = int.from_bytes(data[end:end + 4], "big")
@@ -413,7 +418,7 @@ class PassthroughRelay:
                 break
             end += n
         if end == size:
-            self._frames = b""
+            self._held = b""
             return data
-        self._frames = data[end:]
+        self._held = data[end:]
         return data[:end]

@@ -118,3 +118,38 @@ def test_gemini_tool_ids_match_buffered_translation():
         "finishReason": "STOP"}], "responseId": "abc"}
     buffered = get_dialect("gemini").parse_response(orjson.loads(orjson.dumps(whole)))
     assert [p.id for p in buffered.content if type(p) is ir.ToolCall] == [call.id]
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+@SETTINGS
+@given(data=st.data())
+def test_passthrough_relay_forwards_the_bytes_whole_events_at_a_time(proto, data):
+    """Same-protocol relay: however the upstream's bytes are cut, what goes
+    out is those bytes untouched, each write ending where an event (or a
+    binary frame) ends, so an error event or a resumed stream's continuation
+    appended after any write never lands inside one."""
+    from busbar.protocols import get_dialect
+    from busbar.relay import PassthroughRelay
+    dialect = get_dialect(proto)
+    wire = data.draw(st.sampled_from([FIXTURES[proto], encode(proto, data.draw(ir_streams()))]))
+    decoder = dialect.stream_decoder()
+    relay = PassthroughRelay(dialect.stream_content_type, decoder)
+    out = []
+    for chunk in data.draw(splits(wire)):
+        decoder.feed(chunk)
+        out.append(relay.take(chunk))
+    sent = b"".join(out)
+    sse = dialect.stream_content_type == b"text/event-stream"
+    assert sent == wire if not sse or wire.endswith(b"\n\n") else wire.startswith(sent)
+    upto = 0
+    for piece in out:             # every write ends on a boundary
+        upto += len(piece)
+        if sse:
+            check = decoder.__class__()
+            check.feed(sent[:upto])
+            assert check.unfinished == 0
+        else:
+            end = 0
+            while end < len(piece):
+                end += int.from_bytes(piece[end:end + 4], "big")
+            assert end == len(piece)

@@ -88,6 +88,13 @@ class SSEDecoder:
         `response.completed` output), for `busbar.item_store`."""
         return []
 
+    @property
+    def unfinished(self) -> int:
+        """How many of the bytes fed so far belong to an event not yet ended
+        (the tail the splitter holds back): a passthrough relay forwards all
+        but these, whole events only, without splitting the stream again."""
+        return len(self._sse.pending)
+
     def close(self) -> list[ir.Event]:
         out: list = []
         if self._sse.pending.strip():
