@@ -35,6 +35,14 @@ async def answer(stream) -> bytes:
     return data
 
 
+async def served_once(port: int):
+    """A connection that carried one request and is now kept alive."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(REQUEST)
+    assert (await answer(stream)).endswith(b"ok:hi")
+    return stream
+
+
 async def closed_after(stream, limit: float) -> float | None:
     """Seconds until the server closes the connection (None: still open at `limit`)."""
     t0 = trio.current_time()
@@ -48,9 +56,7 @@ async def closed_after(stream, limit: float) -> float | None:
 async def test_an_idle_keep_alive_is_closed_after_keepalive_timeout_and_not_before():
     async with trio.open_nursery() as nursery:
         server, port = await serving(nursery, keepalive_timeout=0.6, header_timeout=5)
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(REQUEST)
-        assert (await answer(stream)).endswith(b"ok:hi")
+        stream = await served_once(port)
         waited = await closed_after(stream, 5)
         assert waited is not None, "the idle keep-alive was never closed"
         assert waited >= 0.55, f"closed after {waited:.2f}s, before keepalive_timeout"
@@ -74,9 +80,7 @@ async def test_requests_keep_a_kept_alive_connection_open_past_the_timeout():
 async def test_a_request_in_pieces_on_a_kept_alive_connection_must_be_whole_within_header_timeout():
     async with trio.open_nursery() as nursery:
         _, port = await serving(nursery, keepalive_timeout=30, header_timeout=0.5)
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(REQUEST)
-        assert (await answer(stream)).endswith(b"ok:hi")
+        stream = await served_once(port)
         await stream.send_all(REQUEST[:20])        # the next request's start, then nothing
         data = await answer(stream)
         assert data.startswith(b"HTTP/1.1 408"), data[:80]
@@ -95,9 +99,7 @@ async def test_a_new_connection_that_sends_nothing_is_closed_after_header_timeou
 async def test_serve_returns_once_the_last_connection_ends_after_stop_accepting():
     async with trio.open_nursery() as nursery:
         server, port = await serving(nursery, keepalive_timeout=0.4, header_timeout=5)
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(REQUEST)
-        assert (await answer(stream)).endswith(b"ok:hi")
+        stream = await served_once(port)
         server.stop_accepting()
         with trio.fail_after(5):      # the idle keep-alive expires, then serve() and the nursery end
             while server.active_connections:
