@@ -58,16 +58,16 @@ def main(n):
 
     measure("render_response (a text answer), no keeping: the baseline",
             lambda: responses.render_response(text_only, "m"), n)
-    measure("render_response_items + keep (a text answer: 1 item)",
-            lambda: store.keep("key", responses.render_response_items(text_only, "m")[1]), n)
+    measure("render_response_shown + keep (a text answer: 1 item)",
+            lambda: store.keep("key", responses.render_response_shown(text_only, "m")[1]["output"]), n)
     measure("render_response (reasoning + text + call), no keeping",
             lambda: responses.render_response(three, "m"), n)
-    measure("render_response_items + keep (reasoning + text + call: 3 items)",
-            lambda: store.keep("key", responses.render_response_items(three, "m")[1]), n)
-    _, rendered = responses.render_response_items(three, "m")
+    measure("render_response_shown + keep (reasoning + text + call: 3 items)",
+            lambda: store.keep("key", responses.render_response_shown(three, "m")[1]["output"]), n)
+    rendered = responses.render_response_shown(three, "m")[1]["output"]
     measure("  of which keep alone (3 items: dumps, bounds, LRU)", lambda: store.keep("key", rendered), n)
 
-    _, items = responses.render_response_items(answer(1), "m")
+    items = responses.render_response_shown(answer(1), "m")[1]["output"]
     store.keep("key", items)
     history = [{"role": "user", "content": f"turn {i}"} for i in range(8)]
     refs = [{"type": "item_reference", "id": item["id"]} for item in items]
@@ -102,7 +102,7 @@ async def redis_rows(port: int, n: int) -> None:
     state = RedisState(f"redis://127.0.0.1:{port}/0", "bench", timeout_s=1.0)
     shared = SharedEntries(state, "items")
     store = ItemStore()
-    _, items = responses.render_response_items(answer(7), "m")
+    items = responses.render_response_shown(answer(7), "m")[1]["output"]
     kept = store.keep("key", items)
     await ameasure("cluster: put one answer's 3 items (one script)", lambda: shared.put_many(kept, 3600), n)
     names = [key for key, _ in kept]

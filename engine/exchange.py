@@ -54,7 +54,7 @@ from busbar import admission, ir, lifecycle, resume, tenancy
 from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
-from busbar.item_store import decode, key_of
+from busbar.item_store import MAX_CHAIN, decode, decode_turn, key_of, turn_key
 from busbar.limits import DIRECT_ROUTES
 from busbar.outcome import Answered, Broken, Failed, Inexpressible, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
@@ -111,10 +111,16 @@ class Exchange:
         # where a Responses client's translated answers keep their output items (busbar.item_store)
         self.items = None
         self.item_scope = "-"               # whose items: the caller's key id
-        self.minted_refs = False            # it referenced items the gateway minted: always translated
+        self.minted_refs = False            # it named items or turns the gateway minted: always translated
         self.ir_obj: dict | None = None     # the body the IR is parsed from, when it differs from `obj`
         self.keep_vendor_items = False      # a same-protocol member's own items are kept too (mixed pool)
         self.unresolved: list[tuple[str, str]] = []   # (client path, id) of references nobody here knows
+        self.stored = True                  # the client lets its answer be kept (Responses `store`)
+        self.own_items = 0                  # how many input items the client sent (its turn's own)
+        self.previous: str | None = None    # the answer it continues (`previous_response_id`, ADR 0024)
+        self.unknown_previous: tuple[str, str, int] | None = None   # (that id, the missing link, its size if dropped)
+        self.chain_keys: tuple[str, ...] = ()   # the kept turns it continued: their TTL starts over with its own
+        self.recalled = b""                 # what earlier turns and items put back weigh, for routing's estimate
         self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
         self._race: Race | None = None      # the attempts racing now (a hedge started)
         self.share: str | None = None       # the pool whose concurrency share this request holds
@@ -181,19 +187,12 @@ class Exchange:
             self.model = self.tenancy_admission.pool     # over_budget downgrade
             self.record.tenant = self.tenancy_admission.key.id
             self.record.team = self.tenancy_admission.key.team
-        if self.client.mints_items:       # before routing: what members can say depends on the items
-            self.items = self.gw.item_store
-            self.item_scope = self.record.tenant or self.record.client_key_id or "-"
-            protocols = self.gw.pool_protocols.get(self.model, ())
-            self.keep_vendor_items = self.client.name in protocols and len(protocols) > 1
-            if self.client.reference_marker in self.request.body:
-                await self._resolve_references()
-                if self.unresolved and protocols and self.client.name not in protocols:
-                    raise self._unknown_item(self.unresolved[0], protocols)
+        if self.client.mints_items or self.client.continues:
+            await self._recall()          # before routing: what members can say depends on what it names
         try:
             # a key's own `direct` decides provider/model routes (permitted above), else server.direct_routes
             direct = self.tenancy_admission.key.direct if self.tenancy_admission is not None else None
-            needs = self.client.needs(self.request.body, self.obj)
+            needs = self.client.needs(self.request.body + self.recalled, self.obj)
             refused = self._expressible(direct)
             if refused:
                 needs = dataclasses.replace(needs, refused=refused)
@@ -286,25 +285,89 @@ class Exchange:
                 return None
         return self._ir if type(self._ir) is ir.Request else None
 
-    async def _resolve_references(self) -> None:
+    async def _recall(self) -> None:
+        """What a Responses request names from earlier turns, put back before routing:
+        the conversation its `previous_response_id` continues (`_continue`), then the
+        items it sends back as `item_reference`s (`_resolve_references`).  What nobody
+        here knows is the vendor's: left for a member of the client's own protocol, and
+        refused at once when the pool has none."""
+        client = self.client
+        self.item_scope = self.record.tenant or self.record.client_key_id or "-"
+        protocols = self.gw.pool_protocols.get(self.model, ())
+        if client.mints_items:
+            self.items = self.gw.item_store
+            self.keep_vendor_items = client.name in protocols and len(protocols) > 1
+            self.stored = client.stores(self.obj)
+        refs = client.references(self.obj) if client.mints_items and client.reference_marker in self.request.body \
+            else None
+        if client.continues:
+            await self._continue()
+        if refs:
+            await self._resolve_references(refs)
+        if (self.unresolved or self.unknown_previous) and protocols and client.name not in protocols:
+            raise self._unknown(protocols)
+
+    async def _continue(self) -> None:
+        """`previous_response_id` naming a turn the gateway kept (busbar.item_store):
+        the chain's items (each turn's input, then its output, oldest first) go before
+        this request's own input.  A chain of only a Responses vendor's own turns still
+        goes to that vendor byte for byte (it holds them); one with a turn answered here
+        is translated for every member."""
+        previous = self.client.previous_of(self.obj)
+        self.own_items = len(self.client.input_items(self.obj))
+        if previous is None:
+            return
+        self.previous = previous
+        store, scope, shared = self.gw.item_store, self.item_scope, self.gw.shared_items
+        chain = []
+        seen = set()
+        link: str | None = previous
+        while link is not None:
+            key = turn_key(scope, link)
+            data = store.get(key)
+            if data is None and shared is not None:
+                data = (await shared.get_many([key])).get(key)
+                if data is not None:
+                    store.put(key, data)
+            turn = decode_turn(data) if data is not None else None
+            if turn is None or turn.dropped or link in seen or len(chain) >= MAX_CHAIN:
+                self.unknown_previous = (previous, link, turn.dropped if turn is not None else 0)
+                return
+            seen.add(link)
+            chain.append((key, turn, data))
+            link = turn.previous
+        chain.reverse()
+        history: list = []
+        for key, turn, _ in chain:
+            history += turn.input
+            history += turn.output
+            store.touch(key)
+        self.chain_keys = tuple(key for key, _, _ in chain)
+        self.recalled += b"".join(data for _, _, data in chain)
+        store.continued += 1
+        continued = self.client.with_history(self.obj, history)
+        if all(turn.vendor for _, turn, _ in chain):
+            self.ir_obj = continued         # the vendor's own chain: its member still gets the bytes
+        else:
+            self.obj, self.minted_refs = continued, True
+
+    async def _resolve_references(self, refs: list[tuple[str, str]]) -> None:
         """Earlier items the request sends back by id (Responses `item_reference`,
         busbar.item_store) put back in their place: the ones this replica holds, then
         the cluster's.  One of them found: every member gets the request translated
         (a vendor never saw the gateway's ids).  One nobody here knows stays as it is,
         for a member of the client's own protocol (its vendor's id); `_build` refuses
         it to any other."""
-        refs = self.client.references(self.obj)
-        if not refs:
-            return
         store, scope = self.gw.item_store, self.item_scope
-        found: dict[str, bytes] = {}
+        found: dict[str, tuple[bytes, bool]] = {}
         missing = []
         for path, item_id in refs:
             data = store.get(key_of(scope, item_id))
-            if data is None:
+            item = decode(data) if data is not None else None
+            if item is None:
                 missing.append((path, item_id))
             else:
-                found[item_id] = data
+                found[item_id] = item
         if missing and self.gw.shared_items is not None:
             got = await self.gw.shared_items.get_many(list(dict.fromkeys(key_of(scope, i) for _, i in missing)))
             for key, data in got.items():
@@ -312,21 +375,41 @@ class Exchange:
             still = []
             for path, item_id in missing:
                 data = got.get(key_of(scope, item_id))
-                if data is None:
+                item = decode(data) if data is not None else None
+                if item is None:
                     still.append((path, item_id))
                 else:
-                    found[item_id] = data
+                    found[item_id] = item
             missing = still
         self.unresolved = missing
         if not found:
             return
         store.resolved += len(refs) - len(missing)
-        items = {item_id: decode(data) for item_id, data in found.items()}
-        resolved = self.client.with_references(self.obj, {item_id: d for item_id, (d, _) in items.items()})
-        if any(not vendor for _, vendor in items.values()):
-            self.obj, self.minted_refs = resolved, True
+        self.recalled += b"".join(data for data, _ in found.values())
+        # into the continued request when there is one (`_continue`), else the client's own
+        resolved = self.client.with_references(self.obj if self.ir_obj is None else self.ir_obj,
+                                               {item_id: data for item_id, (data, _) in found.items()})
+        if any(not vendor for _, vendor in found.values()):
+            self.obj, self.ir_obj, self.minted_refs = resolved, None, True
         else:        # only the vendor's own: its member still gets the bytes; the others, the items
             self.ir_obj = resolved
+
+    def _unknown(self, protocols) -> ClientError:
+        """What a member of `protocols` is told about an id only the vendor that minted it knows."""
+        if self.unresolved:
+            return self._unknown_item(self.unresolved[0], protocols)
+        previous, link, dropped = self.unknown_previous
+        if dropped:
+            why = (f"the response '{link}' in its conversation was not kept: its turn is {dropped} bytes, over the "
+                   f"gateway's limit of {self.gw.item_store.max_turn_bytes} per response")
+        elif link != previous:
+            why = f"an earlier response in its conversation, '{link}', is no longer kept"
+        else:
+            why = (f"the gateway continues only the responses it answered for this caller in the last "
+                   f"{self.gw.item_store.ttl_s / 3600:g} h (none made with `store: false`)")
+        return ClientError(400, f"Previous response with id '{previous}' not found: {why}, and a "
+                                f"{' or '.join(sorted(protocols))} member cannot resolve it.",
+                           param="previous_response_id", code="previous_response_not_found")
 
     def _unknown_item(self, ref: tuple[str, str], protocols) -> ClientError:
         path, item_id = ref
@@ -351,21 +434,38 @@ class Exchange:
     def _parse(self):
         return self.client.parse_request(self.obj if self.ir_obj is None else self.ir_obj, self.params)
 
-    async def keep_for_next_turn(self, items, reasoning_keys, vendor: bool = False) -> None:
-        """What the client may send back by id on its next turn: the answer's output
-        items (Responses) and its kept reasoning, written to the cluster too, before the
-        client sees the answer end (its next turn may reach another replica).  Bounded
-        by the backend's timeout; never fails the answer."""
-        if items:
-            kept = self.items.keep(self.item_scope, items, vendor)
+    async def keep_for_next_turn(self, shown: dict | None, reasoning_keys, vendor: bool = False) -> None:
+        """What the client may name on its next turn: the answer `shown` (Responses: its
+        output items, and the turn under its id, unless `store: false`) and its kept
+        reasoning, written to the cluster too, before the client sees the answer end
+        (its next turn may reach another replica); the turns it continued start their
+        TTL over there in the same call.  Bounded by the backend's timeout; never fails
+        the answer."""
+        if shown and self.stored:
+            output = shown.get("output")
+            output = output if isinstance(output, list) else []
+            kept = self.items.keep(self.item_scope, output, vendor)
+            response_id = shown.get("id")
+            if isinstance(response_id, str) and response_id:
+                kept.append(self.items.keep_turn(self.item_scope, response_id, self.previous,
+                                                 self._own_input(), output, vendor))
             if kept and self.gw.shared_items is not None:
                 with trio.CancelScope(shield=True):
-                    await self.gw.shared_items.put_many(kept, self.items.ttl_s)
+                    await self.gw.shared_items.put_many(kept, self.items.ttl_s, self.chain_keys)
         if reasoning_keys and self.gw.shared_reasoning is not None:
             entries = [(key, self.reasoning.encoded(key)) for key in reasoning_keys]
             with trio.CancelScope(shield=True):
                 await self.gw.shared_reasoning.put_many([e for e in entries if e[1] is not None],
                                                         self.reasoning.ttl_s)
+
+    def _own_input(self) -> list:
+        """This request's own input items, as its turn keeps them: references resolved
+        (the last of the continued request's input, which `with_history` and
+        `with_references` keep in place)."""
+        if not self.own_items:
+            return []
+        items = self.client.input_items(self.obj if self.ir_obj is None else self.ir_obj)
+        return items[-self.own_items:]
 
     async def _dispatch(self) -> None:
         """`routed` / `failing_over`: the plan says what comes next (after the
@@ -509,9 +609,9 @@ class Exchange:
                                                                             - entry.created))]
         client = self.client
         if not self.stream:
-            if self.items is not None:       # fresh ids: kept like any answer's, for item_reference
-                body, items = client.render_response_items(response, model, self._ir)
-                await self.keep_for_next_turn(items, None)
+            if self.items is not None:       # fresh ids: kept like any answer's, for the next turn
+                body, shown = client.render_response_shown(response, model, self._ir)
+                await self.keep_for_next_turn(shown, None)
             else:
                 body = client.render_response(response, model, self._ir)
             await self.responder.send(200, [JSON_CT] + head, body)
@@ -524,7 +624,7 @@ class Exchange:
             if not delay:
                 body = b"".join(encoder.encode(e) for e in events) + encoder.finish()
                 if self.items is not None:
-                    await self.keep_for_next_turn(encoder.output_items(), None)
+                    await self.keep_for_next_turn(encoder.shown_response(), None)
                 await self.responder.start(200, head, body)
                 sent = len(body)
             else:
@@ -535,7 +635,7 @@ class Exchange:
                 for event in events[first + 1:]:
                     data = encoder.encode(event)
                     if type(event) is ir.MessageStop and self.items is not None:
-                        await self.keep_for_next_turn(encoder.output_items(), None)
+                        await self.keep_for_next_turn(encoder.shown_response(), None)
                     if data:
                         if ir.is_content(event):
                             await trio.sleep(delay)
@@ -718,9 +818,9 @@ class Exchange:
                 self._restored = True
                 if self.resuming is not None:
                     self.resuming.request = resume.continuation(self._ir, self.resuming.partial)
-            if self.unresolved and up is not self.client:
+            if (self.unresolved or self.unknown_previous) and up is not self.client:
                 # only the vendor that minted it can resolve it: this member is passed over (Inexpressible)
-                raise self._unknown_item(self.unresolved[0], (provider.protocol,))
+                raise self._unknown((provider.protocol,))
             policy = self.gw.pool_policies.get(self.model, "degrade")
             req, self.stops = self._ir if self.resuming is None else self.resuming.request, None
             if part is not None:

@@ -1,4 +1,6 @@
-"""Output items a Responses client sends back as `item_reference` (issue 19).
+"""What a Responses client may name on its next turn, kept by the gateway (issue 19):
+output items it sends back as `item_reference`, and whole turns it continues with
+`previous_response_id` (ADR 0024).
 
 The Vercel AI SDK's OpenAI provider defaults to `store: true` and then sends earlier
 assistant output back as `{"type": "item_reference", "id": ...}` instead of the item: the
@@ -9,56 +11,111 @@ their `id` and `status`) under the ids it minted, and resolves a later reference
 the item back in its place in `input` before the request is parsed
 (`busbar.protocols.responses.resolve_references`).
 
+`previous_response_id` is the same idea one level up: each answered turn is kept under the
+response id shown (`keep_turn`) as the turn's own input items (as the client sent them,
+references resolved; not `instructions`, which OpenAI does not carry over), the output
+items shown, and the id it continued.  A later request naming that id gets the chain put
+back before its own input.  Each turn holds only its own items and a link, so a conversation
+of n turns costs O(n), not O(n^2); a chain is read link by link.
+
 In a pool that also has an OpenAI Responses member, that member's own (passed-through)
 answers are kept too, marked as the vendor's (`VENDOR` before the JSON): the vendor
 resolves its ids itself, so a reference to one leaves the request passed through untouched,
 and only a turn that fails over to a member of another protocol is given the item.
 
 Keys are scoped by the caller (its gateway key id, `-` without keys), so one key cannot
-read another's items by id.  Values are the item's JSON bytes: what the bounds count and
-what the cluster backend shares (`busbar.state.shared.SharedEntries`).
+read another's items by id.  Values are the JSON bytes behind a mark (`VENDOR`, `TURN`):
+what the bounds count and what the cluster backend shares (`busbar.state.shared.SharedEntries`).
 
 Bounded: `max_entries` (oldest first out), `max_bytes` in all, `max_item_bytes` per item
-(larger ones are not kept) and a TTL.  I/O-free, clock injected.
+and `max_turn_bytes` per turn (larger ones are not kept: a turn leaves a small marker
+saying so) and a TTL, renewed for the turns of a chain each time it is continued.
+I/O-free, clock injected.
 """
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import orjson
 
 MAX_ENTRIES = 50_000
 MAX_BYTES = 64 * 1024 * 1024
 MAX_ITEM_BYTES = 1024 * 1024
+MAX_TURN_BYTES = 4 * 1024 * 1024
+MAX_CHAIN = 10_000                   # turns one continuation may walk back (a guard; the bytes bound the rest)
 TTL_S = 3600.0
 
 _BOOKKEEPING = ("id", "status")      # the vendor's store fields: not part of an input item
-VENDOR = b"v"                        # a value's mark: an item the vendor minted (and resolves) itself
+VENDOR = b"v"                        # a value's mark: an item (or turn) the vendor minted, and resolves, itself
+TURN = b"r"                          # a value's mark: a kept response's turn, not an item
 
 
-def decode(data: bytes) -> tuple[bytes, bool]:
-    """A stored value as (the item's JSON, whether the vendor minted it)."""
-    if data[:1] == VENDOR:
-        return data[1:], True
-    return data, False
+class Turn(NamedTuple):
+    """One kept response: what its request added to the conversation and what it answered."""
+    previous: str | None             # the response it continued
+    input: list                      # its own input items (references resolved), no instructions
+    output: list                     # the output items shown, without id/status
+    vendor: bool                     # minted by a Responses vendor (that vendor holds the chain too)
+    dropped: int = 0                 # > 0: too large to keep (its size in bytes); input/output empty
+
+
+def decode(data: bytes) -> tuple[bytes, bool] | None:
+    """A stored item as (its JSON, whether the vendor minted it); None when the
+    value under that key is a turn, not an item."""
+    vendor = data[:1] == VENDOR
+    if vendor:
+        data = data[1:]
+    if data[:1] == TURN:
+        return None
+    return data, vendor
+
+
+def decode_turn(data: bytes) -> Turn | None:
+    """A stored turn; None when the value is an item (or unreadable)."""
+    vendor = data[:1] == VENDOR
+    if vendor:
+        data = data[1:]
+    if data[:1] != TURN:
+        return None
+    try:
+        obj = orjson.loads(data[1:])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    previous = obj.get("previous")
+    return Turn(previous if isinstance(previous, str) else None, obj.get("input") or [], obj.get("output") or [],
+                vendor, int(obj.get("dropped") or 0))
 
 
 def key_of(scope: str, item_id: str) -> str:
     return f"{scope}/{item_id}"
 
 
+def turn_key(scope: str, response_id: str) -> str:
+    """A turn's key: its own namespace, so an item id can never name a turn."""
+    return f"{scope}/response/{response_id}"
+
+
+def _stripped(items) -> list:
+    return [{k: v for k, v in item.items() if k not in _BOOKKEEPING} if isinstance(item, dict) else item
+            for item in items]
+
+
 class ItemStore:
     def __init__(self, *, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
-                 max_item_bytes: int = MAX_ITEM_BYTES, ttl_s: float = TTL_S,
-                 now: Callable[[], float] = time.monotonic):
+                 max_item_bytes: int = MAX_ITEM_BYTES, max_turn_bytes: int = MAX_TURN_BYTES,
+                 ttl_s: float = TTL_S, now: Callable[[], float] = time.monotonic):
         self.max_entries, self.max_bytes, self.max_item_bytes, self.ttl_s = (max_entries, max_bytes,
                                                                              max_item_bytes, ttl_s)
+        self.max_turn_bytes = max_turn_bytes
         self._now = now
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._bytes = 0
         self.kept = self.resolved = 0        # items kept, references resolved (admin, tests)
+        self.turns_kept = self.continued = 0  # turns kept, requests continued from one (admin, tests)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -87,6 +144,20 @@ class ItemStore:
         self.kept += len(kept)
         return kept
 
+    def keep_turn(self, scope: str, response_id: str, previous: str | None, input_items: list, output: list,
+                  vendor: bool = False) -> tuple[str, bytes]:
+        """Keep one answered turn under (scope, response id); returns the (key, value)
+        kept, for the cluster backend.  A turn over `max_turn_bytes` leaves a marker
+        with its size instead, so continuing it says why it cannot be."""
+        mark = (VENDOR + TURN) if vendor else TURN
+        data = mark + orjson.dumps({"previous": previous, "input": input_items, "output": _stripped(output)})
+        if len(data) > self.max_turn_bytes:
+            data = mark + orjson.dumps({"previous": previous, "dropped": len(data)})
+        key = turn_key(scope, response_id)
+        self.put(key, data)
+        self.turns_kept += 1
+        return key, data
+
     def put(self, key: str, data: bytes, ttl_s: float | None = None) -> None:
         """One entry as stored (also what a cluster fetch brings in)."""
         old = self._entries.pop(key, None)
@@ -107,3 +178,11 @@ class ItemStore:
             self._bytes -= len(entry[0])
             return None
         return entry[0]
+
+    def touch(self, key: str) -> None:
+        """A held entry in use again (a turn of a chain being continued): its TTL starts
+        over and it is the last to be evicted."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries[key] = (entry[0], self._now() + self.ttl_s)
+            self._entries.move_to_end(key)

@@ -76,8 +76,8 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
         out = data
         content_type = response.header(b"content-type") or b"application/json"
         if x.keep_vendor_items and isinstance(obj, dict) and isinstance(obj.get("output"), list):
-            # the vendor's own items, for a next turn that fails over to a member of another protocol
-            await x.keep_for_next_turn(obj["output"], None, vendor=True)
+            # the vendor's own items and turn, for a next turn that fails over to a member of another protocol
+            await x.keep_for_next_turn(obj, None, vendor=True)
         if x.cache_lookup is not None:       # the cache keeps the answer's IR
             try:
                 resp_ir = up.parse_response(obj)
@@ -99,10 +99,10 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
             x.cache_response = resp_ir
             # the model that answered; the request says what the answer looks like
             model = resp_ir.model or attempt.model
-            if x.items is not None:           # its items, under the ids minted here, for item_reference
-                out, items = x.client.render_response_items(resp_ir, model, x._ir)
+            if x.items is not None:   # its items and turn, under the ids minted here, for the next turn
+                out, shown = x.client.render_response_shown(resp_ir, model, x._ir)
             else:
-                out, items = x.client.render_response(resp_ir, model, x._ir), None
+                out, shown = x.client.render_response(resp_ir, model, x._ir), None
             # what the client's protocol cannot carry, for its next turn
             kept = x.reasoning.keep(resp_ir.content, x.client.shown_call_id) if x.reasoning is not None else None
         except ClientError:
@@ -110,8 +110,8 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
         except Exception as exc:  # upstream garbage: the member's fault
             return _server(f"unparseable upstream response: {type(exc).__name__}", response.status)
         content_type = b"application/json"
-        if items or kept:
-            await x.keep_for_next_turn(items, kept)
+        if shown or kept:
+            await x.keep_for_next_turn(shown, kept)
     ttfb = trio.current_time() - t0
     x.commit(rec, response.status, ttfb, warnings)
     await x.responder.send(200, [(b"content-type", content_type)] + x.answer_headers(attempt), out)
@@ -364,10 +364,10 @@ async def _keep(x: "Exchange", source, capture, vendor: bool) -> bool:
     what its client may send back by id (busbar.item_store, busbar.reasoning_store);
     `source` is the client's encoder, or on passthrough the vendor's decoder (`vendor`).
     Returns False: done, not again."""
-    items = source.output_items() if x.items is not None else None
+    shown = source.shown_response() if x.items is not None else None
     keys = x.reasoning.keep(capture.parts(), x.client.shown_call_id) if capture is not None else None
-    if items or keys:
-        await x.keep_for_next_turn(items, keys, vendor)
+    if shown or keys:
+        await x.keep_for_next_turn(shown, keys, vendor)
     return False
 
 

@@ -279,9 +279,11 @@ async def test_responses_and_bedrock_count_errors_are_the_callers_protocol():
         vendor.fail_next({"status": 429})
         with pytest.raises(openai.RateLimitError):       # Anthropic's 429, in OpenAI's shape
             await sdk(lambda: client.responses.input_tokens.count(model="claude", input="hi"))
-        with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+        with pytest.raises(openai.BadRequestError) as unknown:    # not one the gateway answered (ADR 0024)
             await sdk(lambda: client.responses.input_tokens.count(model="gemini", input="hi",
                                                                   previous_response_id="resp_123"))
+        assert unknown.value.body["code"] == "previous_response_not_found"
+        assert unknown.value.body["param"] == "previous_response_id"
         with pytest.raises(openai.BadRequestError, match="input"):
             await sdk(lambda: client.responses.input_tokens.count(model="gpt", input=42))
         br = bedrock_client(gw.url)

@@ -123,3 +123,37 @@ async def test_a_redis_outage_leaves_each_replica_its_own_items(tmp_path, redis_
         assert info.value.body["param"] == "input[1].id"
         a.stop()
         assert a.log_path.read_text().count("items entries not shared") == 1
+
+
+async def redis_call(url: str, *args):
+    from busbar.state.resp import RespConnection, parse_redis_url
+    host, port, db, _ = parse_redis_url(url)
+    conn = await RespConnection.open(host, port, db)
+    try:
+        return await conn.call(*args)
+    finally:
+        await conn.aclose()
+
+
+async def test_a_conversation_continued_by_id_across_replicas_renews_its_turns(tmp_path, redis_server):
+    """`previous_response_id` (ADR 0024): turn 1 on A, turn 2 on B, turn 3 on A; each
+    replica reads the turns it lacks from Redis, the member sees the whole conversation,
+    and a continuation starts the expiry of the turns it continued over."""
+    async with setup(tmp_path, redis_server.url) as (vendor, (a, b)):    # the vendor echoes
+        r1 = await sdk(lambda: responses(a).responses.create(model="smart", input="One."))
+        r2 = await sdk(lambda: responses(b).responses.create(model="smart", input="Two.",
+                                                             previous_response_id=r1.id))
+        first = f"stores:items:-/response/{r1.id}"
+        assert await redis_call(redis_server.url, "PEXPIRE", first, "60000") == 1
+        with trio.fail_after(30):
+            r3 = await sdk(lambda: responses(a).responses.create(model="smart", input="Three.",
+                                                                 previous_response_id=r2.id))
+        assert r3.output_text == "Three."
+        sent = vendor.received[-1]["body"]["messages"]
+        assert [m["content"] if isinstance(m["content"], str) else m["content"][0]["text"] for m in sent] == [
+            "One.", "One.", "Two.", "Two.", "Three."]
+        assert await redis_call(redis_server.url, "PTTL", first) > 3_000_000     # renewed to the store's hour
+        with pytest.raises(openai.BadRequestError) as info:     # store: false on A: B has nothing to continue
+            gone = await sdk(lambda: responses(a).responses.create(model="smart", input="x", store=False))
+            await sdk(lambda: responses(b).responses.create(model="smart", input="y", previous_response_id=gone.id))
+        assert info.value.body["code"] == "previous_response_not_found"

@@ -450,11 +450,21 @@ def test_cache_control_is_a_hint():
     assert obj["system"][0]["cache_control"] == {"type": "ephemeral"}
 
 
-def test_responses_server_state_cannot_cross():
-    req = RS.parse_request({"model": "m", "input": "more", "previous_response_id": "resp_1"}, {})
-    with pytest.raises(ClientError) as info:
-        OA.render_request(req, "m")
-    assert info.value.param == "previous_response_id"
+def test_responses_server_state_crosses_only_once_the_gateway_put_it_back():
+    """The codec cannot translate a bare `previous_response_id` (or `conversation`): the
+    exchange first replaces it with the turns it kept (ADR 0024); an id it does not hold
+    only a Responses member can take."""
+    for field, value in (("previous_response_id", "resp_1"), ("conversation", "conv_1")):
+        req = RS.parse_request({"model": "m", "input": "more", field: value}, {})
+        with pytest.raises(ClientError) as info:
+            OA.render_request(req, "m")
+        assert info.value.param == field
+    history = [{"role": "user", "content": "first"}, {"type": "message", "role": "assistant",
+                                                       "content": [{"type": "output_text", "text": "ok"}]}]
+    continued = RS.with_history({"model": "m", "input": "more", "previous_response_id": "resp_1"}, history)
+    obj, _ = render(OA, RS.parse_request(continued, {}))
+    assert [(m["role"], m["content"]) for m in obj["messages"]] == [("user", "first"), ("assistant", "ok"),
+                                                                     ("user", "more")]
 
 
 @pytest.mark.parametrize("proto,body,field", [

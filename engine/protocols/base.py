@@ -450,6 +450,27 @@ class Dialect:
         replaced by the item; the others stay as they are."""
         return obj
 
+    # True when a request may continue an earlier answer by its id (Responses
+    # `previous_response_id`): the turns the gateway answered are kept
+    # (busbar.item_store) and a continuation gets its chain put back (ADR 0024).
+    continues: ClassVar[bool] = False
+
+    def previous_of(self, obj: dict) -> str | None:
+        """The id of the answer this request continues; None: it continues none."""
+        return None
+
+    def input_items(self, obj: dict) -> list:
+        """The request's own input as the items a kept turn holds."""
+        return []
+
+    def with_history(self, obj: dict, history: list) -> dict:
+        """`obj` made self-contained: `history` (earlier turns' items) before its own input."""
+        return obj
+
+    def stores(self, obj: dict) -> bool:
+        """Whether the client lets this answer be kept for a next turn (Responses `store`)."""
+        return True
+
     # The passthrough guard (issue 12): the JSON types of the body fields the
     # gateway itself reads or relies on, checked before anything is routed,
     # so a same-protocol body (forwarded as sent, never parsed) cannot make a
@@ -654,10 +675,10 @@ class Dialect:
     def render_response(self, resp, model: str, req=None) -> bytes:
         return orjson.dumps(self.codec.render_response(resp, model))
 
-    def render_response_items(self, resp, model: str, req=None) -> tuple[bytes, list]:
-        """`render_response` and the output items it showed under minted ids
-        (`mints_items`); other protocols show none."""
-        return self.render_response(resp, model, req), []
+    def render_response_shown(self, resp, model: str, req=None) -> tuple[bytes, dict | None]:
+        """`render_response` and the answer it showed under ids it minted (`mints_items`:
+        the response id and output items, for busbar.item_store); others show None."""
+        return self.render_response(resp, model, req), None
 
     # ---- operations ------------------------------------------------------
     # Chat is one operation; embeddings, rerank and token counting are others

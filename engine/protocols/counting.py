@@ -146,6 +146,7 @@ class GeminiCount(_Counting):
 _RESPONSES_COUNT_KEYS = ("model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
                          "reasoning", "text", "truncation")
 # server-side state only OpenAI can resolve: counted by a Responses member, never translated or estimated
+# (a `previous_response_id` the gateway kept is put back before this parse: ADR 0024)
 _RESPONSES_STATE = ("previous_response_id", "conversation")
 
 
@@ -178,6 +179,16 @@ def _responses_render_response(resp: CountResponse, model: str, req=None) -> dic
 class ResponsesCount(_Counting):
     protocol = "responses"
     request_name = "input_tokens request"
+    continues = True           # a count may name an earlier answer the gateway kept (ADR 0024)
+
+    def previous_of(self, obj: dict) -> str | None:
+        return self.wire.previous_of(obj)
+
+    def input_items(self, obj: dict) -> list:
+        return self.wire.input_items(obj)
+
+    def with_history(self, obj: dict, history: list) -> dict:
+        return self.wire.with_history(obj, history)
 
     def upstream_path(self, base_path: str, model: str, stream: bool) -> str:
         return base_path.rstrip("/") + "/responses/input_tokens"

@@ -13,6 +13,7 @@ import orjson
 from busbar import ir
 from busbar.protocols import common as c
 from busbar.protocols import streaming as s
+from busbar.faults import ClientError
 from busbar.protocols.base import Codec, ErrorTable, StreamError
 from busbar.protocols.openai import ERRORS as OPENAI_ERRORS, OpenAIDialect
 
@@ -90,9 +91,57 @@ class ResponsesDialect(OpenAIDialect):
             items.append(item if data is None else orjson.loads(data))
         return {**obj, "input": items}
 
-    def render_response_items(self, resp, model: str, req=None) -> tuple[bytes, list]:
-        body = _render_response(resp, model)
-        return orjson.dumps(body), body["output"]
+    def render_response_shown(self, resp, model: str, req=None) -> tuple[bytes, dict]:
+        # a fresh id: the turn is kept under it, and an upstream's id need not be unique
+        # (a replayed or self-hosted answer's), nor look like a response id
+        body = _render_response(resp, model, f"resp_{uuid.uuid4().hex}")
+        return orjson.dumps(body), body
+
+    # a turn continued by the id of an earlier answer (`previous_response_id`, ADR 0024)
+    continues = True
+
+    def previous_of(self, obj: dict) -> str | None:
+        return previous_of(obj)
+
+    def input_items(self, obj: dict) -> list:
+        return input_items(obj)
+
+    def with_history(self, obj: dict, history: list) -> dict:
+        return with_history(obj, history)
+
+    def stores(self, obj: dict) -> bool:
+        return obj.get("store") is not False     # OpenAI's default: kept
+
+
+def previous_of(obj: dict) -> str | None:
+    """The response a request continues (`previous_response_id`), None when it starts
+    a conversation; a 400 when it is not a string or comes with `conversation`."""
+    previous = obj.get("previous_response_id")
+    if previous is None:
+        return None
+    if not isinstance(previous, str) or not previous:
+        raise c.bad("previous_response_id", "must be the id of an earlier response")
+    if obj.get("conversation") is not None:
+        raise ClientError(400, "Parameters 'previous_response_id' and 'conversation' cannot be used together.",
+                          param="conversation")
+    return previous
+
+
+def input_items(obj: dict) -> list:
+    """The request's `input` as items (a string is one user message, as OpenAI reads it)."""
+    inp = obj.get("input")
+    if isinstance(inp, str):
+        return [{"role": "user", "content": inp}]
+    return inp if isinstance(inp, list) else []
+
+
+def with_history(obj: dict, history: list) -> dict:
+    """`obj` as one self-contained request: the earlier turns' items before its own
+    input, and no `previous_response_id` (its `instructions` stay its own: OpenAI does
+    not carry the earlier ones over)."""
+    out = {k: v for k, v in obj.items() if k != "previous_response_id"}
+    out["input"] = history + input_items(obj)
+    return out
 
 
 
@@ -515,8 +564,8 @@ def render_usage(u: ir.Usage) -> dict:
             "total_tokens": u.total}
 
 
-def _render_response(resp: ir.Response, model: str) -> dict:
-    rid = resp.id or f"resp_{uuid.uuid4().hex}"
+def _render_response(resp: ir.Response, model: str, rid: str | None = None) -> dict:
+    rid = rid or resp.id or f"resp_{uuid.uuid4().hex}"
     output: list = []
     run: list = []
     n = 0
@@ -596,7 +645,7 @@ class StreamDecoder(s.SSEDecoder):
     item; a tool call or reasoning block is one item.  Deltas carry the
     content; a `*.done` event supplies it only when no delta did."""
 
-    __slots__ = ("_blocks", "_next", "_tools", "_done", "_output")
+    __slots__ = ("_blocks", "_next", "_tools", "_done", "_response")
     protocol = P
 
     def __init__(self):
@@ -606,10 +655,11 @@ class StreamDecoder(s.SSEDecoder):
         self._next = 0
         self._tools = False
         self._done = False
-        self._output = None          # response.completed's output, as sent
+        self._response = None        # response.completed's response, as sent
 
-    def output_items(self) -> list:
-        return self._output if isinstance(self._output, list) else []
+    def shown_response(self) -> dict | None:
+        r = self._response
+        return r if isinstance(r, dict) and isinstance(r.get("output"), list) else None
 
     def _open(self, key: tuple, part, out: list) -> list:
         b = self._blocks[key] = [self._next, False]
@@ -680,7 +730,7 @@ class StreamDecoder(s.SSEDecoder):
             out.append(ir.MessageStart(r.get("id") or "", r.get("model") or ""))
         elif kind == "response.completed" or kind == "response.incomplete":
             r = obj.get("response") or {}
-            self._output = r.get("output")
+            self._response = r
             self._close_all(out)
             u = r.get("usage")
             if u:
@@ -953,8 +1003,8 @@ class StreamEncoder(s.Encoder):
             return out + self._ev("response.incomplete", {"response": r})
         return out + self._ev("response.completed", {"response": self._response("completed", self._output, usage)})
 
-    def output_items(self) -> list:
-        return [item for _, item in self._output]
+    def shown_response(self) -> dict | None:
+        return {"id": self._rid, "output": [item for _, item in self._output]}
 
     def _error(self, kind: str, message: str) -> bytes:
         code = ERRORS.row(kind, "api_error").event

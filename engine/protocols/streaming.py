@@ -83,10 +83,10 @@ class SSEDecoder:
             self._failed = True
             raise StreamError(f"malformed {self.protocol} stream event: {exc!r}"[:300]) from None
 
-    def output_items(self) -> list:
-        """The answer's output items as the vendor sent them (Responses: its
-        `response.completed` output), for `busbar.item_store`."""
-        return []
+    def shown_response(self) -> dict | None:
+        """The answer as the vendor sent it (Responses: its `response.completed`
+        response: id and output items), for `busbar.item_store`; None elsewhere."""
+        return None
 
     @property
     def unfinished(self) -> int:
@@ -172,10 +172,10 @@ class Encoder:
     def finish(self) -> bytes:
         return b""
 
-    def output_items(self) -> list:
-        """The output items this stream showed under ids the gateway minted
-        (Responses: its `response.completed` output), for `busbar.item_store`."""
-        return []
+    def shown_response(self) -> dict | None:
+        """The answer this stream showed under ids the gateway minted (Responses:
+        its response id and output items), for `busbar.item_store`; None elsewhere."""
+        return None
 
     def error(self, kind: str, message: str) -> bytes:
         """The protocol's error event ending the stream; only the first call

@@ -20,11 +20,13 @@ from busbar.state.resp import RespError
 
 log = logging.getLogger("busbar.state")
 
-# KEYS the entries; ARGV their values, then the ttl in ms
+# KEYS the entries, then the ones whose expiry starts over; ARGV the entries' values, then the ttl in ms
 PUT_LUA = """
 local ttl = ARGV[#ARGV]
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'PX', ttl) end
-return #KEYS
+local n = #ARGV - 1
+for i = 1, n do redis.call('SET', KEYS[i], ARGV[i], 'PX', ttl) end
+for i = n + 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+return n
 """
 
 
@@ -55,12 +57,14 @@ class SharedEntries:
         self.missed += len(keys) - len(found)
         return found
 
-    async def put_many(self, entries: list[tuple[str, bytes]], ttl_s: float) -> bool:
-        if not entries:
+    async def put_many(self, entries: list[tuple[str, bytes]], ttl_s: float, touch: tuple[str, ...] = ()) -> bool:
+        """Write `entries` and start the expiry of the `touch` keys over (the turns of a
+        chain a request continued), in one script."""
+        if not entries and not touch:
             return True
+        keys = tuple(self._base + key for key, _ in entries) + tuple(self._base + key for key in touch)
         try:
-            await self.state.run_script(PUT_LUA, tuple(self._base + key for key, _ in entries),
-                                        *(value for _, value in entries), max(1, int(ttl_s * 1000)))
+            await self.state.run_script(PUT_LUA, keys, *(value for _, value in entries), max(1, int(ttl_s * 1000)))
         except (RedisUnavailable, RespError) as error:
             self._unavailable(error)
             return False
