@@ -1,5 +1,6 @@
 """ADR 0013's item-store cost (issue 19): what a Responses client's translated answer pays
-to keep its output items, and a turn carrying `item_reference`s pays to resolve them; then
+to keep its output items, and a turn carrying `item_reference`s pays to resolve them; ADR
+0024's: keeping a turn and continuing a chain (`previous_response_id`); then
 the cluster copy of both stores (busbar.state.shared) against a redis-server started here.
 Medians of 5 runs x N, µs per call (wall; the Redis rows also CPU).
 
@@ -17,7 +18,7 @@ import orjson
 import trio
 
 from busbar import ir
-from busbar.item_store import ItemStore, key_of
+from busbar.item_store import ItemStore, decode_turn, key_of, turn_key
 from busbar.protocols.responses import dialect as responses
 from busbar.reasoning_store import ReasoningStore
 from busbar.state.redis import RedisState
@@ -87,6 +88,40 @@ def main(n):
     measure("resolve 3 references in an 11-item input (find, get, put in place)", resolve, n)
     measure("  for scale: parse_request of the resolved input", lambda: responses.parse_request(resolve()), n)
 
+    # previous_response_id (ADR 0024): keeping a turn, and walking a chain back as Exchange._continue does
+    shown = responses.render_response_shown(text_only, "m")[1]
+    user = [{"role": "user", "content": "a question of about sixty characters, as a chat turn has"}]
+    measure("keep_turn of a one-message turn (input 1 item, output 1 item)",
+            lambda: store.keep_turn("key", shown["id"], "resp_prev", user, shown["output"]), n)
+
+    def chain(turns: int) -> str:
+        previous = None
+        for i in range(turns):
+            rid = f"resp_{turns}_{i}"
+            store.keep_turn("key", rid, previous, user, shown["output"])
+            previous = rid
+        return previous
+
+    def walk(last: str):
+        history, link, seen = [], last, []
+        while link is not None:
+            key = turn_key("key", link)
+            turn = decode_turn(store.get(key))
+            seen.append((key, turn))
+            link = turn.previous
+        for key, turn in reversed(seen):
+            history += turn.input
+            history += turn.output
+            store.touch(key)
+        return responses.with_history({"model": "m", "input": "next", "previous_response_id": last}, history)
+    for turns in (1, 10, 100):
+        last = chain(turns)
+        measure(f"continue a {turns}-turn chain held here (get, decode, touch, join)", lambda: walk(last),
+                max(1, n // turns))
+    last = chain(10)
+    measure("  for scale: parse_request of that 10-turn continuation", lambda: responses.parse_request(walk(last)),
+            max(1, n // 10))
+
     reasoning = ReasoningStore()
     keys = reasoning.keep(three.content)
     turn = ir.Request([ir.Message(ir.USER, [ir.Text("go")]), ir.Message(ir.ASSISTANT, [three.content[2]]),
@@ -108,6 +143,10 @@ async def redis_rows(port: int, n: int) -> None:
     names = [key for key, _ in kept]
     await ameasure("cluster: MGET of 3 references", lambda: shared.get_many(names), n)
     await ameasure("cluster: MGET of 1 id absent", lambda: shared.get_many(["key/none"]), n)
+    turn = store.keep_turn("key", "resp_bench", "resp_prev", [{"role": "user", "content": "hi"}], items)
+    touched = tuple(turn_key("key", f"resp_{i}") for i in range(10))
+    await ameasure("cluster: put 3 items + the turn, renewing 10 chain turns (one script)",
+                   lambda: shared.put_many(kept + [turn], 3600, touched), n)
     await state.aclose()
 
 
