@@ -154,6 +154,8 @@ def main() -> int:
                         help="--stream: the upstream's content chunks per stream, one or two counts (4,36)")
     parser.add_argument("--chunk-ms", type=float, default=5.0,
                         help="--stream: the upstream's gap between chunks (each reaches the gateway alone)")
+    parser.add_argument("--revisions-only", action="store_true",
+                        help="--stream: measure only the --baseline revisions, not this tree")
     args = parser.parse_args()
     if args.stream:
         return stream_main(args)
@@ -191,7 +193,8 @@ def stream_main(args) -> int:
     `totals:` so they compare with the ones already recorded)."""
     counts = [int(c) for c in args.chunks.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="callgrind-stream-"))
-    trees = {"this tree": None, **{rev: baseline_tree(rev, tmp) for rev in args.baseline}}
+    trees = {} if args.revisions_only else {"this tree": None}
+    trees.update({rev: baseline_tree(rev, tmp) for rev in args.baseline})
     result: dict = {label: {} for label in trees}
     for chunks in counts:
         upstream_port = free_port()

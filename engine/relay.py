@@ -145,7 +145,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     resume = x.resuming
     same = up is client and resume is None
     timeouts = x.plan.pipeline.timeouts
-    chunks = response.aiter_bytes()
+    reads = response.aiter_reads()
     decoder = up.stream_decoder()
     if resume is None:
         encoder = client.stream_encoder(attempt.model, **client.stream_encoder_options(x.obj))
@@ -173,15 +173,20 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     upstream_done = False
     committed = False
     ttfb = 0.0
+    rest: list = []           # the pieces of the last read not yet relayed
     # One cancel scope bounds every read of this stream (first_byte before the
-    # commit, idle after it): `_next_chunk` moves its deadline around each read
+    # commit, idle after it): `_next_read` moves its deadline around each read
     # alone, so writes to the client never run under it.  Every path inside
     # returns; leaving it otherwise means a read timed out.
     with trio.CancelScope() as reading:
         while not committed:
             try:
-                deadline = trio.current_time() + timeouts.first_byte
-                chunk = await _next_chunk(chunks, reading, deadline if first_by is None else min(deadline, first_by))
+                if rest:
+                    chunk = rest.pop(0)
+                else:
+                    deadline = trio.current_time() + timeouts.first_byte
+                    rest = await _next_read(reads, reading, deadline if first_by is None else min(deadline, first_by))
+                    chunk = rest.pop(0) if rest is not None else None
                 if chunk is None:
                     try:
                         events = decoder.close()
@@ -256,52 +261,62 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
             await x.responder.write(out)
         try:
             while not upstream_done:
-                chunk = await _next_chunk(chunks, reading, trio.current_time() + timeouts.idle)
-                if chunk is None:
-                    break
-                events = decoder.feed(chunk)
-                if stops is not None:
-                    events = stops.filter(events)
-                    upstream_done = stops.done
-                if splice is not None:
-                    events = splice.feed(events)
-                if kept is not None:
-                    kept.feed(events)
-                broken = None
-                for event in events:
-                    kind = type(event)
-                    if kind is ir.UsageEvent:
-                        x.record.usage = event.usage
-                    elif kind is ir.ErrorEvent:
-                        broken = event
-                if journal is not None:
-                    if broken is not None:
-                        # resume on: the vendor's error event stays here (the
-                        # stream may go on elsewhere); what came before it goes out
-                        events = [e for e in events if type(e) is not ir.ErrorEvent]
-                        if same:
-                            replay(encoder, journal)       # the client's stream so far, in encoder state
+                if rest:              # what came with the commit's read after its first content
+                    read, rest = rest, None
+                else:
+                    read = await _next_read(reads, reading, trio.current_time() + timeouts.idle)
+                    if read is None:
+                        break
+                outs = []             # one write per read, however many pieces it carried
+                for chunk in read:
+                    events = decoder.feed(chunk)
+                    if stops is not None:
+                        events = stops.filter(events)
+                        upstream_done = stops.done
+                    if splice is not None:
+                        events = splice.feed(events)
+                    if kept is not None:
+                        kept.feed(events)
+                    broken = None
+                    for event in events:
+                        kind = type(event)
+                        if kind is ir.UsageEvent:
+                            x.record.usage = event.usage
+                        elif kind is ir.ErrorEvent:
+                            broken = event
+                    if journal is not None:
+                        if broken is not None:
+                            # resume on: the vendor's error event stays here (the
+                            # stream may go on elsewhere); what came before it goes out
+                            events = [e for e in events if type(e) is not ir.ErrorEvent]
+                            if same:
+                                replay(encoder, journal)       # the client's stream so far, in encoder state
+                            journal.extend(events)
+                            outs.append(b"".join(encoder.encode(e) for e in events))
+                            await x.responder.write(b"".join(outs))
+                            fault = _fault_of(up, broken)
+                            return Broken(x.redact(Fault(fault.cls, fault.status,
+                                                         f"upstream error mid-stream: {fault.message}",
+                                                         fault.retry_after, fault.code)), ttfb, encoder, journal)
                         journal.extend(events)
-                        await x.responder.write(b"".join(encoder.encode(e) for e in events))
+                        if journal.full:       # past its bound: no longer resumable
+                            journal = None
+                    out = relay.take(chunk) if same else b"".join(encoder.encode(e) for e in events)
+                    if capture is not None:
+                        capture.feed(events)
+                    if keeping and _ends(events):     # before the client sees the end: its next turn may follow at once
+                        keeping = await _keep(x, source, capture, same)
+                    if broken is not None:
+                        # passthrough: the vendor's own error event goes out (a vendor error event may echo the key)
+                        outs.append(x.gw.scrub_bytes(out))
+                        await x.responder.write(b"".join(outs))
                         fault = _fault_of(up, broken)
                         return Broken(x.redact(Fault(fault.cls, fault.status, f"upstream error mid-stream: {fault.message}",
-                                                     fault.retry_after, fault.code)), ttfb, encoder, journal)
-                    journal.extend(events)
-                    if journal.full:       # past its bound: no longer resumable
-                        journal = None
-                out = relay.take(chunk) if same else b"".join(encoder.encode(e) for e in events)
-                if capture is not None:
-                    capture.feed(events)
-                if keeping and _ends(events):     # before the client sees the end: its next turn may follow at once
-                    keeping = await _keep(x, source, capture, same)
-                if broken is not None:
-                    out = x.gw.scrub_bytes(out)     # a vendor error event may echo the key
-                await x.responder.write(out)
-                if broken is not None:
-                    # passthrough: the vendor's own error event already went out
-                    fault = _fault_of(up, broken)
-                    return Broken(x.redact(Fault(fault.cls, fault.status, f"upstream error mid-stream: {fault.message}",
-                                                 fault.retry_after, fault.code)), ttfb, None if same else encoder)
+                                                     fault.retry_after, fault.code)), ttfb, None if same else encoder)
+                    outs.append(out)
+                    if upstream_done:     # cut by an emulated stop: the rest is not relayed
+                        break
+                await x.responder.write(outs[0] if len(outs) == 1 else b"".join(outs))
             if not upstream_done:
                 tail = decoder.close()
                 if stops is not None:
@@ -336,23 +351,23 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
 
 
-async def _next_chunk(chunks, reading: trio.CancelScope, deadline: float) -> bytes | None:
-    """The upstream body's next piece (None at its end), read under the
-    stream's one timeout scope `reading` with `deadline`; the deadline is
-    lifted again once the read returns, so nothing else runs under it.  One
-    deadline move per read instead of a fresh `fail_after` per chunk (a scope,
-    its status object, a generator context manager: ADR 0014)."""
+async def _next_read(reads, reading: trio.CancelScope, deadline: float) -> list[bytes] | None:
+    """The pieces of the upstream body's next network read (None at its end),
+    read under the stream's one timeout scope `reading` with `deadline`; the
+    deadline is lifted again once the read returns, so nothing else runs
+    under it.  One deadline move per read instead of a fresh `fail_after` per
+    chunk (a scope, its status object, a generator context manager: ADR 0014)."""
     reading.deadline = deadline
     try:
-        chunk = await chunks.__anext__()
+        pieces = await reads.__anext__()
     except StopAsyncIteration:
-        chunk = None
+        pieces = None
     if reading.cancel_called:
-        # the deadline passed in the same scheduler round the piece came: a
+        # the deadline passed in the same scheduler round the read came: a
         # stall all the same (the scope cannot be un-cancelled); raise it here
         await trio.lowlevel.checkpoint()
     reading.deadline = math.inf
-    return chunk
+    return pieces
 
 
 def _ends(events: list) -> bool:

@@ -164,13 +164,19 @@ class UpstreamResponse:
                 return value
         return None
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+    async def aiter_reads(self) -> AsyncIterator[list[bytes]]:
+        """The body as it arrives, one list per network read: the pieces (the
+        chunks of a chunked body) that read carried, never an empty list.  A
+        stream relay decides per piece (its commit point does not depend on
+        how the network cut the bytes) and does its per-read work (the read
+        deadline, the client write) once per read."""
         body = self._body
         try:
             if self._first:
                 first, self._first = self._first, b""
-                for piece in body.feed(first):
-                    yield piece
+                pieces = body.feed(first)
+                if pieces:
+                    yield pieces
             while not body.done:
                 try:
                     data = await self._conn.stream.receive_some(READ_SIZE)
@@ -179,10 +185,16 @@ class UpstreamResponse:
                 if not data:
                     body.eof()
                     return
-                for piece in body.feed(data):
-                    yield piece
+                pieces = body.feed(data)
+                if pieces:
+                    yield pieces
         except ProtocolError as exc:
             raise UpstreamError(f"malformed upstream response: {exc}", before_response=False) from None
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        async for pieces in self.aiter_reads():
+            for piece in pieces:
+                yield piece
 
     def read_now(self, limit: int = 64 * 1024 * 1024) -> bytes | None:
         """The whole body without waiting when it came with the head (a

@@ -74,3 +74,40 @@ async def test_provider_max_connections_bounds_upstream_connections():
         pool = next(iter(gw.gateway.upstream._pools.values()))
     assert codes == [200] * 6           # queued for a slot, not refused
     assert pool.max_connections == 2 and pool._open <= 2
+
+
+async def test_a_streamed_body_comes_read_by_read():
+    """`aiter_reads` gives the chunks of a chunked body one network read at a
+    time (a relay moves its read deadline and writes to the client once per
+    read, and still decides chunk by chunk); `aiter_bytes` the chunks."""
+    from busbar.upstream import ConnectionPool, Origin
+    go_on = trio.Event()
+
+    async def vendor(stream):
+        while await stream.receive_some(65536):         # each request (keep-alive)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                  b"3\r\none\r\n3\r\ntwo\r\n")
+            await go_on.wait()
+            await stream.send_all(b"5\r\nthree\r\n0\r\n\r\n")
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, vendor, 0)
+        port = listeners[0].socket.getsockname()[1]
+        pool = ConnectionPool(Origin.from_url(f"http://127.0.0.1:{port}"))
+        response = await pool.request(b"POST", b"/", [], b"{}")
+        reads = []
+        async for pieces in response.aiter_reads():
+            reads.append(pieces)
+            go_on.set()
+        await response.aclose()
+        go_on = trio.Event()
+        response = await pool.request(b"POST", b"/", [], b"{}")
+        pieces = []
+        async for piece in response.aiter_bytes():
+            pieces.append(piece)
+            go_on.set()
+        await response.aclose()
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+    assert reads == [[b"one", b"two"], [b"three"]]
+    assert pieces == [b"one", b"two", b"three"]
