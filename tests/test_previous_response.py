@@ -292,3 +292,45 @@ async def test_input_tokens_counts_the_continued_conversation():
     assert conversation({**seen, "body": {**seen["body"], "max_tokens": 1}})[1] == [
         ("user", "My name is Ada."), ("assistant", "My name is Ada."), ("user", "Who am I?")]
     assert info.value.body["code"] == "previous_response_not_found"
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("vendor", MEMBERS)
+async def test_the_openai_agents_sdk_chains_its_run_by_response_id(vendor):
+    """The OpenAI Agents SDK (`openai-agents`, not in the test extra: skipped without it) with
+    `auto_previous_response_id`: its tool loop sends only what is new with the previous
+    answer's id; then a second run continues the first by `last_response_id`."""
+    agents = pytest.importorskip("agents", reason="openai-agents is not installed (pip install openai-agents)")
+    import asyncio
+
+    mock = MockVendor(use_tools=True)
+    async with gateway_with(config_for(vendor), a=mock) as gw:
+        @agents.function_tool
+        def get_weather(city: str) -> str:
+            """Weather for a city."""
+            return f"sunny in {city}"
+
+        def run():
+            async def main():
+                model = agents.OpenAIResponsesModel(
+                    model="smart", openai_client=openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k",
+                                                                   max_retries=0))
+                agent = agents.Agent(name="weather", instructions="Answer briefly.", model=model,
+                                     tools=[get_weather])
+                first = await agents.Runner.run(agent, "Weather in Paris?", auto_previous_response_id=True)
+                second = await agents.Runner.run(agent, "Thanks!", previous_response_id=first.last_response_id)
+                return first, second
+            agents.set_tracing_disabled(True)
+            return asyncio.run(main())
+        first, second = await sdk(run)
+        store = gw.app.items
+    assert "sunny in Paris" in first.final_output
+    sent = [r for r in mock.received if r["protocol"] == vendor]
+    assert len(sent) == 4                       # each run: the simulated model calls the tool, then answers
+    _, turns = conversation(sent[1])            # the tool result turn: the call it answers came back
+    assert turns[0] == ("user", "Weather in Paris?") and turns[1][1] == "call:get_weather"
+    assert turns[2][1].startswith("result:") and "sunny in Paris" in turns[2][1]
+    system, turns = conversation(sent[2])
+    assert system == ["Answer briefly."] and turns[0] == ("user", "Weather in Paris?")
+    assert turns[-1] == ("user", "Thanks!") and len(turns) == 5
+    assert store.continued == 3                 # the first run's tool turn, the second run and its tool turn
