@@ -112,13 +112,16 @@ def streams(port: int, n: int, request: bytes = STREAM_REQUEST) -> None:
 
 
 def instructions(pythonpath: Path | None, upstream_port: int, config: Path, n: int, out: Path,
-                 request: bytes = REQUEST, drive=requests, field: str = "totals") -> int:
+                 request: bytes = REQUEST, drive=requests, field: str = "totals", command=None) -> int:
+    """Instructions for `n` requests through the gateway (or through
+    `command(port)`, another server's argv: bench/trio_floor.py)."""
     port = free_port()
     env = dict(os.environ, PYTHONHASHSEED="0")
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-                             PY, "-m", "busbar.cli", "serve", "--config", str(config), "--port", str(port)],
+    argv = command(port) if command is not None else [
+        PY, "-m", "busbar.cli", "serve", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *argv],
                             env=env, stdout=subprocess.DEVNULL, stderr=open(f"{out}.log", "wb"))
     try:
         wait_port(port, timeout=900)      # valgrind starts slowly on a loaded machine
