@@ -1068,10 +1068,14 @@ class Exchange:
 
     def warning_headers(self) -> Headers:
         """`x-busbar-warning` names what translation dropped (pool policy
-        `unsupported: drop`), so a client can see it without the logs."""
+        `unsupported: drop`, hints, degraded features), so a client can see it
+        without the logs: each field as the client sent it (`Dialect.client_warnings`)."""
         if not self._warnings:
             return []
-        text = "; ".join(self._warnings).encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        # renders name the IR's fields; the client reads them by its own body's paths
+        messages = len(self._ir.messages) if type(self._ir) is ir.Request else None
+        named = self.client.client_warnings(self._warnings, self.obj if self.ir_obj is None else self.ir_obj, messages)
+        text = "; ".join(named).encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
         return [(b"x-busbar-warning", text[:2000])]
 
     # ---- stream resume -----------------------------------------------------

@@ -137,3 +137,112 @@ async def test_the_openai_sdk_sees_the_input_path_of_an_untranslatable_field():
                 {"type": "function_call_output", "call_id": "c1", "output": "r"}]))
     assert info.value.body["param"] == "input[2].future_field"
     assert mock.received == []
+
+
+def _fast_and_searched(client: str, obj: dict, params) -> list:
+    """For every IR part (and turn) of `obj`: (the unparsed mapping, the search's), where the first applies."""
+    from busbar.protocols import paths
+    dialect = get_dialect(client)
+    req = dialect.parse_request(copy.deepcopy(obj), params or {})
+    shape = paths.shape_of(client)
+    out = []
+    for i, m in enumerate(req.messages):
+        for j in range(-1, len(m.content)):
+            fast = paths._one_to_one(shape, obj, len(req.messages), i, j)
+            if fast is not None:
+                out.append((fast, paths._find(dialect.codec.parse_request, obj, shape.turns, i, j)))
+    return out
+
+
+@pytest.mark.pure
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+@pytest.mark.parametrize("client", PROTOCOLS)
+def test_one_message_per_turn_is_mapped_as_the_search_maps_it(client, data):
+    """`client_path` with the IR's message count skips the prefix search when
+    each client turn made one IR message (warnings name fields on every
+    request that has them): it must find the same turn and part as the search."""
+    obj, params = data.draw(wire_request(client))
+    for fast, searched in _fast_and_searched(client, obj, params):
+        assert fast == searched, (obj, fast, searched)
+
+
+@pytest.mark.pure
+def test_one_message_per_turn_on_the_hand_written_bodies():
+    applied = 0
+    for client, body, _, _ in CASES:
+        params = {"model": "m", "action": "converse" if client == "bedrock" else "generateContent"}
+        for fast, searched in _fast_and_searched(client, body, params):
+            assert fast == searched, (client, body)
+            applied += 1
+    assert applied > 10
+
+
+# ---------------------------------------------------------------------------
+# x-busbar-warning names fields as the client sent them, as errors do
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("client, body, target, warned", [
+    # a leading system message is no IR message: the user turn is messages[1] to the client
+    ("openai", {"model": "m", "messages": [{"role": "system", "content": "be brief"},
+                                           {"role": "user", "content": "hi", "name": "bob"}]},
+     "anthropic", "dropped hint 'messages[1].name'"),
+    ("openai", {"model": "m", "messages": [USER], "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}]},
+     "gemini", "dropped hint 'tools[0].function.strict'"),
+    # an Anthropic client's user id is metadata.user_id
+    ("anthropic", {"model": "m", "max_tokens": 9, "messages": [USER], "metadata": {"user_id": "u1"}},
+     "bedrock", "dropped hint 'metadata.user_id'"),
+    ("gemini", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"seed": 7}},
+     "anthropic", "dropped 'generationConfig.seed'"),
+    ("bedrock", {"messages": [{"role": "user", "content": [{"text": "hi"}]}], "requestMetadata": {"a": "b"}},
+     "gemini", "dropped hint 'requestMetadata'"),
+    ("bedrock", {"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                 "inferenceConfig": {"stopSequences": ["x"]}}, "responses", "dropped 'inferenceConfig.stopSequences'"),
+    # not a field: the beta flag's header is named as it is
+    ("anthropic", {"model": "m", "max_tokens": 9, "messages": [USER]}, None, None),
+])
+def test_warnings_name_the_clients_field(client, body, target, warned):
+    dialect = get_dialect(client)
+    params = {"model": "m", "action": "converse" if client == "bedrock" else "generateContent"}
+    if target is None:
+        kept = ["dropped hint 'anthropic-beta': the beta 'x' is not one Claude on Bedrock serves",
+                "dropped input type 'search_query': OpenAI embeddings take none"]
+        assert dialect.client_warnings(kept, body, 1) == kept
+        return
+    req = dialect.parse_request(copy.deepcopy(body), params)
+    _, warnings = get_dialect(target).render_request(req, "m", max_tokens_default=9, unsupported="drop")
+    named = dialect.client_warnings(warnings, body, len(req.messages))
+    assert any(warned in w for w in named), (warnings, named)
+    for w in named:
+        field = w.split("'")[1]
+        assert exists(body, field), (w, body)
+
+
+@pytest.mark.sdk
+async def test_the_openai_sdk_reads_warnings_naming_its_own_fields():
+    """Chat Completions and Responses clients behind an Anthropic pool that
+    drops what it cannot say: x-busbar-warning (read with the SDK's
+    with_raw_response) names `messages[1].name` and `input[1]`, the client's
+    own paths, not the IR's `messages[0].name` / `messages[1].content[0]`."""
+    config = config_for("anthropic")
+    config["pools"]["smart"]["unsupported"] = "drop"
+    mock = MockVendor(reply="done")
+    async with gateway_with(config, a=mock) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        chat = await sdk(lambda: client.chat.completions.with_raw_response.create(
+            model="smart", logit_bias={"50256": -100}, messages=[
+                {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi", "name": "bob"}]))
+        resp = await sdk(lambda: client.responses.with_raw_response.create(model="smart", input=[
+            {"role": "user", "content": "hi"},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "opaque"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+            {"role": "user", "content": "more"}]))
+    assert chat.parse().choices[0].message.content == "done"
+    warning = chat.headers["x-busbar-warning"]
+    assert "dropped hint 'messages[1].name'" in warning and "dropped 'logit_bias'" in warning, warning
+    assert "messages[0]" not in warning
+    assert resp.parse().output_text == "done"
+    warning = resp.headers["x-busbar-warning"]
+    assert "'input[1]'" in warning and "messages[" not in warning, warning

@@ -323,6 +323,10 @@ def _json_type_name(value) -> str:
     return _JSON_TYPE_NAMES.get(type(value), "a number")
 
 
+# how RenderCtx's warnings start, before the quoted field they name
+_WARNING_HEADS = frozenset({"dropped ", "dropped hint ", "degraded "})
+
+
 @runtime_checkable
 class DialectContract(Protocol):
     """What the driver (`busbar.exchange`, `busbar.admission`, `busbar.relay`,
@@ -644,12 +648,33 @@ class Dialect:
         pays nothing for it."""
         if not err.param:
             return err
-        from busbar.protocols.paths import client_path
-        path = client_path(self.name, self.codec.parse_request, obj, err.param)
-        if path is not None and path != err.param:
+        path = self.client_field(err.param, obj)
+        if path != err.param:
             err.message = err.message.replace(f"'{err.param}'", f"'{path}'")
             err.param = path
         return err
+
+    def client_field(self, ir_path: str, obj: dict, messages: int | None = None) -> str:
+        """A renderer's name for a field (the IR's path) as this client's body
+        `obj` names it (busbar.protocols.paths), else as it is (a header, a
+        field the client's body has no place for); `messages`: the IR's
+        message count, when known (see `client_path`)."""
+        from busbar.protocols.paths import client_path
+        return client_path(self.name, self.codec.parse_request, obj, ir_path, messages) or ir_path
+
+    def client_warnings(self, warnings: list[str], obj: dict, messages: int | None = None) -> list[str]:
+        """Translation warnings (`RenderCtx`: "dropped 'F': ...", "dropped hint
+        'F': ...", "degraded 'F': ...") naming each field F as `client_error`
+        names it: where this client's body has it."""
+        out = []
+        for w in warnings:
+            head, quote, rest = w.partition("'")
+            if quote and head in _WARNING_HEADS:
+                name, quote, tail = rest.partition("'")
+                if quote:
+                    w = f"{head}'{self.client_field(name, obj, messages)}'{tail}"
+            out.append(w)
+        return out
 
     def render_request(self, req, model: str, *, max_tokens_default: int | None = None,
                        unsupported: str = "reject") -> tuple[bytes, list[str]]:

@@ -63,9 +63,11 @@ def existing(obj: Any, path: Path) -> Path:
             break
         if not isinstance(node, dict):
             break
-        key = next((k for k in (s, _camel(s), _snake(s)) if k in node), None)
-        if key is None:
-            break
+        key = s
+        if key not in node:          # respelled only when not found as it is
+            key = next((k for k in (_camel(s), _snake(s)) if k in node), None)
+            if key is None:
+                break
         node = node[key]
         out.append(key)
     return out
@@ -153,6 +155,20 @@ def _leading_system(obj: dict, j: int) -> Path:
     return ["messages"]
 
 
+def _leading_system_turns(obj: dict) -> int:
+    """Chat and Cohere: how many leading turns are the system prompt (no IR message)."""
+    n = 0
+    for m in obj.get("messages") or ():
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer"):
+            break
+        n += 1
+    return n
+
+
+def _no_system_turns(obj: dict) -> int:
+    return 0
+
+
 def _listed(key: str) -> Callable[[dict, int], Path]:
     def place(obj: dict, j: int) -> Path:
         return [key] if isinstance(obj.get(key), str) else [key, j]
@@ -209,12 +225,14 @@ class Shape:
     """Where one protocol's request keeps what the IR calls turns, parts, the
     system prompt, tools and top-level fields."""
 
-    __slots__ = ("turns", "part", "system", "tools", "fields", "tail")
+    __slots__ = ("turns", "part", "system", "tools", "fields", "tail", "system_turns")
 
-    def __init__(self, turns: str, part, system, tools, fields: dict, tail: dict | None = None):
+    def __init__(self, turns: str, part, system, tools, fields: dict, tail: dict | None = None,
+                 system_turns=_no_system_turns):
         self.turns, self.part, self.system, self.tools = turns, part, system, tools
         self.fields = fields          # IR top-level name -> the client's path
         self.tail = tail or {}        # IR names inside a part -> the client's spelling
+        self.system_turns = system_turns   # leading turns that make the system prompt, not messages
 
 
 def _sampling(names: dict, prefix: str = "") -> dict:
@@ -229,7 +247,7 @@ def _shapes() -> dict[str, Shape]:
         "openai": Shape("messages", _chat_part, _leading_system, _function_tools,
                         {**common, **_sampling(openai.SAMPLING), "reasoning": "reasoning_effort",
                          "max_tokens": ("max_completion_tokens", "max_tokens")},
-                        {"arguments": "function.arguments"}),
+                        {"arguments": "function.arguments"}, _leading_system_turns),
         "responses": Shape("input", _responses_part, lambda o, j: ["instructions"], _responses_tools,
                            {**common, **_sampling(responses.SAMPLING), "reasoning": "reasoning",
                             "max_tokens": "max_output_tokens", "response_format": "text.format", "stop": "stop"},
@@ -237,7 +255,7 @@ def _shapes() -> dict[str, Shape]:
         "anthropic": Shape("messages", _content, _listed("system"),
                            _plain_tools, {**common, **_sampling(anthropic.SAMPLING), "reasoning": "thinking",
                                           "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
-                                          "response_format": "output_config.format"},
+                                          "response_format": "output_config.format", "user": "metadata.user_id"},
                            {"arguments": "input", "media_type": "source.media_type", "data": "source.data",
                             "url": "source.url"}),
         "gemini": Shape("contents", _gemini_part, _gemini_system, _gemini_tools,
@@ -255,7 +273,7 @@ def _shapes() -> dict[str, Shape]:
                          {"arguments": "toolUse.input", "content": "toolResult.content"}),
         "cohere": Shape("messages", _cohere_part, _leading_system, _function_tools,
                         {**common, **_sampling(cohere.SAMPLING), "reasoning": "thinking"},
-                        {"arguments": "function.arguments"}),
+                        {"arguments": "function.arguments"}, _leading_system_turns),
     }
 
 
@@ -308,9 +326,30 @@ def _find(parse, obj: dict, turns: str, i: int, j: int) -> tuple[int, int] | Non
     return lo - 1, offset
 
 
-def client_path(protocol: str, parse, obj: dict, ir_path: str) -> str | None:
+def _one_to_one(shape: Shape, obj: dict, messages: int | None, i: int, j: int) -> tuple[int, int] | None:
+    """`_find`'s answer without parsing, when it is certain: each client turn
+    after the system prompt's made exactly one IR message (their counts agree;
+    a turn makes at most one, and parts only ever join the turn's own), so IR
+    message i is turn i + the system turns, its parts in their order
+    (tests/test_paths.py proves it agrees with the search)."""
+    if messages is None:
+        return None
+    items = obj.get(shape.turns)
+    if not isinstance(items, list):
+        return None
+    lead = shape.system_turns(obj)
+    if len(items) - lead != messages or not 0 <= i < messages:
+        return None
+    return i + lead, max(0, j)
+
+
+def client_path(protocol: str, parse, obj: dict, ir_path: str, messages: int | None = None) -> str | None:
     """`ir_path` (a renderer's name for a field) as a path in the client's body
-    `obj`; None when the protocol has no shape here or nothing of it exists."""
+    `obj`; None when the protocol has no shape here or nothing of it exists.
+    `messages`: the number of messages of the IR `obj` parsed to, when the
+    caller holds it: the common request (one IR message per client turn) is
+    then mapped without parsing (warnings name fields on every request that
+    has them; an error is rare)."""
     shape = shape_of(protocol)
     if shape is None or not ir_path:
         return None
@@ -320,7 +359,8 @@ def client_path(protocol: str, parse, obj: dict, ir_path: str) -> str | None:
         if head == "messages" and len(segs) > 1 and isinstance(segs[1], int):
             i, rest = segs[1], segs[2:]
             if len(rest) > 1 and rest[0] == "content" and isinstance(rest[1], int):
-                found = _find(parse, obj, shape.turns, i, rest[1])
+                found = (_one_to_one(shape, obj, messages, i, rest[1])
+                         or _find(parse, obj, shape.turns, i, rest[1]))
                 if found is None:
                     return None
                 k, offset = found
@@ -328,7 +368,7 @@ def client_path(protocol: str, parse, obj: dict, ir_path: str) -> str | None:
                 path = [shape.turns, k] + (shape.part(item, offset) if isinstance(item, dict) else [])
                 path += _tail(shape, rest[2:])
             else:
-                found = _find(parse, obj, shape.turns, i, -1)
+                found = _one_to_one(shape, obj, messages, i, -1) or _find(parse, obj, shape.turns, i, -1)
                 if found is None:
                     return None
                 path = [shape.turns, found[0]] + rest
