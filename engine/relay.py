@@ -316,7 +316,11 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
                     outs.append(out)
                     if upstream_done:     # cut by an emulated stop: the rest is not relayed
                         break
-                await x.responder.write(outs[0] if len(outs) == 1 else b"".join(outs))
+                out = outs[0] if len(outs) == 1 else b"".join(outs)
+                if response.ended or upstream_done:
+                    x.responder.hold(out)        # the last content: it goes out with the stream's end
+                else:
+                    await x.responder.write(out)
             if not upstream_done:
                 tail = decoder.close()
                 if stops is not None:
@@ -334,12 +338,12 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
                     out = b"".join(encoder.encode(e) for e in tail)
                     if keeping and _ends(tail):
                         keeping = await _keep(x, source, capture, same)
-                    await x.responder.write(out)
+                    x.responder.hold(out)
             if not same:
                 out = encoder.finish()
                 if keeping:
                     keeping = await _keep(x, source, capture, same)
-                await x.responder.write(out)
+                x.responder.hold(out)
             elif keeping:
                 keeping = await _keep(x, source, capture, same)
         except (UpstreamError, StreamError) as exc:

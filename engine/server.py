@@ -93,7 +93,8 @@ class Responder:
     """Writes one response.  Responses are serialised here directly (a fixed, simple format: content-length or chunked), which
     halves the per-request HTTP cost (docs/adr/0002-http-stack.md)."""
 
-    __slots__ = ("_stream", "_started", "_finished", "_gone", "_close", "_head_only", "_http10", "extra_headers")
+    __slots__ = ("_stream", "_started", "_finished", "_gone", "_close", "_head_only", "_http10", "extra_headers",
+                 "_held")
 
     def __init__(self, stream: trio.abc.Stream, close: bool = False, *, head_only: bool = False,
                  http10: bool = False):
@@ -105,6 +106,7 @@ class Responder:
         self._head_only = head_only   # a HEAD request: the head, never a body
         self._http10 = http10         # an HTTP/1.0 client: no chunked encoding (the close ends a stream)
         self.extra_headers: Headers = []   # added to whatever response goes out (e.g. a request id)
+        self._held = b""     # a stream's last content, framed, going out with its end
 
     @property
     def started(self) -> bool:
@@ -147,14 +149,28 @@ class Responder:
 
     async def write(self, data: bytes) -> None:
         if data and not self._head_only:
-            await self._write(data if self._http10 else b"%x\r\n" % len(data) + data + b"\r\n")
+            framed = data if self._http10 else b"%x\r\n" % len(data) + data + b"\r\n"
+            if self._held:
+                framed, self._held = self._held + framed, b""
+            await self._write(framed)
+
+    def hold(self, data: bytes) -> None:
+        """A stream's content known to be its last (the upstream body ended
+        in the read that carried it): it goes out with the next write or
+        with `end`, so the end of a stream costs no send of its own.  No
+        checkpoint: nothing waits on the client here."""
+        if data and not self._head_only:
+            self._held += data if self._http10 else b"%x\r\n" % len(data) + data + b"\r\n"
 
     async def end(self, trailers: Headers | None = None) -> None:
         """End a streamed response; `trailers` go in the chunked trailer
         section (announced by a `trailer` header in the head)."""
         self._finished = True
+        held, self._held = self._held, b""
         if not (self._http10 or self._head_only):
-            await self._write(b"0\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in trailers or ()) + b"\r\n")
+            await self._write(held + b"0\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in trailers or ()) + b"\r\n")
+        elif held:
+            await self._write(held)
 
 
 class CapturedResponder(Responder):
@@ -184,6 +200,9 @@ class CapturedResponder(Responder):
         self.status, self.headers, self.body = status, headers, first
 
     async def write(self, data: bytes) -> None:
+        self.body += data
+
+    def hold(self, data: bytes) -> None:
         self.body += data
 
     async def end(self, trailers: Headers | None = None) -> None:

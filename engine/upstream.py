@@ -164,6 +164,11 @@ class UpstreamResponse:
                 return value
         return None
 
+    @property
+    def ended(self) -> bool:
+        """The whole body has been read (a stream relay's last content is known)."""
+        return self._body.done
+
     async def aiter_reads(self) -> AsyncIterator[list[bytes]]:
         """The body as it arrives, one list per network read: the pieces (the
         chunks of a chunked body) that read carried, never an empty list.  A
