@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import tempfile
@@ -103,7 +104,85 @@ async def structure(client: trio.SocketStream, upstream_port: int, reader_task: 
         nursery.cancel_scope.cancel()
 
 
+class LazyWatch:
+    """A disconnect watch with no hand-off per request (the design ADR 0014
+    proposes): the connection task reads its own socket; this task sleeps
+    in a scope whose deadline the connection moves to `ARM_AFTER` past a
+    request's start and back to none at its end.  Only a request that
+    outlasts that wakes it: it then waits for the client's socket to become
+    readable and cancels the request when the client has gone (EOF)."""
+
+    ARM_AFTER = 0.05
+
+    def __init__(self, client: trio.SocketStream):
+        self.sock = client.socket
+        self.target: trio.CancelScope | None = None
+        self.timer = trio.CancelScope()
+        self.watching: trio.CancelScope | None = None
+
+    def arm(self, target: trio.CancelScope) -> None:
+        self.target = target
+        self.timer.deadline = trio.current_time() + self.ARM_AFTER
+
+    def disarm(self) -> None:
+        self.timer.deadline = math.inf
+        if self.watching is not None:
+            self.watching.cancel()
+
+    async def run(self) -> None:
+        import socket
+        while True:
+            with self.timer:
+                await trio.sleep_forever()
+            self.timer = trio.CancelScope()
+            with trio.CancelScope() as self.watching:
+                await trio.lowlevel.wait_readable(self.sock)
+                if await self.sock.recv(1, socket.MSG_PEEK) == b"" and self.target is not None:
+                    self.target.cancel()         # the client left: its request goes with it
+                await trio.sleep_forever()       # data (a pipelined request): until disarmed
+            self.watching = None
+
+
+async def lazy(client: trio.SocketStream, upstream_port: int, scopes: int = 0) -> None:
+    """`bare` with the lazy disconnect watch (cancelling the connection's
+    one scope, as the gateway's reader does) and `scopes` deadline scopes
+    per request (1: the request's, bounding its first byte too; 2: the
+    request's and the first byte's)."""
+    from busbar import sockio
+    upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
+    watch = LazyWatch(client)
+
+    async def exchange(request: bytes, from_upstream: bytes):
+        await sockio.send_all(upstream, request)
+        return await read_message(lambda: sockio.receive_some(upstream, 65536), from_upstream)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        with trio.CancelScope() as connection:
+            from_client = from_upstream = b""
+            while True:
+                request, from_client = await read_message(lambda: sockio.receive_some(client, 65536), from_client)
+                if request is None:
+                    break
+                watch.arm(connection)
+                if scopes == 0:
+                    answer, from_upstream = await exchange(request, from_upstream)
+                else:
+                    with trio.CancelScope(deadline=trio.current_time() + 600):            # the request's deadline
+                        if scopes == 2:
+                            with trio.CancelScope(deadline=trio.current_time() + 60):     # the first byte's
+                                answer, from_upstream = await exchange(request, from_upstream)
+                        else:
+                            answer, from_upstream = await exchange(request, from_upstream)
+                watch.disarm()
+                await sockio.send_all(client, answer)
+        nursery.cancel_scope.cancel()
+
+
 MODES = {"bare": bare, "structure": structure,
+         "lazy": lazy,                                                   # bare + the lazy watch (one scope)
+         "lazy-structure": lambda c, u: lazy(c, u, scopes=2),            # lazy watch + both deadlines
+         "lazy-one-deadline": lambda c, u: lazy(c, u, scopes=1),         # lazy watch + one deadline scope
          "reader": lambda c, u: structure(c, u, scopes=False),          # bare + the reader task
          "scopes": lambda c, u: structure(c, u, reader_task=False)}     # bare + the two scopes
 
