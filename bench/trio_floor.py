@@ -15,6 +15,9 @@ buffered request over one keep-alive connection, which load cannot change):
   gateway's own `_Reader`, with its hand-off), a cancel scope for the
   request's deadline and one for the upstream's first-byte timeout
   (`reader` and `scopes`: each of the two alone).
+- `lazy*`: the disconnect watch ADR 0014 proposes instead of the reader
+  (`LazyWatch`: woken only by a request that outlasts 50 ms), alone, with
+  both deadline scopes, and with one.
 
 The gap between `structure` and the gateway is what the gateway's own logic
 costs (parse, auth, routing, records, metrics); `structure` itself is the
