@@ -7,7 +7,7 @@ import openai
 import orjson
 import pytest
 
-from busbar.item_store import ItemStore, key_of
+from busbar.item_store import ItemStore, decode, key_of
 from busbar.mock import MockVendor
 from busbar.protocols.responses import dialect as responses
 from harness import gateway_with, sdk
@@ -41,6 +41,22 @@ def test_kept_without_bookkeeping_and_bounded_by_entries_bytes_and_ttl():
     assert store.size <= 400
     clock.t = 11.0
     assert store.get("k/wide") is None and store.get("k/m2") is None
+
+
+@pytest.mark.pure
+def test_one_callers_keys_cannot_name_anothers_or_a_turn():
+    """Keys are `scope/id`: the scope is a key id (config or minted, one
+    schema), which cannot hold "/", so no item id reaches another caller's
+    scope; an item id spelling a turn's key reads back as no item."""
+    from busbar.admin.keys import validator
+    from busbar.config import load_schema
+    key_id = load_schema("config.schema.json")["$defs"]["client_key"]["properties"]["id"]
+    assert "/" not in key_id["pattern"] and key_id["pattern"].startswith("^[") and key_id["pattern"].endswith("]+$")
+    assert any("id" in tuple(e.absolute_path) for e in validator().iter_errors({"id": "a/b"}))
+    store = ItemStore(now=Clock())
+    key, _ = store.keep_turn("k", "resp_1", None, [{"type": "message", "role": "user", "content": "hi"}], [MSG])
+    assert key == key_of("k", "response/resp_1")          # the same key an item id "response/resp_1" makes
+    assert decode(store.get(key)) is None                  # ... and it is no item
 
 
 @pytest.mark.pure
