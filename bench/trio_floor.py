@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import re
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -133,7 +134,6 @@ class LazyWatch:
             self.watching.cancel()
 
     async def run(self) -> None:
-        import socket
         while True:
             with self.timer:
                 await trio.sleep_forever()

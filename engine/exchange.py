@@ -941,8 +941,9 @@ class Exchange:
                 if rec.hedge:
                     self.hedging.won += 1
             # reported at the end, so in-flight counts cover the whole answer;
-            # and complete before a stream's closing chunk: a client that has
-            # its answer may hang up before that last write, which is no failure
+            # and complete before a stream's last write (its held last content
+            # and closing chunk): the member answered whole, so a client that
+            # hangs up during that write is no failure of the member's
             usage = self.record.usage
             tokens = usage.input_tokens + usage.output_tokens if usage is not None else None
             self.plan.report(attempt, None, now, ttfb=outcome.ttfb, tokens=tokens)

@@ -13,8 +13,9 @@ from busbar.protocols.base import Headers
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """The answer reached the client whole (a buffered body, or a stream up to
-    its last event; the stream's closing chunk is written by `settle`)."""
+    """The answer is whole (a buffered body sent, or a stream relayed up to
+    its last event; that last content may be held in the responder to go
+    out with the closing chunk, which `settle` writes)."""
 
     status: int                 # the upstream's status
     ttfb: float                 # seconds from the call to the commit

@@ -11,7 +11,8 @@ Contract for handlers:
   never reach the handler: `on_too_large` renders the 413).
 * The handler answers exactly once: `responder.send(status, headers, body)`
   for a buffered answer, or `responder.start(...)`, `responder.write(...)`*,
-  `responder.end()` for a stream.
+  `responder.end()` for a stream (`responder.hold(...)` for its last
+  content, which then goes out with the end in one send).
 * A client that goes away cancels the handler (each connection has one
   reader task that notices EOF at once); a write after that raises
   `ClientGone`.
@@ -147,9 +148,14 @@ class Responder:
         head = response_head(status, headers + self.extra_headers + [(b"transfer-encoding", b"chunked")], self._close)
         await self._write(head + b"%x\r\n" % len(first) + first + b"\r\n" if first else head)
 
+    def _frame(self, data: bytes) -> bytes:
+        """A stream's piece as it goes on the wire: one HTTP chunk (to an
+        HTTP/1.0 client, the bytes themselves)."""
+        return data if self._http10 else b"%x\r\n" % len(data) + data + b"\r\n"
+
     async def write(self, data: bytes) -> None:
         if data and not self._head_only:
-            framed = data if self._http10 else b"%x\r\n" % len(data) + data + b"\r\n"
+            framed = self._frame(data)
             if self._held:
                 framed, self._held = self._held + framed, b""
             await self._write(framed)
@@ -160,7 +166,7 @@ class Responder:
         with `end`, so the end of a stream costs no send of its own.  No
         checkpoint: nothing waits on the client here."""
         if data and not self._head_only:
-            self._held += data if self._http10 else b"%x\r\n" % len(data) + data + b"\r\n"
+            self._held += self._frame(data)
 
     async def end(self, trailers: Headers | None = None) -> None:
         """End a streamed response; `trailers` go in the chunked trailer
