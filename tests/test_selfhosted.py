@@ -120,7 +120,9 @@ async def test_unready_backend_is_drained_its_stream_finishes_and_it_rejoins():
     slow = MockVendor(reply="one two three four five six", chunk_delay=0.2,
                       backend={"kind": "vllm", "models": ["llama"]})
     other = MockVendor(reply="x", backend={"kind": "vllm", "models": ["llama"], "running": 50})
-    async with gateway_with(_pool(), a=slow, b=other) as gw:
+    # scrapes every 0.25 s (stale after 0.75 s): a loaded CI box once let both loads go
+    # stale at the 0.1 s default, and routing fell back to in-flight counts
+    async with gateway_with(_pool(interval=0.25), a=slow, b=other) as gw:
         await _until(lambda: _target(gw, "gpu-b").load is not None and _target(gw, "gpu-a").load is not None)
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
 
