@@ -1,8 +1,8 @@
 """The floor under a request's cost on trio (issue 20, ADR 0014).
 
-Two stripped-down proxies in front of bench/fast_upstream.py, measured the
-way bench/callgrind_requests.py measures the gateway (instructions per
-buffered request over one keep-alive connection, which load cannot change):
+Stripped-down proxies in front of bench/fast_upstream.py, measured the way
+bench/callgrind_requests.py measures the gateway (instructions per buffered
+request over one keep-alive connection, which load cannot change):
 
 - `bare`: one task per connection forwards each request (framed by
   content-length, nothing parsed or checked) over one kept upstream
@@ -10,29 +10,28 @@ buffered request over one keep-alive connection, which load cannot change):
   socket calls (`busbar.sockio`: no scheduler round where the kernel answers
   at once).  No timeouts, no disconnect watch: what trio costs for two
   loopback hops and nothing else.
-- `structure`: `bare` plus what any production gateway on trio keeps per
-  request: the connection's reader task that notices a departed client (the
-  gateway's own `_Reader`, with its hand-off), a cancel scope for the
-  request's deadline and one for the upstream's first-byte timeout
-  (`reader` and `scopes`: each of the two alone).
-- `lazy*`: the disconnect watch ADR 0014 proposes instead of the reader
-  (`LazyWatch`: woken only by a request that outlasts 50 ms), alone, with
-  both deadline scopes, and with one.
+- `watch`: `bare` reading through the gateway's own `_Reader`, whose watch
+  notices a departed client (the connection task reads its own socket; a
+  request that outlasts WATCH_AFTER wakes the watcher), cancelling the
+  connection's one scope as the gateway does.
+- `structure`: `watch` plus a cancel scope for the request's deadline and
+  one for the upstream's first-byte timeout; `one-deadline`: with one scope
+  bounding both; `scopes`: the two scopes without the watch.
 
 The gap between `structure` and the gateway is what the gateway's own logic
 costs (parse, auth, routing, records, metrics); `structure` itself is the
-least a trio process pays.
+least a trio process pays.  (Until session 6 the gateway's reader was a task
+that took every read and handed it over: ~110 K instructions a request
+more than the watch; ADR 0014 keeps those figures.)
 
-    python bench/trio_floor.py                  # callgrind: bare, structure, the gateway
+    python bench/trio_floor.py                  # callgrind: every mode, and the gateway
     python bench/trio_floor.py serve --mode bare --port 8100 --upstream 8001
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -72,102 +71,34 @@ async def bare(client: trio.SocketStream, upstream_port: int) -> None:
         await sockio.send_all(client, answer)
 
 
-async def structure(client: trio.SocketStream, upstream_port: int, reader_task: bool = True,
-                    scopes: bool = True) -> None:
+async def forward(client: trio.SocketStream, upstream_port: int, watch: bool = True, scopes: int = 2) -> None:
+    """`bare`, reading through the gateway's `_Reader` and its watch (or
+    not), with `scopes` deadline scopes per request (1: the request's,
+    bounding its first byte too; 2: the request's and the first byte's)."""
     from busbar import sockio
     from busbar.server import _Reader
     upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
-    async with trio.open_nursery() as nursery:
-        if reader_task:
-            reader = _Reader(client, 1 << 20)
-            nursery.start_soon(reader.run)
-            receive = reader.read
-        else:
-            def receive():
-                return sockio.receive_some(client, 65536)
-        with trio.CancelScope() as connection:       # the reader cancels it when the client leaves
-            if reader_task:
-                reader.request_scope = connection
-            from_client = from_upstream = b""
-            while True:
-                request, from_client = await read_message(receive, from_client)
-                if request is None:
-                    break
-                if scopes:
-                    with trio.CancelScope(deadline=trio.current_time() + 600):            # the request's deadline
-                        with trio.CancelScope(deadline=trio.current_time() + 60):         # the first byte's
-                            await sockio.send_all(upstream, request)
-                            answer, from_upstream = await read_message(
-                                lambda: sockio.receive_some(upstream, 65536), from_upstream)
-                        await sockio.send_all(client, answer)
-                else:
-                    await sockio.send_all(upstream, request)
-                    answer, from_upstream = await read_message(
-                        lambda: sockio.receive_some(upstream, 65536), from_upstream)
-                    await sockio.send_all(client, answer)
-        nursery.cancel_scope.cancel()
-
-
-class LazyWatch:
-    """A disconnect watch with no hand-off per request (the design ADR 0014
-    proposes): the connection task reads its own socket; this task sleeps
-    in a scope whose deadline the connection moves to `ARM_AFTER` past a
-    request's start and back to none at its end.  Only a request that
-    outlasts that wakes it: it then waits for the client's socket to become
-    readable and cancels the request when the client has gone (EOF)."""
-
-    ARM_AFTER = 0.05
-
-    def __init__(self, client: trio.SocketStream):
-        self.sock = client.socket
-        self.target: trio.CancelScope | None = None
-        self.timer = trio.CancelScope()
-        self.watching: trio.CancelScope | None = None
-
-    def arm(self, target: trio.CancelScope) -> None:
-        self.target = target
-        self.timer.deadline = trio.current_time() + self.ARM_AFTER
-
-    def disarm(self) -> None:
-        self.timer.deadline = math.inf
-        if self.watching is not None:
-            self.watching.cancel()
-
-    async def run(self) -> None:
-        while True:
-            with self.timer:
-                await trio.sleep_forever()
-            self.timer = trio.CancelScope()
-            with trio.CancelScope() as self.watching:
-                await trio.lowlevel.wait_readable(self.sock)
-                if await self.sock.recv(1, socket.MSG_PEEK) == b"" and self.target is not None:
-                    self.target.cancel()         # the client left: its request goes with it
-                await trio.sleep_forever()       # data (a pipelined request): until disarmed
-            self.watching = None
-
-
-async def lazy(client: trio.SocketStream, upstream_port: int, scopes: int = 0) -> None:
-    """`bare` with the lazy disconnect watch (cancelling the connection's
-    one scope, as the gateway's reader does) and `scopes` deadline scopes
-    per request (1: the request's, bounding its first byte too; 2: the
-    request's and the first byte's)."""
-    from busbar import sockio
-    upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
-    watch = LazyWatch(client)
+    reader = _Reader(client, 1 << 20)
 
     async def exchange(request: bytes, from_upstream: bytes):
         await sockio.send_all(upstream, request)
         return await read_message(lambda: sockio.receive_some(upstream, 65536), from_upstream)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch.run)
-        with trio.CancelScope() as connection:
+        if watch:
+            nursery.start_soon(reader.run_watcher)
+            receive = reader.read
+        else:
+            def receive():
+                return sockio.receive_some(client, 65536)
+        with trio.CancelScope() as connection:       # the watch cancels it when the client leaves
             from_client = from_upstream = b""
             while True:
-                request, from_client = await read_message(lambda: sockio.receive_some(client, 65536), from_client)
+                request, from_client = await read_message(receive, from_client)
                 if request is None:
                     break
-                watch.arm(connection)
+                if watch:
+                    reader.watch(connection)
                 if scopes == 0:
                     answer, from_upstream = await exchange(request, from_upstream)
                 else:
@@ -177,17 +108,17 @@ async def lazy(client: trio.SocketStream, upstream_port: int, scopes: int = 0) -
                                 answer, from_upstream = await exchange(request, from_upstream)
                         else:
                             answer, from_upstream = await exchange(request, from_upstream)
-                watch.disarm()
+                if watch:
+                    reader.unwatch()
                 await sockio.send_all(client, answer)
         nursery.cancel_scope.cancel()
 
 
-MODES = {"bare": bare, "structure": structure,
-         "lazy": lazy,                                                   # bare + the lazy watch (one scope)
-         "lazy-structure": lambda c, u: lazy(c, u, scopes=2),            # lazy watch + both deadlines
-         "lazy-one-deadline": lambda c, u: lazy(c, u, scopes=1),         # lazy watch + one deadline scope
-         "reader": lambda c, u: structure(c, u, scopes=False),          # bare + the reader task
-         "scopes": lambda c, u: structure(c, u, reader_task=False)}     # bare + the two scopes
+MODES = {"bare": bare,
+         "watch": lambda c, u: forward(c, u, scopes=0),                  # bare + the gateway's watch
+         "structure": forward,                                           # the watch + both deadline scopes
+         "one-deadline": lambda c, u: forward(c, u, scopes=1),           # the watch + one deadline scope
+         "scopes": lambda c, u: forward(c, u, watch=False)}              # bare + the two scopes
 
 
 async def serve(mode: str, port: int, upstream_port: int) -> None:

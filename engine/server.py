@@ -448,7 +448,7 @@ class HttpServer:
                     return
             async with trio.open_nursery() as nursery:
                 reader = _Reader(stream, READ_AHEAD_LIMIT + self.max_body_bytes)
-                nursery.start_soon(reader.run)
+                nursery.start_soon(reader.run_watcher)
                 await self._serve_connection(stream, reader, client)
                 nursery.cancel_scope.cancel()
         except Exception:  # never let one connection take the server down
@@ -557,12 +557,12 @@ class HttpServer:
             try:
                 # a client that goes away cancels the scope, and with it
                 # everything the handler started (its upstream call)
-                reader.request_scope = scope
+                reader.watch(scope)
                 await self.handler(request, responder)
             except (ClientGone, AbortConnection):
                 return
             finally:
-                reader.request_scope = None
+                reader.unwatch()
                 self.active_requests -= 1
             if responder._gone or not responder._finished or close:
                 return
@@ -677,20 +677,26 @@ async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
 
 
 READ_AHEAD_LIMIT = 1024 * 1024
+WATCH_AFTER = 0.05      # a request handled longer than this has its client watched (ADR 0014)
 
 
 class _Reader:
-    """The one task that reads a connection's socket, for its whole life.
+    """A connection's bytes, and the watch that notices its client leave.
 
-    The connection loop takes bytes from it to parse requests; while a
-    request is being handled, the reader keeps listening, so a client that
-    goes away is noticed at once and the request's scope cancelled (its
-    upstream call with it).  One long-lived task per connection costs far
-    less than a watcher task per request.  Read-ahead (a pipelining client)
-    is bounded: past the limit the reader waits until the loop catches up.
+    The connection task reads its own socket (no hand-off per read).  While
+    a request is handled nobody needs the socket, so `watch` only sets a
+    timer: a request that ends within WATCH_AFTER (most of them) costs two
+    deadline moves and wakes nobody.  One that outlasts it wakes the
+    connection's watcher task, which reads on the request's behalf, so a
+    client that goes away (EOF, reset) cancels the request's scope, and its
+    upstream call with it, at once.  What the watcher reads (a pipelined
+    request) is kept for the connection, bounded by `limit`: past it the
+    watcher stops reading until the request ends.  It reads through the
+    stream, not a peek at the socket, so TLS works the same (a peek cannot
+    tell a close_notify from a pipelined request).
     """
 
-    __slots__ = ("stream", "limit", "buffer", "eof", "request_scope", "_data", "_room")
+    __slots__ = ("stream", "limit", "buffer", "eof", "request_scope", "_timer", "_watching", "_released")
 
     def __init__(self, stream: trio.abc.Stream, limit: int):
         self.stream = stream
@@ -698,39 +704,70 @@ class _Reader:
         self.buffer = bytearray()
         self.eof = False
         self.request_scope: trio.CancelScope | None = None
-        self._data = trio.Event()
-        self._room = trio.Event()
+        self._timer = trio.CancelScope()         # the watcher sleeps in it; `watch` gives it a deadline
+        self._watching: trio.CancelScope | None = None   # while the watcher reads for a request
+        self._released: trio.Event | None = None          # set when the watcher gives the socket back
 
     @property
     def buffered(self) -> bool:
         return bool(self.buffer)
 
-    async def run(self) -> None:
-        try:
-            while True:
-                if len(self.buffer) >= self.limit:
-                    self._room = trio.Event()
-                    await self._room.wait()
-                data = await sockio.receive_some(self.stream, READ_SIZE)
-                if not data:
-                    break
-                self.buffer += data
-                self._data.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        self.eof = True
-        self._data.set()
-        if self.request_scope is not None:
-            self.request_scope.cancel()
+    def watch(self, scope: trio.CancelScope) -> None:
+        """A request is being handled: if it outlasts WATCH_AFTER, watch its
+        client, cancelling `scope` if it leaves."""
+        self.request_scope = scope
+        self._timer.deadline = trio.current_time() + WATCH_AFTER
+
+    def unwatch(self) -> None:
+        self.request_scope = None
+        self._timer.deadline = math.inf
+        if self._watching is not None:
+            self._watching.cancel()
+
+    async def run_watcher(self) -> None:
+        while not self.eof:
+            with self._timer:
+                await trio.sleep_forever()
+            self._timer = trio.CancelScope()     # the next `watch` arms a fresh one
+            if self.request_scope is None:
+                continue                         # the request ended as the timer fired
+            self._released = trio.Event()
+            try:
+                with trio.CancelScope() as self._watching:
+                    while len(self.buffer) < self.limit:
+                        try:
+                            data = await sockio.receive_some(self.stream, READ_SIZE)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                            data = b""
+                        if not data:
+                            self.eof = True
+                            if self.request_scope is not None:
+                                self.request_scope.cancel()   # the client left: its request goes with it
+                            break
+                        self.buffer += data
+                    else:
+                        await trio.sleep_forever()    # read-ahead is full: until the request ends
+            finally:
+                self._watching = None
+                self._released.set()
+                self._released = None
 
     async def read(self) -> bytes:
-        """Buffered bytes, waiting for some; b"" once the client closed."""
-        while not self.buffer and not self.eof:
-            self._data = trio.Event()
-            await self._data.wait()
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        self._room.set()
+        """Bytes from the client, waiting for some; b"" once it closed."""
+        if self._released is not None:
+            await self._released.wait()          # the watcher still holds the socket
+        if self.buffer:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            return data
+        if self.eof:
+            return b""
+        try:
+            data = await sockio.receive_some(self.stream, READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = b""
+        if not data:
+            self.eof = True
         return data
 
     def unread(self, data: bytes) -> None:
