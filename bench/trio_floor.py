@@ -12,7 +12,7 @@ request over one keep-alive connection, which load cannot change):
   loopback hops and nothing else.
 - `watch`: `bare` reading through the gateway's own `_Reader`, whose watch
   notices a departed client (the connection task reads its own socket; a
-  request that outlasts WATCH_AFTER wakes the watcher), cancelling the
+  request still handled a whole sweep later wakes the watcher), cancelling the
   connection's one scope as the gateway does.
 - `structure`: `watch` plus a cancel scope for the request's deadline and
   one for the upstream's first-byte timeout; `one-deadline`: with one scope
@@ -76,9 +76,14 @@ async def forward(client: trio.SocketStream, upstream_port: int, watch: bool = T
     not), with `scopes` deadline scopes per request (1: the request's,
     bounding its first byte too; 2: the request's and the first byte's)."""
     from busbar import sockio
-    from busbar.server import _Reader
+    from busbar.server import WATCH_AFTER, LongRequests, _Reader
     upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
-    reader = _Reader(client, 1 << 20)
+    reader = _Reader(client, 1 << 20, LongRequests())
+
+    async def sweeping():           # the server's, one per process (here one per connection)
+        while True:
+            await trio.sleep(WATCH_AFTER)
+            reader.long.sweep()
 
     async def exchange(request: bytes, from_upstream: bytes):
         await sockio.send_all(upstream, request)
@@ -87,6 +92,7 @@ async def forward(client: trio.SocketStream, upstream_port: int, watch: bool = T
     async with trio.open_nursery() as nursery:
         if watch:
             nursery.start_soon(reader.run_watcher)
+            nursery.start_soon(sweeping)
             receive = reader.read
         else:
             def receive():

@@ -275,6 +275,7 @@ class HttpServer:
         # the first to close when connections or fds run short
         # (scope, idle since): `_expire_idle` closes those past keepalive_timeout
         self._idle: dict[int, tuple[trio.CancelScope, float]] = {}
+        self._long = LongRequests()       # whose clients to watch (`_Reader.watch`)
         self._refusing = 0
         self._reserve_fd: int | None = None    # one fd kept free to answer 503 while out of fds
         self._fd_logged_at: float | None = None
@@ -290,6 +291,7 @@ class HttpServer:
         try:
             async with trio.open_nursery() as connections:
                 connections.start_soon(self._expire_idle)
+                connections.start_soon(self._watch_long_requests)
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope
                     for listener in listeners:
@@ -357,6 +359,11 @@ class HttpServer:
                     break
                 del idle[key]
                 scope.cancel()
+
+    async def _watch_long_requests(self) -> None:
+        while self.accepting or self.active_connections:
+            await trio.sleep(WATCH_AFTER)
+            self._long.sweep()
 
     def shed_idle(self, count: int) -> int:
         """Close up to `count` keep-alive connections that wait for a next
@@ -447,7 +454,7 @@ class HttpServer:
                 if not await self._handshake(stream):
                     return
             async with trio.open_nursery() as nursery:
-                reader = _Reader(stream, READ_AHEAD_LIMIT + self.max_body_bytes)
+                reader = _Reader(stream, READ_AHEAD_LIMIT + self.max_body_bytes, self._long)
                 nursery.start_soon(reader.run_watcher)
                 await self._serve_connection(stream, reader, client)
                 nursery.cancel_scope.cancel()
@@ -677,16 +684,37 @@ async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
 
 
 READ_AHEAD_LIMIT = 1024 * 1024
-WATCH_AFTER = 0.05      # a request handled longer than this has its client watched (ADR 0014)
+WATCH_AFTER = 0.05      # a request handled across a whole sweep of this has its client watched (ADR 0014)
+
+
+class LongRequests:
+    """The requests being handled, swept every WATCH_AFTER: one still being
+    handled at the sweep after the one it started before has its client
+    watched (50-100 ms after it started).  A request costs a table entry and
+    its removal, no deadline moved; the sweep ticks 20 times a second, which
+    a thousand connections' timers moved per request cost far more."""
+
+    __slots__ = ("handling", "sweeps")
+
+    def __init__(self):
+        self.handling: dict[int, _Reader] = {}
+        self.sweeps = 0
+
+    def sweep(self) -> None:
+        handling = self.handling
+        for reader in [r for r in handling.values() if r.since < self.sweeps]:
+            del handling[id(reader)]
+            reader._timer.cancel()          # wakes its watcher
+        self.sweeps += 1
 
 
 class _Reader:
     """A connection's bytes, and the watch that notices its client leave.
 
     The connection task reads its own socket (no hand-off per read).  While
-    a request is handled nobody needs the socket, so `watch` only sets a
-    timer: a request that ends within WATCH_AFTER (most of them) costs two
-    deadline moves and wakes nobody.  One that outlasts it wakes the
+    a request is handled nobody needs the socket, so `watch` only enters it
+    in the server's `LongRequests`: a request that ends within WATCH_AFTER
+    (most of them) wakes nobody.  One that outlasts it wakes the
     connection's watcher task, which reads on the request's behalf, so a
     client that goes away (EOF, reset) cancels the request's scope, and its
     upstream call with it, at once.  What the watcher reads (a pipelined
@@ -696,15 +724,18 @@ class _Reader:
     tell a close_notify from a pipelined request).
     """
 
-    __slots__ = ("stream", "limit", "buffer", "eof", "request_scope", "_timer", "_watching", "_released")
+    __slots__ = ("stream", "limit", "long", "buffer", "eof", "request_scope", "since", "_timer", "_watching",
+                 "_released")
 
-    def __init__(self, stream: trio.abc.Stream, limit: int):
+    def __init__(self, stream: trio.abc.Stream, limit: int, long: LongRequests):
         self.stream = stream
         self.limit = limit
+        self.long = long
         self.buffer = bytearray()
         self.eof = False
         self.request_scope: trio.CancelScope | None = None
-        self._timer = trio.CancelScope()         # the watcher sleeps in it; `watch` gives it a deadline
+        self.since = 0                           # the sweep its request started in
+        self._timer = trio.CancelScope()         # the watcher sleeps in it; the sweep cancels it
         self._watching: trio.CancelScope | None = None   # while the watcher reads for a request
         self._released: trio.Event | None = None          # set when the watcher gives the socket back
 
@@ -716,11 +747,12 @@ class _Reader:
         """A request is being handled: if it outlasts WATCH_AFTER, watch its
         client, cancelling `scope` if it leaves."""
         self.request_scope = scope
-        self._timer.deadline = trio.current_time() + WATCH_AFTER
+        self.since = self.long.sweeps
+        self.long.handling[id(self)] = self
 
     def unwatch(self) -> None:
         self.request_scope = None
-        self._timer.deadline = math.inf
+        self.long.handling.pop(id(self), None)
         if self._watching is not None:
             self._watching.cancel()
 
@@ -728,9 +760,9 @@ class _Reader:
         while not self.eof:
             with self._timer:
                 await trio.sleep_forever()
-            self._timer = trio.CancelScope()     # the next `watch` arms a fresh one
+            self._timer = trio.CancelScope()     # for the next long request
             if self.request_scope is None:
-                continue                         # the request ended as the timer fired
+                continue                         # the request ended as the sweep woke it
             self._released = trio.Event()
             try:
                 with trio.CancelScope() as self._watching:

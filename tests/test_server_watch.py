@@ -14,14 +14,24 @@ import trustme
 
 from busbar import server as server_module
 from busbar.mock import MockVendor
-from busbar.server import WATCH_AFTER, HttpServer, _Reader
+from busbar.server import WATCH_AFTER, HttpServer, LongRequests, _Reader
 from harness import gateway_with, last_record
 
 
+def _reader(stream, limit: int = 1 << 20) -> _Reader:
+    return _Reader(stream, limit, LongRequests())
+
+
 async def _with_watcher(reader: _Reader, body):
+    async def sweeping():           # what HttpServer._watch_long_requests does
+        while True:
+            await trio.sleep(WATCH_AFTER)
+            reader.long.sweep()
+
     with trio.fail_after(60):       # virtual time (autojump): a missed cancel fails instead of hanging
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run_watcher)
+            nursery.start_soon(sweeping)
             await body()
             nursery.cancel_scope.cancel()
 
@@ -29,13 +39,13 @@ async def _with_watcher(reader: _Reader, body):
 @pytest.mark.pure
 async def test_a_request_shorter_than_the_watch_delay_wakes_nobody(autojump_clock):
     client, ours = trio.testing.memory_stream_pair()
-    reader = _Reader(ours, 1 << 20)
+    reader = _reader(ours)
 
     async def body():
         with trio.CancelScope() as scope:
             reader.watch(scope)
             await client.send_all(b"next request")
-            await trio.sleep(WATCH_AFTER / 2)
+            await trio.sleep(WATCH_AFTER)        # at most one sweep passes: it is not watched yet
             reader.unwatch()
         assert not reader.buffer and not scope.cancel_called     # nobody read for it
         await trio.sleep(WATCH_AFTER * 4)                           # the timer was lifted: still nobody
@@ -48,7 +58,7 @@ async def test_a_request_shorter_than_the_watch_delay_wakes_nobody(autojump_cloc
 @pytest.mark.pure
 async def test_a_long_request_is_watched_its_client_leaving_cancels_it(autojump_clock):
     client, ours = trio.testing.memory_stream_pair()
-    reader = _Reader(ours, 1 << 20)
+    reader = _reader(ours)
 
     async def body():
         with trio.CancelScope() as scope:
@@ -70,7 +80,7 @@ async def test_a_long_request_is_watched_its_client_leaving_cancels_it(autojump_
 @pytest.mark.pure
 async def test_after_a_watched_request_the_connection_reads_again_and_the_watch_rearms(autojump_clock):
     client, ours = trio.testing.memory_stream_pair()
-    reader = _Reader(ours, 1 << 20)
+    reader = _reader(ours)
 
     async def body():
         for turn in range(3):
@@ -97,7 +107,7 @@ async def test_after_a_watched_request_the_connection_reads_again_and_the_watch_
 async def test_read_ahead_is_bounded_and_the_rest_waits_in_the_stream(autojump_clock):
     client, ours = trio.testing.memory_stream_pair()
     limit = 1000
-    reader = _Reader(ours, limit)
+    reader = _reader(ours, limit)
     sent = bytes(range(256)) * (server_module.READ_SIZE // 64)    # four reads' worth, far past the limit
 
     async def body():
@@ -122,15 +132,16 @@ async def test_read_ahead_is_bounded_and_the_rest_waits_in_the_stream(autojump_c
 
 @pytest.mark.pure
 async def test_an_unwatch_racing_the_timer_leaves_the_socket_to_the_connection(autojump_clock):
-    """The timer fires, but the request ends before the watcher runs: the
-    watcher must not start reading beside the connection task."""
+    """The sweep wakes the watcher, but the request ends before the watcher
+    runs: the watcher must not start reading beside the connection task."""
     client, ours = trio.testing.memory_stream_pair()
-    reader = _Reader(ours, 1 << 20)
+    reader = _reader(ours)
 
     async def body():
         with trio.CancelScope() as scope:
             reader.watch(scope)
-            reader._timer.cancel()          # what the deadline passing does; the watcher is not yet run
+            reader.long.sweep()
+            reader.long.sweep()             # a whole sweep later: the watcher is woken, not yet run
             reader.unwatch()
         async with trio.open_nursery() as nursery:
             async def late():
