@@ -9,7 +9,9 @@ the noise of a shared machine hits all of them alike (issue 20, ADR 0014).
 
 Reported: RPS at each concurrency, added p50/p99 at c=1 (gateway minus
 direct, per run), gateway CPU µs per request (from /proc), streamed added
-time to first content and inter-chunk gaps, medians with spread (max - min).
+time to first content and inter-chunk gaps, and added time to first content
+on a kept-alive connection (bench/ttfb_probe.py: streamed and buffered, like
+for like), medians with spread (max - min).
 """
 from __future__ import annotations
 
@@ -145,6 +147,34 @@ def measure_streams(variants: dict, upstream_port: int, runs: int, n: int) -> di
     return out
 
 
+def ttfb_probe(port: int, n: int) -> dict:
+    out = subprocess.run([PY, str(ROOT / "bench" / "ttfb_probe.py"), str(port), str(n)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def measure_ttfb(variants: dict, upstream_port: int, runs: int, n: int) -> dict:
+    """Added time to first content over a kept-alive connection, streamed
+    and buffered, from bench/ttfb_probe.py (a blocking client; like for like,
+    which the new-connection stream probe above is not): per round, the
+    gateway's median minus direct's, then the median and spread of rounds."""
+    direct, per = [], {label: [] for label in variants}
+    for _ in range(runs):
+        direct.append(ttfb_probe(upstream_port, n))
+        for label, (url, _pid) in variants.items():
+            per[label].append(ttfb_probe(int(url.rsplit(":", 1)[1].split("/")[0]), n))
+    out = {"direct": {kind: {"keepalive_ms": med([d[kind]["keepalive_ms"] for d in direct])}
+                      for kind in ("stream", "buffered")}}
+    for label, rows in per.items():
+        out[label] = {kind: {"keepalive_ms": med([r[kind]["keepalive_ms"] for r in rows]),
+                             "added_keepalive_ms": med([r[kind]["keepalive_ms"] - d[kind]["keepalive_ms"]
+                                                        for r, d in zip(rows, direct)]),
+                             "added_new_connection_ms": med([r[kind]["new_connection_ms"] - d[kind]["new_connection_ms"]
+                                                             for r, d in zip(rows, direct)])}
+                      for kind in ("stream", "buffered")}
+    return out
+
+
 def run(args, tmp: Path) -> dict:
     """Start the upstream and gateway(s), measure, stop them."""
     up_port = free_port()
@@ -169,7 +199,8 @@ def run(args, tmp: Path) -> dict:
             wrk(url, 8, 1, script)
         results = {"buffered": measure(variants, direct_url, script, args.runs, args.duration,
                                        args.concurrency),
-                   "streaming": measure_streams(variants, up_port, args.runs, args.streams_per_run)}
+                   "streaming": measure_streams(variants, up_port, args.runs, args.streams_per_run),
+                   "ttfb_keepalive": measure_ttfb(variants, up_port, args.runs, args.ttfb_per_run)}
         if getattr(args, "syscalls", False) and shutil.which("strace"):
             results["syscalls_c1"] = {label: syscalls_per_request(pid, url, script, min(args.duration, 2))
                                       for label, (url, pid) in variants.items()}
@@ -206,6 +237,15 @@ def report(r: dict) -> None:
         g = s[label]
         print(f"   stream {label}: added TTFB {fmt(g['added_ttfb_ms'])} ms, gaps p50/p99 "
               f"{g['gap_p50_ms']:.3f}/{g['gap_p99_ms']:.3f} ms (added p99 {g['added_gap_p99_ms']:.3f} ms)")
+    t = r["ttfb_keepalive"]
+    print(f"   TTFB on a kept-alive connection (ttfb_probe): direct stream {t['direct']['stream']['keepalive_ms'][0]:.3f} ms, "
+          f"buffered {t['direct']['buffered']['keepalive_ms'][0]:.3f} ms")
+    for label in labels:
+        g = t[label]
+        print(f"   TTFB {label}: added stream {fmt(g['stream']['added_keepalive_ms'])} ms "
+              f"(new connection {fmt(g['stream']['added_new_connection_ms'])}), "
+              f"added buffered {fmt(g['buffered']['added_keepalive_ms'])} ms "
+              f"(new connection {fmt(g['buffered']['added_new_connection_ms'])})")
     for label, sc in r.get("syscalls_c1", {}).items():
         print(f"   syscalls per request at c=1, {label}: {sc['total']} — {sc['per_request']}")
 
@@ -217,6 +257,8 @@ def main() -> int:
     parser.add_argument("--baseline", help="a git revision to measure alongside this tree (before/after)")
     parser.add_argument("--syscalls", action="store_true", help="strace -c the gateway(s) at c=1")
     parser.add_argument("--streams-per-run", type=int, default=5)
+    parser.add_argument("--ttfb-per-run", type=int, default=100,
+                        help="requests per kind and run for the kept-alive TTFB probe")
     parser.add_argument("--concurrency", type=lambda s: tuple(int(c) for c in s.split(",")), default=CONCURRENCY)
     args = parser.parse_args()
     if not shutil.which("wrk"):
