@@ -11,6 +11,7 @@ construction and checked against `schemas/<p>/request.schema.json`).
 from __future__ import annotations
 
 import base64
+import functools
 import string
 from dataclasses import dataclass
 
@@ -147,10 +148,12 @@ schemas = st.builds(
 # parts
 
 
+@functools.cache
 def text_parts(caps: Caps):
     return st.builds(ir.Text, texts)
 
 
+@functools.cache
 def images(caps: Caps):
     detail = st.sampled_from(sorted(caps.image_detail, key=str))
     data = st.builds(lambda d, m, det: ir.Image(data=d, media_type=m, detail=det), b64, image_types, detail)
@@ -162,6 +165,7 @@ def images(caps: Caps):
     return st.one_of(data, url)
 
 
+@functools.cache
 def documents(caps: Caps):
     if caps.doc_names == "none":
         doc_name = st.none()
@@ -181,6 +185,7 @@ def documents(caps: Caps):
     return st.one_of(kinds) if kinds else st.nothing()
 
 
+@functools.cache
 def user_parts(caps: Caps):
     extra = [images(caps)]
     if caps.docs:
@@ -189,6 +194,7 @@ def user_parts(caps: Caps):
                      st.lists(st.one_of(extra), max_size=2)).map(lambda t: t[0] + t[1])
 
 
+@functools.cache
 def reasoning_parts(caps: Caps):
     if caps.reasoning == "none":
         return st.nothing()
@@ -207,6 +213,7 @@ def reasoning_parts(caps: Caps):
     return st.one_of(parts)
 
 
+@functools.cache
 def tool_result_content(caps: Caps):
     if caps.result_json == "dict" and caps.name == "gemini":
         # Gemini: one text, or one structured object (not a lone output/error key)
@@ -276,6 +283,7 @@ def conversation(draw, caps: Caps, tools: list[ir.Tool]):
     return messages
 
 
+@functools.cache
 def tool_defs(caps: Caps):
     params = schemas if not caps.params_none else st.one_of(st.none(), schemas)
     desc = st.one_of(st.none(), texts)
@@ -283,6 +291,7 @@ def tool_defs(caps: Caps):
                     max_size=3, unique_by=lambda t: t.name)
 
 
+@functools.cache
 def reasoning_configs(caps: Caps):
     efforts = st.sampled_from(["minimal", "low", "medium", "high"])
     budget = st.integers(1024, 32000)
@@ -305,6 +314,7 @@ def reasoning_configs(caps: Caps):
                      st.builds(lambda b: ir.ReasoningConfig(enabled=True, budget_tokens=b), budget))
 
 
+@functools.cache
 def response_formats(caps: Caps):
     kinds = sorted(caps.response_formats)
     meta = caps.rf_meta
@@ -419,6 +429,7 @@ def ir_response(draw, caps: Caps, model: str = "pool-model"):
 # wire values: the IR subset rendered by the protocol itself
 
 
+@functools.cache
 def wire_request(proto: str):
     """(JSON object, path params) of a valid `proto` request."""
     d = get_dialect(proto)
@@ -432,6 +443,7 @@ def wire_request(proto: str):
     return ir_request(CAPS[proto]).map(render)
 
 
+@functools.cache
 def wire_response(proto: str):
     d = get_dialect(proto)
     return ir_response(CAPS[proto]).map(lambda r: orjson.loads(d.render_response(r, r.model or "pool-model")))
@@ -465,7 +477,6 @@ anthropic_raw_requests = st.fixed_dictionaries(
 # ---------------------------------------------------------------------------
 # schema validators and comparison helpers shared by the translation tests
 
-import functools  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 
