@@ -6,6 +6,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import socket
+import subprocess
 
 import pytest
 
@@ -26,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _pure_means_no_sockets(request, monkeypatch):
-    """A `pure` test that opens a network socket is in the wrong ring."""
+    """A `pure` test that opens a network socket or starts a process is in the wrong ring."""
     if request.node.get_closest_marker("pure") is None:
         return
 
@@ -42,3 +43,10 @@ def _pure_means_no_sockets(request, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket.socket, "bind", bind)
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} is marked pure but started a process; mark it integration")
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", no_process)
+    monkeypatch.setattr(os, "fork", no_process)
+    monkeypatch.setattr(os, "posix_spawn", no_process)
+    monkeypatch.setattr(os, "system", no_process)

@@ -10,8 +10,6 @@ from busbar import diagram, lifecycle
 from busbar.cli import main as cli
 from busbar.pipeline import load_pipelines
 
-pytestmark = pytest.mark.pure
-
 DEFAULT = load_pipelines({})["default"]
 STRICT = load_pipelines({"pipelines": {"strict": {"rules": {"rate": {"action": "return", "penalty": "none"},
                                                             "context": {"action": "return"}}}},
@@ -30,11 +28,13 @@ RECORD = {
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
 
 
+@pytest.mark.pure
 def test_every_transition_of_the_compiled_table_is_drawn():
     drawn = {(e.source, event, e.target) for e in diagram.edges(DEFAULT) for event in e.events}
     assert drawn == {(s, ev, t) for (s, ev), t in lifecycle.TRANSITIONS.items()}
 
 
+@pytest.mark.pure
 def test_fault_and_rejected_edges_name_the_pipelines_fault_classes():
     text = diagram.to_mermaid(DEFAULT)
     assert "dispatched --> failing_over: fault: context, rate, billing, auth, server\n" in text
@@ -45,11 +45,13 @@ def test_fault_and_rejected_edges_name_the_pipelines_fault_classes():
     assert "[*] --> received" in text and "done --> [*]" in text and "failed --> [*]" in text
 
 
+@pytest.mark.pure
 def test_without_a_pipeline_edges_are_the_bare_events():
     text = diagram.to_mermaid(None)
     assert "dispatched --> failing_over: fault\n" in text
 
 
+@pytest.mark.pure
 def test_mermaid_highlights_a_requests_path_with_steps_and_attempts():
     text = diagram.to_mermaid(DEFAULT, RECORD, title="pool smart")
     assert text.startswith("---\ntitle: pool smart\n---\nstateDiagram-v2\n")
@@ -60,6 +62,7 @@ def test_mermaid_highlights_a_requests_path_with_steps_and_attempts():
     assert "3. failing_over at 5.0 ms (smart/first/m1: server)" in text
 
 
+@pytest.mark.pure
 def test_dot_highlights_visited_states_and_traversed_edges():
     text = diagram.to_dot(DEFAULT, RECORD, title="pool smart")
     assert text.startswith("digraph busbar {")
@@ -71,6 +74,7 @@ def test_dot_highlights_visited_states_and_traversed_edges():
     assert "×7" in counts
 
 
+@pytest.mark.pure
 def test_a_request_record_object_and_a_state_list_are_paths_too():
     life = lifecycle.Lifecycle()
     for event in ("route", "dispatch", "rejected"):
@@ -78,11 +82,13 @@ def test_a_request_record_object_and_a_state_list_are_paths_too():
     assert "class failed failedend" in diagram.to_mermaid(DEFAULT, [s.state for s in life.path])
 
 
+@pytest.mark.integration
 @needs_dot
 def test_png_renders_with_graphviz():
     assert diagram.render("png", DEFAULT, RECORD, title="pool smart")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.pure
 def test_missing_graphviz_is_a_clear_error_for_png_only(monkeypatch):
     monkeypatch.setattr(diagram.shutil, "which", lambda name: None)
     with pytest.raises(diagram.GraphvizMissing, match="apt-get install graphviz"):
@@ -91,6 +97,7 @@ def test_missing_graphviz_is_a_clear_error_for_png_only(monkeypatch):
     assert diagram.render("svg", DEFAULT).startswith(b"<?xml")
 
 
+@pytest.mark.integration
 def test_cli_diagram_svg_with_no_graphviz_on_path(tmp_path):
     import os
     import subprocess
@@ -112,6 +119,7 @@ def _svg_tree(data: bytes):
     return ET.fromstring(data)
 
 
+@pytest.mark.pure
 def test_svg_without_graphviz_draws_every_state_and_edge_of_the_compiled_table(monkeypatch):
     monkeypatch.setattr(diagram.shutil, "which", lambda name: None)
     svg = _svg_tree(diagram.render("svg", DEFAULT, RECORD, title="pool smart"))
@@ -125,6 +133,7 @@ def test_svg_without_graphviz_draws_every_state_and_edge_of_the_compiled_table(m
     assert 'upstream said "boom"' in texts                          # escaped in XML, intact as text
 
 
+@pytest.mark.pure
 def test_svg_highlights_the_path_and_thickens_used_edges():
     from busbar.diagram_svg import to_svg
     svg = _svg_tree(to_svg(DEFAULT, RECORD, counts={("received", "routed"): 3}).encode())
@@ -138,6 +147,7 @@ def test_svg_highlights_the_path_and_thickens_used_edges():
     assert edges[("routed", "failed")].get("stroke") != diagram.VISITED_LINE
 
 
+@pytest.mark.pure
 def test_svg_follows_the_lifecycle_table(monkeypatch):
     """Nothing is hard-coded: a state added to the table is drawn, with its edges."""
     from busbar import diagram_svg
@@ -153,6 +163,7 @@ def test_svg_follows_the_lifecycle_table(monkeypatch):
     assert {("streaming", "parked"), ("parked", "streaming")} <= drawn
 
 
+@pytest.mark.integration
 def test_cli_diagram_for_a_pool_with_a_request(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("providers:\n  p: {protocol: openai, base_url: 'http://x/v1', key: k}\n"
