@@ -15,7 +15,7 @@ from busbar.mock import MockVendor
 from harness import gateway_with
 from test_admin_browser import ARGS, ARTIFACTS, CHROMIUM, _requirements
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ADMIN_KEY = "adm-backends-admin-key-123"
 VLLM_KEY = "sk-vllm-provider-secret-456"

@@ -19,7 +19,7 @@ from harness import gateway_with
 from redis_support import redis_server  # noqa: F401  (fixture)
 from test_admin_api import ADMIN_KEY, CONFIG, chat
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CHROMIUM = os.environ.get("BUSBAR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"

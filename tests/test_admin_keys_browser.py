@@ -13,7 +13,7 @@ from clients import openai_chat
 from harness import gateway_with, sdk
 from test_admin_browser import ARGS, ARTIFACTS, CHROMIUM, _requirements
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ADMIN_KEY = "admin-secret-panel"
 

@@ -31,6 +31,7 @@ def _renders(req: ir.Request, protocol: str, policy: str = "degrade") -> bool:
 # the check agrees with the renderers
 
 @pytest.mark.pure
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.sampled_from(PROTOCOLS).flatmap(lambda p: ir_request(CAPS[p])), st.sampled_from(TARGETS))
 def test_the_check_says_exactly_what_the_renderer_refuses(req, target):

@@ -53,6 +53,7 @@ def recased(draw, value, in_schema=False, parent=None):
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_recased_request_means_the_same(data):

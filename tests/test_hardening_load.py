@@ -88,6 +88,7 @@ LIMITED = {"server": {"max_concurrent_requests": 2, "pool_share": 1},
                      "claude": {"members": [{"provider": "b", "model": "c"}]}}}
 
 
+@pytest.mark.slow
 async def test_over_the_concurrency_limit_clients_get_503_with_retry_after_in_their_protocol():
     import anthropic
     import openai
@@ -126,6 +127,7 @@ SHARED = {"server": {"max_concurrent_requests": 4, "pool_share": 0.5},
                     "other": {"members": [{"provider": "b", "model": "m"}]}}}
 
 
+@pytest.mark.slow
 async def test_one_pools_flood_cannot_take_every_slot():
     async with gateway_with(SHARED, a=MockVendor(latency=3), b=MockVendor()) as gw:
         async with trio.open_nursery() as nursery:
@@ -153,6 +155,7 @@ SLOTS = {"server": {"slot_wait": 0.2},
                    "only": {"members": [{"provider": "busy", "model": "m"}]}}}
 
 
+@pytest.mark.slow
 async def test_a_full_upstream_slot_is_saturation_the_request_fails_over_unblamed():
     import openai
     async with gateway_with(SLOTS, busy=MockVendor(latency=3), spare=MockVendor()) as gw:

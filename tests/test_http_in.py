@@ -368,6 +368,7 @@ def cut(draw, streams) -> list[bytes]:
 GENERATED = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @GENERATED
 @given(cut(near_valid_requests()), st.booleans())
 @example([b"GET / HTTP/1.1\r\nhost: a\r\nx: 1 \r\n\r\n"], True)

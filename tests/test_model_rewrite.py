@@ -36,6 +36,7 @@ json_values = st.recursive(
     max_leaves=12)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.sampled_from(["messages", "model", "stream", "metadata", "input"]), json_values,
                        max_size=5),

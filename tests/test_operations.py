@@ -149,6 +149,7 @@ async def test_drain_lets_inflight_stream_finish():
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_sigterm_lets_streams_finish_then_exits_zero(tmp_path):
     mock_port, gw_port = free_port(), free_port()
     config = tmp_path / "c.yaml"

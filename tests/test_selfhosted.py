@@ -177,6 +177,7 @@ async def test_ollama_cold_model_is_avoided():
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_busbar_drain_and_undrain_a_member_of_a_running_gateway():
     import sys
     config = _pool()

@@ -136,6 +136,7 @@ _op = _st.one_of(
 
 
 @pytest.mark.pure
+@pytest.mark.slow
 @_settings(max_examples=300, deadline=None)
 @_given(_st.lists(_st.tuples(_st.booleans(), _st.lists(_op, max_size=5), _st.floats(0, 3)), max_size=8))
 def test_batched_takes_and_applies_equal_the_generic_forms_over_single_ops(steps):

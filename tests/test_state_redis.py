@@ -183,6 +183,7 @@ async def test_gateway_shows_the_state_backend_in_admin_and_metrics(redis_server
             assert admin["state"]["degraded"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_serve_workers_says_once_when_each_worker_limits_alone(backend, tmp_path, redis_server):
     """`busbar serve --workers 2`: with memory state the parent says so once; with redis it does not."""
