@@ -30,7 +30,7 @@ from busbar.protocols.base import StreamError
 from busbar.protocols.stops import StopEmulation, cut_response
 from busbar.resume import Journal, replay
 from busbar.reasoning_store import StreamCapture
-from busbar.upstream import UpstreamError
+from busbar.upstream import ReadBound, UpstreamError
 
 if TYPE_CHECKING:
     from busbar.exchange import Exchange
@@ -175,17 +175,18 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     ttfb = 0.0
     rest: list = []           # the pieces of the last read not yet relayed
     # One cancel scope bounds every read of this stream (first_byte before the
-    # commit, idle after it): `_next_read` moves its deadline around each read
-    # alone, so writes to the client never run under it.  Every path inside
-    # returns; leaving it otherwise means a read timed out.
-    with trio.CancelScope() as reading:
+    # commit, idle after it): `_next_read` sets its bound around each read
+    # alone (the upstream client's sweep cancels the scope past it), so writes
+    # to the client never run under it.  Every path inside returns; leaving it
+    # otherwise means a read timed out.
+    with trio.CancelScope() as reading, x.gw.upstream.read_bounds.bound(reading) as read_bound:
         while not committed:
             try:
                 if rest:
                     chunk = rest.pop(0)
                 else:
                     deadline = trio.current_time() + timeouts.first_byte
-                    rest = await _next_read(reads, reading, deadline if first_by is None else min(deadline, first_by))
+                    rest = await _next_read(reads, read_bound, deadline if first_by is None else min(deadline, first_by))
                     chunk = rest.pop(0) if rest is not None else None
                 if chunk is None:
                     try:
@@ -264,7 +265,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
                 if rest:              # what came with the commit's read after its first content
                     read, rest = rest, None
                 else:
-                    read = await _next_read(reads, reading, trio.current_time() + timeouts.idle)
+                    read = await _next_read(reads, read_bound, trio.current_time() + timeouts.idle)
                     if read is None:
                         break
                 outs = []             # one write per read, however many pieces it carried
@@ -355,22 +356,26 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
 
 
-async def _next_read(reads, reading: trio.CancelScope, deadline: float) -> list[bytes] | None:
+async def _next_read(reads, bound: ReadBound, deadline: float) -> list[bytes] | None:
     """The pieces of the upstream body's next network read (None at its end),
-    read under the stream's one timeout scope `reading` with `deadline`; the
-    deadline is lifted again once the read returns, so nothing else runs
-    under it.  One deadline move per read instead of a fresh `fail_after` per
-    chunk (a scope, its status object, a generator context manager: ADR 0014)."""
-    reading.deadline = deadline
+    read under the stream's one timeout scope with `deadline` as its bound;
+    the bound is lifted again once the read returns, so nothing else runs
+    under it.  Two attribute stores and a comparison per read, where a fresh
+    `fail_after` per chunk (a scope, its status object, a generator context
+    manager), then a deadline moved to and from each read, cost far more
+    (ADR 0014; `ReadBounds`)."""
+    bound.until = deadline
+    if deadline < bound.bounds.wake_at:
+        bound.bounds.expect(deadline)
     try:
         pieces = await reads.__anext__()
     except StopAsyncIteration:
         pieces = None
-    if reading.cancel_called:
-        # the deadline passed in the same scheduler round the read came: a
+    bound.until = math.inf
+    if bound.scope.cancel_called:
+        # the bound passed in the same scheduler round the read came: a
         # stall all the same (the scope cannot be un-cancelled); raise it here
         await trio.lowlevel.checkpoint()
-    reading.deadline = math.inf
     return pieces
 
 
