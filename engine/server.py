@@ -771,12 +771,8 @@ class _Reader:
             try:
                 with trio.CancelScope() as self._watching:
                     while len(self.buffer) < self.limit:
-                        try:
-                            data = await sockio.receive_some(self.stream, READ_SIZE)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                            data = b""
+                        data = await self._receive()
                         if not data:
-                            self.eof = True
                             if self.request_scope is not None:
                                 self.request_scope.cancel()   # the client left: its request goes with it
                             break
@@ -798,6 +794,10 @@ class _Reader:
             return data
         if self.eof:
             return b""
+        return await self._receive()
+
+    async def _receive(self) -> bytes:
+        """One read of the stream; b"" (and `eof`) once the client closed or broke it."""
         try:
             data = await sockio.receive_some(self.stream, READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
