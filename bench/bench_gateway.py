@@ -328,6 +328,7 @@ def main() -> int:
     # the simulated vendor above is slow enough to hide the gateway's cost
     import bench_fast
     fast_args = argparse.Namespace(runs=args.runs, duration=args.duration, streams_per_run=3 if args.quick else 5,
+                                   ttfb_per_run=20 if args.quick else 100,
                                    concurrency=(1, 20) if args.quick else bench_fast.CONCURRENCY)
     results["fast_upstream"] = bench_fast.run(fast_args, tmp)
     report(results)
