@@ -76,14 +76,9 @@ async def forward(client: trio.SocketStream, upstream_port: int, watch: bool = T
     not), with `scopes` deadline scopes per request (1: the request's,
     bounding its first byte too; 2: the request's and the first byte's)."""
     from busbar import sockio
-    from busbar.server import WATCH_AFTER, LongRequests, _Reader
+    from busbar.server import LongRequests, _Reader
     upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
-    reader = _Reader(client, 1 << 20, LongRequests())
-
-    async def sweeping():           # the server's, one per process (here one per connection)
-        while True:
-            await trio.sleep(WATCH_AFTER)
-            reader.long.sweep()
+    reader = _Reader(client, 1 << 20, LongRequests())     # the server has one; here one per connection
 
     async def exchange(request: bytes, from_upstream: bytes):
         await sockio.send_all(upstream, request)
@@ -92,7 +87,7 @@ async def forward(client: trio.SocketStream, upstream_port: int, watch: bool = T
     async with trio.open_nursery() as nursery:
         if watch:
             nursery.start_soon(reader.run_watcher)
-            nursery.start_soon(sweeping)
+            nursery.start_soon(reader.long.run)
             receive = reader.read
         else:
             def receive():

@@ -291,7 +291,7 @@ class HttpServer:
         try:
             async with trio.open_nursery() as connections:
                 connections.start_soon(self._expire_idle)
-                connections.start_soon(self._watch_long_requests)
+                connections.start_soon(self._long.run, lambda: self.accepting or self.active_connections)
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope
                     for listener in listeners:
@@ -359,11 +359,6 @@ class HttpServer:
                     break
                 del idle[key]
                 scope.cancel()
-
-    async def _watch_long_requests(self) -> None:
-        while self.accepting or self.active_connections:
-            await trio.sleep(WATCH_AFTER)
-            self._long.sweep()
 
     def shed_idle(self, count: int) -> int:
         """Close up to `count` keep-alive connections that wait for a next
@@ -698,15 +693,22 @@ class LongRequests:
     __slots__ = ("handling", "sweeps")
 
     def __init__(self):
-        self.handling: dict[int, _Reader] = {}
+        self.handling: dict[_Reader, int] = {}     # each request's reader: the sweep it started in
         self.sweeps = 0
 
     def sweep(self) -> None:
         handling = self.handling
-        for reader in [r for r in handling.values() if r.since < self.sweeps]:
-            del handling[id(reader)]
+        for reader in [r for r, since in handling.items() if since < self.sweeps]:
+            del handling[reader]
             reader.wake_watcher()
         self.sweeps += 1
+
+    async def run(self, serving=lambda: True) -> None:
+        """Sweep every WATCH_AFTER while `serving()` (the server: until it
+        stops accepting and its last connection ends)."""
+        while serving():
+            await trio.sleep(WATCH_AFTER)
+            self.sweep()
 
 
 class _Reader:
@@ -725,8 +727,7 @@ class _Reader:
     tell a close_notify from a pipelined request).
     """
 
-    __slots__ = ("stream", "limit", "long", "buffer", "eof", "request_scope", "since", "_timer", "_watching",
-                 "_released")
+    __slots__ = ("stream", "limit", "long", "buffer", "eof", "request_scope", "_timer", "_watching", "_released")
 
     def __init__(self, stream: trio.abc.Stream, limit: int, long: LongRequests):
         self.stream = stream
@@ -735,7 +736,6 @@ class _Reader:
         self.buffer = bytearray()
         self.eof = False
         self.request_scope: trio.CancelScope | None = None
-        self.since = 0                           # the sweep its request started in
         self._timer = trio.CancelScope()         # the watcher sleeps in it; the sweep cancels it
         self._watching: trio.CancelScope | None = None   # while the watcher reads for a request
         self._released: trio.Event | None = None          # set when the watcher gives the socket back
@@ -748,15 +748,14 @@ class _Reader:
         """A request is being handled: if it outlasts WATCH_AFTER, watch its
         client, cancelling `scope` if it leaves."""
         self.request_scope = scope
-        self.since = self.long.sweeps
-        self.long.handling[id(self)] = self
+        self.long.handling[self] = self.long.sweeps
 
     def wake_watcher(self) -> None:
         self._timer.cancel()
 
     def unwatch(self) -> None:
         self.request_scope = None
-        self.long.handling.pop(id(self), None)
+        self.long.handling.pop(self, None)
         if self._watching is not None:
             self._watching.cancel()
 

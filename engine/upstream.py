@@ -469,11 +469,11 @@ class ReadBound:
         self.until = math.inf
 
     def __enter__(self) -> "ReadBound":
-        self.bounds._open[id(self)] = self
+        self.bounds._open.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        del self.bounds._open[id(self)]
+        self.bounds._open.discard(self)
 
 
 class ReadBounds:
@@ -489,7 +489,7 @@ class ReadBounds:
     the scopes of those past due and sleeps until the next earliest."""
 
     def __init__(self):
-        self._open: dict[int, ReadBound] = {}
+        self._open: set[ReadBound] = set()
         self.running = False
         self.wake_at = math.inf
         self._sleep: trio.CancelScope | None = None
@@ -509,7 +509,7 @@ class ReadBounds:
     def sweep(self, now: float) -> float:
         """Cancel the reads past their bound; the earliest bound still ahead."""
         earliest = math.inf
-        for bound in self._open.values():
+        for bound in self._open:
             until = bound.until
             if until <= now:
                 bound.scope.cancel()

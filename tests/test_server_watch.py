@@ -23,15 +23,10 @@ def _reader(stream, limit: int = 1 << 20) -> _Reader:
 
 
 async def _with_watcher(reader: _Reader, body):
-    async def sweeping():           # what HttpServer._watch_long_requests does
-        while True:
-            await trio.sleep(WATCH_AFTER)
-            reader.long.sweep()
-
     with trio.fail_after(60):       # virtual time (autojump): a missed cancel fails instead of hanging
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run_watcher)
-            nursery.start_soon(sweeping)
+            nursery.start_soon(reader.long.run)       # the server's sweep
             await body()
             nursery.cancel_scope.cancel()
 
