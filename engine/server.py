@@ -221,6 +221,7 @@ HeadCheck = Callable[[HttpRequest], "tuple[int, Headers, bytes] | None"]
 
 # accept(2) errors that mean "out of resources", not "this listener is broken"
 ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+ACCEPT_BURST = 256                  # connections taken from the backlog per wake-up, at most
 ACCEPT_BACKOFF = (0.001, 0.1)       # seconds between accepts while out of fds: first, longest
 FD_LOG_EVERY = 60.0                 # seconds between "out of fds" log lines while it lasts
 SHED_IDLE_ON_EMFILE = 16            # idle keep-alives closed per EMFILE episode step
@@ -333,14 +334,29 @@ class HttpServer:
                 backoff = min(backoff * 2, ACCEPT_BACKOFF[1])
                 continue
             backoff = ACCEPT_BACKOFF[0]
-            if self.active_connections >= self.max_connections and not self.shed_idle(1):
-                self.shed_connections += 1
-                if self._refusing < MAX_REFUSALS:
-                    connections.start_soon(self._refuse, stream)
-                else:
+            # Every connection already waiting is taken now, not one per
+            # scheduler round: under load a round runs every busy
+            # connection's step, so one accept per round left a burst of
+            # newcomers queued in the backlog for seconds (ADR 0014).
+            taken = 0
+            while stream is not None:
+                if not self._admit(stream, connections):
                     await trio.aclose_forcefully(stream)
-                continue
-            connections.start_soon(self._connection, stream)
+                taken += 1
+                stream = _accept_waiting(listener) if taken < ACCEPT_BURST else None
+
+    def _admit(self, stream: trio.SocketStream, connections: trio.Nursery) -> bool:
+        """Serve an accepted connection, or refuse it over `max_connections`
+        (an idle keep-alive closes to make room first).  False: neither;
+        the caller closes it."""
+        if self.active_connections >= self.max_connections and not self.shed_idle(1):
+            self.shed_connections += 1
+            if self._refusing >= MAX_REFUSALS:
+                return False
+            connections.start_soon(self._refuse, stream)
+            return True
+        connections.start_soon(self._connection, stream)
+        return True
 
     async def _expire_idle(self) -> None:
         """Close keep-alive connections idle past `keepalive_timeout`, checked
@@ -392,8 +408,8 @@ class HttpServer:
         self._reserve_fd = None
         try:
             try:
-                sock, _ = listener.socket._sock.accept()
-            except (BlockingIOError, OSError):
+                sock, _ = _stdlib_listener(listener).accept()
+            except OSError:
                 return
             self.shed_connections += 1
             with sock:
@@ -666,6 +682,24 @@ def _closing_answer(answer: tuple[int, Headers, bytes]) -> bytes:
     """A whole answer's bytes, content-length framed, that ends the connection."""
     status, headers, body = answer
     return response_head(status, headers + [(b"content-length", b"%d" % len(body))], close=True) + body
+
+
+def _stdlib_listener(listener: trio.SocketListener) -> _socket.socket:
+    """The listening socket itself, for accepts that must not wait
+    (trio offers only the awaited one)."""
+    return listener.socket._sock
+
+
+def _accept_waiting(listener: trio.SocketListener) -> trio.SocketStream | None:
+    """A connection already in the backlog, taken without waiting; None
+    when none is, or on any error (the awaited accept meets a lasting
+    one again and handles it; a connection reset before it was taken is
+    simply gone)."""
+    try:
+        sock, _ = _stdlib_listener(listener).accept()
+    except OSError:
+        return None
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:

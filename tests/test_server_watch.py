@@ -262,3 +262,42 @@ async def test_a_raw_server_handler_outlasting_the_watch_sees_its_client_leave()
         with trio.fail_after(2):
             await ended.wait()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+async def test_connections_waiting_in_the_backlog_are_all_taken_at_one_wake_up():
+    """A burst of newcomers is accepted together, not one per scheduler
+    round: under load a round lasts as long as every busy connection's step,
+    and one accept per round left the last of 128 new connections waiting
+    seconds for their first byte (ADR 0014, session 7)."""
+    import socket
+
+    async def answer(request, responder):
+        await responder.send(200, [(b"content-type", b"text/plain")], b"ok")
+
+    server = HttpServer(answer)
+    rounds = 0
+    clients = []
+    async with trio.open_nursery() as nursery:
+        port = (await nursery.start(server.serve, "127.0.0.1", 0))[0][1]
+        for _ in range(32):          # all in the kernel's backlog before the server runs again
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        with trio.fail_after(5):
+            while server.active_connections < 32:
+                await trio.sleep(0)      # one scheduler round of a busy server
+                rounds += 1
+        assert rounds <= 4, f"32 waiting connections took {rounds} scheduler rounds to accept"
+        for client in clients:
+            client.sendall(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        with trio.fail_after(5):
+            for client in clients:
+                client.setblocking(False)
+                answer_bytes = b""
+                while b"ok" not in answer_bytes:
+                    try:
+                        answer_bytes += client.recv(4096)
+                    except BlockingIOError:
+                        await trio.sleep(0.001)
+                assert answer_bytes.startswith(b"HTTP/1.1 200")
+                client.close()
+        nursery.cancel_scope.cancel()
