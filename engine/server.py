@@ -312,7 +312,8 @@ class HttpServer:
 
     # ---- accepting, and shedding at the door ----------------------------
     async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
-        """Accept forever.  Over `max_connections`, an idle keep-alive makes
+        """Accept forever: at each wake-up, every connection already waiting
+        (up to ACCEPT_BURST).  Over `max_connections`, an idle keep-alive makes
         room (closed), else the newcomer gets a quick 503 and is closed.  Out
         of fds (EMFILE), the loop backs off instead of spinning, closes idle
         keep-alives, answers the waiting connection 503 on a reserved fd, and
