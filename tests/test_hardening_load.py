@@ -1,14 +1,18 @@
 """Issue 12, load shedding over real sockets: a global concurrency limit and
 each pool's share of it (503 + Retry-After in the client's protocol, never a
 queue), the upstream slot wait as saturation (fail over, unblamed),
-`max_client_connections` at accept, `header_timeout` for new connections."""
+`max_client_connections` at accept, a burst of newcomers accepted together,
+`header_timeout` for new connections."""
 from __future__ import annotations
+
+import socket
 
 import orjson
 import pytest
 import trio
 
 from busbar.mock import MockVendor
+from busbar.server import HttpServer
 from harness import gateway_with, sdk
 
 pytestmark = pytest.mark.integration
@@ -223,6 +227,42 @@ async def test_over_max_client_connections_idle_keepalives_make_room_oldest_firs
         assert gw.server.shed_connections == 0
         for stream in idle[1:] + [newcomer]:
             await stream.aclose()
+
+
+async def test_connections_waiting_in_the_backlog_are_all_taken_at_one_wake_up():
+    """A burst of newcomers is accepted together, not one per scheduler
+    round: under load a round lasts as long as every busy connection's step,
+    and one accept per round left the last of 128 new connections waiting
+    seconds for their first byte (ADR 0014, session 7)."""
+    async def answer(request, responder):
+        await responder.send(200, [(b"content-type", b"text/plain")], b"ok")
+
+    server = HttpServer(answer)
+    rounds = 0
+    clients = []
+    async with trio.open_nursery() as nursery:
+        port = (await nursery.start(server.serve, "127.0.0.1", 0))[0][1]
+        for _ in range(32):          # all in the kernel's backlog before the server runs again
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        with trio.fail_after(5):
+            while server.active_connections < 32:
+                await trio.sleep(0)      # one scheduler round of a busy server
+                rounds += 1
+        assert rounds <= 4, f"32 waiting connections took {rounds} scheduler rounds to accept"
+        for client in clients:
+            client.sendall(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        with trio.fail_after(5):
+            for client in clients:
+                client.setblocking(False)
+                answer_bytes = b""
+                while b"ok" not in answer_bytes:
+                    try:
+                        answer_bytes += client.recv(4096)
+                    except BlockingIOError:
+                        await trio.sleep(0.001)
+                assert answer_bytes.startswith(b"HTTP/1.1 200")
+                client.close()
+        nursery.cancel_scope.cancel()
 
 
 TIMEOUTS = {"server": {"header_timeout": 0.3, "keepalive_timeout": 60},
