@@ -60,7 +60,9 @@ async def main():
         config = Config()
         config.bind = [f"127.0.0.1:{port}"]
         config.accesslog = None
-        await serve(app, config)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.bounds.run)     # the pool's head-wait timeouts
+            await serve(app, config)
         return
     if kind == "h11-pool":
         pool = UpstreamClient().pool(origin)
@@ -78,7 +80,10 @@ async def main():
             response = await client.post("/v1/chat/completions", content=request.body,
                                          headers={"content-type": "application/json"})
             await responder.send(response.status_code, [(b"content-type", b"application/json")], response.content)
-    await HttpServer(handle).serve("127.0.0.1", port)
+    async with trio.open_nursery() as nursery:
+        if kind == "h11-pool":
+            await nursery.start(pool.bounds.run)     # the pool's head-wait timeouts
+        await HttpServer(handle).serve("127.0.0.1", port)
 
 trio.run(main)
 '''

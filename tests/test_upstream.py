@@ -94,6 +94,7 @@ async def test_a_streamed_body_comes_read_by_read():
         listeners = await nursery.start(trio.serve_tcp, vendor, 0)
         port = listeners[0].socket.getsockname()[1]
         pool = ConnectionPool(Origin.from_url(f"http://127.0.0.1:{port}"))
+        await nursery.start(pool.bounds.run)
         response = await pool.request(b"POST", b"/", [], b"{}")
         reads = []
         async for pieces in response.aiter_reads():
@@ -111,3 +112,74 @@ async def test_a_streamed_body_comes_read_by_read():
         nursery.cancel_scope.cancel()
     assert reads == [[b"one", b"two"], [b"three"]]
     assert pieces == [b"one", b"two", b"three"]
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_a_head_that_never_comes_times_out_at_its_bound_and_is_not_retried(tls):
+    """The head wait's timeout closes the connection under the waiting
+    receive (`_Connection.expire`, no cancel scope): the call fails as a
+    timeout, not as a stale keep-alive resent on a fresh connection, and
+    leaves no slot, connection or bound behind."""
+    import ssl
+
+    import trustme
+
+    from busbar.upstream import ConnectionPool, Origin, UpstreamError
+    received = []
+
+    async def vendor(stream):
+        while await stream.receive_some(65536):
+            received.append(trio.current_time())
+            if len(received) == 1:
+                await stream.send_all(OK)       # the first request only; the second never gets a head
+            else:
+                await trio.sleep_forever()
+
+    ca = trustme.CA()
+    async with trio.open_nursery() as nursery:
+        if tls:
+            server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("localhost").configure_cert(server_context)
+            listeners = await nursery.start(trio.serve_ssl_over_tcp, vendor, 0, server_context)
+            client_context = ssl.create_default_context()
+            ca.configure_trust(client_context)
+        else:
+            listeners = await nursery.start(trio.serve_tcp, vendor, 0)
+            client_context = None
+        port = listeners[0].transport_listener.socket.getsockname()[1] if tls else \
+            listeners[0].socket.getsockname()[1]
+        pool = ConnectionPool(Origin.from_url(f"{'https' if tls else 'http'}://localhost:{port}"),
+                              max_connections=4, ssl_context=client_context)
+        await nursery.start(pool.bounds.run)
+        response = await pool.request(b"POST", b"/", [], b"{}", response_timeout=5)
+        assert await response.read() == b"{}"
+        await response.aclose()                          # kept alive: the next call reuses it
+        started = trio.current_time()
+        with pytest.raises(UpstreamError) as failed, trio.fail_after(5):     # fail_after: never hang the suite
+            await pool.request(b"POST", b"/", [], b"{}", response_timeout=0.3)
+        waited = trio.current_time() - started
+        assert failed.value.timeout and "did not answer in time" in str(failed.value)
+        assert 0.3 <= waited < 1.5
+        assert len(received) == 2                        # not resent as if the keep-alive had gone stale
+        assert not pool.bounds._open and pool._open == 0 and pool._slots.value == 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pool_whose_sweeper_is_not_running_refuses_to_call():
+    """Without the sweeper a head wait would have no timeout at all."""
+    from busbar.upstream import ConnectionPool, Origin
+
+    async def vendor(stream):
+        await stream.receive_some(65536)
+        await stream.send_all(OK)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, vendor, 0)
+        pool = ConnectionPool(Origin.from_url(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"))
+        with pytest.raises(RuntimeError, match="not running"):
+            await pool.request(b"POST", b"/", [], b"{}")
+        assert pool._open == 0 and not pool.bounds._open
+        nursery.cancel_scope.cancel()
