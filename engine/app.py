@@ -231,7 +231,7 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
         await app.load_minted_keys()
         check_admin_exposure(config, app.gateway.admin, host)
         async with trio.open_nursery() as nursery:
-            await nursery.start(app.upstream.read_bounds.run)     # streamed reads' timeouts
+            await nursery.start(app.upstream.read_bounds.run)     # upstream waits' timeouts
             if app.cluster is not None:     # the current routing state first (bounded wait), then serve
                 await nursery.start(app.cluster.run)
             addrs = await nursery.start(app.server.serve, host, port)

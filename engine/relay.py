@@ -50,11 +50,17 @@ async def _read_body(x: "Exchange", response) -> bytes | Failed:
         data = response.read_now(MAX_UPSTREAM_BODY)   # came with the head: nothing to wait for, no timeout
         if data is None:
             timeouts = x.plan.pipeline.timeouts
-            with trio.CancelScope(deadline=trio.current_time() + max(timeouts.idle, timeouts.first_byte)) as waiting:
-                data = await response.read(MAX_UPSTREAM_BODY)
-            if waiting.cancelled_caught:
-                return _server("upstream response stalled")
+            with response.read_bound as bound:
+                bound.arm(trio.current_time() + max(timeouts.idle, timeouts.first_byte))
+                try:
+                    data = await response.read(MAX_UPSTREAM_BODY)
+                finally:
+                    bound.until = math.inf
+                if bound.expired:        # the sweeper closed it as the body came: a stall all the same
+                    return _server("upstream response stalled")
     except UpstreamError as exc:
+        if response.read_bound.expired:
+            return _server("upstream response stalled")
         return _server(f"upstream response broke off: {exc}", response.status)
     return data
 
@@ -174,12 +180,12 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     committed = False
     ttfb = 0.0
     rest: list = []           # the pieces of the last read not yet relayed
-    # One cancel scope bounds every read of this stream (first_byte before the
-    # commit, idle after it): `_next_read` sets its bound around each read
-    # alone (the upstream client's sweep cancels the scope past it), so writes
-    # to the client never run under it.  Every path inside returns; leaving it
-    # otherwise means a read timed out.
-    with trio.CancelScope() as reading, x.gw.upstream.read_bounds.bound(reading) as read_bound:
+    # The connection's ReadBound bounds every read of this stream (first_byte
+    # before the commit, idle after it): `_next_read` arms it around each read
+    # alone (past it the upstream client's sweeper closes the connection), so
+    # writes to the client never run under it.  Every path inside returns;
+    # leaving it otherwise (its ReadTimeout) means a read timed out.
+    with response.read_bound as read_bound:
         while not committed:
             try:
                 if rest:
@@ -350,7 +356,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
         except (UpstreamError, StreamError) as exc:
             return Broken(Fault(FaultClass.SERVER, 0, str(exc)), ttfb, encoder, journal, not same)
         return Answered(response.status, ttfb, chunked=True)
-    # a read's deadline passed (the scope caught its own cancellation)
+    # a read's bound passed (the `with read_bound` ended at its ReadTimeout)
     if not committed:
         return _server("no first byte before timeout")
     return Broken(Fault(FaultClass.SERVER, 0, "upstream stream stalled"), ttfb, encoder, journal, not same)
@@ -358,24 +364,22 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
 
 async def _next_read(reads, bound: ReadBound, deadline: float) -> list[bytes] | None:
     """The pieces of the upstream body's next network read (None at its end),
-    read under the stream's one timeout scope with `deadline` as its bound;
-    the bound is lifted again once the read returns, so nothing else runs
-    under it.  Two attribute stores and a comparison per read, where a fresh
-    `fail_after` per chunk (a scope, its status object, a generator context
-    manager), then a deadline moved to and from each read, cost far more
-    (ADR 0014; `ReadBounds`)."""
-    bound.until = deadline
-    if deadline < bound.bounds.wake_at:
-        bound.bounds.expect(deadline)
+    with `deadline` as the connection's bound; disarmed again once the read
+    returns, so nothing else runs under it.  A read past its bound raises
+    ReadTimeout (the `with bound` around the stream ends there).  Two
+    attribute stores and a comparison per read, where a fresh `fail_after`
+    per chunk (a scope, its status object, a generator context manager), then
+    a deadline moved to and from each read, cost far more (ADR 0014;
+    `ReadBounds`)."""
+    bound.arm(deadline)
     try:
         pieces = await reads.__anext__()
     except StopAsyncIteration:
         pieces = None
-    bound.until = math.inf
-    if bound.scope.cancel_called:
-        # the bound passed in the same scheduler round the read came: a
-        # stall all the same (the scope cannot be un-cancelled); raise it here
-        await trio.lowlevel.checkpoint()
+    except UpstreamError:
+        bound.disarm()          # ReadTimeout when the sweeper closed the connection
+        raise
+    bound.disarm()
     return pieces
 
 

@@ -123,24 +123,16 @@ DIRECT = Transport()
 
 
 class _Connection:
-    __slots__ = ("stream", "reused", "idle_since", "until", "timed_out")
+    __slots__ = ("stream", "reused", "idle_since", "bound")
 
-    def __init__(self, stream: trio.abc.Stream):
+    def __init__(self, stream: trio.abc.Stream, bounds: "ReadBounds"):
         self.stream = stream
         self.reused = False
         self.idle_since = 0.0
-        self.until = math.inf         # when the wait for the answer's head must have ended (ReadBounds)
-        self.timed_out = False
-
-    def expire(self) -> None:
-        """The head wait passed its bound: close the socket under it, which
-        wakes the waiting send or receive (trio's `notify_closing`) with
-        `ClosedResourceError`; `timed_out` tells that from a broken
-        connection.  A connection whose answer is late can carry nothing
-        else, so nothing is lost by closing it rather than cancelling."""
-        self.timed_out = True
-        stream = self.stream
-        (stream.socket if isinstance(stream, trio.SocketStream) else stream.transport_stream.socket).close()
+        socket_ = stream.socket if isinstance(stream, trio.SocketStream) else stream.transport_stream.socket
+        # past a wait's bound the sweeper closes the socket under it: a
+        # connection whose answer is late can carry nothing else
+        self.bound = ReadBound(bounds, socket_.close)
 
     def dropped(self) -> bool:
         """True when the idle connection can no longer carry a request: the
@@ -176,6 +168,11 @@ class UpstreamResponse:
             if key == name:
                 return value
         return None
+
+    @property
+    def read_bound(self) -> ReadBound:
+        """The bound of this answer's body reads (its connection's)."""
+        return self._conn.bound
 
     @property
     def ended(self) -> bool:
@@ -252,7 +249,7 @@ class ConnectionPool:
     def __init__(self, origin: Origin, *, max_connections: int = 256, ssl_context: ssl.SSLContext | None = None,
                  keepalive_expiry: float = 30.0, transport: Transport = DIRECT, bounds: "ReadBounds | None" = None):
         self.origin = origin
-        self.bounds = bounds if bounds is not None else ReadBounds()   # run its sweeper: it times out head waits
+        self.bounds = bounds if bounds is not None else ReadBounds()   # run its sweeper: it times out every wait
         self.ca_bundle = transport.ca_bundle
         self.proxy = transport.proxy
         ssl_context = ssl_context or transport.ssl_context
@@ -297,7 +294,7 @@ class ConnectionPool:
             raise UpstreamError(f"TLS handshake with {self.origin.host}:{self.origin.port} failed: {exc}{hint}") from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {self.origin.host}:{self.origin.port}: {exc.strerror or exc}") from None
-        return _Connection(stream)
+        return _Connection(stream, self.bounds)
 
     async def _tunnel(self, stream: trio.SocketStream, proxy: Proxy) -> None:
         """CONNECT host:port through the proxy; any answer but 2xx fails the
@@ -420,43 +417,41 @@ class ConnectionPool:
 
     async def _exchange(self, conn: _Connection, method: bytes, data: bytes, response_timeout) -> UpstreamResponse:
         # Sending the request and waiting for the head share `response_timeout`,
-        # enforced by the bounds' sweeper closing the connection past it
-        # (`_Connection.expire`) rather than by a cancel scope per request
-        # (entering one cost ~6 % of a small request, ADR 0014).
-        bounds = self.bounds
+        # enforced by the connection's ReadBound (the sweeper closes it past
+        # the bound) rather than by a cancel scope per request (entering one
+        # cost ~10 % of a small request's instructions, ADR 0014).
         buf = b""
         sent = False
-        conn.until = until = trio.current_time() + response_timeout
-        bounds._open.add(conn)
-        if until < bounds.wake_at:
-            bounds.expect(until)
-        try:
-            await sockio.send_all(conn.stream, data)
-            sent = True
-            while True:
-                chunk = await sockio.receive_some(conn.stream, READ_SIZE)
-                if not chunk:
-                    raise ProtocolError("connection closed before a response")
-                buf += chunk
-                parsed = parse_head(buf, method)
-                if parsed is None:
-                    continue
-                head, used = parsed
-                if head.status < 200:        # 100 Continue and friends: skip
-                    buf = buf[used:]
-                    continue
-                return UpstreamResponse(head.status, head.headers, self, conn, BodyDecoder(head),
-                                        head.keep_alive, buf[used:])
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as exc:
-            if conn.timed_out:
-                raise UpstreamError("upstream did not answer in time" if sent else
-                                    "upstream stopped reading the request (send timed out)", timeout=True) from None
-            if conn.reused and not buf:
-                raise _StaleConnection() from None
-            raise UpstreamError(f"upstream connection failed: {exc}") from None
-        finally:
-            conn.until = math.inf
-            bounds._open.discard(conn)
+        bound = conn.bound
+        with bound:
+            bound.arm(trio.current_time() + response_timeout)
+            try:
+                await sockio.send_all(conn.stream, data)
+                sent = True
+                while True:
+                    chunk = await sockio.receive_some(conn.stream, READ_SIZE)
+                    if not chunk:
+                        raise ProtocolError("connection closed before a response")
+                    buf += chunk
+                    parsed = parse_head(buf, method)
+                    if parsed is None:
+                        continue
+                    head, used = parsed
+                    if head.status < 200:        # 100 Continue and friends: skip
+                        buf = buf[used:]
+                        continue
+                    return UpstreamResponse(head.status, head.headers, self, conn, BodyDecoder(head),
+                                            head.keep_alive, buf[used:])
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as exc:
+                if bound.expired:
+                    raise UpstreamError("upstream did not answer in time" if sent else
+                                        "upstream stopped reading the request (send timed out)",
+                                        timeout=True) from None
+                if conn.reused and not buf:
+                    raise _StaleConnection() from None
+                raise UpstreamError(f"upstream connection failed: {exc}") from None
+            finally:
+                bound.until = math.inf
 
     async def _close_dropped(self) -> None:
         dropped, self._close_later = self._close_later, []
@@ -481,52 +476,77 @@ class _HandshakeFailed(Exception):
     pass
 
 
+class ReadTimeout(Exception):
+    """A bounded wait on an upstream connection passed its bound (the sweeper
+    closed the connection under it); `with bound:` ends at it, as a cancel
+    scope ends at its own deadline."""
+
+
 class ReadBound:
-    """The timeout of one stream's reads: `until` is when the read under way
-    must have returned (inf between reads); the sweep cancels `scope` past
-    it.  `with` it for the stream's life (it is swept only inside)."""
+    """The timeout of the waits on one upstream connection: `until` is when
+    the wait under way must have ended (inf between waits, so a write to a
+    slow client never counts as an upstream stall); past it the sweeper calls
+    `close`, which wakes the waiting send or receive (trio's `notify_closing`)
+    with `ClosedResourceError`, and `expired` tells that from a broken
+    connection.  One per connection, made with it; `with` it while its waits
+    are bounded (it is swept only inside).  Leaving the `with` by `disarm`'s
+    ReadTimeout goes on after it."""
 
-    __slots__ = ("bounds", "scope", "until")
+    __slots__ = ("bounds", "close", "until", "expired")
 
-    def __init__(self, bounds: "ReadBounds", scope: trio.CancelScope):
+    def __init__(self, bounds: "ReadBounds", close):
         self.bounds = bounds
-        self.scope = scope
+        self.close = close
         self.until = math.inf
+        self.expired = False
+
+    def arm(self, until: float) -> None:
+        """Bound the wait that follows: it must end by `until`."""
+        self.until = until
+        if until < self.bounds.wake_at:
+            self.bounds.expect(until)
+
+    def disarm(self) -> None:
+        """The wait ended; ReadTimeout when its bound passed (a wait that
+        returned in the scheduler round its bound passed is a stall all the
+        same: the connection is closed)."""
+        self.until = math.inf
+        if self.expired:
+            raise ReadTimeout()
 
     def expire(self) -> None:
-        self.scope.cancel()
+        self.expired = True
+        self.close()
 
     def __enter__(self) -> "ReadBound":
         self.bounds._open.add(self)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, exc, tb) -> bool:
         self.bounds._open.discard(self)
+        return kind is ReadTimeout
 
 
 class ReadBounds:
-    """Timeouts on streamed upstream reads, enforced by one sweeper task that
-    sleeps until the earliest bound it knows of, rather than a deadline
-    moved to and from each read (trio re-registers a deadline on every move:
-    the two moves were ~10 % of relaying a chunk, ADR 0014).
+    """Timeouts on upstream waits (sending a request and waiting for its
+    head, a body's reads, a stream's reads), enforced by one sweeper task that
+    sleeps until the earliest bound it knows of, rather than a cancel scope
+    per wait or a deadline moved to and from each read (trio registers every
+    deadline in its heap through a generator context manager: a scope per
+    request was ~10 % of a small request, the moves ~10 % of relaying a
+    chunk, ADR 0014).
 
-    A read sets its bound (`ReadBound.until`); only a bound earlier than the
-    sweeper's wake-up moves that wake-up (`expect`), so a steady stream, whose
+    A wait arms its bound (`ReadBound.arm`); only a bound earlier than the
+    sweeper's wake-up moves that wake-up (`expect`), so steady traffic, whose
     every bound lies past the one the sweeper waits for, moves nothing: the
-    sweeper wakes about once per timeout, finds the bounds moved on, cancels
-    the scopes of those past due and sleeps until the next earliest."""
+    sweeper wakes about once per timeout, finds the bounds moved on, closes
+    the connections past due and sleeps until the next earliest."""
 
     def __init__(self):
         self._open: set[ReadBound] = set()
         self.running = False
         self.wake_at = math.inf
         self._sleep: trio.CancelScope | None = None
-
-    def bound(self, scope: trio.CancelScope) -> ReadBound:
-        """A bound for the reads run under `scope` (enter it with `with`)."""
-        if not self.running:
-            raise RuntimeError("ReadBounds.run is not running: streamed reads would have no timeout")
-        return ReadBound(self, scope)
 
     def expect(self, until: float) -> None:
         """A bound earlier than the sweeper's wake-up: wake it then."""
@@ -535,12 +555,13 @@ class ReadBounds:
             self._sleep.deadline = until
 
     def sweep(self, now: float) -> float:
-        """Cancel the reads past their bound; the earliest bound still ahead."""
+        """Expire the waits past their bound; the earliest bound still ahead."""
         earliest = math.inf
         for bound in self._open:
             until = bound.until
             if until <= now:
-                bound.expire()
+                if not bound.expired:
+                    bound.expire()
             elif until < earliest:
                 earliest = until
         return earliest
@@ -560,7 +581,7 @@ class ReadBounds:
 
 class UpstreamClient:
     """One pool per origin, created on first use; the sweep that bounds
-    streamed reads (`read_bounds`: run it beside the gateway)."""
+    every upstream wait (`read_bounds`: run it beside the gateway)."""
 
     def __init__(self, *, max_connections: int = 256):
         self.max_connections = max_connections

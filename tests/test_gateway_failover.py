@@ -180,13 +180,42 @@ async def test_anthropic_stream_failure_after_content_raises():
             await sdk(run)
 
 
+class BodyStallVendor(MockVendor):
+    """Answers 200 with the head and the first bytes of a chunked JSON body,
+    then goes silent with the connection open."""
+
+    async def handle(self, request, responder):
+        await responder.start(200, [(b"content-type", b"application/json")], b'{"id": "chatcmpl-')
+        await trio.sleep(10)
+
+
+async def test_a_buffered_body_stalled_after_its_head_fails_over_at_its_bound():
+    """A buffered answer whose body stops coming is bounded by the idle /
+    first_byte timeout (the connection's ReadBound), fails over and blames
+    the member, well before the vendor's silence ends."""
+    config = {**TWO_VENDORS, "pipelines": {"default": {"timeouts": {"first_byte": 0.3, "idle": 0.3}}}}
+    async with gateway_with(config, a=BodyStallVendor(), b=MockVendor(reply="from b")) as gw:
+        start = trio.current_time()
+        result = await sdk(lambda: chat(oai(gw.url)))
+        took = trio.current_time() - start
+        record = await last_record(gw)
+    assert result.choices[0].message.content == "from b"
+    assert [(x["member"].split("/")[-1], x["outcome"]) for x in record["attempts"]] == [("m1", "server"),
+                                                                                        ("m2", "ok")]
+    assert "stalled" in record["attempts"][0]["message"]
+    assert took < 3
+
+
 async def test_stall_before_first_byte_fails_over():
     config = {**TWO_VENDORS, "pipelines": {"default": {"timeouts": {"first_byte": 0.3}}}}
     a, b = MockVendor(), MockVendor(reply="b was quick")
     a.fail_next({"stall": 5})
     async with gateway_with(config, a=a, b=b) as gw:
+        start = trio.current_time()
         chunks = await sdk(lambda: list(chat(oai(gw.url), stream=True)))
+        took = trio.current_time() - start
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "b was quick"
+    assert took < 3       # failed over at first_byte (0.3 s), not when the 5 s stall ended
 
 
 async def test_idle_timeout_counts_from_the_last_chunk_not_the_streams_start():
