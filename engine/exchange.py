@@ -54,7 +54,7 @@ from busbar import admission, ir, lifecycle, resume, tenancy
 from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
-from busbar.item_store import MAX_CHAIN, decode, decode_turn, key_of, turn_key
+from busbar.item_store import MAX_CHAIN, decode, decode_turn, key_of, shown_of, turn_key
 from busbar.limits import DIRECT_ROUTES
 from busbar.outcome import Answered, Broken, Failed, Inexpressible, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
@@ -406,7 +406,7 @@ class Exchange:
             why = f"an earlier response in its conversation, '{link}', is no longer kept"
         else:
             why = (f"the gateway continues only the responses it answered for this caller in the last "
-                   f"{self.gw.item_store.ttl_s / 3600:g} h (none made with `store: false`)")
+                   f"{self.gw.item_store.ttl_s / 3600:g} h (none made with `store: false`, none deleted)")
         return ClientError(400, f"Previous response with id '{previous}' not found: {why}, and a "
                                 f"{' or '.join(sorted(protocols))} member cannot resolve it.",
                            param="previous_response_id", code="previous_response_not_found")
@@ -448,7 +448,7 @@ class Exchange:
             response_id = shown.get("id")
             if isinstance(response_id, str) and response_id:
                 kept.append(self.items.keep_turn(self.item_scope, response_id, self.previous,
-                                                 self._own_input(), output, vendor))
+                                                 self._own_input(), output, vendor, shown_of(shown)))
             if kept and self.gw.shared_items is not None:
                 with trio.CancelScope(shield=True):
                     await self.gw.shared_items.put_many(kept, self.items.ttl_s, self.chain_keys)

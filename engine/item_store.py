@@ -23,6 +23,12 @@ answers are kept too, marked as the vendor's (`VENDOR` before the JSON): the ven
 resolves its ids itself, so a reference to one leaves the request passed through untouched,
 and only a turn that fails over to a member of another protocol is given the item.
 
+A turn also keeps what the answer object showed around its items (`shown`: model,
+created_at, status, incomplete_details, usage, and each output item's id and status), so
+`GET /v1/responses/{id}` can give the object back (`busbar.stored_responses`, ADR 0025);
+`DELETE` removes the turn and its items, and leaves a `DELETED` mark in the cluster copy so
+a replica that fetches it learns it is gone.
+
 Keys are scoped by the caller (its gateway key id, `-` without keys), so one key cannot
 read another's items by id.  Values are the JSON bytes behind a mark (`VENDOR`, `TURN`):
 what the bounds count and what the cluster backend shares (`busbar.state.shared.SharedEntries`).
@@ -50,6 +56,9 @@ TTL_S = 3600.0
 _BOOKKEEPING = ("id", "status")      # the vendor's store fields: not part of an input item
 VENDOR = b"v"                        # a value's mark: an item (or turn) the vendor minted, and resolves, itself
 TURN = b"r"                          # a value's mark: a kept response's turn, not an item
+DELETED = b"x"                       # a value's mark: a turn the client deleted (the cluster copy's tombstone)
+# what a turn keeps of the answer object beside its items (GET /v1/responses/{id})
+SHOWN_FIELDS = ("model", "created_at", "status", "incomplete_details", "usage")
 
 
 class Turn(NamedTuple):
@@ -59,6 +68,7 @@ class Turn(NamedTuple):
     output: list                     # the output items shown, without id/status
     vendor: bool                     # minted by a Responses vendor (that vendor holds the chain too)
     dropped: int = 0                 # > 0: too large to keep (its size in bytes); input/output empty
+    shown: dict | None = None        # the answer object's SHOWN_FIELDS and `ids` ([id, status] per output item)
 
 
 def decode(data: bytes) -> tuple[bytes, bool] | None:
@@ -67,7 +77,7 @@ def decode(data: bytes) -> tuple[bytes, bool] | None:
     vendor = data[:1] == VENDOR
     if vendor:
         data = data[1:]
-    if data[:1] == TURN:
+    if data[:1] in (TURN, DELETED):
         return None
     return data, vendor
 
@@ -86,8 +96,23 @@ def decode_turn(data: bytes) -> Turn | None:
     if not isinstance(obj, dict):
         return None
     previous = obj.get("previous")
+    shown = obj.get("shown")
     return Turn(previous if isinstance(previous, str) else None, obj.get("input") or [], obj.get("output") or [],
-                vendor, int(obj.get("dropped") or 0))
+                vendor, int(obj.get("dropped") or 0), shown if isinstance(shown, dict) else None)
+
+
+def deleted(data: bytes | None) -> bool:
+    """Whether a stored value is the mark a deleted turn leaves."""
+    return data is not None and data[:1] == DELETED
+
+
+def shown_of(response: dict) -> dict:
+    """What a turn keeps of the answer object `response` beside its items."""
+    shown = {k: response[k] for k in SHOWN_FIELDS if response.get(k) is not None}
+    output = response.get("output")
+    shown["ids"] = [[item.get("id"), item.get("status")] if isinstance(item, dict) else [None, None]
+                    for item in (output if isinstance(output, list) else ())]
+    return shown
 
 
 def key_of(scope: str, item_id: str) -> str:
@@ -145,12 +170,16 @@ class ItemStore:
         return kept
 
     def keep_turn(self, scope: str, response_id: str, previous: str | None, input_items: list, output: list,
-                  vendor: bool = False) -> tuple[str, bytes]:
+                  vendor: bool = False, shown: dict | None = None) -> tuple[str, bytes]:
         """Keep one answered turn under (scope, response id); returns the (key, value)
-        kept, for the cluster backend.  A turn over `max_turn_bytes` leaves a marker
-        with its size instead, so continuing it says why it cannot be."""
+        kept, for the cluster backend.  `shown`: the answer object's fields beside its
+        items (`shown_of`).  A turn over `max_turn_bytes` leaves a marker with its size
+        instead, so continuing it says why it cannot be."""
         mark = (VENDOR + TURN) if vendor else TURN
-        data = mark + orjson.dumps({"previous": previous, "input": input_items, "output": _stripped(output)})
+        turn = {"previous": previous, "input": input_items, "output": _stripped(output)}
+        if shown is not None:
+            turn["shown"] = shown
+        data = mark + orjson.dumps(turn)
         if len(data) > self.max_turn_bytes:
             data = mark + orjson.dumps({"previous": previous, "dropped": len(data)})
         key = turn_key(scope, response_id)
@@ -178,6 +207,14 @@ class ItemStore:
             self._bytes -= len(entry[0])
             return None
         return entry[0]
+
+    def delete(self, key: str) -> bool:
+        """Forget one entry; whether it was held (and not expired)."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        self._bytes -= len(entry[0])
+        return entry[1] > self._now()
 
     def touch(self, key: str) -> None:
         """A held entry in use again (a turn of a chain being continued): its TTL starts

@@ -820,7 +820,7 @@ class StreamEncoder(s.Encoder):
     item.  The protocol's done events repeat each item's full text, so the
     encoder keeps the output it has sent (the only non-constant state)."""
 
-    __slots__ = ("_model", "_rid", "_created", "_seq", "_noi", "_output", "_msg", "_blocks", "_usage")
+    __slots__ = ("_model", "_rid", "_created", "_seq", "_noi", "_output", "_msg", "_blocks", "_usage", "_shown")
 
     def __init__(self, model: str):
         super().__init__()
@@ -833,6 +833,7 @@ class StreamEncoder(s.Encoder):
         self._msg: dict | None = None    # the open message item
         self._blocks: dict[int, _Block] = {}
         self._usage: ir.Usage | None = None
+        self._shown: dict | None = None   # the response the stream ended with (response.completed's)
 
     def _ev(self, kind: str, body: dict) -> bytes:
         body = {"type": kind, "sequence_number": self._seq, **body}
@@ -996,14 +997,20 @@ class StreamEncoder(s.Encoder):
         stop = ev.stop_reason
         usage = self._usage or ir.Usage()
         if stop is SR.MAX_TOKENS or stop is SR.CONTEXT_WINDOW:
-            r = self._response("incomplete", self._output, usage, incomplete={"reason": "max_output_tokens"})
-            return out + self._ev("response.incomplete", {"response": r})
-        if stop is SR.CONTENT_FILTER:
-            r = self._response("incomplete", self._output, usage, incomplete={"reason": "content_filter"})
-            return out + self._ev("response.incomplete", {"response": r})
-        return out + self._ev("response.completed", {"response": self._response("completed", self._output, usage)})
+            kind, r = "response.incomplete", self._response("incomplete", self._output, usage,
+                                                            incomplete={"reason": "max_output_tokens"})
+        elif stop is SR.CONTENT_FILTER:
+            kind, r = "response.incomplete", self._response("incomplete", self._output, usage,
+                                                            incomplete={"reason": "content_filter"})
+        else:
+            kind, r = "response.completed", self._response("completed", self._output, usage)
+        self._shown = r
+        return out + self._ev(kind, {"response": r})
 
     def shown_response(self) -> dict | None:
+        """The answer object the stream ended with (what a retrieve gives back)."""
+        if self._shown is not None:
+            return self._shown
         return {"id": self._rid, "output": [item for _, item in self._output]}
 
     def _error(self, kind: str, message: str) -> bytes:

@@ -29,6 +29,14 @@ for i = n + 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 return n
 """
 
+# KEYS the entry marked gone, then the ones removed; ARGV the mark, the ttl in ms (a deleted response:
+# its turn's tombstone, so a replica that looks it up learns it is gone, and its items)
+DROP_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+return #KEYS
+"""
+
 
 class SharedEntries:
     """One kind of entry (`items`, `reasoning`) over the app's RedisState (its
@@ -70,6 +78,17 @@ class SharedEntries:
             return False
         self._available()
         self.put_total += len(entries)
+        return True
+
+    async def drop(self, key: str, mark: bytes, ttl_s: float, remove: tuple[str, ...] = ()) -> bool:
+        """Replace `key`'s value by `mark` (for `ttl_s`) and remove the `remove` keys, in one script."""
+        keys = (self._base + key,) + tuple(self._base + k for k in remove)
+        try:
+            await self.state.run_script(DROP_LUA, keys, mark, max(1, int(ttl_s * 1000)))
+        except (RedisUnavailable, RespError) as error:
+            self._unavailable(error)
+            return False
+        self._available()
         return True
 
     def _unavailable(self, error: Exception) -> None:
