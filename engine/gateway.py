@@ -44,6 +44,7 @@ from busbar.protocols import PROTOCOLS, get_dialect
 from busbar.protocols.base import JSON_CT
 from busbar.protocols.listing import Listing
 from busbar.protocols.routes import guess_protocol, match_route
+from busbar import stored_responses
 from busbar.providers import Provider, build_provider
 from busbar.records import AttemptRecord, RequestRecord
 from busbar.routing import Router
@@ -375,6 +376,10 @@ class Gateway:
 
     async def _handle_other(self, request: HttpRequest, responder: Responder) -> None:
         if request.path.startswith((b"/admin", b"/metrics")) and await self.admin.handle(request, responder):
+            return
+        # GET / DELETE /v1/responses/{id}, GET .../input_items: the responses kept here (ADR 0025)
+        if request.path.startswith((b"/v1/responses/", b"/responses/")) and \
+                await stored_responses.serve(self, request, responder):
             return
         if request.method == b"GET":
             listed = self.listing.answer(request.path, request.headers, request.query)

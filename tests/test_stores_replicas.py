@@ -157,3 +157,26 @@ async def test_a_conversation_continued_by_id_across_replicas_renews_its_turns(t
             gone = await sdk(lambda: responses(a).responses.create(model="smart", input="x", store=False))
             await sdk(lambda: responses(b).responses.create(model="smart", input="y", previous_response_id=gone.id))
         assert info.value.body["code"] == "previous_response_not_found"
+
+
+async def test_a_response_kept_on_one_replica_is_retrieved_and_deleted_on_the_other(tmp_path, redis_server):
+    """ADR 0025: B retrieves what A answered (the cluster copy); a delete through B leaves a
+    tombstone that A, which holds its own copy, sees on its next lookup."""
+    async with setup(tmp_path, redis_server.url, reply="said on A") as (vendor, (a, b)):
+        r1 = await sdk(lambda: responses(a).responses.create(model="smart", input="hello"))
+        got = await sdk(lambda: responses(b).responses.retrieve(r1.id))
+        items = await sdk(lambda: responses(b).responses.input_items.list(r1.id))
+        assert await sdk(lambda: responses(b).responses.delete(r1.id)) is None
+        with pytest.raises(openai.NotFoundError):
+            await sdk(lambda: responses(a).responses.retrieve(r1.id))
+        with pytest.raises(openai.BadRequestError) as continued:     # A took the tombstone in
+            await sdk(lambda: responses(a).responses.create(model="smart", input="more",
+                                                            previous_response_id=r1.id))
+        with pytest.raises(openai.BadRequestError) as referenced:    # its items are gone from Redis
+            await sdk(lambda: responses(b).responses.create(model="smart", input=[
+                {"type": "item_reference", "id": r1.output[0].id}]))
+    assert got.id == r1.id and got.output_text == "said on A" and got.model == r1.model
+    assert [i.content[0].text for i in items.data] == ["hello"]
+    assert continued.value.body["code"] == "previous_response_not_found"
+    assert referenced.value.body["param"] == "input[0].id"
+    assert len(vendor.received) == 1

@@ -25,6 +25,8 @@ OPERATION_ROUTES = {
     b"/v1/responses/input_tokens": ("responses", "count"),
     b"/responses/input_tokens": ("responses", "count"),
 }
+# a stored response (busbar.stored_responses): GET / DELETE /v1/responses/{id}, GET .../input_items
+_RESPONSE = re.compile(rb"^/(?:v1/)?responses/(?P<id>[^/]+)(?P<items>/input_items)?$")
 _GEMINI = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^/:]+(?:/[^/:]+)*):(?P<action>generateContent|"
                      r"streamGenerateContent|embedContent|batchEmbedContents|countTokens)$")
 _GEMINI_OPERATIONS = {"embedContent": "embed_one", "batchEmbedContents": "embed", "countTokens": "count"}
@@ -65,6 +67,16 @@ def match_route(path: bytes) -> tuple[str, dict] | None:
             params["operation"] = _GEMINI_OPERATIONS[m["action"]]
         return "gemini", params
     return None
+
+
+def match_stored_response(path: bytes) -> tuple[str, bool] | None:
+    """(response id, whether it names its input items) for a stored-response path, or
+    None.  Checked after `match_route` (whose POST-only `/v1/responses/input_tokens` it
+    would otherwise shadow)."""
+    m = _RESPONSE.match(path)
+    if m is None:
+        return None
+    return unquote(m["id"].decode("latin-1")), m["items"] is not None
 
 
 # Paths that look like a protocol's even when no route matched (a typo'd

@@ -1,0 +1,214 @@
+"""The responses the gateway kept, given back (ADR 0025): `GET /v1/responses/{id}`,
+`DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`, in OpenAI's shapes
+(openai-python's `Response`, its delete's `{"id", "object": "response", "deleted": true}`,
+`ResponseItemList`), so `client.responses.retrieve`, `.delete` and `.input_items.list` work
+against a pool of any protocol.
+
+What is given back is the turn `busbar.item_store` keeps for `previous_response_id`
+(ADR 0024): its input items, its output items (with the ids and statuses shown) and what the
+answer object showed around them (model, created_at, status, incomplete_details, usage).
+Per caller scope, as the turns are kept: another key's id is the same 404 as an unknown one.
+A turn this replica lacks is looked up in the cluster copy; with Redis on, every lookup reads
+it, so a response deleted through another replica is gone here too.
+
+`response_object` and `input_item_list` are I/O-free; `serve` authenticates, looks up and answers.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+import orjson
+import trio
+
+from busbar.faults import ClientError
+from busbar.item_store import DELETED, Turn, decode_turn, deleted, key_of, turn_key
+from busbar.protocols.base import JSON_CT
+from busbar.protocols.responses import dialect as responses
+from busbar.protocols.routes import match_stored_response
+from busbar.server import HttpRequest
+
+if TYPE_CHECKING:
+    from busbar.gateway import Gateway
+
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+_INPUT_ROLES = frozenset({"user", "system", "developer"})
+
+
+def response_object(response_id: str, turn: Turn) -> dict:
+    """The kept turn as the Response object its answer showed: each output item with its
+    id and status back; what a turn does not keep (instructions, tools, sampling) as
+    OpenAI renders it unset."""
+    shown = turn.shown or {}
+    ids = shown.get("ids") if isinstance(shown.get("ids"), list) else []
+    output = []
+    for i, item in enumerate(turn.output):
+        pair = ids[i] if i < len(ids) and isinstance(ids[i], list) and len(ids[i]) == 2 else (None, None)
+        if isinstance(item, dict):
+            item = {**({"id": pair[0]} if pair[0] else {}), **item}
+            if pair[1]:
+                item["status"] = pair[1]
+        output.append(item)
+    return {"id": response_id, "object": "response", "created_at": shown.get("created_at", 0),
+            "status": shown.get("status", "completed"), "error": None,
+            "incomplete_details": shown.get("incomplete_details"), "instructions": None, "metadata": {},
+            "model": shown.get("model", ""), "output": output, "parallel_tool_calls": True,
+            "previous_response_id": turn.previous, "store": True, "temperature": None, "tool_choice": "auto",
+            "tools": [], "top_p": None, "usage": shown.get("usage")}
+
+
+def input_items(response_id: str, turn: Turn) -> list[dict]:
+    """The turn's own input items as OpenAI lists them: each a typed item with an id (the
+    client's own when it sent one, else one minted from the response id and the item's
+    place, stable across calls so `after` pages), a message's text content as parts."""
+    out, seen = [], set()
+    for k, item in enumerate(turn.input):
+        if not isinstance(item, dict):
+            continue
+        item = dict(item)
+        kind = item.setdefault("type", "message")
+        if kind == "message" and isinstance(item.get("content"), str):
+            role = item.get("role")
+            part = ({"type": "input_text", "text": item["content"]} if role in _INPUT_ROLES else
+                    {"type": "output_text", "text": item["content"], "annotations": []})
+            item["content"] = [part]
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not item_id or item_id in seen:
+            item_id = f"{_ID_PREFIX.get(kind, 'item')}_{response_id}_input_{k}"
+        seen.add(item_id)
+        out.append({"id": item_id, **{key: v for key, v in item.items() if key != "id"}})
+    return out
+
+
+def input_item_list(response_id: str, turn: Turn, query: dict[str, list[str]]) -> dict:
+    """One page of `input_items`: `order` (desc by default, as openai-python documents),
+    `limit` (1..100, 20), `after` (an item id of this list)."""
+    order = _one(query, "order") or "desc"
+    if order not in ("asc", "desc"):
+        raise ClientError(400, f"Invalid 'order': '{order}'. Expected 'asc' or 'desc'.", param="order")
+    raw = _one(query, "limit")
+    try:
+        limit = DEFAULT_LIMIT if raw is None else int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ClientError(400, f"Invalid 'limit': '{raw}'. Expected an integer from 1 to {MAX_LIMIT}.",
+                          param="limit")
+    items = input_items(response_id, turn)
+    if order == "desc":
+        items.reverse()
+    after = _one(query, "after")
+    if after is not None:
+        at = next((i for i, item in enumerate(items) if item["id"] == after), None)
+        if at is None:
+            raise ClientError(400, f"Invalid 'after': no input item '{after}' in response '{response_id}'.",
+                              param="after")
+        items = items[at + 1:]
+    page = items[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+
+
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def scopes(gw: "Gateway", request: HttpRequest) -> tuple[str, ...]:
+    """Whose kept turns the caller may name, as POST keeps them (`Exchange._recall`): its
+    key's id; `-` without client keys, or for the open pools' (`auth: false`) turns,
+    which any caller of those pools may continue too.  A 401 for a wrong key."""
+    tenancy = gw.tenancy
+    if tenancy is None or not tenancy.required:
+        return ("-",)
+    secret = responses.inbound_key(request.headers, request.query)
+    if not secret and gw.open_pools:
+        return ("-",)
+    key = tenancy.authenticate(secret)
+    return (key.id, "-") if gw.open_pools else (key.id,)
+
+
+async def _lookup(gw: "Gateway", scopes: tuple[str, ...], response_id: str) -> tuple[str, Turn] | None:
+    """(scope, turn) of a kept response: this replica's copy, checked against the cluster's
+    (a tombstone there: deleted through another replica)."""
+    store, shared = gw.item_store, gw.shared_items
+    for scope in scopes:
+        key = turn_key(scope, response_id)
+        data = store.get(key)
+        if shared is not None:
+            remote = (await shared.get_many([key])).get(key)
+            if remote is not None and (data is None or deleted(remote)):
+                store.put(key, remote)         # a tombstone too: continuing it here is refused as well
+                data = remote
+        turn = decode_turn(data) if data is not None else None
+        if turn is not None:
+            if turn.dropped:
+                raise ClientError(404, f"Response with id '{response_id}' not found: its turn was {turn.dropped} "
+                                       f"bytes, over the gateway's limit of {store.max_turn_bytes} per "
+                                       "response, and was not kept.", param=None)
+            return scope, turn
+    return None
+
+
+def _not_found(gw: "Gateway", response_id: str) -> ClientError:
+    # OpenAI's 404 for a response it does not hold: invalid_request_error, no param
+    return ClientError(404, f"Response with id '{response_id}' not found. The gateway keeps the responses it "
+                            f"answered for this caller (not those made with `store: false`, nor deleted ones) "
+                            f"for {gw.item_store.ttl_s / 3600:g} h after their conversation was last continued.",
+                       "invalid_request")
+
+
+async def serve(gw: "Gateway", request: HttpRequest, responder) -> bool:
+    """Answer a stored-response request; False when the path is not one."""
+    found = match_stored_response(request.path)
+    if found is None:
+        return False
+    response_id, listing = found
+    try:
+        body = await _answer(gw, request, response_id, listing)
+    except ClientError as err:
+        await responder.send(*responses.render_error(err))
+    else:
+        await responder.send(200, [JSON_CT], orjson.dumps(body))
+    return True
+
+
+async def _answer(gw: "Gateway", request: HttpRequest, response_id: str, listing: bool) -> dict:
+    allowed = (b"GET",) if listing else (b"GET", b"DELETE")
+    if request.method not in allowed:
+        raise ClientError(405, f"Method {request.method.decode('latin-1')} not allowed on this path; use "
+                               f"{' or '.join(m.decode() for m in allowed)}.")
+    query = parse_qs(request.query.decode("latin-1"), keep_blank_values=True)
+    if not listing and request.method == b"GET" and (_one(query, "stream") or "false").lower() != "false":
+        raise ClientError(400, "Streaming a stored response is not supported by this gateway: it keeps the "
+                               "responses it answered, which are complete; retrieve it without `stream`.",
+                          param="stream")
+    found = await _lookup(gw, scopes(gw, request), response_id)
+    if found is None:
+        raise _not_found(gw, response_id)
+    scope, turn = found
+    if listing:
+        return input_item_list(response_id, turn, query)
+    if request.method == b"GET":
+        return response_object(response_id, turn)
+    await _delete(gw, scope, response_id, turn)
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+async def _delete(gw: "Gateway", scope: str, response_id: str, turn: Turn) -> None:
+    """The turn and its output items (an `item_reference` to one no longer resolves), here
+    and in the cluster copy, where the turn leaves a tombstone for the replicas that hold
+    their own copy and look it up."""
+    store = gw.item_store
+    key = turn_key(scope, response_id)
+    ids = (turn.shown or {}).get("ids") or []
+    items = tuple(key_of(scope, pair[0]) for pair in ids
+                  if isinstance(pair, list) and pair and isinstance(pair[0], str) and pair[0])
+    store.delete(key)
+    for item in items:
+        store.delete(item)
+    if gw.shared_items is not None:
+        with trio.CancelScope(shield=True):     # bounded by the backend's timeout
+            await gw.shared_items.drop(key, DELETED, store.ttl_s, items)
