@@ -1,6 +1,7 @@
 """ADR 0013's item-store cost (issue 19): what a Responses client's translated answer pays
 to keep its output items, and a turn carrying `item_reference`s pays to resolve them; ADR
-0024's: keeping a turn and continuing a chain (`previous_response_id`); then
+0024's: keeping a turn and continuing a chain (`previous_response_id`); ADR 0025's: the
+answer's fields a turn keeps for GET, and answering a GET; then
 the cluster copy of both stores (busbar.state.shared) against a redis-server started here.
 Medians of 5 runs x N, µs per call (wall; the Redis rows also CPU).
 
@@ -18,11 +19,12 @@ import orjson
 import trio
 
 from busbar import ir
-from busbar.item_store import ItemStore, decode_turn, key_of, turn_key
+from busbar.item_store import ItemStore, decode_turn, key_of, shown_of, turn_key
 from busbar.protocols.responses import dialect as responses
 from busbar.reasoning_store import ReasoningStore
 from busbar.state.redis import RedisState
 from busbar.state.shared import SharedEntries
+from busbar.stored_responses import response_object
 
 import microbench  # bench/microbench.py: the shared timing loop
 
@@ -93,6 +95,11 @@ def main(n):
     user = [{"role": "user", "content": "a question of about sixty characters, as a chat turn has"}]
     measure("keep_turn of a one-message turn (input 1 item, output 1 item)",
             lambda: store.keep_turn("key", shown["id"], "resp_prev", user, shown["output"]), n)
+    measure("  the same with the answer's fields for GET (shown_of, ADR 0025)",
+            lambda: store.keep_turn("key", shown["id"], "resp_prev", user, shown["output"], shown=shown_of(shown)), n)
+    kept_key = store.keep_turn("key", shown["id"], "resp_prev", user, shown["output"], shown=shown_of(shown))[0]
+    measure("GET /v1/responses/{id}'s work: get, decode, response_object, dumps",
+            lambda: orjson.dumps(response_object(shown["id"], decode_turn(store.get(kept_key)))), n)
 
     def chain(turns: int) -> str:
         previous = None
