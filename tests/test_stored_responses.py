@@ -209,3 +209,27 @@ async def test_a_vendor_minted_response_is_answered_from_its_kept_turn():
     assert got.id == r1.id and got.model == r1.model and got.output_text == r1.output_text
     assert [o.id for o in got.output] == [o.id for o in r1.output]
     assert [i.content[0].text for i in items.data] == ["I like tea."]
+
+
+@pytest.mark.sdk
+@pytest.mark.slow
+async def test_the_openai_js_sdk_retrieves_lists_and_deletes():
+    import json
+    import shutil
+    from pathlib import Path
+
+    import trio
+
+    js = Path(__file__).parent / "js"
+    if shutil.which("node") is None or not (js / "node_modules").is_dir():
+        pytest.skip("node or the JS SDKs (tests/js, npm ci) are not installed")
+    mock = MockVendor()
+    async with gateway_with(config_for("anthropic"), a=mock) as gw:
+        with trio.fail_after(120):
+            done = await trio.run_process(["node", str(js / "stored_responses.mjs"), gw.url, "smart"],
+                                          capture_stdout=True, capture_stderr=True, check=False)
+    row = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert row["ok"], row.get("error") or done.stderr.decode()[-2000:]
+    assert row["same"] and row["text"] == "hello from js"
+    assert row["items"] == ["hello from js"]
+    assert row["after"] == "NotFoundError 404"
