@@ -48,6 +48,12 @@ class App:
         # routing state shared with the other replicas (Redis backend); None: this process only
         self.cluster = build_sync(config.state)
         self.minted.follow(self.cluster)   # minted keys' changes ride the cluster's subscription (Redis store)
+        # deleted responses heard from every replica at once, on the same subscription (ADR 0025)
+        self.deletions = None
+        if self.cluster is not None and self.state.status().get("backend") == "redis":
+            from busbar.state.shared import ResponseDeletions
+            self.deletions = ResponseDeletions(self.items, self.state)
+            self.cluster.follow(self.deletions.channel, self.deletions)
         opts = config.server
         # load shedding: requests served at once, and each pool's share of them
         # (server.* keys take effect at start; a reload keeps these)
@@ -247,6 +253,8 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
                                       "address, or `public` to serve admin on the gateway's port") from None
             nursery.start_soon(app.run_admin)
             nursery.start_soon(app.minted.run)
+            if app.deletions is not None:
+                nursery.start_soon(app.deletions.run)
             app.watcher = BackendWatcher(app)          # its samples feed the admin page's sparklines
             nursery.start_soon(app.watcher.run)
             task_status.started((app.gateway, app.server, addrs, app))

@@ -54,7 +54,7 @@ from busbar import admission, ir, lifecycle, resume, tenancy
 from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
-from busbar.item_store import MAX_CHAIN, decode, decode_turn, key_of, shown_of, turn_key
+from busbar.item_store import MAX_CHAIN, decode, decode_turn, deleted, key_of, shown_of, turn_key
 from busbar.limits import DIRECT_ROUTES
 from busbar.outcome import Answered, Broken, Failed, Inexpressible, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
@@ -328,7 +328,7 @@ class Exchange:
             if data is None and shared is not None:
                 data = (await shared.get_many([key])).get(key)
                 if data is not None:
-                    store.put(key, data)
+                    data = store.take_in(key, data)
             turn = decode_turn(data) if data is not None else None
             if turn is None or turn.dropped or link in seen or len(chain) >= MAX_CHAIN:
                 self.unknown_previous = (previous, link, turn.dropped if turn is not None else 0)
@@ -336,6 +336,12 @@ class Exchange:
             seen.add(link)
             chain.append((key, turn, data))
             link = turn.previous
+        if store.doubtful:       # only after a missed stretch of deletions (busbar.state.shared.ResponseDeletions)
+            gone = await self._recheck([key for key, _, _ in chain])
+            if gone:             # the newest of them, by its id
+                newest = next(key for key, _, _ in chain if key in gone)
+                self.unknown_previous = (previous, newest[len(turn_key(scope, "")):], 0)
+                return
         chain.reverse()
         history: list = []
         for key, turn, _ in chain:
@@ -359,6 +365,8 @@ class Exchange:
         for a member of the client's own protocol (its vendor's id); `_build` refuses
         it to any other."""
         store, scope = self.gw.item_store, self.item_scope
+        if store.doubtful:       # the gone ones now hold the tombstone: the pass below finds them missing
+            await self._recheck([key_of(scope, item_id) for _, item_id in refs])
         found: dict[str, tuple[bytes, bool]] = {}
         missing = []
         for path, item_id in refs:
@@ -371,7 +379,7 @@ class Exchange:
         if missing and self.gw.shared_items is not None:
             got = await self.gw.shared_items.get_many(list(dict.fromkeys(key_of(scope, i) for _, i in missing)))
             for key, data in got.items():
-                store.put(key, data)
+                got[key] = store.take_in(key, data)
             still = []
             for path, item_id in missing:
                 data = got.get(key_of(scope, item_id))
@@ -393,6 +401,24 @@ class Exchange:
             self.obj, self.ir_obj, self.minted_refs = resolved, None, True
         else:        # only the vendor's own: its member still gets the bytes; the others, the items
             self.ir_obj = resolved
+
+    async def _recheck(self, keys: list[str]) -> set[str]:
+        """Of `keys`, the doubtful copies held here (`ItemStore.doubtful`) checked against
+        the cluster copy in one MGET: the ones deleted meanwhile take the tombstone in and
+        are returned; the others are trusted from now on.  Redis away: trusted for this
+        request, still doubtful."""
+        store, shared = self.gw.item_store, self.gw.shared_items
+        doubtful = [key for key in dict.fromkeys(keys) if key in store.doubtful]
+        if not doubtful or shared is None:
+            return set()
+        got = await shared.get_many(doubtful)
+        if shared.down:
+            return set()
+        store.rechecked += len(doubtful)
+        gone = {key for key in doubtful if deleted(got.get(key))}
+        store.forget(gone)
+        store.doubtful.difference_update(doubtful)
+        return gone
 
     def _unknown(self, protocols) -> ClientError:
         """What a member of `protocols` is told about an id only the vendor that minted it knows."""

@@ -141,6 +141,10 @@ class ItemStore:
         self._bytes = 0
         self.kept = self.resolved = 0        # items kept, references resolved (admin, tests)
         self.turns_kept = self.continued = 0  # turns kept, requests continued from one (admin, tests)
+        # keys whose copy here may predate a deletion this replica did not hear (its subscription
+        # to the deletions was away): checked against the cluster copy before they are trusted
+        self.doubtful: set[str] = set()
+        self.rechecked = 0                   # doubtful keys checked against the cluster copy (admin)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -215,6 +219,33 @@ class ItemStore:
             return False
         self._bytes -= len(entry[0])
         return entry[1] > self._now()
+
+    def forget(self, keys: Iterable[str]) -> int:
+        """A deleted response's turn and items: each replaced by the `DELETED` mark (for the
+        TTL), so a continuation here refuses it without asking the cluster, and a copy fetched
+        before the deletion cannot come back (`take_in`).  Returns how many were held."""
+        held = 0
+        for key in keys:
+            data = self.get(key)
+            if data is not None and not deleted(data):
+                held += 1
+            self.put(key, DELETED)
+            self.doubtful.discard(key)
+        return held
+
+    def take_in(self, key: str, data: bytes) -> bytes:
+        """A value fetched from the cluster copy, kept here unless this replica holds the
+        mark of its deletion (heard while the fetch was on its way); returns what is held."""
+        held = self.get(key)
+        if deleted(held):
+            return held
+        self.put(key, data)
+        self.doubtful.discard(key)
+        return data
+
+    def doubt_all(self) -> None:
+        """Every copy held now may have missed a deletion (the subscription was away)."""
+        self.doubtful = set(self._entries)
 
     def touch(self, key: str) -> None:
         """A held entry in use again (a turn of a chain being continued): its TTL starts

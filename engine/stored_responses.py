@@ -27,6 +27,7 @@ from busbar.protocols.base import JSON_CT
 from busbar.protocols.responses import dialect as responses
 from busbar.protocols.routes import match_stored_response
 from busbar.server import HttpRequest
+from busbar.state.shared import deletion_message
 
 if TYPE_CHECKING:
     from busbar.gateway import Gateway
@@ -199,16 +200,14 @@ async def _answer(gw: "Gateway", request: HttpRequest, response_id: str, listing
 
 async def _delete(gw: "Gateway", scope: str, response_id: str, turn: Turn) -> None:
     """The turn and its output items (an `item_reference` to one no longer resolves), here
-    and in the cluster copy, where the turn leaves a tombstone for the replicas that hold
-    their own copy and look it up."""
+    and in the cluster copy, where each leaves a tombstone and one script publishes the
+    deletion, so every replica drops its own copies at once (`ResponseDeletions`)."""
     store = gw.item_store
-    key = turn_key(scope, response_id)
     ids = (turn.shown or {}).get("ids") or []
-    items = tuple(key_of(scope, pair[0]) for pair in ids
-                  if isinstance(pair, list) and pair and isinstance(pair[0], str) and pair[0])
-    store.delete(key)
-    for item in items:
-        store.delete(item)
+    item_ids = tuple(pair[0] for pair in ids if isinstance(pair, list) and pair and isinstance(pair[0], str)
+                     and pair[0])
+    keys = (turn_key(scope, response_id),) + tuple(key_of(scope, i) for i in item_ids)
+    store.forget(keys)
     if gw.shared_items is not None:
         with trio.CancelScope(shield=True):     # bounded by the backend's timeout
-            await gw.shared_items.drop(key, DELETED, store.ttl_s, items)
+            await gw.shared_items.drop(keys, DELETED, store.ttl_s, deletion_message(scope, response_id, item_ids))

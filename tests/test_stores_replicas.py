@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from busbar.mock import MockVendor
-from cluster_support import Replica, start_all
+from cluster_support import Replica, eventually, start_all
 from harness import sdk
 from redis_support import needs_redis, redis_server  # noqa: F401  (fixture)
 from test_thinking_multiturn import CHAT_TOOL
@@ -180,3 +180,104 @@ async def test_a_response_kept_on_one_replica_is_retrieved_and_deleted_on_the_ot
     assert continued.value.body["code"] == "previous_response_not_found"
     assert referenced.value.body["param"] == "input[0].id"
     assert len(vendor.received) == 1
+
+
+async def deletions(replica: Replica) -> dict:
+    return (await replica.state())["response_deletions"]
+
+
+async def chained_on_a(a: Replica):
+    """Two turns answered on A (A holds both turns and their items in its own store)."""
+    r1 = await sdk(lambda: responses(a).responses.create(model="smart", input="One."))
+    r2 = await sdk(lambda: responses(a).responses.create(model="smart", input="Two.", previous_response_id=r1.id))
+    return r1, r2
+
+
+async def refused_on(replica: Replica, r2, r1) -> tuple[dict, dict]:
+    """The deleted r2 continued and its item referenced on `replica`: both 400s (bodies);
+    r1, not deleted, still continued there."""
+    with pytest.raises(openai.BadRequestError) as continued:
+        await sdk(lambda: responses(replica).responses.create(model="smart", input="Three.",
+                                                              previous_response_id=r2.id))
+    with pytest.raises(openai.BadRequestError) as referenced:
+        await sdk(lambda: responses(replica).responses.create(model="smart", input=[
+            {"type": "item_reference", "id": r2.output[0].id}, {"role": "user", "content": "again"}]))
+    kept = await sdk(lambda: responses(replica).responses.create(model="smart", input="Again.",
+                                                                 previous_response_id=r1.id))
+    assert kept.output_text == "Again."
+    return continued.value.body, referenced.value.body
+
+
+async def test_a_delete_on_one_replica_reaches_the_others_copy_at_once(tmp_path, redis_server):
+    """ADR 0025: A holds its own copy of a chained turn; B deletes it; A (no GET of it) refuses
+    to continue it and to resolve its item, from its own store: the published deletion put the
+    tombstone there, so A does not even ask Redis for the turn."""
+    async with setup(tmp_path, redis_server.url) as (vendor, (a, b)):     # the vendor echoes
+        r1, r2 = await chained_on_a(a)
+        assert await sdk(lambda: responses(b).responses.delete(r2.id)) is None
+        heard = await eventually(lambda: _applied(a), "A hears the deletion")
+        assert heard["copies_dropped"] == 2 and heard["ignored"] == 0     # the turn and its one item
+        mgets = redis_calls(redis_server.port, "mget")
+        with pytest.raises(openai.BadRequestError) as continued:
+            await sdk(lambda: responses(a).responses.create(model="smart", input="Three.",
+                                                            previous_response_id=r2.id))
+        assert redis_calls(redis_server.port, "mget") == mgets              # refused from A's own store
+        continued, referenced = await refused_on(a, r2, r1)
+        calls = len(vendor.received)
+    assert continued["code"] == "previous_response_not_found" and continued["param"] == "previous_response_id"
+    assert referenced["param"] == "input[0].id"
+    assert calls == 3                                                        # r1, r2, and r1 continued again
+
+
+async def _applied(replica: Replica) -> dict | None:
+    state = await deletions(replica)
+    return state if state["applied"] >= 1 else None
+
+
+async def test_a_delete_missed_while_unsubscribed_is_still_refused_after_it_returns(tmp_path, redis_server):
+    """A's subscription is away (its connection killed, SUBSCRIBE refused by an ACL) while B
+    deletes: A cannot hear it.  Once A subscribes again, the deletions counter has moved, so its
+    own copies are doubtful and checked against Redis (one MGET) before they are trusted."""
+    async with setup(tmp_path, redis_server.url) as (vendor, (a, b)):
+        r1, r2 = await chained_on_a(a)
+        await redis_call(redis_server.url, "ACL", "SETUSER", "default", "-subscribe")
+        await redis_call(redis_server.url, "CLIENT", "KILL", "TYPE", "pubsub")
+        await eventually(lambda: _unsubscribed(a), "A's subscription is lost")
+        assert await sdk(lambda: responses(b).responses.delete(r2.id)) is None
+        await redis_call(redis_server.url, "ACL", "SETUSER", "default", "+subscribe")
+        back = await eventually(lambda: _counter_read(a, 1), "A subscribes again and reads the counter")
+        assert back["applied"] == 0 and back["doubtful"] == 4                # missed: 2 turns, 2 items doubted
+        continued, referenced = await refused_on(a, r2, r1)
+        after = await deletions(a)
+    assert continued["code"] == "previous_response_not_found"
+    assert referenced["param"] == "input[0].id"
+    assert after["rechecked"] == 3        # r2 and r1 in one MGET (r2 refused, r1 trusted again), r2's item
+
+
+async def _unsubscribed(replica: Replica) -> bool:
+    return not (await deletions(replica))["subscribed"]
+
+
+async def _counter_read(replica: Replica, counter: int) -> dict | None:
+    """Subscribed again (the second time) and the deletions counter read after it."""
+    state = await deletions(replica)
+    return state if state["subscribed"] and state["counter_reads"] >= 2 and state["counter"] == counter else None
+
+
+async def test_a_resubscribe_with_no_deletion_missed_trusts_the_copies_again(tmp_path, redis_server):
+    """The counter unmoved while A was away: nothing to doubt, so A's continuation asks Redis
+    for nothing (the POST path gains no round trip after a reconnect either)."""
+    async with setup(tmp_path, redis_server.url) as (vendor, (a, b)):
+        r0 = await sdk(lambda: responses(a).responses.create(model="smart", input="Zero."))
+        assert await sdk(lambda: responses(b).responses.delete(r0.id)) is None    # the counter at 1, heard by A
+        await eventually(lambda: _applied(a), "A hears the deletion")
+        r1, r2 = await chained_on_a(a)
+        await redis_call(redis_server.url, "CLIENT", "KILL", "TYPE", "pubsub")
+        state = await eventually(lambda: _counter_read(a, 1), "A reads the counter")
+        assert state["doubtful"] == 0
+        mgets = redis_calls(redis_server.port, "mget")
+        r3 = await sdk(lambda: responses(a).responses.create(model="smart", input="Three.",
+                                                             previous_response_id=r2.id))
+        assert redis_calls(redis_server.port, "mget") == mgets
+        assert r3.output_text == "Three."
+        assert (await deletions(a))["rechecked"] == 0

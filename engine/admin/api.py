@@ -251,6 +251,7 @@ def state(admin) -> dict:
         "state": app.state.status() if hasattr(app, "state") else {"backend": "memory", "degraded": False},
         "cluster": app.cluster.status() if getattr(app, "cluster", None) is not None else None,
         "minted_keys": app.minted.status() if getattr(app, "minted", None) is not None else None,
+        "response_deletions": app.deletions.status() if getattr(app, "deletions", None) is not None else None,
         "config": getattr(gw.config, "source", ""),
         "graphviz": diagram.have_graphviz(),
         "pools": snap["pools"],
