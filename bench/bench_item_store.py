@@ -19,11 +19,11 @@ import orjson
 import trio
 
 from busbar import ir
-from busbar.item_store import ItemStore, decode_turn, key_of, shown_of, turn_key
+from busbar.item_store import MAX_ENTRIES, DELETED, ItemStore, decode_turn, key_of, shown_of, turn_key
 from busbar.protocols.responses import dialect as responses
 from busbar.reasoning_store import ReasoningStore
 from busbar.state.redis import RedisState
-from busbar.state.shared import SharedEntries
+from busbar.state.shared import ResponseDeletions, SharedEntries, deletion_message, read_deletion
 from busbar.stored_responses import response_object
 
 import microbench  # bench/microbench.py: the shared timing loop
@@ -125,9 +125,25 @@ def main(n):
         last = chain(turns)
         measure(f"continue a {turns}-turn chain held here (get, decode, touch, join)", lambda: walk(last),
                 max(1, n // turns))
+
     last = chain(10)
     measure("  for scale: parse_request of that 10-turn continuation", lambda: responses.parse_request(walk(last)),
             max(1, n // 10))
+
+    # ADR 0025, deletions heard from every replica: what the POST path gains is Exchange._continue's and
+    # _resolve_references' `if store.doubtful:` (an empty set: nothing missed), measured in place
+    measure("a continuation's missed-deletions check (`doubtful` empty: all the POST path gains)",
+            lambda: bool(store.doubtful), n)
+    deletions = ResponseDeletions(store, RedisState("redis://127.0.0.1:1/0", "bench"))
+    message = b"7\n" + deletion_message("key", "resp_deleted", ["msg_deleted"])
+    store.keep_turn("key", "resp_deleted", None, user, shown["output"])
+    measure("a published deletion heard (read, a turn and an item tombstoned)", lambda: deletions.on_message(message),
+            n)
+    measure("  of which read_deletion", lambda: read_deletion(message), n)
+    full = ItemStore()
+    for i in range(MAX_ENTRIES):
+        full.put(f"key/response/resp_{i}", b"r{}")
+    measure(f"a resubscribe's doubt_all of a full store ({MAX_ENTRIES} entries)", full.doubt_all, max(1, n // 2000))
 
     reasoning = ReasoningStore()
     keys = reasoning.keep(three.content)
@@ -154,6 +170,9 @@ async def redis_rows(port: int, n: int) -> None:
     touched = tuple(turn_key("key", f"resp_{i}") for i in range(10))
     await ameasure("cluster: put 3 items + the turn, renewing 10 chain turns (one script)",
                    lambda: shared.put_many(kept + [turn], 3600, touched), n)
+    dropped = (turn[0],) + tuple(names)
+    await ameasure("cluster: a DELETE's drop (tombstone a turn and 3 items, count, publish: one script)",
+                   lambda: shared.drop(dropped, DELETED, 3600, deletion_message("key", "resp_bench", names)), n)
     await state.aclose()
 
 
