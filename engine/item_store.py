@@ -26,8 +26,9 @@ and only a turn that fails over to a member of another protocol is given the ite
 A turn also keeps what the answer object showed around its items (`shown`: model,
 created_at, status, incomplete_details, usage, and each output item's id and status), so
 `GET /v1/responses/{id}` can give the object back (`busbar.stored_responses`, ADR 0025);
-`DELETE` removes the turn and its items, and leaves a `DELETED` mark in the cluster copy so
-a replica that fetches it learns it is gone.
+`DELETE` replaces the turn and its items by a `DELETED` mark, here and in the cluster copy,
+and every replica hears of it (`busbar.state.shared.ResponseDeletions`: `forget`, and the
+copies held through a reconnect that may have missed one are `doubtful` until checked).
 
 Keys are scoped by the caller (its gateway key id, `-` without keys), so one key cannot
 read another's items by id.  Values are the JSON bytes behind a mark (`VENDOR`, `TURN`):
