@@ -142,6 +142,9 @@ async def test_a_key_whose_message_has_not_arrived_is_refused_without_asking_red
     async with gateway_with(config, a=MockVendor(reply="hi")) as gw:
         minted = gw.app.minted
         assert minted.followed
+        with trio.fail_after(30):     # the reload the start-up subscription asks for is done (it would take the record in)
+            while minted.reloads_total < 2:
+                await trio.sleep(0.01)
         # a record written the way another replica writes it, published on a channel nobody hears
         secret = "bb-written-elsewhere-0123456789"
         record = {"id": "elsewhere", "key_sha256": hash_secret(secret), "created": 1.0, "revoked": None}
