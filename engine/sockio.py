@@ -9,10 +9,12 @@ is most of what trio costs per request (docs/adr/0014-performance-at-c1.md).
 These helpers try the non-blocking call first and only enter trio (wait for
 readiness, which is a real checkpoint) when it would block.
 
-Fairness: they are used where the caller blocks soon anyway (a response
-write, then waiting for the next request; a request write, then waiting for
-the answer's head).  Long relays keep trio's own methods, so a fast stream
-still yields on every chunk.  Plain TCP only; TLS streams take trio's path.
+Fairness: `send_all` and `receive_some` are used where the caller blocks
+soon anyway (a response write, then waiting for the next request; a request
+write, then waiting for the answer's head).  A long relay reads with
+`receive_some_yielding`, which yields after a read that did not wait, as
+trio's own does, so a fast stream still yields on every read.  Plain TCP
+only; TLS streams take trio's path.
 """
 from __future__ import annotations
 
@@ -62,3 +64,29 @@ async def receive_some(stream: trio.abc.Stream, max_bytes: int) -> bytes:
                 raise trio.ClosedResourceError("socket was already closed") from exc
             raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
         await trio.lowlevel.wait_readable(sock)
+
+
+async def receive_some_yielding(stream: trio.abc.Stream, max_bytes: int) -> bytes:
+    """`stream.receive_some(max_bytes)` for a long relay (a stream's body),
+    with trio's semantics: a cancelled caller is cancelled before anything is
+    read (bytes read and then dropped by a cancellation would be lost), and a
+    read that did not wait yields after it, so a relay whose upstream always
+    has bytes waiting does not starve the other tasks; a read that had to
+    wait was its checkpoint already.  Without trio's wrappers around the call
+    (an error-translating context manager, an async "try sync" one and a
+    helper frame per read: ADR 0014, session 9)."""
+    sock = _raw(stream)
+    if sock is None:
+        return await stream.receive_some(max_bytes)
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        data = sock.recv(max_bytes)
+    except BlockingIOError:
+        await trio.lowlevel.wait_readable(sock)
+        return await receive_some(stream, max_bytes)
+    except OSError as exc:
+        if sock.fileno() == -1:
+            raise trio.ClosedResourceError("socket was already closed") from exc
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return data

@@ -194,7 +194,7 @@ class UpstreamResponse:
                     yield pieces
             while not body.done:
                 try:
-                    data = await self._conn.stream.receive_some(READ_SIZE)
+                    data = await sockio.receive_some_yielding(self._conn.stream, READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     raise UpstreamError(f"upstream connection lost: {exc}", before_response=False) from None
                 if not data:

@@ -112,3 +112,67 @@ async def test_a_streamed_response_with_held_content_is_valid_chunked_http():
         assert body == b"data: first\n\ndata: second\n\n"
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_relay_read_of_waiting_bytes_yields_and_meets_its_cancellation():
+    """receive_some_yielding, a stream relay's read: bytes already waiting are
+    returned after a scheduler round (a relay whose upstream is always ahead
+    must not starve the other tasks), and a cancelled scope is met at that
+    read even though the read never had to wait."""
+    a, b = await _pair()
+    others = 0
+    seen = []
+
+    async def other():
+        nonlocal others
+        while True:
+            others += 1
+            await trio.sleep(0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        for _ in range(20):                      # each read finds its bytes waiting
+            await a.send_all(b"ping")
+            await trio.sleep(0.002)
+            before = others
+            assert await sockio.receive_some_yielding(b, 100) == b"ping"
+            seen.append(others - before)
+        nursery.cancel_scope.cancel()
+    # the other task ran during the reads; with receive_some (no round) it never would
+    assert sum(seen) >= 5, seen
+    await a.send_all(b"more")
+    await trio.sleep(0.05)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await sockio.receive_some_yielding(b, 100)
+    assert scope.cancelled_caught
+    with trio.fail_after(5):
+        assert await sockio.receive_some_yielding(b, 100) == b"more"    # a cancelled read took nothing
+
+
+async def test_a_relay_read_waits_for_bytes_and_ends_at_eof_or_a_close():
+    a, b = await _pair()
+    got = []
+    async with trio.open_nursery() as nursery:
+        async def read():
+            got.append(await sockio.receive_some_yielding(b, 100))
+        nursery.start_soon(read)
+        await trio.sleep(0.05)
+        assert got == []                         # nothing waiting: it waits
+        await a.send_all(b"late")
+    assert got == [b"late"]
+    await a.aclose()
+    assert await sockio.receive_some_yielding(b, 100) == b""     # EOF
+    async with trio.open_nursery() as nursery:   # a close while a read waits (the read bound's sweeper)
+        c, d = await _pair()
+        failed = []
+
+        async def wait_read():
+            with pytest.raises(trio.ClosedResourceError):
+                await sockio.receive_some_yielding(d, 100)
+            failed.append(True)
+        nursery.start_soon(wait_read)
+        await trio.sleep(0.05)
+        d.socket.close()
+    assert failed == [True]
+    await c.aclose()
+    await b.aclose()
