@@ -10,8 +10,9 @@ the noise of a shared machine hits all of them alike (issue 20, ADR 0014).
 Reported: RPS at each concurrency, added p50/p99 at c=1 (gateway minus
 direct, per run), gateway CPU µs per request (from /proc), streamed added
 time to first content and inter-chunk gaps, and added time to first content
-on a kept-alive connection (bench/ttfb_probe.py: streamed and buffered, like
-for like), medians with spread (max - min).
+on a kept-alive connection and a new one (bench/ttfb_probe.py: streamed and
+buffered, like for like, back to back and after a 10 ms idle), medians with
+spread (max - min).
 """
 from __future__ import annotations
 
@@ -147,31 +148,40 @@ def measure_streams(variants: dict, upstream_port: int, runs: int, n: int) -> di
     return out
 
 
+TTFB_GAPS_MS = (0, 10)      # back to back, and after an idle longer than the upstream's 5 ms chunk pace
+
+
 def ttfb_probe(port: int, n: int) -> dict:
-    out = subprocess.run([PY, str(ROOT / "bench" / "ttfb_probe.py"), str(port), str(n)],
+    out = subprocess.run([PY, str(ROOT / "bench" / "ttfb_probe.py"), str(port), str(n),
+                          "--gap-ms", ",".join(str(g) for g in TTFB_GAPS_MS)],
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    return json.loads(out)["gap_ms"]
 
 
 def measure_ttfb(variants: dict, upstream_port: int, runs: int, n: int) -> dict:
-    """Added time to first content over a kept-alive connection, streamed
-    and buffered, from bench/ttfb_probe.py (a blocking client; like for like,
-    which the new-connection stream probe above is not): per round, the
-    gateway's median minus direct's, then the median and spread of rounds."""
+    """Added time to first content, streamed and buffered, from
+    bench/ttfb_probe.py (a blocking client; like for like, which the
+    new-connection stream probe above is not), after each idle gap in
+    `TTFB_GAPS_MS`: per round, the gateway's median minus direct's, then the
+    median and spread of rounds."""
     direct, per = [], {label: [] for label in variants}
     for _ in range(runs):
         direct.append(ttfb_probe(upstream_port, n))
         for label, (url, _pid) in variants.items():
             per[label].append(ttfb_probe(int(url.rsplit(":", 1)[1].split("/")[0]), n))
-    out = {"direct": {kind: {"keepalive_ms": med([d[kind]["keepalive_ms"] for d in direct])}
-                      for kind in ("stream", "buffered")}}
-    for label, rows in per.items():
-        out[label] = {kind: {"keepalive_ms": med([r[kind]["keepalive_ms"] for r in rows]),
-                             "added_keepalive_ms": med([r[kind]["keepalive_ms"] - d[kind]["keepalive_ms"]
-                                                        for r, d in zip(rows, direct)]),
-                             "added_new_connection_ms": med([r[kind]["new_connection_ms"] - d[kind]["new_connection_ms"]
-                                                             for r, d in zip(rows, direct)])}
-                      for kind in ("stream", "buffered")}
+    out: dict = {}
+    for gap in direct[0]:
+        row = {"direct": {kind: {"keepalive_ms": med([d[gap][kind]["keepalive_ms"] for d in direct])}
+                          for kind in ("stream", "buffered")}}
+        for label, rows in per.items():
+            row[label] = {kind: {"keepalive_ms": med([r[gap][kind]["keepalive_ms"] for r in rows]),
+                                 "added_keepalive_ms": med([r[gap][kind]["keepalive_ms"] - d[gap][kind]["keepalive_ms"]
+                                                            for r, d in zip(rows, direct)]),
+                                 "added_new_connection_ms": med([r[gap][kind]["new_connection_ms"]
+                                                                 - d[gap][kind]["new_connection_ms"]
+                                                                 for r, d in zip(rows, direct)])}
+                          for kind in ("stream", "buffered")}
+        out[f"gap_{gap}ms"] = row
     return out
 
 
@@ -237,15 +247,15 @@ def report(r: dict) -> None:
         g = s[label]
         print(f"   stream {label}: added TTFB {fmt(g['added_ttfb_ms'])} ms, gaps p50/p99 "
               f"{g['gap_p50_ms']:.3f}/{g['gap_p99_ms']:.3f} ms (added p99 {g['added_gap_p99_ms']:.3f} ms)")
-    t = r["ttfb_keepalive"]
-    print(f"   TTFB on a kept-alive connection (ttfb_probe): direct stream {t['direct']['stream']['keepalive_ms'][0]:.3f} ms, "
-          f"buffered {t['direct']['buffered']['keepalive_ms'][0]:.3f} ms")
-    for label in labels:
-        g = t[label]
-        print(f"   TTFB {label}: added stream {fmt(g['stream']['added_keepalive_ms'])} ms "
-              f"(new connection {fmt(g['stream']['added_new_connection_ms'])}), "
-              f"added buffered {fmt(g['buffered']['added_keepalive_ms'])} ms "
-              f"(new connection {fmt(g['buffered']['added_new_connection_ms'])})")
+    for gap, t in r["ttfb_keepalive"].items():
+        print(f"   TTFB, a blocking client, {gap.replace('_', ' ')} idle before each request (ttfb_probe): direct "
+              f"stream {t['direct']['stream']['keepalive_ms'][0]:.3f} ms, buffered {t['direct']['buffered']['keepalive_ms'][0]:.3f} ms")
+        for label in labels:
+            g = t[label]
+            print(f"     {label}: added stream {fmt(g['stream']['added_keepalive_ms'])} ms "
+                  f"(new connection {fmt(g['stream']['added_new_connection_ms'])}), "
+                  f"added buffered {fmt(g['buffered']['added_keepalive_ms'])} ms "
+                  f"(new connection {fmt(g['buffered']['added_new_connection_ms'])})")
     for label, sc in r.get("syscalls_c1", {}).items():
         print(f"   syscalls per request at c=1, {label}: {sc['total']} — {sc['per_request']}")
 
