@@ -79,14 +79,18 @@ async def receive_some_yielding(stream: trio.abc.Stream, max_bytes: int) -> byte
     if sock is None:
         return await stream.receive_some(max_bytes)
     await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        data = sock.recv(max_bytes)
-    except BlockingIOError:
-        await trio.lowlevel.wait_readable(sock)
-        return await receive_some(stream, max_bytes)
-    except OSError as exc:
-        if sock.fileno() == -1:
-            raise trio.ClosedResourceError("socket was already closed") from exc
-        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-    await trio.lowlevel.cancel_shielded_checkpoint()
+    waited = False
+    while True:
+        try:
+            data = sock.recv(max_bytes)
+            break
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+        except OSError as exc:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("socket was already closed") from exc
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+    if not waited:
+        await trio.lowlevel.cancel_shielded_checkpoint()
     return data
