@@ -36,16 +36,18 @@ what the bounds count and what the cluster backend shares (`busbar.state.shared.
 
 Bounded: `max_entries` (oldest first out), `max_bytes` in all, `max_item_bytes` per item
 and `max_turn_bytes` per turn (larger ones are not kept: a turn leaves a small marker
-saying so) and a TTL, renewed for the turns of a chain each time it is continued.
+saying so) and a TTL, renewed for the turns of a chain each time it is continued
+(`busbar.lru`: only a put or that renewal is a use; reading an entry is not).
 I/O-free, clock injected.
 """
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Callable, Iterable, NamedTuple
 
 import orjson
+
+from busbar.lru import BoundedTTLMap
 
 MAX_ENTRIES = 50_000
 MAX_BYTES = 64 * 1024 * 1024
@@ -134,12 +136,11 @@ class ItemStore:
     def __init__(self, *, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
                  max_item_bytes: int = MAX_ITEM_BYTES, max_turn_bytes: int = MAX_TURN_BYTES,
                  ttl_s: float = TTL_S, now: Callable[[], float] = time.monotonic):
-        self.max_entries, self.max_bytes, self.max_item_bytes, self.ttl_s = (max_entries, max_bytes,
-                                                                             max_item_bytes, ttl_s)
-        self.max_turn_bytes = max_turn_bytes
-        self._now = now
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._bytes = 0
+        self.max_item_bytes, self.max_turn_bytes = max_item_bytes, max_turn_bytes
+        self._lru = BoundedTTLMap(max_entries=max_entries, max_bytes=max_bytes, ttl=ttl_s, now=now)
+        # get(key) -> bytes | None and touch(key) (a turn of a chain being continued: its TTL starts
+        # over and it is the last to be evicted) are the map's own, bound here: no extra call per request
+        self.get, self.touch = self._lru.get, self._lru.touch
         self.kept = self.resolved = 0        # items kept, references resolved (admin, tests)
         self.turns_kept = self.continued = 0  # turns kept, requests continued from one (admin, tests)
         # keys whose copy here may predate a deletion this replica did not hear (its subscription
@@ -148,12 +149,24 @@ class ItemStore:
         self.rechecked = 0                   # doubtful keys checked against the cluster copy (admin)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru)
 
     @property
     def size(self) -> int:
         """Bytes held (the items' JSON)."""
-        return self._bytes
+        return self._lru.bytes
+
+    @property
+    def max_entries(self) -> int:
+        return self._lru.max_entries
+
+    @property
+    def max_bytes(self) -> int:
+        return self._lru.max_bytes
+
+    @property
+    def ttl_s(self) -> float:
+        return self._lru.ttl
 
     def keep(self, scope: str, items: Iterable[dict], vendor: bool = False) -> list[tuple[str, bytes]]:
         """Keep each output item that has an `id` under (scope, id) (`vendor`: ids the
@@ -194,32 +207,11 @@ class ItemStore:
 
     def put(self, key: str, data: bytes, ttl_s: float | None = None) -> None:
         """One entry as stored (also what a cluster fetch brings in)."""
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= len(old[0])
-        self._entries[key] = (data, self._now() + (self.ttl_s if ttl_s is None else ttl_s))
-        self._bytes += len(data)
-        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            _, (gone, _) = self._entries.popitem(last=False)
-            self._bytes -= len(gone)
-
-    def get(self, key: str) -> bytes | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= self._now():
-            del self._entries[key]
-            self._bytes -= len(entry[0])
-            return None
-        return entry[0]
+        self._lru.put(key, data, len(data), ttl_s)
 
     def delete(self, key: str) -> bool:
         """Forget one entry; whether it was held (and not expired)."""
-        entry = self._entries.pop(key, None)
-        if entry is None:
-            return False
-        self._bytes -= len(entry[0])
-        return entry[1] > self._now()
+        return self._lru.pop(key) is not None
 
     def forget(self, keys: Iterable[str]) -> int:
         """A deleted response's turn and items: each replaced by the `DELETED` mark (for the
@@ -246,12 +238,4 @@ class ItemStore:
 
     def doubt_all(self) -> None:
         """Every copy held now may have missed a deletion (the subscription was away)."""
-        self.doubtful = set(self._entries)
-
-    def touch(self, key: str) -> None:
-        """A held entry in use again (a turn of a chain being continued): its TTL starts
-        over and it is the last to be evicted."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries[key] = (entry[0], self._now() + self.ttl_s)
-            self._entries.move_to_end(key)
+        self.doubtful = set(self._lru.keys())

@@ -9,11 +9,11 @@ by the tool-call ids it showed the client; when the client sends its history bac
 assistant turn holding one of those ids gets them back (before its tool calls, replacing
 an unsigned `reasoning_content` replay) before it is rendered for the member.
 
-Bounded: `max_entries` (oldest first out), `max_entry_chars` per answer (larger ones are
-not kept), a TTL.  I/O-free, clock injected.  Per process; with Redis configured the
-exchange also writes each kept entry to the cluster (`encoded`) and, on a tool-result
-turn whose calls this replica does not hold (`missing`), fetches them (`put_encoded`)
-before `restore` (busbar.state.shared, ADR 0013).
+Bounded: `max_entries` (oldest kept first out: `busbar.lru`, where a read is not a use),
+`max_entry_chars` per answer (larger ones are not kept), a TTL.  I/O-free, clock injected.
+Per process; with Redis configured the exchange also writes each kept entry to the cluster
+(`encoded`) and, on a tool-result turn whose calls this replica does not hold (`missing`),
+fetches them (`put_encoded`) before `restore` (busbar.state.shared, ADR 0013).
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import dataclasses
 import time
 
 import orjson
-from collections import OrderedDict
 from typing import Callable, Iterable
 
 from busbar import ir
+from busbar.lru import BoundedTTLMap
 
 MAX_ENTRIES = 10_000
 TTL_S = 3600.0
@@ -41,19 +41,25 @@ def _signed(part) -> bool:
 class _Entry:
     reasoning: tuple            # the answer's signed reasoning parts, in order
     extras: dict                # tool-call id -> that call's vendor extras
-    expires: float
 
 
 class ReasoningStore:
     def __init__(self, *, max_entries: int = MAX_ENTRIES, ttl_s: float = TTL_S,
                  max_entry_chars: int = MAX_ENTRY_CHARS, now: Callable[[], float] = time.monotonic):
-        self.max_entries, self.ttl_s, self.max_entry_chars = max_entries, ttl_s, max_entry_chars
-        self._now = now
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.max_entry_chars = max_entry_chars
+        self._lru = BoundedTTLMap(max_entries=max_entries, ttl=ttl_s, now=now)   # no byte bound: the chars one
         self.kept = self.restored = 0        # answers kept, turns restored (admin, tests)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru)
+
+    @property
+    def max_entries(self) -> int:
+        return self._lru.max_entries
+
+    @property
+    def ttl_s(self) -> float:
+        return self._lru.ttl
 
     def keep(self, parts: Iterable, shown_id: Callable[[str], str] = lambda i: i) -> list[str]:
         """An answer's content as the member sent it: keep its signed reasoning and
@@ -71,26 +77,20 @@ class ReasoningStore:
                    for p in reasoning)
         if size > self.max_entry_chars:
             return []
-        entry = _Entry(reasoning, extras, self._now() + self.ttl_s)
+        entry = _Entry(reasoning, extras)
         keys = []
         for call in calls:
             for key in (call.id, shown_id(call.id)):
                 if key not in keys:
                     keys.append(key)
-                    self._put(key, entry)
+                    self._lru.put(key, entry)
         self.kept += 1
         return keys
-
-    def _put(self, key: str, entry: "_Entry") -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
 
     # ---- the cluster's copy (busbar.state.shared) -------------------------
     def encoded(self, key: str) -> bytes | None:
         """The entry under `key` as the cluster stores it (JSON)."""
-        entry = self._entries.get(key)
+        entry = self._lru.peek(key)         # expired or not: asked for right after `keep`
         if entry is None:
             return None
         return orjson.dumps({"r": [_part_out(p) for p in entry.reasoning], "x": entry.extras})
@@ -99,34 +99,30 @@ class ReasoningStore:
         """An entry another replica kept (`encoded`), held here from now on."""
         try:
             obj = orjson.loads(data)
-            entry = _Entry(tuple(_part_in(p) for p in obj["r"]), obj["x"], self._now() + self.ttl_s)
+            entry = _Entry(tuple(_part_in(p) for p in obj["r"]), obj["x"])
         except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
             return False      # not ours (another version's format): as if absent
-        self._put(key, entry)
+        self._lru.put(key, entry)
         return True
 
     def missing(self, request: ir.Request) -> list[str]:
         """The tool-call ids of the request's assistant turns that this store does
         not hold: what to ask the cluster for (only tool-result turns have any)."""
-        now = self._now()
-        out = []
+        live, out = self._lru.live, []
         for message in request.messages:
             if message.role != ir.ASSISTANT:
                 continue
             for part in message.content:
-                if type(part) is ir.ToolCall:
-                    entry = self._entries.get(part.id)
-                    if entry is None or entry.expires <= now:
-                        out.append(part.id)
+                if type(part) is ir.ToolCall and not live(part.id):
+                    out.append(part.id)
         return out
 
     def restore(self, request: ir.Request) -> ir.Request:
         """`request` with each assistant turn whose tool calls the store knows given back
         its signed reasoning and tool-call extras (the same request when none)."""
-        now = self._now()
         messages, changed = [], False
         for message in request.messages:
-            entry = self._entry_for(message, now) if message.role == ir.ASSISTANT else None
+            entry = self._entry_for(message) if message.role == ir.ASSISTANT else None
             if entry is None:
                 messages.append(message)
                 continue
@@ -140,14 +136,12 @@ class ReasoningStore:
             self.restored += 1
         return dataclasses.replace(request, messages=messages) if changed else request
 
-    def _entry_for(self, message: ir.Message, now: float) -> _Entry | None:
+    def _entry_for(self, message: ir.Message) -> _Entry | None:
         for part in message.content:
             if type(part) is ir.ToolCall:
-                entry = self._entries.get(part.id)
+                entry = self._lru.get(part.id)
                 if entry is not None:
-                    if entry.expires > now:
-                        return entry
-                    del self._entries[part.id]
+                    return entry
         return None
 
 

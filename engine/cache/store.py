@@ -1,8 +1,8 @@
 """Where cached answers live: this process (the default) or Redis.
 
-`MemoryStore` is an LRU with a TTL per entry and an injected clock, no I/O:
-the entry objects themselves are kept (a hit decodes nothing).  `RedisStore`
-keeps the encoded entry under the state backend's prefix with Redis' own
+`MemoryStore` is an LRU with a TTL per entry and an injected clock, no I/O
+(`busbar.lru`): the entry objects themselves are kept (a hit decodes nothing).
+`RedisStore` keeps the encoded entry under the state backend's prefix with Redis' own
 expiry, and an LRU index per pool (a sorted set scored by last use) that
 trims the pool to `max_entries` and, with `max_bytes`, to that many bytes of
 encoded entries (a hash of each entry's size and a running total); each get
@@ -12,36 +12,40 @@ is a miss and a store is skipped: the cache never fails a request.
 """
 from __future__ import annotations
 
+import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from busbar.cache.entry import Entry, decode, encode
+from busbar.lru import BoundedTTLMap
 from busbar.state.redis import RedisUnavailable
 from busbar.state.resp import RespError
 
 
 class MemoryStore:
-    """LRU + TTL over an OrderedDict (oldest use first).  `now`: seconds."""
+    """LRU + TTL (`busbar.lru`: a hit is a use; the pool's bounds come with each put).
+    `now`: seconds."""
 
     def __init__(self, now: Callable[[], float] = time.monotonic):
-        self._now = now
-        self._entries: OrderedDict[str, tuple[float, int, Entry]] = OrderedDict()   # key -> (expires, bytes, entry)
-        self.bytes = 0
-        self.dropped: Callable[[str], None] | None = None   # told of every key that leaves (the semantic index)
+        self._lru = BoundedTTLMap(max_entries=0, ttl=0.0, now=now, get_renews_order=True)
+        self._entries = self._lru.entries        # key -> (expires, bytes, entry), oldest use first (read only)
+        self.get_now = self._lru.get              # key -> Entry | None; bound here: no extra call per lookup
+
+    @property
+    def dropped(self) -> Callable[[str], None] | None:
+        """Told of every key that leaves (the semantic index)."""
+        return self._lru.dropped
+
+    @dropped.setter
+    def dropped(self, told: Callable[[str], None] | None) -> None:
+        self._lru.dropped = told
+
+    @property
+    def bytes(self) -> int:
+        return self._lru.bytes
 
     def __len__(self) -> int:
-        return len(self._entries)
-
-    def get_now(self, key: str) -> Entry | None:
-        item = self._entries.get(key)
-        if item is None:
-            return None
-        if item[0] <= self._now():
-            self._drop(key)
-            return None
-        self._entries.move_to_end(key)
-        return item[2]
+        return len(self._lru)
 
     def put_now(self, key: str, entry: Entry, ttl: float, max_entries: int, size: int, max_bytes: int = 0) -> bool:
         """Keep `entry` (`size`: its encoded bytes), then drop the least
@@ -49,34 +53,19 @@ class MemoryStore:
         False: larger than `max_bytes` on its own, not kept."""
         if max_bytes and size > max_bytes:
             return False
-        if key in self._entries:
-            self.bytes -= self._entries.pop(key)[1]     # replaced, not dropped
-        self._entries[key] = (self._now() + ttl, size, entry)
-        self.bytes += size
-        while len(self._entries) > max_entries or (max_bytes and self.bytes > max_bytes):
-            self._drop(next(iter(self._entries)))
+        lru = self._lru
+        lru.max_entries, lru.max_bytes = max_entries, max_bytes or math.inf   # as of this put: a reload may change them
+        lru.put(key, entry, size, ttl)
         return True
 
     def clear(self) -> int:
         """Drop every entry; returns how many there were."""
-        n = len(self._entries)
-        for key in list(self._entries):
-            self._drop(key)
-        return n
-
-    def _drop(self, key: str) -> None:
-        self.bytes -= self._entries.pop(key)[1]
-        if self.dropped is not None:
-            self.dropped(key)
+        return self._lru.clear()
 
     def sweep(self) -> int:
         """Drop expired entries (lookups drop them lazily; this bounds the
         memory of entries nobody asks for again).  Returns how many."""
-        now = self._now()
-        dead = [k for k, (expires, _, _) in self._entries.items() if expires <= now]
-        for key in dead:
-            self._drop(key)
-        return len(dead)
+        return self._lru.sweep()
 
     # the store protocol (awaited by the cache; nothing to wait for here)
     async def get(self, key: str) -> Entry | None:
