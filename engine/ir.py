@@ -349,3 +349,120 @@ def is_content(event: Event) -> bool:
         pt = type(event.part)
         return pt is ToolCall or pt is RedactedReasoning
     return False
+
+
+# ---------------------------------------------------------------------------
+# The request's invariants, checked once where a client's body became IR
+# (`Dialect.parse_request`): the dialects read leniently, so a value of the
+# wrong JSON type (`"text": [1]`, `"effort": {}`, `"tool_choice": {"type": 7}`)
+# would otherwise surface as a TypeError wherever it is first used (routing,
+# a renderer): a 500 for the client's mistake.
+
+TOOL_CHOICE_MODES = frozenset({"auto", "none", "required", "tool"})
+RESPONSE_FORMAT_TYPES = frozenset({"text", "json_object", "json_schema"})
+_ROLES = frozenset({USER, ASSISTANT, SYSTEM})
+
+
+class Malformed(TypeError):
+    """An IR value of the wrong type, at `path` (the IR's own: `messages[0].content[1].text`)."""
+
+    def __init__(self, path: str, wanted: str):
+        super().__init__(f"{path} must be {wanted}")
+        self.path = path
+        self.wanted = wanted
+
+
+def _is_int(v) -> bool:
+    return type(v) is int
+
+
+def _opt_str(v, path: str) -> None:
+    if v is not None and type(v) is not str:
+        raise Malformed(path, "a string")
+
+
+def _check_part(p, path: str) -> None:
+    t = type(p)
+    if t is Text or t is Refusal or t is Reasoning:
+        if type(p.text) is not str:
+            raise Malformed(path + ".text", "a string")
+    elif t is Image:
+        _opt_str(p.url, path + ".url")
+        _opt_str(p.data, path + ".data")
+        _opt_str(p.media_type, path + ".media_type")
+        _opt_str(p.detail, path + ".detail")
+    elif t is Document:
+        for name in ("url", "data", "text", "media_type", "name"):
+            _opt_str(getattr(p, name), f"{path}.{name}")
+    elif t is ToolCall:
+        if type(p.id) is not str:
+            raise Malformed(path + ".id", "a string")
+        if type(p.name) is not str:
+            raise Malformed(path + ".name", "a string")
+        if type(p.arguments) is not dict:
+            raise Malformed(path + ".arguments", "an object")
+    elif t is ToolResult:
+        if type(p.id) is not str:
+            raise Malformed(path + ".id", "a string")
+        if type(p.content) is not list:
+            raise Malformed(path + ".content", "a list")
+        for k, x in enumerate(p.content):
+            _check_part(x, f"{path}.content[{k}]")
+    elif t is Opaque:
+        if type(p.kind) is not str:
+            raise Malformed(path, "an object")
+    elif t is RedactedReasoning:
+        if type(p.data) is not str:
+            raise Malformed(path + ".data", "a string")
+
+
+def check_request(req: Request) -> None:
+    """Raise `Malformed` for the first value of the wrong type in `req`."""
+    for j, p in enumerate(req.system):
+        if type(p) is not Text:
+            raise Malformed(f"system[{j}]", "text (a system prompt carries only text)")
+        _check_part(p, f"system[{j}]")
+    for i, m in enumerate(req.messages):
+        if m.role not in _ROLES:
+            raise Malformed(f"messages[{i}].role", f"one of {sorted(_ROLES)}")
+        for j, p in enumerate(m.content):
+            if type(p) is Text and type(p.text) is str:
+                continue                     # the common part, checked inline
+            _check_part(p, f"messages[{i}].content[{j}]")
+    for i, t in enumerate(req.tools):
+        if type(t) is Tool:
+            if type(t.name) is not str:
+                raise Malformed(f"tools[{i}].name", "a string")
+            if t.parameters is not None and type(t.parameters) is not dict:
+                raise Malformed(f"tools[{i}].parameters", "an object")
+            _opt_str(t.description, f"tools[{i}].description")
+            if t.strict is not None and type(t.strict) is not bool:
+                raise Malformed(f"tools[{i}].strict", "a boolean")
+        elif type(t.kind) is not str:
+            raise Malformed(f"tools[{i}]", "an object")
+    tc = req.tool_choice
+    if tc is not None:
+        if type(tc.mode) is not str or tc.mode not in TOOL_CHOICE_MODES:
+            raise Malformed("tool_choice", f"one of {sorted(TOOL_CHOICE_MODES)}")
+        _opt_str(tc.name, "tool_choice.name")
+    if req.parallel_tool_calls is not None and type(req.parallel_tool_calls) is not bool:
+        raise Malformed("parallel_tool_calls", "a boolean")
+    if req.max_tokens is not None and not _is_int(req.max_tokens):
+        raise Malformed("max_tokens", "an integer")
+    rf = req.response_format
+    if rf is not None:
+        if type(rf.type) is not str or rf.type not in RESPONSE_FORMAT_TYPES:
+            raise Malformed("response_format", f"one of {sorted(RESPONSE_FORMAT_TYPES)}")
+        if rf.schema is not None and type(rf.schema) is not dict:
+            raise Malformed("response_format.schema", "an object")
+        _opt_str(rf.name, "response_format.name")
+    rc = req.reasoning
+    if rc is not None:
+        if rc.enabled is not None and type(rc.enabled) is not bool:
+            raise Malformed("reasoning.enabled", "a boolean")
+        if rc.budget_tokens is not None and not _is_int(rc.budget_tokens):
+            raise Malformed("reasoning.budget_tokens", "an integer")
+        _opt_str(rc.effort, "reasoning.effort")
+    _opt_str(req.user, "user")
+    if req.metadata is not None and type(req.metadata) is not dict:
+        raise Malformed("metadata", "an object")

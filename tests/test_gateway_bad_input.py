@@ -153,3 +153,82 @@ async def test_client_leaving_mid_stream_cancels_the_upstream_stream_without_bla
         member = gw.gateway.router.snapshot(trio.current_time())["pools"]["smart"]["members"][0]
     assert record["state"] == "failed" and "disconnected" in record["error"]
     assert member["breaker"]["state"] == "closed" and member["in_flight"] == 0
+
+
+TRANSLATED = {
+    "providers": {"oai": {"protocol": "openai", "base_url": "{a}/v1", "key": "sk"},
+                  "ant": {"protocol": "anthropic", "base_url": "{a}", "key": "ak"}},
+    "pools": {"to-claude": {"members": [{"provider": "ant", "model": "c"}]},
+              "to-gpt": {"members": [{"provider": "oai", "model": "g"}]}},
+}
+HI_OPENAI = {"messages": [{"role": "user", "content": "hi"}]}
+
+# (client path, body, the field its 400 names, a good body on the same path): the
+# field fuzzer's findings against `busbar demo`, each a 500 before the IR's
+# invariants were checked at the parse (tests/test_hostile_fields.py has the property)
+WRONG_TYPES = [
+    ("/v1/chat/completions", {"model": "to-claude", **HI_OPENAI, "temperature": "x"}, "temperature"),
+    ("/v1/chat/completions", {"model": "to-claude", **HI_OPENAI, "response_format": {"type": 7}},
+     "response_format"),
+    ("/v1/messages", {"model": "to-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                      "tool_choice": {"type": 7}}, "tool_choice"),
+    ("/v1/responses", {"model": "to-claude", "input": "hi", "reasoning": {"effort": {}}}, "reasoning.effort"),
+    ("/v1/responses", {"model": "to-claude", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": [None]}]}]}, "input[0].content[0].text"),
+    ("/v1beta/models/to-gpt:generateContent", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                                               "generationConfig": {"temperature": []}}, "temperature"),
+    ("/model/to-gpt/converse", {"messages": [{"role": "user", "content": [[1]]}]}, "messages[0].content[0]"),
+    ("/v2/chat", {"model": "to-gpt", **HI_OPENAI, "temperature": {"a": 1}}, "temperature"),
+]
+
+
+def _error_message(path: str, body: dict) -> str:
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        return body["error"]["message"]
+    if path.startswith("/v1beta"):
+        assert body["error"]["code"] == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
+        return body["error"]["message"]
+    if path.startswith(("/model/", "/v2/")):
+        return body["message"]
+    assert body["error"]["type"] == "invalid_request_error"
+    return body["error"]["message"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path,body,field", WRONG_TYPES, ids=[f"{p.split('/')[-1]}-{f}" for p, _, f in WRONG_TYPES])
+async def test_a_field_of_the_wrong_type_is_a_400_in_the_callers_protocol_and_blames_no_member(path, body, field):
+    vendor = MockVendor()
+    async with gateway_with(TRANSLATED, a=vendor) as gw:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(gw.url + path, json=body)
+            assert response.status_code == 400, response.text
+            assert field in _error_message(path, response.json())
+            assert not vendor.received                      # refused before any member was called
+            ok = await client.post(gw.url + "/v1/chat/completions", json={"model": "to-claude", **HI_OPENAI})
+            assert ok.status_code == 200
+            ok = await client.post(gw.url + "/v1/chat/completions", json={"model": "to-gpt", **HI_OPENAI})
+            assert ok.status_code == 200
+
+
+@pytest.mark.integration
+async def test_a_passthrough_body_of_the_wrong_shape_is_the_vendors_400_and_blames_no_member():
+    """Same protocol, forwarded as sent: the (simulated) vendor judges it and answers its
+    400, as a real one does; the gateway relays it as the client's fault and the member
+    stays healthy (the mock used to drop the connection, which failed the member over)."""
+    vendor = MockVendor()
+    async with gateway_with(CONFIG, a=vendor) as gw:
+        async with httpx.AsyncClient() as client:
+            bad = {"model": "claude", "max_tokens": 5,
+                   "messages": [{"role": "user", "content": [{"type": "text", "text": [1]}]}]}
+            response = await client.post(gw.url + "/v1/messages", json=bad)
+            assert response.status_code == 400, response.text
+            assert response.json()["type"] == "error"
+            assert len(vendor.received) == 1                 # tried once: a client error is not retried
+            record = await last_record(gw)
+            member = gw.gateway.router.snapshot(trio.current_time())["pools"]["claude"]["members"][0]
+            ok = await client.post(gw.url + "/v1/messages", json={**bad, "messages": [
+                {"role": "user", "content": "hi"}]})
+            assert ok.status_code == 200
+    assert [x["outcome"] for x in record["attempts"]] == ["client"]
+    assert member["breaker"]["state"] == "closed" and member["breaker"]["consecutive_failures"] == 0

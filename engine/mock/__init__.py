@@ -149,6 +149,20 @@ class MockVendor:
         protocol, params = endpoint
         vendor = vendors.VENDORS[protocol]
         try:
+            await self._answer_as(vendor, protocol, params, path, request, responder)
+        except (ClientError, TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
+            # a body of the wrong shape is the vendor's 400, as a real one validates
+            # it: never a dropped connection that would blame the member
+            if responder.started:
+                raise
+            message = exc.message if isinstance(exc, ClientError) else "the request body does not have " \
+                                                                        "this protocol's shape"
+            status, headers, body = vendor.error("invalid", f"mock: {message}")
+            await responder.send(status, headers, body)
+
+    async def _answer_as(self, vendor, protocol: str, params: dict, path: str, request: HttpRequest,
+                         responder: Responder) -> None:
+        try:
             obj = orjson.loads(request.body) if request.body else {}
         except orjson.JSONDecodeError:
             status, headers, body = vendor.error("invalid", "Malformed JSON body")

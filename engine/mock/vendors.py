@@ -166,10 +166,9 @@ class Vendor:
                           + ", please reformat your input and try again.")
 
     def last_user_text(self, obj: dict, params: dict) -> str:
-        try:
-            request = self.dialect.parse_request(obj, params)
-        except Exception:
-            return ""
+        """The last user turn's text; a body its protocol does not parse is the
+        ClientError a real vendor's validation answers (a 400)."""
+        request = self.dialect.parse_request(obj, params)
         for message in reversed(request.messages):
             if message.role == ir.USER:
                 text = "".join(p.text for p in message.content if isinstance(p, ir.Text))

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, NamedTuple, Protocol, runtime_checka
 
 import orjson
 
-from busbar import resources
+from busbar import ir, resources
 from busbar.faults import ClientError, Fault, FaultClass, VendorQuota, parse_retry_after
 from busbar.protocols.common import RenderCtx
 from busbar.routing import Needs
@@ -632,10 +632,13 @@ class Dialect:
         that names where (the request schema's first complaint)."""
         try:
             req = self.codec.parse_request(obj)
+            ir.check_request(req)
         except ClientError:
             raise
         except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
             where = locate_malformed(self.name, obj)
+            if where is None and isinstance(exc, ir.Malformed):
+                where = f"{self.client_field(exc.path, obj)}: must be {exc.wanted}"
             raise ClientError(400, f"Malformed {self.request_name}: "
                                    + (where or f"unexpected shape ({type(exc).__name__})")) from None
         req.stream = self.inbound_stream(params or {}, obj)   # Gemini and Bedrock say it in the path

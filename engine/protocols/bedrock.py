@@ -272,6 +272,8 @@ def _document(doc: dict):
 
 
 def _block(b: dict):
+    if type(b) is not dict:
+        raise TypeError("a content block is an object")    # parse_request locates it
     if "text" in b:
         return ir.Text(b["text"])
     if "image" in b:
@@ -469,7 +471,7 @@ def _blocks(parts: list, ctx: c.RenderCtx, where: str) -> list:
     for j, p in enumerate(parts):
         before = len(out)
         _block_out(p, ctx, f"{where}[{j}]", many, out)
-        if len(out) > before and p.extras:
+        if len(out) > before and type(p) is not ir.Opaque and p.extras:     # an Opaque has no extras
             cp = _cache_point(p)
             if cp is not None:
                 out.append(cp)

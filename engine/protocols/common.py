@@ -68,7 +68,7 @@ class RenderCtx:
             if proto in SILENT and (proto, self.target) in CROSS_MAPPED:
                 silent = SILENT[proto] | CROSS_MAPPED[(proto, self.target)]
             for key, value in fields.items():
-                if key[0] == "$" or key in silent or meaningless(proto, key, value):
+                if key[:1] == "$" or key in silent or meaningless(proto, key, value):
                     continue
                 name = f"{where}{key}"
                 if key in hints:
@@ -227,7 +227,7 @@ def splice(out: dict, extras: ir.Extras | None, proto: str) -> dict:
         fields = extras.get(proto)
         if fields:
             for key, value in fields.items():
-                if key[0] != "$" and key not in out:
+                if key[:1] != "$" and key not in out:
                     out[key] = value
     return out
 
@@ -612,15 +612,35 @@ def _as_stop(value) -> list:
     return [value] if isinstance(value, str) else list(value)
 
 
-_READ_AS = {"stop": _as_stop, "top_k": int}
+def _as_top_k(value) -> int:
+    k = int(value)          # Gemini's SDKs type topK as a float
+    if k != value or not 0 <= k < 2 ** 63:
+        raise ValueError("top_k must be a whole number")
+    return k
+
+
+_READ_AS = {"stop": _as_stop, "top_k": _as_top_k}
+
+# The JSON types each knob may have (a boolean is not a number here, as in
+# JSON): checked on the way in, the one place every dialect reads them, so a
+# `"temperature": "hot"` is the parse's 400 (naming the schema's complaint)
+# rather than a TypeError wherever the IR's number is first compared.
+_NUMBER = (int, float)
+_KNOB_TYPES = {"temperature": _NUMBER, "top_p": _NUMBER, "top_k": _NUMBER, "seed": (int,),
+               "frequency_penalty": _NUMBER, "presence_penalty": _NUMBER, "stop": (str, list)}
 
 
 def read_sampling(src: dict, req: ir.Request, names: dict) -> None:
-    """Copy the knobs present in `src` onto `req`."""
+    """Copy the knobs present in `src` onto `req`; a knob of the wrong JSON
+    type is a TypeError (`Dialect.parse_request` makes it a located 400)."""
     for field, wire in names.items():
         if wire is not None:
             value = src.get(wire)
             if value is not None:
+                if type(value) not in _KNOB_TYPES[field]:
+                    raise TypeError(f"{wire} must be {_KNOB_TYPES[field]}, not {type(value).__name__}")
+                if field == "stop" and type(value) is list and not all(type(s) is str for s in value):
+                    raise TypeError(f"{wire} must be a list of strings")
                 convert = _READ_AS.get(field)
                 setattr(req, field, convert(value) if convert else value)
 

@@ -81,7 +81,7 @@ def _rejected_extras(extras: ir.Extras | None, where: str, degrade: bool, out: d
         silent = c.SILENT.get(proto, ())
         hints = c.HINTS.get(proto, ())
         for key, value in fields.items():
-            if key[0] == "$" or key in silent or key in hints or c.meaningless(proto, key, value):
+            if key[:1] == "$" or key in silent or key in hints or c.meaningless(proto, key, value):
                 continue
             if degrade and c.degradable(proto, key) is not None:
                 continue
@@ -138,7 +138,7 @@ def required(req: ir.Request, policy: str = "degrade") -> dict[str, str]:
     if req.extras:
         _rejected_extras(req.extras, "", degrade, out)
     for j, p in enumerate(req.system):
-        if p.extras is not None or type(p) is not ir.Text:
+        if type(p) is not ir.Text or p.extras is not None:     # an Opaque has no extras
             _part(p, "system", f"system[{j}]", degrade, out)
     history = False
     Text, ToolCall, ToolResult, Refusal = ir.Text, ir.ToolCall, ir.ToolResult, ir.Refusal
