@@ -54,6 +54,13 @@ class App:
             from busbar.state.shared import ResponseDeletions
             self.deletions = ResponseDeletions(self.items, self.state)
             self.cluster.follow(self.deletions.channel, self.deletions)
+        # Responses background mode: the runs detached from their client's connection (ADR 0026)
+        from busbar.background import CANCEL_CHANNEL, BackgroundRuns
+        self.background = BackgroundRuns(on_count=self._count_background)
+        if self.deletions is not None:       # a cancel reaches the replica running it on the same subscription
+            self.background.channel = f"{self.state.prefix}:{CANCEL_CHANNEL}"
+            self.background.publish = self._publish
+            self.cluster.follow(self.background.channel, self.background)
         opts = config.server
         # load shedding: requests served at once, and each pool's share of them
         # (server.* keys take effect at start; a reload keeps these)
@@ -61,7 +68,7 @@ class App:
         self.shares = PoolShares(max_requests, opts.get("pool_share", DEFAULT_POOL_SHARE))
         self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted,
                                caches=self.caches, reasoning=self.reasoning, shares=self.shares,
-                               items=self.items)
+                               items=self.items, runs=self.background)
         self.gateway.app = self
         if self.cluster is not None:
             self.cluster.attach(self.gateway.router)
@@ -90,6 +97,19 @@ class App:
                 await admin.run()
                 await trio.sleep_forever()      # an Admin with nothing to flush returns at once
 
+    def _count_background(self, delta: int) -> None:
+        """A buffered background run counts as a request in flight (the concurrency limit,
+        the shutdown's drain) while it runs detached from its connection."""
+        self.server.active_requests += delta
+
+    async def _publish(self, channel: str, data: bytes) -> None:
+        from busbar.state.redis import RedisUnavailable
+        from busbar.state.resp import RespError
+        try:
+            await self.state.command("PUBLISH", channel, data)
+        except (RedisUnavailable, RespError):
+            pass        # the replica running it is not told: the cancel answers the status as it stands
+
     def check_head(self, request):
         return self.gateway.check_head(request)
 
@@ -116,7 +136,7 @@ class App:
         old = self.gateway
         try:
             new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted, caches=self.caches,
-                          reasoning=self.reasoning, shares=self.shares, items=self.items)
+                          reasoning=self.reasoning, shares=self.shares, items=self.items, runs=self.background)
         except ConfigError:
             raise
         except Exception as exc:   # whatever fails to build is a rejected config, never a dead server
@@ -164,7 +184,9 @@ class App:
             self.admin_server.stop_accepting()
         await self.gateway.admin.aclose()       # ends live admin event streams, writes the usage batch
         with trio.move_on_after(deadline):
-            while self.server.active_requests:
+            # background runs too (ADR 0026): those still running when the grace ends are
+            # cancelled with the app's nursery and marked failed (`BackgroundRuns._run`)
+            while self.server.active_requests or self.background.running:
                 await trio.sleep(0.05)
 
     async def aclose(self) -> None:
@@ -251,6 +273,7 @@ async def run_gateway(config: Config, host: str, port: int, *, config_path: str 
                     raise ConfigError(f"{config.source}: admin.listen",
                                       f"cannot listen on {listen}: {exc.strerror or exc}; choose another "
                                       "address, or `public` to serve admin on the gateway's port") from None
+            await nursery.start(app.background.run)     # Responses background mode's runs (ADR 0026)
             nursery.start_soon(app.run_admin)
             nursery.start_soon(app.minted.run)
             if app.deletions is not None:

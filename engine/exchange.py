@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from busbar import admission, ir, lifecycle, resume, tenancy
+from busbar.background import Rerun
 from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
@@ -124,12 +125,15 @@ class Exchange:
         self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
         self._race: Race | None = None      # the attempts racing now (a hedge started)
         self.share: str | None = None       # the pool whose concurrency share this request holds
+        self.background = None              # a background response's run (busbar.background.Run); None: inline
 
     # ---- the journey -----------------------------------------------------
     async def run(self) -> None:
         life = self.lifecycle
         try:
             await self._drive(until_planned=True)
+            if self.background is not None and not life.finished:
+                await self.gw.background.detach(self)    # admitted and routed: off the client's connection
             if not life.finished:
                 # the pipeline's deadline runs from the plan on (its own scope:
                 # the request ends in a 504, the connection goes on)
@@ -172,6 +176,10 @@ class Exchange:
         admitted = admission.admit(self.gw, self.request, self.client, self.params, self.record)
         self.obj, self.model, self.stream = admitted.obj, admitted.model, admitted.stream
         self.client = self.client.for_body(self.obj)    # a body-shaped protocol (Bedrock invoke) says which
+        if self.client.runs_in_background and self.background is None and self.gw.background is not None:
+            flag = self.obj.get("background")
+            if flag is not None and flag is not False:
+                raise Rerun(self.obj)    # busbar.background: started again, detached once routed (ADR 0026)
         if self.gw.tenancy is not None and (admitted.secret is not None or admitted.key_id is not None):
             # limits and budgets before routing: a refused request never reaches a member
             try:
@@ -296,7 +304,8 @@ class Exchange:
         protocols = self.gw.pool_protocols.get(self.model, ())
         if client.mints_items:
             self.items = self.gw.item_store
-            self.keep_vendor_items = client.name in protocols and len(protocols) > 1
+            # (a background response is kept whoever answers it: it is retrieved by its id)
+            self.keep_vendor_items = client.name in protocols and (len(protocols) > 1 or self.background is not None)
             self.stored = client.stores(self.obj)
         refs = client.references(self.obj) if client.mints_items and client.reference_marker in self.request.body \
             else None
@@ -470,11 +479,14 @@ class Exchange:
         if shown and self.stored:
             output = shown.get("output")
             output = output if isinstance(output, list) else []
+            response_id, fields = shown.get("id"), shown_of(shown)
+            if self.background is not None:     # kept as answered here, under the id the POST showed
+                response_id, vendor = self.background.response_id or response_id, False
+                fields["background"] = True
             kept = self.items.keep(self.item_scope, output, vendor)
-            response_id = shown.get("id")
             if isinstance(response_id, str) and response_id:
                 kept.append(self.items.keep_turn(self.item_scope, response_id, self.previous,
-                                                 self._own_input(), output, vendor, shown_of(shown)))
+                                                 self._own_input(), output, vendor, fields))
             if kept and self.gw.shared_items is not None:
                 with trio.CancelScope(shield=True):
                     await self.gw.shared_items.put_many(kept, self.items.ttl_s, self.chain_keys)

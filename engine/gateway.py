@@ -45,6 +45,7 @@ from busbar.protocols.base import JSON_CT
 from busbar.protocols.listing import Listing
 from busbar.protocols.routes import guess_protocol, match_route
 from busbar import stored_responses
+from busbar.background import Rerun
 from busbar.providers import Provider, build_provider
 from busbar.records import AttemptRecord, RequestRecord
 from busbar.routing import Router
@@ -103,8 +104,10 @@ class Gateway:
     upstream connections.  `handle` is the HTTP handler."""
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200,
-                 state=None, minted=None, caches=None, reasoning=None, shares=None, items=None):
+                 state=None, minted=None, caches=None, reasoning=None, shares=None, items=None, runs=None):
         self.config = config
+        # Responses background mode's runs (busbar.background.BackgroundRuns, the App's); None: served inline
+        self.background = runs
         # load shedding (docs/reliability.md): each pool's share of the
         # concurrency limit (the app's busbar.limits.PoolShares, None: no
         # shares), and how long an attempt may wait for an upstream slot
@@ -275,6 +278,12 @@ class Gateway:
             return await self._handle_other(request, responder)
         protocol, params = route
         dialect = get_dialect(protocol, params.get("operation"))   # chat, or embeddings / rerank / counting
+        await self.journey(request, responder, protocol, dialect, params)
+
+    async def journey(self, request: HttpRequest, responder: Responder, protocol: str, dialect, params: dict,
+                      background=None) -> None:
+        """One request's exchange with its record; `background`: a background response's
+        run (`busbar.background.Run`), which the exchange detaches once it is routed."""
         record = RequestRecord(f"{self._id_prefix}-{next(self._ids):x}", protocol)
         life = record.lifecycle
         # the id under which the admin API shows this request's path
@@ -282,11 +291,12 @@ class Gateway:
         t0 = time.perf_counter()
         self.in_flight += 1
         self.active[record.id] = record
-        exchange = None
+        exchange = rerun = None
         try:
             # The server runs this in a cancel scope that a departed client
             # cancels: everything the request started goes with it.
             exchange = Exchange(self, request, responder, dialect, params, record)
+            exchange.background = background
             if self.telemetry is not None:
                 exchange.span = self.telemetry.start_request(request.headers, protocol)
             try:
@@ -300,6 +310,8 @@ class Gateway:
                     await responder.send(*dialect.render_error(err))
             except (trio.Cancelled, ClientGone):
                 raise
+            except Rerun as asked:     # `background: true`, seen once the body is read (ADR 0026)
+                rerun = asked
             except Exception:
                 # a bug of ours: the client still gets an answer in its own
                 # protocol, and the log gets the traceback
@@ -322,9 +334,13 @@ class Gateway:
             self.in_flight -= 1
             del self.active[record.id]
             record.ms = (time.perf_counter() - t0) * 1000
-            if exchange is not None and exchange.span is not None:
-                self.telemetry.end_request(exchange.span, record)
-            self._finish(record)
+            if rerun is None:
+                if exchange is not None and exchange.span is not None:
+                    self.telemetry.end_request(exchange.span, record)
+                self._finish(record)
+        if rerun is not None:
+            # run again detached from this connection, answered `queued` once routed (its own record)
+            await self.background.create(self, request, responder, protocol, dialect, params, rerun.obj)
 
     async def embed(self, pool: str, text: str, timeout: float) -> list | None:
         """`text` embedded by this gateway's own pool `pool` (the semantic
@@ -378,8 +394,9 @@ class Gateway:
         if request.path.startswith((b"/admin", b"/metrics")) and await self.admin.handle(request, responder):
             return
         # GET / DELETE /v1/responses/{id}, GET .../input_items: the responses kept here (ADR 0025)
-        if request.path.startswith((b"/v1/responses/", b"/responses/")) and \
-                await stored_responses.serve(self, request, responder):
+        if request.path.startswith((b"/v1/responses/", b"/responses/")) and (
+                await stored_responses.serve(self, request, responder) or
+                (self.background is not None and await self.background.serve_cancel(self, request, responder))):
             return
         if request.method == b"GET":
             listed = self.listing.answer(request.path, request.headers, request.query)

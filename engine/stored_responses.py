@@ -15,12 +15,14 @@ it, so a response deleted through another replica is gone here too.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import orjson
 import trio
 
+from busbar.background import effective, pending
 from busbar.faults import ClientError
 from busbar.item_store import DELETED, Turn, decode_turn, deleted, key_of, turn_key
 from busbar.protocols.base import JSON_CT
@@ -38,11 +40,14 @@ _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "
 _INPUT_ROLES = frozenset({"user", "system", "developer"})
 
 
-def response_object(response_id: str, turn: Turn) -> dict:
+def response_object(response_id: str, turn: Turn, now: float | None = None) -> dict:
     """The kept turn as the Response object its answer showed: each output item with its
     id and status back; what a turn does not keep (instructions, tools, sampling) as
-    OpenAI renders it unset."""
+    OpenAI renders it unset.  A background response's (ADR 0026) status and `error` as
+    they stand at wall-clock time `now` (`busbar.background.effective`)."""
     shown = turn.shown or {}
+    if now is not None and shown.get("background"):
+        shown = effective(shown, now)
     ids = shown.get("ids") if isinstance(shown.get("ids"), list) else []
     output = []
     for i, item in enumerate(turn.output):
@@ -53,7 +58,8 @@ def response_object(response_id: str, turn: Turn) -> dict:
                 item["status"] = pair[1]
         output.append(item)
     return {"id": response_id, "object": "response", "created_at": shown.get("created_at", 0),
-            "status": shown.get("status", "completed"), "error": None,
+            "status": shown.get("status", "completed"), "error": shown.get("error"),
+            "background": bool(shown.get("background")),
             "incomplete_details": shown.get("incomplete_details"), "instructions": None, "metadata": {},
             "model": shown.get("model", ""), "output": output, "parallel_tool_calls": True,
             "previous_response_id": turn.previous, "store": True, "temperature": None, "tool_choice": "auto",
@@ -140,7 +146,7 @@ async def _lookup(gw: "Gateway", scopes: tuple[str, ...], response_id: str) -> t
         data = store.get(key)
         if shared is not None:
             remote = (await shared.get_many([key])).get(key)
-            if remote is not None and (data is None or deleted(remote)):
+            if remote is not None and (data is None or deleted(remote) or pending(data)):
                 store.put(key, remote)         # a tombstone too: continuing it here is refused as well
                 data = remote
         turn = decode_turn(data) if data is not None else None
@@ -183,8 +189,10 @@ async def _answer(gw: "Gateway", request: HttpRequest, response_id: str, listing
                                f"{' or '.join(m.decode() for m in allowed)}.")
     query = parse_qs(request.query.decode("latin-1"), keep_blank_values=True)
     if not listing and request.method == b"GET" and (_one(query, "stream") or "false").lower() != "false":
-        raise ClientError(400, "Streaming a stored response is not supported by this gateway: it keeps the "
-                               "responses it answered, which are complete; retrieve it without `stream`.",
+        raise ClientError(400, "Streaming a stored response is not supported by this gateway (nor resuming a "
+                               "background stream with `starting_after`): it keeps the responses it answered, "
+                               "which are complete, and a background one's status; retrieve it without `stream` "
+                               "and poll while its status is queued or in_progress.",
                           param="stream")
     found = await _lookup(gw, scopes(gw, request), response_id)
     if found is None:
@@ -193,7 +201,7 @@ async def _answer(gw: "Gateway", request: HttpRequest, response_id: str, listing
     if listing:
         return input_item_list(response_id, turn, query)
     if request.method == b"GET":
-        return response_object(response_id, turn)
+        return response_object(response_id, turn, time.time())
     await _delete(gw, scope, response_id, turn)
     return {"id": response_id, "object": "response", "deleted": True}
 

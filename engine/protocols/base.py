@@ -454,6 +454,10 @@ class Dialect:
         replaced by the item; the others stay as they are."""
         return obj
 
+    # True when a request may ask to run detached from its connection (Responses
+    # `background: true`, busbar.background, ADR 0026).
+    runs_in_background: ClassVar[bool] = False
+
     # True when a request may continue an earlier answer by its id (Responses
     # `previous_response_id`): the turns the gateway answered are kept
     # (busbar.item_store) and a continuation gets its chain put back (ADR 0024).

@@ -99,6 +99,7 @@ class ResponsesDialect(OpenAIDialect):
 
     # a turn continued by the id of an earlier answer (`previous_response_id`, ADR 0024)
     continues = True
+    runs_in_background = True       # `background: true` (busbar.background, ADR 0026)
 
     def previous_of(self, obj: dict) -> str | None:
         return previous_of(obj)

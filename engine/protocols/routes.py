@@ -27,6 +27,7 @@ OPERATION_ROUTES = {
 }
 # a stored response (busbar.stored_responses): GET / DELETE /v1/responses/{id}, GET .../input_items
 _RESPONSE = re.compile(rb"^/(?:v1/)?responses/(?P<id>[^/]+)(?P<items>/input_items)?$")
+_CANCEL = re.compile(rb"^/(?:v1/)?responses/(?P<id>[^/]+)/cancel$")
 _GEMINI = re.compile(r"^/(?:v1beta|v1)/models/(?P<model>[^/:]+(?:/[^/:]+)*):(?P<action>generateContent|"
                      r"streamGenerateContent|embedContent|batchEmbedContents|countTokens)$")
 _GEMINI_OPERATIONS = {"embedContent": "embed_one", "batchEmbedContents": "embed", "countTokens": "count"}
@@ -77,6 +78,12 @@ def match_stored_response(path: bytes) -> tuple[str, bool] | None:
     if m is None:
         return None
     return unquote(m["id"].decode("latin-1")), m["items"] is not None
+
+
+def match_response_cancel(path: bytes) -> str | None:
+    """The response id of `POST /v1/responses/{id}/cancel` (background mode, ADR 0026), or None."""
+    m = _CANCEL.match(path)
+    return unquote(m["id"].decode("latin-1")) if m is not None else None
 
 
 # Paths that look like a protocol's even when no route matched (a typo'd

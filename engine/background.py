@@ -1,0 +1,421 @@
+"""OpenAI Responses background mode (ADR 0026): `POST /v1/responses` with `background: true`
+answered at once with a `queued` Response, the exchange run detached from the client's
+connection, `GET /v1/responses/{id}` polling it, `POST /v1/responses/{id}/cancel`.
+
+The exchange is the ordinary one (admission, tenancy, limits, routing, failover, the
+pipeline's deadline, the settle funnel, records).  It sees `background` once it has read the
+body (a dict lookup, `Exchange._receive`) and raises `Rerun` before any limit is taken; the
+gateway then hands the request to `BackgroundRuns.create`, which starts it again with
+`nursery.start` in this module's gateway-level nursery, so until it is admitted and routed
+it runs under the client's connection (a refusal is the POST's own answer, in the client's
+protocol); once routed the exchange calls `detach` (`Exchange.run`), which keeps an
+`in_progress` marker as the response's turn (here and in the cluster copy) and hands the
+task over to the nursery: the POST answers `queued`, the client's connection no longer
+cancels it.  Its answer goes to a `CapturedResponder`; the exchange keeps the turn under the
+id the POST showed (`Exchange.keep_for_next_turn`), as ADR 0024/0025 keep any turn; a
+failure, a cancel or a shutdown replaces the marker with the final status here.
+
+`background` with `stream: true`: the POST streams as usual through a `DetachedResponder`,
+whose writes stop (and are dropped) once the client is gone, so the generation goes on, is
+kept under the id its stream showed and can be retrieved.
+
+The decisions are I/O-free (`requested`, `pending_shown`, `final_shown`, `error_of`,
+`effective`, `cancellable`, `read_cancel`), the clock injected where one is read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Callable
+
+import orjson
+import trio
+
+from busbar.faults import ClientError
+from busbar.item_store import decode_turn, turn_key
+from busbar.protocols.base import JSON_CT
+from busbar.protocols.responses import ERRORS, dialect as responses
+from busbar.protocols.routes import match_response_cancel
+from busbar.server import CapturedResponder, ClientGone, HttpRequest, Responder
+
+if TYPE_CHECKING:
+    from busbar.exchange import Exchange
+    from busbar.gateway import Gateway
+
+log = logging.getLogger("busbar.background")
+
+QUEUED, IN_PROGRESS = "queued", "in_progress"
+PENDING = frozenset({QUEUED, IN_PROGRESS})
+CANCEL_WAIT_S = 5.0          # how long a cancel waits for the run to end (here or on another replica)
+CANCEL_POLL_S = 0.05         # ... polling the cluster copy, when another replica runs it
+CANCEL_CHANNEL = "responses:cancel"
+
+
+# ---------------------------------------------------------------------------
+# the decisions (I/O-free)
+
+def requested(obj) -> bool:
+    """Whether a Responses request asks for background mode; a 400 naming what is
+    allowed when `background` is not a boolean, or comes with `store: false` (a background
+    response is retrieved by its id, so it must be kept: OpenAI refuses it the same way)."""
+    if not isinstance(obj, dict):
+        return False
+    flag = obj.get("background")
+    if flag is None or flag is False:
+        return False
+    if flag is not True:
+        raise ClientError(400, f"Invalid type for 'background': expected a boolean, but got "
+                               f"{type(flag).__name__}.", param="background", code="invalid_type")
+    if obj.get("store") is False:
+        raise ClientError(400, "Background mode requires store=true: a background response is retrieved and "
+                               "cancelled by its id, so it must be kept; send `store: true` (the default) or "
+                               "drop `background`.", param="store")
+    return True
+
+
+def pending_shown(model: str, created_at: int, expires_at: float) -> dict:
+    """What a running response's marker shows: `in_progress`, the pool as its model, and
+    the wall-clock time by which its run ends (the pipeline's deadline), past which a
+    marker nobody replaced is read as failed (`effective`)."""
+    return {"status": IN_PROGRESS, "model": model, "created_at": created_at, "background": True,
+            "expires_at": expires_at, "ids": []}
+
+
+def final_shown(pending: dict, status: str, error: dict | None = None) -> dict:
+    """The marker's fields with a final status (`failed` with its `error`, `cancelled`)."""
+    shown = {k: v for k, v in pending.items() if k != "expires_at"}
+    shown["status"] = status
+    if error is not None:
+        shown["error"] = error
+    return shown
+
+
+def error_of(status: int, body: bytes) -> dict:
+    """A failed run's `error` in OpenAI's Response shape (`{"code", "message"}`) from the
+    error the exchange answered (rendered in the Responses protocol): its message, and the
+    code a failed Responses stream carries for that kind of error (`ERRORS`, one table)."""
+    message = f"The background response failed with HTTP status {status}."
+    code = None
+    try:
+        err = orjson.loads(body).get("error")
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+            code = err.get("code")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if code not in ERRORS.read:
+        kind = next((k for k, row in ERRORS.rows.items() if row.status == status), "api_error")
+        code = ERRORS.row(kind, "api_error").event
+    return {"code": code, "message": message}
+
+
+def effective(shown: dict | None, now: float) -> dict | None:
+    """The shown fields as a client should see them: a pending marker past the time its
+    run had to end by (its replica stopped before replacing it) is a failed response."""
+    if not shown or shown.get("status") not in PENDING or now <= float(shown.get("expires_at") or float("inf")):
+        return shown
+    return final_shown(shown, "failed", {"code": "server_error", "message":
+                                         "The background response did not finish: the gateway replica running "
+                                         "it stopped before its deadline."})
+
+
+def pending(data: bytes | None) -> bool:
+    """Whether a stored value is a running background response's marker (a replica holding
+    one reads the cluster copy again: the run may have ended on another)."""
+    turn = decode_turn(data) if data is not None else None
+    return turn is not None and (turn.shown or {}).get("status") in PENDING
+
+
+def cancellable(shown: dict | None, response_id: str) -> bool:
+    """Whether cancel has a run to stop: True while pending; False for a final background
+    response (cancel answers it as it is: idempotent, as OpenAI documents); a 400 for a
+    response not made in background mode."""
+    if not (shown or {}).get("background"):
+        raise ClientError(400, f"Cannot cancel a synchronous response: '{response_id}' was not created with "
+                               "`background: true`; only background responses can be cancelled.")
+    return shown.get("status") in PENDING
+
+
+def cancel_message(scope: str, response_id: str) -> bytes:
+    """What a replica publishes for the one running `response_id`: ids only."""
+    return orjson.dumps({"scope": scope, "response": response_id})
+
+
+def read_cancel(data: bytes) -> str | None:
+    """The turn key a published cancel names, None for anything else."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("scope"), str) or not isinstance(obj.get("response"), str):
+        return None
+    return turn_key(obj["scope"], obj["response"])
+
+
+class Rerun(Exception):
+    """Raised by the exchange once it read a body asking for background mode (a dict
+    lookup: nothing on the path of any other request); the gateway starts the request
+    again through `BackgroundRuns.create`, which can detach it."""
+
+    def __init__(self, obj: dict):
+        super().__init__("background")
+        self.obj = obj
+
+
+# ---------------------------------------------------------------------------
+# the runs
+
+@dataclasses.dataclass(eq=False)
+class Run:
+    """One background response: the id the POST showed, and what its marker holds."""
+    response_id: str | None          # None for a stream: its turn is kept under the id the stream shows
+    created_at: int
+    stream: bool = False
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    task_status: object = None
+    detached: bool = False
+    key: str | None = None           # its turn's key, once detached
+    item_scope: str = "-"
+    previous: str | None = None
+    input: list = dataclasses.field(default_factory=list)
+    shown: dict | None = None        # the marker's shown fields
+
+
+class DetachedResponder(Responder):
+    """The client's own responder for a background stream: writes go to it until the
+    client is gone, then are dropped, so the exchange runs to its end."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Responder):
+        super().__init__(None)
+        self.inner = inner
+        self.extra_headers = inner.extra_headers
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    async def _call(self, name: str, *args) -> None:
+        if self.inner._gone:
+            return
+        try:
+            await getattr(self.inner, name)(*args)
+        except ClientGone:
+            pass
+
+    async def send(self, status, headers, body) -> None:
+        self.inner.extra_headers = self.extra_headers
+        await self._call("send", status, headers, body)
+
+    async def start(self, status, headers, first: bytes = b"") -> None:
+        self.inner.extra_headers = self.extra_headers
+        await self._call("start", status, headers, first)
+
+    async def write(self, data: bytes) -> None:
+        await self._call("write", data)
+
+    def hold(self, data: bytes) -> None:
+        if not self.inner._gone:
+            self.inner.hold(data)
+
+    async def end(self, trailers=None) -> None:
+        await self._call("end", trailers)
+
+
+class BackgroundRuns:
+    """The background responses this replica runs, in its one nursery (`run`), kept by
+    the App across reloads.  `on_count(+1/-1)`: the server's count of requests in flight
+    (its concurrency limit and the shutdown's wait see a buffered background run as the
+    request it is)."""
+
+    def __init__(self, *, wall: Callable[[], float] = time.time, on_count: Callable[[int], None] | None = None):
+        self.wall = wall
+        self.on_count = on_count
+        self.nursery: trio.Nursery | None = None
+        self.runs: dict[str, Run] = {}        # turn key -> the run, while it runs here
+        self.channel: str | None = None       # the cluster's cancel channel (Redis); None: this replica alone
+        self.publish = None                   # async (channel, bytes) -> None
+        self.live = 0                         # runs detached now (streams included)
+        self.started = self.completed = self.failed = self.cancelled = self.shut_down = 0
+        self.cancels_heard = self.cancels_forwarded = 0
+
+    @property
+    def running(self) -> int:
+        return self.live
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def status(self) -> dict:
+        return {"running": self.running, "started": self.started, "completed": self.completed,
+                "failed": self.failed, "cancelled": self.cancelled, "shut_down": self.shut_down,
+                "cancels_heard": self.cancels_heard, "cancels_forwarded": self.cancels_forwarded}
+
+    # ---- the cluster's cancel channel (busbar.cluster.RoutingSync.follow) ----
+    def on_message(self, data: bytes) -> None:
+        key = read_cancel(data)
+        run = self.runs.get(key) if key is not None else None
+        if run is not None:
+            self.cancels_heard += 1
+            run.scope.cancel()
+
+    def on_subscribed(self, up: bool) -> None:
+        pass
+
+    # ---- POST /v1/responses with background: true ----------------------------
+    async def create(self, gw: "Gateway", request: HttpRequest, responder: Responder, protocol: str, dialect,
+                     params: dict, obj: dict) -> None:
+        """`obj`: the request's body, which asked for background mode (`Rerun`)."""
+        try:
+            background = requested(obj)
+        except ClientError as err:
+            return await responder.send(*dialect.render_error(err))
+        # the member is sent the request without it: the gateway runs it in the background, not the vendor
+        inner = dataclasses.replace(request, body=orjson.dumps({k: v for k, v in obj.items() if k != "background"}))
+        if not background or self.nursery is None:      # no nursery running (an App not started): inline
+            return await gw.journey(inner, responder, protocol, dialect, params)
+        stream = obj.get("stream") is True
+        run = Run(None if stream else f"resp_{uuid.uuid4().hex}", int(self.wall()), stream)
+        if stream:
+            detached = DetachedResponder(responder)
+            await self.nursery.start(self._run, gw, inner, detached, protocol, dialect, params, run)
+            await run.done.wait()       # the client leaving cancels this wait, not the run
+            return
+        captured = CapturedResponder()
+        await self.nursery.start(self._run, gw, inner, captured, protocol, dialect, params, run)
+        responder.extra_headers = captured.extra_headers
+        if not run.detached:            # refused before it was routed: the POST's own answer
+            return await responder.send(captured.status, captured.headers, captured.body)
+        from busbar.stored_responses import response_object
+        body = response_object(run.response_id, decode_turn(gw.item_store.get(run.key)) or _empty_turn(run))
+        body["status"] = QUEUED
+        await responder.send(200, [JSON_CT, (b"x-busbar-pool", (run.shown or {}).get("model", "").encode())],
+                             orjson.dumps(body))
+
+    async def detach(self, x: "Exchange") -> None:
+        """The exchange is admitted and routed (`Exchange.run`): keep its marker, then the
+        task leaves the client's connection for this nursery."""
+        run: Run = x.background
+        run.item_scope, run.previous, run.input = x.item_scope, x.previous, x._own_input()
+        if run.response_id is not None:
+            deadline = x.plan.pipeline.deadline
+            run.shown = pending_shown(x.model, run.created_at, self.wall() + deadline + CANCEL_WAIT_S)
+            run.key = await self._keep(x.gw, run, run.shown)
+            self.runs[run.key] = run
+            if self.on_count is not None:
+                self.on_count(1)
+        run.detached = True
+        self.started += 1
+        self.live += 1
+        run.task_status.started()
+
+    async def _run(self, gw: "Gateway", request: HttpRequest, responder: Responder, protocol: str, dialect,
+                   params: dict, run: Run, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        run.task_status = task_status
+        try:
+            with run.scope:
+                try:
+                    await gw.journey(request, responder, protocol, dialect, params, background=run)
+                except trio.Cancelled:
+                    if not run.scope.cancel_called:       # the gateway shutting down, not a cancel
+                        await self._finish(gw, run, "failed", {"code": "server_error", "message":
+                                           "The gateway shut down before the background response completed."})
+                        self.shut_down += 1
+                    raise
+                except Exception:
+                    log.exception("background response %s failed inside the gateway", run.response_id)
+                    await self._finish(gw, run, "failed", {"code": "server_error",
+                                                           "message": "Internal gateway error."})
+                    return
+            if run.scope.cancelled_caught:
+                await self._finish(gw, run, "cancelled")
+            elif isinstance(responder, CapturedResponder) and responder.status != 200:
+                await self._finish(gw, run, "failed", error_of(responder.status, responder.body))
+            elif run.detached:
+                self.completed += 1
+            if not run.detached:
+                task_status.started()          # refused before routing: `create` answers the POST
+        finally:
+            if run.key is not None and self.runs.get(run.key) is run:
+                del self.runs[run.key]
+                if self.on_count is not None:
+                    self.on_count(-1)
+            run.done.set()
+            if run.detached:
+                self.live -= 1
+
+    async def _finish(self, gw: "Gateway", run: Run, status: str, error: dict | None = None) -> None:
+        """Replace a pending marker by the final status (a turn the exchange already kept
+        as answered stays: a cancel that came too late changes nothing)."""
+        if run.key is None or run.shown is None:
+            return
+        held = gw.item_store.get(run.key)
+        turn = decode_turn(held) if held is not None else None
+        if turn is not None and (turn.shown or {}).get("status") not in PENDING:
+            return
+        if status == "cancelled":
+            self.cancelled += 1
+        else:
+            self.failed += 1
+        with trio.CancelScope(shield=True):
+            await self._keep(gw, run, final_shown(run.shown, status, error))
+
+    async def _keep(self, gw: "Gateway", run: Run, shown: dict) -> str:
+        """The run's turn with `shown` and no output, here and in the cluster copy."""
+        key, data = gw.item_store.keep_turn(run.item_scope, run.response_id, run.previous, run.input, [], False, shown)
+        if gw.shared_items is not None:
+            with trio.CancelScope(shield=True):
+                await gw.shared_items.put_many([(key, data)], gw.item_store.ttl_s)
+        return key
+
+    # ---- POST /v1/responses/{id}/cancel ----------------------------------------
+    async def serve_cancel(self, gw: "Gateway", request: HttpRequest, responder: Responder) -> bool:
+        response_id = match_response_cancel(request.path)
+        if response_id is None:
+            return False
+        from busbar import stored_responses as stored
+        try:
+            if request.method != b"POST":
+                raise ClientError(405, f"Method {request.method.decode('latin-1')} not allowed on this path; "
+                                       "use POST.")
+            scopes = stored.scopes(gw, request)
+            found = await stored._lookup(gw, scopes, response_id)
+            if found is None:
+                raise stored._not_found(gw, response_id)
+            scope, turn = found
+            if cancellable(effective(turn.shown, self.wall()), response_id):
+                key = turn_key(scope, response_id)
+                run = self.runs.get(key)
+                if run is not None:
+                    run.scope.cancel()
+                    with trio.move_on_after(CANCEL_WAIT_S):
+                        await run.done.wait()
+                elif self.publish is not None:
+                    # another replica runs it: it hears this on the cluster's subscription
+                    self.cancels_forwarded += 1
+                    await self.publish(self.channel, cancel_message(scope, response_id))
+                    with trio.move_on_after(CANCEL_WAIT_S):
+                        while True:
+                            again = await stored._lookup(gw, (scope,), response_id)
+                            if again is None or (again[1].shown or {}).get("status") not in PENDING:
+                                break
+                            await trio.sleep(CANCEL_POLL_S)
+                found = await stored._lookup(gw, (scope,), response_id) or found
+            body = stored.response_object(response_id, found[1], self.wall())
+        except ClientError as err:
+            await responder.send(*responses.render_error(err))
+        else:
+            await responder.send(200, [JSON_CT], orjson.dumps(body))
+        return True
+
+
+def _empty_turn(run: Run):
+    from busbar.item_store import Turn
+    return Turn(run.previous, run.input, [], False, 0, run.shown)

@@ -1,0 +1,70 @@
+"""Responses background mode across replicas (ADR 0026): two `busbar serve` processes on one
+real redis-server.  A background response created on A is polled on B (the marker and the
+final turn are in the cluster copy), and a cancel sent to B reaches A, which runs it, over the
+cluster's subscription."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import openai
+import pytest
+import trio
+
+from busbar.mock import MockVendor
+from cluster_support import Replica, start_all
+from harness import sdk
+from redis_support import needs_redis, redis_server  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_redis]
+
+
+def config(redis_url: str, vendor: MockVendor) -> dict:
+    return {"providers": {"claude": {"protocol": "anthropic", "base_url": vendor.url, "key": "vendor-key"}},
+            "pools": {"smart": {"members": [{"provider": "claude", "model": "claude-sonnet-4", "max_tokens": 4096}]}},
+            "state": {"backend": "redis", "url": redis_url, "prefix": "background", "timeout_ms": 1000}}
+
+
+@asynccontextmanager
+async def setup(tmp_path, redis_url: str, **vendor_options):
+    vendor = MockVendor(**vendor_options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vendor.serve)
+        running = [Replica(tmp_path, name, config(redis_url, vendor)) for name in ("A", "B")]
+        try:
+            await start_all(*running)
+            yield vendor, running
+        finally:
+            logs = [r.stop() for r in running]
+            nursery.cancel_scope.cancel()
+        for log in logs:
+            assert "Traceback" not in log, log
+
+
+def responses(replica: Replica) -> openai.OpenAI:
+    return openai.OpenAI(base_url=replica.url + "/v1", api_key="k", max_retries=0)
+
+
+async def test_status_is_visible_on_the_other_replica_and_a_cancel_reaches_the_runner(tmp_path, redis_server):
+    async with setup(tmp_path, redis_server.url, reply="from A's run", latency=1.5) as (vendor, (a, b)):
+        r = await sdk(lambda: responses(a).responses.create(model="smart", input="hi", background=True))
+        assert r.status == "queued"
+        seen = []
+        with trio.fail_after(20):
+            polled = r
+            while polled.status in {"queued", "in_progress"}:
+                polled = await sdk(lambda: responses(b).responses.retrieve(r.id))
+                seen.append(polled.status)
+                await trio.sleep(0.1)
+        assert seen[0] == "in_progress" and polled.status == "completed" and polled.output_text == "from A's run"
+
+        vendor.latency = 60
+        slow = await sdk(lambda: responses(a).responses.create(model="smart", input="hi", background=True))
+        with trio.fail_after(10):
+            while not vendor.in_flight:
+                await trio.sleep(0.02)
+        cancelled = await sdk(lambda: responses(b).responses.cancel(slow.id))     # B does not run it
+        assert cancelled.status == "cancelled"
+        assert (await sdk(lambda: responses(a).responses.retrieve(slow.id))).status == "cancelled"
+        with trio.fail_after(10):
+            while vendor.in_flight:          # A's upstream call went with it
+                await trio.sleep(0.02)
