@@ -23,7 +23,7 @@ from busbar.item_store import MAX_ENTRIES, DELETED, ItemStore, decode_turn, key_
 from busbar.protocols.responses import dialect as responses
 from busbar.reasoning_store import ReasoningStore
 from busbar.state.redis import RedisState
-from busbar.state.shared import ResponseDeletions, SharedEntries, deletion_message, read_deletion
+from busbar.state.shared import PendingDeletions, ResponseDeletions, SharedEntries, deletion_message, read_deletion
 from busbar.stored_responses import response_object
 
 import microbench  # bench/microbench.py: the shared timing loop
@@ -140,6 +140,8 @@ def main(n):
     measure("a published deletion heard (read, a turn and an item tombstoned)", lambda: deletions.on_message(message),
             n)
     measure("  of which read_deletion", lambda: read_deletion(message), n)
+    pending, keys = PendingDeletions(), (turn_key("key", "resp_p"), key_of("key", "msg_1"), key_of("key", "msg_2"))
+    measure("a deletion kept pending (PendingDeletions.add, Redis away)", lambda: pending.add(keys, message), n)
     full = ItemStore()
     for i in range(MAX_ENTRIES):
         full.put(f"key/response/resp_{i}", b"r{}")
@@ -173,7 +175,14 @@ async def redis_rows(port: int, n: int) -> None:
     dropped = (turn[0],) + tuple(names)
     await ameasure("cluster: a DELETE's drop (tombstone a turn and 3 items, count, publish: one script)",
                    lambda: shared.drop(dropped, DELETED, 3600, deletion_message("key", "resp_bench", names)), n)
+    deletions = ResponseDeletions(store, state)
+    await ameasure("cluster: the same through ResponseDeletions.delete (what a DELETE pays now)",
+                   lambda: deletions.delete(dropped, deletion_message("key", "resp_bench", names)), n)
     await state.aclose()
+    away = ResponseDeletions(store, RedisState("redis://127.0.0.1:1/0", "bench", timeout_s=1.0))
+    await ameasure("a DELETE's delete while Redis is away (refused connection, kept pending)",
+                   lambda: away.delete(dropped, deletion_message("key", "resp_bench", names)), n)
+    print(f"  (pending after it: {len(away.pending)}: one response deleted over and over is one entry)")
 
 
 def free_port() -> int:

@@ -215,6 +215,16 @@ async def _delete(gw: "Gateway", scope: str, response_id: str, turn: Turn) -> No
     item_ids = tuple(pair[0] for pair in ids if isinstance(pair, list) and pair and isinstance(pair[0], str)
                      and pair[0])
     keys = (turn_key(scope, response_id),) + tuple(key_of(scope, i) for i in item_ids)
+    deletions = getattr(getattr(gw, "app", None), "deletions", None)
+    if deletions is not None:
+        # published, or kept to replay while Redis is unreachable from here (the others serve their
+        # copies until then); refused only when too many already wait, and then nothing is deleted
+        if not await deletions.delete(keys, deletion_message(scope, response_id, item_ids)):
+            raise ClientError(503, "The response was not deleted: the gateway cannot reach its other replicas "
+                                   "now and already holds as many deletions waiting for them as it keeps; "
+                                   "retry later.", "overloaded", retry_after=5)
+        store.forget(keys)
+        return
     store.forget(keys)
     if gw.shared_items is not None:
         with trio.CancelScope(shield=True):     # bounded by the backend's timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from contextlib import asynccontextmanager
 
+import httpx
 import openai
 import pytest
 import trio
@@ -281,3 +282,43 @@ async def test_a_resubscribe_with_no_deletion_missed_trusts_the_copies_again(tmp
         assert redis_calls(redis_server.port, "mget") == mgets
         assert r3.output_text == "Three."
         assert (await deletions(a))["rechecked"] == 0
+
+
+async def _gone_on(replica: Replica, response_id: str) -> bool:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return (await client.get(f"{replica.url}/v1/responses/{response_id}",
+                                 headers={"authorization": "Bearer k"})).status_code == 404
+
+
+async def test_a_delete_made_while_redis_is_away_reaches_the_others_once_it_returns(tmp_path, redis_server):
+    """ADR 0025, pending deletions: Redis stopped, A deletes (answered, gone on A); B, which holds
+    its own copy, still serves it (it cannot know); Redis back (empty: a restart), A replays the
+    deletion (its resubscribe) and B's GET is a 404 within a bounded time; /metrics on A shows it."""
+    async with setup(tmp_path, redis_server.url, reply="said on A") as (vendor, (a, b)):
+        r1 = await sdk(lambda: responses(a).responses.create(model="smart", input="hello"))
+        assert (await sdk(lambda: responses(b).responses.retrieve(r1.id))).id == r1.id    # B holds a copy
+        redis_server.stop()
+        assert await sdk(lambda: responses(a).responses.delete(r1.id)) is None
+        with pytest.raises(openai.NotFoundError):
+            await sdk(lambda: responses(a).responses.retrieve(r1.id))
+        served = await sdk(lambda: responses(b).responses.retrieve(r1.id))      # during the outage: its copy
+        pending = await deletions(a)
+        assert (pending["pending"], pending["pending_added"], pending["published"]) == (1, 1, 0)
+        redis_server.start()
+        back = trio.current_time()
+        await eventually(lambda: _gone_on(b, r1.id), "B's GET of the deleted response is a 404", timeout=30)
+        took = trio.current_time() - back
+        with pytest.raises(openai.BadRequestError) as continued:
+            await sdk(lambda: responses(b).responses.create(model="smart", input="more",
+                                                            previous_response_id=r1.id))
+        after = await deletions(a)
+        async with httpx.AsyncClient(timeout=30) as client:
+            metrics = (await client.get(a.url + "/metrics")).text
+    assert served.output_text == "said on A"
+    assert continued.value.body["code"] == "previous_response_not_found"
+    assert (after["pending"], after["replayed"]) == (0, 1)
+    assert 'busbar_response_deletions_total{outcome="replayed"} 1.0' in metrics
+    assert 'busbar_response_deletions_total{outcome="pending"} 1.0' in metrics
+    assert "busbar_response_deletions_pending 0.0" in metrics
+    assert took < 20, took          # A's reconnect backoff and B's own; a liveness bound on a loaded box
+    print(f"B 404s {took:.2f} s after Redis returned")

@@ -340,6 +340,37 @@ class _Collector:
                                ("local_probe_grants", "Half-open probes granted locally while Redis was away."),
                                ("outages", "Times the routing state sync lost Redis.")):
                 yield CounterMetricFamily(f"busbar_cluster_{name}", what, value=sync[f"{name}_total"])
+        deletions = getattr(getattr(gw, "app", None), "deletions", None)
+        if deletions is not None:
+            yield from _deletion_families(deletions.status())
+
+
+def _deletion_families(status: dict):
+    """Deleted stored responses across replicas (ADR 0025), from the same numbers as
+    /admin/api/state's `response_deletions`."""
+    made = CounterMetricFamily("busbar_response_deletions", "Stored responses deleted through this replica: "
+                               "published to the other replicas at once, kept pending (Redis unreachable "
+                               "from here), pending ones replayed later, refused (pending set full).",
+                               labels=["outcome"])
+    for outcome, field in (("published", "published"), ("pending", "pending_added"), ("replayed", "replayed"),
+                           ("refused", "refused")):
+        made.add_metric([outcome], status[field])
+    yield made
+    yield GaugeMetricFamily("busbar_response_deletions_pending", "Deletions made here waiting for Redis to reach "
+                            "the other replicas (their copies still serve until then).", value=status["pending"])
+    heard = CounterMetricFamily("busbar_response_deletions_heard", "Deletions heard on the cluster's deletions "
+                                "channel (every replica's, this one's included): applied, or ignored (unreadable).",
+                                labels=["result"])
+    heard.add_metric(["applied"], status["applied"])
+    heard.add_metric(["ignored"], status["ignored"])
+    yield heard
+    yield CounterMetricFamily("busbar_response_deletions_copies_dropped", "Copies held here (turns, items) "
+                              "replaced by a heard deletion's tombstone.", value=status["copies_dropped"])
+    yield GaugeMetricFamily("busbar_response_deletions_doubtful", "Copies held here that may have missed a "
+                            "deletion (after a resubscribe) and are checked on their next use.",
+                            value=status["doubtful"])
+    yield CounterMetricFamily("busbar_response_deletions_rechecked", "Doubtful copies checked against Redis.",
+                              value=status["rechecked"])
 
 
 def _cache_families(gw):

@@ -14,17 +14,20 @@ both stores serve from this replica's own entries (logged once per outage).
 A deleted response (ADR 0025) is one script too: its turn and items become tombstones, a
 counter of deletions goes up, and the deletion is PUBLISHed on `<prefix>:items:deleted`, so
 every replica drops its own copies at once (`ResponseDeletions`, on the cluster's subscribed
-connection), not only the one that later looks the id up.
+connection), not only the one that later looks the id up.  A deletion this replica cannot
+publish (Redis unreachable from it) is kept in a bounded set (`PendingDeletions`) and replayed,
+the same script, as soon as Redis answers again (the resubscribe, or a retry each second).
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import NamedTuple
 
 import orjson
 import trio
 
-from busbar.item_store import key_of, turn_key
+from busbar.item_store import DELETED, key_of, turn_key
 from busbar.state.redis import RedisUnavailable
 from busbar.state.resp import RespError
 
@@ -51,6 +54,8 @@ return n
 """
 DELETIONS = "deletions"              # the counter's name under `<prefix>:<kind>:`
 MAX_EPOCH_DIGITS = 19                # the counter is a Redis integer (int64)
+MAX_PENDING = 10_000                 # deletions kept unpublished at once (a turn's keys and ids: ~0.5 KB each)
+REPLAY_EVERY_S = 1.0                 # while some are pending, retried this often too (Redis back, still subscribed)
 
 
 class Deletion(NamedTuple):
@@ -170,6 +175,43 @@ def shared_entries(state, kind: str) -> SharedEntries | None:
     return SharedEntries(state, kind)
 
 
+class PendingDeletions:
+    """Deletions this replica answered but could not publish (the drop script failed: Redis
+    unreachable from it, or refusing), in the order they were made, to be replayed by the same
+    script once it is back.  For the process's life (not across a restart), at most `limit`:
+    when full, a new deletion is refused (the caller gets a 503 and keeps its response, here and
+    everywhere) rather than one already answered being forgotten, so no deletion the gateway said
+    it made is ever silently lost.  A response deleted twice is one entry.  Pure: the I/O is the
+    caller's (`ResponseDeletions`)."""
+
+    def __init__(self, limit: int = MAX_PENDING):
+        self.limit = limit
+        self._entries: dict[str, tuple[tuple[str, ...], bytes]] = {}     # turn key -> (keys, message)
+        self.added = self.replayed = self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, keys: tuple[str, ...], message: bytes) -> bool:
+        """Keep one (its keys, the turn's first); False when full (refused, counted)."""
+        if keys[0] not in self._entries and len(self._entries) >= self.limit:
+            self.refused += 1
+            return False
+        if keys[0] not in self._entries:
+            self.added += 1
+        self._entries[keys[0]] = (keys, message)
+        return True
+
+    def due(self) -> list[tuple[tuple[str, ...], bytes]]:
+        """What to replay, oldest first (a snapshot: adds meanwhile wait for the next round)."""
+        return list(self._entries.values())
+
+    def done(self, keys: tuple[str, ...]) -> None:
+        """One replayed (published): no longer pending."""
+        if self._entries.pop(keys[0], None) is not None:
+            self.replayed += 1
+
+
 class ResponseDeletions:
     """Every replica's copies of a deleted response dropped at once: the drop script
     publishes each deletion on `<prefix>:items:deleted`, which this follows on the cluster's
@@ -177,10 +219,18 @@ class ResponseDeletions:
     the turn and items held here by the `DELETED` mark.  A (re)subscribe cannot say what was
     missed while away, so every copy held then is doubtful (`ItemStore.doubtful`: checked
     against the cluster copy on use, `Exchange._recheck`) until the deletions counter shows
-    nothing was deleted since this replica last heard (`run`)."""
+    nothing was deleted since this replica last heard (`run`).
 
-    def __init__(self, store, state, kind: str = "items"):
+    Deletions made here go through `delete`: published (the drop script), or kept pending
+    while Redis is unreachable from this replica and replayed by `run` after the resubscribe
+    (or every `REPLAY_EVERY_S` while any are pending)."""
+
+    def __init__(self, store, state, kind: str = "items", *, pending_limit: int = MAX_PENDING):
         self.store, self.state = store, state
+        self.shared = SharedEntries(state, kind)
+        self.pending = PendingDeletions(pending_limit)
+        self.published = 0                   # deletions made here published at once
+        self._refusing = False               # the pending set full (its refusals logged once)
         self.channel = deletions_channel(state.prefix, kind)
         self._counter = f"{state.prefix}:{kind}:{DELETIONS}"
         self.heard: int | None = None        # the deletions counter as this replica last knew it
@@ -209,19 +259,68 @@ class ResponseDeletions:
             self._since = self.heard
             self._check.set()
 
+    async def delete(self, keys: tuple[str, ...], message: bytes) -> bool:
+        """A deletion made here (its copies already forgotten here, or about to be: the caller
+        drops them after a True): published to every replica, else kept pending.  False only
+        when it could not be published and the pending set is full (refused)."""
+        if await self._drop(keys, message):
+            self.published += 1
+            return True
+        was_empty = not self.pending
+        if not self.pending.add(keys, message):
+            if not self._refusing:           # once each time it fills
+                self._refusing = True
+                log.warning("state: a response deletion refused: %d made here are already waiting for redis "
+                            "to reach the other replicas (the limit); further ones are refused (503) until it "
+                            "returns (%d refused so far)", len(self.pending), self.pending.refused)
+            return False
+        if was_empty:
+            log.warning("state: response deletions not published (redis unreachable); the other replicas "
+                        "keep serving their copies until it returns and this replica replays them (held in "
+                        "memory: a restart before then loses them)")
+        return True
+
+    async def _drop(self, keys: tuple[str, ...], message: bytes) -> bool:
+        with trio.CancelScope(shield=True):      # bounded by the backend's timeout
+            return await self.shared.drop(keys, DELETED, self.store.ttl_s, message)
+
+    async def replay(self) -> int:
+        """Publish the pending deletions, oldest first, until one fails (Redis still away: the
+        rest wait for the next try); how many were published.  A turn already gone in Redis
+        is tombstoned again (idempotent; the counter counts it once more)."""
+        replayed = 0
+        for keys, message in self.pending.due():
+            if not await self._drop(keys, message):
+                break
+            self.pending.done(keys)
+            replayed += 1
+        if replayed:
+            self._refusing = False
+            log.warning("state: %d response deletions made while redis was unreachable published to the other "
+                        "replicas (%d still pending)", replayed, len(self.pending))
+        return replayed
+
     async def run(self) -> None:
-        """After each (re)subscribe, read the deletions counter: unmoved since this replica
-        last heard one, nothing was missed and no copy is doubtful.  Moved (or unreadable),
-        the copies stay doubtful, each checked on its next use."""
+        """After each (re)subscribe, replay the deletions pending here, then read the
+        deletions counter: unmoved since this replica last heard one (but for its own
+        replays), nothing was missed and no copy is doubtful.  Moved (or unreadable), the
+        copies stay doubtful, each checked on its next use.  While deletions are pending,
+        they are also retried every `REPLAY_EVERY_S` (Redis back without a resubscribe)."""
         while True:
-            await self._check.wait()
-            self._check = trio.Event()
-            since = self._since
+            with trio.move_on_after(REPLAY_EVERY_S if self.pending else math.inf):
+                await self._check.wait()
+            resubscribed = self._check.is_set()
+            if resubscribed:
+                self._check = trio.Event()
+                since = self._since
+            replayed = await self.replay() if self.pending else 0
+            if not resubscribed:
+                continue
             try:
                 counter = int(await self.state.command("GET", self._counter) or 0)
             except (RedisUnavailable, RespError, ValueError):
                 continue
-            if since is not None and counter == since and not self._check.is_set():
+            if since is not None and counter == since + replayed and not self._check.is_set():
                 self.store.doubtful.clear()
             self.heard = max(self.heard or 0, counter)
             self.counter_reads += 1
@@ -231,4 +330,7 @@ class ResponseDeletions:
         return {"channel": self.channel, "subscribed": self.subscribed, "received": self.received,
                 "applied": self.applied, "ignored": self.ignored, "copies_dropped": self.copies_dropped,
                 "counter": self.heard, "resubscribed": self.resubscribed, "counter_reads": self.counter_reads,
-                "doubtful": len(self.store.doubtful), "rechecked": self.store.rechecked}
+                "doubtful": len(self.store.doubtful), "rechecked": self.store.rechecked,
+                "published": self.published, "pending": len(self.pending), "pending_added": self.pending.added,
+                "replayed": self.pending.replayed, "refused": self.pending.refused,
+                "pending_limit": self.pending.limit}
