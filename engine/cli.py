@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 
 import trio
 
@@ -442,6 +443,16 @@ async def _drift(vendor, period: float = 2.0) -> None:
 def cmd_demo(args) -> int:
     for name, default in (("A", "9101"), ("B", "9102"), ("C", "9103"), ("D", "9104")):
         os.environ.setdefault(f"BUSBAR_DEMO_PORT_{name}", default)
+    # Keys minted in a demo live as long as it does: the default store is
+    # ./busbar-keys.sqlite, and a key left there by an earlier run (or by
+    # `busbar serve` in the same directory) would turn the demo's open door
+    # into 401s for the `api_key="demo"` its banner prints.
+    with tempfile.TemporaryDirectory(prefix="busbar-demo-") as scratch:
+        os.environ.setdefault("BUSBAR_KEYS_DB", os.path.join(scratch, "keys.sqlite"))
+        return _demo(args)
+
+
+def _demo(args) -> int:
     config = load_config(args.config or DEMO_CONFIG)
     port = args.port if args.port is not None else 8080
     a, b, c, d = (int(os.environ[f"BUSBAR_DEMO_PORT_{name}"]) for name in "ABCD")

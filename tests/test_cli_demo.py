@@ -75,3 +75,47 @@ def _local_members(gw: int, timeout: float = 15.0) -> list[dict]:
         if all(m.get("backend") for m in members) or time.monotonic() > deadline:
             return members
         time.sleep(0.1)
+
+
+def _start_demo(cwd, *extra):
+    ports = [free_port() for _ in range(5)]
+    env = {**os.environ, "PYTHONPATH": ROOT, **{f"BUSBAR_DEMO_PORT_{n}": str(p) for n, p in zip("ABCD", ports[1:])}}
+    env.pop("BUSBAR_KEYS_DB", None)
+    demo = subprocess.Popen([sys.executable, "-m", "busbar.cli", "demo", "--port", str(ports[0]), *extra], env=env,
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for port in ports:
+        wait_port(port)
+    return demo, f"http://127.0.0.1:{ports[0]}"
+
+
+def _stop(demo) -> None:
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(15) == 0
+
+
+def test_a_key_minted_by_an_earlier_run_in_the_same_directory_does_not_lock_the_demo(tmp_path):
+    """Keys minted in a demo live as long as that demo: before, they went to the
+    default store ./busbar-keys.sqlite, and the next `busbar demo` started there
+    found a key and refused the banner's `api_key="demo"` with a 401."""
+    import yaml
+    config = yaml.safe_load(open(os.path.join(ROOT, "pipelines", "demo.yaml")))
+    config.setdefault("admin", {})["key"] = "adm-secret-for-this-test"
+    (tmp_path / "demo-admin.yaml").write_text(yaml.safe_dump(config))
+    demo, url = _start_demo(tmp_path, "--config", str(tmp_path / "demo-admin.yaml"))
+    try:
+        minted = httpx.post(url + "/admin/keys", json={"id": "left-behind"},
+                            headers={"authorization": "Bearer adm-secret-for-this-test"})
+        assert minted.status_code == 201, minted.text
+        # while it runs, the minted key is enforced: the open door is closed
+        assert httpx.post(url + "/v1/chat/completions", json={"model": "smart", "messages": [
+            {"role": "user", "content": "hi"}]}, headers={"authorization": "Bearer demo"}).status_code == 401
+    finally:
+        _stop(demo) if demo.poll() is None else None
+    assert not list(tmp_path.glob("busbar-keys.sqlite*"))      # nothing left in the user's directory
+    demo, url = _start_demo(tmp_path)
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="demo", max_retries=0)
+        answer = client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hello"}])
+        assert answer.choices[0].message.content == "hello"
+    finally:
+        _stop(demo) if demo.poll() is None else None
