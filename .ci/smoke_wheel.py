@@ -78,8 +78,8 @@ def main() -> None:
     check(svg.returncode == 0 and "<svg" in svg.stdout and 'data-state="dispatched"' in svg.stdout,
           "busbar diagram --format svg with no Graphviz")
 
-    gw, a, b = free_port(), free_port(), free_port()
-    env = {**os.environ, "BUSBAR_DEMO_PORT_A": str(a), "BUSBAR_DEMO_PORT_B": str(b)}
+    gw, a, b, c, d = (free_port() for _ in range(5))      # the demo's four simulated vendors too
+    env = {**os.environ, **{f"BUSBAR_DEMO_PORT_{n}": str(p) for n, p in zip("ABCD", (a, b, c, d))}}
     demo = subprocess.Popen([BIN, "demo", "--port", str(gw)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -99,7 +99,8 @@ def main() -> None:
     finally:
         if demo.poll() is None:
             demo.kill()
-            print(demo.stdout.read(), file=sys.stderr)
+        if demo.returncode not in (0, None):
+            print(demo.stdout.read(), file=sys.stderr)      # why it died or hung
     print(json.dumps({"smoke": "passed", "busbar": busbar.__version__}))
 
 

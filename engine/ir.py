@@ -466,3 +466,50 @@ def check_request(req: Request) -> None:
     _opt_str(req.user, "user")
     if req.metadata is not None and type(req.metadata) is not dict:
         raise Malformed("metadata", "an object")
+
+
+_INT64 = 2 ** 63      # what JSON writers (orjson) take
+
+
+def _check_usage(u, path: str) -> None:
+    if type(u) is not Usage:
+        raise Malformed(path, "a usage object")
+    for name in ("input_tokens", "output_tokens", "cached_tokens", "cache_creation_tokens", "reasoning_tokens",
+                 "total_tokens"):
+        v = getattr(u, name)
+        if (v is not None or name != "total_tokens") and not (type(v) is int and -_INT64 <= v < _INT64):
+            raise Malformed(f"{path}.{name}", "an integer (64-bit)")
+
+
+def check_event(e) -> None:
+    """Raise `Malformed` for a stream event carrying a value of the wrong type:
+    a decoder's output is what every encoder writes, so a vendor's
+    `"text": true` is the decoder's StreamError (the member's fault, named),
+    not a TypeError in the client's encoder mid-stream."""
+    t = type(e)
+    if t is TextDelta or t is ReasoningDelta:
+        if type(e.text) is not str:
+            raise Malformed("delta.text", "a string")
+    elif t is ToolArgsDelta:
+        if type(e.partial_json) is not str:
+            raise Malformed("delta.arguments", "a string")
+    elif t is SignatureDelta:
+        if type(e.signature) is not str:
+            raise Malformed("delta.signature", "a string")
+    elif t is BlockStart:
+        _check_part(e.part, "block")
+    elif t is UsageEvent:
+        _check_usage(e.usage, "usage")
+    elif t is MessageStart:
+        if type(e.id) is not str or type(e.model) is not str:
+            raise Malformed("message", "an id and a model that are strings")
+        if e.usage is not None:
+            _check_usage(e.usage, "message.usage")
+    elif t is MessageStop:
+        if type(e.stop_reason) is not StopReason:
+            raise Malformed("stop_reason", "a stop reason")
+        if e.stop_sequence is not None and type(e.stop_sequence) is not str:
+            raise Malformed("stop_sequence", "a string")
+    elif t is ErrorEvent:
+        if type(e.message) is not str:
+            raise Malformed("error.message", "a string")

@@ -359,3 +359,45 @@ async def test_garbage_200_from_upstream_fails_over(pool):
         record = await last_record(gw)
     assert result.choices[0].message.content == "clean answer"
     assert record["attempts"][0]["outcome"] == "server"
+
+
+CROSS = {"providers": {"ant": {"protocol": "anthropic", "base_url": "{a}", "key": "k"},
+                       "second": {"protocol": "openai", "base_url": "{b}/v1", "key": "k"}},
+         "pools": {"smart": {"strategy": "ordered", "members": [
+             {"provider": "ant", "model": "m1", "priority": 0},
+             {"provider": "second", "model": "m2", "priority": 1}]}}}
+# an Anthropic delta whose text is not a string: JSON, well framed, the wrong type
+TYPED_GARBAGE = ('event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+                 '"delta": {"type": "text_delta", "text": true}}\n\n')
+
+
+async def test_a_wrong_typed_upstream_chunk_before_content_fails_over():
+    """Before the commit point, a chunk the decoder cannot type-check is the
+    member's fault like garbage bytes: the stream goes to the next member. (Before
+    `ir.check_event`, the `true` reached the OpenAI encoder as a TypeError.)"""
+    a, b = MockVendor(reply="never seen"), MockVendor(reply="clean answer")
+    a.fail_next({"inject": TYPED_GARBAGE, "after": 1})     # right after message_start, before any content
+    async with gateway_with(CROSS, a=a, b=b) as gw:
+        def run():
+            return "".join(c.choices[0].delta.content or "" for c in chat(oai(gw.url), stream=True) if c.choices)
+        assert await sdk(run) == "clean answer"
+        record = await last_record(gw)
+    assert [x["outcome"] for x in record["attempts"]] == ["server", "ok"]
+    assert "malformed" in record["attempts"][0]["message"]
+
+
+async def test_a_wrong_typed_upstream_chunk_after_content_ends_the_stream_with_the_clients_error():
+    a, b = MockVendor(reply="a b c d e f"), MockVendor()
+    a.fail_next({"inject": TYPED_GARBAGE, "after": 4})     # after content went out
+    async with gateway_with(CROSS, a=a, b=b) as gw:
+        def run():
+            parts = []
+            for chunk in chat(oai(gw.url), stream=True):
+                if chunk.choices:
+                    parts.append(chunk.choices[0].delta.content or "")
+            return parts
+        with pytest.raises(openai.APIError):
+            await sdk(run)
+        record = await last_record(gw)
+    assert b.received == []                         # no retry after bytes went out
+    assert record["state"] == "failed"

@@ -15,6 +15,7 @@ applied to every request from `always`:
                                                 half the body, then close)
   {"stall": 5.0, "after": 0}                    stop sending for N seconds
   {"malformed": true, "after": 1}               garbage bytes in the stream (buffered: a garbage 200 body)
+  {"inject": "data: {...}\n\n", "after": 2}      these exact bytes in the stream after N writes, then the rest
   {"error_event": "overloaded"|"context"}       200 stream whose first event is an error
   {"error_event": "overloaded", "after": 3}     the vendor's in-stream error event after N writes (the
                                                 preamble and N-1 deltas): a stream dying mid-way
@@ -278,6 +279,8 @@ class MockVendor:
                 if fault.get("malformed"):
                     await responder.write(vendor.garbage())
                     raise AbortConnection()
+                if fault.get("inject") is not None:      # these exact bytes, then the rest
+                    await responder.write(fault["inject"].encode())
                 if "stall" in fault and after:
                     await trio.sleep(fault["stall"])
             await responder.write(frame)

@@ -770,6 +770,8 @@ class FrameDecoder:
         try:
             for m in self._frames.feed(data):
                 self._message(m, out)
+            for e in out:
+                ir.check_event(e)      # as the SSE decoders (busbar.protocols.streaming)
         except StreamError:
             self._failed = True
             raise

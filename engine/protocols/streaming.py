@@ -72,6 +72,8 @@ class SSEDecoder:
             out: list = []
             for ev in events:
                 self._event(ev.event, ev.data, out)
+            for e in out:
+                ir.check_event(e)      # a wrong-typed vendor value: this stream's StreamError
             return out
         except StreamError:
             self._failed = True
@@ -102,11 +104,17 @@ class SSEDecoder:
             # (some servers end the body right after `data: [DONE]`), a cut
             # one fails to parse.
             out = self.feed(b"\n\n")
+        fed = len(out)
         try:
-            self._end(out)
+            self._end(out)                 # Gemini's usage, for one, is read only here
+            for e in out[fed:]:
+                ir.check_event(e)
         except StreamError:
             self._failed = True
             raise
+        except MALFORMED as exc:
+            self._failed = True
+            raise StreamError(f"malformed {self.protocol} stream end: {exc!r}"[:300]) from None
         return out
 
     # subclasses
