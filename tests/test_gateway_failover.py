@@ -151,18 +151,17 @@ async def test_stream_error_event_first_fails_over():
         assert await sdk(run) == "b answers"
 
 
+def streamed_text(url: str) -> str:
+    """The OpenAI SDK's streamed answer from pool `smart`, whole (raises as the SDK does)."""
+    return "".join(c.choices[0].delta.content or "" for c in chat(oai(url), stream=True) if c.choices)
+
+
 async def test_stream_failure_after_content_raises_in_sdk():
     a, b = MockVendor(reply="a b c d e f g h"), MockVendor()
     a.fail_next({"reset": "during", "after": 4})
     async with gateway_with(TWO_VENDORS, a=a, b=b) as gw:
-        def run():
-            parts = []
-            for chunk in chat(oai(gw.url), stream=True):
-                if chunk.choices:
-                    parts.append(chunk.choices[0].delta.content or "")
-            return parts
         with pytest.raises(openai.APIError):
-            await sdk(run)
+            await sdk(lambda: streamed_text(gw.url))
         assert b.received == []                         # no retry after bytes went out
         assert (await last_record(gw))["state"] == "failed"
 
@@ -378,9 +377,7 @@ async def test_a_wrong_typed_upstream_chunk_before_content_fails_over():
     a, b = MockVendor(reply="never seen"), MockVendor(reply="clean answer")
     a.fail_next({"inject": TYPED_GARBAGE, "after": 1})     # right after message_start, before any content
     async with gateway_with(CROSS, a=a, b=b) as gw:
-        def run():
-            return "".join(c.choices[0].delta.content or "" for c in chat(oai(gw.url), stream=True) if c.choices)
-        assert await sdk(run) == "clean answer"
+        assert await sdk(lambda: streamed_text(gw.url)) == "clean answer"
         record = await last_record(gw)
     assert [x["outcome"] for x in record["attempts"]] == ["server", "ok"]
     assert "malformed" in record["attempts"][0]["message"]
@@ -390,14 +387,8 @@ async def test_a_wrong_typed_upstream_chunk_after_content_ends_the_stream_with_t
     a, b = MockVendor(reply="a b c d e f"), MockVendor()
     a.fail_next({"inject": TYPED_GARBAGE, "after": 4})     # after content went out
     async with gateway_with(CROSS, a=a, b=b) as gw:
-        def run():
-            parts = []
-            for chunk in chat(oai(gw.url), stream=True):
-                if chunk.choices:
-                    parts.append(chunk.choices[0].delta.content or "")
-            return parts
         with pytest.raises(openai.APIError):
-            await sdk(run)
+            await sdk(lambda: streamed_text(gw.url))
         record = await last_record(gw)
     assert b.received == []                         # no retry after bytes went out
     assert record["state"] == "failed"
