@@ -1018,6 +1018,7 @@ class Exchange:
         if consequence.alert:
             alert_log.warning("request %s: %s", self.record.id, consequence.alert)
         if kind is Broken:
+            rec.outcome = fault.cls.value      # it had committed ("ok"); the member broke its stream
             rec.message = fault.message[:200]
             if consequence.retry and self._resume(attempt, rec, outcome, now):
                 return

@@ -391,4 +391,4 @@ async def test_a_wrong_typed_upstream_chunk_after_content_ends_the_stream_with_t
             await sdk(lambda: streamed_text(gw.url))
         record = await last_record(gw)
     assert b.received == []                         # no retry after bytes went out
-    assert record["state"] == "failed"
+    assert record["state"] == "failed" and [x["outcome"] for x in record["attempts"]] == ["server"]
