@@ -17,7 +17,10 @@ failure, a cancel or a shutdown replaces the marker with the final status here.
 
 `background` with `stream: true`: the POST streams as usual through a `DetachedResponder`,
 whose writes stop (and are dropped) once the client is gone, so the generation goes on, is
-kept under the id its stream showed and can be retrieved.
+kept under the id its stream showed and can be retrieved.  From its first bytes (before the
+client sees them) it has the same `in_progress` marker under the id its `response.created`
+shows, so `retrieve` and `cancel` reach it while it runs; a cancelled one's still-connected
+client gets a last `response.completed`-shaped event with `status: "cancelled"`.
 
 The decisions are I/O-free (`requested`, `pending_shown`, `final_shown`, `error_of`,
 `effective`, `cancellable`, `read_cancel`), the clock injected where one is read.
@@ -182,18 +185,61 @@ class Run:
     previous: str | None = None
     input: list = dataclasses.field(default_factory=list)
     shown: dict | None = None        # the marker's shown fields
+    model: str = ""                  # the pool (a stream's marker, kept at its first event)
+    expires_in: float = 0.0          # the pipeline's deadline + CANCEL_WAIT_S (a stream's marker)
+
+
+def stream_id(first: bytes) -> str | None:
+    """The response id a Responses stream's first bytes show (its `response.created`
+    event: translated by our encoder or a Responses member's own, passed through)."""
+    for line in first.split(b"\n"):
+        if line.startswith(b"data:"):
+            try:
+                obj = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return None
+            response = obj.get("response") if isinstance(obj, dict) else None
+            rid = response.get("id") if isinstance(response, dict) else None
+            return rid if isinstance(rid, str) and rid else None
+    return None
+
+
+def last_sequence(data: bytes, seq: int) -> int:
+    """The last `sequence_number` in written stream bytes (`seq` when there is none)."""
+    i = data.rfind(b'"sequence_number":')
+    if i < 0:
+        return seq
+    j = i + 18
+    while j < len(data) and data[j:j + 1] == b" ":
+        j += 1
+    k = j
+    while k < len(data) and data[k:k + 1].isdigit():
+        k += 1
+    return int(data[j:k]) if k > j else seq
+
+
+def cancelled_event(response: dict, seq: int) -> bytes:
+    """The terminal event a cancelled background stream's still-connected client gets:
+    shaped as `response.completed` (openai-python has no `response.cancelled` event), its
+    response's final `status: "cancelled"` (ADR 0026)."""
+    body = {"type": "response.completed", "sequence_number": seq + 1, "response": response}
+    return b"event: response.completed\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
 class DetachedResponder(Responder):
     """The client's own responder for a background stream: writes go to it until the
-    client is gone, then are dropped, so the exchange runs to its end."""
+    client is gone, then are dropped, so the exchange runs to its end.  At the stream's
+    first bytes (`start`) the run's marker is kept under the id they show, before the
+    client sees it, so `retrieve` and `cancel` reach the running stream (`on_start`)."""
 
-    __slots__ = ("inner",)
+    __slots__ = ("inner", "on_start", "seq")
 
-    def __init__(self, inner: Responder):
+    def __init__(self, inner: Responder, on_start=None):
         super().__init__(None)
         self.inner = inner
         self.extra_headers = inner.extra_headers
+        self.on_start = on_start         # async (status, first bytes) -> None
+        self.seq = -1                    # the last sequence_number written (the cancelled event's follows it)
 
     @property
     def started(self) -> bool:
@@ -212,13 +258,18 @@ class DetachedResponder(Responder):
         await self._call("send", status, headers, body)
 
     async def start(self, status, headers, first: bytes = b"") -> None:
+        if self.on_start is not None:
+            await self.on_start(status, first)
+        self.seq = last_sequence(first, self.seq)
         self.inner.extra_headers = self.extra_headers
         await self._call("start", status, headers, first)
 
     async def write(self, data: bytes) -> None:
+        self.seq = last_sequence(data, self.seq)
         await self._call("write", data)
 
     def hold(self, data: bytes) -> None:
+        self.seq = last_sequence(data, self.seq)
         if not self.inner._gone:
             self.inner.hold(data)
 
@@ -284,7 +335,10 @@ class BackgroundRuns:
         stream = obj.get("stream") is True
         run = Run(None if stream else f"resp_{uuid.uuid4().hex}", int(self.wall()), stream)
         if stream:
-            detached = DetachedResponder(responder)
+            async def on_start(status: int, first: bytes) -> None:
+                if status == 200 and run.key is None and run.detached:
+                    await self._keep_stream(gw, run, stream_id(first))
+            detached = DetachedResponder(responder, on_start)
             await self.nursery.start(self._run, gw, inner, detached, protocol, dialect, params, run)
             await run.done.wait()       # the client leaving cancels this wait, not the run
             return
@@ -304,9 +358,9 @@ class BackgroundRuns:
         task leaves the client's connection for this nursery."""
         run: Run = x.background
         run.item_scope, run.previous, run.input = x.item_scope, x.previous, x._own_input()
+        run.model, run.expires_in = x.model, x.plan.pipeline.deadline + CANCEL_WAIT_S
         if run.response_id is not None:
-            deadline = x.plan.pipeline.deadline
-            run.shown = pending_shown(x.model, run.created_at, self.wall() + deadline + CANCEL_WAIT_S)
+            run.shown = pending_shown(x.model, run.created_at, self.wall() + run.expires_in)
             run.key = await self._keep(x.gw, run, run.shown)
             self.runs[run.key] = run
             if self.on_count is not None:
@@ -315,6 +369,21 @@ class BackgroundRuns:
         self.started += 1
         self.live += 1
         run.task_status.started()
+
+    async def _keep_stream(self, gw: "Gateway", run: Run, response_id: str | None) -> None:
+        """A background stream's marker, under the id its first event shows (kept before
+        the client is sent it), unless that turn is already kept as answered (a cache
+        replay keeps its turn before it starts the stream)."""
+        if response_id is None:
+            return
+        key = turn_key(run.item_scope, response_id)
+        held = gw.item_store.get(key)
+        if held is not None and not pending(held):
+            return
+        run.response_id = response_id
+        run.shown = pending_shown(run.model, run.created_at, self.wall() + run.expires_in)
+        run.key = await self._keep(gw, run, run.shown)
+        self.runs[run.key] = run
 
     async def _run(self, gw: "Gateway", request: HttpRequest, responder: Responder, protocol: str, dialect,
                    params: dict, run: Run, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -336,8 +405,13 @@ class BackgroundRuns:
                     return
             if run.scope.cancelled_caught:
                 await self._finish(gw, run, "cancelled")
+                if isinstance(responder, DetachedResponder):
+                    await self._end_cancelled_stream(gw, run, responder)
             elif isinstance(responder, CapturedResponder) and responder.status != 200:
                 await self._finish(gw, run, "failed", error_of(responder.status, responder.body))
+            elif run.stream and await self._finish(gw, run, "failed", {
+                    "code": "server_error", "message": "The background stream ended before it completed."}):
+                pass                           # its stream ended with the error event; no answer was kept
             elif run.detached:
                 self.completed += 1
             if not run.detached:
@@ -345,27 +419,42 @@ class BackgroundRuns:
         finally:
             if run.key is not None and self.runs.get(run.key) is run:
                 del self.runs[run.key]
-                if self.on_count is not None:
+                if self.on_count is not None and not run.stream:   # a stream's connection counts itself
                     self.on_count(-1)
             run.done.set()
             if run.detached:
                 self.live -= 1
 
-    async def _finish(self, gw: "Gateway", run: Run, status: str, error: dict | None = None) -> None:
+    async def _finish(self, gw: "Gateway", run: Run, status: str, error: dict | None = None) -> bool:
         """Replace a pending marker by the final status (a turn the exchange already kept
-        as answered stays: a cancel that came too late changes nothing)."""
+        as answered stays: a cancel that came too late changes nothing); whether it did."""
         if run.key is None or run.shown is None:
-            return
+            return False
         held = gw.item_store.get(run.key)
         turn = decode_turn(held) if held is not None else None
         if turn is not None and (turn.shown or {}).get("status") not in PENDING:
-            return
+            return False
         if status == "cancelled":
             self.cancelled += 1
         else:
             self.failed += 1
         with trio.CancelScope(shield=True):
             await self._keep(gw, run, final_shown(run.shown, status, error))
+        return True
+
+    async def _end_cancelled_stream(self, gw: "Gateway", run: Run, responder: DetachedResponder) -> None:
+        """A cancelled background stream's client, if still there, gets the response with its
+        final status, `cancelled`, as the stream's last event (`cancelled_event`)."""
+        inner = responder.inner
+        if not inner.started or inner._gone or run.key is None:
+            return
+        from busbar.stored_responses import response_object
+        held = gw.item_store.get(run.key)
+        turn = decode_turn(held) if held is not None else None
+        body = response_object(run.response_id, turn or _empty_turn(run))
+        with trio.move_on_after(1.0):
+            await responder.write(cancelled_event(body, responder.seq))
+            await responder.end()
 
     async def _keep(self, gw: "Gateway", run: Run, shown: dict) -> str:
         """The run's turn with `shown` and no output, here and in the cluster copy."""

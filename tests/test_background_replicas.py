@@ -68,3 +68,23 @@ async def test_status_is_visible_on_the_other_replica_and_a_cancel_reaches_the_r
         with trio.fail_after(10):
             while vendor.in_flight:          # A's upstream call went with it
                 await trio.sleep(0.02)
+
+
+async def test_a_running_background_stream_is_seen_and_cancelled_from_the_other_replica(tmp_path, redis_server):
+    words = " ".join(f"w{i}" for i in range(60))
+    async with setup(tmp_path, redis_server.url, reply=words, chunk_delay=0.5) as (vendor, (a, b)):
+        stream = await sdk(lambda: responses(a).responses.create(model="smart", input="count", stream=True,
+                                                                background=True))
+        events = iter(stream)
+        created = await sdk(lambda: next(events))
+        assert created.type == "response.created"
+        rid = created.response.id
+        assert (await sdk(lambda: responses(b).responses.retrieve(rid))).status == "in_progress"
+        cancelled = await sdk(lambda: responses(b).responses.cancel(rid))     # B does not run it
+        assert cancelled.status == "cancelled"
+        rest = await sdk(lambda: list(events))
+        assert rest[-1].response.status == "cancelled"
+        assert (await sdk(lambda: responses(a).responses.retrieve(rid))).status == "cancelled"
+        with trio.fail_after(10):
+            while vendor.in_flight:          # A's upstream call went with it
+                await trio.sleep(0.02)

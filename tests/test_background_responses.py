@@ -10,8 +10,8 @@ import orjson
 import pytest
 import trio
 
-from busbar.background import (BackgroundRuns, cancel_message, cancellable, effective, error_of, final_shown,
-                               pending_shown, read_cancel, requested)
+from busbar.background import (BackgroundRuns, cancel_message, cancellable, cancelled_event, effective, error_of,
+                               final_shown, last_sequence, pending_shown, read_cancel, requested, stream_id)
 from busbar.faults import ClientError
 from busbar.item_store import ItemStore, decode_turn, turn_key
 from busbar.mock import MockVendor
@@ -71,6 +71,24 @@ def test_what_cancel_does_by_status():
         with pytest.raises(ClientError) as info:
             cancellable(sync, "resp_1")
         assert info.value.status == 400 and "synchronous" in info.value.message
+
+
+@pytest.mark.pure
+def test_a_background_streams_id_and_its_cancelled_end():
+    created = (b'event: response.created\ndata: {"type":"response.created","sequence_number":0,'
+               b'"response":{"id":"resp_abc","status":"in_progress"}}\n\nevent: response.in_progress\n'
+               b'data: {"type":"response.in_progress","sequence_number":1,"response":{"id":"resp_abc"}}\n\n')
+    assert stream_id(created) == "resp_abc"
+    assert stream_id(b'data: {"type":"response.created","response":{"id":"resp_x"}}\n\n') == "resp_x"  # no event line
+    for junk in (b"", b"data: nope\n\n", b'data: []\n\n', b'data: {"response":{"id":7}}\n\n'):
+        assert stream_id(junk) is None
+    assert last_sequence(created, -1) == 1 and last_sequence(b"data: x\n\n", 4) == 4
+    assert last_sequence(b'{"sequence_number": 12}', 0) == 12
+    end = cancelled_event({"id": "resp_abc", "status": "cancelled"}, 7)
+    assert end.startswith(b"event: response.completed\ndata: ")
+    body = orjson.loads(end.split(b"data: ", 1)[1])
+    assert body == {"type": "response.completed", "sequence_number": 8,
+                    "response": {"id": "resp_abc", "status": "cancelled"}}
 
 
 @pytest.mark.pure
@@ -259,6 +277,75 @@ async def test_a_background_stream_with_its_client_streams_as_usual():
         done = with_events[-1]
         assert done.type == "response.completed" and done.response.output_text == "one two three"
         assert (await sdk(lambda: c.responses.retrieve(done.response.id))).output_text == "one two three"
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("vendor", ["anthropic", "responses"])
+async def test_a_running_background_stream_is_retrieved_and_cancelled(vendor):
+    """While it runs, a background stream has the status entry a buffered one has, under the
+    id its `response.created` showed: retrieve says in_progress, cancel stops it (the member's
+    call too) and the still-connected client's stream ends with the response, `cancelled`."""
+    mock = MockVendor(reply=" ".join(f"w{i}" for i in range(40)), chunk_delay=0.5)
+    async with gateway_with(config_for(vendor), a=mock) as gw:
+        c, other = client(gw), client(gw)
+        stream = await sdk(lambda: c.responses.create(model="smart", input="count", stream=True, background=True))
+        events = iter(stream)
+        created = await sdk(lambda: next(events))
+        assert created.type == "response.created"
+        response_id = created.response.id
+        running = await sdk(lambda: other.responses.retrieve(response_id))
+        assert running.status == "in_progress" and running.background is True and running.id == response_id
+        assert mock.in_flight
+        cancelled = await sdk(lambda: other.responses.cancel(response_id))
+        assert cancelled.status == "cancelled" and cancelled.id == response_id
+        rest = await sdk(lambda: list(events))
+        assert rest[-1].type == "response.completed" and rest[-1].response.status == "cancelled"
+        assert rest[-1].response.id == response_id
+        assert rest[-1].sequence_number == max(e.sequence_number for e in [created] + rest[:-1]) + 1
+        with trio.fail_after(5):
+            while mock.in_flight:              # the upstream call went with it
+                await trio.sleep(0.01)
+        assert (await sdk(lambda: other.responses.retrieve(response_id))).status == "cancelled"
+        await _idle(gw)
+        assert gw.app.background.status()["cancelled"] == 1
+
+
+@pytest.mark.sdk
+async def test_a_background_stream_whose_client_left_is_in_progress_then_completed():
+    mock = MockVendor(reply="one two three four five six seven eight nine ten", chunk_delay=0.2)
+    async with gateway_with(config_for("anthropic"), a=mock) as gw:
+        c = client(gw)
+
+        def first_event():
+            with c.responses.create(model="smart", input="count", stream=True, background=True) as stream:
+                return next(iter(stream))        # then the client closes the connection
+        created = await sdk(first_event)
+        assert created.type == "response.created"
+        running = await sdk(lambda: c.responses.retrieve(created.response.id))
+        assert running.status == "in_progress"
+        final, seen = await _poll(c, running)
+        assert final.status == "completed" and final.output_text == mock.reply and final.id == created.response.id
+        assert final.background is True
+
+
+@pytest.mark.sdk
+async def test_a_background_stream_dying_mid_way_ends_failed_not_in_progress():
+    mock = MockVendor(reply="one two three four five six", always={"error_event": "overloaded", "after": 3})
+    async with gateway_with(config_for("anthropic"), a=mock) as gw:
+        c = client(gw)
+        response_id = None
+        async with httpx.AsyncClient(timeout=10) as h:
+            async with h.stream("POST", gw.url + "/v1/responses", headers={"authorization": "Bearer k"},
+                                json={"model": "smart", "input": "count", "stream": True,
+                                      "background": True}) as got:
+                async for line in got.aiter_lines():
+                    if line.startswith("data: "):
+                        event = orjson.loads(line[6:])
+                        if event["type"] == "response.created":
+                            response_id = event["response"]["id"]
+        await _idle(gw)
+        final = await sdk(lambda: c.responses.retrieve(response_id))
+        assert final.status == "failed" and final.error.code == "server_error"
 
 
 @pytest.mark.integration
