@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 
 import httpx
 import trio
 import yaml
 
+from busbar.mock import MockVendor
 from harness import free_port, wait_port
 
 CHAT = "/v1/chat/completions"
@@ -89,3 +91,29 @@ async def eventually(check, what: str, timeout: float = 30.0):
                 return result
             await trio.sleep(0.02)
     raise AssertionError(f"never happened: {what}")
+
+
+def claude_on_redis(redis_url: str, vendor: MockVendor, prefix: str) -> dict:
+    """Pool `smart`: one Anthropic member on `vendor`; state in Redis under `prefix`."""
+    return {"providers": {"claude": {"protocol": "anthropic", "base_url": vendor.url, "key": "vendor-key"}},
+            "pools": {"smart": {"members": [{"provider": "claude", "model": "claude-sonnet-4", "max_tokens": 4096}]}},
+            # generous: a loaded 2-core box must not trip the degraded mode by accident
+            "state": {"backend": "redis", "url": redis_url, "prefix": prefix, "timeout_ms": 1000}}
+
+
+@asynccontextmanager
+async def two_replicas(tmp_path, redis_url: str, prefix: str, **vendor_options):
+    """A simulated vendor and replicas A and B on it (`claude_on_redis`), started; on the
+    way out both stopped, and neither may have logged a traceback."""
+    vendor = MockVendor(**vendor_options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vendor.serve)
+        running = [Replica(tmp_path, name, claude_on_redis(redis_url, vendor, prefix)) for name in ("A", "B")]
+        try:
+            await start_all(*running)
+            yield vendor, running
+        finally:
+            logs = [r.stop() for r in running]
+            nursery.cancel_scope.cancel()
+        for log in logs:
+            assert "Traceback" not in log, log

@@ -4,40 +4,19 @@ final turn are in the cluster copy), and a cancel sent to B reaches A, which run
 cluster's subscription."""
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 import openai
 import pytest
 import trio
 
-from busbar.mock import MockVendor
-from cluster_support import Replica, start_all
+from cluster_support import Replica, two_replicas
 from harness import sdk
 from redis_support import needs_redis, redis_server  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_redis]
 
 
-def config(redis_url: str, vendor: MockVendor) -> dict:
-    return {"providers": {"claude": {"protocol": "anthropic", "base_url": vendor.url, "key": "vendor-key"}},
-            "pools": {"smart": {"members": [{"provider": "claude", "model": "claude-sonnet-4", "max_tokens": 4096}]}},
-            "state": {"backend": "redis", "url": redis_url, "prefix": "background", "timeout_ms": 1000}}
-
-
-@asynccontextmanager
-async def setup(tmp_path, redis_url: str, **vendor_options):
-    vendor = MockVendor(**vendor_options)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(vendor.serve)
-        running = [Replica(tmp_path, name, config(redis_url, vendor)) for name in ("A", "B")]
-        try:
-            await start_all(*running)
-            yield vendor, running
-        finally:
-            logs = [r.stop() for r in running]
-            nursery.cancel_scope.cancel()
-        for log in logs:
-            assert "Traceback" not in log, log
+def setup(tmp_path, redis_url: str, **vendor_options):
+    return two_replicas(tmp_path, redis_url, "background", **vendor_options)
 
 
 def responses(replica: Replica) -> openai.OpenAI:

@@ -4,15 +4,13 @@ that need neither store never ask Redis, and an outage leaves each replica its o
 from __future__ import annotations
 
 import socket
-from contextlib import asynccontextmanager
 
 import httpx
 import openai
 import pytest
 import trio
 
-from busbar.mock import MockVendor
-from cluster_support import Replica, eventually, start_all
+from cluster_support import Replica, eventually, two_replicas
 from harness import sdk
 from redis_support import needs_redis, redis_server  # noqa: F401  (fixture)
 from test_thinking_multiturn import CHAT_TOOL
@@ -20,27 +18,8 @@ from test_thinking_multiturn import CHAT_TOOL
 pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_redis]
 
 
-def config(redis_url: str, vendor: MockVendor) -> dict:
-    return {"providers": {"claude": {"protocol": "anthropic", "base_url": vendor.url, "key": "vendor-key"}},
-            "pools": {"smart": {"members": [{"provider": "claude", "model": "claude-sonnet-4", "max_tokens": 4096}]}},
-            # generous: a loaded 2-core box must not trip the degraded mode by accident
-            "state": {"backend": "redis", "url": redis_url, "prefix": "stores", "timeout_ms": 1000}}
-
-
-@asynccontextmanager
-async def setup(tmp_path, redis_url: str, **vendor_options):
-    vendor = MockVendor(**vendor_options)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(vendor.serve)
-        running = [Replica(tmp_path, name, config(redis_url, vendor)) for name in ("A", "B")]
-        try:
-            await start_all(*running)
-            yield vendor, running
-        finally:
-            logs = [r.stop() for r in running]
-            nursery.cancel_scope.cancel()
-        for log in logs:
-            assert "Traceback" not in log, log
+def setup(tmp_path, redis_url: str, **vendor_options):
+    return two_replicas(tmp_path, redis_url, "stores", **vendor_options)
 
 
 def redis_calls(port: int, command: str) -> int:
