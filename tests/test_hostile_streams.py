@@ -15,6 +15,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from busbar.aws import eventstream as es
 from busbar.protocols import get_dialect
 from busbar.protocols.base import StreamError
 from stream_support import encode, ir_streams
@@ -58,6 +59,35 @@ def test_a_hostile_value_in_an_upstream_stream_is_a_stream_error_or_relays(proto
     decoder = get_dialect(proto).stream_decoder()
     try:
         decoded = decoder.feed(b"\n".join(lines)) + decoder.close()
+    except StreamError:
+        return
+    for client in CLIENTS:
+        encoder = get_dialect(client).stream_encoder("m")
+        for event in decoded:
+            encoder.encode(event)
+        encoder.finish()
+
+
+@pytest.mark.parametrize("proto", ["bedrock"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_hostile_value_in_an_eventstream_is_a_stream_error_or_relays(proto, data):
+    """The same over Bedrock's eventstream: one frame's JSON payload mutated and
+    framed again (its CRCs right), the rest as encoded."""
+    messages = es.decode_all(encode(proto, data.draw(ir_streams())))
+    with_json = [i for i, m in enumerate(messages) if m.payload[:1] == b"{"]
+    if not with_json:
+        return
+    i = data.draw(st.sampled_from(with_json))
+    obj = orjson.loads(messages[i].payload)
+    path = data.draw(st.sampled_from([p for p in _paths(obj) if p] or [()]))
+    if not path:
+        return
+    mutated = _replace(obj, path, data.draw(HOSTILE))
+    messages[i] = es.Message(messages[i].headers, json.dumps(mutated).encode())
+    decoder = get_dialect(proto).stream_decoder()
+    try:
+        decoded = decoder.feed(b"".join(es.encode(m) for m in messages)) + decoder.close()
     except StreamError:
         return
     for client in CLIENTS:
