@@ -513,3 +513,18 @@ def check_event(e) -> None:
     elif t is ErrorEvent:
         if type(e.message) is not str:
             raise Malformed("error.message", "a string")
+
+
+def check_response(r: Response) -> None:
+    """Raise `Malformed` for a value of the wrong type in a vendor's buffered answer
+    (as `check_event` for a stream): the answer is rendered to any client protocol and
+    may be cached for one, so it is well typed or it is the member's garbage."""
+    if type(r.id) is not str or type(r.model) is not str:
+        raise Malformed("response", "an id and a model that are strings")
+    for j, p in enumerate(r.content):
+        _check_part(p, f"content[{j}]")
+    if type(r.stop_reason) is not StopReason:
+        raise Malformed("stop_reason", "a stop reason")
+    if r.stop_sequence is not None and type(r.stop_sequence) is not str:
+        raise Malformed("stop_sequence", "a string")
+    _check_usage(r.usage, "usage")

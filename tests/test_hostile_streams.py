@@ -19,6 +19,7 @@ from busbar.aws import eventstream as es
 from busbar.protocols import get_dialect
 from busbar.protocols.base import StreamError
 from stream_support import encode, ir_streams
+from tests import strategies as S
 from test_hostile_fields import HOSTILE, _paths, _replace
 
 pytestmark = pytest.mark.pure
@@ -95,3 +96,27 @@ def test_a_hostile_value_in_an_eventstream_is_a_stream_error_or_relays(proto, da
         for event in decoded:
             encoder.encode(event)
         encoder.finish()
+
+
+@pytest.mark.parametrize("proto", CLIENTS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_hostile_value_in_a_buffered_answer_is_refused_at_its_parse_or_renders(proto, data):
+    """A vendor's buffered answer with one value replaced: its parse raises (the relay's
+    "unparseable upstream response", the member's fault), or its IR renders in every client
+    protocol. A parse that let the value through would fail later in a renderer, or, cached,
+    in another client's request."""
+    obj = data.draw(S.wire_response(proto))
+    path = data.draw(st.sampled_from([p for p in _paths(obj) if p] or [()]))
+    if not path:
+        return
+    try:
+        obj = orjson.loads(json.dumps(_replace(obj, path, data.draw(HOSTILE))))
+    except (orjson.JSONDecodeError, UnicodeEncodeError):
+        return
+    try:
+        resp = get_dialect(proto).parse_response(obj)
+    except Exception:
+        return
+    for client in CLIENTS:
+        get_dialect(client).render_response(resp, "m")

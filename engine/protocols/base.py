@@ -691,7 +691,11 @@ class Dialect:
         return orjson.dumps(self.codec.render_request(req, model, max_tokens_default, ctx)), ctx.warnings
 
     def parse_response(self, obj: dict):
-        return self.codec.parse_response(obj)
+        """A vendor's buffered answer as IR; anything it raises (a value of the wrong
+        type included: `ir.check_response`) is the member's garbage to the relay."""
+        resp = self.codec.parse_response(obj)
+        ir.check_response(resp)
+        return resp
 
     # where a buffered answer keeps its usage object
     usage_field: ClassVar[str] = "usage"
