@@ -42,6 +42,21 @@ def _events(wire: bytes) -> list[tuple[int, dict]]:
     return out
 
 
+def _decodes_and_relays(proto: str, wire: bytes) -> None:
+    """`wire` fails `proto`'s decoder with a StreamError, or every client's encoder
+    writes what it decoded."""
+    decoder = get_dialect(proto).stream_decoder()
+    try:
+        decoded = decoder.feed(wire) + decoder.close()
+    except StreamError:
+        return
+    for client in CLIENTS:
+        encoder = get_dialect(client).stream_encoder("m")
+        for event in decoded:
+            encoder.encode(event)
+        encoder.finish()
+
+
 @pytest.mark.parametrize("proto", SSE)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
@@ -57,16 +72,7 @@ def test_a_hostile_value_in_an_upstream_stream_is_a_stream_error_or_relays(proto
     mutated = _replace(copy.deepcopy(obj), path, data.draw(HOSTILE))
     lines = wire.split(b"\n")
     lines[line] = b"data: " + json.dumps(mutated).encode()     # as a vendor might: 2**70, "\\ud800"
-    decoder = get_dialect(proto).stream_decoder()
-    try:
-        decoded = decoder.feed(b"\n".join(lines)) + decoder.close()
-    except StreamError:
-        return
-    for client in CLIENTS:
-        encoder = get_dialect(client).stream_encoder("m")
-        for event in decoded:
-            encoder.encode(event)
-        encoder.finish()
+    _decodes_and_relays(proto, b"\n".join(lines))
 
 
 @pytest.mark.parametrize("proto", ["bedrock"])
@@ -86,16 +92,7 @@ def test_a_hostile_value_in_an_eventstream_is_a_stream_error_or_relays(proto, da
         return
     mutated = _replace(obj, path, data.draw(HOSTILE))
     messages[i] = es.Message(messages[i].headers, json.dumps(mutated).encode())
-    decoder = get_dialect(proto).stream_decoder()
-    try:
-        decoded = decoder.feed(b"".join(es.encode(m) for m in messages)) + decoder.close()
-    except StreamError:
-        return
-    for client in CLIENTS:
-        encoder = get_dialect(client).stream_encoder("m")
-        for event in decoded:
-            encoder.encode(event)
-        encoder.finish()
+    _decodes_and_relays(proto, b"".join(es.encode(m) for m in messages))
 
 
 @pytest.mark.parametrize("proto", CLIENTS)
