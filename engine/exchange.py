@@ -1018,7 +1018,7 @@ class Exchange:
         if consequence.alert:
             alert_log.warning("request %s: %s", self.record.id, consequence.alert)
         if kind is Broken:
-            rec.outcome = fault.cls.value      # it had committed ("ok"); the member broke its stream
+            rec.outcome = fault.cls.value      # it had committed ("ok"); the member broke its stream (resumed or not)
             rec.message = fault.message[:200]
             if consequence.retry and self._resume(attempt, rec, outcome, now):
                 return
@@ -1141,7 +1141,6 @@ class Exchange:
                                           request, now, now + policy.max_added_ms / 1000, outcome.fault)
         self.record.resumed.append({"from": attempt.member_id, "after_chars": len(partial.text),
                                     "fault": outcome.fault.message[:200]})
-        rec.outcome = outcome.fault.cls.value     # this attempt failed; the answer goes on elsewhere
         self.lifecycle.fire("resume", outcome.fault.message[:120])
         return True
 
