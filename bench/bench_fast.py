@@ -6,13 +6,17 @@ the noise of a shared machine hits all of them alike (issue 20, ADR 0014).
     python bench/bench_fast.py                       # this tree vs direct
     python bench/bench_fast.py --baseline main       # ... and vs `main` (before/after)
     python bench/bench_fast.py --syscalls            # + strace -c counts per request at c=1
+    python bench/bench_fast.py --floor               # + bench/trio_floor.py's proxies, buffered only
 
 Reported: RPS at each concurrency, added p50/p99 at c=1 (gateway minus
 direct, per run), gateway CPU µs per request (from /proc), streamed added
 time to first content and inter-chunk gaps, and added time to first content
 on a kept-alive connection and a new one (bench/ttfb_probe.py: streamed and
 buffered, like for like, back to back and after a 10 ms idle), medians with
-spread (max - min).
+spread (max - min).  `--floor` adds trio_floor.py's `bare` and `structure`
+proxies to the buffered rows: the CPU a trio process pays for the two
+loopback hops alone, and with the watch and two deadline scopes, measured
+like the gateway in the same run (ADR 0014).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from bench_gateway import (BODY, PY, ROOT, cpu_seconds, free_port, lua_for, med,
                            stop_all, wait_port, wrk)
 
 CONCURRENCY = (1, 8, 20, 32, 128)
+FLOOR_MODES = ("bare", "structure")
 
 
 def baseline_tree(ref: str, tmp: Path) -> Path:
@@ -200,14 +205,21 @@ def run(args, tmp: Path) -> dict:
             proc = start_gateway(config, port, tree, tmp / f"{label.replace('@', '-').replace('/', '_')}.log")
             procs.append(proc)
             variants[label] = (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
+        floors = {}
+        for mode in (FLOOR_MODES if getattr(args, "floor", False) else ()):
+            port = free_port()
+            proc = subprocess.Popen([PY, str(ROOT / "bench" / "trio_floor.py"), "serve", "--mode", mode,
+                                     "--port", str(port), "--upstream", str(up_port)], stdout=subprocess.DEVNULL)
+            procs.append(proc)
+            floors[f"floor:{mode}"] = (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
         wait_port(up_port)
-        for url, _ in variants.values():
+        for url, _ in (*variants.values(), *floors.values()):
             wait_port(int(url.rsplit(":", 1)[1].split("/")[0]))
         script = lua_for(tmp, "fast-chat", BODY)
         direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        for url, _ in variants.values():      # warm up (connections, caches)
+        for url, _ in (*variants.values(), *floors.values()):      # warm up (connections, caches)
             wrk(url, 8, 1, script)
-        results = {"buffered": measure(variants, direct_url, script, args.runs, args.duration,
+        results = {"buffered": measure({**variants, **floors}, direct_url, script, args.runs, args.duration,
                                        args.concurrency),
                    "streaming": measure_streams(variants, up_port, args.runs, args.streams_per_run),
                    "ttfb_keepalive": measure_ttfb(variants, up_port, args.runs, args.ttfb_per_run)}
@@ -240,6 +252,7 @@ def report(r: dict) -> None:
             if g["errors"]:
                 line += f", {g['errors']} errors"
         print(line)
+    labels = [label for label in labels if not label.startswith("floor:")]   # buffered only
     s = r["streaming"]
     print(f"   stream: direct TTFB {s['direct']['ttfb_ms'][0]:.3f} ms, gaps p50/p99 "
           f"{s['direct']['gap_p50_ms']:.3f}/{s['direct']['gap_p99_ms']:.3f} ms")
@@ -266,6 +279,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3)
     parser.add_argument("--baseline", help="a git revision to measure alongside this tree (before/after)")
     parser.add_argument("--syscalls", action="store_true", help="strace -c the gateway(s) at c=1")
+    parser.add_argument("--floor", action="store_true",
+                        help="measure trio_floor.py's bare and structure proxies beside the gateway (buffered)")
     parser.add_argument("--streams-per-run", type=int, default=5)
     parser.add_argument("--ttfb-per-run", type=int, default=100,
                         help="requests per kind and run for the kept-alive TTFB probe")
