@@ -7,6 +7,7 @@ the noise of a shared machine hits all of them alike (issue 20, ADR 0014).
     python bench/bench_fast.py --baseline main       # ... and vs `main` (before/after)
     python bench/bench_fast.py --syscalls            # + strace -c counts per request at c=1
     python bench/bench_fast.py --floor               # + bench/trio_floor.py's proxies, buffered only
+    python bench/bench_fast.py --portkey DIR         # + Portkey's gateway (npm i @portkey-ai/gateway in DIR)
 
 Reported: RPS at each concurrency, added p50/p99 at c=1 (gateway minus
 direct, per run), gateway CPU µs per request (from /proc), streamed added
@@ -16,7 +17,9 @@ buffered, like for like, back to back and after a 10 ms idle), medians with
 spread (max - min).  `--floor` adds trio_floor.py's `bare` and `structure`
 proxies to the buffered rows: the CPU a trio process pays for the two
 loopback hops alone, and with the watch and two deadline scopes, measured
-like the gateway in the same run (ADR 0014).
+like the gateway in the same run (ADR 0014).  `--portkey DIR` adds Portkey's
+open-source gateway (Node; `npm install @portkey-ai/gateway` in DIR, not a
+dependency of Busbar) in front of the same upstream, buffered rows too.
 """
 from __future__ import annotations
 
@@ -104,15 +107,15 @@ def syscalls_per_request(pid: int, url: str, script: str, duration: float) -> di
 
 def measure(variants: dict, direct_url: str, script: str, runs: int, duration: float,
             concurrency=CONCURRENCY) -> dict:
-    """variants: label -> (url, pid).  One round = every concurrency, every
+    """variants: label -> (url, pid[, wrk script of its own]).  One round = every concurrency, every
     variant, in a fixed interleaved order; `runs` rounds."""
     raw: dict = {c: {"direct": [], **{label: [] for label in variants}} for c in concurrency}
     for _ in range(runs):
         for c in concurrency:
             raw[c]["direct"].append(wrk(direct_url, c, duration, script))
-            for label, (url, pid) in variants.items():
+            for label, (url, pid, *own) in variants.items():
                 cpu0 = cpu_seconds(pid)
-                r = wrk(url, c, duration, script)
+                r = wrk(url, c, duration, own[0] if own else script)
                 r["cpu_us"] = (cpu_seconds(pid) - cpu0) / max(1, r["requests"]) * 1e6
                 raw[c][label].append(r)
     out: dict = {}
@@ -212,13 +215,24 @@ def run(args, tmp: Path) -> dict:
                                      "--port", str(port), "--upstream", str(up_port)], stdout=subprocess.DEVNULL)
             procs.append(proc)
             floors[f"floor:{mode}"] = (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
+        if getattr(args, "portkey", None):
+            port = free_port()
+            server = Path(args.portkey) / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+            proc = subprocess.Popen(["node", str(server), f"--port={port}", "--headless"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(proc)
+            # Portkey routes by headers: the provider and the upstream's base URL
+            floors["portkey"] = (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid,
+                                 lua_for(tmp, "portkey-chat", BODY, headers={
+                                     "x-portkey-provider": "openai",
+                                     "x-portkey-custom-host": f"http://127.0.0.1:{up_port}/v1"}))
         wait_port(up_port)
-        for url, _ in (*variants.values(), *floors.values()):
+        for url, *_ in (*variants.values(), *floors.values()):
             wait_port(int(url.rsplit(":", 1)[1].split("/")[0]))
         script = lua_for(tmp, "fast-chat", BODY)
         direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        for url, _ in (*variants.values(), *floors.values()):      # warm up (connections, caches)
-            wrk(url, 8, 1, script)
+        for url, _, *own in (*variants.values(), *floors.values()):      # warm up (connections, caches)
+            wrk(url, 8, 1, own[0] if own else script)
         results = {"buffered": measure({**variants, **floors}, direct_url, script, args.runs, args.duration,
                                        args.concurrency),
                    "streaming": measure_streams(variants, up_port, args.runs, args.streams_per_run),
@@ -252,7 +266,7 @@ def report(r: dict) -> None:
             if g["errors"]:
                 line += f", {g['errors']} errors"
         print(line)
-    labels = [label for label in labels if not label.startswith("floor:")]   # buffered only
+    labels = [label for label in labels if label.startswith("gateway")]   # the others: buffered only
     s = r["streaming"]
     print(f"   stream: direct TTFB {s['direct']['ttfb_ms'][0]:.3f} ms, gaps p50/p99 "
           f"{s['direct']['gap_p50_ms']:.3f}/{s['direct']['gap_p99_ms']:.3f} ms")
@@ -279,6 +293,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3)
     parser.add_argument("--baseline", help="a git revision to measure alongside this tree (before/after)")
     parser.add_argument("--syscalls", action="store_true", help="strace -c the gateway(s) at c=1")
+    parser.add_argument("--portkey", metavar="DIR",
+                        help="a directory where `npm install @portkey-ai/gateway` ran: measure Portkey too (buffered)")
     parser.add_argument("--floor", action="store_true",
                         help="measure trio_floor.py's bare and structure proxies beside the gateway (buffered)")
     parser.add_argument("--streams-per-run", type=int, default=5)

@@ -130,9 +130,10 @@ def wrk(url: str, connections: int, duration: float, script: str) -> dict:
             "requests": int(re.search(r"(\d+) requests in", out).group(1)), "errors": errors}
 
 
-def lua_for(tmp: Path, name: str, body: dict | str) -> str:
+def lua_for(tmp: Path, name: str, body: dict | str, headers: dict | None = None) -> str:
     path = tmp / f"{name}.lua"
-    path.write_text(LUA % (body if isinstance(body, str) else json.dumps(body)))
+    path.write_text(LUA % (body if isinstance(body, str) else json.dumps(body))
+                    + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items()))
     return str(path)
 
 
