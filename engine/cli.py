@@ -100,8 +100,12 @@ def _serve_workers(args, host: str, port: int, config) -> int:
     command = [sys.executable, "-m", "busbar.cli", "--log-level", args.log_level, "serve", "--config", args.config,
                "--host", host, "--port", str(port), "--reuse-port"]
     if config.state.get("backend", "memory") == "memory":
-        print(f"busbar: state.backend is memory: each of the {args.workers} workers routes and limits alone "
-              "(state.backend: redis shares limits and counters)",
+        # A continuation or a poll reaches whichever worker the kernel picks, so
+        # say up front what else is per worker, not only the limits.
+        print(f"busbar: state.backend is memory: each of the {args.workers} workers routes and limits alone, "
+              "and keeps its own stored responses (previous_response_id, GET/DELETE /v1/responses/{id}, "
+              "background runs): a request that lands on another worker does not find them "
+              "(state.backend: redis shares all of it)",
               file=sys.stderr, flush=True)
     workers = [subprocess.Popen(command) for _ in range(args.workers)]
 

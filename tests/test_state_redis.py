@@ -210,3 +210,4 @@ def test_serve_workers_says_once_when_each_worker_limits_alone(backend, tmp_path
         _, err = proc.communicate(timeout=60)
     notices = [line for line in err.splitlines() if "workers routes and limits alone" in line]
     assert len(notices) == (1 if backend == "memory" else 0), err
+    assert all("previous_response_id" in line for line in notices), notices    # what else is per worker
