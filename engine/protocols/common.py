@@ -109,7 +109,10 @@ HINTS: dict[str, frozenset[str]] = {
     "anthropic": frozenset({"cache_control", "service_tier", "citations", "context",
                             "inference_geo", "speed", "caller"}),
     "gemini": frozenset({"thoughtSignature", "cachedContent", "labels", "videoMetadata",
-                         "mediaResolution", "displayName"}),
+                         "mediaResolution", "displayName",
+                         # a function's result schema (google-genai fills it in from a Python
+                         # function's return annotation): describes the tool, not the answer
+                         "response", "responseJsonSchema"}),
     "bedrock": frozenset({"cachePoint", "requestMetadata", "performanceConfig", "serviceTier",
                           "additionalModelResponseFieldPaths"}),
     "cohere": frozenset({"priority", "citations"}),
@@ -121,6 +124,9 @@ SILENT: dict[str, frozenset[str]] = {
     # openai JS helpers; Codex CLI; the id/status every SDK echoes on items it sends back
     "responses": frozenset({"parsed_arguments", "parsed", "client_metadata", "id", "status"}),
     "anthropic": frozenset({"eager_input_streaming"}),                          # Vercel AI SDK streaming hint
+    # the openai SDK's accumulated stream (`chat.completions.stream`) keeps each tool call's
+    # `index`, and the message goes back as it is on the next turn
+    "openai": frozenset({"index"}),
 }
 
 # Values equal to the vendor's own default say nothing (LangChain sends them on
