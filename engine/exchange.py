@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from busbar import admission, ir, lifecycle, resume, tenancy
+from busbar import admission, ir, lifecycle, resume, tenancy, truncation
 from busbar.background import Rerun
 from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
@@ -204,6 +204,8 @@ class Exchange:
             refused = self._expressible(direct)
             if refused:
                 needs = dataclasses.replace(needs, refused=refused)
+            if self.client.truncates(self.obj):
+                needs = self._truncatable(needs, direct)
             self.plan = self.gw.router.start(self.model, needs, trio.current_time(), direct=direct)
         except KeyError:
             provider, sep, _ = self.model.partition("/")
@@ -281,6 +283,23 @@ class Exchange:
                 + ", ".join(f"{m.id}: {m.protocol}" for m in skipped) + ").", param=field),
                 self.obj if self.ir_obj is None else self.ir_obj)
         return frozenset(why)
+
+    def _truncatable(self, needs, direct: bool | None):
+        """Responses `truncation: "auto"` (ADR 0028): what routing needs to let the
+        members of other protocols take the request shortened: the embedded
+        estimate, the user turns that may go and the estimate without them.  A
+        pool of only the client's own protocol passes the field to its vendor."""
+        try:
+            members = self.gw.router.members(self.model, direct)
+        except KeyError:
+            return needs
+        if all(m.protocol == self.client.name for m in members):
+            return needs
+        req = self._request_ir()
+        if req is None:
+            return needs
+        turns, least = truncation.floor(req)
+        return dataclasses.replace(needs, tokens=truncation.estimate(req), droppable=turns, least_tokens=least)
 
     def _request_ir(self):
         """The client's request as chat IR, parsed once for every attempt; None
@@ -725,7 +744,7 @@ class Exchange:
                 if len(parts) > 1:      # more inputs than the member takes per call (Titan)
                     return await self._fan_out(attempt, rec, provider, up, parts, t0)
             try:
-                target, headers, body = self._build(attempt, provider, up)
+                target, headers, body = self._build(attempt, provider, up, rec=rec)
             except ClientError as err:
                 if up is self.client or not self._restored:
                     raise               # the client's request itself (it does not parse), not this member
@@ -838,10 +857,12 @@ class Exchange:
         await self.responder.send(200, [JSON_CT] + self.answer_headers(attempt), out)
         return Answered(200, ttfb)
 
-    def _build(self, attempt: Attempt, provider: "Provider", up, part=None) -> tuple[bytes, Headers, bytes]:
+    def _build(self, attempt: Attempt, provider: "Provider", up, part=None, rec: AttemptRecord | None = None
+               ) -> tuple[bytes, Headers, bytes]:
         """The upstream request for `up` (the member's dialect for this call):
         passthrough (only `model` rewritten) or translated; `part`: one of
-        `up.split`'s requests instead of the whole (`_fan_out`)."""
+        `up.split`'s requests instead of the whole (`_fan_out`); the earliest
+        turns dropped when the plan says so (`attempt.shrink`, ADR 0028)."""
         same = part is None and self._passthrough(up)
         carried: Headers = []
         if same:
@@ -865,12 +886,24 @@ class Exchange:
                 req = part
             if up.stop_emulated and req.stop:     # the member has no stop: the relay cuts the answer
                 req, self.stops = dataclasses.replace(req, stop=None), req.stop
+            shortened = None
+            if self.plan.needs.droppable and part is None:     # truncation: "auto" (ADR 0028)
+                attempt.dropped = 0
+                if attempt.shrink is not None:
+                    shortened = truncation.fit(req, attempt.shrink.budget, at_least=attempt.shrink.at_least)
+                    req, attempt.dropped = shortened.request, shortened.turns
             try:
                 body, warnings = up.render_request(req, attempt.model,
                                                    max_tokens_default=attempt.max_tokens, unsupported=policy)
             except ClientError as err:      # named in the client's terms, not the IR's
                 raise self.client.client_error(err, self.obj if self.ir_obj is None else self.ir_obj) from None
             carried = up.request_headers(req)       # what the member's protocol says in headers (beta flags)
+            if shortened is not None and shortened.messages:
+                if rec is not None:
+                    rec.dropped = shortened.messages
+                warnings = warnings + [f"degraded 'truncation': the conversation's earliest {shortened.messages} "
+                                       f"message(s) dropped to fit {attempt.member_id}'s context "
+                                       f"(~{shortened.tokens} of {attempt.shrink.budget} tokens)"]
             self._warnings = warnings
             if warnings:
                 log.warning("request %s: dropped fields not expressible in %s: %s", self.record.id, up.name,

@@ -87,6 +87,10 @@ class Rule:
     backoff: Backoff = field(default_factory=Backoff)  # cool_key without Retry-After
     duration: float = 3600.0        # disable_key
     alert: bool = False             # carry an operator log line
+    # retry_larger_context: a request that lets the gateway drop its earliest turns
+    # (Responses `truncation: "auto"`, ADR 0028) goes again this many times, with
+    # less, once no larger member is left
+    truncate: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +224,8 @@ def _rule_dict(rule: dict) -> dict:
             out[penalty] = params
     if rule["alert"]:
         out["alert"] = True
+    if rule["truncate"]:
+        out["truncate"] = rule["truncate"]
     return out
 
 
@@ -395,6 +401,9 @@ def build_pipeline(name: str, data: Mapping) -> Pipeline:
             if key in raw:
                 raw[key] = float(raw[key])
         rule = Rule(**raw)
+        if rule.truncate and rule.action != "retry_larger_context":
+            raise PipelineError(f"{where}.rules.{cls}.truncate", "only a retry_larger_context rule truncates "
+                                                                 f"(this one's action is {rule.action})")
         if rule.backoff.max < rule.backoff.base:
             raise PipelineError(f"{where}.rules.{cls}.cool_key.backoff.max", "must be at least backoff.base")
         return rule
@@ -454,6 +463,9 @@ def describe_rule(rule: Rule) -> str:
         penalty = f"disable the key for {_secs(rule.duration)}"
     if rule.action == "failover" and rule.penalty in ("cool_key", "disable_key"):
         action = "another key of the same member first, then fail over"
+    if rule.truncate:
+        action += (f"; with none left, `truncation: auto` requests go to the largest again with their earliest "
+                   f"turns dropped (at most {rule.truncate} time(s))")
     alert = "; alert operators" if rule.alert else ""
     return f"{penalty}; {action}{alert}"
 

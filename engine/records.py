@@ -20,6 +20,7 @@ class AttemptRecord:
     hedge: bool = False           # started as a hedge (dispatch.hedge)
     usage: object = None          # ir.Usage this attempt's stream reported before its commit
     waste_tokens: int = 0         # a hedge loser's reported tokens (billed, not used)
+    dropped: int = 0              # conversation messages dropped to fit the member (truncation: auto, ADR 0028)
 
 
 @dataclass(slots=True)
@@ -56,7 +57,8 @@ class RequestRecord:
                 "attempts": [{"member": a.member, "key": a.key, "outcome": a.outcome, "status": a.status,
                               "ms": round(a.ms, 3), **({"message": a.message} if a.message else {}),
                               **({"hedge": True} if a.hedge else {}),
-                              **({"waste_tokens": a.waste_tokens} if a.waste_tokens else {})}
+                              **({"waste_tokens": a.waste_tokens} if a.waste_tokens else {}),
+                              **({"dropped": a.dropped} if a.dropped else {})}
                              for a in self.attempts],
                 "final_member": next((a.member for a in reversed(self.attempts) if a.outcome == "ok"), None),
                 "path": self.lifecycle.describe(), "state": self.lifecycle.state,

@@ -79,6 +79,10 @@ class MockVendor:
     # repeats that many characters of the assistant text first (the overlap
     # a continuation may have).
     restate: int = 0
+    # The model's context window: a request whose body weighs more tokens than
+    # this (its bytes / 4, the input usage the mock reports) gets the vendor's
+    # own context-too-long error, as a real model refuses a prompt too long.
+    max_input_tokens: int | None = None
     # A self-hosted backend's telemetry (vLLM/SGLang `/metrics`, Ollama
     # `/api/ps`/`/api/tags`, readiness), scriptable: {"kind": "vllm",
     # "running": 0, "waiting": 0, "kv": 0.1, "ready": true, "models": [...],
@@ -206,6 +210,8 @@ class MockVendor:
             if fault.get("retry_after") is not None:
                 headers = headers + [(b"retry-after", str(fault["retry_after"]).encode())]
             return await responder.send(status, headers, body)
+        if self.max_input_tokens is not None and len(request.body) // 4 > self.max_input_tokens:
+            return await responder.send(*vendor.error("context"))
         if vendor.dialect.signed_requests and self.aws_credentials:
             denied = self._check_signature(request, vendor)
             if denied is not None:

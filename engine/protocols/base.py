@@ -347,6 +347,7 @@ class DialectContract(Protocol):
     def verify_signed(self, method: str, path: str, query: str, headers: Headers, body: bytes,
                       lookup_secret) -> str: ...
     def needs(self, body: bytes, obj: dict) -> Needs: ...
+    def truncates(self, obj: dict) -> bool: ...
     def render_error(self, err: ClientError) -> tuple[int, Headers, bytes]: ...
     def fault_to_client_error(self, fault: Fault) -> ClientError: ...
     def stream_encoder_options(self, obj: dict) -> dict: ...
@@ -549,6 +550,11 @@ class Dialect:
                      tools=any(obj.get(f) for f in self.tool_fields),
                      vision=any(m in body for m in self.vision_markers),
                      json=any(obj.get(f) for f in self.json_fields) or any(m in body for m in self.json_markers))
+
+    def truncates(self, obj: dict) -> bool:
+        """The client lets the gateway drop the conversation's earliest turns to
+        fit a member of another protocol (Responses `truncation: "auto"`, ADR 0028)."""
+        return False
 
     def header_params(self, headers: Headers) -> dict:
         """Request headers that are part of what the client asked (Anthropic's

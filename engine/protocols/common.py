@@ -68,7 +68,7 @@ class RenderCtx:
             if proto in SILENT and (proto, self.target) in CROSS_MAPPED:
                 silent = SILENT[proto] | CROSS_MAPPED[(proto, self.target)]
             for key, value in fields.items():
-                if key[:1] == "$" or key in silent or meaningless(proto, key, value):
+                if key[:1] == "$" or key in silent or meaningless(proto, key, value) or carried_out(proto, key, value):
                     continue
                 name = f"{where}{key}"
                 if key in hints:
@@ -152,6 +152,21 @@ def meaningless(proto: str, key: str, value: Any) -> bool:
     if isinstance(value, dict):
         return all(meaningless(proto, f"{key}.{k}", v) for k, v in value.items())
     return False
+
+
+# Vendor-only settings the gateway itself carries out for a member of any other
+# protocol (field -> the value it carries out): nothing is sent for them and
+# nothing the client asked is lost.  Responses `truncation: "auto"`: the
+# conversation's earliest turns are dropped to fit the member's `context`
+# (busbar.truncation, ADR 0028).
+CARRIED_OUT: dict[str, dict[str, Any]] = {
+    "responses": {"truncation": "auto"},
+}
+
+
+def carried_out(proto: str, key: str, value: Any) -> bool:
+    table = CARRIED_OUT.get(proto)
+    return table is not None and key in table and table[key] == value
 
 
 # Server-side features a target may lack that have a plain equivalent: the

@@ -81,7 +81,8 @@ def _rejected_extras(extras: ir.Extras | None, where: str, degrade: bool, out: d
         silent = c.SILENT.get(proto, ())
         hints = c.HINTS.get(proto, ())
         for key, value in fields.items():
-            if key[:1] == "$" or key in silent or key in hints or c.meaningless(proto, key, value):
+            if key[:1] == "$" or key in silent or key in hints or c.meaningless(proto, key, value) \
+                    or c.carried_out(proto, key, value):
                 continue
             if degrade and c.degradable(proto, key) is not None:
                 continue

@@ -67,8 +67,6 @@ class ResponsesDialect(OpenAIDialect):
     json_fields = ("text",)
     vision_markers = (b'"input_image"',)
 
-    def stream_encoder_options(self, obj: dict) -> dict:
-        return {}     # Responses streams always end with the usage-bearing response.completed
 
     # earlier output sent back by id (`store: true` clients, e.g. the Vercel AI SDK)
     mints_items = True
@@ -94,8 +92,16 @@ class ResponsesDialect(OpenAIDialect):
     def render_response_shown(self, resp, model: str, req=None) -> tuple[bytes, dict]:
         # a fresh id: the turn is kept under it, and an upstream's id need not be unique
         # (a replayed or self-hosted answer's), nor look like a response id
-        body = _render_response(resp, model, f"resp_{uuid.uuid4().hex}")
+        body = _echo(_render_response(resp, model, f"resp_{uuid.uuid4().hex}"), req)
         return orjson.dumps(body), body
+
+    def render_response(self, resp, model: str, req=None) -> bytes:
+        return orjson.dumps(_echo(_render_response(resp, model), req))
+
+    def stream_encoder_options(self, obj: dict) -> dict:
+        # Responses streams always end with the usage-bearing response.completed;
+        # the response objects echo the request's truncation strategy
+        return {"truncation": "auto"} if obj.get("truncation") == "auto" else {}
 
     # a turn continued by the id of an earlier answer (`previous_response_id`, ADR 0024)
     continues = True
@@ -110,8 +116,20 @@ class ResponsesDialect(OpenAIDialect):
     def with_history(self, obj: dict, history: list) -> dict:
         return with_history(obj, history)
 
+    def truncates(self, obj: dict) -> bool:
+        return obj.get("truncation") == "auto"
+
     def stores(self, obj: dict) -> bool:
         return obj.get("store") is not False     # OpenAI's default: kept
+
+
+def _echo(body: dict, req) -> dict:
+    """The response object as OpenAI's says it: with the request's `truncation`
+    strategy ("auto" is carried out by the gateway for other protocols' members,
+    ADR 0028; absent is "disabled")."""
+    if type(req) is ir.Request and "truncation" not in body:
+        body["truncation"] = "auto" if c.note(req.extras, P, "truncation") == "auto" else "disabled"
+    return body
 
 
 def previous_of(obj: dict) -> str | None:
@@ -821,11 +839,13 @@ class StreamEncoder(s.Encoder):
     item.  The protocol's done events repeat each item's full text, so the
     encoder keeps the output it has sent (the only non-constant state)."""
 
-    __slots__ = ("_model", "_rid", "_created", "_seq", "_noi", "_output", "_msg", "_blocks", "_usage", "_shown")
+    __slots__ = ("_model", "_rid", "_created", "_seq", "_noi", "_output", "_msg", "_blocks", "_usage", "_shown",
+                 "_truncation")
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, truncation: str = "disabled"):
         super().__init__()
         self._model = model
+        self._truncation = truncation    # the request's strategy, echoed in each response object
         self._rid = ""
         self._created = 0
         self._seq = 0
@@ -845,7 +865,7 @@ class StreamEncoder(s.Encoder):
         return {"id": self._rid, "object": "response", "created_at": self._created, "status": status,
                 "error": error, "incomplete_details": incomplete, "model": self._model,
                 "output": [item for _, item in output],
-                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "truncation": self._truncation,
                 "usage": render_usage(usage) if usage is not None else None}
 
     def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:

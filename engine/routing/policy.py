@@ -24,10 +24,11 @@ class Action(str, enum.Enum):
     ROTATE_KEY = "retry_same_member_other_key"       # call next(): same member, other key
     FAILOVER = "failover"                            # call next(): another member
     LARGER_CONTEXT = "retry_larger_context"          # call next(): a member with a larger context
+    TRUNCATE = "retry_truncated"                     # call next(): the same member, earliest turns dropped
     LATE = "late"                                    # the plan had already ended; nothing to do
 
 
-RETRYING = frozenset({Action.ROTATE_KEY, Action.FAILOVER, Action.LARGER_CONTEXT})
+RETRYING = frozenset({Action.ROTATE_KEY, Action.FAILOVER, Action.LARGER_CONTEXT, Action.TRUNCATE})
 
 
 @dataclass(frozen=True, slots=True)

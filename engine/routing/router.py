@@ -52,7 +52,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from busbar.faults import Fault, VendorQuota
+from busbar.faults import Fault, FaultClass, VendorQuota
 from busbar.pipeline import Pipeline, explain as explain_pipeline, load_pipelines
 from busbar.routing.keys import Key, KeyRing
 from busbar.routing.policy import Action, Consequence, alert_line, penalize
@@ -83,6 +83,11 @@ class Needs:
     reasoning: bool = False
     documents: bool = False
     refused: frozenset[str] = frozenset()
+    # the user turns the gateway may drop from the conversation's beginning to fit a
+    # member's context (Responses `truncation: "auto"` to other protocols, ADR 0028),
+    # and the estimate with all of them dropped; 0: it may drop none
+    droppable: int = 0
+    least_tokens: int = 0
 
     def capabilities(self) -> frozenset[str]:
         return frozenset(name for name in ("tools", "vision", "json", "reasoning", "documents")
@@ -96,6 +101,16 @@ class Needs:
 
 
 @dataclass(frozen=True, slots=True)
+class Shrink:
+    """An attempt's instruction to drop the conversation's earliest user turns
+    (busbar.truncation.fit): until the estimate is within `budget` tokens, and
+    at least `at_least` turns."""
+
+    budget: int
+    at_least: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     protocol: str
@@ -106,13 +121,14 @@ class Attempt:
     """One upstream call to make.  The key's secret is only reachable through
     `key_secret`; `repr` shows the key's safe id."""
 
-    __slots__ = ("number", "member", "key", "kind", "_probe", "charge", "vendor_quota", "candidates", "shared")
+    __slots__ = ("number", "member", "key", "kind", "_probe", "charge", "vendor_quota", "candidates", "shared",
+                 "shrink", "dropped")
 
     def __init__(self, number: int, member: Member, key: Key, kind: str, probe: bool, charge=None):
         self.number = number      # 1-based, counts every attempt of the plan
         self.member = member
         self.key = key
-        self.kind = kind          # "member" | "key_rotation" | "hedge"
+        self.kind = kind          # "member" | "key_rotation" | "hedge" | "truncation"
         self._probe = probe       # the breaker's half-open probe
         self.charge = charge      # what it took of the key's quota (settled at report)
         # the vendor's rate-limit headers on its response (the driver sets it)
@@ -121,6 +137,10 @@ class Attempt:
         # among these (`Plan.quota_asks` / `Plan.cluster_answer`); empty otherwise
         self.candidates: list[Key] = []
         self.shared: tuple | None = None     # (ask, uid) the cluster took, to settle tokens
+        self.shrink: Shrink | None = None    # drop the earliest turns to fit (ADR 0028); None: send it whole
+        # the user turns the driver dropped for this attempt; None: it could drop none
+        # (the client's own protocol passes the field through)
+        self.dropped: int | None = None
 
     provider = property(lambda self: self.member.provider)
     protocol = property(lambda self: self.member.protocol)
@@ -200,6 +220,11 @@ class Plan:
         self._wait_limit: float | None = None
         self._outstanding: dict[int, Attempt] = {}
         self._saturated = 0     # members left out because their connection slots were full
+        # truncation (ADR 0028): once no member's context fits, the context the largest
+        # left has (those get the request shortened); the member to shorten it for again
+        self._relaxed: int | None = None
+        self._shrink: tuple[Member, Shrink] | None = None
+        self.truncations = 0
 
     def __repr__(self) -> str:
         return (f"Plan({self.route!r}, attempts={self.member_attempts}+{self.key_rotations}, "
@@ -221,7 +246,32 @@ class Plan:
     def _capable(self, leaf: Member) -> bool:
         if self._refused and leaf.protocol in self._refused:
             return False
-        return leaf.capable(self._caps, self._min_context)
+        return leaf.capable(self._caps, self._min_context if self._relaxed is None else self._relaxed)
+
+    def _largest_short(self, now: float) -> int | None:
+        """Truncation: the largest context among the current pool's usable members
+        too small for the whole request yet large enough once every droppable
+        turn is dropped (None: no such member)."""
+        self._relaxed = self.needs.least_tokens
+        try:
+            contexts = [leaf.context for leaf in self._pool.leaves
+                        if leaf.context is not None and leaf.context < self._min_context and self._usable(leaf, now)]
+        finally:
+            self._relaxed = None
+        return max(contexts) if contexts else None
+
+    def _larger_left(self, now: float) -> bool:
+        """A member of this route (its pool, then its fallbacks) that may still take
+        the request at the context it now needs."""
+        node, seen = self._pool, set()
+        while node.name not in seen:
+            seen.add(node.name)
+            if any(self._usable(leaf, now) for leaf in node.leaves):
+                return True
+            if node.on_exhausted.action != "fallback":
+                return False
+            node = self._router.pools[node.on_exhausted.pool]
+        return False
 
     def _usable(self, leaf: Member, now: float) -> bool:
         t = leaf.target
@@ -268,6 +318,18 @@ class Plan:
                     self.key_rotations += 1
                     return self._issue(member, key, "key_rotation", now)
             self._tried.add(t.key)
+        if self._shrink is not None:
+            # the member said "too long" to a request the gateway may shorten: again, with less
+            (member, shrink), self._shrink = self._shrink, None
+            t = member.target
+            if t.breaker.allows(now, self._lease):
+                ring = self._router.providers[member.provider].keys
+                key = ring.pick(member.model, now, self._failed_keys.get(t.key, ()), self.needs.tokens)
+                if key is not None:
+                    self.truncations += 1
+                    attempt = self._issue(member, key, "truncation", now)
+                    attempt.shrink = shrink
+                    return attempt
         if self.member_attempts >= self.pipeline.max_attempts:
             return self._exhaust(now, "budget",
                                  f"retry budget spent: {self.member_attempts} member attempt(s), "
@@ -287,7 +349,10 @@ class Plan:
                 ring = self._router.providers[member.provider].keys
                 key = ring.pick(member.model, now, self._failed_keys.get(member.target.key, ()), self.needs.tokens)
                 self.member_attempts += 1
-                return self._issue(member, key, "member", now)
+                attempt = self._issue(member, key, "member", now)
+                if self._relaxed is not None and member.context is not None and member.context < self._min_context:
+                    attempt.shrink = Shrink(member.context)
+                return attempt
             oe = self._pool.on_exhausted
             if oe.action == "fallback":
                 self._pool = self._router.pools[oe.pool]
@@ -306,7 +371,19 @@ class Plan:
                             self._failed_keys.pop(target, None)
                         self._cooled.clear()
                         return Wait(soonest - now, f"pool {self._pool.name!r}: waiting for a member to recover")
+            if (self.needs.droppable and self._relaxed is None and self._rule_truncates()
+                    and (self.last_fault is None or self.last_fault.cls is not FaultClass.CONTEXT)):
+                # no member's context fits the whole request, which may lose its earliest turns:
+                # the largest that fits what must stay takes it, shortened (ADR 0028); after a
+                # member said "too long", only `report`'s bounded retries shorten it further
+                self._relaxed = self._largest_short(now)
+                if self._relaxed is not None:
+                    continue
             return self._exhaust(now, None, "")
+
+    def _rule_truncates(self) -> bool:
+        rule = self.pipeline.rules.context
+        return rule.action == "retry_larger_context" and rule.truncate > 0
 
     def hedge(self, now: float) -> Attempt | None:
         """Another member to race the outstanding attempt(s) (a hedge), or
@@ -483,6 +560,13 @@ class Plan:
             self._tried.add(t.key)
             if member.context is not None:
                 self._min_context = max(self._min_context, member.context + 1)
+            # a larger member before losing any of the conversation; then, when the
+            # request may lose its earliest turns, this member again with fewer
+            if (attempt.dropped is not None and attempt.dropped < self.needs.droppable
+                    and self.truncations < rule.truncate and not self._larger_left(now)):
+                budget = attempt.shrink.budget if attempt.shrink is not None else (member.context or self.needs.tokens)
+                self._shrink = (member, Shrink(max(1, budget * 3 // 4), attempt.dropped + 1))
+                return Consequence(Action.TRUNCATE, **done)
             return Consequence(Action.LARGER_CONTEXT, **done)
         failed = self._failed_keys.setdefault(t.key, set())
         failed.add(key.id)
