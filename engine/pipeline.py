@@ -89,7 +89,8 @@ class Rule:
     alert: bool = False             # carry an operator log line
     # retry_larger_context: a request that lets the gateway drop its earliest turns
     # (Responses `truncation: "auto"`, ADR 0028) goes again this many times, with
-    # less, once no larger member is left
+    # less, once no larger member is left (other actions ignore it: a pipeline that
+    # says `context: {action: return}` inherits the default's value and never truncates)
     truncate: int = 0
 
 
@@ -224,7 +225,7 @@ def _rule_dict(rule: dict) -> dict:
             out[penalty] = params
     if rule["alert"]:
         out["alert"] = True
-    if rule["truncate"]:
+    if rule["truncate"] and rule["action"] == "retry_larger_context":
         out["truncate"] = rule["truncate"]
     return out
 
@@ -401,9 +402,6 @@ def build_pipeline(name: str, data: Mapping) -> Pipeline:
             if key in raw:
                 raw[key] = float(raw[key])
         rule = Rule(**raw)
-        if rule.truncate and rule.action != "retry_larger_context":
-            raise PipelineError(f"{where}.rules.{cls}.truncate", "only a retry_larger_context rule truncates "
-                                                                 f"(this one's action is {rule.action})")
         if rule.backoff.max < rule.backoff.base:
             raise PipelineError(f"{where}.rules.{cls}.cool_key.backoff.max", "must be at least backoff.base")
         return rule
@@ -463,7 +461,7 @@ def describe_rule(rule: Rule) -> str:
         penalty = f"disable the key for {_secs(rule.duration)}"
     if rule.action == "failover" and rule.penalty in ("cool_key", "disable_key"):
         action = "another key of the same member first, then fail over"
-    if rule.truncate:
+    if rule.truncate and rule.action == "retry_larger_context":
         action += (f"; with none left, `truncation: auto` requests go to the largest again with their earliest "
                    f"turns dropped (at most {rule.truncate} time(s))")
     alert = "; alert operators" if rule.alert else ""

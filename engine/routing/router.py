@@ -349,10 +349,7 @@ class Plan:
                 ring = self._router.providers[member.provider].keys
                 key = ring.pick(member.model, now, self._failed_keys.get(member.target.key, ()), self.needs.tokens)
                 self.member_attempts += 1
-                attempt = self._issue(member, key, "member", now)
-                if self._relaxed is not None and member.context is not None and member.context < self._min_context:
-                    attempt.shrink = Shrink(member.context)
-                return attempt
+                return self._issue(member, key, "member", now)
             oe = self._pool.on_exhausted
             if oe.action == "fallback":
                 self._pool = self._router.pools[oe.pool]
@@ -413,6 +410,8 @@ class Plan:
         self.number += 1
         charge = key.quota.take(member.model, self.needs.tokens, now)
         attempt = Attempt(self.number, member, key, kind, probe, charge)
+        if self._relaxed is not None and member.context is not None and member.context < self._min_context:
+            attempt.shrink = Shrink(member.context)      # it takes the request shortened (ADR 0028)
         if self._router.shared_quota and key.quota.limits.any:
             ring = self._router.providers[member.provider].keys
             attempt.candidates = ring.candidates(key, member.model, now, self._failed_keys.get(t.key, ()),
