@@ -221,3 +221,17 @@ def test_nothing_more_to_drop_ends_it():
     first = plan.next(0)
     first.dropped = 1         # everything droppable already went
     assert plan.report(first, CONTEXT, 0).action is Action.LARGER_CONTEXT
+
+
+def test_a_shortened_request_refused_is_shortened_more_on_the_same_member_not_an_equal_one():
+    """The largest members are equal: the relaxed pass sends the request shortened to one;
+    its "too long" is answered with less on the same member (no member is larger)."""
+    members = [{"provider": "a", "model": "one", "context": 200, "priority": 0},
+               {"provider": "b", "model": "two", "context": 200, "priority": 1}]
+    plan = _router(members).start("p", NEEDS, 0)
+    first = plan.next(0)
+    assert first.member.model == "one" and first.shrink.budget == 200
+    first.dropped = 1
+    assert plan.report(first, CONTEXT, 0).action is Action.TRUNCATE
+    again = plan.next(0)
+    assert again.member.model == "one" and again.shrink.at_least == 2 and again.shrink.budget == 150

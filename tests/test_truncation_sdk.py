@@ -204,3 +204,19 @@ async def test_the_agents_sdk_with_truncation_auto():
     assert result.final_output == "agent answer"
     raw = a.received[0]["raw"]
     assert "ancient history" not in raw and "THIRD question" in raw and "Answer briefly." in raw
+
+
+@pytest.mark.parametrize("vendor", ["gemini", "bedrock", "cohere"])
+async def test_every_other_protocol_gets_the_shortened_conversation(vendor):
+    """The same cut for the remaining member protocols (rendered by each one's codec)."""
+    from test_translation_e2e import config_for
+    cfg = config_for(vendor)
+    cfg["pools"]["smart"]["members"][0]["context"] = 200
+    a = MockVendor(reply="short answer", aws_credentials={"AKIDVENDOR": "vendor-secret"})
+    async with gateway_with(cfg, a=a) as gw:
+        raw = await sdk(lambda: create(gw, truncation="auto"))
+        record = await last_record(gw)
+    assert raw.parse().output_text == "short answer" and raw.parse().truncation == "auto"
+    assert len(a.received) == 1 and a.received[0]["protocol"] == vendor
+    assert_kept_the_newest_turn_only(a.received[0]["raw"])
+    assert record["attempts"][0]["dropped"] == 6

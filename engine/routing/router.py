@@ -262,16 +262,21 @@ class Plan:
 
     def _larger_left(self, now: float) -> bool:
         """A member of this route (its pool, then its fallbacks) that may still take
-        the request at the context it now needs."""
+        the request at the context it now needs (larger than every one that said
+        "too long", whether or not the plan is shortening it)."""
         node, seen = self._pool, set()
-        while node.name not in seen:
-            seen.add(node.name)
-            if any(self._usable(leaf, now) for leaf in node.leaves):
-                return True
-            if node.on_exhausted.action != "fallback":
-                return False
-            node = self._router.pools[node.on_exhausted.pool]
-        return False
+        relaxed, self._relaxed = self._relaxed, None
+        try:
+            while node.name not in seen:
+                seen.add(node.name)
+                if any(self._usable(leaf, now) for leaf in node.leaves):
+                    return True
+                if node.on_exhausted.action != "fallback":
+                    return False
+                node = self._router.pools[node.on_exhausted.pool]
+            return False
+        finally:
+            self._relaxed = relaxed
 
     def _usable(self, leaf: Member, now: float) -> bool:
         t = leaf.target
