@@ -20,13 +20,17 @@ whose writes stop (and are dropped) once the client is gone, so the generation g
 kept under the id its stream showed and can be retrieved.  From its first bytes (before the
 client sees them) it has the same `in_progress` marker under the id its `response.created`
 shows, so `retrieve` and `cancel` reach it while it runs; a cancelled one's still-connected
-client gets a last `response.completed`-shaped event with `status: "cancelled"`.
+client gets a last `response.completed`-shaped event with `status: "cancelled"`.  Its events,
+as its client was sent them, are kept in a `StreamLog` (bounded), so
+`GET /v1/responses/{id}?stream=true&starting_after=N` (`serve_resume`) replays those after N
+and follows the live rest; a reader never slows the run.
 
 The decisions are I/O-free (`requested`, `pending_shown`, `final_shown`, `error_of`,
 `effective`, `cancellable`, `read_cancel`), the clock injected where one is read.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import time
@@ -39,6 +43,7 @@ import trio
 from busbar.faults import ClientError
 from busbar.item_store import decode_turn, turn_key
 from busbar.protocols.base import JSON_CT
+from busbar.protocols.sse import SSESplitter
 from busbar.protocols.responses import ERRORS, dialect as responses
 from busbar.protocols.routes import match_response_cancel
 from busbar.server import CapturedResponder, ClientGone, HttpRequest, Responder
@@ -54,6 +59,11 @@ PENDING = frozenset({QUEUED, IN_PROGRESS})
 CANCEL_WAIT_S = 5.0          # how long a cancel waits for the run to end (here or on another replica)
 CANCEL_POLL_S = 0.05         # ... polling the cluster copy, when another replica runs it
 CANCEL_CHANNEL = "responses:cancel"
+RESUME_KEEP_S = 300.0        # a finished stream's events stay resumable this long (OpenAI: 5 minutes)
+MAX_LOG_BYTES = 8 << 20      # one stream's kept events; beyond it its oldest events go
+MAX_FINISHED_BYTES = 64 << 20    # all finished streams' kept events; beyond it the longest finished go
+CATCH_UP_BYTES = 256 << 10   # what a resumed reader is sent in one write while it catches up
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 # ---------------------------------------------------------------------------
@@ -78,12 +88,16 @@ def requested(obj) -> bool:
     return True
 
 
-def pending_shown(model: str, created_at: int, expires_at: float) -> dict:
+def pending_shown(model: str, created_at: int, expires_at: float, stream: bool = False) -> dict:
     """What a running response's marker shows: `in_progress`, the pool as its model, and
     the wall-clock time by which its run ends (the pipeline's deadline), past which a
-    marker nobody replaced is read as failed (`effective`)."""
-    return {"status": IN_PROGRESS, "model": model, "created_at": created_at, "background": True,
-            "expires_at": expires_at, "ids": []}
+    marker nobody replaced is read as failed (`effective`); `stream`: it was created with
+    `stream: true` (its events can be resumed, `resume_refusal`)."""
+    shown = {"status": IN_PROGRESS, "model": model, "created_at": created_at, "background": True,
+             "expires_at": expires_at, "ids": []}
+    if stream:
+        shown["stream"] = True
+    return shown
 
 
 def final_shown(pending: dict, status: str, error: dict | None = None) -> dict:
@@ -141,6 +155,41 @@ def cancellable(shown: dict | None, response_id: str) -> bool:
     return shown.get("status") in PENDING
 
 
+def starting_after_of(raw: str | None) -> int:
+    """`starting_after` of a resume: the sequence number after which events are sent; -1
+    (every event) when absent.  A 400 naming it when it is not an integer."""
+    if raw is None or raw == "":
+        return -1
+    try:
+        return max(-1, int(raw))
+    except ValueError:
+        raise ClientError(400, f"Invalid 'starting_after': '{raw}'. Expected an integer, the `sequence_number` "
+                               "of the last event received.", param="starting_after", code="invalid_type") from None
+
+
+def resume_refusal(shown: dict | None, response_id: str) -> ClientError:
+    """Why a kept response's stream cannot be resumed here (this replica holds no events of
+    it): not a background response, one created without `stream: true`, one running on
+    another replica, or one finished longer ago than its events are kept."""
+    shown = shown or {}
+    if not shown.get("background"):
+        return ClientError(400, f"Response '{response_id}' cannot be streamed: it was not created with "
+                                "`background: true`; only background responses created with `stream: true` can "
+                                "be streamed again. Retrieve it without `stream`.", param="stream")
+    if not shown.get("stream"):
+        return ClientError(400, f"Response '{response_id}' cannot be streamed: it was created without "
+                                "`stream: true`; retrieve it without `stream` and poll while its status is "
+                                "queued or in_progress.", param="stream")
+    if shown.get("status") in PENDING:
+        return ClientError(400, f"Response '{response_id}' is streamed by another gateway replica (the one running "
+                                "it), which alone holds its events: resume it there (route /v1/responses/{id} "
+                                "requests by response id), or retrieve it without `stream` and poll.",
+                           param="stream")
+    return ClientError(400, f"This response can no longer be streamed: a background stream's events are kept "
+                            f"{RESUME_KEEP_S:g} s after it ends, by the gateway replica that ran it. Retrieve "
+                            f"'{response_id}' without `stream` for the whole response.", param="stream")
+
+
 def cancel_message(scope: str, response_id: str) -> bytes:
     """What a replica publishes for the one running `response_id`: ids only."""
     return orjson.dumps({"scope": scope, "response": response_id})
@@ -187,6 +236,7 @@ class Run:
     shown: dict | None = None        # the marker's shown fields
     model: str = ""                  # the pool (a stream's marker, kept at its first event)
     expires_in: float = 0.0          # the pipeline's deadline + CANCEL_WAIT_S (a stream's marker)
+    log: StreamLog | None = None     # a stream's events, for resumed readers (kept from its first bytes)
 
 
 def stream_id(first: bytes) -> str | None:
@@ -226,13 +276,128 @@ def cancelled_event(response: dict, seq: int) -> bytes:
     return b"event: response.completed\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
+class FellBehind(Exception):
+    """A resumed reader whose next event the log no longer holds (`MAX_LOG_BYTES`)."""
+
+
+def fell_behind_event(next_sequence: int) -> bytes:
+    """The last event a reader that fell too far behind gets, in the Responses stream's own
+    `error` shape: where to resume from is gone, the whole response can be retrieved."""
+    body = {"type": "error", "code": "stream_events_expired", "param": "starting_after", "sequence_number":
+            next_sequence, "message": "This reader fell too far behind the background stream: the events after its "
+                                      "position are no longer kept. Retrieve the response without `stream`."}
+    return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+
+
+class StreamLog:
+    """A background stream's events as its client was sent them (the Responses SSE bytes,
+    one whole event each, with its `sequence_number`), for readers that resume it.
+
+    Only the run appends (`feed`: never waits, wakes every reader at once); each reader
+    follows at its own pace from its own position (`read`), so a slow one slows nobody.
+    Bounded by `MAX_LOG_BYTES`: beyond it the oldest events go, and a reader whose next
+    event went with them falls behind (`FellBehind`).  Positions count every event ever
+    kept, so they stay valid as the oldest go.  I/O-free but for the wake-up."""
+
+    __slots__ = ("events", "seqs", "head", "cut", "size", "done", "ended_at", "_changed", "_split")
+
+    def __init__(self):
+        self.events: list[bytes] = []
+        self.seqs: list[int] = []
+        self.head = 0                    # the oldest kept event's index in `events` (those before it went)
+        self.cut = 0                     # events compacted out of the lists (positions before `events[0]`)
+        self.size = 0
+        self.done = False
+        self.ended_at: float | None = None
+        self._changed = trio.Event()
+        self._split = SSESplitter()
+
+    @property
+    def dropped(self) -> int:
+        """How many of the oldest events the bound removed (the first kept one's position)."""
+        return self.cut + self.head
+
+    @property
+    def last(self) -> int:
+        """The last sequence number kept (-1 before any)."""
+        return self.seqs[-1] if len(self.seqs) > self.head else -1
+
+    def feed(self, data: bytes) -> None:
+        """Written stream bytes (any chunking); events without a sequence number (comments) are not kept."""
+        try:
+            events = self._split.feed(data)
+        except ValueError:              # an event over the splitter's cap: nothing more is kept
+            events = []
+        added = False
+        for event in events:
+            seq = last_sequence(event.raw, -1)
+            if seq <= self.last:
+                continue
+            self.events.append(event.raw)
+            self.seqs.append(seq)
+            self.size += len(event.raw)
+            added = True
+        while self.size > MAX_LOG_BYTES and len(self.events) - self.head > 1:
+            self.size -= len(self.events[self.head])
+            self.events[self.head] = b""
+            self.head += 1
+        if self.head > 1024 and self.head * 2 > len(self.events):
+            del self.events[:self.head], self.seqs[:self.head]
+            self.cut, self.head = self.cut + self.head, 0
+        if added:
+            self._wake()
+
+    def close(self, now: float) -> None:
+        self.done, self.ended_at = True, now
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def start(self, starting_after: int) -> int:
+        """The position of the first event after `starting_after`; a 400 naming it when it
+        is past the last event (no reader can have seen one not yet written) or when events
+        after it are no longer kept."""
+        if starting_after > self.last:
+            raise ClientError(400, f"Invalid 'starting_after': {starting_after} is past this stream's last event "
+                                   f"({self.last}).", param="starting_after")
+        at = bisect.bisect_right(self.seqs, starting_after, self.head)
+        if at == self.head and self.dropped and starting_after < self.seqs[self.head] - 1:
+            first = self.seqs[self.head] - 1
+            raise ClientError(400, f"Invalid 'starting_after': the events up to {first} of this stream are no "
+                                   f"longer kept (the gateway keeps the last {MAX_LOG_BYTES >> 20} MiB of a "
+                                   f"stream); resume after {first} or later, or retrieve the response without "
+                                   "`stream`.", param="starting_after")
+        return self.cut + at
+
+    async def read(self, position: int) -> tuple[bytes, int]:
+        """The kept events from `position` on (several in one piece, up to `CATCH_UP_BYTES`,
+        while a reader catches up), waiting for the next one when it has them all, and the
+        position after them; b"" once the stream ended.  `FellBehind` when the event at
+        `position` is no longer kept."""
+        while True:
+            if position < self.dropped:
+                raise FellBehind()
+            at, events = position - self.cut, self.events
+            if at < len(events):
+                end, size = at, 0
+                while end < len(events) and size < CATCH_UP_BYTES:
+                    size += len(events[end])
+                    end += 1
+                return b"".join(events[at:end]), position + end - at
+            if self.done:
+                return b"", position
+            await self._changed.wait()
+
+
 class DetachedResponder(Responder):
     """The client's own responder for a background stream: writes go to it until the
     client is gone, then are dropped, so the exchange runs to its end.  At the stream's
     first bytes (`start`) the run's marker is kept under the id they show, before the
     client sees it, so `retrieve` and `cancel` reach the running stream (`on_start`)."""
 
-    __slots__ = ("inner", "on_start", "seq")
+    __slots__ = ("inner", "on_start", "seq", "log")
 
     def __init__(self, inner: Responder, on_start=None):
         super().__init__(None)
@@ -240,6 +405,7 @@ class DetachedResponder(Responder):
         self.extra_headers = inner.extra_headers
         self.on_start = on_start         # async (status, first bytes) -> None
         self.seq = -1                    # the last sequence_number written (the cancelled event's follows it)
+        self.log: StreamLog | None = None    # what resumed readers follow (set by `on_start`); fed first
 
     @property
     def started(self) -> bool:
@@ -260,18 +426,24 @@ class DetachedResponder(Responder):
     async def start(self, status, headers, first: bytes = b"") -> None:
         if self.on_start is not None:
             await self.on_start(status, first)
-        self.seq = last_sequence(first, self.seq)
+        self._record(first)
         self.inner.extra_headers = self.extra_headers
         await self._call("start", status, headers, first)
 
     async def write(self, data: bytes) -> None:
-        self.seq = last_sequence(data, self.seq)
+        self._record(data)
         await self._call("write", data)
 
     def hold(self, data: bytes) -> None:
-        self.seq = last_sequence(data, self.seq)
+        self._record(data)
         if not self.inner._gone:
             self.inner.hold(data)
+
+    def _record(self, data: bytes) -> None:
+        # kept before its client is sent it: a reader resuming after an event it saw finds it
+        self.seq = last_sequence(data, self.seq)
+        if self.log is not None and data:
+            self.log.feed(data)
 
     async def end(self, trailers=None) -> None:
         await self._call("end", trailers)
@@ -288,11 +460,14 @@ class BackgroundRuns:
         self.on_count = on_count
         self.nursery: trio.Nursery | None = None
         self.runs: dict[str, Run] = {}        # turn key -> the run, while it runs here
+        self.logs: dict[str, StreamLog] = {}  # turn key -> a stream's events: while it runs, then RESUME_KEEP_S
+        self.finished_bytes = 0               # what the finished ones' logs hold (MAX_FINISHED_BYTES)
         self.channel: str | None = None       # the cluster's cancel channel (Redis); None: this replica alone
         self.publish = None                   # async (channel, bytes) -> None
         self.live = 0                         # runs detached now (streams included)
         self.started = self.completed = self.failed = self.cancelled = self.shut_down = 0
         self.cancels_heard = self.cancels_forwarded = 0
+        self.resumed = self.readers = self.fell_behind = 0
 
     @property
     def running(self) -> int:
@@ -307,7 +482,9 @@ class BackgroundRuns:
     def status(self) -> dict:
         return {"running": self.running, "started": self.started, "completed": self.completed,
                 "failed": self.failed, "cancelled": self.cancelled, "shut_down": self.shut_down,
-                "cancels_heard": self.cancels_heard, "cancels_forwarded": self.cancels_forwarded}
+                "cancels_heard": self.cancels_heard, "cancels_forwarded": self.cancels_forwarded,
+                "resumed": self.resumed, "resume_readers": self.readers, "resume_fell_behind": self.fell_behind,
+                "stream_logs": len(self.logs), "stream_log_bytes": sum(log.size for log in self.logs.values())}
 
     # ---- the cluster's cancel channel (busbar.cluster.RoutingSync.follow) ----
     def on_message(self, data: bytes) -> None:
@@ -338,9 +515,14 @@ class BackgroundRuns:
             async def on_start(status: int, first: bytes) -> None:
                 if status == 200 and run.key is None and run.detached:
                     await self._keep_stream(gw, run, stream_id(first))
+                    detached.log = run.log
             detached = DetachedResponder(responder, on_start)
             await self.nursery.start(self._run, gw, inner, detached, protocol, dialect, params, run)
-            await run.done.wait()       # the client leaving cancels this wait, not the run
+            try:
+                await run.done.wait()       # the client leaving cancels this wait, not the run ...
+            finally:
+                if run.key is None and not run.done.is_set():
+                    run.scope.cancel()      # ... unless it left before the stream showed its id: none can name it
             return
         captured = CapturedResponder()
         await self.nursery.start(self._run, gw, inner, captured, protocol, dialect, params, run)
@@ -381,9 +563,11 @@ class BackgroundRuns:
         if held is not None and not pending(held):
             return
         run.response_id = response_id
-        run.shown = pending_shown(run.model, run.created_at, self.wall() + run.expires_in)
+        run.shown = pending_shown(run.model, run.created_at, self.wall() + run.expires_in, stream=True)
         run.key = await self._keep(gw, run, run.shown)
         self.runs[run.key] = run
+        self._sweep()
+        run.log = self.logs[run.key] = StreamLog()
 
     async def _run(self, gw: "Gateway", request: HttpRequest, responder: Responder, protocol: str, dialect,
                    params: dict, run: Run, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -421,6 +605,10 @@ class BackgroundRuns:
                 del self.runs[run.key]
                 if self.on_count is not None and not run.stream:   # a stream's connection counts itself
                     self.on_count(-1)
+            if run.log is not None:
+                run.log.close(self.wall())
+                self.finished_bytes += run.log.size
+                self._sweep()
             run.done.set()
             if run.detached:
                 self.live -= 1
@@ -445,16 +633,27 @@ class BackgroundRuns:
     async def _end_cancelled_stream(self, gw: "Gateway", run: Run, responder: DetachedResponder) -> None:
         """A cancelled background stream's client, if still there, gets the response with its
         final status, `cancelled`, as the stream's last event (`cancelled_event`)."""
-        inner = responder.inner
-        if not inner.started or inner._gone or run.key is None:
+        if not responder.inner.started or run.key is None:
             return
         from busbar.stored_responses import response_object
         held = gw.item_store.get(run.key)
         turn = decode_turn(held) if held is not None else None
         body = response_object(run.response_id, turn or _empty_turn(run))
-        with trio.move_on_after(1.0):
+        with trio.move_on_after(1.0):     # kept for resumed readers even when its client is gone
             await responder.write(cancelled_event(body, responder.seq))
             await responder.end()
+
+    def _sweep(self) -> None:
+        """Forget the finished streams' events past `RESUME_KEEP_S`, then the longest
+        finished while they hold more than `MAX_FINISHED_BYTES`.  A reader already following
+        one reads on (it holds the log); a new one is told it can no longer be streamed.
+        Once per background stream's start and end: off every other path."""
+        now = self.wall()
+        finished = sorted((log.ended_at, key) for key, log in self.logs.items() if log.done)
+        for ended_at, key in finished:
+            if now - ended_at <= RESUME_KEEP_S and self.finished_bytes <= MAX_FINISHED_BYTES:
+                break
+            self.finished_bytes -= self.logs.pop(key).size
 
     async def _keep(self, gw: "Gateway", run: Run, shown: dict) -> str:
         """The run's turn with `shown` and no output, here and in the cluster copy."""
@@ -463,6 +662,47 @@ class BackgroundRuns:
             with trio.CancelScope(shield=True):
                 await gw.shared_items.put_many([(key, data)], gw.item_store.ttl_s)
         return key
+
+    # ---- GET /v1/responses/{id}?stream=true[&starting_after=N] --------------------
+    async def serve_resume(self, gw: "Gateway", request: HttpRequest, responder: Responder, response_id: str,
+                           query: dict[str, list[str]]) -> None:
+        """A background stream's events after `starting_after` (all of them without it),
+        then the live rest until it ends, from the log this replica keeps of it
+        (`StreamLog`); the reader leaving ends only its own reading."""
+        from busbar import stored_responses as stored
+        try:
+            starting_after = starting_after_of(stored._one(query, "starting_after"))
+            found = await stored._lookup(gw, stored.scopes(gw, request), response_id)
+            if found is None:
+                raise stored._not_found(gw, response_id)
+            scope, turn = found
+            log = self.logs.get(turn_key(scope, response_id))
+            if log is None or (log.done and self.wall() - log.ended_at > RESUME_KEEP_S):
+                raise resume_refusal(turn.shown, response_id)
+            position = log.start(starting_after)
+        except ClientError as err:
+            return await responder.send(*responses.render_error(err))
+        self.resumed += 1
+        self.readers += 1
+        seq = starting_after
+        try:
+            await responder.start(200, SSE_HEADERS)
+            while True:
+                try:
+                    piece, position = await log.read(position)
+                except FellBehind:
+                    self.fell_behind += 1
+                    await responder.write(fell_behind_event(seq + 1))
+                    break
+                if not piece:
+                    break
+                seq = last_sequence(piece, seq)
+                await responder.write(piece)
+            await responder.end()
+        except ClientGone:
+            pass                # the run, its log and the other readers go on
+        finally:
+            self.readers -= 1
 
     # ---- POST /v1/responses/{id}/cancel ----------------------------------------
     async def serve_cancel(self, gw: "Gateway", request: HttpRequest, responder: Responder) -> bool:

@@ -502,6 +502,8 @@ class Exchange:
             if self.background is not None:     # kept as answered here, under the id the POST showed
                 response_id, vendor = self.background.response_id or response_id, False
                 fields["background"] = True
+                if self.background.stream:      # its events can be streamed again (busbar.background.resume_refusal)
+                    fields["stream"] = True
             kept = self.items.keep(self.item_scope, output, vendor)
             if isinstance(response_id, str) and response_id:
                 kept.append(self.items.keep_turn(self.item_scope, response_id, self.previous,

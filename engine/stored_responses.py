@@ -173,8 +173,13 @@ async def serve(gw: "Gateway", request: HttpRequest, responder) -> bool:
     if found is None:
         return False
     response_id, listing = found
+    query = parse_qs(request.query.decode("latin-1"), keep_blank_values=True)
+    streamed = not listing and request.method == b"GET" and (_one(query, "stream") or "false").lower() != "false"
+    if streamed and gw.background is not None:       # resuming a background stream (ADR 0026)
+        await gw.background.serve_resume(gw, request, responder, response_id, query)
+        return True
     try:
-        body = await _answer(gw, request, response_id, listing)
+        body = await _answer(gw, request, response_id, listing, query, streamed)
     except ClientError as err:
         await responder.send(*responses.render_error(err))
     else:
@@ -182,18 +187,15 @@ async def serve(gw: "Gateway", request: HttpRequest, responder) -> bool:
     return True
 
 
-async def _answer(gw: "Gateway", request: HttpRequest, response_id: str, listing: bool) -> dict:
+async def _answer(gw: "Gateway", request: HttpRequest, response_id: str, listing: bool,
+                  query: dict[str, list[str]], streamed: bool) -> dict:
     allowed = (b"GET",) if listing else (b"GET", b"DELETE")
     if request.method not in allowed:
         raise ClientError(405, f"Method {request.method.decode('latin-1')} not allowed on this path; use "
                                f"{' or '.join(m.decode() for m in allowed)}.")
-    query = parse_qs(request.query.decode("latin-1"), keep_blank_values=True)
-    if not listing and request.method == b"GET" and (_one(query, "stream") or "false").lower() != "false":
-        raise ClientError(400, "Streaming a stored response is not supported by this gateway (nor resuming a "
-                               "background stream with `starting_after`): it keeps the responses it answered, "
-                               "which are complete, and a background one's status; retrieve it without `stream` "
-                               "and poll while its status is queued or in_progress.",
-                          param="stream")
+    if streamed:            # no background runs here (a gateway without its App): nothing streams again
+        raise ClientError(400, "Streaming a stored response is not supported by this gateway without background "
+                               "mode; retrieve it without `stream`.", param="stream")
     found = await _lookup(gw, scopes(gw, request), response_id)
     if found is None:
         raise _not_found(gw, response_id)

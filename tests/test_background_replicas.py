@@ -67,3 +67,22 @@ async def test_a_running_background_stream_is_seen_and_cancelled_from_the_other_
         with trio.fail_after(10):
             while vendor.in_flight:          # A's upstream call went with it
                 await trio.sleep(0.02)
+
+
+async def test_a_background_stream_is_resumed_on_its_replica_and_the_other_says_where(tmp_path, redis_server):
+    """Its events are kept by the replica running it: resumed there, they continue where the
+    client left off; the other replica answers a clear 400 naming `stream` (not proxied)."""
+    words = " ".join(f"w{i}" for i in range(30))
+    async with setup(tmp_path, redis_server.url, reply=words, chunk_delay=0.1) as (vendor, (a, b)):
+        def first_events():
+            with responses(a).responses.create(model="smart", input="count", stream=True, background=True) as s:
+                return [e for _, e in zip(range(4), s)]
+        seen = await sdk(first_events)
+        rid, cursor = seen[0].response.id, seen[-1].sequence_number
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk(lambda: list(responses(b).responses.retrieve(rid, stream=True, starting_after=cursor)))
+        assert info.value.body["param"] == "stream" and "another gateway replica" in info.value.message
+        rest = await sdk(lambda: list(responses(a).responses.retrieve(rid, stream=True, starting_after=cursor)))
+        assert [e.sequence_number for e in rest] == list(range(cursor + 1, cursor + 1 + len(rest)))
+        assert rest[-1].type == "response.completed" and rest[-1].response.output_text == words
+        assert (await sdk(lambda: responses(b).responses.retrieve(rid))).status == "completed"

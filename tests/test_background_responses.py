@@ -221,7 +221,8 @@ async def test_store_false_and_synchronous_cancel_are_refused():
         # a refusal before routing is the POST's own answer (an unknown pool: 404 in OpenAI's shape)
         with pytest.raises(openai.NotFoundError):
             await sdk(lambda: c.responses.create(model="nope", input="hi", background=True))
-        # resuming a background stream is not served: a 400 naming `stream`
+        # a response not made in background mode cannot be streamed again: a 400 naming `stream`
+        # (resuming a background stream: tests/test_background_resume.py)
         async with httpx.AsyncClient() as h:
             got = await h.get(gw.url + f"/v1/responses/{sync.id}", params={"stream": "true", "starting_after": "3"})
         assert got.status_code == 400 and got.json()["error"]["param"] == "stream"
