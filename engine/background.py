@@ -521,7 +521,7 @@ class BackgroundRuns:
             try:
                 await run.done.wait()       # the client leaving cancels this wait, not the run ...
             finally:
-                if run.key is None and not run.done.is_set():
+                if run.log is None and not run.done.is_set():
                     run.scope.cancel()      # ... unless it left before the stream showed its id: none can name it
             return
         captured = CapturedResponder()
@@ -555,19 +555,18 @@ class BackgroundRuns:
     async def _keep_stream(self, gw: "Gateway", run: Run, response_id: str | None) -> None:
         """A background stream's marker, under the id its first event shows (kept before
         the client is sent it), unless that turn is already kept as answered (a cache
-        replay keeps its turn before it starts the stream)."""
+        replay keeps its turn before it starts the stream); and its log, for resumed readers."""
         if response_id is None:
             return
         key = turn_key(run.item_scope, response_id)
         held = gw.item_store.get(key)
-        if held is not None and not pending(held):
-            return
-        run.response_id = response_id
-        run.shown = pending_shown(run.model, run.created_at, self.wall() + run.expires_in, stream=True)
-        run.key = await self._keep(gw, run, run.shown)
-        self.runs[run.key] = run
+        if held is None or pending(held):
+            run.response_id = response_id
+            run.shown = pending_shown(run.model, run.created_at, self.wall() + run.expires_in, stream=True)
+            run.key = await self._keep(gw, run, run.shown)
+            self.runs[run.key] = run
         self._sweep()
-        run.log = self.logs[run.key] = StreamLog()
+        run.log = self.logs[key] = StreamLog()      # a replay's events too: its client may resume it
 
     async def _run(self, gw: "Gateway", request: HttpRequest, responder: Responder, protocol: str, dialect,
                    params: dict, run: Run, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -306,3 +306,18 @@ async def test_a_background_stream_whose_client_leaves_before_its_first_event_is
             while mock.in_flight or gw.app.background.running:     # the member's call went with it
                 await trio.sleep(0.02)
         assert gw.app.background.status()["started"] == 1
+
+
+@pytest.mark.sdk
+async def test_a_cached_background_stream_is_resumable_too():
+    config = config_for("anthropic")
+    config["pools"]["smart"]["cache"] = {"mode": "exact"}
+    mock = MockVendor(reply="one two three four")
+    async with gateway_with(config, a=mock) as gw:
+        c = client(gw)
+        for _ in range(2):                                     # the second is a cache replay
+            events = await sdk(lambda: list(c.responses.create(model="smart", input="x", stream=True,
+                                                               background=True)))
+        assert len(mock.received) == 1
+        again = await sdk(lambda: _resume(c, events[0].response.id, 1))
+        assert [e.model_dump() for e, _ in again] == [e.model_dump() for e in events[2:]]
