@@ -760,6 +760,7 @@ class Exchange:
                 response = await pool.request(b"POST", target, headers, body, connect_timeout=timeouts.connect,
                                               response_timeout=wait, slot_wait=self.gw.slot_wait)
                 attempt.vendor_quota = provider.dialect.rate_limits(response.headers)   # corrects the key's counts
+                rec.upstream_request_id = provider.dialect.upstream_request_id(response.headers)
             except SlotTimeout as exc:
                 return Saturated(exc.waited)
             except UpstreamError as exc:
@@ -832,6 +833,8 @@ class Exchange:
                 else:
                     try:
                         attempt.vendor_quota = provider.dialect.rate_limits(response.headers)
+                        if rec.upstream_request_id is None:     # the first call's stands for the batch
+                            rec.upstream_request_id = provider.dialect.upstream_request_id(response.headers)
                         if 200 <= response.status < 400:
                             answer = await read_answer(self, up, response)
                             if not isinstance(answer, Failed):

@@ -253,8 +253,9 @@ class Gateway:
         return key_id
 
     def _refused(self, protocol: str, dialect, err: ClientError) -> tuple[int, list, bytes]:
-        """A request answered from its head: still recorded (admin, access
-        log, metrics see refused credentials like any other request)."""
+        """A request answered from its head (refused credentials, no route):
+        still recorded (admin, access log, metrics see it like any other
+        request), under the id its answer carries."""
         record = RequestRecord(f"{self._id_prefix}-{next(self._ids):x}", protocol)
         record.lifecycle.fail(err.message[:120])
         record.status = err.status
@@ -262,7 +263,7 @@ class Gateway:
         record.ms = 0.0
         self._finish(record)
         status, headers, body = dialect.render_error(err)
-        return status, headers + [(b"x-busbar-request-id", record.id.encode())], body
+        return status, headers + dialect.request_id_headers(record.id.encode()), body
 
     def _any_key(self, request: HttpRequest) -> str | None:
         """The key however a protocol's SDK sends it (a route every SDK shares)."""
@@ -286,8 +287,9 @@ class Gateway:
         run (`busbar.background.Run`), which the exchange detaches once it is routed."""
         record = RequestRecord(f"{self._id_prefix}-{next(self._ids):x}", protocol)
         life = record.lifecycle
-        # the id under which the admin API shows this request's path
-        responder.extra_headers = [(b"x-busbar-request-id", record.id.encode())]
+        # the id under which records, the admin API and logs show this request, where
+        # its client's SDK reads a request id (ADR 0029): on every answer, errors and streams too
+        responder.extra_headers = dialect.request_id_headers(record.id.encode())
         t0 = time.perf_counter()
         self.in_flight += 1
         self.active[record.id] = record
@@ -410,15 +412,15 @@ class Gateway:
                     elif self.tenancy is not None and self.tenancy.required:
                         self.tenancy.authenticate(self._any_key(request))
                 except ClientError as err:
-                    return await responder.send(*dialect.render_error(err))
+                    return await responder.send(*self._refused(protocol, dialect, err))
                 return await responder.send(*answer)
         if request.path in (b"/healthz", b"/health"):
             return await responder.send(200, [JSON_CT], b'{"status":"ok"}')
-        dialect = get_dialect(guess_protocol(request.path))
+        protocol = guess_protocol(request.path)
+        dialect = get_dialect(protocol)
         err = ClientError(404, f"No route for {request.method.decode()} {request.path.decode('latin-1')}. "
                                + (dialect.no_route_hint or
                                   "Busbar serves the vendors' own paths, e.g. POST /v1/chat/completions, "
                                   "/v1/messages, /v1/responses, /v1beta/models/{model}:generateContent, "
                                   "/model/{modelId}/converse, /v2/chat."), "not_found", code=dialect.no_route_code)
-        status, headers, body = dialect.render_error(err)
-        await responder.send(status, headers, body)
+        await responder.send(*self._refused(protocol, dialect, err))

@@ -21,6 +21,9 @@ class AttemptRecord:
     usage: object = None          # ir.Usage this attempt's stream reported before its commit
     waste_tokens: int = 0         # a hedge loser's reported tokens (billed, not used)
     dropped: int = 0              # conversation messages dropped to fit the member (truncation: auto, ADR 0028)
+    # the vendor's own id of this call (its request-id header, ADR 0029): for the operator
+    # to quote to the vendor; the client is shown the record's id, never this one
+    upstream_request_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -58,7 +61,8 @@ class RequestRecord:
                               "ms": round(a.ms, 3), **({"message": a.message} if a.message else {}),
                               **({"hedge": True} if a.hedge else {}),
                               **({"waste_tokens": a.waste_tokens} if a.waste_tokens else {}),
-                              **({"dropped": a.dropped} if a.dropped else {})}
+                              **({"dropped": a.dropped} if a.dropped else {}),
+                              **({"upstream_request_id": a.upstream_request_id} if a.upstream_request_id else {})}
                              for a in self.attempts],
                 "final_member": next((a.member for a in reversed(self.attempts) if a.outcome == "ok"), None),
                 "path": self.lifecycle.describe(), "state": self.lifecycle.state,

@@ -49,3 +49,31 @@ def test_a_malformed_body_names_where_not_a_python_repr(protocol, body, where):
     assert exc.value.status == 400
     assert exc.value.message.endswith(where), exc.value.message
     assert "Error(" not in exc.value.message
+
+
+# where each official SDK reads its request id (their sources: openai-python/-node
+# `x-request-id`, anthropic `request-id`, botocore `x-amzn-requestid`; google-genai
+# and cohere read none), ADR 0029
+SDK_REQUEST_ID = {"openai": b"x-request-id", "responses": b"x-request-id", "anthropic": b"request-id",
+                  "bedrock": b"x-amzn-requestid", "bedrock-invoke": b"x-amzn-requestid", "gemini": None,
+                  "cohere": None}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_answers_carry_the_gateway_id_where_the_sdk_reads_it(protocol):
+    dialect = get_dialect(protocol)
+    assert dialect.request_id_header == SDK_REQUEST_ID[protocol]
+    headers = dialect.request_id_headers(b"bb-1f")
+    assert (b"x-busbar-request-id", b"bb-1f") in headers
+    assert headers == [(b"x-busbar-request-id", b"bb-1f")] + (
+        [(dialect.request_id_header, b"bb-1f")] if dialect.request_id_header else [])
+    # a same-protocol error keeps some of the vendor's headers: never its request id
+    assert dialect.request_id_header not in dialect.error_headers_kept
+    vendor = [(b"content-type", b"application/json"), (dialect.request_id_header or b"x-request-id", b"req_v1")]
+    assert dialect.upstream_request_id(vendor) == ("req_v1" if dialect.request_id_header else None)
+
+
+def test_a_vendor_request_id_is_kept_bounded():
+    dialect = get_dialect("openai")
+    assert dialect.upstream_request_id([(b"x-request-id", b"r" * 5000)]) == "r" * 128
+    assert dialect.upstream_request_id([(b"content-type", b"application/json")]) is None

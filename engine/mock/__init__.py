@@ -54,6 +54,7 @@ class MockVendor:
     always: dict | None = None
     received: list[dict] = field(default_factory=list)
     record: bool = True
+    answered: int = 0                 # calls answered so far (numbers the vendor's request ids)
     max_records: int = 1000
     port: int = 0
     aws_credentials: dict[str, str] | None = None   # Bedrock: access key id -> secret; SigV4 is verified
@@ -153,8 +154,13 @@ class MockVendor:
                                         orjson.dumps({"error": {"message": f"mock: no route {path}"}}))
         protocol, params = endpoint
         vendor = vendors.VENDORS[protocol]
+        request_id = None
+        if vendor.dialect.request_id_header is not None:     # as the real vendor names every answer, errors too
+            self.answered += 1
+            request_id = f"req_{self.name}_{self.answered:06d}"
+            responder.extra_headers = [(vendor.dialect.request_id_header, request_id.encode())]
         try:
-            await self._answer_as(vendor, protocol, params, path, request, responder)
+            await self._answer_as(vendor, protocol, params, path, request, responder, request_id)
         except (ClientError, TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
             # a body of the wrong shape is the vendor's 400, as a real one validates
             # it: never a dropped connection that would blame the member
@@ -166,7 +172,7 @@ class MockVendor:
             await responder.send(status, headers, body)
 
     async def _answer_as(self, vendor, protocol: str, params: dict, path: str, request: HttpRequest,
-                         responder: Responder) -> None:
+                         responder: Responder, request_id: str | None) -> None:
         try:
             obj = orjson.loads(request.body) if request.body else {}
         except orjson.JSONDecodeError:
@@ -182,6 +188,7 @@ class MockVendor:
                 del self.received[: self.max_records // 2]
             self.received.append({"protocol": protocol, "path": path, "query": request.query.decode("latin-1"),
                                   "model": model, "key": key, "stream": stream, "body": obj,
+                                  "request_id": request_id,      # the vendor's own, in its answer's header
                                   "raw": request.body.decode("utf-8", "replace"),     # the bytes, to compare
                                   "headers": {k.decode(): v.decode("latin-1") for k, v in request.headers},
                                   "at": time.monotonic()})

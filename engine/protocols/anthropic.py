@@ -106,6 +106,7 @@ ERRORS = ErrorTable("anthropic", {
 
 class AnthropicDialect(Dialect):
     name = "anthropic"
+    request_id_header = b"request-id"            # anthropic SDKs' `_request_id`, `APIStatusError.request_id`
     vision_markers = (b'"image"',)
     request_name = "Messages request"
     body_shape = {"model": (str,), "stream": (bool,), "messages": (list,), "system": (str, list),

@@ -39,6 +39,12 @@ def path_segment(value: str) -> str:
 
 Headers = list[tuple[bytes, bytes]]
 
+# The gateway's record id on every answer it gives (ADR 0029), under this name in
+# every protocol, and also under the protocol's own request-id header where it has one.
+GATEWAY_REQUEST_ID = b"x-busbar-request-id"
+# how much of a vendor's request id an attempt record keeps (a vendor's header, not trusted)
+UPSTREAM_REQUEST_ID_CHARS = 128
+
 JSON_CT = (b"content-type", b"application/json")
 
 
@@ -338,6 +344,7 @@ class DialectContract(Protocol):
     varying_headers: tuple[bytes, ...]
     kind_status: dict[str, int]
     signed_requests: bool
+    request_id_header: bytes | None
     codec: Codec
 
     # inbound: Busbar as this vendor's server
@@ -361,6 +368,8 @@ class DialectContract(Protocol):
     def request_headers(self, req) -> Headers: ...
     def classify(self, status: int, headers: Headers, body: bytes) -> Fault: ...
     def rate_limits(self, headers: Headers) -> VendorQuota | None: ...
+    def request_id_headers(self, request_id: bytes) -> Headers: ...
+    def upstream_request_id(self, headers: Headers) -> str | None: ...
 
     # translation and streams
     def parse_request(self, obj: dict, params: dict | None = None): ...
@@ -428,6 +437,25 @@ class Dialect:
     # Headers of a vendor's error answer that carry part of the error (Bedrock's
     # exception name), kept with its body when it goes to a same-protocol client.
     error_headers_kept: ClassVar[tuple[bytes, ...]] = ()
+    # The response header this protocol's vendor names its request id in, which the
+    # official SDK shows (`_request_id`, `APIStatusError.request_id`,
+    # `ResponseMetadata.RequestId`); None: the SDK reads none (ADR 0029).  The
+    # gateway answers with its record id in it; a vendor's own is read from it.
+    request_id_header: ClassVar[bytes | None] = None
+
+    def request_id_headers(self, request_id: bytes) -> Headers:
+        """The gateway's record id as this protocol's clients read it (`x-busbar-request-id` too)."""
+        if self.request_id_header is None:
+            return [(GATEWAY_REQUEST_ID, request_id)]
+        return [(GATEWAY_REQUEST_ID, request_id), (self.request_id_header, request_id)]
+
+    def upstream_request_id(self, headers: Headers) -> str | None:
+        """The vendor's own id of a call, from its answer's headers: kept on the attempt
+        record for the operator to quote to the vendor, never shown to the client as ours."""
+        if self.request_id_header is None:
+            return None
+        value = header(headers, self.request_id_header)
+        return None if value is None else value[:UPSTREAM_REQUEST_ID_CHARS].decode("latin-1")
 
     @property
     def family(self) -> str:

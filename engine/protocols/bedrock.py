@@ -150,6 +150,7 @@ def model_path(base_path: str, model: str, action: str) -> str:
 
 class BedrockDialect(Dialect):
     name = "bedrock"
+    request_id_header = b"x-amzn-requestid"      # botocore's `ResponseMetadata.RequestId`, errors too
     request_name = "Converse request"
     # model and streaming are in the path
     body_shape = {"messages": (list,), "system": (list,), "inferenceConfig": (dict,), "toolConfig": (dict,)}

@@ -50,6 +50,7 @@ ERRORS = ErrorTable("cohere", {
 
 class CohereDialect(Dialect):
     name = "cohere"
+    # request_id_header: none; cohere-python reads no request-id header (only raw `headers`)
     json_fields = ("response_format",)
     vision_markers = (b'"image_url"',)
     request_name = "v2 chat request"

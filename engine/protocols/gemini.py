@@ -90,6 +90,7 @@ def model_path(base_path: str, model: str, action: str) -> str:
 
 class GeminiDialect(Dialect):
     name = "gemini"
+    # request_id_header: none; google-genai reads no request-id header (only `sdk_http_response.headers`)
     vision_markers = (b'"inline_data"', b'"inlineData"')
     json_markers = (b'"responseMimeType"',)
     request_name = "generateContent request"

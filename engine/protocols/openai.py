@@ -93,6 +93,7 @@ ERRORS = ErrorTable("openai", {
 
 class OpenAIDialect(Dialect):
     name = "openai"
+    request_id_header = b"x-request-id"          # openai-python/-node `_request_id`, `APIError.request_id`
     request_name = "Chat Completions request"
     kind_status = ERRORS.status
     body_shape = {"model": (str,), "stream": (bool,), "messages": (list,), "stream_options": (dict,),

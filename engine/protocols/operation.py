@@ -62,6 +62,7 @@ class OperationDialect(Dialect):
         self.forward_headers = self.wire.forward_headers
         self.signed_requests = self.wire.signed_requests
         self.error_headers_kept = self.wire.error_headers_kept
+        self.request_id_header = self.wire.request_id_header
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.protocol}/{self.operation}>"
