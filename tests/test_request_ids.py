@@ -198,3 +198,25 @@ async def test_sdks_without_a_request_id_header_see_x_busbar_request_id(client):
             headers = raw.headers
         request_id = {k.lower(): v for k, v in headers.items()}["x-busbar-request-id"]
         assert (await admin_record(gw, request_id))["client_protocol"] == client
+
+
+@pytest.mark.slow
+async def test_js_sdks_show_the_record_id():
+    """openai-node and anthropic-sdk-typescript: `_request_id`, a stream's `withResponse()`
+    `request_id` and an error's `requestID` each find their request in the records."""
+    import json
+    import shutil
+    from pathlib import Path
+    js = Path(__file__).parent / "js"
+    if shutil.which("node") is None or not (js / "node_modules").is_dir():
+        pytest.skip("node or the JS SDKs (tests/js, npm ci) are not installed")
+    async with gateway_with(config("openai"), a=vendor()) as gw:
+        with trio.fail_after(120):
+            done = await trio.run_process(["node", str(js / "request_ids.mjs"), gw.url, "smart"],
+                                          capture_stdout=True, capture_stderr=True, check=False)
+        row = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        assert row["ok"], row.get("error") or done.stderr.decode()[-2000:]
+        for case, request_id in row["ids"].items():
+            record = await admin_record(gw, request_id)
+            assert record["status"] == (404 if case.endswith("error") else 200), case
+            assert record["client_protocol"] == case.split("_")[0] and record["stream"] is case.endswith("stream")
