@@ -18,13 +18,13 @@ ADMIN = {"authorization": "Bearer admin-secret"}
 SIGNED = ("bedrock",)
 # (client, member) pairs: one translated and one passthrough per client SDK
 PAIRS = [("openai", "anthropic"), ("openai", "openai"), ("anthropic", "openai"), ("anthropic", "anthropic"),
-         ("bedrock", "openai"), ("bedrock", "bedrock")]
+         ("bedrock", "openai"), ("bedrock", "bedrock"), ("responses", "anthropic"), ("responses", "responses")]
 # the header each client's SDK reads its request id from, and the one the member's vendor answers with
-SDK_HEADER = {"openai": "x-request-id", "anthropic": "request-id", "bedrock": "x-amzn-requestid"}
+SDK_HEADER = {"openai": "x-request-id", "responses": "x-request-id", "anthropic": "request-id", "bedrock": "x-amzn-requestid"}
 
 
 def config(member: str, **extra) -> dict:
-    provider = {"protocol": member, "base_url": "{a}/v1" if member == "openai" else "{a}"}
+    provider = {"protocol": member, "base_url": "{a}/v1" if member in ("openai", "responses") else "{a}"}
     if member in SIGNED:
         provider.update(region="us-east-1", access_key_id="AKIDVENDOR", secret_access_key="vendor-secret")
     else:
@@ -66,6 +66,20 @@ def openai_call(url: str, model: str, stream: bool, api_key: str = "client-key")
     return completion._request_id, raw.headers
 
 
+def responses_call(url: str, model: str, stream: bool, api_key: str = "client-key"):
+    import openai
+    client = openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0)
+    raw = client.responses.with_raw_response.create(model=model, input="hi", stream=stream)
+    if stream:
+        text = "".join(e.delta for e in raw.parse() if e.type == "response.output_text.delta")
+        request_id = raw.request_id
+    else:
+        response = raw.parse()
+        text, request_id = response.output_text, response._request_id
+    assert text == "Hello there."
+    return request_id, raw.headers
+
+
 def anthropic_call(url: str, model: str, stream: bool, api_key: str = "client-key"):
     import anthropic
     client = anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=0)
@@ -98,7 +112,7 @@ def bedrock_call(url: str, model: str, stream: bool, api_key: str = "unused"):
     return result["ResponseMetadata"]["RequestId"], result["ResponseMetadata"]["HTTPHeaders"]
 
 
-CALLS = {"openai": openai_call, "anthropic": anthropic_call, "bedrock": bedrock_call}
+CALLS = {"openai": openai_call, "responses": responses_call, "anthropic": anthropic_call, "bedrock": bedrock_call}
 
 
 def error_of(client: str, exc: BaseException) -> tuple[str | None, int, object]:
