@@ -139,6 +139,8 @@ class Telemetry:
         """`attempt`: the AttemptRecord; `usage`: the answer's ir.Usage when
         this attempt answered."""
         attrs = {"busbar.outcome": attempt.outcome, "busbar.key_id": attempt.key or ""}
+        if attempt.upstream_request_id:      # the vendor's own id of the call (ADR 0029)
+            attrs["busbar.upstream_request_id"] = attempt.upstream_request_id
         if attempt.status:
             attrs["http.response.status_code"] = attempt.status
         if attempt.outcome == "ok":

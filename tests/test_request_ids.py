@@ -234,3 +234,21 @@ async def test_js_sdks_show_the_record_id():
             record = await admin_record(gw, request_id)
             assert record["status"] == (404 if case.endswith("error") else 200), case
             assert record["client_protocol"] == case.split("_")[0] and record["stream"] is case.endswith("stream")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "stream"])
+async def test_a_background_response_shows_the_id_of_its_run(stream):
+    """Responses `background: true` (ADR 0026): the id is the record of the run that answers."""
+    import openai
+    async with gateway_with(config("anthropic"), a=vendor()) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+
+        def call():
+            raw = client.responses.with_raw_response.create(model="smart", input="hi", background=True, stream=stream)
+            if stream:
+                list(raw.parse())
+            return raw.request_id, raw.headers
+        request_id, headers = await sdk(call)
+        assert headers.get_list("x-request-id") == [request_id]
+        record = await admin_record(gw, request_id)
+    assert record["status"] == 200 and record["pool"] == "smart" and record["attempts"][0]["outcome"] == "ok"

@@ -143,6 +143,9 @@ async def test_failover_trace_has_a_request_span_and_two_attempt_spans():
     assert attempts[0].status.code == attempts[0].status.STATUS_CODE_ERROR
     assert second["gen_ai.system"] == "anthropic" and second["gen_ai.request.model"] == "claude-y"
     assert second["busbar.outcome"] == "ok" and second["gen_ai.usage.output_tokens"] > 0
+    # each attempt names the vendor's own id of its call (ADR 0029)
+    assert first["busbar.upstream_request_id"] == a.received[0]["request_id"]
+    assert second["busbar.upstream_request_id"] == b.received[0]["request_id"]
     # W3C propagation: each upstream got its own attempt span as parent, in the client's trace
     assert sent_a == [f"00-{CLIENT_TRACE}-{attempts[0].span_id.hex()}-01"]
     assert sent_b == [f"00-{CLIENT_TRACE}-{attempts[1].span_id.hex()}-01"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -54,7 +55,6 @@ class MockVendor:
     always: dict | None = None
     received: list[dict] = field(default_factory=list)
     record: bool = True
-    answered: int = 0                 # calls answered so far (numbers the vendor's request ids)
     max_records: int = 1000
     port: int = 0
     aws_credentials: dict[str, str] | None = None   # Bedrock: access key id -> secret; SigV4 is verified
@@ -156,8 +156,7 @@ class MockVendor:
         vendor = vendors.VENDORS[protocol]
         request_id = None
         if vendor.dialect.request_id_header is not None:     # as the real vendor names every answer, errors too
-            self.answered += 1
-            request_id = f"req_{self.name}_{self.answered:06d}"
+            request_id = f"req_{uuid.uuid4().hex[:24]}"
             responder.extra_headers = [(vendor.dialect.request_id_header, request_id.encode())]
         try:
             await self._answer_as(vendor, protocol, params, path, request, responder, request_id)
