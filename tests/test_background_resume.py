@@ -5,6 +5,9 @@ sockets against a translated (Anthropic) and a passed-through (Responses) member
 chunks are paced, so the resume happens mid-stream."""
 from __future__ import annotations
 
+import json
+import pathlib
+import shutil
 import time
 
 import openai
@@ -321,3 +324,19 @@ async def test_a_cached_background_stream_is_resumable_too():
         assert len(mock.received) == 1
         again = await sdk(lambda: _resume(c, events[0].response.id, 1))
         assert [e.model_dump() for e, _ in again] == [e.model_dump() for e in events[2:]]
+
+
+@pytest.mark.sdk
+async def test_the_js_sdk_resumes_a_background_stream():
+    js = pathlib.Path(__file__).parent / "js"
+    if shutil.which("node") is None or not (js / "node_modules").is_dir():
+        pytest.skip("node or the JS SDKs (tests/js, npm ci) are not installed")
+    mock = MockVendor(reply=WORDS, chunk_delay=0.1)
+    async with gateway_with(config_for("anthropic"), a=mock) as gw:
+        with trio.fail_after(120):
+            done = await trio.run_process(["node", str(js / "background_resume.mjs"), gw.url, "smart"],
+                                          capture_stdout=True, capture_stderr=True, check=False)
+    row = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert row["ok"], row.get("error") or done.stderr.decode()[-2000:]
+    assert row["numbers"] == list(range(row["cursor"] + 1, row["cursor"] + 1 + len(row["numbers"])))
+    assert row["last"] == "response.completed" and row["text"] == WORDS and row["seen"] + row["rest"] == WORDS
