@@ -60,6 +60,7 @@ class App:
         if self.deletions is not None:       # a cancel reaches the replica running it on the same subscription
             self.background.channel = f"{self.state.prefix}:{CANCEL_CHANNEL}"
             self.background.publish = self._publish
+            self.background.state = self.state     # a stream's events relayed for resumes on the others
             self.cluster.follow(self.background.channel, self.background)
         opts = config.server
         # load shedding: requests served at once, and each pool's share of them

@@ -23,7 +23,8 @@ shows, so `retrieve` and `cancel` reach it while it runs; a cancelled one's stil
 client gets a last `response.completed`-shaped event with `status: "cancelled"`.  Its events,
 as its client was sent them, are kept in a `StreamLog` (bounded), so
 `GET /v1/responses/{id}?stream=true&starting_after=N` (`serve_resume`) replays those after N
-and follows the live rest; a reader never slows the run.
+and follows the live rest; a reader never slows the run.  With Redis the events are relayed
+(`_relay`, `RelayedLog`) so any replica can serve the resume.
 
 The decisions are I/O-free (`requested`, `pending_shown`, `final_shown`, `error_of`,
 `effective`, `cancellable`, `read_cancel`), the clock injected where one is read.
@@ -47,6 +48,8 @@ from busbar.protocols.sse import SSESplitter
 from busbar.protocols.responses import ERRORS, dialect as responses
 from busbar.protocols.routes import match_response_cancel
 from busbar.server import CapturedResponder, ClientGone, HttpRequest, Responder
+from busbar.state.redis import RedisUnavailable
+from busbar.state.resp import RespError
 
 if TYPE_CHECKING:
     from busbar.exchange import Exchange
@@ -63,6 +66,13 @@ RESUME_KEEP_S = 300.0        # a finished stream's events stay resumable this lo
 MAX_LOG_BYTES = 8 << 20      # one stream's kept events; beyond it its oldest events go
 MAX_FINISHED_BYTES = 64 << 20    # all finished streams' kept events; beyond it the longest finished go
 CATCH_UP_BYTES = 256 << 10   # what a resumed reader is sent in one write while it catches up
+RELAY_BATCH = 1000           # ... and at most this many events (one Redis push of the relay)
+RELAY_EVERY_S = 0.05         # the relay pushes a running stream's new events to Redis at most this often
+RELAY_POLL_S = 0.05          # a reader on another replica polls the relayed events this often
+RELAY_FIRST_WAIT_S = 1.0     # ... and waits this long for a just-started stream's first push
+RELAY_END, RELAY_CUT = b"", b"-"     # relayed after the last event: the stream ended; the relay stopped short
+RELAY_CHANNEL = "responses:events"
+RELAY_LUA = "redis.call('RPUSH', KEYS[1], unpack(ARGV, 2)) redis.call('PEXPIRE', KEYS[1], ARGV[1]) return 1"
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -182,9 +192,8 @@ def resume_refusal(shown: dict | None, response_id: str) -> ClientError:
                                 "queued or in_progress.", param="stream")
     if shown.get("status") in PENDING:
         return ClientError(400, f"Response '{response_id}' is streamed by another gateway replica (the one running "
-                                "it), which alone holds its events: resume it there (route /v1/responses/{id} "
-                                "requests by response id), or retrieve it without `stream` and poll.",
-                           param="stream")
+                                "it) and its events did not reach this one (the replicas' Redis is unreachable): "
+                                "retry, or retrieve it without `stream` and poll.", param="stream")
     return ClientError(400, f"This response can no longer be streamed: a background stream's events are kept "
                             f"{RESUME_KEEP_S:g} s after it ends, by the gateway replica that ran it. Retrieve "
                             f"'{response_id}' without `stream` for the whole response.", param="stream")
@@ -276,16 +285,24 @@ def cancelled_event(response: dict, seq: int) -> bytes:
     return b"event: response.completed\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
+FELL_BEHIND = ("This reader fell too far behind the background stream: the events after its position are no "
+               "longer kept. Retrieve the response without `stream`.")
+
+
 class FellBehind(Exception):
-    """A resumed reader whose next event the log no longer holds (`MAX_LOG_BYTES`)."""
+    """A resumed reader whose next event is no longer to be had: the log dropped it
+    (`MAX_LOG_BYTES`), or the relay from another replica stopped short."""
+
+    def __init__(self, message: str = FELL_BEHIND):
+        super().__init__(message)
+        self.message = message
 
 
-def fell_behind_event(next_sequence: int) -> bytes:
-    """The last event a reader that fell too far behind gets, in the Responses stream's own
-    `error` shape: where to resume from is gone, the whole response can be retrieved."""
-    body = {"type": "error", "code": "stream_events_expired", "param": "starting_after", "sequence_number":
-            next_sequence, "message": "This reader fell too far behind the background stream: the events after its "
-                                      "position are no longer kept. Retrieve the response without `stream`."}
+def fell_behind_event(next_sequence: int, message: str = FELL_BEHIND) -> bytes:
+    """The last event a reader that cannot go on gets, in the Responses stream's own `error`
+    shape: where to resume from is gone, the whole response can be retrieved."""
+    body = {"type": "error", "code": "stream_events_expired", "param": "starting_after",
+            "sequence_number": next_sequence, "message": message}
     return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
@@ -371,24 +388,85 @@ class StreamLog:
                                    "`stream`.", param="starting_after")
         return self.cut + at
 
-    async def read(self, position: int) -> tuple[bytes, int]:
-        """The kept events from `position` on (several in one piece, up to `CATCH_UP_BYTES`,
-        while a reader catches up), waiting for the next one when it has them all, and the
-        position after them; b"" once the stream ended.  `FellBehind` when the event at
-        `position` is no longer kept."""
+    async def read(self, position: int) -> tuple[list[bytes], int]:
+        """The kept events from `position` on (several, up to `CATCH_UP_BYTES` and
+        `RELAY_BATCH` events, while a reader catches up), waiting for the next one when it
+        has them all, and the position after them; [] once the stream ended.  `FellBehind`
+        when the event at `position` is no longer kept."""
         while True:
             if position < self.dropped:
                 raise FellBehind()
             at, events = position - self.cut, self.events
             if at < len(events):
-                end, size = at, 0
-                while end < len(events) and size < CATCH_UP_BYTES:
+                end, size, most = at, 0, at + RELAY_BATCH
+                while end < len(events) and size < CATCH_UP_BYTES and end < most:
                     size += len(events[end])
                     end += 1
-                return b"".join(events[at:end]), position + end - at
+                return events[at:end], position + end - at
             if self.done:
-                return b"", position
+                return [], position
             await self._changed.wait()
+
+
+class RelayedLog:
+    """A background stream another replica runs, read from the events its relay pushed to
+    Redis (`BackgroundRuns._relay`): `start` and `read` as a `StreamLog`'s, for one reader,
+    polling every `RELAY_POLL_S` (the relay pushes at most every `RELAY_EVERY_S`).  `pending`:
+    async () -> whether the run is still pending (a relay that went quiet on a finished or
+    vanished run will push nothing more)."""
+
+    def __init__(self, command, name: str, items: list[bytes], pending):
+        self.command, self.name, self.items, self.pending = command, name, list(items), pending
+        self.after = -1
+
+    def _events(self) -> list[bytes]:
+        return [raw for raw in self.items if raw not in (RELAY_END, RELAY_CUT)]
+
+    def start(self, starting_after: int) -> int:
+        events = self._events()
+        last = last_sequence(events[-1], -1) if events else -1
+        ended = self.items[-1] if self.items and self.items[-1] in (RELAY_END, RELAY_CUT) else None
+        if ended == RELAY_END and starting_after > last:
+            raise ClientError(400, f"Invalid 'starting_after': {starting_after} is past this stream's last event "
+                              f"({last}).", param="starting_after")
+        if ended == RELAY_CUT and starting_after >= last:
+            raise ClientError(400, "Invalid 'starting_after': the events after it are no longer kept (the gateway "
+                                   f"keeps the first {MAX_LOG_BYTES >> 20} MiB of a stream for other replicas); "
+                                   "retrieve the response without `stream`.", param="starting_after")
+        self.after = starting_after
+        return next((i for i, raw in enumerate(self.items) if raw in (RELAY_END, RELAY_CUT)
+                     or last_sequence(raw, -1) > starting_after), len(self.items))
+
+    async def read(self, position: int) -> tuple[list[bytes], int]:
+        quiet = 0
+        while True:
+            out = []
+            while position < len(self.items) and len(out) < RELAY_BATCH:
+                raw = self.items[position]
+                if raw == RELAY_END:
+                    return out, position
+                if raw == RELAY_CUT:
+                    if out:
+                        return out, position
+                    raise FellBehind("This background stream's events after this point were not kept for other "
+                                     f"gateway replicas (its first {MAX_LOG_BYTES >> 20} MiB are); retrieve the "
+                                     "response without `stream`.")
+                position += 1
+                if last_sequence(raw, -1) > self.after:
+                    out.append(raw)
+            if out:
+                return out, position
+            await trio.sleep(RELAY_POLL_S)
+            try:
+                more = await self.command("LRANGE", self.name, len(self.items), len(self.items) + RELAY_BATCH - 1)
+            except (RedisUnavailable, RespError) as error:
+                raise FellBehind("The gateway lost its connection to its other replicas while relaying this "
+                                 "background stream; retrieve the response without `stream`.") from error
+            self.items.extend(more or ())
+            quiet = 0 if more else quiet + 1
+            if quiet and quiet % 40 == 0 and not await self.pending():
+                raise FellBehind("The gateway replica running this background stream stopped relaying it "
+                                 "before its end; retrieve the response without `stream`.")
 
 
 class DetachedResponder(Responder):
@@ -468,6 +546,8 @@ class BackgroundRuns:
         self.started = self.completed = self.failed = self.cancelled = self.shut_down = 0
         self.cancels_heard = self.cancels_forwarded = 0
         self.resumed = self.readers = self.fell_behind = 0
+        self.state = None                     # the cluster's RedisState: a stream's events relayed for the others
+        self.relayed = self.relayed_reads = 0
 
     @property
     def running(self) -> int:
@@ -567,6 +647,32 @@ class BackgroundRuns:
             self.runs[run.key] = run
         self._sweep()
         run.log = self.logs[key] = StreamLog()      # a replay's events too: its client may resume it
+        if self.state is not None:
+            self.nursery.start_soon(self._relay, relay_name(key), run.log, run.expires_in + RESUME_KEEP_S)
+
+    async def _relay(self, name: str, kept: StreamLog, ttl_s: float) -> None:
+        """A stream's events for readers on other replicas: read from its log like any
+        reader (so a slow Redis slows nobody) and pushed to a Redis list at most every
+        `RELAY_EVERY_S`, its first `MAX_LOG_BYTES`, then `RELAY_END` (or `RELAY_CUT`)
+        with `RESUME_KEEP_S` to live.  Redis away: the relay stops, the run goes on."""
+        position = sent = 0
+        try:
+            while True:
+                try:
+                    events, position = await kept.read(position)
+                except FellBehind:
+                    events = None
+                sent += sum(map(len, events or ()))
+                if not events or sent > MAX_LOG_BYTES:
+                    mark = RELAY_END if events == [] else RELAY_CUT
+                    await self.state.run_script(RELAY_LUA, (name,), int(RESUME_KEEP_S * 1000), mark)
+                    return
+                await self.state.run_script(RELAY_LUA, (name,), int(ttl_s * 1000), *events)
+                self.relayed += len(events)
+                await trio.sleep(RELAY_EVERY_S)
+        except (RedisUnavailable, RespError) as error:
+            log.warning("background stream %s not relayed to the other replicas (redis: %s)", name,
+                        type(error).__name__)
 
     async def _run(self, gw: "Gateway", request: HttpRequest, responder: Responder, protocol: str, dialect,
                    params: dict, run: Run, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -675,9 +781,10 @@ class BackgroundRuns:
             if found is None:
                 raise stored._not_found(gw, response_id)
             scope, turn = found
-            log = self.logs.get(turn_key(scope, response_id))
+            key = turn_key(scope, response_id)
+            log = self.logs.get(key)
             if log is None or (log.done and self.wall() - log.ended_at > RESUME_KEEP_S):
-                raise resume_refusal(turn.shown, response_id)
+                log = await self._relayed(gw, scope, response_id, turn.shown)
             position = log.start(starting_after)
         except ClientError as err:
             return await responder.send(*responses.render_error(err))
@@ -688,20 +795,46 @@ class BackgroundRuns:
             await responder.start(200, SSE_HEADERS)
             while True:
                 try:
-                    piece, position = await log.read(position)
-                except FellBehind:
+                    events, position = await log.read(position)
+                except FellBehind as behind:
                     self.fell_behind += 1
-                    await responder.write(fell_behind_event(seq + 1))
+                    await responder.write(fell_behind_event(seq + 1, behind.message))
                     break
-                if not piece:
+                if not events:
                     break
-                seq = last_sequence(piece, seq)
-                await responder.write(piece)
+                seq = last_sequence(events[-1], seq)
+                await responder.write(b"".join(events))
             await responder.end()
         except ClientGone:
             pass                # the run, its log and the other readers go on
         finally:
             self.readers -= 1
+
+    async def _relayed(self, gw: "Gateway", scope: str, response_id: str, shown: dict | None) -> RelayedLog:
+        """The events another replica relayed of a background stream it runs (or ran), or the
+        400 saying why it cannot be streamed here (`resume_refusal`)."""
+        if self.state is not None and (shown or {}).get("stream"):
+            name = self.state.prefix + ":" + relay_name(turn_key(scope, response_id))
+            from busbar import stored_responses as stored
+            # a stream that just started may not have had its relay's first push yet: wait for it a little
+            waited = RELAY_FIRST_WAIT_S if (shown or {}).get("status") in PENDING else 0.0
+            deadline, items = trio.current_time() + waited, None
+            while True:
+                try:
+                    items = await self.state.command("LRANGE", name, 0, RELAY_BATCH - 1)
+                except (RedisUnavailable, RespError):     # as if nothing was relayed
+                    break
+                if items or trio.current_time() >= deadline:
+                    break
+                await trio.sleep(RELAY_POLL_S)
+            if items:
+                async def still_pending() -> bool:
+                    again = await stored._lookup(gw, (scope,), response_id)
+                    return again is not None and (effective(again[1].shown, self.wall()) or {}).get(
+                        "status") in PENDING
+                self.relayed_reads += 1
+                return RelayedLog(self.state.command, name, items, still_pending)
+        raise resume_refusal(shown, response_id)
 
     # ---- POST /v1/responses/{id}/cancel ----------------------------------------
     async def serve_cancel(self, gw: "Gateway", request: HttpRequest, responder: Responder) -> bool:
@@ -742,6 +875,11 @@ class BackgroundRuns:
         else:
             await responder.send(200, [JSON_CT], orjson.dumps(body))
         return True
+
+
+def relay_name(key: str) -> str:
+    """The Redis list (under the state's prefix) a stream's events are relayed in."""
+    return f"{RELAY_CHANNEL}:{key}"
 
 
 def _empty_turn(run: Run):

@@ -15,8 +15,8 @@ import pytest
 import trio
 
 import busbar.background as background
-from busbar.background import (BackgroundRuns, FellBehind, StreamLog, pending_shown, final_shown, resume_refusal,
-                               starting_after_of)
+from busbar.background import (RELAY_CUT, RELAY_END, BackgroundRuns, FellBehind, RelayedLog, StreamLog,
+                               final_shown, pending_shown, resume_refusal, starting_after_of)
 from busbar.faults import ClientError
 from busbar.mock import MockVendor
 from harness import gateway_with, sdk
@@ -42,11 +42,11 @@ async def test_the_log_keeps_whole_events_whatever_the_chunking_and_replays_afte
         for i in range(0, len(stream), cut):
             log.feed(stream[i:i + cut])
         assert list(log.seqs) == list(range(6)) and log.last == 5
-        piece, position = await log.read(log.start(2))
-        assert piece == b"".join(_event(i) for i in range(3, 6)) and position == 6
-    assert (await log.read(log.start(-1)))[0] == stream.split(b": keep")[0]
+        events, position = await log.read(log.start(2))
+        assert events == [_event(i) for i in range(3, 6)] and position == 6
+    assert b"".join((await log.read(log.start(-1)))[0]) == stream.split(b": keep")[0]
     log.close(1.0)
-    assert await log.read(log.start(5)) == (b"", 6)            # resumed after the last event: nothing, the end
+    assert await log.read(log.start(5)) == ([], 6)            # resumed after the last event: nothing, the end
     with pytest.raises(ClientError) as info:
         log.start(6)                                            # no reader saw an event not yet written
     assert info.value.status == 400 and info.value.param == "starting_after"
@@ -61,10 +61,10 @@ async def test_a_reader_follows_live_events_and_one_left_too_far_behind_is_told(
     async def reader():
         position = log.start(-1)
         while True:
-            piece, position = await log.read(position)
-            if not piece:
+            events, position = await log.read(position)
+            if not events:
                 return
-            got.append(piece)
+            got.append(b"".join(events))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)
         for i in range(1, 4):
@@ -86,8 +86,8 @@ async def test_a_reader_follows_live_events_and_one_left_too_far_behind_is_told(
     with pytest.raises(ClientError) as info:
         log.start(0)
     assert info.value.param == "starting_after" and "no longer kept" in info.value.message
-    piece, _ = await log.read(log.start(log.seqs[log.head] - 1))
-    assert piece.endswith(_event(39, pad="x" * 100))
+    events, _ = await log.read(log.start(log.seqs[log.head] - 1))
+    assert events[-1] == _event(39, pad="x" * 100)
 
 
 @pytest.mark.pure
@@ -103,6 +103,43 @@ def test_what_cannot_be_streamed_again_says_why():
     for shown, says in cases:
         err = resume_refusal(shown, "resp_1")
         assert err.status == 400 and err.param == "stream" and says in err.message
+
+
+@pytest.mark.pure
+async def test_a_reader_on_another_replica_reads_the_relayed_events_and_polls_for_more(monkeypatch):
+    monkeypatch.setattr(background, "RELAY_POLL_S", 0.001)
+    relayed = [_event(i) for i in range(3)]
+    calls = []
+
+    async def command(*args):               # LRANGE name start stop, as Redis answers it
+        calls.append(args)
+        start, stop = args[2], args[3]
+        return relayed[start:stop + 1]
+    pending = [True]
+
+    async def still_pending():
+        return pending[0]
+    log = RelayedLog(command, "list", relayed[:2], still_pending)
+    position = log.start(0)                 # running: nothing to refuse, even past the last relayed
+    assert await log.read(position) == ([_event(1)], 2)
+    relayed += [_event(3), RELAY_END]
+    assert await log.read(2) == ([_event(2), _event(3)], 4) and calls   # polled for the rest
+    assert await log.read(4) == ([], 4)                                  # the end
+    ended = RelayedLog(command, "list", relayed, still_pending)
+    assert await ended.read(ended.start(3)) == ([], 4)                   # after the last: nothing
+    with pytest.raises(ClientError) as info:
+        ended.start(4)
+    assert info.value.param == "starting_after"
+    cut = RelayedLog(command, "list", [_event(0), RELAY_CUT], still_pending)
+    assert await cut.read(cut.start(-1)) == ([_event(0)], 1)
+    with pytest.raises(FellBehind):
+        await cut.read(1)                                                # the relay stopped short
+    quiet = RelayedLog(command, "nothing", [_event(0)], still_pending)
+    relayed[:] = [_event(0)]
+    pending[0] = False                                                   # the run ended, no end was relayed
+    with pytest.raises(FellBehind) as info:
+        await quiet.read(1)
+    assert "stopped relaying" in info.value.message
 
 
 @pytest.mark.pure
