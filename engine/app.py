@@ -45,6 +45,8 @@ class App:
         self.reasoning = ReasoningStore()    # signed reasoning for clients that cannot carry it (issue 19)
         from busbar.item_store import ItemStore
         self.items = ItemStore()             # Responses output items by the ids the gateway minted (issue 19)
+        from busbar.affinity import ResponseAffinity
+        self.affinity = ResponseAffinity()   # where each vendor-minted Responses id lives (ADR 0027)
         # routing state shared with the other replicas (Redis backend); None: this process only
         self.cluster = build_sync(config.state)
         self.minted.follow(self.cluster)   # minted keys' changes ride the cluster's subscription (Redis store)
@@ -69,7 +71,8 @@ class App:
         self.shares = PoolShares(max_requests, opts.get("pool_share", DEFAULT_POOL_SHARE))
         self.gateway = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted,
                                caches=self.caches, reasoning=self.reasoning, shares=self.shares,
-                               items=self.items, runs=self.background)
+                               items=self.items, runs=self.background,
+                          affinity=self.affinity)
         self.gateway.app = self
         if self.cluster is not None:
             self.cluster.attach(self.gateway.router)
@@ -137,7 +140,8 @@ class App:
         old = self.gateway
         try:
             new = Gateway(config, upstream=self.upstream, state=self.state, minted=self.minted, caches=self.caches,
-                          reasoning=self.reasoning, shares=self.shares, items=self.items, runs=self.background)
+                          reasoning=self.reasoning, shares=self.shares, items=self.items, runs=self.background,
+                          affinity=self.affinity)
         except ConfigError:
             raise
         except Exception as exc:   # whatever fails to build is a rejected config, never a dead server

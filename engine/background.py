@@ -849,6 +849,9 @@ class BackgroundRuns:
             scopes = stored.scopes(gw, request)
             found = await stored._lookup(gw, scopes, response_id)
             if found is None:
+                pin = await stored.pinned(gw, scopes, response_id)
+                if pin is not None:       # a vendor's own response: its cancel, with the key that made it (ADR 0027)
+                    return await stored.forward(gw, request, responder, pin, response_id, "/cancel")
                 raise stored._not_found(gw, response_id)
             scope, turn = found
             if cancellable(effective(turn.shown, self.wall()), response_id):

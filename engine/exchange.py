@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from busbar import admission, ir, lifecycle, resume, tenancy, truncation
+from busbar.affinity import Pin, affinity_key
 from busbar.background import Rerun
 from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
@@ -61,7 +62,7 @@ from busbar.outcome import Answered, Broken, Failed, Inexpressible, Lost, Outcom
 from busbar.protocols.base import JSON_CT, Headers
 from busbar.records import AttemptRecord, RequestRecord
 from busbar.relay import read_answer, relay_buffered, relay_stream
-from busbar.routing import Attempt, Exhausted, Wait
+from busbar.routing import Attempt, Exhausted, Pinned, Wait
 from busbar.server import ClientGone, HttpRequest, Responder
 from busbar.upstream import SlotTimeout, UpstreamError
 
@@ -122,6 +123,8 @@ class Exchange:
         self.unknown_previous: tuple[str, str, int] | None = None   # (that id, the missing link, its size if dropped)
         self.chain_keys: tuple[str, ...] = ()   # the kept turns it continued: their TTL starts over with its own
         self.recalled = b""                 # what earlier turns and items put back weigh, for routing's estimate
+        self.pin: Pinned | None = None      # the provider and key that hold the response it continues (ADR 0027)
+        self._pin_fetched = False           # the cluster copy was asked for the pin already (with the turn)
         self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
         self._race: Race | None = None      # the attempts racing now (a hedge started)
         self.share: str | None = None       # the pool whose concurrency share this request holds
@@ -204,6 +207,8 @@ class Exchange:
             refused = self._expressible(direct)
             if refused:
                 needs = dataclasses.replace(needs, refused=refused)
+            if self.pin is not None:
+                needs = dataclasses.replace(needs, pin=self.pin)
             if self.client.truncates(self.obj):
                 needs = self._truncatable(needs, direct)
             self.plan = self.gw.router.start(self.model, needs, trio.current_time(), direct=direct)
@@ -332,6 +337,8 @@ class Exchange:
             await self._continue()
         if refs:
             await self._resolve_references(refs)
+        if self.previous is not None and not self.minted_refs:
+            await self._pin_previous()
         if (self.unresolved or self.unknown_previous) and protocols and client.name not in protocols:
             raise self._unknown(protocols)
 
@@ -354,9 +361,16 @@ class Exchange:
             key = turn_key(scope, link)
             data = store.get(key)
             if data is None and shared is not None:
-                data = (await shared.get_many([key])).get(key)
+                wanted = [key]
+                if link == previous:      # where a vendor's id lives (ADR 0027), in the same round trip
+                    wanted.append(affinity_key(scope, previous))
+                    self._pin_fetched = True
+                got = await shared.get_many(wanted)
+                data = got.get(key)
                 if data is not None:
                     data = store.take_in(key, data)
+                if len(wanted) > 1 and wanted[1] in got:
+                    self.gw.affinity.take_in(wanted[1], got[wanted[1]])
             turn = decode_turn(data) if data is not None else None
             if turn is None or turn.dropped or link in seen or len(chain) >= MAX_CHAIN:
                 self.unknown_previous = (previous, link, turn.dropped if turn is not None else 0)
@@ -384,6 +398,35 @@ class Exchange:
             self.ir_obj = continued         # the vendor's own chain: its member still gets the bytes
         else:
             self.obj, self.minted_refs = continued, True
+
+    async def _pin_previous(self) -> None:
+        """The response it continues, when a Responses vendor minted it here (busbar.affinity):
+        routing sends it only to that provider, on that key (`Needs.pin`), the one project
+        that holds it.  Not for a conversation with a turn answered here (translated for
+        every member, a Responses one included, as it says everything itself)."""
+        affinity, key = self.gw.affinity, affinity_key(self.item_scope, self.previous)
+        pin = affinity.get(key)
+        if pin is None and self.gw.shared_items is not None and not self._pin_fetched:
+            data = (await self.gw.shared_items.get_many([key])).get(key)
+            pin = affinity.take_in(key, data) if data is not None else None
+        if pin is None:
+            return
+        affinity.touch(key)
+        affinity.pinned += 1
+        self.pin = Pinned(self.client.name, pin.provider, pin.key_id, self.previous)
+
+    async def remember_minted(self, attempt: Attempt, response_id) -> None:
+        """A Responses vendor's own answer passed through: where its id lives (busbar.affinity),
+        here and in the cluster copy, before the client sees it (its next turn, or a retrieve,
+        may reach another replica).  Not with `store: false` (the vendor keeps nothing), nor
+        for a background run (the client sees the id the gateway minted, ADR 0026)."""
+        if not self.stored or self.background is not None or type(response_id) is not str or not response_id:
+            return
+        kept = self.gw.affinity.remember(self.item_scope, response_id,
+                                         Pin(attempt.provider, attempt.key_id, attempt.member_id))
+        if self.gw.shared_items is not None:
+            with trio.CancelScope(shield=True):
+                await self.gw.shared_items.put_many([kept], self.gw.affinity.ttl_s)
 
     async def _resolve_references(self, refs: list[tuple[str, str]]) -> None:
         """Earlier items the request sends back by id (Responses `item_reference`,
@@ -1114,6 +1157,11 @@ class Exchange:
         fault = step.last_fault
         if fault is None and self._inexpressible is not None:
             return self._inexpressible        # no member left that can say it: the render's own 400
+        if step.kind == "incapable" and fault is None and self.plan.needs.pin is not None:
+            # the one provider and key that hold the response it continues are gone (ADR 0027)
+            return ClientError(400, f"Previous response with id '{self.previous}' not found here: "
+                                    f"{step.reason}.", param="previous_response_id",
+                               code="previous_response_not_found")
         if step.kind == "incapable" and fault is None:
             # no member is large (or able) enough: the request's problem, not a backend's
             return ClientError(400, step.reason[:1].upper() + step.reason[1:] + ".", "invalid_request", param="messages",

@@ -104,7 +104,8 @@ class Gateway:
     upstream connections.  `handle` is the HTTP handler."""
 
     def __init__(self, config: Config, *, upstream: UpstreamClient | None = None, recent: int = 200,
-                 state=None, minted=None, caches=None, reasoning=None, shares=None, items=None, runs=None):
+                 state=None, minted=None, caches=None, reasoning=None, shares=None, items=None, runs=None,
+                 affinity=None):
         self.config = config
         # Responses background mode's runs (busbar.background.BackgroundRuns, the App's); None: served inline
         self.background = runs
@@ -164,6 +165,9 @@ class Gateway:
         # output items of translated Responses answers, for the client's `item_reference`s (the App's too)
         from busbar.item_store import ItemStore
         self.item_store = items if items is not None else ItemStore()
+        # where each vendor-minted Responses id lives: its provider and key (ADR 0027; the App's too)
+        from busbar.affinity import ResponseAffinity
+        self.affinity = affinity if affinity is not None else ResponseAffinity()
         # both stores shared with the other replicas when the state backend is Redis (None: this process)
         from busbar.state.shared import shared_entries
         self.shared_items = shared_entries(state, "items")

@@ -60,6 +60,7 @@ _BOOKKEEPING = ("id", "status")      # the vendor's store fields: not part of an
 VENDOR = b"v"                        # a value's mark: an item (or turn) the vendor minted, and resolves, itself
 TURN = b"r"                          # a value's mark: a kept response's turn, not an item
 DELETED = b"x"                       # a value's mark: a turn the client deleted (the cluster copy's tombstone)
+AFFINITY = b"a"                      # a value's mark: where a vendor's response lives (busbar.affinity, ADR 0027)
 # what a turn keeps of the answer object beside its items (GET /v1/responses/{id})
 SHOWN_FIELDS = ("model", "created_at", "status", "incomplete_details", "usage")
 
@@ -80,7 +81,7 @@ def decode(data: bytes) -> tuple[bytes, bool] | None:
     vendor = data[:1] == VENDOR
     if vendor:
         data = data[1:]
-    if data[:1] in (TURN, DELETED):
+    if data[:1] in (TURN, DELETED, AFFINITY):
         return None
     return data, vendor
 

@@ -81,6 +81,8 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
             return _server("upstream sent a response that is not JSON", response.status)
         out = data
         content_type = response.header(b"content-type") or b"application/json"
+        if x.items is not None and type(obj) is dict:
+            await x.remember_minted(attempt, obj.get("id"))     # the vendor's id goes back to it (ADR 0027)
         if x.keep_vendor_items and isinstance(obj, dict) and isinstance(obj.get("output"), list):
             # the vendor's own items and turn, for a next turn that fails over to a member of another protocol
             await x.keep_for_next_turn(obj, None, vendor=True)
@@ -172,6 +174,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     # through in a mixed pool: the vendor's own items, marked as such)
     keeping = (x.items is not None or capture is not None) if not same else x.keep_vendor_items
     source = decoder if same else encoder        # who knows the output items
+    minted = same and x.items is not None        # a Responses vendor's own id passes: remembered at the commit
     ended = False                                # the answer's stop went by before the commit
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
     pending: list = []       # with a journal: the held IR events, journaled at the commit
@@ -223,8 +226,11 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
                     committed = True
                 if type(event) is ir.UsageEvent:
                     rec.usage = event.usage       # the request's once committed (a hedge may lose)
-                elif type(event) is ir.MessageStart and event.usage is not None and splice is None:
-                    rec.usage = event.usage       # what the vendor bills already (a lost hedge's waste)
+                elif type(event) is ir.MessageStart:
+                    if event.usage is not None and splice is None:
+                        rec.usage = event.usage   # what the vendor bills already (a lost hedge's waste)
+                    if minted:
+                        minted = event.id         # `response.created`'s id (ADR 0027)
             if keeping and not ended:
                 ended = _ends(events)
             if same:
@@ -255,6 +261,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
             first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
             if keeping and ended:
                 keeping = await _keep(x, source, capture, same)
+            if minted:
+                await x.remember_minted(attempt, minted)
             head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
             if journal is not None:     # resume on: the trailer says whether the stream was resumed
                 head.append((b"trailer", b"x-busbar-resumed"))

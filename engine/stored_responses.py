@@ -11,17 +11,23 @@ Per caller scope, as the turns are kept: another key's id is the same 404 as an 
 A turn this replica lacks is looked up in the cluster copy; with Redis on, every lookup reads
 it, so a response deleted through another replica is gone here too.
 
+A response a Responses vendor minted and the gateway passed through (ADR 0027) is not kept
+here: its id is remembered with the provider and key that made it (`busbar.affinity`), and
+the call is forwarded there with that key (`forward`), the vendor's answer passed back as it
+sent it.  The same scope rule: another caller's id is never forwarded.
+
 `response_object` and `input_item_list` are I/O-free; `serve` authenticates, looks up and answers.
 """
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import orjson
 import trio
 
+from busbar.affinity import Pin, affinity_key
 from busbar.background import effective, pending
 from busbar.faults import ClientError
 from busbar.item_store import DELETED, Turn, decode_turn, deleted, key_of, turn_key
@@ -29,11 +35,13 @@ from busbar.protocols.base import JSON_CT
 from busbar.protocols.responses import dialect as responses
 from busbar.protocols.routes import match_stored_response
 from busbar.server import HttpRequest
+from busbar.upstream import SlotTimeout, UpstreamError
 from busbar.state.shared import deletion_message
 
 if TYPE_CHECKING:
     from busbar.gateway import Gateway
 
+MAX_FORWARDED_BODY = 64 * 1024 * 1024
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
 _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
@@ -180,6 +188,8 @@ async def serve(gw: "Gateway", request: HttpRequest, responder) -> bool:
         return True
     try:
         body = await _answer(gw, request, response_id, listing, query, streamed)
+        if type(body) is Pin:      # a vendor's own response: its answer, as it sent it
+            return await forward(gw, request, responder, body, response_id, "/input_items" if listing else "")
     except ClientError as err:
         await responder.send(*responses.render_error(err))
     else:
@@ -187,8 +197,71 @@ async def serve(gw: "Gateway", request: HttpRequest, responder) -> bool:
     return True
 
 
+async def pinned(gw: "Gateway", scopes: tuple[str, ...], response_id: str) -> Pin | None:
+    """Where a vendor-minted response that passed through for one of `scopes` lives (ADR 0027):
+    this replica's entry, else the cluster copy's."""
+    affinity, shared = gw.affinity, gw.shared_items
+    for scope in scopes:
+        key = affinity_key(scope, response_id)
+        pin = affinity.get(key)
+        if pin is None and shared is not None:
+            data = (await shared.get_many([key])).get(key)
+            pin = affinity.take_in(key, data) if data is not None else None
+        if pin is not None:
+            return pin
+    return None
+
+
+async def forward(gw: "Gateway", request: HttpRequest, responder, pin: Pin, response_id: str, tail: str) -> bool:
+    """The call, forwarded to the provider that made the response with the key that made it
+    (`tail`: "", "/input_items", "/cancel"; the query as the client sent it); the vendor's
+    status and body passed back (a 404 too: the vendor's own), secrets scrubbed.  The key not
+    configured any more, or the vendor unreachable, is an error in OpenAI's shape saying so."""
+    provider = gw.providers.get(pin.provider)
+    ring = gw.router.providers.get(pin.provider)
+    key = next((k for k in ring.keys.keys if k.id == pin.key_id), None) if ring is not None else None
+    if provider is None or key is None:
+        raise ClientError(404, f"Response with id '{response_id}' not found here: it was made with key "
+                               f"{pin.key_id} of provider '{pin.provider}', which the gateway no longer has, "
+                               "and only that key's project holds it.", "invalid_request")
+    path, _, query = provider.endpoint.path("", False).partition("?")
+    path += "/" + quote(response_id, safe="") + tail
+    query = "&".join(q for q in (query, request.query.decode("latin-1")) if q)
+    target = (path + ("?" + query if query else "")).encode("latin-1")
+    headers = [(b"accept", b"application/json")]
+    if request.body:
+        headers.append((b"content-type", next((v for k, v in request.headers if k == b"content-type"),
+                                              b"application/json")))
+    headers += provider.endpoint.auth(key.secret) + provider.extra_headers
+    if provider.signer is not None:
+        headers.extend(provider.signer(path, headers, request.body))
+    timeouts = gw.router.pipelines["default"].timeouts
+    pool = gw.upstream.pool(provider.origin, provider.max_connections, provider.transport)
+    try:
+        response = await pool.request(request.method, target, headers, request.body,
+                                      connect_timeout=timeouts.connect, response_timeout=timeouts.first_byte,
+                                      slot_wait=gw.slot_wait)
+        try:
+            with trio.fail_after(timeouts.idle):
+                body = await response.read(MAX_FORWARDED_BODY)
+        finally:
+            await response.aclose()
+    except SlotTimeout:
+        raise ClientError(503, f"The provider '{pin.provider}' that holds response '{response_id}' has no free "
+                               "connection now; retry shortly.", "overloaded", retry_after=1) from None
+    except (UpstreamError, trio.TooSlowError) as exc:
+        raise ClientError(502, f"The provider '{pin.provider}' that holds response '{response_id}' did not "
+                               f"answer: {gw.scrub(str(exc))}", "upstream") from None
+    gw.affinity.forwarded += 1
+    kept = (b"content-type", b"retry-after", b"x-request-id")
+    head = [(k, v) for k, v in response.headers if k in kept] or [JSON_CT]
+    head.append((b"x-busbar-member", pin.member.encode("utf-8", "replace")))
+    await responder.send(response.status, head, gw.scrub_bytes(body))
+    return True
+
+
 async def _answer(gw: "Gateway", request: HttpRequest, response_id: str, listing: bool,
-                  query: dict[str, list[str]], streamed: bool) -> dict:
+                  query: dict[str, list[str]], streamed: bool) -> dict | Pin:
     allowed = (b"GET",) if listing else (b"GET", b"DELETE")
     if request.method not in allowed:
         raise ClientError(405, f"Method {request.method.decode('latin-1')} not allowed on this path; use "
@@ -196,8 +269,12 @@ async def _answer(gw: "Gateway", request: HttpRequest, response_id: str, listing
     if streamed:            # no background runs here (a gateway without its App): nothing streams again
         raise ClientError(400, "Streaming a stored response is not supported by this gateway without background "
                                "mode; retrieve it without `stream`.", param="stream")
-    found = await _lookup(gw, scopes(gw, request), response_id)
+    allowed_scopes = scopes(gw, request)
+    found = await _lookup(gw, allowed_scopes, response_id)
     if found is None:
+        pin = await pinned(gw, allowed_scopes, response_id)
+        if pin is not None:
+            return pin
         raise _not_found(gw, response_id)
     scope, turn = found
     if listing:

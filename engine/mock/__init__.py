@@ -22,6 +22,10 @@ applied to every request from `always`:
   {"quota": "minute"|"day", "retry_after": 30}  the vendor's quota 429 (Gemini: a QuotaFailure
                                                 violation per minute or per day, with RetryInfo)
 Optional "model": "x" / "key": "k" on a fault restricts which requests it hits.
+`holds_responses` makes the Responses API keep each answer per key, as OpenAI keeps a response
+in the project of the key that made it: `previous_response_id`, `GET`/`DELETE
+/v1/responses/{id}`, `.../input_items` and `.../cancel` naming an id another key (or nobody)
+made are OpenAI's 400 `previous_response_not_found` / 404.
 `limits` makes the mock enforce per-key limits itself (and `rate_headers`
 send OpenAI's / Anthropic's rate-limit headers); `GET /_mock/keys` and
 `used_keys()` say how many requests each key had answered.
@@ -93,6 +97,8 @@ class MockVendor:
     # (tests make a throwaway CA and certificate with trustme)
     tls: object = None
     _replies: dict = field(default_factory=dict, repr=False)   # rendered buffered replies (benchmarks hit one)
+    holds_responses: bool = False     # Responses: answers kept per key (project); see the module docstring
+    held: dict = field(default_factory=dict, repr=False)      # response id -> (key, response object, input items)
 
     # ---- scripting -------------------------------------------------------
     def fail_next(self, *faults: dict) -> None:
@@ -148,6 +154,8 @@ class MockVendor:
     async def _answer(self, path: str, request: HttpRequest, responder: Responder) -> None:
         if request.method == b"GET" and self.backend is not None:
             return await responder.send(*backend_page(self.backend, path))
+        if self.holds_responses and await self._held_response(request, responder):
+            return
         endpoint = vendors.match_route(request.path) or _azure_route(path)
         if endpoint is None:
             return await responder.send(404, [(b"content-type", b"application/json")],
@@ -233,6 +241,14 @@ class MockVendor:
         refused = vendor.refusal(obj)
         if refused is not None:
             return await responder.send(*refused)
+        holding = self.holds_responses and protocol == "responses"
+        if holding:
+            previous = obj.get("previous_response_id")
+            if previous is not None and self.held.get(previous, (None,))[0] != key:
+                return await responder.send(400, [(b"content-type", b"application/json")], orjson.dumps(
+                    {"error": {"message": f"Previous response with id '{previous}' not found.",
+                               "type": "invalid_request_error", "param": "previous_response_id",
+                               "code": "previous_response_not_found"}}))
         thought = None
         if self.think:
             thought = vendors.ir.Reasoning(f"Thinking it over ({self.name}).", self.signature, vendor.dialect.family)
@@ -261,7 +277,10 @@ class MockVendor:
             if fault and fault.get("malformed"):
                 return await responder.send(200, [(b"content-type", b"application/json")], vendor.garbage())
             key_ = (protocol, model, text, usage_in, thought is not None)
-            cached = self._replies.get(key_)
+            cached = self._replies.get(key_) if not holding else None
+            if holding:          # a fresh id per answer, kept for the key that asked
+                cached = vendor.render_reply(model, text, usage_in, obj, thought)
+                self._hold(key, orjson.loads(cached[2]), obj)
             if cached is None:
                 if len(self._replies) > 256:
                     self._replies.clear()
@@ -276,6 +295,16 @@ class MockVendor:
         pieces = _split(text, self.chunks)
         framed = vendor.stream_frames(model, pieces, usage_in, obj, fault, thought)
         frames = [frame for frame, _ in framed]
+        if holding:
+            decoder = vendor.dialect.stream_decoder()
+            events = decoder.feed(b"".join(frames))
+            shown = decoder.shown_response()
+            if shown is not None:
+                self._hold(key, shown, obj)
+            else:            # a stream cut short: kept by the id response.created showed, as OpenAI keeps it
+                start = next((e for e in events if type(e) is vendors.ir.MessageStart), None)
+                if start is not None:
+                    self._hold(key, {"id": start.id, "object": "response", "status": "in_progress"}, obj)
         headers = vendor.stream_headers() + quota_headers
         await responder.start(200, headers)
         after = fault.get("after", 0) if fault else None
@@ -299,6 +328,52 @@ class MockVendor:
             if self.chunk_delay and i < len(frames) - 1:
                 await trio.sleep(self.chunk_delay)
         await responder.end()
+
+    def _hold(self, key: str | None, response: dict, obj: dict) -> None:
+        if obj.get("store") is False or not isinstance(response.get("id"), str):
+            return
+        inp = obj.get("input")
+        items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": inp}]}] \
+            if isinstance(inp, str) else list(inp or [])
+        self.held[response["id"]] = (key, response, items)
+
+    async def _held_response(self, request: HttpRequest, responder: Responder) -> bool:
+        """`GET`/`DELETE /v1/responses/{id}`, `.../input_items`, `POST .../cancel`, for the key
+        that made the response; OpenAI's 404 for any other (or none)."""
+        from busbar.protocols.routes import match_response_cancel, match_stored_response
+        found = match_stored_response(request.path)
+        cancel = match_response_cancel(request.path) if found is None else None
+        if found is None and cancel is None:
+            return False
+        response_id, listing = found if found is not None else (cancel, False)
+        key = vendors.VENDORS["responses"].key(request)
+        if self.record:
+            self.received.append({"protocol": "responses", "path": request.path.decode("latin-1"),
+                                  "method": request.method.decode(), "query": request.query.decode("latin-1"),
+                                  "key": key, "response_id": response_id, "body": None, "at": time.monotonic()})
+        json = [(b"content-type", b"application/json")]
+        held = self.held.get(response_id)
+        if held is None or held[0] != key:
+            return await responder.send(404, json, orjson.dumps({"error": {
+                "message": f"Response with id '{response_id}' not found.", "type": "invalid_request_error",
+                "param": None, "code": None}})) or True
+        _, response, items = held
+        if cancel is not None:
+            body = {"error": {"message": "Cannot cancel a synchronous response.", "type": "invalid_request_error",
+                              "param": None, "code": None}}
+            return await responder.send(400, json, orjson.dumps(body)) or True
+        if listing:
+            data = [{"id": f"msg_{response_id}_in_{i}", **item} for i, item in enumerate(items)]
+            data.reverse()
+            body = {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None, "has_more": False}
+        elif request.method == b"DELETE":
+            del self.held[response_id]
+            body = {"id": response_id, "object": "response", "deleted": True}
+        else:
+            body = response
+        await responder.send(200, json, orjson.dumps(body))
+        return True
 
     def _meter(self, vendor, key: str | None, model: str):
         """Count this request against `limits`; ((window, retry_after, limit) or

@@ -17,9 +17,9 @@ from busbar.routing.breaker import Breaker, BreakerState
 from busbar.routing.keys import Key, KeyRing, fingerprint
 from busbar.routing.policy import Action, Consequence
 from busbar.routing.pools import RouteConfigError
-from busbar.routing.router import Attempt, Exhausted, Needs, Plan, PlanError, Router, Shrink, Wait
+from busbar.routing.router import Attempt, Exhausted, Needs, Pinned, Plan, PlanError, Router, Shrink, Wait
 
 __all__ = [
     "Action", "Attempt", "Breaker", "BreakerState", "Consequence", "Exhausted", "Key", "KeyRing",
-    "Needs", "Plan", "PlanError", "RouteConfigError", "Router", "Shrink", "Wait", "fingerprint",
+    "Needs", "Pinned", "Plan", "PlanError", "RouteConfigError", "Router", "Shrink", "Wait", "fingerprint",
 ]

@@ -50,7 +50,7 @@ import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 from busbar.faults import Fault, FaultClass, VendorQuota
 from busbar.pipeline import Pipeline, explain as explain_pipeline, load_pipelines
@@ -88,6 +88,9 @@ class Needs:
     # and the estimate with all of them dropped; 0: it may drop none
     droppable: int = 0
     least_tokens: int = 0
+    # the request names a response only one provider's key can resolve (ADR 0027): members
+    # of `pin.protocol` go only to that provider, on that key; the others as usual
+    pin: "Pinned | None" = None
 
     def capabilities(self) -> frozenset[str]:
         return frozenset(name for name in ("tools", "vision", "json", "reasoning", "documents")
@@ -98,6 +101,15 @@ class Needs:
         if self.refused:
             parts.append("not expressible in " + "/".join(sorted(self.refused)))
         return ", ".join(parts + sorted(self.capabilities())) or "nothing special"
+
+
+class Pinned(NamedTuple):
+    """Response affinity (ADR 0027): the response `response_id` lives at `provider`, under the
+    key `key_id` (its safe id); only those can continue it in `protocol`."""
+    protocol: str
+    provider: str
+    key_id: str
+    response_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +225,11 @@ class Plan:
         self._visited = [node]
         self._tried: set[tuple[str, str]] = set()
         self._failed_keys: dict[tuple[str, str], set[str]] = {}
+        # a pinned request (ADR 0027): per target of the pinned provider, every key but the pin's
+        self._pinned_out: dict[tuple[str, str], frozenset[str]] = {}
+        self._pin_lost: str | None = None    # why no member can take the pinned request
+        if needs.pin is not None:
+            self._pin(needs.pin)
         # members left only because their keys were cooled (rate limits): an
         # `on_exhausted: wait` may wait for them and try them again
         self._cooled: set[tuple[str, str]] = set()
@@ -243,9 +260,45 @@ class Plan:
         return self.pipeline.deadline
 
     # ---- which members can go ------------------------------------------
+    def _pin(self, pin: Pinned) -> None:
+        provider = self._router.providers.get(pin.provider)
+        ids = frozenset(k.id for k in provider.keys.keys) if provider is not None else frozenset()
+        if pin.key_id not in ids:
+            self._pin_lost = (f"the response '{pin.response_id}' was made with key {pin.key_id} of provider "
+                              f"{pin.provider!r}, which the gateway no longer has"
+                              if provider is not None else
+                              f"the response '{pin.response_id}' was made by provider {pin.provider!r}, which the "
+                              "gateway no longer has")
+            return
+        out = ids - {pin.key_id}
+        for node in [self._pool, *self._fallbacks()]:
+            for leaf in node.leaves:
+                if leaf.provider == pin.provider:
+                    self._pinned_out[leaf.target.key] = out
+        if not self._pinned_out:
+            self._pin_lost = (f"the response '{pin.response_id}' was made by provider {pin.provider!r} "
+                              f"(key {pin.key_id}), which pool {self.route!r} does not reach")
+
+    def _fallbacks(self) -> list[PoolNode]:
+        out, node, seen = [], self._pool, {self._pool.name}
+        while node.on_exhausted.action == "fallback" and node.on_exhausted.pool not in seen:
+            node = self._router.pools[node.on_exhausted.pool]
+            seen.add(node.name)
+            out.append(node)
+        return out
+
+    def _exclude(self, target: tuple[str, str]):
+        """The keys this plan may not use on `target`: those that failed, and a pin's others."""
+        failed = self._failed_keys.get(target, ())
+        out = self._pinned_out.get(target) if self._pinned_out else None
+        return failed if out is None else out.union(failed)
+
     def _capable(self, leaf: Member) -> bool:
         if self._refused and leaf.protocol in self._refused:
             return False
+        pin = self.needs.pin
+        if pin is not None and leaf.protocol == pin.protocol and leaf.target.key not in self._pinned_out:
+            return False       # another vendor or account: it does not hold the response
         return leaf.capable(self._caps, self._min_context if self._relaxed is None else self._relaxed)
 
     def _largest_short(self, now: float) -> int | None:
@@ -293,7 +346,8 @@ class Plan:
             if not t.breaker.allows(now, self._lease):
                 return False
         ring = self._router.providers[leaf.provider].keys
-        return ring.available(leaf.model, now, self._failed_keys.get(t.key, ()), self.needs.tokens)
+        exclude = self._exclude(t.key) if self._pinned_out else self._failed_keys.get(t.key, ())
+        return ring.available(leaf.model, now, exclude, self.needs.tokens)
 
     def _recovery(self, leaf: Member, now: float, exclude=()) -> float | None:
         ring = self._router.providers[leaf.provider].keys
@@ -318,7 +372,7 @@ class Plan:
             t = member.target
             if self.key_rotations < self.pipeline.max_key_rotations and t.breaker.allows(now, self._lease):
                 ring = self._router.providers[member.provider].keys
-                key = ring.pick(member.model, now, self._failed_keys.get(t.key, ()), self.needs.tokens)
+                key = ring.pick(member.model, now, self._exclude(t.key), self.needs.tokens)
                 if key is not None:
                     self.key_rotations += 1
                     return self._issue(member, key, "key_rotation", now)
@@ -329,7 +383,7 @@ class Plan:
             t = member.target
             if t.breaker.allows(now, self._lease):
                 ring = self._router.providers[member.provider].keys
-                key = ring.pick(member.model, now, self._failed_keys.get(t.key, ()), self.needs.tokens)
+                key = ring.pick(member.model, now, self._exclude(t.key), self.needs.tokens)
                 if key is not None:
                     self.truncations += 1
                     attempt = self._issue(member, key, "truncation", now)
@@ -352,7 +406,9 @@ class Plan:
             member = choose(self._pool, usable, now, rng)
             if member is not None:
                 ring = self._router.providers[member.provider].keys
-                key = ring.pick(member.model, now, self._failed_keys.get(member.target.key, ()), self.needs.tokens)
+                tkey = member.target.key
+                exclude = self._exclude(tkey) if self._pinned_out else self._failed_keys.get(tkey, ())
+                key = ring.pick(member.model, now, exclude, self.needs.tokens)
                 self.member_attempts += 1
                 return self._issue(member, key, "member", now)
             oe = self._pool.on_exhausted
@@ -398,7 +454,7 @@ class Plan:
         if member is None:
             return None
         ring = self._router.providers[member.provider].keys
-        key = ring.pick(member.model, now, self._failed_keys.get(member.target.key, ()), self.needs.tokens)
+        key = ring.pick(member.model, now, self._exclude(member.target.key), self.needs.tokens)
         if key is None:
             return None
         return self._issue(member, key, "hedge", now)
@@ -419,7 +475,7 @@ class Plan:
             attempt.shrink = Shrink(member.context)      # it takes the request shortened (ADR 0028)
         if self._router.shared_quota and key.quota.limits.any:
             ring = self._router.providers[member.provider].keys
-            attempt.candidates = ring.candidates(key, member.model, now, self._failed_keys.get(t.key, ()),
+            attempt.candidates = ring.candidates(key, member.model, now, self._exclude(t.key),
                                                  self.needs.tokens)
         self._outstanding[attempt.number] = attempt
         return attempt
@@ -480,19 +536,22 @@ class Plan:
             cooled = key in self._cooled
             if (key in self._tried and not cooled) or not self._capable(leaf):
                 continue
-            at = self._recovery(leaf, now, () if cooled else self._failed_keys.get(key, ()))
+            at = self._recovery(leaf, now, self._pinned_out.get(key, ()) if cooled else self._exclude(key))
             if at is not None and at > now:
                 times.append(at)
         return min(times) if times else None
 
     def _exhaust(self, now: float, kind: str | None, reason: str) -> Exhausted:
         capable = [leaf for node in self._visited for leaf in node.leaves if self._capable(leaf)]
-        times = [self._recovery(leaf, now) for leaf in capable]
+        times = [self._recovery(leaf, now, self._pinned_out.get(leaf.target.key, ()) if self._pinned_out else ())
+                 for leaf in capable]
         retry_after = None
         if capable and all(t is not None and t > now for t in times):
             retry_after = min(times) - now
         if kind is None:
-            if not capable:
+            if not capable and self._pin_lost is not None:
+                kind, reason = "incapable", self._pin_lost
+            elif not capable:
                 kind = "incapable"
                 larger = " (a larger context)" if self._min_context > self.needs.tokens else ""
                 reason = f"no member of pool {self.route!r} can take this request{larger}: {self.needs.describe()}"
@@ -502,7 +561,15 @@ class Plan:
                           f"({self._saturated} saturated)")
             else:
                 kind = "unavailable"
-                if retry_after is not None:
+                if self.needs.pin is not None and all(leaf.protocol == self.needs.pin.protocol
+                                                          for leaf in capable):
+                    pin = self.needs.pin
+                    reason = (f"the response '{pin.response_id}' lives at provider {pin.provider!r} under key "
+                              f"{pin.key_id}, the only one that can continue it, and that key is rate limited, "
+                              "disabled or its member circuit-open or failed")
+                    if retry_after is not None:
+                        reason += f"; it recovers in {retry_after:.1f}s"
+                elif retry_after is not None:
                     reason = (f"every member of pool {self.route!r} is rate limited, disabled or circuit-open; "
                               f"the first recovers in {retry_after:.1f}s")
                 else:
@@ -577,7 +644,7 @@ class Plan:
         ring = self._router.providers[member.provider].keys
         if (penalty in ("cool_key", "disable_key")
                 and self.key_rotations < self.pipeline.max_key_rotations
-                and ring.available(member.model, now, failed)
+                and ring.available(member.model, now, self._exclude(t.key))
                 and t.breaker.allows(now, self._lease)):
             self._rotate = member
             return Consequence(Action.ROTATE_KEY, **done)
