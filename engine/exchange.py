@@ -125,6 +125,7 @@ class Exchange:
         self.recalled = b""                 # what earlier turns and items put back weigh, for routing's estimate
         self.pin: Pinned | None = None      # the provider and key that hold the response it continues (ADR 0027)
         self._pin_fetched = False           # the cluster copy was asked for the pin already (with the turn)
+        self._pin_wanted = False            # it continues a vendor's id: no turn here, or only the vendor's turns
         self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
         self._race: Race | None = None      # the attempts racing now (a hedge started)
         self.share: str | None = None       # the pool whose concurrency share this request holds
@@ -337,7 +338,7 @@ class Exchange:
             await self._continue()
         if refs:
             await self._resolve_references(refs)
-        if self.previous is not None and not self.minted_refs:
+        if self._pin_wanted and not self.minted_refs:
             await self._pin_previous()
         if (self.unresolved or self.unknown_previous) and protocols and client.name not in protocols:
             raise self._unknown(protocols)
@@ -371,6 +372,8 @@ class Exchange:
                     data = store.take_in(key, data)
                 if len(wanted) > 1 and wanted[1] in got:
                     self.gw.affinity.take_in(wanted[1], got[wanted[1]])
+            if data is None and link == previous:
+                self._pin_wanted = True     # kept nowhere here: the vendor's own id, perhaps (ADR 0027)
             turn = decode_turn(data) if data is not None else None
             if turn is None or turn.dropped or link in seen or len(chain) >= MAX_CHAIN:
                 self.unknown_previous = (previous, link, turn.dropped if turn is not None else 0)
@@ -396,6 +399,7 @@ class Exchange:
         continued = self.client.with_history(self.obj, history)
         if all(turn.vendor for _, turn, _ in chain):
             self.ir_obj = continued         # the vendor's own chain: its member still gets the bytes
+            self._pin_wanted = True
         else:
             self.obj, self.minted_refs = continued, True
 
