@@ -90,3 +90,8 @@ class ResponseAffinity:
 
     def touch(self, key: str) -> None:
         self._lru.touch(key)
+
+    def status(self) -> dict:
+        """For `/admin/api/state`: counts only, never an id or a key."""
+        return {"entries": len(self), "max_entries": self._lru.max_entries, "ttl_s": self.ttl_s,
+                "remembered": self.remembered, "pinned": self.pinned, "forwarded": self.forwarded}

@@ -4,6 +4,7 @@ Responses vendors that keep each answer per key (`MockVendor(holds_responses=Tru
 project, as at OpenAI: another key's id is `previous_response_not_found` / 404)."""
 from __future__ import annotations
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -214,3 +215,28 @@ async def test_a_mixed_pool_still_fails_over_to_another_protocol_with_the_kept_t
         assert r.output_text == "from claude"
     users = [m for m in claude.received[-1]["body"]["messages"] if m["role"] == "user"]
     assert len(users) == 3                                    # the whole conversation went to Claude
+
+
+@pytest.mark.sdk
+async def test_two_responses_vendors_in_one_pool_each_continuation_goes_back_to_its_vendor():
+    a, b = MockVendor(holds_responses=True, reply="from a"), MockVendor(holds_responses=True, reply="from b")
+    config = {"providers": {"va": {"protocol": "responses", "base_url": "{a}/v1", "key": "sk-vendor-a"},
+                            "vb": {"protocol": "responses", "base_url": "{b}/v1", "key": "sk-vendor-b"}},
+              "pools": {"smart": {"strategy": "round_robin",
+                                  "members": [{"provider": "va", "model": "gpt-4o"}, {"provider": "vb", "model": "gpt-4o"}]}},
+              "admin": {"enabled": True}}
+    async with gateway_with(config, a=a, b=b) as gw:
+        c = client(gw)
+        starts = [await sdk(lambda: create(c, False, input="start")) for _ in range(2)]
+        assert {s.output_text for s in starts} == {"from a", "from b"}
+        for start in starts:
+            last = start
+            for turn in range(4):
+                last = await sdk(lambda: create(c, True, input=f"turn {turn}", previous_response_id=last.id))
+                assert last.output_text == start.output_text            # the same vendor every time
+        async with httpx.AsyncClient() as http:
+            state = (await http.get(gw.url + "/admin/api/state")).json()["response_affinity"]
+    assert state["remembered"] == 10 and state["pinned"] == 8 and state["entries"] == 10
+    assert "sk-" not in orjson.dumps(state).decode()
+    assert all(r["key"] == "sk-vendor-a" for r in a.received) and all(r["key"] == "sk-vendor-b" for r in b.received)
+    assert len(a.received) == len(b.received) == 5

@@ -252,6 +252,7 @@ def state(admin) -> dict:
         "cluster": app.cluster.status() if getattr(app, "cluster", None) is not None else None,
         "minted_keys": app.minted.status() if getattr(app, "minted", None) is not None else None,
         "response_deletions": app.deletions.status() if getattr(app, "deletions", None) is not None else None,
+        "response_affinity": gw.affinity.status(),
         "config": getattr(gw.config, "source", ""),
         "graphviz": diagram.have_graphviz(),
         "pools": snap["pools"],
