@@ -45,7 +45,7 @@ from busbar.faults import ClientError
 from busbar.item_store import decode_turn, turn_key
 from busbar.protocols.base import JSON_CT
 from busbar.protocols.sse import SSESplitter
-from busbar.protocols.responses import ERRORS, dialect as responses
+from busbar.protocols.responses import ERRORS, dialect as responses, echoed, kept_echo
 from busbar.protocols.routes import match_response_cancel
 from busbar.server import CapturedResponder, ClientGone, HttpRequest, Responder
 from busbar.state.redis import RedisUnavailable
@@ -98,13 +98,17 @@ def requested(obj) -> bool:
     return True
 
 
-def pending_shown(model: str, created_at: int, expires_at: float, stream: bool = False) -> dict:
+def pending_shown(model: str, created_at: int, expires_at: float, stream: bool = False,
+                  echo: dict | None = None) -> dict:
     """What a running response's marker shows: `in_progress`, the pool as its model, and
     the wall-clock time by which its run ends (the pipeline's deadline), past which a
     marker nobody replaced is read as failed (`effective`); `stream`: it was created with
-    `stream: true` (its events can be resumed, `resume_refusal`)."""
+    `stream: true` (its events can be resumed, `resume_refusal`); `echo`: the request's
+    fields its object echoes, as a turn keeps them (`responses.kept_echo`)."""
     shown = {"status": IN_PROGRESS, "model": model, "created_at": created_at, "background": True,
              "expires_at": expires_at, "ids": []}
+    if echo:
+        shown["echo"] = echo
     if stream:
         shown["stream"] = True
     return shown
@@ -153,6 +157,20 @@ def pending(data: bytes | None) -> bool:
     one reads the cluster copy again: the run may have ended on another)."""
     turn = decode_turn(data) if data is not None else None
     return turn is not None and (turn.shown or {}).get("status") in PENDING
+
+
+def unfinished(response_id: str, shown: dict | None, now: float) -> ClientError | None:
+    """The refusal of a request continuing (`previous_response_id`) a background response
+    still `queued` or `in_progress` at wall-clock time `now`: it has no answer yet to
+    continue from, and OpenAI refuses it too; None once it is final (a marker past its
+    deadline reads as failed, `effective`)."""
+    status = (effective(shown, now) or {}).get("status")
+    if status not in PENDING:
+        return None
+    return ClientError(400, f"Previous response with id '{response_id}' is still {status}: a response can be "
+                            "continued only once it has completed. Poll it with GET /v1/responses/"
+                            f"{response_id} until its status is final, then send this request again.",
+                       param="previous_response_id")
 
 
 def cancellable(shown: dict | None, response_id: str) -> bool:
@@ -246,6 +264,8 @@ class Run:
     model: str = ""                  # the pool (a stream's marker, kept at its first event)
     expires_in: float = 0.0          # the pipeline's deadline + CANCEL_WAIT_S (a stream's marker)
     log: StreamLog | None = None     # a stream's events, for resumed readers (kept from its first bytes)
+    sent: dict = dataclasses.field(default_factory=dict)   # the POST's body as sent: what its object echoes
+    echo: dict | None = None         # of which the marker keeps what it set (`responses.kept_echo`)
 
 
 def stream_id(first: bytes) -> str | None:
@@ -590,7 +610,7 @@ class BackgroundRuns:
         if not background or self.nursery is None:      # no nursery running (an App not started): inline
             return await gw.journey(inner, responder, protocol, dialect, params)
         stream = obj.get("stream") is True
-        run = Run(None if stream else f"resp_{uuid.uuid4().hex}", int(self.wall()), stream)
+        run = Run(None if stream else f"resp_{uuid.uuid4().hex}", int(self.wall()), stream, sent=obj)
         if stream:
             async def on_start(status: int, first: bytes) -> None:
                 if status == 200 and run.key is None and run.detached:
@@ -621,8 +641,9 @@ class BackgroundRuns:
         run: Run = x.background
         run.item_scope, run.previous, run.input = x.item_scope, x.previous, x._own_input()
         run.model, run.expires_in = x.model, x.plan.pipeline.deadline + CANCEL_WAIT_S
+        run.echo = kept_echo(echoed(run.sent))
         if run.response_id is not None:
-            run.shown = pending_shown(x.model, run.created_at, self.wall() + run.expires_in)
+            run.shown = pending_shown(x.model, run.created_at, self.wall() + run.expires_in, echo=run.echo)
             run.key = await self._keep(x.gw, run, run.shown)
             self.runs[run.key] = run
             if self.on_count is not None:
@@ -642,7 +663,8 @@ class BackgroundRuns:
         held = gw.item_store.get(key)
         if held is None or pending(held):
             run.response_id = response_id
-            run.shown = pending_shown(run.model, run.created_at, self.wall() + run.expires_in, stream=True)
+            run.shown = pending_shown(run.model, run.created_at, self.wall() + run.expires_in, stream=True,
+                                      echo=run.echo)
             run.key = await self._keep(gw, run, run.shown)
             self.runs[run.key] = run
         self._sweep()

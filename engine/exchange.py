@@ -46,13 +46,14 @@ from __future__ import annotations
 import dataclasses
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from busbar import admission, ir, lifecycle, resume, tenancy, truncation
 from busbar.affinity import Pin, affinity_key
-from busbar.background import Rerun
+from busbar.background import PENDING, Rerun, unfinished
 from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
@@ -91,6 +92,7 @@ class Exchange:
         self.record = record
         self.lifecycle: lifecycle.Lifecycle = record.lifecycle
         self.obj: dict = {}
+        self.sent: dict = {}
         self.model = ""
         self.stream = False
         self.plan = None
@@ -179,6 +181,9 @@ class Exchange:
         """`received`: admit the request, then route it to its pool's plan."""
         admitted = admission.admit(self.gw, self.request, self.client, self.params, self.record)
         self.obj, self.model, self.stream = admitted.obj, admitted.model, admitted.stream
+        # the body as the client sent it (a continuation and references rewrite `obj`): what
+        # its answer object echoes (a background run's, `background` included)
+        self.sent = self.obj if self.background is None else self.background.sent
         self.client = self.client.for_body(self.obj)    # a body-shaped protocol (Bedrock invoke) says which
         if self.client.runs_in_background and self.background is None and self.gw.background is not None:
             flag = self.obj.get("background")
@@ -375,6 +380,8 @@ class Exchange:
             if data is None and link == previous:
                 self._pin_wanted = True     # kept nowhere here: the vendor's own id, perhaps (ADR 0027)
             turn = decode_turn(data) if data is not None else None
+            if link == previous and turn is not None and (turn.shown or {}).get("status") in PENDING:
+                turn = await self._unless_unfinished(key, turn)
             if turn is None or turn.dropped or link in seen or len(chain) >= MAX_CHAIN:
                 self.unknown_previous = (previous, link, turn.dropped if turn is not None else 0)
                 return
@@ -431,6 +438,21 @@ class Exchange:
         if self.gw.shared_items is not None:
             with trio.CancelScope(shield=True):
                 await self.gw.shared_items.put_many([kept], self.gw.affinity.ttl_s)
+
+    async def _unless_unfinished(self, key: str, turn):
+        """The turn a request continues, when it is a background response's marker: read
+        again from the cluster copy (the run may have ended on another replica), and
+        refused, before any member is called, while it is still queued or in progress."""
+        shared = self.gw.shared_items
+        if shared is not None:
+            fresh = (await shared.get_many([key])).get(key)
+            if fresh is not None:
+                turn = decode_turn(self.gw.item_store.take_in(key, fresh))
+        wall = self.gw.background.wall() if self.gw.background is not None else time.time()
+        refusal = unfinished(self.previous, turn.shown if turn is not None else None, wall)
+        if refusal is not None:
+            raise refusal
+        return turn
 
     async def _resolve_references(self, refs: list[tuple[str, str]]) -> None:
         """Earlier items the request sends back by id (Responses `item_reference`,
@@ -716,14 +738,14 @@ class Exchange:
         client = self.client
         if not self.stream:
             if self.items is not None:       # fresh ids: kept like any answer's, for the next turn
-                body, shown = client.render_response_shown(response, model, self._ir)
+                body, shown = client.render_response_shown(response, model, self._ir, self.sent)
                 await self.keep_for_next_turn(shown, None)
             else:
-                body = client.render_response(response, model, self._ir)
+                body = client.render_response(response, model, self._ir, self.sent)
             await self.responder.send(200, [JSON_CT] + head, body)
             sent = len(body)
         else:
-            encoder = client.stream_encoder(model, **client.stream_encoder_options(self.obj))
+            encoder = client.stream_encoder(model, **client.stream_encoder_options(self.sent))
             delay = policy.replay_delay_ms / 1000
             events = response_events(response, chunk_chars=24 if delay else 0)
             head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")] + head
@@ -835,7 +857,7 @@ class Exchange:
         dialect answers instead (an estimate, marked in a header) or refuses
         (a ClientError naming the member's protocol)."""
         resp = self.client.local_answer(self._parsed(), provider.protocol)
-        body = self.client.render_response(resp, attempt.model, self._ir)
+        body = self.client.render_response(resp, attempt.model, self._ir, self.sent)
         ttfb = trio.current_time() - t0
         self.commit(rec, 200, ttfb)
         await self.responder.send(200, [JSON_CT] + self.answer_headers(attempt) + self.client.local_headers(), body)
@@ -903,7 +925,7 @@ class Exchange:
         resp = up.join(answers)
         self.record.usage = resp.usage
         self.cache_response = resp
-        out = self.client.render_response(resp, resp.model or attempt.model, self._ir)
+        out = self.client.render_response(resp, resp.model or attempt.model, self._ir, self.sent)
         ttfb = trio.current_time() - t0
         self.commit(rec, 200, ttfb, warnings)
         await self.responder.send(200, [JSON_CT] + self.answer_headers(attempt), out)

@@ -48,6 +48,7 @@ from typing import Callable, Iterable, NamedTuple
 import orjson
 
 from busbar.lru import BoundedTTLMap
+from busbar.protocols.responses import kept_echo
 
 MAX_ENTRIES = 50_000
 MAX_BYTES = 64 * 1024 * 1024
@@ -113,6 +114,9 @@ def deleted(data: bytes | None) -> bool:
 def shown_of(response: dict) -> dict:
     """What a turn keeps of the answer object `response` beside its items."""
     shown = {k: response[k] for k in SHOWN_FIELDS if response.get(k) is not None}
+    echo = kept_echo(response)       # only what the request set (ADR 0024): {} for most
+    if echo:
+        shown["echo"] = echo
     output = response.get("output")
     shown["ids"] = [[item.get("id"), item.get("status")] if isinstance(item, dict) else [None, None]
                     for item in (output if isinstance(output, list) else ())]

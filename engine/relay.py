@@ -108,9 +108,9 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
             # the model that answered; the request says what the answer looks like
             model = resp_ir.model or attempt.model
             if x.items is not None:   # its items and turn, under the ids minted here, for the next turn
-                out, shown = x.client.render_response_shown(resp_ir, model, x._ir)
+                out, shown = x.client.render_response_shown(resp_ir, model, x._ir, x.sent)
             else:
-                out, shown = x.client.render_response(resp_ir, model, x._ir), None
+                out, shown = x.client.render_response(resp_ir, model, x._ir, x.sent), None
             # what the client's protocol cannot carry, for its next turn
             kept = x.reasoning.keep(resp_ir.content, x.client.shown_call_id) if x.reasoning is not None else None
         except ClientError:
@@ -156,7 +156,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     reads = response.aiter_reads()
     decoder = up.stream_decoder()
     if resume is None:
-        encoder = client.stream_encoder(attempt.model, **client.stream_encoder_options(x.obj))
+        encoder = client.stream_encoder(attempt.model, **client.stream_encoder_options(x.sent))
         journal = Journal() if x.resume_policy is not None else None
         splice = None
         first_by = None

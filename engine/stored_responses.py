@@ -32,7 +32,7 @@ from busbar.background import effective, pending
 from busbar.faults import ClientError
 from busbar.item_store import DELETED, Turn, decode_turn, deleted, key_of, turn_key
 from busbar.protocols.base import JSON_CT
-from busbar.protocols.responses import dialect as responses
+from busbar.protocols.responses import dialect as responses, echo_shown
 from busbar.protocols.routes import match_stored_response
 from busbar.server import HttpRequest
 from busbar.upstream import SlotTimeout, UpstreamError
@@ -50,8 +50,8 @@ _INPUT_ROLES = frozenset({"user", "system", "developer"})
 
 def response_object(response_id: str, turn: Turn, now: float | None = None) -> dict:
     """The kept turn as the Response object its answer showed: each output item with its
-    id and status back; what a turn does not keep (instructions, tools, sampling) as
-    OpenAI renders it unset.  A background response's (ADR 0026) status and `error` as
+    id and status back; the request's fields it echoes as its answer showed them (the turn
+    keeps those the request set, `responses.kept_echo`).  A background response's (ADR 0026) status and `error` as
     they stand at wall-clock time `now` (`busbar.background.effective`)."""
     shown = turn.shown or {}
     if now is not None and shown.get("background"):
@@ -67,11 +67,9 @@ def response_object(response_id: str, turn: Turn, now: float | None = None) -> d
         output.append(item)
     return {"id": response_id, "object": "response", "created_at": shown.get("created_at", 0),
             "status": shown.get("status", "completed"), "error": shown.get("error"),
-            "background": bool(shown.get("background")),
-            "incomplete_details": shown.get("incomplete_details"), "instructions": None, "metadata": {},
-            "model": shown.get("model", ""), "output": output, "parallel_tool_calls": True,
-            "previous_response_id": turn.previous, "store": True, "temperature": None, "tool_choice": "auto",
-            "tools": [], "top_p": None, "usage": shown.get("usage")}
+            "incomplete_details": shown.get("incomplete_details"), "model": shown.get("model", ""),
+            "output": output, **echo_shown(shown.get("echo"), turn.previous, bool(shown.get("background"))),
+            "usage": shown.get("usage")}
 
 
 def input_items(response_id: str, turn: Turn) -> list[dict]:

@@ -47,7 +47,9 @@ def test_the_kept_turn_is_the_response_object_it_showed():
     assert body["output"] == SHOWN["output"]                      # ids and statuses back, in place
     for field in ("id", "object", "created_at", "status", "model", "usage", "incomplete_details"):
         assert body[field] == SHOWN[field], field
-    assert body["previous_response_id"] == "resp_0" and body["tools"] == []     # tools are not kept
+    assert body["previous_response_id"] == "resp_0"
+    # the request's echoed fields as shown (ADR 0024: what the request set is kept), the rest OpenAI's defaults
+    assert body["tools"] == SHOWN["tools"] and body["temperature"] == 1.0 and body["instructions"] is None
     assert turn.input == [{"role": "user", "content": "hello"}]
     # what a continuation reads is unchanged: the output items without their bookkeeping
     assert all("id" not in item and "status" not in item for item in turn.output)

@@ -238,7 +238,7 @@ class Vendor:
                            usage=ir.Usage(input_tokens=usage_in, output_tokens=max(1, len(text) // 4)))
 
     def render_reply(self, model: str, text: str, usage_in: int, obj: dict, thought: ir.Reasoning | None = None):
-        body = self.dialect.render_response(self._response(model, text, usage_in, thought), model)
+        body = self.dialect.render_response(self._response(model, text, usage_in, thought), model, None, obj)
         return 200, [(b"content-type", b"application/json")], body
 
     def stream_headers(self):

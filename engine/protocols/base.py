@@ -379,7 +379,7 @@ class DialectContract(Protocol):
                        unsupported: str = "reject") -> tuple[bytes, list[str]]: ...
     def parse_response(self, obj: dict): ...
     def response_usage(self, obj: dict): ...
-    def render_response(self, resp, model: str, req=None) -> bytes: ...
+    def render_response(self, resp, model: str, req=None, sent=None) -> bytes: ...
     def for_body(self, obj: dict): ...
     def peer(self, provider, model: str): ...
     def stream_decoder(self): ...
@@ -742,13 +742,15 @@ class Dialect:
             return self.parse_response(obj).usage
         return usage_in(obj.get(self.usage_field) or {})
 
-    def render_response(self, resp, model: str, req=None) -> bytes:
+    def render_response(self, resp, model: str, req=None, sent=None) -> bytes:
+        """`sent`: the request's body as the client sent it, for a protocol whose answer
+        object echoes it (Responses)."""
         return orjson.dumps(self.codec.render_response(resp, model))
 
-    def render_response_shown(self, resp, model: str, req=None) -> tuple[bytes, dict | None]:
+    def render_response_shown(self, resp, model: str, req=None, sent=None) -> tuple[bytes, dict | None]:
         """`render_response` and the answer it showed under ids it minted (`mints_items`:
         the response id and output items, for busbar.item_store); others show None."""
-        return self.render_response(resp, model, req), None
+        return self.render_response(resp, model, req, sent), None
 
     # ---- operations ------------------------------------------------------
     # Chat is one operation; embeddings, rerank and token counting are others

@@ -141,7 +141,7 @@ class OperationDialect(Dialect):
     def parse_response(self, obj: dict):
         return self.codec.parse_response(obj)
 
-    def render_response(self, resp, model: str, req=None) -> bytes:
+    def render_response(self, resp, model: str, req=None, sent=None) -> bytes:
         """`req` is the client's parsed request: what it asked the answer to
         look like (Cohere's embedding types, OpenAI's base64)."""
         return orjson.dumps(self.codec.render_response(resp, model, req))

@@ -89,19 +89,19 @@ class ResponsesDialect(OpenAIDialect):
             items.append(item if data is None else orjson.loads(data))
         return {**obj, "input": items}
 
-    def render_response_shown(self, resp, model: str, req=None) -> tuple[bytes, dict]:
+    def render_response_shown(self, resp, model: str, req=None, sent=None) -> tuple[bytes, dict]:
         # a fresh id: the turn is kept under it, and an upstream's id need not be unique
         # (a replayed or self-hosted answer's), nor look like a response id
-        body = _echo(_render_response(resp, model, f"resp_{uuid.uuid4().hex}"), req)
+        body = _render_response(resp, model, f"resp_{uuid.uuid4().hex}", sent)
         return orjson.dumps(body), body
 
-    def render_response(self, resp, model: str, req=None) -> bytes:
-        return orjson.dumps(_echo(_render_response(resp, model), req))
+    def render_response(self, resp, model: str, req=None, sent=None) -> bytes:
+        return orjson.dumps(_render_response(resp, model, None, sent))
 
     def stream_encoder_options(self, obj: dict) -> dict:
         # Responses streams always end with the usage-bearing response.completed;
-        # the response objects echo the request's truncation strategy
-        return {"truncation": "auto"} if obj.get("truncation") == "auto" else {}
+        # every response object of the stream echoes the request
+        return {"echo": echoed(obj)}
 
     # a turn continued by the id of an earlier answer (`previous_response_id`, ADR 0024)
     continues = True
@@ -123,13 +123,54 @@ class ResponsesDialect(OpenAIDialect):
         return obj.get("store") is not False     # OpenAI's default: kept
 
 
-def _echo(body: dict, req) -> dict:
-    """The response object as OpenAI's says it: with the request's `truncation`
-    strategy ("auto" is carried out by the gateway for other protocols' members,
-    ADR 0028; absent is "disabled")."""
-    if type(req) is ir.Request and "truncation" not in body:
-        body["truncation"] = "auto" if c.note(req.extras, P, "truncation") == "auto" else "disabled"
-    return body
+# The request parameters a Response object echoes (openai-python `types/responses/response.py`),
+# each with what OpenAI's answers show when the request omitted it (its response.created /
+# response.completed objects); `reasoning` and `text` are shown with their defaults filled in.
+ECHO_DEFAULTS = {
+    "background": False, "instructions": None, "max_output_tokens": None, "max_tool_calls": None,
+    "metadata": {}, "parallel_tool_calls": True, "previous_response_id": None, "prompt_cache_key": None,
+    "prompt_cache_retention": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
+    "service_tier": "auto", "store": True, "temperature": 1.0, "text": {"format": {"type": "text"}},
+    "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled", "user": None}
+_SCALARS = {k: d for k, d in ECHO_DEFAULTS.items() if type(d) is not dict and type(d) is not list}
+_ECHOED = frozenset(ECHO_DEFAULTS)
+# echoed fields a kept turn holds elsewhere: its `previous` link, `shown.background`; a kept turn is stored
+_KEPT_ELSEWHERE = frozenset({"previous_response_id", "background", "store"})
+_KEPT = tuple((k, d) for k, d in ECHO_DEFAULTS.items() if k not in _KEPT_ELSEWHERE)
+
+
+def echoed(sent: dict) -> dict:
+    """The fields of the Response object that echo the request `sent` (the body as the
+    client sent it: `previous_response_id` included), OpenAI's defaults where it omitted
+    them (or sent null).  The one source of these fields for every translated answer:
+    buffered, each streamed response object, and (through `kept_echo`) a retrieve or a
+    background poll."""
+    echo = _SCALARS.copy()
+    echo["metadata"], echo["tools"] = {}, []         # fresh each time: no answer shares a default
+    echo["reasoning"], echo["text"] = {"effort": None, "summary": None}, {"format": {"type": "text"}}
+    for key in _ECHOED.intersection(sent):           # the few the request set
+        value = sent[key]
+        if value is None:
+            continue
+        if (key == "reasoning" or key == "text") and type(value) is dict:
+            value = {**echo[key], **value}           # shown with its defaults filled in
+        echo[key] = value
+    return echo
+
+
+def kept_echo(response: dict) -> dict:
+    """What a kept turn holds of a Response object's echoed fields: only those that differ
+    from OpenAI's defaults (nothing for a request that set none), and none it keeps
+    elsewhere; `echo_shown` renders them back whole."""
+    get = response.get
+    return {k: v for k, d in _KEPT if (v := get(k, d)) != d and v is not None}
+
+
+def echo_shown(kept: dict | None, previous: str | None, background: bool) -> dict:
+    """The echoed fields of a kept response (`kept_echo`), as its answer showed them."""
+    echo = echoed(kept if isinstance(kept, dict) else {})
+    echo["previous_response_id"], echo["background"] = previous, background
+    return echo
 
 
 def previous_of(obj: dict) -> str | None:
@@ -583,7 +624,8 @@ def render_usage(u: ir.Usage) -> dict:
             "total_tokens": u.total}
 
 
-def _render_response(resp: ir.Response, model: str, rid: str | None = None) -> dict:
+def _render_response(resp: ir.Response, model: str, rid: str | None = None, sent: dict | None = None) -> dict:
+    """`sent`: the request as the client sent it, which the object echoes (`echoed`)."""
     rid = rid or resp.id or f"resp_{uuid.uuid4().hex}"
     output: list = []
     run: list = []
@@ -629,9 +671,10 @@ def _render_response(resp: ir.Response, model: str, rid: str | None = None) -> d
         status, incomplete = "incomplete", {"reason": "content_filter"}
     body = {"id": rid, "object": "response", "created_at": int(time.time()), "status": status,
             "error": None, "incomplete_details": incomplete, "model": model, "output": output,
-            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
             "usage": render_usage(resp.usage)}
-    return c.splice(body, resp.extras, P)
+    c.splice(body, resp.extras, P)
+    body.update(echoed(sent or {}))       # over a Responses vendor's own echo in its extras: this request's
+    return body
 
 
 dialect = ResponsesDialect()
@@ -840,12 +883,12 @@ class StreamEncoder(s.Encoder):
     encoder keeps the output it has sent (the only non-constant state)."""
 
     __slots__ = ("_model", "_rid", "_created", "_seq", "_noi", "_output", "_msg", "_blocks", "_usage", "_shown",
-                 "_truncation")
+                 "_echo")
 
-    def __init__(self, model: str, truncation: str = "disabled"):
+    def __init__(self, model: str, echo: dict | None = None):
         super().__init__()
         self._model = model
-        self._truncation = truncation    # the request's strategy, echoed in each response object
+        self._echo = echoed({}) if echo is None else echo    # the request's fields each response object echoes
         self._rid = ""
         self._created = 0
         self._seq = 0
@@ -864,8 +907,7 @@ class StreamEncoder(s.Encoder):
     def _response(self, status: str, output: list, usage=None, error=None, incomplete=None) -> dict:
         return {"id": self._rid, "object": "response", "created_at": self._created, "status": status,
                 "error": error, "incomplete_details": incomplete, "model": self._model,
-                "output": [item for _, item in output],
-                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "truncation": self._truncation,
+                "output": [item for _, item in output], **self._echo,
                 "usage": render_usage(usage) if usage is not None else None}
 
     def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:
