@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import orjson
 import trio
 
-from busbar.affinity import MAX_ENTRIES, Pin, ResponseAffinity, affinity_key
+from busbar.affinity import MAX_ENTRIES, Pin, ResponseAffinity
 from busbar.exchange import Exchange
 from busbar.routing import Needs, Pinned, Router
 from busbar.state.redis import RedisState

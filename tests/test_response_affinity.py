@@ -13,11 +13,10 @@ import trio
 from busbar.affinity import Pin, ResponseAffinity, affinity_key, decode, encode
 from busbar.item_store import decode as decode_item, decode_turn
 from busbar.mock import MockVendor
-from busbar.routing import Needs, Pinned, Router, Wait, Exhausted
+from busbar.routing import Exhausted, Needs, Pinned, Router
 from harness import gateway_with, sdk
 
 KEYS = ["sk-project-a", "sk-project-b"]
-PIN_A = "oai#0:"                   # key ids start <provider>#<index>: (busbar.routing.keys)
 
 
 def two_projects(auth: bool = False, extra_member: dict | None = None) -> dict:
@@ -95,6 +94,13 @@ def test_a_pinned_plan_goes_only_to_that_provider_and_key_and_others_of_other_pr
     step = plan.next(0.0)
     assert isinstance(step, Exhausted) and step.retry_after == pytest.approx(30)
     assert "resp_1" in step.reason and key_b.id in step.reason and "recovers in 30" in step.reason
+    # the pinned member circuit-open (its key fine): no other Responses member, a Retry-After
+    key_b.cooling_until = 0.0
+    router.targets[("oai", "gpt-4o")].breaker.apply_open(20.0, 20.0)
+    step = router.start("smart", Needs(pin=pin, refused=frozenset({"anthropic"})), 0.0).next(0.0)
+    assert isinstance(step, Exhausted) and step.retry_after == pytest.approx(20, abs=1) and "resp_1" in step.reason
+    # ... and a request without a pin still goes to the other vendor
+    assert router.start("smart", Needs(refused=frozenset({"anthropic"})), 0.0).next(0.0).provider == "oai2"
     # a key the config no longer has: no member can take it, and the plan says why
     lost = router.start("smart", Needs(pin=Pinned("responses", "oai", "oai#7:deadbeef", "resp_9"),
                                        refused=frozenset({"anthropic"})), 0.0).next(0.0)
