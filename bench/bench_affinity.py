@@ -39,7 +39,7 @@ def main(n: int) -> None:
     affinity = ResponseAffinity()
     for i in range(MAX_ENTRIES):              # full: every remember evicts the oldest
         affinity.remember("-", f"resp_fill{i}", Pin("oai", "oai#0:abcdef12", "smart/oai/gpt-4o"))
-    x = SimpleNamespace(stored=True, background=None, item_scope="-",
+    x = SimpleNamespace(stored=True, background=None, item_scope="-", _pin_key=None,
                         gw=SimpleNamespace(affinity=affinity, shared_items=None))
     attempt = SimpleNamespace(provider="oai", key_id="oai#1:9f86d081", member_id="smart/oai/gpt-4o")
     ids = iter(f"resp_{i:032x}" for i in range(10 ** 9))
@@ -55,7 +55,7 @@ def main(n: int) -> None:
     x.stored = True
     affinity.remember("-", "resp_prev", Pin("oai", "oai#1:9f86d081", "smart/oai/gpt-4o"))
     cont = SimpleNamespace(gw=x.gw, item_scope="-", previous="resp_prev", client=SimpleNamespace(name="responses"),
-                           pin=None, _pin_fetched=False)
+                           pin=None, _pin_fetched=False, _pin_key=None)
     print("a continuation (previous_response_id):")
     microbench.measure("_pin_previous: the lookup, touch and pin",
                        lambda: run_sync(Exchange._pin_previous(cont)), n)

@@ -128,6 +128,7 @@ class Exchange:
         self.pin: Pinned | None = None      # the provider and key that hold the response it continues (ADR 0027)
         self._pin_fetched = False           # the cluster copy was asked for the pin already (with the turn)
         self._pin_wanted = False            # it continues a vendor's id: no turn here, or only the vendor's turns
+        self._pin_key: str | None = None    # the pin it continued, renewed in the cluster copy with its answer's
         self.hedging = None                 # the pool's busbar.routing.hedge.HedgeState; None: hedging off
         self._race: Race | None = None      # the attempts racing now (a hedge started)
         self.share: str | None = None       # the pool whose concurrency share this request holds
@@ -424,6 +425,7 @@ class Exchange:
             return
         affinity.touch(key)
         affinity.pinned += 1
+        self._pin_key = key                 # its cluster copy's TTL starts over with the answer's own entry
         self.pin = Pinned(self.client.name, pin.provider, pin.key_id, self.previous)
 
     async def remember_minted(self, attempt: Attempt, response_id) -> None:
@@ -437,7 +439,8 @@ class Exchange:
                                          Pin(attempt.provider, attempt.key_id, attempt.member_id))
         if self.gw.shared_items is not None:
             with trio.CancelScope(shield=True):
-                await self.gw.shared_items.put_many([kept], self.gw.affinity.ttl_s)
+                await self.gw.shared_items.put_many([kept], self.gw.affinity.ttl_s,
+                                                    (self._pin_key,) if self._pin_key is not None else ())
 
     async def _unless_unfinished(self, key: str, turn):
         """The turn a request continues, when it is a background response's marker: read

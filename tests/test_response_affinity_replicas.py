@@ -11,6 +11,7 @@ from busbar.mock import MockVendor
 from cluster_support import Replica, start_all
 from harness import sdk
 from redis_support import needs_redis, redis_server  # noqa: F401  (fixture)
+from test_stores_replicas import redis_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_redis]
 
@@ -43,9 +44,12 @@ async def test_a_conversation_alternating_replicas_stays_on_the_minting_key(tmp_
                     return events.get_final_response()
 
             ids = [(await sdk(lambda: create(ca, input="turn 0"))).id]
+            pin = f"affinity:items:-/affinity/{ids[0]}"      # the cluster copy of the first pin
+            assert await redis_call(redis_server.url, "PEXPIRE", pin, 60_000) == 1
             for turn in range(1, 6):
                 c = cb if turn % 2 else ca
                 ids.append((await sdk(lambda: create(c, input=f"turn {turn}", previous_response_id=ids[-1]))).id)
+            renewed = await redis_call(redis_server.url, "PTTL", pin)    # by the continuation's answer
             got = await sdk(lambda: cb.responses.retrieve(ids[0]))          # made through A
             items = await sdk(lambda: cb.responses.input_items.list(ids[0]))
         finally:
@@ -58,4 +62,5 @@ async def test_a_conversation_alternating_replicas_stays_on_the_minting_key(tmp_
     sent = [r for r in vendor.received if r.get("method") is None]
     assert len(sent) == 6 and {r["key"] for r in sent} == {minting}
     assert got.id == ids[0] and got.output_text == "noted"
+    assert renewed > 23 * 3600 * 1000
     assert [i.content[0].text for i in items.data] == ["turn 0"]
