@@ -118,6 +118,8 @@ FOUND = [
     ("responses", {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": [None]}]}]},
      "input[0].content[0].text"),
     ("bedrock", {"messages": [{"role": "user", "content": [[1]]}]}, "messages[0].content[0]"),
+    ("anthropic", {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                   "metadata": [[None, None]]}, "metadata"),
     ("bedrock", {"messages": [{"role": "user", "content": [{"text": [None]}]}]}, "messages[0].content[0].text"),
 ]
 

@@ -243,6 +243,8 @@ def _parse_request(obj: dict) -> ir.Request:
     req.stream = obj.get("stream") is True
     notes: dict = {}
     md = obj.get("metadata")
+    if md is not None and type(md) is not dict:      # dict() would take a list of pairs, keys of any type
+        raise c.bad("metadata", "must be an object")
     if md:
         md = dict(md)
         req.user = md.pop("user_id", None)
