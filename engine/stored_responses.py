@@ -217,7 +217,7 @@ async def forward(gw: "Gateway", request: HttpRequest, responder, pin: Pin, resp
     configured any more, or the vendor unreachable, is an error in OpenAI's shape saying so."""
     provider = gw.providers.get(pin.provider)
     ring = gw.router.providers.get(pin.provider)
-    key = next((k for k in ring.keys.keys if k.id == pin.key_id), None) if ring is not None else None
+    key = ring.keys.holding(pin.key_id) if ring is not None else None
     if provider is None or key is None:
         raise ClientError(404, f"Response with id '{response_id}' not found here: it was made with key "
                                f"{pin.key_id} of provider '{pin.provider}', which the gateway no longer has, "

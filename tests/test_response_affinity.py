@@ -105,6 +105,17 @@ def test_a_pinned_plan_goes_only_to_that_provider_and_key_and_others_of_other_pr
     lost = router.start("smart", Needs(pin=Pinned("responses", "oai", "oai#7:deadbeef", "resp_9"),
                                        refused=frozenset({"anthropic"})), 0.0).next(0.0)
     assert lost.kind == "incapable" and "no longer has" in lost.reason and "resp_9" in lost.reason
+    # a reload that moved the key to another index: the same secret still holds the response
+    router = _router()
+    key_b = router.providers["oai"].keys.keys[1]
+    moved = key_b.id.replace("#1:", "#5:")
+    assert moved != key_b.id
+    for _ in range(10):
+        plan = router.start("smart", Needs(pin=Pinned("responses", "oai", moved, "resp_1"),
+                                           refused=frozenset({"anthropic"})), 0.0)
+        step = plan.next(0.0)
+        assert step.provider == "oai" and step.key is key_b
+        plan.release(step, 0.0)
 
 
 # ---------------------------------------------------------------------------

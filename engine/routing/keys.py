@@ -171,6 +171,16 @@ class KeyRing:
     def __repr__(self) -> str:
         return f"KeyRing({self.provider}, {len(self.keys)} keys, {self.rotation})"
 
+    def holding(self, key_id: str) -> Key | None:
+        """The key `key_id` names, or, when a reload moved that secret to another
+        index, the key with the same secret (the id's fingerprint part): what a
+        vendor holds per project follows the secret, not its place in the list."""
+        for k in self.keys:
+            if k.id == key_id:
+                return k
+        tag = key_id.rpartition(":")[2]
+        return next((k for k in self.keys if k.id.rpartition(":")[2] == tag), None) if tag else None
+
     def available(self, model: str, now: float, exclude: frozenset | set = frozenset(), tokens: int = 0) -> bool:
         return any(k.available(model, now, tokens) for k in self.keys if k.id not in exclude)
 

@@ -262,15 +262,15 @@ class Plan:
     # ---- which members can go ------------------------------------------
     def _pin(self, pin: Pinned) -> None:
         provider = self._router.providers.get(pin.provider)
-        ids = frozenset(k.id for k in provider.keys.keys) if provider is not None else frozenset()
-        if pin.key_id not in ids:
+        key = provider.keys.holding(pin.key_id) if provider is not None else None
+        if key is None:
             self._pin_lost = (f"the response '{pin.response_id}' was made with key {pin.key_id} of provider "
                               f"{pin.provider!r}, which the gateway no longer has"
                               if provider is not None else
                               f"the response '{pin.response_id}' was made by provider {pin.provider!r}, which the "
                               "gateway no longer has")
             return
-        out = ids - {pin.key_id}
+        out = frozenset(k.id for k in provider.keys.keys) - {key.id}
         for node in [self._pool, *self._fallbacks()]:
             for leaf in node.leaves:
                 if leaf.provider == pin.provider:
