@@ -103,3 +103,29 @@ async def test_a_background_stream_is_resumed_on_either_replica(tmp_path, redis_
             await sdk(lambda: resume(b, events[-1].sequence_number + 1))
         assert info.value.body["param"] == "starting_after"
         assert (await sdk(lambda: responses(b).responses.retrieve(rid))).status == "completed"
+
+
+async def test_a_pending_response_is_continued_on_the_other_replica_only_once_it_completed(tmp_path, redis_server):
+    """B refuses a continuation of A's running response (ADR 0026, amended: before any member
+    call), and once it completed continues it although B took in the pending copy meanwhile
+    (a pending copy is read again from Redis); B's poll echoes the request (ADR 0024)."""
+    async with setup(tmp_path, redis_server.url, reply="from A's run", latency=1.5) as (vendor, (a, b)):
+        r = await sdk(lambda: responses(a).responses.create(model="smart", input="hi", background=True,
+                                                            instructions="Be brief.", temperature=0.3))
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk(lambda: responses(b).responses.create(model="smart", input="more", previous_response_id=r.id))
+        assert info.value.body["param"] == "previous_response_id" and "in_progress" in info.value.body["message"]
+        with trio.fail_after(20):
+            polled = r
+            while polled.status in {"queued", "in_progress"}:     # polled on A: B keeps its pending copy
+                polled = await sdk(lambda: responses(a).responses.retrieve(r.id))
+                assert polled.instructions == "Be brief." and polled.temperature == 0.3 and polled.background
+                await trio.sleep(0.1)
+        assert polled.status == "completed"
+        assert len(vendor.received) == 1          # the refused continuation reached no member
+        vendor.latency = 0
+        nxt = await sdk(lambda: responses(b).responses.create(model="smart", input="more", previous_response_id=r.id))
+        assert nxt.previous_response_id == r.id and nxt.instructions is None and nxt.temperature == 1.0
+        assert "from A's run" in str(vendor.received[-1]["body"])
+        on_b = await sdk(lambda: responses(b).responses.retrieve(r.id))
+        assert on_b.status == "completed" and on_b.instructions == "Be brief." and on_b.temperature == 0.3
