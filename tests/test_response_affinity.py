@@ -162,6 +162,10 @@ async def test_retrieve_delete_input_items_and_cancel_are_forwarded_with_the_min
             await sdk(lambda: c.responses.retrieve(made[0].id))
         assert gone.value.body["message"] == f"Response with id '{made[0].id}' not found."
         assert gw.gateway.affinity.forwarded == 8
+        metrics = (await sdk(lambda: httpx.get(gw.url + "/metrics"))).text
+        assert "busbar_response_affinity_forwarded_total 8.0" in metrics
+        assert "busbar_response_affinity_remembered_total 2.0" in metrics
+        assert "busbar_response_affinity_entries 2.0" in metrics
     calls = [r for r in vendor.received if r.get("method") is not None]
     assert [(r["method"], r["path"].rsplit("/", 1)[-1]) for r in calls[:3]] == [
         ("GET", made[0].id), ("GET", "input_items"), ("POST", "cancel")]

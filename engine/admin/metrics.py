@@ -343,6 +343,20 @@ class _Collector:
         deletions = getattr(getattr(gw, "app", None), "deletions", None)
         if deletions is not None:
             yield from _deletion_families(deletions.status())
+        affinity = getattr(gw, "affinity", None)
+        if affinity is not None:
+            yield from _affinity_families(affinity.status())
+
+
+def _affinity_families(status: dict):
+    """Vendor-minted response ids pinned to the key that made them (ADR 0027), from
+    the same numbers as /admin/api/state's `response_affinity` (counts, never an id)."""
+    yield GaugeMetricFamily("busbar_response_affinity_entries", "Vendor-minted response ids remembered here "
+                            "with the provider and key that made them.", value=status["entries"])
+    for name, what in (("remembered", "Passthrough Responses answers whose id was remembered."),
+                       ("pinned", "Continuations (previous_response_id) pinned to the key that made the id."),
+                       ("forwarded", "Retrieve, delete, input_items and cancel calls forwarded with that key.")):
+        yield CounterMetricFamily(f"busbar_response_affinity_{name}", what, value=status[name])
 
 
 def _deletion_families(status: dict):
