@@ -147,6 +147,7 @@ async def test_create_returns_queued_at_once_and_polling_ends_completed(vendor):
     config = config_for(vendor)
     config["auth"] = _keys()
     config["pools"]["smart"]["members"][0]["price"] = {"input": 1000, "output": 1000}    # USD per 1M tokens
+    config["admin"] = {"enabled": True, "key": "admin-key"}
     async with gateway_with(config, a=mock) as gw:
         c = client(gw, "sk-alice-key")
         t0 = trio.current_time()
@@ -158,6 +159,14 @@ async def test_create_returns_queued_at_once_and_polling_ends_completed(vendor):
         assert "in_progress" in seen
         assert final.status == "completed" and final.output_text == REPLY and final.background is True
         assert final.id == r.id and final.usage is not None and final.error is None
+        # counted where operators look: /metrics and the admin state
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(gw.url + "/metrics", headers={"authorization": "Bearer admin-key"})).text
+            state = (await http.get(gw.url + "/admin/api/state", headers={"authorization": "Bearer admin-key"})).json()
+        assert "busbar_background_runs_started_total 1.0" in metrics
+        assert 'busbar_background_runs_ended_total{outcome="completed"} 1.0' in metrics
+        assert "busbar_background_runs_running 0.0" in metrics
+        assert state["background"]["started"] == 1 and state["background"]["completed"] == 1
         # the other key cannot see, nor cancel, it: the same 404 as an unknown id
         other = client(gw, "sk-bob-key")
         for call in (lambda: other.responses.retrieve(r.id), lambda: other.responses.cancel(r.id),

@@ -253,6 +253,7 @@ def state(admin) -> dict:
         "minted_keys": app.minted.status() if getattr(app, "minted", None) is not None else None,
         "response_deletions": app.deletions.status() if getattr(app, "deletions", None) is not None else None,
         "response_affinity": gw.affinity.status(),
+        "background": app.background.status() if getattr(app, "background", None) is not None else None,
         "config": getattr(gw.config, "source", ""),
         "graphviz": diagram.have_graphviz(),
         "pools": snap["pools"],

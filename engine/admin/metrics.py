@@ -346,6 +346,37 @@ class _Collector:
         affinity = getattr(gw, "affinity", None)
         if affinity is not None:
             yield from _affinity_families(affinity.status())
+        background = getattr(getattr(gw, "app", None), "background", None)
+        if background is not None:
+            yield from _background_families(background.status())
+
+
+def _background_families(status: dict):
+    """Responses background runs (ADR 0026), from the same numbers as /admin/api/state's
+    `background`."""
+    yield GaugeMetricFamily("busbar_background_runs_running", "Background Responses runs running on this "
+                            "replica, detached from their client's connection.", value=status["running"])
+    yield CounterMetricFamily("busbar_background_runs_started", "Background Responses runs started here.",
+                              value=status["started"])
+    ended = CounterMetricFamily("busbar_background_runs_ended", "Background Responses runs ended here, by "
+                                "outcome (shut_down: cut by this replica's shutdown).", labels=["outcome"])
+    for outcome in ("completed", "failed", "cancelled", "shut_down"):
+        ended.add_metric([outcome], status[outcome])
+    yield ended
+    cancels = CounterMetricFamily("busbar_background_cancels", "Cancels of background runs: heard on the "
+                                  "cluster's channel for a run here, forwarded to the replica running it.",
+                                  labels=["direction"])
+    cancels.add_metric(["heard"], status["cancels_heard"])
+    cancels.add_metric(["forwarded"], status["cancels_forwarded"])
+    yield cancels
+    yield CounterMetricFamily("busbar_background_resumes", "Background streams resumed (GET ?stream=true).",
+                              value=status["resumed"])
+    yield CounterMetricFamily("busbar_background_resume_fell_behind", "Resumed readers ended because the "
+                              "events they needed had left the stream's bounded log.", value=status["resume_fell_behind"])
+    yield GaugeMetricFamily("busbar_background_resume_readers", "Resumed readers reading now.",
+                            value=status["resume_readers"])
+    yield GaugeMetricFamily("busbar_background_stream_log_bytes", "Bytes of background stream events kept "
+                            "here for resumes.", value=status["stream_log_bytes"])
 
 
 def _affinity_families(status: dict):
