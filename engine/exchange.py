@@ -49,9 +49,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import orjson
 import trio
 
-from busbar import admission, ir, lifecycle, resume, tenancy, truncation
+from busbar import admission, conversations, ir, lifecycle, resume, tenancy, truncation
 from busbar.affinity import Pin, affinity_key
 from busbar.background import PENDING, Rerun, unfinished
 from busbar.protocols import expressible
@@ -122,6 +123,7 @@ class Exchange:
         self.stored = True                  # the client lets its answer be kept (Responses `store`)
         self.own_items = 0                  # how many input items the client sent (its turn's own)
         self.previous: str | None = None    # the answer it continues (`previous_response_id`, ADR 0024)
+        self.conversation: str | None = None    # the gateway-kept conversation it takes part in (ADR 0030)
         self.unknown_previous: tuple[str, str, int] | None = None   # (that id, the missing link, its size if dropped)
         self.chain_keys: tuple[str, ...] = ()   # the kept turns it continued: their TTL starts over with its own
         self.recalled = b""                 # what earlier turns and items put back weigh, for routing's estimate
@@ -358,6 +360,9 @@ class Exchange:
         previous = self.client.previous_of(self.obj)
         self.own_items = len(self.client.input_items(self.obj))
         if previous is None:
+            conversation_id = self.client.conversation_of(self.obj)
+            if conversation_id is not None:
+                await self._join_conversation(conversation_id)
             return
         self.previous = previous
         store, scope, shared = self.gw.item_store, self.item_scope, self.gw.shared_items
@@ -410,6 +415,20 @@ class Exchange:
             self._pin_wanted = True
         else:
             self.obj, self.minted_refs = continued, True
+
+    async def _join_conversation(self, conversation_id: str) -> None:
+        """`conversation` naming one the gateway keeps (busbar.conversations, ADR 0030): its
+        items go before this request's own input, for every member (a Responses one too: the
+        vendor never saw it); the turn is appended after the answer (`keep_for_next_turn`)."""
+        found = await conversations.lookup(self.gw, (self.item_scope,), conversation_id)
+        if found is None:
+            raise conversations.not_found(conversation_id, "conversation")
+        scope, header = found
+        items = await conversations.load_items(self.gw, scope, conversation_id, header)
+        self.conversation = conversation_id
+        history = conversations.as_input(items)
+        self.recalled += orjson.dumps(history)
+        self.obj, self.minted_refs = self.client.with_history(self.obj, history), True
 
     async def _pin_previous(self) -> None:
         """The response it continues, when a Responses vendor minted it here (busbar.affinity):
@@ -566,7 +585,10 @@ class Exchange:
         reasoning, written to the cluster too, before the client sees the answer end
         (its next turn may reach another replica); the turns it continued start their
         TTL over there in the same call.  Bounded by the backend's timeout; never fails
-        the answer."""
+        the answer.  In a conversation (ADR 0030), its own input and output items are
+        appended to it when it answered (completed or incomplete), `store` or not."""
+        if self.conversation is not None and shown:
+            await self.append_to_conversation(shown)
         if shown and self.stored:
             output = shown.get("output")
             output = output if isinstance(output, list) else []
@@ -588,6 +610,19 @@ class Exchange:
             with trio.CancelScope(shield=True):
                 await self.gw.shared_reasoning.put_many([e for e in entries if e[1] is not None],
                                                         self.reasoning.ttl_s)
+
+    async def append_to_conversation(self, shown: dict) -> None:
+        """This turn's own input and the output `shown`, at the end of its conversation,
+        when it answered (ADR 0030: a failed response adds nothing)."""
+        if shown.get("status") not in ("completed", "incomplete"):
+            return
+        output = shown.get("output")
+        try:
+            items = conversations.stored_items(self._own_input() + (output if isinstance(output, list) else []))
+        except ClientError:         # an item a conversation cannot hold: the answer still stands
+            return
+        with trio.CancelScope(shield=True):
+            await conversations.append(self.gw, self.item_scope, self.conversation, items)
 
     def _own_input(self) -> list:
         """This request's own input items, as its turn keeps them: references resolved

@@ -44,7 +44,7 @@ from busbar.protocols import PROTOCOLS, get_dialect
 from busbar.protocols.base import JSON_CT
 from busbar.protocols.listing import Listing
 from busbar.protocols.routes import guess_protocol, match_route
-from busbar import stored_responses
+from busbar import conversations, stored_responses
 from busbar.background import Rerun
 from busbar.providers import Provider, build_provider
 from busbar.records import AttemptRecord, RequestRecord
@@ -403,6 +403,10 @@ class Gateway:
         if request.path.startswith((b"/v1/responses/", b"/responses/")) and (
                 await stored_responses.serve(self, request, responder) or
                 (self.background is not None and await self.background.serve_cancel(self, request, responder))):
+            return
+        # the Conversations API, kept here for every member (ADR 0030)
+        if request.path.startswith((b"/v1/conversations", b"/conversations")) and \
+                await conversations.serve(self, request, responder):
             return
         if request.method == b"GET":
             listed = self.listing.answer(request.path, request.headers, request.query)

@@ -62,6 +62,7 @@ VENDOR = b"v"                        # a value's mark: an item (or turn) the ven
 TURN = b"r"                          # a value's mark: a kept response's turn, not an item
 DELETED = b"x"                       # a value's mark: a turn the client deleted (the cluster copy's tombstone)
 AFFINITY = b"a"                      # a value's mark: where a vendor's response lives (busbar.affinity, ADR 0027)
+CONVERSATION = b"c"                  # a value's mark: a conversation's header or chunk (busbar.conversations, ADR 0030)
 # what a turn keeps of the answer object beside its items (GET /v1/responses/{id})
 SHOWN_FIELDS = ("model", "created_at", "status", "incomplete_details", "usage")
 
@@ -82,7 +83,7 @@ def decode(data: bytes) -> tuple[bytes, bool] | None:
     vendor = data[:1] == VENDOR
     if vendor:
         data = data[1:]
-    if data[:1] in (TURN, DELETED, AFFINITY):
+    if data[:1] in (TURN, DELETED, AFFINITY, CONVERSATION):
         return None
     return data, vendor
 

@@ -86,6 +86,8 @@ async def relay_buffered(x: "Exchange", attempt, rec, up, response, t0: float, s
         if x.keep_vendor_items and isinstance(obj, dict) and isinstance(obj.get("output"), list):
             # the vendor's own items and turn, for a next turn that fails over to a member of another protocol
             await x.keep_for_next_turn(obj, None, vendor=True)
+        elif x.conversation is not None and isinstance(obj, dict):     # a gateway-kept conversation (ADR 0030)
+            await x.append_to_conversation(obj)
         if x.cache_lookup is not None:       # the cache keeps the answer's IR
             try:
                 resp_ir = up.parse_response(obj)
@@ -172,7 +174,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     capture = StreamCapture() if x.reasoning is not None and not same and x._ir is not None and x._ir.tools else None
     # translated for a Responses client: its output items are kept once the answer ends (passed
     # through in a mixed pool: the vendor's own items, marked as such)
-    keeping = (x.items is not None or capture is not None) if not same else x.keep_vendor_items
+    keeping = (x.items is not None or capture is not None) if not same else \
+        x.keep_vendor_items or x.conversation is not None
     source = decoder if same else encoder        # who knows the output items
     minted = same and x.items is not None        # a Responses vendor's own id passes: remembered at the commit
     ended = False                                # the answer's stop went by before the commit
@@ -402,7 +405,10 @@ async def _keep(x: "Exchange", source, capture, vendor: bool) -> bool:
     Returns False: done, not again."""
     shown = source.shown_response() if x.items is not None else None
     keys = x.reasoning.keep(capture.parts(), x.client.shown_call_id) if capture is not None else None
-    if shown or keys:
+    if vendor and not x.keep_vendor_items:      # kept only for its conversation (ADR 0030)
+        if shown:
+            await x.append_to_conversation(shown)
+    elif shown or keys:
         await x.keep_for_next_turn(shown, keys, vendor)
     return False
 

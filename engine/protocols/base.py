@@ -500,6 +500,10 @@ class Dialect:
         """The request's own input as the items a kept turn holds."""
         return []
 
+    def conversation_of(self, obj: dict) -> str | None:
+        """The gateway-kept conversation this request takes part in (ADR 0030); None: none."""
+        return None
+
     def with_history(self, obj: dict, history: list) -> dict:
         """`obj` made self-contained: `history` (earlier turns' items) before its own input."""
         return obj

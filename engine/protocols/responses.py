@@ -113,6 +113,9 @@ class ResponsesDialect(OpenAIDialect):
     def input_items(self, obj: dict) -> list:
         return input_items(obj)
 
+    def conversation_of(self, obj: dict) -> str | None:
+        return conversation_of(obj)
+
     def with_history(self, obj: dict, history: list) -> dict:
         return with_history(obj, history)
 
@@ -187,6 +190,20 @@ def previous_of(obj: dict) -> str | None:
     return previous
 
 
+def conversation_of(obj: dict) -> str | None:
+    """The conversation a request takes part in (`conversation`: its id, or `{"id": ...}`;
+    the gateway keeps it, ADR 0030), None without one; a 400 naming the field otherwise."""
+    conv = obj.get("conversation")
+    if conv is None:
+        return None
+    if isinstance(conv, dict):
+        conv = conv.get("id")
+    if not isinstance(conv, str) or not conv:
+        raise ClientError(400, "Invalid 'conversation': must be a conversation id (a string) or an object with its "
+                               "'id'.", param="conversation")
+    return conv
+
+
 def input_items(obj: dict) -> list:
     """The request's `input` as items (a string is one user message, as OpenAI reads it)."""
     inp = obj.get("input")
@@ -197,9 +214,9 @@ def input_items(obj: dict) -> list:
 
 def with_history(obj: dict, history: list) -> dict:
     """`obj` as one self-contained request: the earlier turns' items before its own
-    input, and no `previous_response_id` (its `instructions` stay its own: OpenAI does
+    input, and no `previous_response_id` nor `conversation` (its `instructions` stay its own: OpenAI does
     not carry the earlier ones over)."""
-    out = {k: v for k, v in obj.items() if k != "previous_response_id"}
+    out = {k: v for k, v in obj.items() if k != "previous_response_id" and k != "conversation"}
     out["input"] = history + input_items(obj)
     return out
 
