@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import openai
+import orjson
 import pytest
 
 from busbar.conversations import match, page, stored_items
@@ -14,6 +15,7 @@ from busbar.faults import ClientError
 from busbar.mock import MockVendor
 from busbar.protocols.responses import conversation_of, with_history
 from harness import gateway_with, sdk
+from test_openai_agents_sdk import agents, in_asyncio, vendor_saw, weather_agent  # noqa: F401 (a fixture)
 from test_previous_response import client, conversation, create
 from test_translation_e2e import config_for
 
@@ -164,3 +166,95 @@ async def test_a_failed_response_adds_nothing_to_the_conversation():
             await sdk(lambda: c.responses.create(model="smart", input="hello", conversation=conv.id))
         mock.always = None
         assert await sdk(lambda: list(c.conversations.items.list(conv.id))) == []
+
+
+# ---------------------------------------------------------------------------
+# the OpenAI Agents SDK through a pool whose member speaks Anthropic Messages
+
+
+class Wire:
+    """What the SDK sent the gateway: (method, path, JSON body or None), from an httpx hook."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, str, dict | None]] = []
+
+    async def __call__(self, request) -> None:
+        self.sent.append((request.method, request.url.path, orjson.loads(request.content) if request.content else None))
+
+
+def _agents_client(gw, wire: Wire):
+    return openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0,
+                              http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [wire]}))
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("stream", [False, True], ids=["run", "run_streamed"])
+async def test_agents_runner_with_a_conversation_id(stream, agents):
+    """`Runner.run(conversation_id=...)`: each request names the conversation and carries
+    only what is new (the tool loop's output too); the member gets the whole of it."""
+    mock, wire, tool_calls = MockVendor(use_tools=True), Wire(), []
+    async with gateway_with(config_for("anthropic"), a=mock) as gw:
+        async def script():
+            client = _agents_client(gw, wire)
+            config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True),
+                                      tracing_disabled=True)
+            agent = weather_agent(tool_calls)
+            conv = await client.conversations.create()
+
+            async def run(text):
+                if not stream:
+                    return await agents.Runner.run(agent, text, run_config=config, conversation_id=conv.id)
+                result = agents.Runner.run_streamed(agent, text, run_config=config, conversation_id=conv.id)
+                async for _ in result.stream_events():
+                    pass
+                return result
+
+            first = await run("Weather in Paris?")
+            second = await run("And in Lyon?")
+            items = [i async for i in client.conversations.items.list(conv.id, order="asc")]
+            return conv, first, second, items
+
+        conv, first, second, items = await in_asyncio(script)
+    assert first.final_output == second.final_output == "tool said: sunny in Paris"
+    posts = [body for method, path, body in wire.sent if path == "/v1/responses"]
+    assert len(posts) == 4 and all(b["conversation"] == conv.id for b in posts)
+    assert [[i.get("type", "message") for i in b["input"]] for b in posts] == [
+        ["message"], ["function_call_output"], ["message"], ["function_call_output"]]
+    sent = vendor_saw(mock, "anthropic")
+    _, turns = conversation(sent[3])
+    assert turns == [("user", "Weather in Paris?"), ("assistant", "call:get_weather"), ("user", "result:sunny in Paris"),
+                     ("assistant", "tool said: sunny in Paris"),
+                     ("user", "And in Lyon?"), ("assistant", "call:get_weather"), ("user", "result:sunny in Paris")]
+    assert [i.type for i in items] == ["message", "function_call", "function_call_output", "message"] * 2
+
+
+@pytest.mark.sdk
+async def test_agents_openai_conversations_session(agents):
+    """`OpenAIConversationsSession`: the SDK creates the conversation, reads its items
+    before each run and adds the run's items after; the member sees the first run on the second."""
+    mock, wire, tool_calls = MockVendor(use_tools=True), Wire(), []
+    async with gateway_with(config_for("anthropic"), a=mock) as gw:
+        async def script():
+            client = _agents_client(gw, wire)
+            config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True),
+                                      tracing_disabled=True)
+            agent = weather_agent(tool_calls)
+            session = agents.OpenAIConversationsSession(openai_client=client)
+            first = await agents.Runner.run(agent, "Weather in Paris?", run_config=config, session=session)
+            second = await agents.Runner.run(agent, "Thanks!", run_config=config, session=session)
+            return session.session_id, first, second, await session.get_items()
+
+        conv_id, first, second, kept = await in_asyncio(script)
+    posts = [body for method, path, body in wire.sent if path == "/v1/responses"]
+    resent = posts[2]["input"]                  # the second run: the items the SDK listed back, with their ids
+    assert resent[0]["content"][0]["text"] == "Weather in Paris?" and resent[0]["id"].startswith("msg_")
+    assert conv_id.startswith("conv_")
+    assert any(method == "POST" and path == "/v1/conversations" for method, path, _ in wire.sent)
+    assert first.final_output == second.final_output == "tool said: sunny in Paris"
+    sent = vendor_saw(mock, "anthropic")
+    _, turns = conversation(sent[3])
+    assert turns[:5] == [("user", "Weather in Paris?"), ("assistant", "call:get_weather"),
+                         ("user", "result:sunny in Paris"), ("assistant", "tool said: sunny in Paris"),
+                         ("user", "Thanks!")]
+    roles = [i.get("role") for i in kept if i.get("type", "message") == "message"]
+    assert roles[:2] == ["user", "assistant"] and roles.count("user") >= 2

@@ -49,7 +49,8 @@ CASES = [
     ("responses", {"model": "m", "input": [{"role": "user", "content": [
         {"type": "input_text", "text": "a"}, {"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}]}]},
      "anthropic", "input[0].content[1].input_audio"),
-    # server-side state the gateway does not emulate (`previous_response_id` is: ADR 0024)
+    # server-side state reaching translation unexpanded (the gateway puts back the turns and conversations
+    # it keeps before this: ADR 0024, 0030)
     ("responses", {"model": "m", "input": "hi", "conversation": "conv_1"}, "anthropic", "conversation"),
     ("responses", {"model": "m", "input": "hi", "tools": [
         {"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": "a", "parameters": {}},
