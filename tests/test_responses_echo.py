@@ -49,8 +49,8 @@ def assert_echoes(obj, want: dict) -> None:
 def test_the_echo_of_a_request_that_set_nothing_is_openais_defaults():
     echo = echoed({"model": "m", "input": "hi"})
     assert echo == {
-        "background": False, "instructions": None, "max_output_tokens": None, "max_tool_calls": None,
-        "metadata": {}, "parallel_tool_calls": True, "previous_response_id": None, "prompt_cache_key": None,
+        "background": False, "conversation": None, "instructions": None, "max_output_tokens": None,
+        "max_tool_calls": None, "metadata": {}, "parallel_tool_calls": True, "previous_response_id": None, "prompt_cache_key": None,
         "prompt_cache_retention": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
         "service_tier": "auto", "store": True, "temperature": 1.0, "text": {"format": {"type": "text"}},
         "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled", "user": None}
@@ -67,6 +67,7 @@ def test_the_echo_carries_what_was_sent_and_fills_nested_defaults():
     assert echo["instructions"] == SENT["instructions"] and echo["tools"] == SENT["tools"]
     assert echo["previous_response_id"] == "resp_1" and echo["store"] is False and echo["background"] is True
     assert echo["temperature"] == 0                       # a zero is what was sent, not the default
+    assert echoed({"conversation": "conv_1"})["conversation"] == {"id": "conv_1"}     # either form, as an object
     assert echo["reasoning"] == {"effort": "low", "summary": None}
     assert echo["text"] == {"format": {"type": "text"}, "verbosity": "low"}
     assert echoed({"temperature": None})["temperature"] == 1.0     # an explicit null: the default

@@ -130,11 +130,12 @@ class ResponsesDialect(OpenAIDialect):
 # each with what OpenAI's answers show when the request omitted it (its response.created /
 # response.completed objects); `reasoning` and `text` are shown with their defaults filled in.
 ECHO_DEFAULTS = {
-    "background": False, "instructions": None, "max_output_tokens": None, "max_tool_calls": None,
-    "metadata": {}, "parallel_tool_calls": True, "previous_response_id": None, "prompt_cache_key": None,
-    "prompt_cache_retention": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
-    "service_tier": "auto", "store": True, "temperature": 1.0, "text": {"format": {"type": "text"}},
-    "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled", "user": None}
+    "background": False, "conversation": None, "instructions": None, "max_output_tokens": None,
+    "max_tool_calls": None, "metadata": {}, "parallel_tool_calls": True, "previous_response_id": None,
+    "prompt_cache_key": None, "prompt_cache_retention": None, "reasoning": {"effort": None, "summary": None},
+    "safety_identifier": None, "service_tier": "auto", "store": True, "temperature": 1.0,
+    "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0,
+    "truncation": "disabled", "user": None}
 _SCALARS = {k: d for k, d in ECHO_DEFAULTS.items() if type(d) is not dict and type(d) is not list}
 _ECHOED = frozenset(ECHO_DEFAULTS)
 # echoed fields a kept turn holds elsewhere: its `previous` link, `shown.background`; a kept turn is stored
@@ -157,6 +158,8 @@ def echoed(sent: dict) -> dict:
             continue
         if (key == "reasoning" or key == "text") and type(value) is dict:
             value = {**echo[key], **value}           # shown with its defaults filled in
+        elif key == "conversation":                  # shown as `{"id": ...}`, whichever form was sent
+            value = {"id": value} if type(value) is str else value
         echo[key] = value
     return echo
 
