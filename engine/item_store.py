@@ -30,6 +30,9 @@ created_at, status, incomplete_details, usage, and each output item's id and sta
 and every replica hears of it (`busbar.state.shared.ResponseDeletions`: `forget`, and the
 copies held through a reconnect that may have missed one are `doubtful` until checked).
 
+Conversations (the Conversations API, ADR 0030: `busbar.conversations`) live here too, under
+`<scope>/conversation/<id>`: a small header and one immutable chunk per addition (`CONVERSATION`).
+
 Keys are scoped by the caller (its gateway key id, `-` without keys), so one key cannot
 read another's items by id.  Values are the JSON bytes behind a mark (`VENDOR`, `TURN`):
 what the bounds count and what the cluster backend shares (`busbar.state.shared.SharedEntries`).
