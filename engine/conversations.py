@@ -17,6 +17,7 @@ Every use (a listing, a response) starts the TTL of the header and its chunks ov
 """
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -34,7 +35,11 @@ from busbar.server import HttpRequest
 if TYPE_CHECKING:
     from busbar.gateway import Gateway
 
+log = logging.getLogger("busbar.conversations")
+UNGUARDED = object()                 # `save` without a compare: a new conversation
+
 MAX_CREATE_ITEMS = 20                # OpenAI's limit on `items` per create / add call
+MAX_RACES = 8                        # re-reads of a header another call changed meanwhile (then a 409)
 MAX_CHUNKS = 10_000                  # calls that may add to one conversation (a guard; the bytes bound the rest)
 MAX_METADATA = 16
 MAX_LIMIT, DEFAULT_LIMIT = 100, 20
@@ -172,13 +177,15 @@ def _decode(data: bytes | None):
 # the store (this replica's copy, then the cluster's)
 
 
-async def lookup(gw: "Gateway", scopes: tuple[str, ...], conversation_id: str) -> tuple[str, dict] | None:
-    """(scope, header) of a kept conversation; with the cluster copy on, its header is read
-    there every time (another replica may have added to it, or deleted it)."""
+async def lookup(gw: "Gateway", scopes: tuple[str, ...], conversation_id: str) -> tuple[str, dict, bytes | None] | None:
+    """(scope, header, seen) of a kept conversation; with the cluster copy on, its header is
+    read there every time (another replica may have added to it, or deleted it), and `seen`
+    is the bytes Redis held (None: none), which a change writes over only if still there."""
     store, shared = gw.item_store, gw.shared_items
     for scope in scopes:
         key = header_key(scope, conversation_id)
         data = store.get(key)
+        remote = None
         if shared is not None:
             remote = (await shared.get_many([key])).get(key)
             if remote is not None:
@@ -186,7 +193,7 @@ async def lookup(gw: "Gateway", scopes: tuple[str, ...], conversation_id: str) -
                 data = remote
         header = _decode(data)
         if isinstance(header, dict):
-            return scope, header
+            return scope, header, remote
     return None
 
 
@@ -218,9 +225,11 @@ async def load_items(gw: "Gateway", scope: str, conversation_id: str, header: di
 
 
 async def save(gw: "Gateway", scope: str, conversation_id: str, header: dict, added: list[dict] | None = None,
-               replaced: tuple[int, list[dict]] | None = None) -> dict:
+               replaced: tuple[int, list[dict]] | None = None, seen: bytes | None | object = UNGUARDED) -> dict | None:
     """Write the header, with one new chunk of `added` items (or the chunk `replaced`
-    names written again under a new number); returns the header written."""
+    names written again under a new number); returns the header written.  With `seen` (the
+    header's bytes `lookup` found in the cluster copy) the write is done only if Redis still
+    holds them, else None and nothing is written (`update` reads again)."""
     store = gw.item_store
     header = dict(header)
     chunks = list(header.get("chunks", ()))
@@ -247,13 +256,40 @@ async def save(gw: "Gateway", scope: str, conversation_id: str, header: dict, ad
             entries.append((chunk_key(scope, conversation_id, n), data))
             header["next"] = n + 1
     header["chunks"] = chunks
-    entries.append((header_key(scope, conversation_id), CONVERSATION + orjson.dumps(header)))
+    head = header_key(scope, conversation_id)
+    entries.append((head, CONVERSATION + orjson.dumps(header)))
+    shared = gw.shared_items
+    if shared is not None:
+        touch = tuple(chunk_key(scope, conversation_id, c) for c in chunks)
+        if seen is UNGUARDED:
+            await shared.put_many(entries, store.ttl_s, touch)
+        elif await shared.put_many_if(head, seen, entries, store.ttl_s, touch) is False:
+            return None         # another call changed it since `seen` (Redis away: this replica's copy, as before)
     for key, data in entries:
         store.put(key, data)
-    if gw.shared_items is not None:
-        await gw.shared_items.put_many(entries, store.ttl_s,
-                                       tuple(chunk_key(scope, conversation_id, c) for c in chunks))
     return header
+
+
+async def update(gw: "Gateway", scope: str, conversation_id: str, header: dict, seen: bytes | None,
+                 edit) -> dict:
+    """`edit(header)` (the header to write and `save`'s `added`/`replaced`; None: nothing to
+    change) written over the header read; when another call changed it in the cluster copy
+    meanwhile (two appends at once through two replicas), read again and edited again, so
+    both land.  Without the cluster copy nothing awaits between the read and the write."""
+    for _ in range(MAX_RACES):
+        change = edit(header)
+        if change is None:
+            return header
+        new_header, kw = change
+        written = await save(gw, scope, conversation_id, new_header, seen=seen, **kw)
+        if written is not None:
+            return written
+        found = await lookup(gw, (scope,), conversation_id)
+        if found is None:
+            raise not_found(conversation_id)
+        _, header, seen = found
+    raise ClientError(409, f"Conversation '{conversation_id}' is being changed by other requests at the same "
+                           "time; retry.", "conflict")
 
 
 async def append(gw: "Gateway", scope: str, conversation_id: str, items: list[dict]) -> None:
@@ -262,7 +298,10 @@ async def append(gw: "Gateway", scope: str, conversation_id: str, items: list[di
     found = await lookup(gw, (scope,), conversation_id)
     if found is None or not items:
         return
-    await save(gw, scope, conversation_id, found[1], added=items)
+    try:
+        await update(gw, scope, conversation_id, found[1], found[2], lambda header: (header, {"added": items}))
+    except ClientError as err:          # the answer was shown: its turn is not kept, and the log says why
+        log.warning("conversation %s: a response's items were not added: %s", conversation_id, err.message)
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +369,7 @@ async def _answer(gw: "Gateway", request: HttpRequest, conversation_id: str | No
     found = await lookup(gw, allowed, conversation_id)
     if found is None:
         raise not_found(conversation_id)
-    scope, header = found
+    scope, header, seen = found
     query = parse_qs(request.query.decode("latin-1"), keep_blank_values=True)
     if not listing:
         if request.method == b"GET":
@@ -339,7 +378,9 @@ async def _answer(gw: "Gateway", request: HttpRequest, conversation_id: str | No
             obj = _body(request)
             if "metadata" not in obj:
                 raise ClientError(400, "Missing required parameter: 'metadata'.", param="metadata")
-            header = await save(gw, scope, conversation_id, {**header, "metadata": checked_metadata(obj["metadata"])})
+            metadata = checked_metadata(obj["metadata"])
+            header = await update(gw, scope, conversation_id, header, seen,
+                                  lambda header: ({**header, "metadata": metadata}, {}))
             return 200, conversation_object(conversation_id, header)
         keys = [header_key(scope, conversation_id)] + [chunk_key(scope, conversation_id, n)
                                                        for n in header.get("chunks", ())]
@@ -350,7 +391,7 @@ async def _answer(gw: "Gateway", request: HttpRequest, conversation_id: str | No
     if item_id is None:
         if request.method == b"POST":                        # add items
             items = stored_items(_items_of(_body(request), True))
-            await save(gw, scope, conversation_id, header, added=items)
+            await update(gw, scope, conversation_id, header, seen, lambda header: (header, {"added": items}))
             return 200, item_list(items)
         return 200, page(await load_items(gw, scope, conversation_id, header), query, conversation_id)
     if request.method == b"POST":
@@ -362,11 +403,13 @@ async def _answer(gw: "Gateway", request: HttpRequest, conversation_id: str | No
                           "invalid_request")
     if request.method == b"GET":
         return 200, item
-    # DELETE: the chunk that holds it written again without it
-    for n in header.get("chunks", ()):
-        chunk = _decode(gw.item_store.get(chunk_key(scope, conversation_id, n)))
-        if isinstance(chunk, list) and any(i.get("id") == item_id for i in chunk):
-            header = await save(gw, scope, conversation_id, header,
-                                replaced=(n, [i for i in chunk if i.get("id") != item_id]))
-            break
+    # DELETE: the chunk that holds it written again without it (chunks are immutable, and
+    # `load_items` just brought every one of them here)
+    def without_item(header: dict):
+        for n in header.get("chunks", ()):
+            chunk = _decode(gw.item_store.get(chunk_key(scope, conversation_id, n)))
+            if isinstance(chunk, list) and any(i.get("id") == item_id for i in chunk):
+                return header, {"replaced": (n, [i for i in chunk if i.get("id") != item_id])}
+        return None
+    header = await update(gw, scope, conversation_id, header, seen, without_item)
     return 200, conversation_object(conversation_id, header)

@@ -423,7 +423,7 @@ class Exchange:
         found = await conversations.lookup(self.gw, (self.item_scope,), conversation_id)
         if found is None:
             raise conversations.not_found(conversation_id, "conversation")
-        scope, header = found
+        scope, header, _ = found
         items = await conversations.load_items(self.gw, scope, conversation_id, header)
         self.conversation = conversation_id
         history = conversations.as_input(items)

@@ -35,3 +35,26 @@ async def test_a_conversation_made_on_one_replica_goes_on_and_ends_on_the_other(
             await sdk(lambda: client(a).conversations.retrieve(conv.id))
         with pytest.raises(openai.NotFoundError):
             await sdk(lambda: client(a).responses.create(model="smart", input="hi", conversation=conv.id))
+
+
+async def test_additions_at_once_through_both_replicas_all_land(tmp_path, redis_server):
+    """Each addition reads the header, then writes it with its chunk: twelve at once through
+    two replicas (each read an await on Redis) would overwrite one another's chunks without
+    the guarded write; with it every one lands, each once, and the metadata update too."""
+    import trio
+    async with two_replicas(tmp_path, redis_server.url, "conversations", reply="Noted.") as (vendor, (a, b)):
+        conv = await sdk(lambda: client(a).conversations.create())
+        clients = {a: client(a), b: client(b)}
+
+        async def add(n: int) -> None:
+            c = clients[a if n % 2 else b]
+            await sdk(lambda: c.conversations.items.create(
+                conv.id, items=[{"type": "message", "role": "user", "content": f"note {n}"}]))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(12):
+                nursery.start_soon(add, n)
+            nursery.start_soon(lambda: sdk(lambda: clients[b].conversations.update(conv.id, metadata={"k": "v"})))
+        items = await sdk(lambda: list(client(a).conversations.items.list(conv.id, order="asc", limit=100)))
+        assert sorted(i.content[0].text for i in items) == sorted(f"note {n}" for n in range(12))
+        assert (await sdk(lambda: client(b).conversations.retrieve(conv.id))).metadata == {"k": "v"}

@@ -42,6 +42,22 @@ for i = n + 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 return n
 """
 
+# PUT_LUA guarded by one key's value (a conversation's header, ADR 0030): KEYS the guard, the
+# entries, then the ones whose expiry starts over; ARGV '1' and the value the guard must still
+# hold ('0' and '': it must be absent), the entries' values, the ttl in ms.  0: the guard had
+# changed, nothing written.
+PUT_IF_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if cur ~= ARGV[2] then return 0 end
+elseif cur then return 0 end
+local ttl = ARGV[#ARGV]
+local n = #ARGV - 3
+for i = 1, n do redis.call('SET', KEYS[i + 1], ARGV[i + 2], 'PX', ttl) end
+for i = n + 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+return 1
+"""
+
 # KEYS the deletions counter, then the entries marked gone (a deleted response's turn and its
 # items: a mark, not a DEL, so a replica checking a copy it doubts tells "deleted" from "never
 # shared"); ARGV the mark, the ttl in ms, the channel, the deletion (`deletion_message`).  Every
@@ -142,6 +158,25 @@ class SharedEntries:
         self._available()
         self.put_total += len(entries)
         return True
+
+    async def put_many_if(self, guard: str, expected: bytes | None, entries: list[tuple[str, bytes]], ttl_s: float,
+                          touch: tuple[str, ...] = ()) -> bool | None:
+        """`put_many`, done only if `guard` still holds `expected` (None: is absent), in one
+        script: True written, False the guard had changed (nothing written), None Redis
+        unavailable."""
+        keys = (self._base + guard,) + tuple(self._base + key for key, _ in entries) + \
+            tuple(self._base + key for key in touch)
+        try:
+            done = await self.state.run_script(PUT_IF_LUA, keys, b"1" if expected is not None else b"0",
+                                               expected or b"", *(value for _, value in entries),
+                                               max(1, int(ttl_s * 1000)))
+        except (RedisUnavailable, RespError) as error:
+            self._unavailable(error)
+            return None
+        self._available()
+        if done:
+            self.put_total += len(entries)
+        return bool(done)
 
     async def drop(self, keys: tuple[str, ...], mark: bytes, ttl_s: float, message: bytes) -> bool:
         """Replace each of `keys`' values by `mark` (for `ttl_s`), count one deletion and
