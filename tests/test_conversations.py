@@ -28,6 +28,56 @@ def _keys() -> dict:
 # pure
 
 
+class _RacingRedis:
+    """A cluster copy whose header another replica changes before every guarded write:
+    `others` more times (then the write goes through)."""
+
+    def __init__(self, others: int):
+        self.others, self.header = others, None
+        self.guarded = 0
+
+    async def get_many(self, keys):
+        return {k: self.header for k in keys if self.header is not None}
+
+    async def put_many(self, entries, ttl_s, touch=()):
+        if entries:                 # a new conversation's header (a touch writes nothing)
+            self.header = entries[-1][1]
+        return True
+
+    async def put_many_if(self, guard, expected, entries, ttl_s, touch=()):
+        self.guarded += 1
+        if self.others:
+            self.others -= 1        # another replica's addition landed first: a new header
+            self.header = self.header[:-1] + b' }' if self.header else None
+            return False
+        assert expected == self.header
+        self.header = entries[-1][1]
+        return True
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("others", [0, 3, 8])
+async def test_a_change_raced_by_another_is_read_and_applied_again_then_a_409(others):
+    from types import SimpleNamespace
+
+    from busbar import conversations as conv
+    from busbar.item_store import ItemStore
+    redis = _RacingRedis(others)
+    gw = SimpleNamespace(item_store=ItemStore(), shared_items=redis)
+    await conv.save(gw, "s", "conv_1", {"created_at": 1, "metadata": {}, "chunks": [], "next": 0})
+    scope, header, seen = await conv.lookup(gw, ("s",), "conv_1")
+    note = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}], "id": "msg_1"}]
+    if others >= conv.MAX_RACES:
+        with pytest.raises(ClientError) as exc:
+            await conv.update(gw, scope, "conv_1", header, seen, lambda h: (h, {"added": note}))
+        assert exc.value.status == 409 and redis.guarded == conv.MAX_RACES
+        return
+    written = await conv.update(gw, scope, "conv_1", header, seen, lambda h: (h, {"added": note}))
+    assert written["chunks"] == [0] and redis.guarded == others + 1
+    _, header, _ = await conv.lookup(gw, ("s",), "conv_1")
+    assert await conv.load_items(gw, "s", "conv_1", header) == note
+
+
 @pytest.mark.pure
 def test_paths_ids_and_pages():
     assert match(b"/v1/conversations") == (None, None, False)
