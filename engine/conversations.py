@@ -29,7 +29,7 @@ import orjson
 from busbar.faults import ClientError
 from busbar.item_store import CONVERSATION, DELETED
 from busbar.protocols.base import JSON_CT
-from busbar.protocols.responses import conversation_of, dialect as responses  # noqa: F401 (conversation_of: here too)
+from busbar.protocols.responses import conversation_of, dialect as responses, item_list, list_page  # noqa: F401 (conversation_of: here too)
 from busbar.server import HttpRequest
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ MAX_CREATE_ITEMS = 20                # OpenAI's limit on `items` per create / ad
 MAX_RACES = 8                        # re-reads of a header another call changed meanwhile (then a 409)
 MAX_CHUNKS = 10_000                  # calls that may add to one conversation (a guard; the bytes bound the rest)
 MAX_METADATA = 16
-MAX_LIMIT, DEFAULT_LIMIT = 100, 20
 _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 _INPUT_ROLES = frozenset({"user", "system", "developer"})
 _BOOKKEEPING = ("id", "status")
@@ -108,34 +107,8 @@ def as_input(items: list[dict]) -> list[dict]:
 
 
 def page(items: list[dict], query: dict[str, list[str]], conversation_id: str) -> dict:
-    """One page of a conversation's items: `order` (desc by default, as openai-python
-    documents), `limit` (1..100, 20), `after` (an item id of this conversation)."""
-    order = _one(query, "order") or "desc"
-    if order not in ("asc", "desc"):
-        raise ClientError(400, f"Invalid 'order': '{order}'. Expected 'asc' or 'desc'.", param="order")
-    raw = _one(query, "limit")
-    try:
-        limit = DEFAULT_LIMIT if raw is None else int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ClientError(400, f"Invalid 'limit': '{raw}'. Expected an integer from 1 to {MAX_LIMIT}.",
-                          param="limit")
-    if order == "desc":
-        items = items[::-1]
-    after = _one(query, "after")
-    if after is not None:
-        at = next((i for i, item in enumerate(items) if item.get("id") == after), None)
-        if at is None:
-            raise ClientError(400, f"Invalid 'after': no item '{after}' in conversation '{conversation_id}'.",
-                              param="after")
-        items = items[at + 1:]
-    return item_list(items[:limit], len(items) > limit)
-
-
-def item_list(data: list[dict], has_more: bool = False) -> dict:
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    """One page of a conversation's items (`order`, `limit`, `after`: `list_page`)."""
+    return list_page(items, query, f"item '{{after}}' in conversation '{conversation_id}'")
 
 
 def conversation_object(conversation_id: str, header: dict) -> dict:
@@ -152,11 +125,6 @@ def checked_metadata(metadata) -> dict:
         raise ClientError(400, "Invalid 'metadata': must be an object of up to 16 string pairs, keys up to 64 and "
                                "values up to 512 characters.", param="metadata")
     return metadata
-
-
-def _one(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
 
 
 def not_found(conversation_id: str, param: str | None = None) -> ClientError:

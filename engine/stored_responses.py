@@ -32,7 +32,7 @@ from busbar.background import effective, pending
 from busbar.faults import ClientError
 from busbar.item_store import DELETED, Turn, decode_turn, deleted, key_of, turn_key
 from busbar.protocols.base import JSON_CT
-from busbar.protocols.responses import dialect as responses, echo_shown
+from busbar.protocols.responses import dialect as responses, echo_shown, list_page
 from busbar.protocols.routes import match_stored_response
 from busbar.server import HttpRequest
 from busbar.upstream import SlotTimeout, UpstreamError
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from busbar.gateway import Gateway
 
 MAX_FORWARDED_BODY = 64 * 1024 * 1024
-MAX_LIMIT = 100
-DEFAULT_LIMIT = 20
 _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 _INPUT_ROLES = frozenset({"user", "system", "developer"})
 
@@ -96,32 +94,8 @@ def input_items(response_id: str, turn: Turn) -> list[dict]:
 
 
 def input_item_list(response_id: str, turn: Turn, query: dict[str, list[str]]) -> dict:
-    """One page of `input_items`: `order` (desc by default, as openai-python documents),
-    `limit` (1..100, 20), `after` (an item id of this list)."""
-    order = _one(query, "order") or "desc"
-    if order not in ("asc", "desc"):
-        raise ClientError(400, f"Invalid 'order': '{order}'. Expected 'asc' or 'desc'.", param="order")
-    raw = _one(query, "limit")
-    try:
-        limit = DEFAULT_LIMIT if raw is None else int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ClientError(400, f"Invalid 'limit': '{raw}'. Expected an integer from 1 to {MAX_LIMIT}.",
-                          param="limit")
-    items = input_items(response_id, turn)
-    if order == "desc":
-        items.reverse()
-    after = _one(query, "after")
-    if after is not None:
-        at = next((i for i, item in enumerate(items) if item["id"] == after), None)
-        if at is None:
-            raise ClientError(400, f"Invalid 'after': no input item '{after}' in response '{response_id}'.",
-                              param="after")
-        items = items[at + 1:]
-    page = items[:limit]
-    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+    """One page of `input_items` (`order`, `limit`, `after`: `list_page`)."""
+    return list_page(input_items(response_id, turn), query, f"input item '{{after}}' in response '{response_id}'")
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:

@@ -207,6 +207,43 @@ def conversation_of(obj: dict) -> str | None:
     return conv
 
 
+LIST_LIMIT, LIST_DEFAULT_LIMIT = 100, 20      # OpenAI's bounds on a list page's `limit`
+
+
+def list_page(items: list[dict], query: dict[str, list[str]], missing: str) -> dict:
+    """One page of an OpenAI item list (a response's `input_items`, a conversation's items):
+    `order` (desc by default, as openai-python documents), `limit` (1..100, 20), `after` (an
+    item id of this list; `missing` says of which, in the 400 when it is not there)."""
+    def one(name: str) -> str | None:
+        values = query.get(name)
+        return values[-1] if values else None
+    order = one("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise ClientError(400, f"Invalid 'order': '{order}'. Expected 'asc' or 'desc'.", param="order")
+    raw = one("limit")
+    try:
+        limit = LIST_DEFAULT_LIMIT if raw is None else int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= LIST_LIMIT:
+        raise ClientError(400, f"Invalid 'limit': '{raw}'. Expected an integer from 1 to {LIST_LIMIT}.",
+                          param="limit")
+    if order == "desc":
+        items = items[::-1]
+    after = one("after")
+    if after is not None:
+        at = next((i for i, item in enumerate(items) if item.get("id") == after), None)
+        if at is None:
+            raise ClientError(400, f"Invalid 'after': no {missing.format(after=after)}.", param="after")
+        items = items[at + 1:]
+    return item_list(items[:limit], len(items) > limit)
+
+
+def item_list(data: list[dict], has_more: bool = False) -> dict:
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+
+
 def input_items(obj: dict) -> list:
     """The request's `input` as items (a string is one user message, as OpenAI reads it)."""
     inp = obj.get("input")
