@@ -235,9 +235,14 @@ class Wire:
         self.sent.append((request.method, request.url.path, orjson.loads(request.content) if request.content else None))
 
 
-def _agents_client(gw, wire: Wire):
-    return openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0,
-                              http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [wire]}))
+def _agents_setup(agents, gw, wire: Wire, tool_calls: list):
+    """The Agents SDK's client on the gateway (its requests seen by `wire`), a run config on
+    the Responses API and the weather agent."""
+    client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0,
+                                http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [wire]}))
+    config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True),
+                              tracing_disabled=True)
+    return client, config, weather_agent(tool_calls)
 
 
 @pytest.mark.sdk
@@ -248,10 +253,7 @@ async def test_agents_runner_with_a_conversation_id(stream, agents):
     mock, wire, tool_calls = MockVendor(use_tools=True), Wire(), []
     async with gateway_with(config_for("anthropic"), a=mock) as gw:
         async def script():
-            client = _agents_client(gw, wire)
-            config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True),
-                                      tracing_disabled=True)
-            agent = weather_agent(tool_calls)
+            client, config, agent = _agents_setup(agents, gw, wire, tool_calls)
             conv = await client.conversations.create()
 
             async def run(text):
@@ -288,10 +290,7 @@ async def test_agents_openai_conversations_session(agents):
     mock, wire, tool_calls = MockVendor(use_tools=True), Wire(), []
     async with gateway_with(config_for("anthropic"), a=mock) as gw:
         async def script():
-            client = _agents_client(gw, wire)
-            config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True),
-                                      tracing_disabled=True)
-            agent = weather_agent(tool_calls)
+            client, config, agent = _agents_setup(agents, gw, wire, tool_calls)
             session = agents.OpenAIConversationsSession(openai_client=client)
             first = await agents.Runner.run(agent, "Weather in Paris?", run_config=config, session=session)
             second = await agents.Runner.run(agent, "Thanks!", run_config=config, session=session)

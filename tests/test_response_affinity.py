@@ -15,6 +15,7 @@ from busbar.item_store import decode as decode_item, decode_turn
 from busbar.mock import MockVendor
 from busbar.routing import Exhausted, Needs, Pinned, Router
 from harness import gateway_with, sdk
+from test_previous_response import client, create
 
 KEYS = ["sk-project-a", "sk-project-b"]
 
@@ -29,17 +30,6 @@ def two_projects(auth: bool = False, extra_member: dict | None = None) -> dict:
     if auth:
         config["auth"] = {"keys": [{"key": "sk-alice-key", "id": "alice"}, {"key": "sk-bob-key", "id": "bob"}]}
     return config
-
-
-def client(gw, key: str = "k") -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
-
-
-def create(c: openai.OpenAI, stream: bool, **kw):
-    if not stream:
-        return c.responses.create(model="smart", **kw)
-    with c.responses.stream(model="smart", **kw) as events:
-        return events.get_final_response()
 
 
 def posts(vendor: MockVendor) -> list[dict]:
