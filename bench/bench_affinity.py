@@ -6,11 +6,7 @@ Medians of 5 runs x N, µs per call.
 Usage: python bench/bench_affinity.py [N]      (the Redis row needs redis-server on PATH)
 """
 import random
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from types import SimpleNamespace
 
@@ -24,6 +20,7 @@ from busbar.state.redis import RedisState
 from busbar.state.shared import SharedEntries
 
 import microbench  # bench/microbench.py: the shared timing loop
+from redis_proc import redis_server
 
 
 def run_sync(coro):
@@ -102,30 +99,10 @@ async def microbench_async(label, op, n):
           f"median of 5 x {n})")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     main(n)
-    exe = shutil.which("redis-server")
-    if exe is None:
-        sys.exit("(redis-server not installed: no cluster rows)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as d:
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                 "--dir", d], stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            trio.run(redis_rows, port, max(1, n // 10))
-        finally:
-            proc.kill()
-            proc.wait()
+    with redis_server() as port:
+        if port is None:
+            sys.exit("(redis-server not installed: no cluster rows)")
+        trio.run(redis_rows, port, max(1, n // 10))

@@ -7,12 +7,8 @@ Medians of 5 runs x N, µs per call (wall; the Redis rows also CPU).
 
 Usage: python bench/bench_item_store.py [N]      (the Redis rows need redis-server on PATH)
 """
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import orjson
@@ -27,6 +23,7 @@ from busbar.state.shared import PendingDeletions, ResponseDeletions, SharedEntri
 from busbar.stored_responses import response_object
 
 import microbench  # bench/microbench.py: the shared timing loop
+from redis_proc import redis_server
 
 
 
@@ -185,30 +182,10 @@ async def redis_rows(port: int, n: int) -> None:
     print(f"  (pending after it: {len(away.pending)}: one response deleted over and over is one entry)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     main(n)
-    exe = shutil.which("redis-server")
-    if exe is None:
-        sys.exit("(redis-server not installed: no cluster rows)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as d:
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                 "--dir", d], stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            trio.run(redis_rows, port, max(1, n // 10))
-        finally:
-            proc.kill()
-            proc.wait()
+    with redis_server() as port:
+        if port is None:
+            sys.exit("(redis-server not installed: no cluster rows)")
+        trio.run(redis_rows, port, max(1, n // 10))
