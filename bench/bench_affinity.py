@@ -6,7 +6,6 @@ Medians of 5 runs x N, µs per call.
 Usage: python bench/bench_affinity.py [N]      (the Redis row needs redis-server on PATH)
 """
 import random
-import sys
 import time
 from types import SimpleNamespace
 
@@ -20,7 +19,7 @@ from busbar.state.redis import RedisState
 from busbar.state.shared import SharedEntries
 
 import microbench  # bench/microbench.py: the shared timing loop
-from redis_proc import redis_server
+import redis_proc  # bench/redis_proc.py: a redis-server for the cluster rows
 
 
 def run_sync(coro):
@@ -100,9 +99,4 @@ async def microbench_async(label, op, n):
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-    main(n)
-    with redis_server() as port:
-        if port is None:
-            sys.exit("(redis-server not installed: no cluster rows)")
-        trio.run(redis_rows, port, max(1, n // 10))
+    redis_proc.run(main, redis_rows)

@@ -8,7 +8,6 @@ Medians of 5 runs x N, µs per call (wall; the Redis rows also CPU).
 Usage: python bench/bench_item_store.py [N]      (the Redis rows need redis-server on PATH)
 """
 import statistics
-import sys
 import time
 
 import orjson
@@ -23,7 +22,7 @@ from busbar.state.shared import PendingDeletions, ResponseDeletions, SharedEntri
 from busbar.stored_responses import response_object
 
 import microbench  # bench/microbench.py: the shared timing loop
-from redis_proc import redis_server
+import redis_proc  # bench/redis_proc.py: a redis-server for the cluster rows
 
 
 
@@ -183,9 +182,4 @@ async def redis_rows(port: int, n: int) -> None:
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-    main(n)
-    with redis_server() as port:
-        if port is None:
-            sys.exit("(redis-server not installed: no cluster rows)")
-        trio.run(redis_rows, port, max(1, n // 10))
+    redis_proc.run(main, redis_rows)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import shutil
 import socket
 import subprocess
@@ -38,3 +39,15 @@ def redis_server():
         finally:
             proc.kill()
             proc.wait()
+
+
+def run(main, redis_rows, default_n: int = 20000) -> None:
+    """A bench's entry point: `main(n)` in process, then `redis_rows(port, n // 10)` under
+    trio against a redis-server started here (`n` from argv)."""
+    import trio
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else default_n
+    main(n)
+    with redis_server() as port:
+        if port is None:
+            sys.exit("(redis-server not installed: no cluster rows)")
+        trio.run(redis_rows, port, max(1, n // 10))
