@@ -29,7 +29,8 @@ import orjson
 from busbar.faults import ClientError
 from busbar.item_store import CONVERSATION, DELETED
 from busbar.protocols.base import JSON_CT
-from busbar.protocols.responses import conversation_of, dialect as responses, item_list, list_page  # noqa: F401 (conversation_of: here too)
+from busbar.protocols.responses import (ITEM_ID_PREFIX, conversation_of, dialect as responses, item_list,  # noqa: F401
+                                       list_page, listed_item)      # (conversation_of: here too)
 from busbar.server import HttpRequest
 
 if TYPE_CHECKING:
@@ -42,9 +43,6 @@ MAX_CREATE_ITEMS = 20                # OpenAI's limit on `items` per create / ad
 MAX_RACES = 8                        # re-reads of a header another call changed meanwhile (then a 409)
 MAX_CHUNKS = 10_000                  # calls that may add to one conversation (a guard; the bytes bound the rest)
 MAX_METADATA = 16
-_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
-_INPUT_ROLES = frozenset({"user", "system", "developer"})
-_BOOKKEEPING = ("id", "status")
 _PATH = re.compile(rb"^/(?:v1/)?conversations(?:/(?P<id>[^/]+)(?:/items(?P<items>(?:/[^/]+)?))?)?$")
 
 
@@ -80,30 +78,19 @@ def stored_items(items: list, minted_ids: list | None = None) -> list[dict]:
     for k, item in enumerate(items):
         if not isinstance(item, dict):
             raise ClientError(400, f"Invalid 'items[{k}]': must be an item object.", param=f"items[{k}]")
-        item = dict(item)
-        kind = item.setdefault("type", "message")
+        item = listed_item(item)
+        kind = item["type"]
         if kind == "item_reference":
             raise ClientError(400, f"Invalid 'items[{k}]': an item_reference cannot be added to a conversation; "
                                    "send the item.", param=f"items[{k}]")
         if kind == "message":
-            if isinstance(item.get("content"), str):
-                text_type = "input_text" if item.get("role") in _INPUT_ROLES else "output_text"
-                part = {"type": text_type, "text": item["content"]}
-                if text_type == "output_text":
-                    part["annotations"] = []
-                item["content"] = [part]
             item.setdefault("status", "completed")
         shown = minted_ids[k] if minted_ids is not None and k < len(minted_ids) else None
         item_id = item.get("id") or shown
         if not isinstance(item_id, str) or not item_id:
-            item_id = new_id(_ID_PREFIX.get(kind, "item"))
+            item_id = new_id(ITEM_ID_PREFIX.get(kind, "item"))
         out.append({"id": item_id, **{key: v for key, v in item.items() if key != "id"}})
     return out
-
-
-def as_input(items: list[dict]) -> list[dict]:
-    """A conversation's items as input items for the member: without the store's id and status."""
-    return [{k: v for k, v in item.items() if k not in _BOOKKEEPING} for item in items]
 
 
 def page(items: list[dict], query: dict[str, list[str]], conversation_id: str) -> dict:

@@ -58,7 +58,7 @@ from busbar.background import PENDING, Rerun, unfinished
 from busbar.protocols import expressible
 from busbar.cache.entry import Assembler, response_events, replay_id
 from busbar.faults import ClientError, Fault, FaultClass
-from busbar.item_store import MAX_CHAIN, decode, decode_turn, deleted, key_of, shown_of, turn_key
+from busbar.item_store import MAX_CHAIN, decode, decode_turn, deleted, key_of, shown_of, stripped, turn_key
 from busbar.limits import DIRECT_ROUTES
 from busbar.outcome import Answered, Broken, Failed, Inexpressible, Lost, Outcome, Saturated
 from busbar.protocols.base import JSON_CT, Headers
@@ -426,7 +426,7 @@ class Exchange:
         scope, header, _ = found
         items = await conversations.load_items(self.gw, scope, conversation_id, header)
         self.conversation = conversation_id
-        history = conversations.as_input(items)
+        history = stripped(items)
         self.recalled += orjson.dumps(history)
         self.obj, self.minted_refs = self.client.with_history(self.obj, history), True
 

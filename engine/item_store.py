@@ -136,7 +136,8 @@ def turn_key(scope: str, response_id: str) -> str:
     return f"{scope}/response/{response_id}"
 
 
-def _stripped(items) -> list:
+def stripped(items) -> list:
+    """Items without the store's bookkeeping fields (`id`, `status`): as input items."""
     return [{k: v for k, v in item.items() if k not in _BOOKKEEPING} if isinstance(item, dict) else item
             for item in items]
 
@@ -203,7 +204,7 @@ class ItemStore:
         items (`shown_of`).  A turn over `max_turn_bytes` leaves a marker with its size
         instead, so continuing it says why it cannot be."""
         mark = (VENDOR + TURN) if vendor else TURN
-        turn = {"previous": previous, "input": input_items, "output": _stripped(output)}
+        turn = {"previous": previous, "input": input_items, "output": stripped(output)}
         if shown is not None:
             turn["shown"] = shown
         data = mark + orjson.dumps(turn)

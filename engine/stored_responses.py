@@ -32,7 +32,7 @@ from busbar.background import effective, pending
 from busbar.faults import ClientError
 from busbar.item_store import DELETED, Turn, decode_turn, deleted, key_of, turn_key
 from busbar.protocols.base import JSON_CT
-from busbar.protocols.responses import dialect as responses, echo_shown, list_page
+from busbar.protocols.responses import ITEM_ID_PREFIX, dialect as responses, echo_shown, list_page, listed_item
 from busbar.protocols.routes import match_stored_response
 from busbar.server import HttpRequest
 from busbar.upstream import SlotTimeout, UpstreamError
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from busbar.gateway import Gateway
 
 MAX_FORWARDED_BODY = 64 * 1024 * 1024
-_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
-_INPUT_ROLES = frozenset({"user", "system", "developer"})
 
 
 def response_object(response_id: str, turn: Turn, now: float | None = None) -> dict:
@@ -78,16 +76,10 @@ def input_items(response_id: str, turn: Turn) -> list[dict]:
     for k, item in enumerate(turn.input):
         if not isinstance(item, dict):
             continue
-        item = dict(item)
-        kind = item.setdefault("type", "message")
-        if kind == "message" and isinstance(item.get("content"), str):
-            role = item.get("role")
-            part = ({"type": "input_text", "text": item["content"]} if role in _INPUT_ROLES else
-                    {"type": "output_text", "text": item["content"], "annotations": []})
-            item["content"] = [part]
+        item = listed_item(item)
         item_id = item.get("id")
         if not isinstance(item_id, str) or not item_id or item_id in seen:
-            item_id = f"{_ID_PREFIX.get(kind, 'item')}_{response_id}_input_{k}"
+            item_id = f"{ITEM_ID_PREFIX.get(item['type'], 'item')}_{response_id}_input_{k}"
         seen.add(item_id)
         out.append({"id": item_id, **{key: v for key, v in item.items() if key != "id"}})
     return out

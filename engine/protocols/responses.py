@@ -207,6 +207,23 @@ def conversation_of(obj: dict) -> str | None:
     return conv
 
 
+# an item's id prefix by type, as OpenAI mints them (an item listed without one gets one)
+ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+_INPUT_ROLES = frozenset({"user", "system", "developer"})
+
+
+def listed_item(item: dict) -> dict:
+    """An input item as OpenAI lists it (a response's input_items, a conversation's items):
+    typed (a message when it says nothing), a message's string content as its one text part."""
+    item = dict(item)
+    kind = item.setdefault("type", "message")
+    if kind == "message" and isinstance(item.get("content"), str):
+        part = ({"type": "input_text", "text": item["content"]} if item.get("role") in _INPUT_ROLES else
+                {"type": "output_text", "text": item["content"], "annotations": []})
+        item["content"] = [part]
+    return item
+
+
 LIST_LIMIT, LIST_DEFAULT_LIMIT = 100, 20      # OpenAI's bounds on a list page's `limit`
 
 
