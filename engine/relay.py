@@ -177,7 +177,8 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
     keeping = (x.items is not None or capture is not None) if not same else \
         x.keep_vendor_items or x.conversation is not None
     source = decoder if same else encoder        # who knows the output items
-    minted = same and x.items is not None        # a Responses vendor's own id passes: remembered at the commit
+    remembers = same and x.items is not None     # a Responses vendor's own id passes: remembered at the commit
+    minted = None                                # ... the id its `response.created` showed
     ended = False                                # the answer's stop went by before the commit
     held: list = []          # raw bytes (same protocol) or IR events, until the commit
     pending: list = []       # with a journal: the held IR events, journaled at the commit
@@ -232,7 +233,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
                 elif type(event) is ir.MessageStart:
                     if event.usage is not None and splice is None:
                         rec.usage = event.usage   # what the vendor bills already (a lost hedge's waste)
-                    if minted:
+                    if remembers:
                         minted = event.id         # `response.created`'s id (ADR 0027)
             if keeping and not ended:
                 ended = _ends(events)
@@ -264,7 +265,7 @@ async def relay_stream(x: "Exchange", attempt, rec, up, response, t0: float, sto
             first = b"".join(held) if same else b"".join(encoder.encode(e) for e in held)
             if keeping and ended:
                 keeping = await _keep(x, source, capture, same)
-            if minted:
+            if remembers:
                 await x.remember_minted(attempt, minted)
             head = [(b"content-type", client.stream_content_type), (b"cache-control", b"no-cache")]
             if journal is not None:     # resume on: the trailer says whether the stream was resumed

@@ -346,8 +346,7 @@ class Plan:
             if not t.breaker.allows(now, self._lease):
                 return False
         ring = self._router.providers[leaf.provider].keys
-        exclude = self._exclude(t.key) if self._pinned_out else self._failed_keys.get(t.key, ())
-        return ring.available(leaf.model, now, exclude, self.needs.tokens)
+        return ring.available(leaf.model, now, self._exclude(t.key), self.needs.tokens)
 
     def _recovery(self, leaf: Member, now: float, exclude=()) -> float | None:
         ring = self._router.providers[leaf.provider].keys
@@ -406,9 +405,7 @@ class Plan:
             member = choose(self._pool, usable, now, rng)
             if member is not None:
                 ring = self._router.providers[member.provider].keys
-                tkey = member.target.key
-                exclude = self._exclude(tkey) if self._pinned_out else self._failed_keys.get(tkey, ())
-                key = ring.pick(member.model, now, exclude, self.needs.tokens)
+                key = ring.pick(member.model, now, self._exclude(member.target.key), self.needs.tokens)
                 self.member_attempts += 1
                 return self._issue(member, key, "member", now)
             oe = self._pool.on_exhausted
@@ -543,8 +540,7 @@ class Plan:
 
     def _exhaust(self, now: float, kind: str | None, reason: str) -> Exhausted:
         capable = [leaf for node in self._visited for leaf in node.leaves if self._capable(leaf)]
-        times = [self._recovery(leaf, now, self._pinned_out.get(leaf.target.key, ()) if self._pinned_out else ())
-                 for leaf in capable]
+        times = [self._recovery(leaf, now, self._pinned_out.get(leaf.target.key, ())) for leaf in capable]
         retry_after = None
         if capable and all(t is not None and t > now for t in times):
             retry_after = min(times) - now
