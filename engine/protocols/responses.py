@@ -67,7 +67,6 @@ class ResponsesDialect(OpenAIDialect):
     json_fields = ("text",)
     vision_markers = (b'"input_image"',)
 
-
     # earlier output sent back by id (`store: true` clients, e.g. the Vercel AI SDK)
     mints_items = True
     reference_marker = b'"item_reference"'
@@ -100,8 +99,9 @@ class ResponsesDialect(OpenAIDialect):
 
     def stream_encoder_options(self, obj: dict) -> dict:
         # Responses streams always end with the usage-bearing response.completed;
-        # every response object of the stream echoes the request
-        return {"echo": echoed(obj)}
+        # every response object of the stream echoes the request (built when the first
+        # one is encoded: a passed-through stream encodes none)
+        return {"sent": obj}
 
     # a turn continued by the id of an earlier answer (`previous_response_id`, ADR 0024)
     continues = True
@@ -957,12 +957,13 @@ class StreamEncoder(s.Encoder):
     encoder keeps the output it has sent (the only non-constant state)."""
 
     __slots__ = ("_model", "_rid", "_created", "_seq", "_noi", "_output", "_msg", "_blocks", "_usage", "_shown",
-                 "_echo")
+                 "_echo", "_sent")
 
-    def __init__(self, model: str, echo: dict | None = None):
+    def __init__(self, model: str, sent: dict | None = None):
         super().__init__()
         self._model = model
-        self._echo = echoed({}) if echo is None else echo    # the request's fields each response object echoes
+        self._echo: dict | None = None     # the request's fields each response object echoes (`echoed`)
+        self._sent = sent or {}
         self._rid = ""
         self._created = 0
         self._seq = 0
@@ -978,10 +979,15 @@ class StreamEncoder(s.Encoder):
         self._seq += 1
         return _EV + kind.encode() + _DATA + s.dumps(body) + b"\n\n"
 
+    def _echoed(self) -> dict:
+        if self._echo is None:
+            self._echo = echoed(self._sent)
+        return self._echo
+
     def _response(self, status: str, output: list, usage=None, error=None, incomplete=None) -> dict:
         return {"id": self._rid, "object": "response", "created_at": self._created, "status": status,
                 "error": error, "incomplete_details": incomplete, "model": self._model,
-                "output": [item for _, item in output], **self._echo,
+                "output": [item for _, item in output], **self._echoed(),
                 "usage": render_usage(usage) if usage is not None else None}
 
     def _on_MessageStart(self, ev: ir.MessageStart) -> bytes:
