@@ -10,12 +10,8 @@ call at all (checked here: the counter of script calls stays 0).
 Usage: python bench/bench_quota_cluster.py [N]
 """
 
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import trio
@@ -25,11 +21,7 @@ from busbar.routing.router import Needs
 from busbar.state import QuotaAsk
 from busbar.state.redis import RedisState
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import redis_proc  # bench/redis_proc.py: a redis-server for the cluster rows
 
 
 def report(label: str, runs: list[tuple[float, float]], n: int) -> None:
@@ -94,19 +86,7 @@ async def main(port: int, n: int) -> None:
 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    exe = shutil.which("redis-server") or sys.exit("redis-server not installed")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                 "--dir", tmp], stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            trio.run(main, port, n)
-        finally:
-            proc.kill()
-            proc.wait()
+    with redis_proc.redis_server() as port:
+        if port is None:
+            sys.exit("redis-server not installed")
+        trio.run(main, port, n)
