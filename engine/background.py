@@ -45,7 +45,7 @@ from busbar.faults import ClientError
 from busbar.item_store import decode_turn, turn_key
 from busbar.protocols.base import JSON_CT
 from busbar.protocols.sse import SSESplitter
-from busbar.protocols.responses import ERRORS, dialect as responses, echoed, kept_echo
+from busbar.protocols.responses import ERRORS, dialect as responses, echoed, kept_echo, query_value
 from busbar.protocols.routes import match_response_cancel
 from busbar.server import CapturedResponder, ClientGone, HttpRequest, Responder
 from busbar.state.redis import RedisUnavailable
@@ -798,7 +798,7 @@ class BackgroundRuns:
         (`StreamLog`); the reader leaving ends only its own reading."""
         from busbar import stored_responses as stored
         try:
-            starting_after = starting_after_of(stored._one(query, "starting_after"))
+            starting_after = starting_after_of(query_value(query, "starting_after"))
             found = await stored._lookup(gw, stored.scopes(gw, request), response_id)
             if found is None:
                 raise stored._not_found(gw, response_id)

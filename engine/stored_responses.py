@@ -32,7 +32,8 @@ from busbar.background import effective, pending
 from busbar.faults import ClientError
 from busbar.item_store import DELETED, Turn, decode_turn, deleted, key_of, turn_key
 from busbar.protocols.base import JSON_CT
-from busbar.protocols.responses import ITEM_ID_PREFIX, dialect as responses, echo_shown, list_page, listed_item
+from busbar.protocols.responses import (ITEM_ID_PREFIX, dialect as responses, echo_shown, list_page, listed_item,
+                                       query_value)
 from busbar.protocols.routes import match_stored_response
 from busbar.server import HttpRequest
 from busbar.upstream import SlotTimeout, UpstreamError
@@ -90,11 +91,6 @@ def input_item_list(response_id: str, turn: Turn, query: dict[str, list[str]]) -
     return list_page(input_items(response_id, turn), query, f"input item '{{after}}' in response '{response_id}'")
 
 
-def _one(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
-
-
 def scopes(gw: "Gateway", request: HttpRequest) -> tuple[str, ...]:
     """Whose kept turns the caller may name, as POST keeps them (`Exchange._recall`): its
     key's id; `-` without client keys, or for the open pools' (`auth: false`) turns,
@@ -146,7 +142,7 @@ async def serve(gw: "Gateway", request: HttpRequest, responder) -> bool:
         return False
     response_id, listing = found
     query = parse_qs(request.query.decode("latin-1"), keep_blank_values=True)
-    streamed = not listing and request.method == b"GET" and (_one(query, "stream") or "false").lower() != "false"
+    streamed = not listing and request.method == b"GET" and (query_value(query, "stream") or "false").lower() != "false"
     if streamed and gw.background is not None:       # resuming a background stream (ADR 0026)
         await gw.background.serve_resume(gw, request, responder, response_id, query)
         return True

@@ -227,17 +227,20 @@ def listed_item(item: dict) -> dict:
 LIST_LIMIT, LIST_DEFAULT_LIMIT = 100, 20      # OpenAI's bounds on a list page's `limit`
 
 
+def query_value(query: dict[str, list[str]], name: str) -> str | None:
+    """A query parameter's value (`parse_qs`' lists: the last one given), None when absent."""
+    values = query.get(name)
+    return values[-1] if values else None
+
+
 def list_page(items: list[dict], query: dict[str, list[str]], missing: str) -> dict:
     """One page of an OpenAI item list (a response's `input_items`, a conversation's items):
     `order` (desc by default, as openai-python documents), `limit` (1..100, 20), `after` (an
     item id of this list; `missing` says of which, in the 400 when it is not there)."""
-    def one(name: str) -> str | None:
-        values = query.get(name)
-        return values[-1] if values else None
-    order = one("order") or "desc"
+    order = query_value(query, "order") or "desc"
     if order not in ("asc", "desc"):
         raise ClientError(400, f"Invalid 'order': '{order}'. Expected 'asc' or 'desc'.", param="order")
-    raw = one("limit")
+    raw = query_value(query, "limit")
     try:
         limit = LIST_DEFAULT_LIMIT if raw is None else int(raw)
     except ValueError:
@@ -247,7 +250,7 @@ def list_page(items: list[dict], query: dict[str, list[str]], missing: str) -> d
                           param="limit")
     if order == "desc":
         items = items[::-1]
-    after = one("after")
+    after = query_value(query, "after")
     if after is not None:
         at = next((i for i, item in enumerate(items) if item.get("id") == after), None)
         if at is None:
