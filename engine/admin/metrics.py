@@ -358,17 +358,12 @@ def _background_families(status: dict):
                             "replica, detached from their client's connection.", value=status["running"])
     yield CounterMetricFamily("busbar_background_runs_started", "Background Responses runs started here.",
                               value=status["started"])
-    ended = CounterMetricFamily("busbar_background_runs_ended", "Background Responses runs ended here, by "
-                                "outcome (shut_down: cut by this replica's shutdown).", labels=["outcome"])
-    for outcome in ("completed", "failed", "cancelled", "shut_down"):
-        ended.add_metric([outcome], status[outcome])
-    yield ended
-    cancels = CounterMetricFamily("busbar_background_cancels", "Cancels of background runs: heard on the "
-                                  "cluster's channel for a run here, forwarded to the replica running it.",
-                                  labels=["direction"])
-    cancels.add_metric(["heard"], status["cancels_heard"])
-    cancels.add_metric(["forwarded"], status["cancels_forwarded"])
-    yield cancels
+    yield _counter_by("busbar_background_runs_ended", "Background Responses runs ended here, by outcome "
+                      "(shut_down: cut by this replica's shutdown).", "outcome",
+                      {outcome: status[outcome] for outcome in ("completed", "failed", "cancelled", "shut_down")})
+    yield _counter_by("busbar_background_cancels", "Cancels of background runs: heard on the cluster's channel "
+                      "for a run here, forwarded to the replica running it.", "direction",
+                      {"heard": status["cancels_heard"], "forwarded": status["cancels_forwarded"]})
     yield CounterMetricFamily("busbar_background_resumes", "Background streams resumed (GET ?stream=true).",
                               value=status["resumed"])
     yield CounterMetricFamily("busbar_background_resume_fell_behind", "Resumed readers ended because the "
@@ -377,6 +372,14 @@ def _background_families(status: dict):
                             value=status["resume_readers"])
     yield GaugeMetricFamily("busbar_background_stream_log_bytes", "Bytes of background stream events kept "
                             "here for resumes.", value=status["stream_log_bytes"])
+
+
+def _counter_by(name: str, what: str, label: str, values: dict[str, float]) -> CounterMetricFamily:
+    """A counter family with one sample per value of `label`."""
+    family = CounterMetricFamily(name, what, labels=[label])
+    for value, count in values.items():
+        family.add_metric([value], count)
+    return family
 
 
 def _affinity_families(status: dict):
@@ -403,12 +406,9 @@ def _deletion_families(status: dict):
     yield made
     yield GaugeMetricFamily("busbar_response_deletions_pending", "Deletions made here waiting for Redis to reach "
                             "the other replicas (their copies still serve until then).", value=status["pending"])
-    heard = CounterMetricFamily("busbar_response_deletions_heard", "Deletions heard on the cluster's deletions "
-                                "channel (every replica's, this one's included): applied, or ignored (unreadable).",
-                                labels=["result"])
-    heard.add_metric(["applied"], status["applied"])
-    heard.add_metric(["ignored"], status["ignored"])
-    yield heard
+    yield _counter_by("busbar_response_deletions_heard", "Deletions heard on the cluster's deletions channel "
+                      "(every replica's, this one's included): applied, or ignored (unreadable).", "result",
+                      {"applied": status["applied"], "ignored": status["ignored"]})
     yield CounterMetricFamily("busbar_response_deletions_copies_dropped", "Copies held here (turns, items) "
                               "replaced by a heard deletion's tombstone.", value=status["copies_dropped"])
     yield GaugeMetricFamily("busbar_response_deletions_doubtful", "Copies held here that may have missed a "
